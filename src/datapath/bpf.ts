@@ -1,0 +1,499 @@
+// Typed layer over the native addon (src/native). Nothing else in xdplb imports
+// the addon: every BPF object, map, program, link, perf ring and netns switch
+// goes through here.
+import * as path from 'node:path';
+
+/** Root of the package: dist/src/datapath -> ../../.. */
+export const PACKAGE_ROOT = path.resolve(__dirname, '..', '..', '..');
+export const BPF_OBJECT_DIR = path.join(PACKAGE_ROOT, 'build', 'bpf');
+
+/** Path of a compiled BPF object built from xdp/NAME.bpf.c or test/bpf/NAME.bpf.c. */
+export function objectPath(name: string): string {
+  return path.join(BPF_OBJECT_DIR, `${name}.bpf.o`);
+}
+
+/** Error thrown by every native operation: errno name, errno, operation, object. */
+export interface BpfError extends Error {
+  code: string;
+  errno: number;
+  op: string;
+  target: string;
+  /** libbpf's warnings around the failure (verifier log, pin mismatch) */
+  log?: string;
+}
+
+export function isBpfError(e: unknown, code?: string): e is BpfError {
+  return e instanceof Error && typeof (e as BpfError).op === 'string' && (code === undefined || (e as BpfError).code === code);
+}
+
+interface NativeMap {
+  info(): MapInfo;
+  lookup(key: Buffer): Buffer | null;
+  update(key: Buffer, value: Buffer, flags: number): void;
+  delete(key: Buffer): boolean;
+  nextKey(key: Buffer | null): Buffer | null;
+  updateBatch(keys: Buffer, values: Buffer, count: number, flags: number): number;
+  deleteBatch(keys: Buffer, count: number): number;
+  pin(path: string): void;
+  fd(): number;
+  close(): void;
+}
+interface NativeProgram {
+  info(): ProgramInfo;
+  testRun(o: TestRunOptions): TestRunResult;
+  testRunAsync(o: TestRunOptions): Promise<TestRunResult>;
+  pin(path: string): void;
+  fd(): number;
+  close(): void;
+}
+interface NativeLink {
+  update(progFd: number, oldFd: number): void;
+  pin(path: string): void;
+  detach(): void;
+  info(): { id: number; progId: number; ifindex: number };
+  close(): void;
+}
+interface NativeObject {
+  programs(): string[];
+  maps(): string[];
+  map(name: string): NativeMap;
+  program(name: string): NativeProgram;
+  close(): void;
+}
+interface NativePerfReader {
+  close(): void;
+  stats(): { received: number; lost: number; pollErrors: number };
+}
+interface Native {
+  Object: new (path: string, pinRoot: string | null, maxEntries: Record<string, number>) => NativeObject;
+  PerfReader: new (
+    mapFd: number,
+    pageCount: number,
+    onBatch: (buf: Buffer, count: number, lost: number) => void,
+  ) => NativePerfReader;
+  mapFromPin(path: string): NativeMap;
+  createMap(type: string, keySize: number, valueSize: number, maxEntries: number, flags: number, name: string, innerFd?: number): NativeMap;
+  programFromPin(path: string): NativeProgram;
+  programFromId(id: number): NativeProgram;
+  attachXdp(ifindex: number, progFd: number, flags: number, oldFd: number): void;
+  detachXdp(ifindex: number, flags: number, oldFd: number): void;
+  queryXdp(ifindex: number): { progId: number; drvProgId: number; skbProgId: number; hwProgId: number; attachMode: number };
+  linkXdp(progFd: number, ifindex: number, flags: number): NativeLink;
+  linkFromPin(path: string): NativeLink;
+  netnsEnter(path: string): number;
+  netnsRestore(fd: number): void;
+  ifIndex(name: string): number;
+  possibleCpus(): number;
+  sdNotify(state: string): boolean;
+  XDP_FLAGS: { UPDATE_IF_NOEXIST: number; SKB_MODE: number; DRV_MODE: number; REPLACE: number };
+  XDP_ATTACHED: { NONE: number; DRV: number; SKB: number; HW: number; MULTI: number };
+}
+
+let nativeModule: Native | undefined;
+function native(): Native {
+  if (!nativeModule) {
+    const file = path.join(PACKAGE_ROOT, 'build', 'Release', 'xdplb_native.node');
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    nativeModule = require(file) as Native;
+  }
+  return nativeModule;
+}
+
+export interface MapInfo {
+  name: string;
+  id: number;
+  /** libbpf's name for the type: 'hash', 'array', 'percpu_array', 'lru_percpu_hash', ... */
+  type: string;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+  flags: number;
+  /** bytes of a whole value as the syscall sees it (per-CPU: slot × possible CPUs) */
+  valueBytes: number;
+  perCpu: boolean;
+}
+
+export const BPF_ANY = 0;
+export const BPF_NOEXIST = 1;
+export const BPF_EXIST = 2;
+/** map_flags for an inner map template whose replacements may differ in max_entries */
+export const BPF_F_INNER_MAP = 0x1000;
+
+/** A live BPF map. Keys and values are raw bytes; src/datapath/layout encodes them. */
+export class BpfMap {
+  readonly name: string;
+  readonly type: string;
+  readonly keySize: number;
+  readonly valueSize: number;
+  readonly maxEntries: number;
+  readonly perCpu: boolean;
+  readonly id: number;
+  private readonly valueBytes: number;
+
+  constructor(private readonly handle: NativeMap) {
+    const i = handle.info();
+    this.name = i.name;
+    this.type = i.type;
+    this.keySize = i.keySize;
+    this.valueSize = i.valueSize;
+    this.maxEntries = i.maxEntries;
+    this.perCpu = i.perCpu;
+    this.id = i.id;
+    this.valueBytes = i.valueBytes;
+  }
+
+  get fd(): number {
+    return this.handle.fd();
+  }
+
+  /** Slot size of one CPU's value in a per-CPU map. */
+  get perCpuSlot(): number {
+    return Math.ceil(this.valueSize / 8) * 8;
+  }
+
+  lookup(key: Buffer): Buffer | null {
+    return this.handle.lookup(key);
+  }
+
+  /** Per-CPU maps: one value per possible CPU. */
+  lookupPerCpu(key: Buffer): Buffer[] | null {
+    const all = this.handle.lookup(key);
+    if (!all) return null;
+    const slot = this.perCpuSlot;
+    const out: Buffer[] = [];
+    for (let off = 0; off < all.length; off += slot) out.push(all.subarray(off, off + this.valueSize));
+    return out;
+  }
+
+  update(key: Buffer, value: Buffer, flags = BPF_ANY): void {
+    this.handle.update(key, value, flags);
+  }
+
+  /** Writes the same value to every CPU's slot of a per-CPU map. */
+  updatePerCpu(key: Buffer, value: Buffer, flags = BPF_ANY): void {
+    this.handle.update(key, this.spread(value), flags);
+  }
+
+  delete(key: Buffer): boolean {
+    return this.handle.delete(key);
+  }
+
+  *keys(): Generator<Buffer> {
+    let k = this.handle.nextKey(null);
+    while (k) {
+      yield k;
+      k = this.handle.nextKey(k);
+    }
+  }
+
+  /** One syscall for many elements. Returns how many were written. */
+  batchUpdate(keys: readonly Buffer[], values: readonly Buffer[], flags = BPF_ANY): number {
+    if (keys.length !== values.length) throw new RangeError(`${this.name}: ${keys.length} keys but ${values.length} values`);
+    if (keys.length === 0) return 0;
+    return this.handle.updateBatch(Buffer.concat(keys), Buffer.concat(values), keys.length, flags);
+  }
+
+  batchDelete(keys: readonly Buffer[]): number {
+    if (keys.length === 0) return 0;
+    return this.handle.deleteBatch(Buffer.concat(keys), keys.length);
+  }
+
+  pin(path: string): void {
+    this.handle.pin(path);
+  }
+
+  close(): void {
+    this.handle.close();
+  }
+
+  private spread(value: Buffer): Buffer {
+    if (!this.perCpu) return value;
+    const slot = this.perCpuSlot;
+    const out = Buffer.alloc(this.valueBytes);
+    for (let off = 0; off < out.length; off += slot) value.copy(out, off, 0, this.valueSize);
+    return out;
+  }
+}
+
+export interface ProgramInfo {
+  name: string;
+  id: number;
+  type: string;
+  xlatedBytes: number;
+  jitedBytes: number;
+  /** instructions after verification and rewriting (xlated / 8) */
+  instructions: number;
+  /** instructions the verifier processed (its complexity measure) */
+  verifiedInstructions: number;
+}
+
+export interface TestRunOptions {
+  data: Buffer;
+  /** struct xdp_md: see xdpContext() */
+  ctx?: Buffer;
+  repeat?: number;
+  /** BPF_F_TEST_XDP_LIVE_FRAMES sends the frames for real */
+  flags?: number;
+  /** live frames: frames per batch (kernel default 64) */
+  batchSize?: number;
+  /** room for the output packet; defaults to data.length + 512 */
+  dataSizeOut?: number;
+}
+
+export interface TestRunResult {
+  retval: number;
+  data: Buffer;
+  /** mean nanoseconds per run, as the kernel measured it */
+  duration: number;
+}
+
+export const BPF_F_TEST_XDP_LIVE_FRAMES = 2;
+export const XDP_ABORTED = 0;
+export const XDP_DROP = 1;
+export const XDP_PASS = 2;
+export const XDP_TX = 3;
+export const XDP_REDIRECT = 4;
+export const XDP_VERDICT_NAMES = ['XDP_ABORTED', 'XDP_DROP', 'XDP_PASS', 'XDP_TX', 'XDP_REDIRECT'] as const;
+
+/** struct xdp_md for test runs: only ingress_ifindex and rx_queue_index may be set. */
+export function xdpContext(ingressIfindex: number, rxQueue = 0): Buffer {
+  const ctx = Buffer.alloc(24);
+  ctx.writeUInt32LE(ingressIfindex, 12);
+  ctx.writeUInt32LE(rxQueue, 16);
+  return ctx;
+}
+
+/** A loaded BPF program. */
+export class BpfProgram {
+  readonly name: string;
+  constructor(private readonly handle: NativeProgram) {
+    this.name = handle.info().name;
+  }
+  get fd(): number {
+    return this.handle.fd();
+  }
+  info(): ProgramInfo {
+    return this.handle.info();
+  }
+  get id(): number {
+    return this.handle.info().id;
+  }
+  /** BPF_PROG_TEST_RUN on the calling thread. */
+  testRun(opts: TestRunOptions): TestRunResult {
+    return this.handle.testRun(opts);
+  }
+  /** BPF_PROG_TEST_RUN on the libuv pool: for long runs (live frames, benchmarks). */
+  testRunAsync(opts: TestRunOptions): Promise<TestRunResult> {
+    return this.handle.testRunAsync(opts);
+  }
+  pin(path: string): void {
+    this.handle.pin(path);
+  }
+  close(): void {
+    this.handle.close();
+  }
+}
+
+export interface OpenOptions {
+  /** bpffs directory where maps marked LIBBPF_PIN_BY_NAME are pinned, or reused when already there */
+  pinRoot?: string;
+  /** max_entries overrides applied before load, by map name */
+  maxEntries?: Record<string, number>;
+}
+
+/** A BPF ELF object, opened and loaded. Handles taken from it outlive it. */
+export class BpfObject {
+  private constructor(
+    readonly path: string,
+    private readonly handle: NativeObject,
+  ) {}
+
+  static open(file: string, opts: OpenOptions = {}): BpfObject {
+    const N = native();
+    return new BpfObject(file, new N.Object(file, opts.pinRoot ?? null, opts.maxEntries ?? {}));
+  }
+
+  programs(): string[] {
+    return this.handle.programs();
+  }
+  maps(): string[] {
+    return this.handle.maps();
+  }
+  map(name: string): BpfMap {
+    return new BpfMap(this.handle.map(name));
+  }
+  program(name: string): BpfProgram {
+    return new BpfProgram(this.handle.program(name));
+  }
+  close(): void {
+    this.handle.close();
+  }
+}
+
+export function openObject(file: string, opts: OpenOptions = {}): BpfObject {
+  return BpfObject.open(file, opts);
+}
+
+export function mapFromPin(pinPath: string): BpfMap {
+  return new BpfMap(native().mapFromPin(pinPath));
+}
+
+export function programFromPin(pinPath: string): BpfProgram {
+  return new BpfProgram(native().programFromPin(pinPath));
+}
+
+export function programFromId(id: number): BpfProgram {
+  return new BpfProgram(native().programFromId(id));
+}
+
+export interface CreateMapOptions {
+  type: string;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+  flags?: number;
+  name?: string;
+  /** for map-in-map outer maps: a template inner map */
+  innerMap?: BpfMap;
+}
+
+export function createMap(o: CreateMapOptions): BpfMap {
+  return new BpfMap(
+    native().createMap(o.type, o.keySize, o.valueSize, o.maxEntries, o.flags ?? 0, o.name ?? '', o.innerMap?.fd),
+  );
+}
+
+export type XdpMode = 'native' | 'generic';
+
+function modeFlags(mode: XdpMode): number {
+  const F = native().XDP_FLAGS;
+  return mode === 'native' ? F.DRV_MODE : F.SKB_MODE;
+}
+
+export interface AttachOptions {
+  mode: XdpMode;
+  /** atomic replacement: succeeds only if this program is the one attached now */
+  replace?: BpfProgram;
+  /** fail with EBUSY instead of replacing whatever is attached */
+  exclusive?: boolean;
+}
+
+/** Netlink XDP attachment: stays attached when the process exits. */
+export function attachXdp(ifindex: number, prog: BpfProgram, o: AttachOptions): void {
+  const N = native();
+  let flags = modeFlags(o.mode);
+  if (o.exclusive && !o.replace) flags |= N.XDP_FLAGS.UPDATE_IF_NOEXIST;
+  N.attachXdp(ifindex, prog.fd, flags, o.replace ? o.replace.fd : -1);
+}
+
+export function detachXdp(ifindex: number, mode: XdpMode, expected?: BpfProgram): void {
+  native().detachXdp(ifindex, modeFlags(mode), expected ? expected.fd : -1);
+}
+
+export interface XdpAttachment {
+  progId: number;
+  mode: XdpMode | 'offload' | 'multi' | 'none';
+}
+
+export function queryXdp(ifindex: number): XdpAttachment {
+  const N = native();
+  const q = N.queryXdp(ifindex);
+  const A = N.XDP_ATTACHED;
+  const mode =
+    q.attachMode === A.DRV ? 'native' : q.attachMode === A.SKB ? 'generic' : q.attachMode === A.HW ? 'offload' : q.attachMode === A.MULTI ? 'multi' : 'none';
+  return { progId: q.progId || q.drvProgId || q.skbProgId, mode };
+}
+
+/** bpf_link XDP attachment: lives while the link fd or its pin lives. */
+export class XdpLink {
+  constructor(private readonly handle: NativeLink) {}
+  static create(prog: BpfProgram, ifindex: number, mode: XdpMode): XdpLink {
+    return new XdpLink(native().linkXdp(prog.fd, ifindex, modeFlags(mode)));
+  }
+  static fromPin(pinPath: string): XdpLink {
+    return new XdpLink(native().linkFromPin(pinPath));
+  }
+  /** Atomic program replacement; with `expected`, only if that program is current. */
+  update(prog: BpfProgram, expected?: BpfProgram): void {
+    this.handle.update(prog.fd, expected ? expected.fd : -1);
+  }
+  info(): { id: number; progId: number; ifindex: number } {
+    return this.handle.info();
+  }
+  pin(pinPath: string): void {
+    this.handle.pin(pinPath);
+  }
+  detach(): void {
+    this.handle.detach();
+  }
+  close(): void {
+    this.handle.close();
+  }
+}
+
+export interface PerfRecord {
+  cpu: number;
+  data: Buffer;
+}
+
+export interface PerfBatch {
+  records: PerfRecord[];
+  /** samples the kernel could not store since the previous batch */
+  lost: number;
+}
+
+/**
+ * Drains a perf event array on a native thread; `onBatch` runs on the event loop
+ * once per batch. Never keeps the process alive by itself.
+ */
+export class PerfReader {
+  private readonly handle: NativePerfReader;
+  constructor(map: BpfMap, onBatch: (b: PerfBatch) => void, pageCount = 64) {
+    this.handle = new (native().PerfReader)(map.fd, pageCount, (buf, count, lost) => {
+      const records: PerfRecord[] = new Array(count);
+      let off = 0;
+      for (let i = 0; i < count; i++) {
+        const cpu = buf.readUInt32LE(off);
+        const len = buf.readUInt32LE(off + 4);
+        records[i] = { cpu, data: buf.subarray(off + 8, off + 8 + len) };
+        off += 8 + ((len + 7) & ~7);
+      }
+      onBatch({ records, lost });
+    });
+  }
+  stats(): { received: number; lost: number; pollErrors: number } {
+    return this.handle.stats();
+  }
+  close(): void {
+    this.handle.close();
+  }
+}
+
+/**
+ * Runs fn with the calling thread inside the named network namespace
+ * (/var/run/netns/NAME or a path), then returns to the original one. Only
+ * synchronous work is inside: anything fn schedules runs back outside.
+ */
+export function withNetns<T>(ns: string, fn: () => T): T {
+  const N = native();
+  const saved = N.netnsEnter(ns.includes('/') ? ns : `/var/run/netns/${ns}`);
+  try {
+    return fn();
+  } finally {
+    N.netnsRestore(saved);
+  }
+}
+
+/** Interface index by name, in the calling thread's network namespace. */
+export function ifIndex(name: string): number {
+  return native().ifIndex(name);
+}
+
+export function possibleCpus(): number {
+  return native().possibleCpus();
+}
+
+/** sd_notify(3): false when not started by systemd with a notify socket. */
+export function sdNotify(state: string): boolean {
+  return native().sdNotify(state);
+}

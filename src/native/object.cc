@@ -1,0 +1,128 @@
+// Object: a BPF ELF object opened and loaded by libbpf. Maps declared with
+// LIBBPF_PIN_BY_NAME are pinned under pinRoot, and an existing compatible pin is
+// reused instead of creating a new map: that is how the daemon keeps its state
+// across restarts. Map and Program handles taken from an Object own a dup of the
+// fd, so they outlive the Object.
+#include <bpf/bpf.h>
+#include <bpf/libbpf.h>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "common.h"
+
+namespace xdplb {
+
+namespace {
+
+class Object : public Napi::ObjectWrap<Object> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "Object",
+                       {InstanceMethod<&Object::Programs>("programs"), InstanceMethod<&Object::Maps>("maps"),
+                        InstanceMethod<&Object::MapHandle>("map"),
+                        InstanceMethod<&Object::ProgramHandle>("program"),
+                        InstanceMethod<&Object::Close>("close")});
+  }
+
+  // new Object(path, pinRoot | null, maxEntries: {[map]: number})
+  Object(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Object>(info) {
+    Napi::Env env = info.Env();
+    path_ = StringArg(info, 0, "path");
+    std::string pinRoot;
+    if (info.Length() > 1 && info[1].IsString()) pinRoot = info[1].As<Napi::String>().Utf8Value();
+    ClearLibbpfLog();
+    LIBBPF_OPTS(bpf_object_open_opts, opts, .pin_root_path = pinRoot.empty() ? nullptr : pinRoot.c_str());
+    obj_ = bpf_object__open_file(path_.c_str(), &opts);
+    if (!obj_) throw SysError(env, errno, "open object", path_);
+    if (info.Length() > 2 && info[2].IsObject()) {
+      Napi::Object sizes = info[2].As<Napi::Object>();
+      Napi::Array names = sizes.GetPropertyNames();
+      for (uint32_t i = 0; i < names.Length(); i++) {
+        std::string name = names.Get(i).As<Napi::String>().Utf8Value();
+        struct bpf_map *m = bpf_object__find_map_by_name(obj_, name.c_str());
+        int err = m ? bpf_map__set_max_entries(m, sizes.Get(name).As<Napi::Number>().Uint32Value()) : ENOENT;
+        if (err) {
+          Release();
+          throw SysError(env, ErrnoOf(err), "set max entries", path_ + ":" + name);
+        }
+      }
+    }
+    int err = bpf_object__load(obj_);
+    if (err) {
+      Release();
+      throw SysError(env, ErrnoOf(err), "load object", path_);
+    }
+  }
+
+  ~Object() override { Release(); }
+
+ private:
+  void Release() {
+    if (obj_) bpf_object__close(obj_);
+    obj_ = nullptr;
+  }
+
+  struct bpf_object *Live(Napi::Env env) {
+    if (!obj_) throw SysError(env, EBADF, "use of closed object", path_);
+    return obj_;
+  }
+
+  Napi::Value Programs(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    Napi::Array out = Napi::Array::New(env);
+    struct bpf_program *p;
+    uint32_t i = 0;
+    bpf_object__for_each_program(p, Live(env)) out.Set(i++, bpf_program__name(p));
+    return out;
+  }
+
+  Napi::Value Maps(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    Napi::Array out = Napi::Array::New(env);
+    struct bpf_map *m;
+    uint32_t i = 0;
+    bpf_object__for_each_map(m, Live(env)) {
+      if (bpf_map__is_internal(m)) continue;
+      out.Set(i++, bpf_map__name(m));
+    }
+    return out;
+  }
+
+  Napi::Value MapHandle(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    std::string name = StringArg(info, 0, "name");
+    struct bpf_map *m = bpf_object__find_map_by_name(Live(env), name.c_str());
+    if (!m) throw SysError(env, ENOENT, "find map", path_ + ":" + name);
+    int fd = fcntl(bpf_map__fd(m), F_DUPFD_CLOEXEC, 3);
+    if (fd < 0) throw SysError(env, errno, "dup map fd", name);
+    return NewMap(env, fd, name);
+  }
+
+  Napi::Value ProgramHandle(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    std::string name = StringArg(info, 0, "name");
+    struct bpf_program *p = bpf_object__find_program_by_name(Live(env), name.c_str());
+    if (!p) throw SysError(env, ENOENT, "find program", path_ + ":" + name);
+    int fd = fcntl(bpf_program__fd(p), F_DUPFD_CLOEXEC, 3);
+    if (fd < 0) throw SysError(env, errno, "dup program fd", name);
+    return NewProgram(env, fd, name);
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo &info) {
+    Release();
+    return info.Env().Undefined();
+  }
+
+  std::string path_;
+  struct bpf_object *obj_ = nullptr;
+};
+
+}  // namespace
+
+void InitObject(Napi::Env env, Napi::Object exports, AddonData *data) {
+  Napi::Function ctor = Object::Define(env);
+  data->objectCtor = Napi::Persistent(ctor);
+  exports.Set("Object", ctor);
+}
+
+}  // namespace xdplb

@@ -1,0 +1,167 @@
+// PerfReader: drains a BPF_MAP_TYPE_PERF_EVENT_ARRAY (one ring per CPU) on its
+// own thread and hands records to JavaScript in batches. A batch is one Buffer of
+// packed records [u32 cpu][u32 len][len bytes, padded to 8], so the event loop
+// pays one callback per batch, not per packet.
+//
+// Back-pressure: at most kMaxInFlight batches wait for JavaScript; beyond that
+// the thread stops draining, the kernel rings fill, and the kernel counts what it
+// cannot store as lost samples, which we report. Nothing buffers without bound.
+#include <bpf/libbpf.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "common.h"
+
+namespace xdplb {
+
+namespace {
+
+constexpr int kMaxInFlight = 8;
+constexpr size_t kFlushBytes = 1 << 20;
+constexpr int kPollMs = 50;
+
+struct Batch {
+  std::vector<uint8_t> bytes;
+  uint32_t count = 0;
+  uint64_t lost = 0;
+};
+
+class PerfReader : public Napi::ObjectWrap<PerfReader> {
+ public:
+  static Napi::Function Define(Napi::Env env) {
+    return DefineClass(env, "PerfReader",
+                       {InstanceMethod<&PerfReader::Close>("close"), InstanceMethod<&PerfReader::Stats>("stats")});
+  }
+
+  // new PerfReader(mapFd, pageCount, onBatch(buffer, count, lost), onError(err))
+  PerfReader(const Napi::CallbackInfo &info) : Napi::ObjectWrap<PerfReader>(info) {
+    Napi::Env env = info.Env();
+    int mapFd = static_cast<int>(U32Arg(info, 0, "mapFd"));
+    uint32_t pages = U32Arg(info, 1, "pageCount");
+    if (info.Length() < 3 || !info[2].IsFunction()) throw Napi::TypeError::New(env, "onBatch must be a function");
+    ClearLibbpfLog();
+    pb_ = perf_buffer__new(mapFd, pages, &PerfReader::OnSample, &PerfReader::OnLost, this, nullptr);
+    if (!pb_) throw SysError(env, errno, "perf buffer open", "fd " + std::to_string(mapFd));
+    tsfn_ = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "xdplb-perf-reader", 0, 1);
+    // A reader must never keep the process alive on its own.
+    tsfn_.Unref(env);
+    env.AddCleanupHook([this]() { Stop(); });
+    thread_ = std::thread([this]() { Loop(); });
+  }
+
+  ~PerfReader() override { Stop(); }
+
+ private:
+  static void OnSample(void *ctx, int cpu, void *data, __u32 size) {
+    auto *self = static_cast<PerfReader *>(ctx);
+    auto &b = self->cur_.bytes;
+    size_t off = b.size();
+    size_t padded = (size + 7u) & ~7u;
+    b.resize(off + 8 + padded);
+    uint32_t hdr[2] = {static_cast<uint32_t>(cpu), size};
+    memcpy(b.data() + off, hdr, 8);
+    memcpy(b.data() + off + 8, data, size);
+    self->cur_.count++;
+    self->received_.fetch_add(1, std::memory_order_relaxed);
+    if (b.size() >= kFlushBytes) self->Flush();
+  }
+
+  static void OnLost(void *ctx, int cpu, __u64 cnt) {
+    auto *self = static_cast<PerfReader *>(ctx);
+    self->cur_.lost += cnt;
+    self->lost_.fetch_add(cnt, std::memory_order_relaxed);
+  }
+
+  void Flush() {
+    if (cur_.count == 0 && cur_.lost == 0) return;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [this]() { return inFlight_ < kMaxInFlight || stop_.load(); });
+      if (stop_.load()) return;
+      inFlight_++;
+    }
+    auto *batch = new Batch(std::move(cur_));
+    cur_ = Batch();
+    napi_status st = tsfn_.NonBlockingCall(batch, [this](Napi::Env env, Napi::Function fn, Batch *b) {
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        inFlight_--;
+      }
+      cv_.notify_one();
+      if (env != nullptr && fn != nullptr) {
+        auto buf = Napi::Buffer<uint8_t>::Copy(env, b->bytes.data(), b->bytes.size());
+        fn.Call({buf, Napi::Number::New(env, b->count), Napi::Number::New(env, static_cast<double>(b->lost))});
+      }
+      delete b;
+    });
+    if (st != napi_ok) {
+      delete batch;
+      std::lock_guard<std::mutex> lock(mu_);
+      inFlight_--;
+    }
+  }
+
+  void Loop() {
+    while (!stop_.load()) {
+      int n = perf_buffer__poll(pb_, kPollMs);
+      if (n < 0 && n != -EINTR) {
+        pollErrors_.fetch_add(1, std::memory_order_relaxed);
+        std::this_thread::sleep_for(std::chrono::milliseconds(kPollMs));
+      }
+      Flush();
+    }
+  }
+
+  void Stop() {
+    if (stopped_) return;
+    stopped_ = true;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      stop_.store(true);
+    }
+    cv_.notify_all();
+    if (thread_.joinable()) thread_.join();
+    tsfn_.Release();
+    if (pb_) perf_buffer__free(pb_);
+    pb_ = nullptr;
+  }
+
+  Napi::Value Close(const Napi::CallbackInfo &info) {
+    Stop();
+    return info.Env().Undefined();
+  }
+
+  Napi::Value Stats(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("received", static_cast<double>(received_.load()));
+    o.Set("lost", static_cast<double>(lost_.load()));
+    o.Set("pollErrors", static_cast<double>(pollErrors_.load()));
+    return o;
+  }
+
+  struct perf_buffer *pb_ = nullptr;
+  Napi::ThreadSafeFunction tsfn_;
+  std::thread thread_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  int inFlight_ = 0;
+  std::atomic<bool> stop_{false};
+  bool stopped_ = false;
+  Batch cur_;
+  std::atomic<uint64_t> received_{0}, lost_{0}, pollErrors_{0};
+};
+
+}  // namespace
+
+void InitPerfReader(Napi::Env env, Napi::Object exports, AddonData *data) {
+  Napi::Function ctor = PerfReader::Define(env);
+  data->perfReaderCtor = Napi::Persistent(ctor);
+  exports.Set("PerfReader", ctor);
+}
+
+}  // namespace xdplb

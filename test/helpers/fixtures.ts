@@ -1,0 +1,85 @@
+// Test fixtures that clean up after themselves: network namespaces, veth pairs
+// and bpffs pin directories, each removed in t.teardown even when the test fails.
+// Every name starts with "xdplbt" so leftovers of a killed run are recognisable.
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+
+// tap's Test type without importing tap's internals.
+export interface Teardown {
+  teardown(fn: () => void | Promise<void>): void;
+}
+
+let serial = 0;
+function uniqueName(kind: string): string {
+  serial++;
+  return `xdplbt${kind}${process.pid % 100000}x${serial}`;
+}
+
+/** Runs a command, returns stdout; throws with stderr on failure. */
+export function sh(cmd: string, ...args: string[]): string {
+  return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+/** Runs a command inside a namespace (with /sys remounted by ip netns exec). */
+export function nsExec(ns: string, cmd: string, ...args: string[]): string {
+  return sh('ip', 'netns', 'exec', ns, cmd, ...args);
+}
+
+/** A fresh network namespace with loopback up, deleted at teardown. */
+export function netns(t: Teardown): string {
+  const name = uniqueName('n');
+  sh('ip', 'netns', 'add', name);
+  t.teardown(() => {
+    try {
+      sh('ip', 'netns', 'delete', name);
+    } catch {
+      // already gone
+    }
+  });
+  sh('ip', '-n', name, 'link', 'set', 'lo', 'up');
+  return name;
+}
+
+export interface Veth {
+  /** interface names, both ends; a lives in nsA, b in nsB */
+  a: string;
+  b: string;
+}
+
+/**
+ * A veth pair between two namespaces (or both in one), links up. Deleting a
+ * namespace deletes its veth ends, so the namespaces' teardown covers it.
+ */
+export function veth(nsA: string, nsB: string, a = 'veth0', b = 'veth1'): Veth {
+  const tmpA = uniqueName('a');
+  const tmpB = uniqueName('b');
+  sh('ip', 'link', 'add', tmpA, 'type', 'veth', 'peer', 'name', tmpB);
+  try {
+    sh('ip', 'link', 'set', tmpA, 'netns', nsA, 'name', a);
+    sh('ip', 'link', 'set', tmpB, 'netns', nsB, 'name', b);
+  } catch (e) {
+    try {
+      sh('ip', 'link', 'delete', tmpA);
+    } catch {
+      // moved already; the namespace owns it
+    }
+    throw e;
+  }
+  sh('ip', '-n', nsA, 'link', 'set', a, 'up');
+  sh('ip', '-n', nsB, 'link', 'set', b, 'up');
+  return { a, b };
+}
+
+/** Interface index inside a namespace. */
+export function ifindexIn(ns: string, dev: string): number {
+  const j = JSON.parse(sh('ip', '-n', ns, '-j', 'link', 'show', 'dev', dev)) as Array<{ ifindex: number }>;
+  return j[0].ifindex;
+}
+
+/** A bpffs directory for pins, removed with everything in it at teardown. */
+export function pinDir(t: Teardown): string {
+  const dir = `/sys/fs/bpf/${uniqueName('p')}`;
+  fs.mkdirSync(dir);
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return dir;
+}

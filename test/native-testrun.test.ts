@@ -1,0 +1,63 @@
+// BPF_PROG_TEST_RUN through the addon: verdicts, output bytes, repeat, ctx.
+import t from 'tap';
+import * as bpf from '../src/datapath/bpf';
+import { pinDir } from './helpers/fixtures';
+
+const OBJ = bpf.objectPath('native_test');
+
+function frame(): Buffer {
+  const f = Buffer.alloc(64);
+  Buffer.from('020000000001', 'hex').copy(f, 0); // destination
+  Buffer.from('020000000002', 'hex').copy(f, 6); // source
+  f.writeUInt16BE(0x0800, 12);
+  for (let i = 14; i < 64; i++) f[i] = i;
+  return f;
+}
+
+t.test('a rewriting program returns its verdict and the rewritten bytes', (t) => {
+  const obj = bpf.openObject(OBJ, { pinRoot: pinDir(t) });
+  t.teardown(() => obj.close());
+  const r = obj.program('xdp_swap_tx').testRun({ data: frame() });
+  t.equal(r.retval, bpf.XDP_TX);
+  t.equal(r.data.length, 64);
+  t.equal(r.data.subarray(0, 6).toString('hex'), '020000000002', 'destination is the old source');
+  t.equal(r.data.subarray(6, 12).toString('hex'), '020000000001', 'source is the old destination');
+  t.same(r.data.subarray(12), frame().subarray(12), 'the rest is untouched');
+  t.ok(r.duration >= 0);
+  t.end();
+});
+
+t.test('repeat runs the program that many times', async (t) => {
+  const obj = bpf.openObject(OBJ, { pinRoot: pinDir(t) });
+  t.teardown(() => obj.close());
+  const counter = obj.map('test_percpu');
+  const key = Buffer.alloc(4);
+  const sum = () => (counter.lookupPerCpu(key) ?? []).reduce((a, v) => a + v.readBigUInt64LE(), 0n);
+  const before = sum();
+  const r = obj.program('xdp_count_pass').testRun({ data: frame(), repeat: 1000 });
+  t.equal(r.retval, bpf.XDP_PASS);
+  t.equal(sum() - before, 1000n);
+  const a = await obj.program('xdp_count_pass').testRunAsync({ data: frame(), repeat: 500 });
+  t.equal(a.retval, bpf.XDP_PASS);
+  t.equal(sum() - before, 1500n, 'the asynchronous form runs too');
+});
+
+t.test('ctx sets the ingress interface; a bad ctx is an error', (t) => {
+  const obj = bpf.openObject(OBJ, { pinRoot: pinDir(t) });
+  t.teardown(() => obj.close());
+  const p = obj.program('xdp_drop_all');
+  t.equal(p.testRun({ data: frame(), ctx: bpf.xdpContext(1) }).retval, bpf.XDP_DROP, 'loopback is a valid ingress');
+  t.throws(() => p.testRun({ data: frame(), ctx: bpf.xdpContext(0x7ffffff0) }), { code: 'ENODEV', op: 'test run' });
+  t.throws(() => p.testRun({ data: Buffer.alloc(4) }), { code: 'EINVAL', op: 'test run' }, 'a frame shorter than Ethernet is refused');
+  t.end();
+});
+
+t.test('program info reports instruction counts', (t) => {
+  const obj = bpf.openObject(OBJ, { pinRoot: pinDir(t) });
+  t.teardown(() => obj.close());
+  const i = obj.program('xdp_swap_tx').info();
+  t.equal(i.type, 'xdp');
+  t.ok(i.id > 0);
+  t.ok(i.instructions > 5 && i.instructions < 100, `${i.instructions} instructions`);
+  t.end();
+});
