@@ -2,9 +2,9 @@
 import t from 'tap';
 import * as fs from 'node:fs';
 import * as bpf from '../src/datapath/bpf';
-import { pinDir } from './helpers/fixtures';
+import { needsRoot, pinDir } from './helpers/fixtures';
 
-const OBJ = bpf.objectPath('native_test');
+const OBJ = bpf.testObjectPath('native_test');
 
 function u32(n: number): Buffer {
   const b = Buffer.alloc(4);
@@ -17,7 +17,7 @@ function u64(n: bigint): Buffer {
   return b;
 }
 
-t.test('an object loads and names its programs and maps', (t) => {
+t.test('an object loads and names its programs and maps', needsRoot, (t) => {
   const obj = bpf.openObject(OBJ, { pinRoot: pinDir(t) });
   t.teardown(() => obj.close());
   t.same(obj.programs().sort(), ['xdp_count_pass', 'xdp_drop_all', 'xdp_emit', 'xdp_swap_tx']);
@@ -30,7 +30,7 @@ t.test('an object loads and names its programs and maps', (t) => {
   t.end();
 });
 
-t.test('a hash map round-trips single entries', (t) => {
+t.test('a hash map round-trips single entries', needsRoot, (t) => {
   const obj = bpf.openObject(OBJ, { pinRoot: pinDir(t) });
   const m = obj.map('test_hash');
   obj.close();
@@ -45,7 +45,7 @@ t.test('a hash map round-trips single entries', (t) => {
   t.end();
 });
 
-t.test('batched updates and deletes write and remove every element', (t) => {
+t.test('batched updates and deletes write and remove every element', needsRoot, (t) => {
   const obj = bpf.openObject(OBJ, { pinRoot: pinDir(t) });
   t.teardown(() => obj.close());
   const m = obj.map('test_hash');
@@ -61,7 +61,7 @@ t.test('batched updates and deletes write and remove every element', (t) => {
   t.end();
 });
 
-t.test('a per-CPU array gives one value per possible CPU', (t) => {
+t.test('a per-CPU array gives one value per possible CPU', needsRoot, (t) => {
   const obj = bpf.openObject(OBJ, { pinRoot: pinDir(t) });
   t.teardown(() => obj.close());
   const m = obj.map('test_percpu');
@@ -73,7 +73,7 @@ t.test('a per-CPU array gives one value per possible CPU', (t) => {
   t.end();
 });
 
-t.test('maps pinned by name are reused by the next load', (t) => {
+t.test('maps pinned by name are reused by the next load', needsRoot, (t) => {
   const dir = pinDir(t);
   const first = bpf.openObject(OBJ, { pinRoot: dir });
   first.map('test_hash').update(u32(1), u64(99n));
@@ -89,14 +89,14 @@ t.test('maps pinned by name are reused by the next load', (t) => {
   t.end();
 });
 
-t.test('max_entries can be set before load', (t) => {
+t.test('max_entries can be set before load', needsRoot, (t) => {
   const obj = bpf.openObject(OBJ, { pinRoot: pinDir(t), maxEntries: { test_hash: 4096 } });
   t.teardown(() => obj.close());
   t.equal(obj.map('test_hash').maxEntries, 4096);
   t.end();
 });
 
-t.test('map-in-map: an inner map is created and stored by fd', (t) => {
+t.test('map-in-map: an inner map is created and stored by fd', needsRoot, (t) => {
   const inner = bpf.createMap({ type: 'array', keySize: 4, valueSize: 4, maxEntries: 7, name: 'inner_t', flags: 0 });
   const outer = bpf.createMap({ type: 'array_of_maps', keySize: 4, valueSize: 4, maxEntries: 2, name: 'outer_t', innerMap: inner });
   t.teardown(() => {
@@ -109,7 +109,7 @@ t.test('map-in-map: an inner map is created and stored by fd', (t) => {
   t.end();
 });
 
-t.test('failures are errors with errno name, operation and object', (t) => {
+t.test('failures are errors with errno name, operation and object', needsRoot, (t) => {
   t.throws(() => bpf.openObject('/nonexistent/x.bpf.o'), { code: 'ENOENT', op: 'open object', target: '/nonexistent/x.bpf.o' });
   t.throws(() => bpf.mapFromPin('/sys/fs/bpf/xdplbt-no-such-pin'), { code: 'ENOENT', op: 'open pinned map' });
   const obj = bpf.openObject(OBJ, { pinRoot: pinDir(t) });

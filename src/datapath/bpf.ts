@@ -6,10 +6,16 @@ import * as path from 'node:path';
 /** Root of the package: dist/src/datapath -> ../../.. */
 export const PACKAGE_ROOT = path.resolve(__dirname, '..', '..', '..');
 export const BPF_OBJECT_DIR = path.join(PACKAGE_ROOT, 'build', 'bpf');
+export const BPF_TEST_OBJECT_DIR = path.join(PACKAGE_ROOT, 'build', 'bpf-test');
 
-/** Path of a compiled BPF object built from xdp/NAME.bpf.c or test/bpf/NAME.bpf.c. */
+/** Path of a compiled BPF object built from xdp/NAME.bpf.c. */
 export function objectPath(name: string): string {
   return path.join(BPF_OBJECT_DIR, `${name}.bpf.o`);
+}
+
+/** Path of a test-only BPF object built from test/bpf/NAME.bpf.c. */
+export function testObjectPath(name: string): string {
+  return path.join(BPF_TEST_OBJECT_DIR, `${name}.bpf.o`);
 }
 
 /** Error thrown by every native operation: errno name, errno, operation, object. */
@@ -255,12 +261,22 @@ export const XDP_TX = 3;
 export const XDP_REDIRECT = 4;
 export const XDP_VERDICT_NAMES = ['XDP_ABORTED', 'XDP_DROP', 'XDP_PASS', 'XDP_TX', 'XDP_REDIRECT'] as const;
 
-/** struct xdp_md for test runs: only ingress_ifindex and rx_queue_index may be set. */
+/**
+ * struct xdp_md for test runs: the ingress interface and receive queue. data_end
+ * is filled in by testRun, since the kernel requires it to equal the frame size.
+ */
 export function xdpContext(ingressIfindex: number, rxQueue = 0): Buffer {
   const ctx = Buffer.alloc(24);
   ctx.writeUInt32LE(ingressIfindex, 12);
   ctx.writeUInt32LE(rxQueue, 16);
   return ctx;
+}
+
+function withDataEnd(opts: TestRunOptions): TestRunOptions {
+  if (!opts.ctx || opts.ctx.length < 8) return opts;
+  const ctx = Buffer.from(opts.ctx);
+  ctx.writeUInt32LE(opts.data.length, 4);
+  return { ...opts, ctx };
 }
 
 /** A loaded BPF program. */
@@ -280,11 +296,11 @@ export class BpfProgram {
   }
   /** BPF_PROG_TEST_RUN on the calling thread. */
   testRun(opts: TestRunOptions): TestRunResult {
-    return this.handle.testRun(opts);
+    return this.handle.testRun(withDataEnd(opts));
   }
   /** BPF_PROG_TEST_RUN on the libuv pool: for long runs (live frames, benchmarks). */
   testRunAsync(opts: TestRunOptions): Promise<TestRunResult> {
-    return this.handle.testRunAsync(opts);
+    return this.handle.testRunAsync(withDataEnd(opts));
   }
   pin(path: string): void {
     this.handle.pin(path);

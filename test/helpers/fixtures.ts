@@ -9,6 +9,14 @@ export interface Teardown {
   teardown(fn: () => void | Promise<void>): void;
 }
 
+/**
+ * Options for tests that need root (BPF, bpffs, network namespaces): skipped with
+ * the reason on any other account, so the suite says what it did not run.
+ */
+export const needsRoot = {
+  skip: process.getuid?.() === 0 ? false : 'needs root: BPF, bpffs and network namespaces',
+};
+
 let serial = 0;
 function uniqueName(kind: string): string {
   serial++;
