@@ -1,0 +1,116 @@
+// The desired-state model of xdplb: what a service and a node are, independent
+// of where the state came from (YAML file, gRPC API, state directory) and of how
+// the datapath stores it.
+
+export type Protocol = 'tcp' | 'udp';
+export type BackendState = 'active' | 'draining' | 'down';
+export type AttachMode = 'native' | 'generic';
+export type Family = 4 | 6;
+
+export interface BackendSpec {
+  /** IPv4 or IPv6 address, same family as the service's VIP, in canonical text form */
+  address: string;
+  /** destination port at the backend; used when the service has L4 DNAT on, otherwise informative */
+  port: number;
+  /** 0..65535; 0 receives no new flows (like draining) */
+  weight: number;
+  state: BackendState;
+}
+
+export interface ServiceFlags {
+  /** rewrite the inner destination port to the backend's port */
+  l4Dnat: boolean;
+  /** hash on the client address only (no source port): a client sticks to one backend */
+  sourceHash: boolean;
+  /** skip the connection table: every packet follows the Maglev table */
+  conntrackBypass: boolean;
+  /** answer ICMP echo requests to the VIP from the load balancer */
+  icmpEcho: boolean;
+}
+
+export interface ServiceSpec {
+  /** unique name, an RFC 1123 label: lowercase letters, digits and '-', at most 63 */
+  name: string;
+  vip: string;
+  /** 1..65535, or 0 for every port of the VIP */
+  port: number;
+  protocol: Protocol;
+  flags: ServiceFlags;
+  backends: BackendSpec[];
+}
+
+export type Owner = 'file' | 'api';
+
+export interface OwnedService extends ServiceSpec {
+  owner: Owner;
+}
+
+export interface InterfaceSpec {
+  name: string;
+  mode: AttachMode;
+}
+
+/** An outer source: an address, or a prefix whose host bits come from the flow hash. */
+export interface OuterSource {
+  address: string;
+  prefixLength: number;
+}
+
+export interface TlsFiles {
+  cert: string;
+  key: string;
+  /** CA that client certificates must chain to (mutual TLS) */
+  ca: string;
+}
+
+export interface ApiSettings {
+  /** unix socket path (mode 0600) */
+  socket: string;
+  /** host:port for TCP; only with tls */
+  tcp?: string;
+  tls?: TlsFiles;
+}
+
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
+
+export interface NodeSettings {
+  interfaces: InterfaceSpec[];
+  /** prime, at most 131071 */
+  maglevSize: number;
+  outerSource: { ipv4?: OuterSource; ipv6?: OuterSource };
+  /** TTL / hop limit of the outer header */
+  ttl: number;
+  /** egress MTU override (0: from the route/device) */
+  mtu: number;
+  bpffs: string;
+  api: ApiSettings;
+  stateDir: string;
+  recorderDir: string;
+  logLevel: LogLevel;
+  /** Prometheus listen address host:port; absent: metrics off */
+  metrics?: string;
+}
+
+export interface Config {
+  node: NodeSettings;
+  services: ServiceSpec[];
+}
+
+export const DEFAULT_FLAGS: ServiceFlags = { l4Dnat: false, sourceHash: false, conntrackBypass: false, icmpEcho: true };
+
+export const DEFAULT_NODE: NodeSettings = {
+  interfaces: [],
+  maglevSize: 16381,
+  outerSource: {},
+  ttl: 64,
+  mtu: 0,
+  bpffs: '/sys/fs/bpf/xdplb',
+  api: { socket: '/run/xdplb/xdplb.sock' },
+  stateDir: '/var/lib/xdplb',
+  recorderDir: '/var/lib/xdplb/recordings',
+  logLevel: 'info',
+};
+
+export function familyOf(address: string): Family {
+  return address.includes(':') ? 6 : 4;
+}
