@@ -1,0 +1,91 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* xdplb datapath constants: capacities, flags, states and the one enum of
+ * reasons. Mirrored in TypeScript by src/datapath/layout.ts (capacities,
+ * flags, states) and src/datapath/reasons.ts (reasons, same names). */
+#ifndef XDPLB_CONSTS_H
+#define XDPLB_CONSTS_H
+
+/* ---- capacities (max_entries; the daemon may override some at load) ---- */
+#define XDPLB_MAX_SERVICES	65536	/* services hash, Maglev outer map, service stats */
+#define XDPLB_MAX_BACKENDS	65536	/* backends array, backend stats */
+#define XDPLB_CT_SIZE		262144	/* connection table (LRU, per-CPU LRU lists) */
+#define XDPLB_MAX_DEVICES	256	/* devmap for XDP_REDIRECT, keyed by ifindex */
+
+/* Maglev: the inner map template has the default size; BPF_F_INNER_MAP lets
+ * the daemon install inner maps of any prime size up to XDPLB_MAGLEV_MAX_M. */
+#define XDPLB_MAGLEV_DEFAULT_M	16381
+#define XDPLB_MAGLEV_MAX_M	131071
+#define XDPLB_NO_BACKEND	0xffffffffU	/* Maglev entry of an empty table */
+
+/* Flow hash: Linux jhash2 over the flow words, with a fleet-wide fixed seed so
+ * every load balancer picks the same backend for the same flow. */
+#define XDPLB_FLOW_HASH_SEED	0x7864706cU	/* "xdpl" */
+
+/* IPv6 extension headers walked before giving up (XDP_PASS, ipv6_ext_limit) */
+#define XDPLB_IPV6_EXT_MAX	6
+
+/* Quoted bytes in LB-made ICMP errors: IPv4 keeps the reply within 576 bytes
+ * (RFC 1812 4.3.2.3), ICMPv6 within the IPv6 minimum MTU 1280 (RFC 4443 2.4). */
+#define XDPLB_ICMP4_QUOTE_MAX	(576 - 20 - 8)
+#define XDPLB_ICMP6_QUOTE_MAX	(1280 - 40 - 8)
+
+#define XDPLB_DEFAULT_TTL	64
+
+/* ---- address families as stored in maps (not AF_*) ---- */
+#define XDPLB_FAMILY_V4		4
+#define XDPLB_FAMILY_V6		6
+
+/* ---- service flags (struct xdplb_service.flags) ---- */
+#define XDPLB_SVC_F_L4_DNAT	(1U << 0)	/* inner destination port := backend port */
+#define XDPLB_SVC_F_SRC_HASH	(1U << 1)	/* hash the client address only (ports zeroed) */
+#define XDPLB_SVC_F_CT_BYPASS	(1U << 2)	/* no connection table: Maglev for every packet */
+#define XDPLB_SVC_F_ICMP_ECHO	(1U << 3)	/* on a VIP entry: answer ICMP echo requests */
+
+/* ---- backend states (struct xdplb_backend.state) ---- */
+#define XDPLB_BACKEND_NONE	0	/* slot unused or deleted: never chosen */
+#define XDPLB_BACKEND_ACTIVE	1	/* new and established flows */
+#define XDPLB_BACKEND_DRAINING	2	/* established flows (connection table) only */
+#define XDPLB_BACKEND_DOWN	3	/* never chosen */
+
+/* ---- reasons: why a packet got its verdict; one per-CPU counter each ----
+ * Every reason implies exactly one verdict (the prefix says which; the first
+ * four are XDP_TX/XDP_REDIRECT). Keep in sync with src/datapath/reasons.ts:
+ * same order, same names in snake_case without the XDPLB_R_ prefix. */
+enum xdplb_reason {
+	XDPLB_R_FORWARD_TX = 0,		/* XDP_TX: encapsulated to a backend, out the ingress interface */
+	XDPLB_R_FORWARD_REDIRECT,	/* XDP_REDIRECT: encapsulated to a backend, out another interface */
+	XDPLB_R_ICMP_ECHO_REPLY,	/* XDP_TX: echo request to a VIP answered by the LB */
+	XDPLB_R_PMTU_REPLY,		/* XDP_TX: too big once encapsulated; ICMP frag needed / packet too big sent */
+	XDPLB_R_PASS_NOT_IP,		/* XDP_PASS: ARP or another non-IP ethertype */
+	XDPLB_R_PASS_VLAN_STACKED,	/* XDP_PASS: more than one VLAN tag (QinQ) */
+	XDPLB_R_PASS_TRUNCATED,		/* XDP_PASS: frame ends before its headers or IP length say */
+	XDPLB_R_PASS_BAD_IP_HEADER,	/* XDP_PASS: wrong version, IHL < 5, length below header, IPv6 jumbo */
+	XDPLB_R_PASS_IPV4_FRAGMENT,	/* XDP_PASS: IPv4 fragment (first or later) */
+	XDPLB_R_PASS_IPV6_FRAGMENT,	/* XDP_PASS: IPv6 fragment header */
+	XDPLB_R_PASS_IPV6_EXT_LIMIT,	/* XDP_PASS: more than XDPLB_IPV6_EXT_MAX extension headers */
+	XDPLB_R_PASS_L4_UNSUPPORTED,	/* XDP_PASS: transport other than TCP, UDP, ICMP, ICMPv6 */
+	XDPLB_R_PASS_NOT_VIP,		/* XDP_PASS: no service for (VIP, port, protocol) */
+	XDPLB_R_PASS_ICMP_OTHER,	/* XDP_PASS: ICMP type the LB does not handle (NDP, replies, ...) */
+	XDPLB_R_PASS_ICMP_ECHO_OFF,	/* XDP_PASS: echo request to a VIP whose echo flag is off */
+	XDPLB_R_PASS_ICMP_QUOTE,	/* XDP_PASS: ICMP error whose quoted packet is not a parseable TCP/UDP header */
+	XDPLB_R_PASS_FIB_MISS,		/* XDP_PASS: no route to the backend (blackhole, unreachable, ...) */
+	XDPLB_R_PASS_FIB_NO_NEIGH,	/* XDP_PASS: route but no neighbour entry for the next hop */
+	XDPLB_R_PASS_FIB_FWD_DISABLED,	/* XDP_PASS: forwarding disabled on the ingress interface */
+	XDPLB_R_PASS_NO_EGRESS_DEV,	/* XDP_PASS: egress interface is not in the devmap */
+	XDPLB_R_DROP_NO_BACKEND,	/* XDP_DROP: no table, empty entry, or backend not active */
+	XDPLB_R_DROP_FAMILY_MISMATCH,	/* XDP_DROP: backend family differs from the VIP's */
+	XDPLB_R_DROP_NO_OUTER_SOURCE,	/* XDP_DROP: node config has no outer source for the family */
+	XDPLB_R_DROP_FRAG_NEEDED_NO_DF,	/* XDP_DROP: IPv4 without DF too big once encapsulated */
+	XDPLB_R_DROP_TOO_BIG_ICMP,	/* XDP_DROP: ICMP error too big once encapsulated (no error about an error) */
+	XDPLB_R_DROP_ADJUST_FAILED,	/* XDP_DROP: bpf_xdp_adjust_head/tail refused */
+	XDPLB_R_MAX
+};
+
+/* Internal: "no verdict yet, go on with the next step". Never counted. */
+#define XDPLB_CONTINUE	(-1)
+
+/* Where the recorder hooks sit (recorder.h). */
+#define XDPLB_CAPTURE_IN	1	/* step 2: as received, before any change */
+#define XDPLB_CAPTURE_OUT	2	/* step 9: as sent, after encapsulation */
+
+#endif /* XDPLB_CONSTS_H */

@@ -1,0 +1,90 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Every map key and value of xdplb: the single source of truth for the map
+ * ABI. src/datapath/layout.ts encodes and decodes these with explicit offsets,
+ * and a test compares both with the BTF of build/bpf/lb.bpf.o.
+ *
+ * Byte order: addresses and ports are in network order (as on the wire), so
+ * the datapath compares them without swapping; everything else is host order.
+ * No implicit padding: every hole is a named field that must be zero. */
+#ifndef XDPLB_LAYOUT_H
+#define XDPLB_LAYOUT_H
+
+#include <linux/types.h>
+
+/* xdplb_services key. An IPv4 VIP sits in vip[0..3], vip[4..15] zero.
+ * port 0 is the all-ports service of the VIP (looked up after the exact port).
+ * proto IPPROTO_ICMP / IPPROTO_ICMPV6 with port 0 is the VIP entry that says
+ * whether the LB answers echo requests (XDPLB_SVC_F_ICMP_ECHO). */
+struct xdplb_service_key {
+	__u8 family;		/* 0: XDPLB_FAMILY_V4 or XDPLB_FAMILY_V6 */
+	__u8 proto;		/* 1: IPPROTO_TCP, IPPROTO_UDP (or ICMP for the VIP entry) */
+	__be16 port;		/* 2: network order; 0 = every port */
+	__u8 vip[16];		/* 4 */
+};				/* 20 */
+
+/* xdplb_services value */
+struct xdplb_service {
+	__u32 id;		/* 0: index of the Maglev table and of the service counters */
+	__u32 flags;		/* 4: XDPLB_SVC_F_* */
+};				/* 8 */
+
+/* xdplb_backends value, indexed by backend id (the ids in Maglev tables) */
+struct xdplb_backend {
+	__u8 addr[16];		/* 0: IPv4 in addr[0..3] */
+	__be16 port;		/* 16: network order; the L4 DNAT destination port */
+	__u8 family;		/* 18: XDPLB_FAMILY_V4/V6; 0 = empty slot */
+	__u8 state;		/* 19: XDPLB_BACKEND_* */
+};				/* 20 */
+
+/* xdplb_config[0]: this node's settings */
+struct xdplb_config {
+	__u8 src4[4];		/* 0: outer IPv4 source */
+	__u8 src6[16];		/* 4: outer IPv6 source */
+	__u8 src4_prefix_len;	/* 20: 0 or 32 = exactly src4; 1..31 = host bits from the flow hash */
+	__u8 src6_prefix_len;	/* 21: 0 or 128 = exactly src6; else last min(32, 128-len) bits from the flow hash */
+	__u8 ttl;		/* 22: outer TTL / hop limit, and of LB-made replies; 0 = 64 */
+	__u8 flags;		/* 23: none defined yet, 0 */
+	__u16 mtu;		/* 24: egress MTU override (lowers the FIB's); 0 = the FIB's only */
+	__u16 pad;		/* 26: 0 */
+	__u32 maglev_m;		/* 28: size M of every Maglev table (prime); 0 = XDPLB_MAGLEV_DEFAULT_M */
+};				/* 32 */
+
+/* xdplb_conntrack key: the flow as the client sent it */
+struct xdplb_flow_key {
+	__u8 src[16];		/* 0: client address */
+	__u8 dst[16];		/* 16: VIP */
+	__be16 sport;		/* 32 */
+	__be16 dport;		/* 34 */
+	__u8 proto;		/* 36 */
+	__u8 family;		/* 37: XDPLB_FAMILY_V4/V6 */
+	__u16 pad;		/* 38: 0 */
+};				/* 40 */
+
+/* xdplb_conntrack value */
+struct xdplb_ct_entry {
+	__u32 backend_id;	/* 0 */
+	__u32 service_id;	/* 4: an entry of another service (id reused) is ignored */
+};				/* 8 */
+
+/* xdplb_svc_stats, xdplb_be_stats, xdplb_reasons: per-CPU values */
+struct xdplb_counter {
+	__u64 packets;		/* 0 */
+	__u64 bytes;		/* 8: frame bytes as received */
+};				/* 16 */
+
+/* xdplb_devmap value (the kernel's struct bpf_devmap_val) */
+struct xdplb_devmap_val {
+	__u32 ifindex;		/* 0: egress interface */
+	__s32 prog_fd;		/* 4: 0 = no devmap program; reads back as its id */
+};				/* 8 */
+
+_Static_assert(sizeof(struct xdplb_service_key) == 20, "service key");
+_Static_assert(sizeof(struct xdplb_service) == 8, "service");
+_Static_assert(sizeof(struct xdplb_backend) == 20, "backend");
+_Static_assert(sizeof(struct xdplb_config) == 32, "config");
+_Static_assert(sizeof(struct xdplb_flow_key) == 40, "flow key");
+_Static_assert(sizeof(struct xdplb_ct_entry) == 8, "ct entry");
+_Static_assert(sizeof(struct xdplb_counter) == 16, "counter");
+_Static_assert(sizeof(struct xdplb_devmap_val) == 8, "devmap value");
+
+#endif /* XDPLB_LAYOUT_H */

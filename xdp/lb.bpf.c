@@ -1,0 +1,132 @@
+// SPDX-License-Identifier: Apache-2.0
+/* xdplb: the XDP load balancer. xdplb_process() is the packet path of
+ * DESIGN.md, one step after the other:
+ *
+ *   1 parse  2 recorder (in)  3 service  4 backend  5 L4 DNAT  6 encap
+ *   7 PMTU  8 FIB/L2  9 recorder (out)  10 counters
+ *
+ * One deviation from the numbering, on purpose: the FIB lookup of step 8 runs
+ * before steps 5 and 6 change anything, because step 7 needs its MTU and
+ * because a packet that cannot be forwarded (FIB miss, too big) must reach
+ * the kernel, or be quoted in the ICMP error, exactly as it arrived. */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "consts.h"
+#include "layout.h"
+#include "maps.h"
+#include "parse.h"
+#include "recorder.h"
+#include "maglev.h"
+#include "encap.h"
+#include "icmp.h"
+#include "fib.h"
+#include "stats.h"
+
+/* Step 10 for everything that is not forwarded: count the reason, return
+ * the verdict it implies. */
+static __always_inline int finish(const struct packet *pkt, int reason)
+{
+	count_reason(reason, pkt->frame_len);
+	return reason_verdict(reason);
+}
+
+/* Step 7: too big once encapsulated. IPv4 without DF cannot be fragmented
+ * here (XDP has no fragmentation) and an ICMP error about it would be
+ * ignored by the client: such packets are dropped and counted. No ICMP error
+ * is ever sent about an ICMP error. */
+static __always_inline int too_big(struct xdp_md *ctx, const struct packet *pkt, const struct xdplb_config *cfg, __u32 mtu)
+{
+	if (pkt->kind != PKT_FLOW)
+		return XDPLB_R_DROP_TOO_BIG_ICMP;
+	if (!pkt->df)
+		return XDPLB_R_DROP_FRAG_NEEDED_NO_DF;
+	return icmp_too_big_reply(ctx, pkt, cfg, mtu);
+}
+
+static __always_inline int xdplb_process(struct xdp_md *ctx)
+{
+	struct packet pkt = {};
+	struct backend_choice choice = {};
+	struct encap_plan plan = {};
+	struct bpf_fib_lookup fib;
+	struct xdplb_service *svc;
+	struct xdplb_config *cfg;
+	__u32 zero = 0, mtu = 0;
+	int r, verdict;
+
+	/* 1. Parse: anything not parseable goes to the kernel untouched */
+	r = parse_packet(ctx, &pkt);
+	if (r != XDPLB_CONTINUE)
+		return finish(&pkt, r);
+
+	/* 2. Recorder, inbound point */
+	xdplb_record(ctx, &pkt, XDPLB_CAPTURE_IN);
+
+	cfg = bpf_map_lookup_elem(&xdplb_config, &zero);
+	if (!cfg)
+		return finish(&pkt, XDPLB_R_PASS_NOT_VIP);
+
+	/* 3. Service lookup (echo requests: the VIP entry, answered here) */
+	if (pkt.kind == PKT_ICMP_ECHO) {
+		svc = lookup_vip_entry(&pkt.flow);
+		if (!svc)
+			return finish(&pkt, XDPLB_R_PASS_NOT_VIP);
+		if (!(svc->flags & XDPLB_SVC_F_ICMP_ECHO))
+			return finish(&pkt, XDPLB_R_PASS_ICMP_ECHO_OFF);
+		return finish(&pkt, icmp_echo_reply(ctx, &pkt, cfg));
+	}
+	svc = lookup_service(&pkt.flow);
+	if (!svc)
+		return finish(&pkt, XDPLB_R_PASS_NOT_VIP);
+
+	/* 4. Backend: connection table, then Maglev */
+	pkt.hash = flow_hash(&pkt.flow, svc->flags & XDPLB_SVC_F_SRC_HASH);
+	r = choose_backend(&pkt, svc, cfg, &choice);
+	if (r != XDPLB_CONTINUE)
+		return finish(&pkt, r);
+	if (choice.be->family != pkt.flow.family)
+		return finish(&pkt, XDPLB_R_DROP_FAMILY_MISMATCH);
+
+	/* 6a. The outer header to be: source, destination, length */
+	r = plan_encap(&pkt, cfg, choice.be, &plan);
+	if (r != XDPLB_CONTINUE)
+		return finish(&pkt, r);
+
+	/* 8a + 7. Route to the backend and the PMTU check, nothing changed yet */
+	r = fib_lookup_backend(ctx, &pkt, &plan, cfg, &fib, &mtu);
+	if (r == XDPLB_TOO_BIG)
+		return finish(&pkt, too_big(ctx, &pkt, cfg, mtu));
+	if (r != XDPLB_CONTINUE)
+		return finish(&pkt, r);
+
+	/* 5. L4 DNAT (flows only: ICMP errors travel as they came) */
+	if ((svc->flags & XDPLB_SVC_F_L4_DNAT) && pkt.kind == PKT_FLOW)
+		l4_dnat(ctx, &pkt, choice.be->port);
+
+	/* 6. Encapsulation */
+	r = encap(ctx, &pkt, &plan, cfg);
+	if (r != XDPLB_CONTINUE)
+		return finish(&pkt, r);
+
+	/* 8. L2: next-hop MACs, XDP_TX or XDP_REDIRECT */
+	verdict = l2_forward(ctx, &fib, &r);
+
+	/* 9. Recorder, outbound point */
+	xdplb_record(ctx, &pkt, XDPLB_CAPTURE_OUT);
+
+	/* 10. Counters */
+	count_reason(r, pkt.frame_len);
+	if (verdict == XDP_TX || verdict == XDP_REDIRECT)
+		count_forward(svc->id, choice.id, pkt.frame_len);
+	return verdict;
+}
+
+#ifndef XDPLB_NO_MAIN
+SEC("xdp")
+int xdplb_main(struct xdp_md *ctx)
+{
+	return xdplb_process(ctx);
+}
+#endif
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";

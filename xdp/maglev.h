@@ -1,0 +1,194 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Step 4: the flow hash and the backend choice (connection table, then the
+ * service's Maglev table). src/datapath/flowhash.ts computes the same hash
+ * bit for bit. */
+#ifndef XDPLB_MAGLEV_H
+#define XDPLB_MAGLEV_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "consts.h"
+#include "layout.h"
+#include "maps.h"
+#include "parse.h"
+
+/* ---- Linux jhash2 (include/linux/jhash.h, Bob Jenkins' lookup3) ---- */
+#define JHASH_INITVAL 0xdeadbeefU
+
+static __always_inline __u32 rol32(__u32 w, unsigned int s)
+{
+	return (w << s) | (w >> (32 - s));
+}
+
+#define __jhash_mix(a, b, c)                        \
+	{                                           \
+		a -= c; a ^= rol32(c, 4);  c += b;  \
+		b -= a; b ^= rol32(a, 6);  a += c;  \
+		c -= b; c ^= rol32(b, 8);  b += a;  \
+		a -= c; a ^= rol32(c, 16); c += b;  \
+		b -= a; b ^= rol32(a, 19); a += c;  \
+		c -= b; c ^= rol32(b, 4);  b += a;  \
+	}
+
+#define __jhash_final(a, b, c)                 \
+	{                                      \
+		c ^= b; c -= rol32(b, 14);     \
+		a ^= c; a -= rol32(c, 11);     \
+		b ^= a; b -= rol32(a, 25);     \
+		c ^= b; c -= rol32(b, 16);     \
+		a ^= c; a -= rol32(c, 4);      \
+		b ^= a; b -= rol32(a, 14);     \
+		c ^= b; c -= rol32(b, 24);     \
+	}
+
+/* jhash2(k, length, initval) for a length known at compile time. */
+static __always_inline __u32 jhash2(const __u32 *k, const __u32 length, __u32 initval)
+{
+	__u32 a, b, c, n = length;
+
+	a = b = c = JHASH_INITVAL + (length << 2) + initval;
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		if (n <= 3)
+			break;
+		a += k[0];
+		b += k[1];
+		c += k[2];
+		__jhash_mix(a, b, c);
+		n -= 3;
+		k += 3;
+	}
+	switch (n) {
+	case 3:
+		c += k[2];
+		/* fallthrough */
+	case 2:
+		b += k[1];
+		/* fallthrough */
+	case 1:
+		a += k[0];
+		__jhash_final(a, b, c);
+		break;
+	}
+	return c;
+}
+
+static __always_inline __u32 addr_word(const __u8 *a)
+{
+	return bpf_ntohl(*(const __u32 *)a);
+}
+
+/* The flow hash. Words, each the big-endian value of its 4 bytes:
+ *   IPv4: src, dst, ports, proto                 (jhash2 over 4 words)
+ *   IPv6: src[0..3], dst[0..3], ports, proto     (jhash2 over 10 words)
+ * ports = sport << 16 | dport, or 0 when hashing on the source only
+ * (XDPLB_SVC_F_SRC_HASH). Seed XDPLB_FLOW_HASH_SEED. */
+static __always_inline __u32 flow_hash(const struct xdplb_flow_key *f, int src_only)
+{
+	__u32 ports = src_only ? 0 : ((__u32)bpf_ntohs(f->sport) << 16 | bpf_ntohs(f->dport));
+	__u32 w[10];
+
+	if (f->family == XDPLB_FAMILY_V4) {
+		w[0] = addr_word(f->src);
+		w[1] = addr_word(f->dst);
+		w[2] = ports;
+		w[3] = f->proto;
+		return jhash2(w, 4, XDPLB_FLOW_HASH_SEED);
+	}
+#pragma unroll
+	for (int i = 0; i < 4; i++) {
+		w[i] = addr_word(f->src + 4 * i);
+		w[4 + i] = addr_word(f->dst + 4 * i);
+	}
+	w[8] = ports;
+	w[9] = f->proto;
+	return jhash2(w, 10, XDPLB_FLOW_HASH_SEED);
+}
+
+/* Step 3: the service of a flow: exact port first, then the all-ports one. */
+static __always_inline struct xdplb_service *lookup_service(const struct xdplb_flow_key *f)
+{
+	struct xdplb_service_key key = {
+		.family = f->family,
+		.proto = f->proto,
+		.port = f->dport,
+	};
+	struct xdplb_service *svc;
+
+	__builtin_memcpy(key.vip, f->dst, 16);
+	svc = bpf_map_lookup_elem(&xdplb_services, &key);
+	if (svc)
+		return svc;
+	key.port = 0;
+	return bpf_map_lookup_elem(&xdplb_services, &key);
+}
+
+/* The VIP entry (ICMP protocol, port 0) that says whether echo is answered. */
+static __always_inline struct xdplb_service *lookup_vip_entry(const struct xdplb_flow_key *f)
+{
+	struct xdplb_service_key key = {
+		.family = f->family,
+		.proto = f->family == XDPLB_FAMILY_V4 ? IPPROTO_ICMP : IPPROTO_ICMPV6,
+	};
+
+	__builtin_memcpy(key.vip, f->dst, 16);
+	return bpf_map_lookup_elem(&xdplb_services, &key);
+}
+
+struct backend_choice {
+	struct xdplb_backend *be;
+	__u32 id;
+};
+
+/* Step 4. Connection table first (unless bypassed): an entry of this service
+ * whose backend is active or draining keeps the flow there. Otherwise the
+ * Maglev table at hash % M, which must name an active backend; the choice is
+ * then remembered (not for ICMP errors: they follow flows, never start them).
+ * Returns XDPLB_CONTINUE or a drop reason. */
+static __always_inline int choose_backend(struct packet *pkt, const struct xdplb_service *svc,
+					  const struct xdplb_config *cfg, struct backend_choice *out)
+{
+	int use_ct = !(svc->flags & XDPLB_SVC_F_CT_BYPASS);
+	struct xdplb_ct_entry *ct;
+	struct xdplb_backend *be;
+	__u32 m, idx, id, *idp;
+	void *table;
+
+	if (use_ct) {
+		ct = bpf_map_lookup_elem(&xdplb_conntrack, &pkt->flow);
+		if (ct && ct->service_id == svc->id) {
+			id = ct->backend_id;
+			be = bpf_map_lookup_elem(&xdplb_backends, &id);
+			if (be && (be->state == XDPLB_BACKEND_ACTIVE || be->state == XDPLB_BACKEND_DRAINING)) {
+				out->be = be;
+				out->id = id;
+				return XDPLB_CONTINUE;
+			}
+		}
+	}
+
+	table = bpf_map_lookup_elem(&xdplb_maglev, &svc->id);
+	if (!table)
+		return XDPLB_R_DROP_NO_BACKEND;
+	m = cfg->maglev_m ? cfg->maglev_m : XDPLB_MAGLEV_DEFAULT_M;
+	idx = pkt->hash % m;
+	idp = bpf_map_lookup_elem(table, &idx);
+	if (!idp)
+		return XDPLB_R_DROP_NO_BACKEND;
+	id = *idp;
+	be = bpf_map_lookup_elem(&xdplb_backends, &id);
+	if (!be || be->state != XDPLB_BACKEND_ACTIVE)
+		return XDPLB_R_DROP_NO_BACKEND;
+
+	if (use_ct && pkt->kind == PKT_FLOW) {
+		struct xdplb_ct_entry e = { .backend_id = id, .service_id = svc->id };
+
+		bpf_map_update_elem(&xdplb_conntrack, &pkt->flow, &e, BPF_ANY);
+	}
+	out->be = be;
+	out->id = id;
+	return XDPLB_CONTINUE;
+}
+
+#endif /* XDPLB_MAGLEV_H */

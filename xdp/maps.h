@@ -1,0 +1,106 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* The maps of lb.bpf.c. Every map is pinned by name (LIBBPF_PIN_BY_NAME) so a
+ * restarted daemon adopts them, and the program keeps forwarding meanwhile. */
+#ifndef XDPLB_MAPS_H
+#define XDPLB_MAPS_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "consts.h"
+#include "layout.h"
+
+/* (family, proto, port, VIP) -> service */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XDPLB_MAX_SERVICES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, struct xdplb_service_key);
+	__type(value, struct xdplb_service);
+} xdplb_services SEC(".maps");
+
+/* backend id -> backend */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XDPLB_MAX_BACKENDS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, struct xdplb_backend);
+} xdplb_backends SEC(".maps");
+
+/* Maglev table template: entry i = backend id for flow_hash % M == i.
+ * BPF_F_INNER_MAP: replacement tables may have another max_entries (M);
+ * they must be created with BPF_F_INNER_MAP as well. */
+struct xdplb_maglev_inner {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XDPLB_MAGLEV_DEFAULT_M);
+	__uint(map_flags, BPF_F_INNER_MAP);
+	__type(key, __u32);
+	__type(value, __u32);
+};
+
+/* service id -> Maglev table; the daemon swaps a whole table atomically */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY_OF_MAPS);
+	__uint(max_entries, XDPLB_MAX_SERVICES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__array(values, struct xdplb_maglev_inner);
+} xdplb_maglev SEC(".maps");
+
+/* [0] -> this node's settings */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, struct xdplb_config);
+} xdplb_config SEC(".maps");
+
+/* Connection table: flow -> backend. One key space (a flow that moves to
+ * another CPU keeps its backend) with per-CPU LRU lists (no shared LRU lock). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, XDPLB_CT_SIZE);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, struct xdplb_flow_key);
+	__type(value, struct xdplb_ct_entry);
+} xdplb_conntrack SEC(".maps");
+
+/* service id -> packets/bytes forwarded */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XDPLB_MAX_SERVICES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, struct xdplb_counter);
+} xdplb_svc_stats SEC(".maps");
+
+/* backend id -> packets/bytes forwarded */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XDPLB_MAX_BACKENDS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, struct xdplb_counter);
+} xdplb_be_stats SEC(".maps");
+
+/* enum xdplb_reason -> packets/bytes */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XDPLB_R_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, struct xdplb_counter);
+} xdplb_reasons SEC(".maps");
+
+/* egress ifindex -> devmap entry, for XDP_REDIRECT */
+struct {
+	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
+	__uint(max_entries, XDPLB_MAX_DEVICES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, struct xdplb_devmap_val);
+} xdplb_devmap SEC(".maps");
+
+#endif /* XDPLB_MAPS_H */

@@ -1,0 +1,385 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Step 1: parse. Cursor-based (xdp-tools style): each parse_*() checks the
+ * bounds of one header once, advances the cursor and says what comes next.
+ * The result is a struct packet of offsets and the flow tuple; later steps
+ * re-derive pointers from ctx with their own bounds checks. */
+#ifndef XDPLB_PARSE_H
+#define XDPLB_PARSE_H
+
+#include <linux/bpf.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+#include "consts.h"
+#include "layout.h"
+
+#ifndef ETH_P_8021AD
+#define ETH_P_8021AD 0x88A8
+#endif
+#define IP_DF_BIT	0x4000
+#define IP_MF_BIT	0x2000
+#define IP_OFFSET_MASK	0x1fff
+
+/* ICMP types and codes (linux/icmp.h pulls in libc socket headers) */
+#define ICMP_ECHOREPLY		0
+#define ICMP_DEST_UNREACH	3
+#define ICMP_FRAG_NEEDED	4
+#define ICMP_ECHO		8
+#define ICMP_TIME_EXCEEDED	11
+#define ICMP6_ECHO_REQUEST	128
+#define ICMP6_ECHO_REPLY	129
+#define ICMP6_DEST_UNREACH	1
+#define ICMP6_PACKET_TOO_BIG	2
+#define ICMP6_TIME_EXCEEDED	3
+
+/* Offsets kept in struct packet are below this (a single-buffer XDP frame is
+ * at most a page); saying so again where they are used lets the verifier
+ * bound the pointers made from them. */
+#define XDPLB_MAX_OFF 4096
+
+struct hdr_cursor {
+	void *pos;
+};
+
+struct vlan_hdr {
+	__be16 tci;
+	__be16 encap_proto;
+};
+
+/* What the packet is, for the steps after parsing. */
+enum pkt_kind {
+	PKT_FLOW = 0,		/* TCP/UDP to (maybe) a VIP: balance it */
+	PKT_ICMP_ECHO,		/* echo request: answer it if the VIP allows */
+	PKT_ICMP_ERROR,		/* ICMP error quoting a flow: flow = the quoted tuple reversed */
+};
+
+struct packet {
+	struct xdplb_flow_key flow;	/* client -> VIP tuple that selects service and backend */
+	__u32 frame_len;		/* bytes received */
+	__u32 hash;			/* flow hash, set at step 4 */
+	__u16 l3_off;			/* IP header offset in the frame */
+	__u16 l4_off;			/* transport header offset in the frame */
+	__u16 ip_len;			/* IP packet length per its header (v6: 40 + payload length) */
+	__be16 ip_id;			/* IPv4 identification */
+	__u8 l2_len;			/* 14, or 18 with one VLAN tag */
+	__u8 kind;			/* enum pkt_kind */
+	__u8 l4_proto;			/* transport of the packet itself (ICMP for ICMP errors) */
+	__u8 tos;			/* IPv4 TOS / IPv6 traffic class: DSCP + ECN */
+	__u8 df;			/* IPv4 DF set (IPv6: 1, it never fragments on path) */
+	__u8 pad[3];
+};
+
+static __always_inline int parse_ethhdr(struct hdr_cursor *c, void *end, __u16 *proto, __u8 *l2_len)
+{
+	struct ethhdr *eth = c->pos;
+	struct vlan_hdr *vh;
+	__u16 p;
+
+	if ((void *)(eth + 1) > end)
+		return XDPLB_R_PASS_TRUNCATED;
+	c->pos = eth + 1;
+	p = bpf_ntohs(eth->h_proto);
+	*l2_len = sizeof(*eth);
+	if (p == ETH_P_8021Q || p == ETH_P_8021AD) {
+		vh = c->pos;
+		if ((void *)(vh + 1) > end)
+			return XDPLB_R_PASS_TRUNCATED;
+		c->pos = vh + 1;
+		p = bpf_ntohs(vh->encap_proto);
+		*l2_len += sizeof(*vh);
+		if (p == ETH_P_8021Q || p == ETH_P_8021AD)
+			return XDPLB_R_PASS_VLAN_STACKED;
+	}
+	*proto = p;
+	return XDPLB_CONTINUE;
+}
+
+/* IPv4 header: checks version, IHL, total length against the frame, fragments. */
+static __always_inline int parse_iphdr(struct hdr_cursor *c, void *end, struct iphdr **iphp)
+{
+	struct iphdr *iph = c->pos;
+	__u32 hl, tot;
+
+	if ((void *)(iph + 1) > end)
+		return XDPLB_R_PASS_TRUNCATED;
+	if (iph->version != 4)
+		return XDPLB_R_PASS_BAD_IP_HEADER;
+	hl = iph->ihl * 4;
+	if (hl < sizeof(*iph))
+		return XDPLB_R_PASS_BAD_IP_HEADER;
+	if (c->pos + hl > end)
+		return XDPLB_R_PASS_TRUNCATED;
+	tot = bpf_ntohs(iph->tot_len);
+	if (tot < hl)
+		return XDPLB_R_PASS_BAD_IP_HEADER;
+	if (c->pos + tot > end)
+		return XDPLB_R_PASS_TRUNCATED;
+	if (iph->frag_off & bpf_htons(IP_MF_BIT | IP_OFFSET_MASK))
+		return XDPLB_R_PASS_IPV4_FRAGMENT;
+	c->pos += hl;
+	*iphp = iph;
+	return XDPLB_CONTINUE;
+}
+
+/* IPv6 header and extension headers, up to XDPLB_IPV6_EXT_MAX of them.
+ * On success *nexthdr is the transport protocol and the cursor points at it. */
+static __always_inline int parse_ipv6hdr(struct hdr_cursor *c, void *end, struct ipv6hdr **ip6p, __u8 *nexthdr)
+{
+	struct ipv6hdr *ip6 = c->pos;
+	__u8 nh;
+
+	if ((void *)(ip6 + 1) > end)
+		return XDPLB_R_PASS_TRUNCATED;
+	if (ip6->version != 6)
+		return XDPLB_R_PASS_BAD_IP_HEADER;
+	if (ip6->payload_len == 0)
+		return XDPLB_R_PASS_BAD_IP_HEADER; /* jumbogram or nonsense */
+	if ((void *)(ip6 + 1) + bpf_ntohs(ip6->payload_len) > end)
+		return XDPLB_R_PASS_TRUNCATED;
+	c->pos = ip6 + 1;
+	nh = ip6->nexthdr;
+
+#pragma unroll
+	for (int i = 0; i < XDPLB_IPV6_EXT_MAX; i++) {
+		struct ipv6_opt_hdr *eh = c->pos;
+		__u32 len;
+
+		switch (nh) {
+		case IPPROTO_HOPOPTS:
+		case IPPROTO_ROUTING:
+		case IPPROTO_DSTOPTS:
+			if ((void *)(eh + 1) > end)
+				return XDPLB_R_PASS_TRUNCATED;
+			len = ((__u32)eh->hdrlen + 1) * 8;
+			break;
+		case IPPROTO_AH:
+			if ((void *)(eh + 1) > end)
+				return XDPLB_R_PASS_TRUNCATED;
+			len = ((__u32)eh->hdrlen + 2) * 4;
+			break;
+		case IPPROTO_FRAGMENT:
+			return XDPLB_R_PASS_IPV6_FRAGMENT;
+		default:
+			*nexthdr = nh;
+			*ip6p = ip6;
+			return XDPLB_CONTINUE;
+		}
+		if (c->pos + len > end)
+			return XDPLB_R_PASS_TRUNCATED;
+		nh = eh->nexthdr;
+		c->pos += len;
+	}
+	switch (nh) {
+	case IPPROTO_HOPOPTS:
+	case IPPROTO_ROUTING:
+	case IPPROTO_DSTOPTS:
+	case IPPROTO_AH:
+		return XDPLB_R_PASS_IPV6_EXT_LIMIT;
+	case IPPROTO_FRAGMENT:
+		return XDPLB_R_PASS_IPV6_FRAGMENT;
+	}
+	*nexthdr = nh;
+	*ip6p = ip6;
+	return XDPLB_CONTINUE;
+}
+
+/* Source and destination ports of TCP or UDP (both start with them). */
+struct l4_ports {
+	__be16 source;
+	__be16 dest;
+};
+
+/* Transport header: bounds of its fixed part. Ports for TCP and UDP. */
+static __always_inline int parse_l4(struct hdr_cursor *c, void *end, __u8 proto, struct l4_ports *ports, __u32 *hlen)
+{
+	__u32 need;
+
+	switch (proto) {
+	case IPPROTO_TCP:
+		need = sizeof(struct tcphdr);
+		break;
+	case IPPROTO_UDP:
+		need = sizeof(struct udphdr);
+		break;
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6:
+		need = 8;
+		break;
+	default:
+		return XDPLB_R_PASS_L4_UNSUPPORTED;
+	}
+	if (c->pos + need > end)
+		return XDPLB_R_PASS_TRUNCATED;
+	if (proto == IPPROTO_TCP || proto == IPPROTO_UDP)
+		*ports = *(struct l4_ports *)c->pos;
+	*hlen = need;
+	return XDPLB_CONTINUE;
+}
+
+static __always_inline void set_v4(__u8 *dst16, __be32 a)
+{
+	*(__be32 *)dst16 = a;
+}
+
+static __always_inline void set_v6(__u8 *dst16, const struct in6_addr *a)
+{
+	__builtin_memcpy(dst16, a, 16);
+}
+
+/* The packet quoted by an ICMP error, at the cursor: its tuple reversed is
+ * the client -> VIP flow it belongs to. Only TCP/UDP quotes with their ports. */
+static __always_inline int parse_icmp_quote(struct hdr_cursor *c, void *data, void *end, struct packet *pkt)
+{
+	struct l4_ports *ports;
+
+	if (pkt->flow.family == XDPLB_FAMILY_V4) {
+		struct iphdr *q = c->pos;
+		__u32 hl;
+
+		if ((void *)(q + 1) > end)
+			return XDPLB_R_PASS_ICMP_QUOTE;
+		hl = q->ihl * 4;
+		if (q->version != 4 || hl < sizeof(*q))
+			return XDPLB_R_PASS_ICMP_QUOTE;
+		if (q->frag_off & bpf_htons(IP_OFFSET_MASK))
+			return XDPLB_R_PASS_ICMP_QUOTE; /* a later fragment quotes no ports */
+		if (q->protocol != IPPROTO_TCP && q->protocol != IPPROTO_UDP)
+			return XDPLB_R_PASS_ICMP_QUOTE;
+		ports = c->pos + hl;
+		if ((void *)(ports + 1) > end)
+			return XDPLB_R_PASS_ICMP_QUOTE;
+		set_v4(pkt->flow.src, q->daddr);
+		set_v4(pkt->flow.dst, q->saddr);
+		pkt->flow.proto = q->protocol;
+	} else {
+		struct ipv6hdr *q = c->pos;
+
+		if ((void *)(q + 1) > end)
+			return XDPLB_R_PASS_ICMP_QUOTE;
+		if (q->version != 6)
+			return XDPLB_R_PASS_ICMP_QUOTE;
+		if (q->nexthdr != IPPROTO_TCP && q->nexthdr != IPPROTO_UDP)
+			return XDPLB_R_PASS_ICMP_QUOTE;
+		ports = (void *)(q + 1);
+		if ((void *)(ports + 1) > end)
+			return XDPLB_R_PASS_ICMP_QUOTE;
+		set_v6(pkt->flow.src, &q->daddr);
+		set_v6(pkt->flow.dst, &q->saddr);
+		pkt->flow.proto = q->nexthdr;
+	}
+	/* the quote must lie inside the ICMP packet, not in Ethernet padding */
+	if ((void *)(ports + 1) - data > pkt->l3_off + pkt->ip_len)
+		return XDPLB_R_PASS_ICMP_QUOTE;
+	pkt->flow.sport = ports->dest;
+	pkt->flow.dport = ports->source;
+	return XDPLB_CONTINUE;
+}
+
+/* ICMP/ICMPv6 to classify: echo request, an error quoting a flow, or other. */
+static __always_inline int parse_icmp(struct hdr_cursor *c, void *data, void *end, struct packet *pkt)
+{
+	__u8 *type = c->pos;
+	__u8 t;
+
+	if ((void *)(type + 8) > end)
+		return XDPLB_R_PASS_TRUNCATED;
+	t = *type;
+	if (pkt->flow.family == XDPLB_FAMILY_V4) {
+		if (t == ICMP_ECHO) {
+			pkt->kind = PKT_ICMP_ECHO;
+			return XDPLB_CONTINUE;
+		}
+		if (t != ICMP_DEST_UNREACH && t != ICMP_TIME_EXCEEDED)
+			return XDPLB_R_PASS_ICMP_OTHER;
+	} else {
+		if (t == ICMP6_ECHO_REQUEST) {
+			pkt->kind = PKT_ICMP_ECHO;
+			return XDPLB_CONTINUE;
+		}
+		if (t != ICMP6_DEST_UNREACH && t != ICMP6_PACKET_TOO_BIG && t != ICMP6_TIME_EXCEEDED)
+			return XDPLB_R_PASS_ICMP_OTHER;
+	}
+	pkt->kind = PKT_ICMP_ERROR;
+	c->pos += 8;
+	return parse_icmp_quote(c, data, end, pkt);
+}
+
+/* Step 1 as a whole. Returns XDPLB_CONTINUE with *pkt filled in, or the
+ * reason to pass the packet to the kernel unchanged. */
+static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct hdr_cursor c = { .pos = data };
+	struct l4_ports ports = {};
+	__u16 eth_proto = 0;
+	__u32 l4_hlen = 0;
+	__u8 l2_len = 0;
+	__u8 l4 = 0;
+	int r;
+
+	pkt->frame_len = end - data;
+	r = parse_ethhdr(&c, end, &eth_proto, &l2_len);
+	if (r != XDPLB_CONTINUE)
+		return r;
+	pkt->l2_len = l2_len;
+	pkt->l3_off = l2_len;
+
+	if (eth_proto == ETH_P_IP) {
+		struct iphdr *iph = NULL;
+
+		r = parse_iphdr(&c, end, &iph);
+		if (r != XDPLB_CONTINUE)
+			return r;
+		pkt->flow.family = XDPLB_FAMILY_V4;
+		set_v4(pkt->flow.src, iph->saddr);
+		set_v4(pkt->flow.dst, iph->daddr);
+		pkt->ip_len = bpf_ntohs(iph->tot_len);
+		pkt->ip_id = iph->id;
+		pkt->tos = iph->tos;
+		pkt->df = !!(iph->frag_off & bpf_htons(IP_DF_BIT));
+		l4 = iph->protocol;
+	} else if (eth_proto == ETH_P_IPV6) {
+		struct ipv6hdr *ip6 = NULL;
+
+		r = parse_ipv6hdr(&c, end, &ip6, &l4);
+		if (r != XDPLB_CONTINUE)
+			return r;
+		pkt->flow.family = XDPLB_FAMILY_V6;
+		set_v6(pkt->flow.src, &ip6->saddr);
+		set_v6(pkt->flow.dst, &ip6->daddr);
+		pkt->ip_len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+		pkt->tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
+		pkt->df = 1;
+	} else {
+		return XDPLB_R_PASS_NOT_IP;
+	}
+	pkt->l4_off = c.pos - data;
+	if (pkt->l4_off > XDPLB_MAX_OFF)
+		return XDPLB_R_PASS_TRUNCATED;
+	if ((l4 == IPPROTO_ICMP && pkt->flow.family != XDPLB_FAMILY_V4) ||
+	    (l4 == IPPROTO_ICMPV6 && pkt->flow.family != XDPLB_FAMILY_V6))
+		return XDPLB_R_PASS_L4_UNSUPPORTED;
+	r = parse_l4(&c, end, l4, &ports, &l4_hlen);
+	if (r != XDPLB_CONTINUE)
+		return r;
+	/* the frame may be longer than the IP packet (Ethernet padding): the
+	 * transport header must lie inside the IP packet */
+	if (pkt->l4_off + l4_hlen > pkt->l3_off + pkt->ip_len)
+		return XDPLB_R_PASS_TRUNCATED;
+	pkt->l4_proto = l4;
+	pkt->flow.proto = l4;
+	pkt->flow.sport = ports.source;
+	pkt->flow.dport = ports.dest;
+	if (l4 == IPPROTO_ICMP || l4 == IPPROTO_ICMPV6)
+		return parse_icmp(&c, data, end, pkt);
+	pkt->kind = PKT_FLOW;
+	return XDPLB_CONTINUE;
+}
+
+#endif /* XDPLB_PARSE_H */
