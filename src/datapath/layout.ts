@@ -1,0 +1,456 @@
+// The map ABI of xdp/lb.bpf.c in TypeScript: encoders and decoders for every
+// key and value struct of xdp/layout.h, with explicit byte offsets, and the
+// constants of xdp/consts.h that the daemon needs. LAYOUT (below) lists each
+// struct's size and field offsets; test/datapath-layout.test.ts compares it with
+// the BTF of the compiled object so the two cannot drift apart.
+//
+// Byte order follows the header: addresses and ports in network order,
+// everything else little-endian (host order of the machines xdplb runs on).
+
+import { isIP } from 'node:net';
+
+// ---- consts.h ----
+export const MAX_SERVICES = 65536;
+export const MAX_BACKENDS = 65536;
+export const CT_SIZE = 262144;
+export const MAX_DEVICES = 256;
+export const MAGLEV_DEFAULT_M = 16381;
+export const MAGLEV_MAX_M = 131071;
+export const NO_BACKEND = 0xffffffff;
+export const FLOW_HASH_SEED = 0x7864706c;
+export const IPV6_EXT_MAX = 6;
+export const ICMP4_QUOTE_MAX = 576 - 20 - 8;
+export const ICMP6_QUOTE_MAX = 1280 - 40 - 8;
+export const DEFAULT_TTL = 64;
+
+export const FAMILY_V4 = 4;
+export const FAMILY_V6 = 6;
+export type Family = 4 | 6;
+
+export const SVC_F_L4_DNAT = 1 << 0;
+export const SVC_F_SRC_HASH = 1 << 1;
+export const SVC_F_CT_BYPASS = 1 << 2;
+export const SVC_F_ICMP_ECHO = 1 << 3;
+
+export const BACKEND_NONE = 0;
+export const BACKEND_ACTIVE = 1;
+export const BACKEND_DRAINING = 2;
+export const BACKEND_DOWN = 3;
+
+export const IPPROTO_ICMP = 1;
+export const IPPROTO_TCP = 6;
+export const IPPROTO_UDP = 17;
+export const IPPROTO_ICMPV6 = 58;
+
+/** Map names in the object (also their pin names under the bpffs directory). */
+export const MAP_NAMES = {
+  services: 'xdplb_services',
+  backends: 'xdplb_backends',
+  maglev: 'xdplb_maglev',
+  config: 'xdplb_config',
+  conntrack: 'xdplb_conntrack',
+  serviceStats: 'xdplb_svc_stats',
+  backendStats: 'xdplb_be_stats',
+  reasons: 'xdplb_reasons',
+  devmap: 'xdplb_devmap',
+} as const;
+
+/** The XDP program of lb.bpf.c. */
+export const PROGRAM_NAME = 'xdplb_main';
+
+/** Flags the daemon's Maglev inner maps must carry (BPF_F_INNER_MAP). */
+export const MAGLEV_INNER_FLAGS = 0x1000;
+
+// ---- layout table: checked against BTF ----
+export interface FieldLayout {
+  offset: number;
+  size: number;
+}
+export interface StructLayout {
+  size: number;
+  fields: Record<string, FieldLayout>;
+}
+
+export const LAYOUT: Readonly<Record<string, StructLayout>> = {
+  xdplb_service_key: {
+    size: 20,
+    fields: { family: { offset: 0, size: 1 }, proto: { offset: 1, size: 1 }, port: { offset: 2, size: 2 }, vip: { offset: 4, size: 16 } },
+  },
+  xdplb_service: {
+    size: 8,
+    fields: { id: { offset: 0, size: 4 }, flags: { offset: 4, size: 4 } },
+  },
+  xdplb_backend: {
+    size: 20,
+    fields: { addr: { offset: 0, size: 16 }, port: { offset: 16, size: 2 }, family: { offset: 18, size: 1 }, state: { offset: 19, size: 1 } },
+  },
+  xdplb_config: {
+    size: 32,
+    fields: {
+      src4: { offset: 0, size: 4 },
+      src6: { offset: 4, size: 16 },
+      src4_prefix_len: { offset: 20, size: 1 },
+      src6_prefix_len: { offset: 21, size: 1 },
+      ttl: { offset: 22, size: 1 },
+      flags: { offset: 23, size: 1 },
+      mtu: { offset: 24, size: 2 },
+      pad: { offset: 26, size: 2 },
+      maglev_m: { offset: 28, size: 4 },
+    },
+  },
+  xdplb_flow_key: {
+    size: 40,
+    fields: {
+      src: { offset: 0, size: 16 },
+      dst: { offset: 16, size: 16 },
+      sport: { offset: 32, size: 2 },
+      dport: { offset: 34, size: 2 },
+      proto: { offset: 36, size: 1 },
+      family: { offset: 37, size: 1 },
+      pad: { offset: 38, size: 2 },
+    },
+  },
+  xdplb_ct_entry: {
+    size: 8,
+    fields: { backend_id: { offset: 0, size: 4 }, service_id: { offset: 4, size: 4 } },
+  },
+  xdplb_counter: {
+    size: 16,
+    fields: { packets: { offset: 0, size: 8 }, bytes: { offset: 8, size: 8 } },
+  },
+  xdplb_devmap_val: {
+    size: 8,
+    fields: { ifindex: { offset: 0, size: 4 }, prog_fd: { offset: 4, size: 4 } },
+  },
+};
+
+/** Key and value struct of each map (u32 keys are plain 4-byte indexes). */
+export const MAP_LAYOUT: Readonly<Record<string, { key: string; value: string }>> = {
+  xdplb_services: { key: 'xdplb_service_key', value: 'xdplb_service' },
+  xdplb_backends: { key: 'u32', value: 'xdplb_backend' },
+  xdplb_config: { key: 'u32', value: 'xdplb_config' },
+  xdplb_conntrack: { key: 'xdplb_flow_key', value: 'xdplb_ct_entry' },
+  xdplb_svc_stats: { key: 'u32', value: 'xdplb_counter' },
+  xdplb_be_stats: { key: 'u32', value: 'xdplb_counter' },
+  xdplb_reasons: { key: 'u32', value: 'xdplb_counter' },
+  xdplb_devmap: { key: 'u32', value: 'xdplb_devmap_val' },
+};
+
+const F = (s: string, f: string): number => LAYOUT[s].fields[f].offset;
+
+// ---- addresses ----
+
+/** Address family of an IP address in text form; throws on anything else. */
+export function familyOf(address: string): Family {
+  const v = isIP(address);
+  if (v === 4 || v === 6) return v;
+  throw new RangeError(`not an IP address: ${JSON.stringify(address)}`);
+}
+
+function v4Bytes(text: string): Buffer {
+  const parts = text.split('.');
+  if (parts.length !== 4) throw new RangeError(`not an IPv4 address: ${text}`);
+  return Buffer.from(parts.map((p) => Number(p)));
+}
+
+/** 4 bytes (IPv4) or 16 bytes (IPv6), network order. */
+export function addressBytes(address: string): Buffer {
+  if (familyOf(address) === 4) return v4Bytes(address);
+  let text = address;
+  const v4Tail: number[] = [];
+  const lastColon = text.lastIndexOf(':');
+  if (text.includes('.', lastColon)) {
+    // embedded IPv4, e.g. ::ffff:192.0.2.1
+    const b = v4Bytes(text.slice(lastColon + 1));
+    v4Tail.push((b[0] << 8) | b[1], (b[2] << 8) | b[3]);
+    text = text.slice(0, lastColon + 1);
+    if (!text.endsWith('::')) text = text.slice(0, -1);
+  }
+  const words = (part: string): number[] => (part ? part.split(':').map((h) => parseInt(h, 16)) : []);
+  const [head, tail] = text.includes('::') ? text.split('::') : [text, undefined];
+  const hw = words(head);
+  const tw = [...(tail === undefined ? [] : words(tail)), ...v4Tail];
+  const all = tail === undefined ? [...hw, ...v4Tail] : [...hw, ...new Array<number>(8 - hw.length - tw.length).fill(0), ...tw];
+  const out = Buffer.alloc(16);
+  all.forEach((w, i) => out.writeUInt16BE(w, i * 2));
+  return out;
+}
+
+/** The 16-byte map field of an address (IPv4 in the first 4 bytes). */
+export function address16(address: string): Buffer {
+  const b = Buffer.alloc(16);
+  addressBytes(address).copy(b);
+  return b;
+}
+
+/** Text form of an address field: 4 or 16 bytes used according to family. */
+export function addressText(bytes: Buffer, family: Family): string {
+  if (family === 4) return `${bytes[0]}.${bytes[1]}.${bytes[2]}.${bytes[3]}`;
+  const words: number[] = [];
+  for (let i = 0; i < 8; i++) words.push(bytes.readUInt16BE(i * 2));
+  // RFC 5952: the longest run (>= 2) of zero words becomes '::'
+  let best = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8; ) {
+    if (words[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && words[j] === 0) j++;
+    if (j - i > bestLen) {
+      best = i;
+      bestLen = j - i;
+    }
+    i = j;
+  }
+  const hex = words.map((w) => w.toString(16));
+  if (best < 0) return hex.join(':');
+  return `${hex.slice(0, best).join(':')}::${hex.slice(best + bestLen).join(':')}`;
+}
+
+function familyByte(f: number): Family {
+  if (f !== 4 && f !== 6) throw new RangeError(`bad family byte ${f}`);
+  return f;
+}
+
+// ---- u32 keys ----
+export function u32(n: number): Buffer {
+  const b = Buffer.alloc(4);
+  b.writeUInt32LE(n >>> 0);
+  return b;
+}
+
+// ---- struct xdplb_service_key ----
+export interface ServiceKey {
+  vip: string;
+  /** 0 = every port of the VIP */
+  port: number;
+  proto: number;
+}
+
+export function encodeServiceKey(k: ServiceKey): Buffer {
+  const b = Buffer.alloc(LAYOUT.xdplb_service_key.size);
+  b.writeUInt8(familyOf(k.vip), F('xdplb_service_key', 'family'));
+  b.writeUInt8(k.proto, F('xdplb_service_key', 'proto'));
+  b.writeUInt16BE(k.port, F('xdplb_service_key', 'port'));
+  address16(k.vip).copy(b, F('xdplb_service_key', 'vip'));
+  return b;
+}
+
+export function decodeServiceKey(b: Buffer): ServiceKey {
+  const family = familyByte(b.readUInt8(F('xdplb_service_key', 'family')));
+  return {
+    vip: addressText(b.subarray(F('xdplb_service_key', 'vip')), family),
+    port: b.readUInt16BE(F('xdplb_service_key', 'port')),
+    proto: b.readUInt8(F('xdplb_service_key', 'proto')),
+  };
+}
+
+/** Key of the VIP entry that says whether the VIP answers ICMP echo. */
+export function vipEntryKey(vip: string): Buffer {
+  return encodeServiceKey({ vip, port: 0, proto: familyOf(vip) === 4 ? IPPROTO_ICMP : IPPROTO_ICMPV6 });
+}
+
+// ---- struct xdplb_service ----
+export interface Service {
+  id: number;
+  flags: number;
+}
+
+export function encodeService(s: Service): Buffer {
+  const b = Buffer.alloc(LAYOUT.xdplb_service.size);
+  b.writeUInt32LE(s.id, F('xdplb_service', 'id'));
+  b.writeUInt32LE(s.flags >>> 0, F('xdplb_service', 'flags'));
+  return b;
+}
+
+export function decodeService(b: Buffer): Service {
+  return { id: b.readUInt32LE(F('xdplb_service', 'id')), flags: b.readUInt32LE(F('xdplb_service', 'flags')) };
+}
+
+// ---- struct xdplb_backend ----
+export interface Backend {
+  /** '' for an empty slot */
+  address: string;
+  port: number;
+  /** BACKEND_* */
+  state: number;
+}
+
+export function encodeBackend(be: Backend): Buffer {
+  const b = Buffer.alloc(LAYOUT.xdplb_backend.size);
+  if (be.address) {
+    address16(be.address).copy(b, F('xdplb_backend', 'addr'));
+    b.writeUInt8(familyOf(be.address), F('xdplb_backend', 'family'));
+  }
+  b.writeUInt16BE(be.port, F('xdplb_backend', 'port'));
+  b.writeUInt8(be.state, F('xdplb_backend', 'state'));
+  return b;
+}
+
+export function decodeBackend(b: Buffer): Backend {
+  const f = b.readUInt8(F('xdplb_backend', 'family'));
+  return {
+    address: f ? addressText(b.subarray(F('xdplb_backend', 'addr')), familyByte(f)) : '',
+    port: b.readUInt16BE(F('xdplb_backend', 'port')),
+    state: b.readUInt8(F('xdplb_backend', 'state')),
+  };
+}
+
+// ---- struct xdplb_config ----
+export interface NodeConfig {
+  /** outer IPv4 source; '' = none (IPv4 services are dropped) */
+  src4: string;
+  /** 32 (or 0): exactly src4; 1..31: host bits from the flow hash */
+  src4PrefixLen: number;
+  src6: string;
+  /** 128 (or 0): exactly src6; less: last min(32, 128 - len) bits from the flow hash */
+  src6PrefixLen: number;
+  /** 0 = 64 */
+  ttl: number;
+  flags: number;
+  /** 0 = the FIB's MTU only */
+  mtu: number;
+  /** 0 = MAGLEV_DEFAULT_M */
+  maglevM: number;
+}
+
+export function encodeConfig(c: NodeConfig): Buffer {
+  const b = Buffer.alloc(LAYOUT.xdplb_config.size);
+  if (c.src4) {
+    if (familyOf(c.src4) !== 4) throw new RangeError(`src4 is not IPv4: ${c.src4}`);
+    addressBytes(c.src4).copy(b, F('xdplb_config', 'src4'));
+  }
+  if (c.src6) {
+    if (familyOf(c.src6) !== 6) throw new RangeError(`src6 is not IPv6: ${c.src6}`);
+    addressBytes(c.src6).copy(b, F('xdplb_config', 'src6'));
+  }
+  b.writeUInt8(c.src4PrefixLen, F('xdplb_config', 'src4_prefix_len'));
+  b.writeUInt8(c.src6PrefixLen, F('xdplb_config', 'src6_prefix_len'));
+  b.writeUInt8(c.ttl, F('xdplb_config', 'ttl'));
+  b.writeUInt8(c.flags, F('xdplb_config', 'flags'));
+  b.writeUInt16LE(c.mtu, F('xdplb_config', 'mtu'));
+  b.writeUInt32LE(c.maglevM, F('xdplb_config', 'maglev_m'));
+  return b;
+}
+
+export function decodeConfig(b: Buffer): NodeConfig {
+  const s4 = b.subarray(F('xdplb_config', 'src4'), F('xdplb_config', 'src4') + 4);
+  const s6 = b.subarray(F('xdplb_config', 'src6'), F('xdplb_config', 'src6') + 16);
+  return {
+    src4: s4.every((x) => x === 0) ? '' : addressText(s4, 4),
+    src4PrefixLen: b.readUInt8(F('xdplb_config', 'src4_prefix_len')),
+    src6: s6.every((x) => x === 0) ? '' : addressText(s6, 6),
+    src6PrefixLen: b.readUInt8(F('xdplb_config', 'src6_prefix_len')),
+    ttl: b.readUInt8(F('xdplb_config', 'ttl')),
+    flags: b.readUInt8(F('xdplb_config', 'flags')),
+    mtu: b.readUInt16LE(F('xdplb_config', 'mtu')),
+    maglevM: b.readUInt32LE(F('xdplb_config', 'maglev_m')),
+  };
+}
+
+// ---- struct xdplb_flow_key ----
+export interface FlowKey {
+  /** client */
+  src: string;
+  /** VIP */
+  dst: string;
+  sport: number;
+  dport: number;
+  proto: number;
+}
+
+export function encodeFlowKey(k: FlowKey): Buffer {
+  const family = familyOf(k.src);
+  if (familyOf(k.dst) !== family) throw new RangeError(`flow mixes families: ${k.src} -> ${k.dst}`);
+  const b = Buffer.alloc(LAYOUT.xdplb_flow_key.size);
+  address16(k.src).copy(b, F('xdplb_flow_key', 'src'));
+  address16(k.dst).copy(b, F('xdplb_flow_key', 'dst'));
+  b.writeUInt16BE(k.sport, F('xdplb_flow_key', 'sport'));
+  b.writeUInt16BE(k.dport, F('xdplb_flow_key', 'dport'));
+  b.writeUInt8(k.proto, F('xdplb_flow_key', 'proto'));
+  b.writeUInt8(family, F('xdplb_flow_key', 'family'));
+  return b;
+}
+
+export function decodeFlowKey(b: Buffer): FlowKey {
+  const family = familyByte(b.readUInt8(F('xdplb_flow_key', 'family')));
+  return {
+    src: addressText(b.subarray(F('xdplb_flow_key', 'src')), family),
+    dst: addressText(b.subarray(F('xdplb_flow_key', 'dst')), family),
+    sport: b.readUInt16BE(F('xdplb_flow_key', 'sport')),
+    dport: b.readUInt16BE(F('xdplb_flow_key', 'dport')),
+    proto: b.readUInt8(F('xdplb_flow_key', 'proto')),
+  };
+}
+
+// ---- struct xdplb_ct_entry ----
+export interface CtEntry {
+  backendId: number;
+  serviceId: number;
+}
+
+export function encodeCtEntry(e: CtEntry): Buffer {
+  const b = Buffer.alloc(LAYOUT.xdplb_ct_entry.size);
+  b.writeUInt32LE(e.backendId >>> 0, F('xdplb_ct_entry', 'backend_id'));
+  b.writeUInt32LE(e.serviceId >>> 0, F('xdplb_ct_entry', 'service_id'));
+  return b;
+}
+
+export function decodeCtEntry(b: Buffer): CtEntry {
+  return { backendId: b.readUInt32LE(F('xdplb_ct_entry', 'backend_id')), serviceId: b.readUInt32LE(F('xdplb_ct_entry', 'service_id')) };
+}
+
+// ---- struct xdplb_counter ----
+export interface Counter {
+  packets: bigint;
+  bytes: bigint;
+}
+
+export function encodeCounter(c: Counter): Buffer {
+  const b = Buffer.alloc(LAYOUT.xdplb_counter.size);
+  b.writeBigUInt64LE(c.packets, F('xdplb_counter', 'packets'));
+  b.writeBigUInt64LE(c.bytes, F('xdplb_counter', 'bytes'));
+  return b;
+}
+
+export function decodeCounter(b: Buffer): Counter {
+  return { packets: b.readBigUInt64LE(F('xdplb_counter', 'packets')), bytes: b.readBigUInt64LE(F('xdplb_counter', 'bytes')) };
+}
+
+/** Sum of a per-CPU counter (BpfMap.lookupPerCpu). */
+export function sumCounters(perCpu: readonly Buffer[] | null): Counter {
+  const sum: Counter = { packets: 0n, bytes: 0n };
+  for (const b of perCpu ?? []) {
+    const c = decodeCounter(b);
+    sum.packets += c.packets;
+    sum.bytes += c.bytes;
+  }
+  return sum;
+}
+
+// ---- struct xdplb_devmap_val ----
+export interface DevmapVal {
+  ifindex: number;
+  /** 0 = no devmap program */
+  progFd: number;
+}
+
+export function encodeDevmapVal(v: DevmapVal): Buffer {
+  const b = Buffer.alloc(LAYOUT.xdplb_devmap_val.size);
+  b.writeUInt32LE(v.ifindex, F('xdplb_devmap_val', 'ifindex'));
+  b.writeInt32LE(v.progFd, F('xdplb_devmap_val', 'prog_fd'));
+  return b;
+}
+
+export function decodeDevmapVal(b: Buffer): DevmapVal {
+  return { ifindex: b.readUInt32LE(F('xdplb_devmap_val', 'ifindex')), progFd: b.readInt32LE(F('xdplb_devmap_val', 'prog_fd')) };
+}
+
+// ---- Maglev tables ----
+
+/** Inner map value bytes of a Maglev table: one u32 backend id per entry. */
+export function encodeMaglevTable(table: Uint32Array): Buffer[] {
+  return Array.from(table, (id) => u32(id));
+}

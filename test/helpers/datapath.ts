@@ -1,0 +1,183 @@
+// Fixtures for datapath tests: lb.bpf.o loaded into a private pin directory,
+// typed helpers to program its maps, and a namespace whose FIB has routes and
+// permanent neighbours towards backend prefixes, so bpf_fib_lookup inside
+// BPF_PROG_TEST_RUN answers. Everything is removed in t.teardown.
+import * as path from 'node:path';
+import * as os from 'node:os';
+import * as fs from 'node:fs';
+import * as bpf from '../../src/datapath/bpf';
+import * as L from '../../src/datapath/layout';
+import { REASONS, REASON } from '../../src/datapath/reasons';
+import { netns, pinDir, sh, veth, ifindexIn, type Teardown } from './fixtures';
+
+export interface ServiceSpec {
+  vip: string;
+  port: number;
+  proto: number;
+  id: number;
+  flags?: number;
+}
+
+export interface BackendSpec {
+  id: number;
+  address: string;
+  port?: number;
+  state?: number;
+}
+
+export class Lb {
+  readonly prog: bpf.BpfProgram;
+  readonly maps: Record<keyof typeof L.MAP_NAMES, bpf.BpfMap>;
+  private readonly inner: bpf.BpfMap[] = [];
+
+  constructor(
+    readonly obj: bpf.BpfObject,
+    readonly pinRoot: string,
+  ) {
+    this.prog = obj.program(L.PROGRAM_NAME);
+    const m = {} as Record<keyof typeof L.MAP_NAMES, bpf.BpfMap>;
+    for (const [k, name] of Object.entries(L.MAP_NAMES)) m[k as keyof typeof L.MAP_NAMES] = obj.map(name);
+    this.maps = m;
+  }
+
+  config(c: Partial<L.NodeConfig>): void {
+    const full: L.NodeConfig = { src4: '', src4PrefixLen: 0, src6: '', src6PrefixLen: 0, ttl: 0, flags: 0, mtu: 0, maglevM: 0, ...c };
+    this.maps.config.update(L.u32(0), L.encodeConfig(full));
+  }
+
+  service(s: ServiceSpec): void {
+    this.maps.services.update(L.encodeServiceKey(s), L.encodeService({ id: s.id, flags: s.flags ?? 0 }));
+  }
+
+  deleteService(s: { vip: string; port: number; proto: number }): void {
+    this.maps.services.delete(L.encodeServiceKey(s));
+  }
+
+  /** The VIP entry: whether the VIP answers ICMP echo. */
+  vipEntry(vip: string, echo: boolean): void {
+    this.maps.services.update(L.vipEntryKey(vip), L.encodeService({ id: 0, flags: echo ? L.SVC_F_ICMP_ECHO : 0 }));
+  }
+
+  backend(b: BackendSpec): void {
+    this.maps.backends.update(L.u32(b.id), L.encodeBackend({ address: b.address, port: b.port ?? 0, state: b.state ?? L.BACKEND_ACTIVE }));
+  }
+
+  deleteBackend(id: number): void {
+    this.maps.backends.update(L.u32(id), L.encodeBackend({ address: '', port: 0, state: L.BACKEND_NONE }));
+  }
+
+  /** Installs a whole Maglev table for a service (a new inner map, swapped in atomically). */
+  maglev(serviceId: number, table: Uint32Array): void {
+    const inner = bpf.createMap({
+      type: 'array',
+      keySize: 4,
+      valueSize: 4,
+      maxEntries: table.length,
+      flags: L.MAGLEV_INNER_FLAGS,
+      name: `xdplbt_mg${serviceId}`,
+    });
+    const keys: Buffer[] = [];
+    for (let i = 0; i < table.length; i++) keys.push(L.u32(i));
+    inner.batchUpdate(keys, L.encodeMaglevTable(table));
+    this.maps.maglev.update(L.u32(serviceId), L.u32(inner.fd));
+    this.inner.push(inner);
+  }
+
+  /** Packets counted for a reason, summed over CPUs. */
+  reason(name: string): bigint {
+    const i = REASON[name];
+    if (i === undefined) throw new Error(`unknown reason ${name}`);
+    return L.sumCounters(this.maps.reasons.lookupPerCpu(L.u32(i))).packets;
+  }
+
+  /** All reason counters by name. */
+  reasons(): Record<string, bigint> {
+    const out: Record<string, bigint> = {};
+    REASONS.forEach((r, i) => (out[r.name] = L.sumCounters(this.maps.reasons.lookupPerCpu(L.u32(i))).packets));
+    return out;
+  }
+
+  serviceStats(id: number): L.Counter {
+    return L.sumCounters(this.maps.serviceStats.lookupPerCpu(L.u32(id)));
+  }
+
+  backendStats(id: number): L.Counter {
+    return L.sumCounters(this.maps.backendStats.lookupPerCpu(L.u32(id)));
+  }
+
+  run(data: Buffer, ingressIfindex?: number): bpf.TestRunResult {
+    return this.prog.testRun({ data, ctx: ingressIfindex ? bpf.xdpContext(ingressIfindex) : undefined, dataSizeOut: data.length + 2048 });
+  }
+
+  close(): void {
+    for (const m of this.inner) m.close();
+    for (const m of Object.values(this.maps)) m.close();
+    this.prog.close();
+    this.obj.close();
+  }
+}
+
+/** lb.bpf.o loaded with its maps pinned in a fresh directory; closed and unpinned at teardown. */
+export function openLb(t: Teardown, objPath = bpf.objectPath('lb')): Lb {
+  const dir = pinDir(t);
+  const lb = new Lb(bpf.openObject(objPath, { pinRoot: dir }), dir);
+  t.teardown(() => lb.close());
+  return lb;
+}
+
+/** A scratch file path for pcaps, removed at teardown. */
+export function scratch(t: Teardown, name: string): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'xdplbt-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  return path.join(dir, name);
+}
+
+// ---- the FIB namespace ----
+// One namespace, two veth pairs:
+//   lb0 (ingress, "client side"): 192.0.2.2/24, 2001:db8::2/64; router 192.0.2.1 /
+//       2001:db8::1 at ROUTER_MAC (permanent). Backend prefixes routed via the router:
+//       198.51.100.0/26 and 2001:db8:100::/64 (XDP_TX: same interface),
+//       198.51.100.64/26 and 2001:db8:164::/64 with route MTU PMTU_ROUTE_MTU.
+//   lb1 (other interface): 198.51.100.254/25 on-link for 198.51.100.128/25 and
+//       2001:db8:200::fe/64; neighbours BACKEND_MAC for .129-.139 and
+//       2001:db8:200::1-b (XDP_REDIRECT, via the devmap).
+//   198.51.100.140 and 2001:db8:200::ff: on-link, no neighbour (FIB no_neigh).
+//   203.0.113.0/24 and 2001:db8:dead::/48: no route (FIB miss).
+export const ROUTER_MAC = '02:00:00:00:01:01';
+export const BACKEND_MAC = '02:00:00:00:02:02';
+export const PMTU_ROUTE_MTU = 1400;
+
+export interface FibNs {
+  ns: string;
+  lb0: number;
+  lb1: number;
+  lb0Mac: string;
+  lb1Mac: string;
+}
+
+function macOf(ns: string, dev: string): string {
+  const j = JSON.parse(sh('ip', '-n', ns, '-j', 'link', 'show', 'dev', dev)) as Array<{ address: string }>;
+  return j[0].address;
+}
+
+export function fibNamespace(t: Teardown): FibNs {
+  const ns = netns(t);
+  const ip = (...a: string[]) => sh('ip', '-n', ns, ...a);
+  veth(ns, ns, 'lb0', 'peer0');
+  veth(ns, ns, 'lb1', 'peer1');
+  sh('ip', 'netns', 'exec', ns, 'sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1', 'net.ipv6.conf.default.accept_dad=0');
+  for (const d of ['lb0', 'lb1', 'peer0', 'peer1']) sh('ip', 'netns', 'exec', ns, 'sysctl', '-qw', `net.ipv6.conf.${d}.accept_dad=0`);
+  ip('addr', 'add', '192.0.2.2/24', 'dev', 'lb0');
+  ip('-6', 'addr', 'add', '2001:db8::2/64', 'dev', 'lb0', 'nodad');
+  ip('neigh', 'replace', '192.0.2.1', 'lladdr', ROUTER_MAC, 'dev', 'lb0', 'nud', 'permanent');
+  ip('-6', 'neigh', 'replace', '2001:db8::1', 'lladdr', ROUTER_MAC, 'dev', 'lb0', 'nud', 'permanent');
+  ip('route', 'add', '198.51.100.0/26', 'via', '192.0.2.1', 'dev', 'lb0');
+  ip('route', 'add', '198.51.100.64/26', 'via', '192.0.2.1', 'dev', 'lb0', 'mtu', 'lock', String(PMTU_ROUTE_MTU));
+  ip('-6', 'route', 'add', '2001:db8:100::/64', 'via', '2001:db8::1', 'dev', 'lb0');
+  ip('-6', 'route', 'add', '2001:db8:164::/64', 'via', '2001:db8::1', 'dev', 'lb0', 'mtu', 'lock', String(PMTU_ROUTE_MTU));
+  ip('addr', 'add', '198.51.100.254/25', 'dev', 'lb1');
+  ip('-6', 'addr', 'add', '2001:db8:200::fe/64', 'dev', 'lb1', 'nodad');
+  for (let i = 129; i <= 139; i++) ip('neigh', 'replace', `198.51.100.${i}`, 'lladdr', BACKEND_MAC, 'dev', 'lb1', 'nud', 'permanent');
+  for (let i = 1; i <= 11; i++) ip('-6', 'neigh', 'replace', `2001:db8:200::${i.toString(16)}`, 'lladdr', BACKEND_MAC, 'dev', 'lb1', 'nud', 'permanent');
+  return { ns, lb0: ifindexIn(ns, 'lb0'), lb1: ifindexIn(ns, 'lb1'), lb0Mac: macOf(ns, 'lb0'), lb1Mac: macOf(ns, 'lb1') };
+}
