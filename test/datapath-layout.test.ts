@@ -1,0 +1,230 @@
+// The map ABI cannot drift: src/datapath/layout.ts and reasons.ts against the
+// BTF of build/bpf/lb.bpf.o and the text of xdp/consts.h.
+import t from 'tap';
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as bpf from '../src/datapath/bpf';
+import * as L from '../src/datapath/layout';
+import { REASONS, REASON_COUNT } from '../src/datapath/reasons';
+import { flowHash, outerSource } from '../src/datapath/flowhash';
+import { openLb } from './helpers/datapath';
+import { needsRoot } from './helpers/fixtures';
+
+const OBJ = bpf.objectPath('lb');
+const CONSTS = fs.readFileSync(path.join(bpf.PACKAGE_ROOT, 'xdp', 'consts.h'), 'utf8');
+
+interface BtfMember {
+  name: string;
+  type_id: number;
+  bits_offset: number;
+}
+interface BtfType {
+  id: number;
+  kind: string;
+  name: string;
+  size?: number;
+  type_id?: number;
+  nr_elems?: number;
+  members?: BtfMember[];
+}
+
+function btfTypes(): Map<number, BtfType> {
+  const j = JSON.parse(execFileSync('bpftool', ['btf', 'dump', 'file', OBJ, 'format', 'raw', '-j'], { encoding: 'utf8' })) as { types: BtfType[] };
+  return new Map(j.types.map((x) => [x.id, x]));
+}
+
+function sizeOf(types: Map<number, BtfType>, id: number): number {
+  const ty = types.get(id);
+  if (!ty) throw new Error(`BTF type ${id} missing`);
+  switch (ty.kind) {
+    case 'INT':
+    case 'STRUCT':
+    case 'UNION':
+    case 'ENUM':
+      return ty.size ?? 0;
+    case 'TYPEDEF':
+    case 'CONST':
+    case 'VOLATILE':
+      return sizeOf(types, ty.type_id ?? 0);
+    case 'ARRAY':
+      return (ty.nr_elems ?? 0) * sizeOf(types, ty.type_id ?? 0);
+    default:
+      throw new Error(`no size for BTF kind ${ty.kind}`);
+  }
+}
+
+/** #define NAME value (numbers and simple expressions of numbers) from consts.h. */
+function define(name: string): number {
+  const m = new RegExp(`^#define\\s+${name}\\s+([^/\\n]+)`, 'm').exec(CONSTS);
+  if (!m) throw new Error(`${name} not in consts.h`);
+  const expr = m[1].trim().replace(/(\d+)U\b/g, '$1').replace(/(0x[0-9a-fA-F]+)U\b/g, '$1');
+  if (!/^[\d\sx a-fA-F()+\-*<]+$/.test(expr)) throw new Error(`${name}: cannot evaluate ${expr}`);
+  return Number(Function(`"use strict"; return (${expr});`)()) >>> 0;
+}
+
+t.test('every struct in layout.ts matches the BTF of lb.bpf.o: size, fields, offsets, sizes', (t) => {
+  const types = btfTypes();
+  const structs = [...types.values()].filter((x) => x.kind === 'STRUCT' && x.name.startsWith('xdplb_') && x.name !== 'xdplb_maglev_inner');
+  t.same(structs.map((s) => s.name).sort(), Object.keys(L.LAYOUT).sort(), 'the same set of structs');
+  for (const s of structs) {
+    const want = L.LAYOUT[s.name];
+    if (!want) continue;
+    t.equal(s.size, want.size, `${s.name}: size`);
+    const members = s.members ?? [];
+    t.same(members.map((m) => m.name), Object.keys(want.fields), `${s.name}: fields in order`);
+    for (const m of members) {
+      const f = want.fields[m.name];
+      if (!f) continue;
+      t.equal(m.bits_offset / 8, f.offset, `${s.name}.${m.name}: offset`);
+      t.equal(sizeOf(types, m.type_id), f.size, `${s.name}.${m.name}: size`);
+    }
+    // no hole left unnamed: the fields tile the struct exactly
+    const covered = Object.values(want.fields).reduce((a, f) => a + f.size, 0);
+    t.equal(covered, want.size, `${s.name}: no implicit padding`);
+  }
+  t.end();
+});
+
+t.test('reasons.ts mirrors enum xdplb_reason in consts.h: names, order, count', (t) => {
+  const body = /enum xdplb_reason \{([\s\S]*?)\};/.exec(CONSTS);
+  t.ok(body, 'enum found');
+  const names = [...(body?.[1] ?? '').matchAll(/^\s*XDPLB_R_([A-Z0-9_]+)/gm)].map((m) => m[1]);
+  t.equal(names.at(-1), 'MAX', 'the enum ends with XDPLB_R_MAX');
+  t.same(REASONS.map((r) => r.name), names.slice(0, -1).map((n) => n.toLowerCase()));
+  t.equal(REASON_COUNT, names.length - 1);
+  for (const r of REASONS) {
+    const want = r.name.startsWith('pass_') ? 'XDP_PASS' : r.name.startsWith('drop_') ? 'XDP_DROP' : r.name === 'forward_redirect' ? 'XDP_REDIRECT' : 'XDP_TX';
+    t.equal(r.verdict, want, `${r.name} implies ${want}`);
+  }
+  t.end();
+});
+
+t.test('constants in layout.ts equal the #defines of consts.h', (t) => {
+  const pairs: Array<[string, number]> = [
+    ['XDPLB_MAX_SERVICES', L.MAX_SERVICES],
+    ['XDPLB_MAX_BACKENDS', L.MAX_BACKENDS],
+    ['XDPLB_CT_SIZE', L.CT_SIZE],
+    ['XDPLB_MAX_DEVICES', L.MAX_DEVICES],
+    ['XDPLB_MAGLEV_DEFAULT_M', L.MAGLEV_DEFAULT_M],
+    ['XDPLB_MAGLEV_MAX_M', L.MAGLEV_MAX_M],
+    ['XDPLB_NO_BACKEND', L.NO_BACKEND],
+    ['XDPLB_FLOW_HASH_SEED', L.FLOW_HASH_SEED],
+    ['XDPLB_IPV6_EXT_MAX', L.IPV6_EXT_MAX],
+    ['XDPLB_ICMP4_QUOTE_MAX', L.ICMP4_QUOTE_MAX],
+    ['XDPLB_ICMP6_QUOTE_MAX', L.ICMP6_QUOTE_MAX],
+    ['XDPLB_DEFAULT_TTL', L.DEFAULT_TTL],
+    ['XDPLB_FAMILY_V4', L.FAMILY_V4],
+    ['XDPLB_FAMILY_V6', L.FAMILY_V6],
+    ['XDPLB_SVC_F_L4_DNAT', L.SVC_F_L4_DNAT],
+    ['XDPLB_SVC_F_SRC_HASH', L.SVC_F_SRC_HASH],
+    ['XDPLB_SVC_F_CT_BYPASS', L.SVC_F_CT_BYPASS],
+    ['XDPLB_SVC_F_ICMP_ECHO', L.SVC_F_ICMP_ECHO],
+    ['XDPLB_BACKEND_NONE', L.BACKEND_NONE],
+    ['XDPLB_BACKEND_ACTIVE', L.BACKEND_ACTIVE],
+    ['XDPLB_BACKEND_DRAINING', L.BACKEND_DRAINING],
+    ['XDPLB_BACKEND_DOWN', L.BACKEND_DOWN],
+  ];
+  for (const [name, value] of pairs) t.equal(define(name), value >>> 0, name);
+  t.end();
+});
+
+t.test('the loaded maps have the names, types, key/value sizes and capacities layout.ts expects', needsRoot, (t) => {
+  const lb = openLb(t);
+  t.same(lb.obj.maps().filter((n) => n.startsWith('xdplb_')).sort(), Object.values(L.MAP_NAMES).sort());
+  const size = (s: string) => (s === 'u32' ? 4 : L.LAYOUT[s].size);
+  for (const [name, kv] of Object.entries(L.MAP_LAYOUT)) {
+    const m = lb.obj.map(name);
+    t.equal(m.keySize, size(kv.key), `${name}: key size`);
+    t.equal(m.valueSize, size(kv.value), `${name}: value size`);
+    m.close();
+  }
+  const expect: Record<string, [string, number]> = {
+    xdplb_services: ['hash', L.MAX_SERVICES],
+    xdplb_backends: ['array', L.MAX_BACKENDS],
+    xdplb_maglev: ['array_of_maps', L.MAX_SERVICES],
+    xdplb_config: ['array', 1],
+    xdplb_conntrack: ['lru_hash', L.CT_SIZE],
+    xdplb_svc_stats: ['percpu_array', L.MAX_SERVICES],
+    xdplb_be_stats: ['percpu_array', L.MAX_BACKENDS],
+    xdplb_reasons: ['percpu_array', REASON_COUNT],
+    xdplb_devmap: ['devmap_hash', L.MAX_DEVICES],
+  };
+  for (const [name, [type, max]] of Object.entries(expect)) {
+    const m = lb.obj.map(name);
+    t.equal(m.type, type, `${name}: type`);
+    t.equal(m.maxEntries, max, `${name}: max entries`);
+    m.close();
+  }
+  // every map is pinned by name under the pin root, so a restarted daemon finds it
+  for (const name of Object.values(L.MAP_NAMES)) t.ok(fs.existsSync(path.join(lb.pinRoot, name)), `${name} pinned`);
+  t.end();
+});
+
+t.test('the program loads and reports its size', needsRoot, (t) => {
+  const lb = openLb(t);
+  const i = lb.prog.info();
+  t.equal(i.type, 'xdp');
+  t.ok(i.instructions > 100, `${i.instructions} instructions, ${i.verifiedInstructions} verified, ${i.jitedBytes} bytes JITed`);
+  t.ok(i.verifiedInstructions < 1_000_000, 'well within the verifier limit');
+  t.end();
+});
+
+t.test('encoders write the documented bytes and decoders read them back', (t) => {
+  const k = L.encodeServiceKey({ vip: '203.0.113.10', port: 443, proto: 6 });
+  t.equal(k.toString('hex'), '040601bb' + 'cb00710a' + '00'.repeat(12));
+  t.same(L.decodeServiceKey(k), { vip: '203.0.113.10', port: 443, proto: 6 });
+  const k6 = L.encodeServiceKey({ vip: '2001:db8::10', port: 0, proto: 17 });
+  t.equal(k6.toString('hex'), '06110000' + '20010db8000000000000000000000010');
+  t.same(L.decodeServiceKey(k6), { vip: '2001:db8::10', port: 0, proto: 17 });
+  t.equal(L.vipEntryKey('2001:db8::10').toString('hex'), '063a0000' + '20010db8000000000000000000000010');
+
+  t.equal(L.encodeService({ id: 7, flags: L.SVC_F_L4_DNAT | L.SVC_F_ICMP_ECHO }).toString('hex'), '07000000' + '09000000');
+  const be = L.encodeBackend({ address: '198.51.100.7', port: 8080, state: L.BACKEND_DRAINING });
+  t.equal(be.toString('hex'), 'c6336407' + '00'.repeat(12) + '1f90' + '04' + '02');
+  t.same(L.decodeBackend(be), { address: '198.51.100.7', port: 8080, state: L.BACKEND_DRAINING });
+  t.same(L.decodeBackend(L.encodeBackend({ address: '', port: 0, state: L.BACKEND_NONE })), { address: '', port: 0, state: 0 });
+
+  const cfg: L.NodeConfig = { src4: '192.0.2.2', src4PrefixLen: 24, src6: '2001:db8::2', src6PrefixLen: 64, ttl: 60, flags: 0, mtu: 1450, maglevM: 65537 };
+  const c = L.encodeConfig(cfg);
+  t.equal(c.length, 32);
+  t.equal(c.subarray(0, 4).toString('hex'), 'c0000202');
+  t.equal(c[20], 24);
+  t.equal(c.readUInt16LE(24), 1450);
+  t.equal(c.readUInt32LE(28), 65537);
+  t.same(L.decodeConfig(c), cfg);
+
+  const fk: L.FlowKey = { src: '2001:db8::1', dst: '2001:db8::10', sport: 1, dport: 2, proto: 17 };
+  const f = L.encodeFlowKey(fk);
+  t.equal(f.subarray(32).toString('hex'), '00010002' + '11' + '06' + '0000');
+  t.same(L.decodeFlowKey(f), fk);
+  t.same(L.decodeCtEntry(L.encodeCtEntry({ backendId: 3, serviceId: 9 })), { backendId: 3, serviceId: 9 });
+  t.same(L.decodeCounter(L.encodeCounter({ packets: 5n, bytes: 1n << 40n })), { packets: 5n, bytes: 1n << 40n });
+  t.same(L.decodeDevmapVal(L.encodeDevmapVal({ ifindex: 4, progFd: 0 })), { ifindex: 4, progFd: 0 });
+  t.throws(() => L.encodeFlowKey({ ...fk, dst: '192.0.2.1' }), RangeError, 'a flow cannot mix families');
+  t.end();
+});
+
+t.test('addresses round-trip through the 16-byte map form in canonical text', (t) => {
+  for (const a of ['2001:db8::1', '::', '2001:db8:1:2:3:4:5:6', 'fe80::1:2', '2001:db8::', '2001:0:0:1::1', '192.0.2.255']) {
+    const fam = L.familyOf(a);
+    t.equal(L.addressText(L.address16(a), fam), a, a);
+  }
+  t.equal(L.addressBytes('::ffff:192.0.2.1').toString('hex'), '00000000000000000000ffffc0000201');
+  t.throws(() => L.familyOf('not-an-ip'), RangeError);
+  t.end();
+});
+
+t.test('flow hash: deterministic, source-only ignores ports, outer source keeps the prefix', (t) => {
+  const f = { src: '192.0.2.100', dst: '203.0.113.10', sport: 40000, dport: 80, proto: 6 };
+  t.equal(flowHash(f), flowHash({ ...f }), 'same flow, same hash');
+  t.not(flowHash(f), flowHash({ ...f, sport: 40001 }), 'ports matter');
+  t.equal(flowHash(f, true), flowHash({ ...f, sport: 1, dport: 2 }, true), 'source-only hashing ignores ports');
+  t.not(flowHash(f, true), flowHash({ ...f, src: '192.0.2.101' }, true));
+  t.equal(outerSource('192.0.2.2', 32, 0xffffffff), '192.0.2.2');
+  t.equal(outerSource('192.0.2.2', 0, 0xffffffff), '192.0.2.2');
+  t.equal(outerSource('198.51.100.0', 24, 0x12345678), '198.51.100.120');
+  t.equal(outerSource('2001:db8:ff::', 64, 0xdeadbeef), '2001:db8:ff::dead:beef', 'IPv6: at most the last 32 bits');
+  t.equal(outerSource('2001:db8:ff::', 120, 0xdeadbeef), '2001:db8:ff::ef');
+  t.end();
+});
