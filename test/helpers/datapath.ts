@@ -9,6 +9,7 @@ import * as bpf from '../../src/datapath/bpf';
 import * as L from '../../src/datapath/layout';
 import { REASONS, REASON } from '../../src/datapath/reasons';
 import { netns, pinDir, sh, veth, ifindexIn, type Teardown } from './fixtures';
+import { CHECK_FIELDS, macText, readIpv4, readIpv6, tsharkFields, tsharkVerbose } from './packets';
 
 export interface ServiceSpec {
   vip: string;
@@ -180,4 +181,115 @@ export function fibNamespace(t: Teardown): FibNs {
   for (let i = 129; i <= 139; i++) ip('neigh', 'replace', `198.51.100.${i}`, 'lladdr', BACKEND_MAC, 'dev', 'lb1', 'nud', 'permanent');
   for (let i = 1; i <= 11; i++) ip('-6', 'neigh', 'replace', `2001:db8:200::${i.toString(16)}`, 'lladdr', BACKEND_MAC, 'dev', 'lb1', 'nud', 'permanent');
   return { ns, lb0: ifindexIn(ns, 'lb0'), lb1: ifindexIn(ns, 'lb1'), lb0Mac: macOf(ns, 'lb0'), lb1Mac: macOf(ns, 'lb1') };
+}
+
+// ---- the standard world of the forwarding tests ----
+export const VIP4 = '203.0.113.10';
+export const VIP6 = '2001:db8:f00::10';
+export const CLIENT4 = '192.0.2.100';
+export const CLIENT6 = '2001:db8::100';
+export const LB_SRC4 = '192.0.2.2';
+export const LB_SRC6 = '2001:db8::2';
+export const OUTER_TTL = 33;
+
+export interface World {
+  fib: FibNs;
+  lb: Lb;
+  /** test run with lb0 as the ingress interface, inside the FIB namespace */
+  run(frame: Buffer): bpf.TestRunResult;
+  /** same, in a batch: one enter/leave of the namespace */
+  runAll(frames: readonly Buffer[]): bpf.TestRunResult[];
+}
+
+export function world(t: Teardown, o: { maglevM?: number; config?: Partial<L.NodeConfig> } = {}): World {
+  const fib = fibNamespace(t);
+  const lb = openLb(t);
+  lb.config({ src4: LB_SRC4, src6: LB_SRC6, ttl: OUTER_TTL, maglevM: o.maglevM ?? 0, ...o.config });
+  // devmap entries resolve the ifindex in the caller's namespace
+  bpf.withNetns(fib.ns, () => lb.maps.devmap.update(L.u32(fib.lb1), L.encodeDevmapVal({ ifindex: fib.lb1, progFd: 0 })));
+  return {
+    fib,
+    lb,
+    run: (frame) => bpf.withNetns(fib.ns, () => lb.run(frame, fib.lb0)),
+    runAll: (frames) => bpf.withNetns(fib.ns, () => frames.map((f) => lb.run(f, fib.lb0))),
+  };
+}
+
+/** One service with one Maglev table filled with a single backend. */
+export function oneBackend(w: World, s: ServiceSpec, b: BackendSpec): void {
+  w.lb.service(s);
+  w.lb.backend(b);
+  const m = w.lb.maps.config.lookup(L.u32(0));
+  const size = (m && L.decodeConfig(m).maglevM) || L.MAGLEV_DEFAULT_M;
+  w.lb.maglev(s.id, new Uint32Array(size).fill(b.id));
+}
+
+/** An encapsulated frame taken apart: Ethernet, outer header, inner IP packet. */
+export interface Encapsulated {
+  dstMac: string;
+  srcMac: string;
+  ethertype: number;
+  outer4?: import('./packets').Ipv4Header;
+  outer6?: import('./packets').Ipv6Header;
+  inner: Buffer;
+}
+
+export function decap(frame: Buffer): Encapsulated {
+  const ethertype = frame.readUInt16BE(12);
+  const base = { dstMac: macText(frame.subarray(0, 6)), srcMac: macText(frame.subarray(6, 12)), ethertype };
+  if (ethertype === 0x0800) {
+    const outer4 = readIpv4(frame, 14);
+    return { ...base, outer4, inner: frame.subarray(14 + outer4.ihl * 4) };
+  }
+  const outer6 = readIpv6(frame, 14);
+  return { ...base, outer6, inner: frame.subarray(54) };
+}
+
+/** The IP packet inside a frame as sent (VLAN tags skipped, padding cut). */
+export function ipPacket(frame: Buffer): Buffer {
+  let off = 12;
+  while (frame.readUInt16BE(off) === 0x8100 || frame.readUInt16BE(off) === 0x88a8) off += 4;
+  const ip = frame.subarray(off + 2);
+  const len = ip[0] >> 4 === 4 ? ip.readUInt16BE(2) : 40 + ip.readUInt16BE(4);
+  return ip.subarray(0, len);
+}
+
+const TSHARK_ERROR = 0x800000;
+
+export interface DecodedRow {
+  frame: number;
+  ip: string[];
+  tcp: string[];
+  udp: string[];
+  icmp: string[];
+  icmpv6: string[];
+  malformed: boolean;
+  errors: boolean;
+  extra: string[];
+}
+
+/**
+ * Decodes frames with tshark (checksum validation on) and asserts that each
+ * decodes cleanly: no malformed packet, no error-level expert info, no bad
+ * checksum. Returns the rows with any extra fields asked for.
+ */
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
+export function tsharkCheck(t: { ok: (v: any, ...rest: any[]) => unknown }, file: string, frames: readonly Buffer[], extra: readonly string[] = []): DecodedRow[] {
+  const rows = tsharkFields(file, frames, [...CHECK_FIELDS, ...extra]);
+  const split = (s: string) => (s ? s.split(',') : []);
+  const out = rows.map((r) => ({
+    frame: Number(r[0]),
+    ip: split(r[1]),
+    tcp: split(r[2]),
+    udp: split(r[3]),
+    icmp: split(r[4]),
+    icmpv6: split(r[5]),
+    malformed: r[6] !== '',
+    errors: split(r[7]).some((s) => Number(s) >= TSHARK_ERROR),
+    extra: r.slice(CHECK_FIELDS.length),
+  }));
+  t.ok(out.length === frames.length, `tshark decoded ${out.length} of ${frames.length} frames`);
+  const bad = out.filter((r) => r.malformed || r.errors || [...r.ip, ...r.tcp, ...r.udp, ...r.icmp, ...r.icmpv6].includes('0'));
+  t.ok(bad.length === 0, bad.length ? `tshark found problems in frames ${bad.map((b) => b.frame).join(' ')}:\n${tsharkVerbose(file, bad.slice(0, 3).map((b) => frames[b.frame - 1]))}` : 'tshark: no malformed frame, no bad checksum, no error');
+  return out;
 }

@@ -396,6 +396,10 @@ const TSHARK_CHECKS = [
   '-o', 'ip.check_checksum:TRUE',
   '-o', 'tcp.check_checksum:TRUE',
   '-o', 'udp.check_checksum:TRUE',
+  // test payloads are not application messages: stop at the transport
+  '--disable-protocol', 'dns',
+  '--disable-protocol', 'mdns',
+  '--disable-protocol', 'http',
 ];
 
 /**
