@@ -271,11 +271,19 @@ export interface DecodedRow {
 /**
  * Decodes frames with tshark (checksum validation on) and asserts that each
  * decodes cleanly: no malformed packet, no error-level expert info, no bad
- * checksum. Returns the rows with any extra fields asked for.
+ * checksum. Returns the rows with any extra fields asked for. quotes: the
+ * frames carry ICMP errors, whose quoted TCP/UDP header is not validated.
  */
 // eslint-disable-next-line @typescript-eslint/no-explicit-any
-export function tsharkCheck(t: { ok: (v: any, ...rest: any[]) => unknown }, file: string, frames: readonly Buffer[], extra: readonly string[] = []): DecodedRow[] {
-  const rows = tsharkFields(file, frames, [...CHECK_FIELDS, ...extra]);
+export function tsharkCheck(
+  t: { ok: (v: any, ...rest: any[]) => unknown },
+  file: string,
+  frames: readonly Buffer[],
+  extra: readonly string[] = [],
+  o: { quotes?: boolean } = {},
+): DecodedRow[] {
+  const checkL4 = !o.quotes;
+  const rows = tsharkFields(file, frames, [...CHECK_FIELDS, ...extra], checkL4);
   const split = (s: string) => (s ? s.split(',') : []);
   const out = rows.map((r) => ({
     frame: Number(r[0]),
@@ -290,6 +298,6 @@ export function tsharkCheck(t: { ok: (v: any, ...rest: any[]) => unknown }, file
   }));
   t.ok(out.length === frames.length, `tshark decoded ${out.length} of ${frames.length} frames`);
   const bad = out.filter((r) => r.malformed || r.errors || [...r.ip, ...r.tcp, ...r.udp, ...r.icmp, ...r.icmpv6].includes('0'));
-  t.ok(bad.length === 0, bad.length ? `tshark found problems in frames ${bad.map((b) => b.frame).join(' ')}:\n${tsharkVerbose(file, bad.slice(0, 3).map((b) => frames[b.frame - 1]))}` : 'tshark: no malformed frame, no bad checksum, no error');
+  t.ok(bad.length === 0, bad.length ? `tshark found problems in frames ${bad.map((b) => b.frame).join(' ')}:\n${tsharkVerbose(file, bad.slice(0, 3).map((b) => frames[b.frame - 1]), checkL4)}` : 'tshark: no malformed frame, no bad checksum, no error');
   return out;
 }

@@ -392,6 +392,15 @@ export function pcap(frames: readonly Buffer[]): Buffer {
   return Buffer.concat(parts);
 }
 
+/**
+ * Checksum validation on. checkL4 false: TCP/UDP checksums are not validated,
+ * for frames whose only TCP/UDP header is the start of a packet quoted by an
+ * ICMP error (its checksum covers bytes that were cut off).
+ */
+function tsharkChecks(checkL4: boolean): string[] {
+  return checkL4 ? TSHARK_CHECKS : TSHARK_CHECKS.map((a) => a.replace(/^(tcp|udp)\.check_checksum:TRUE$/, '$1.check_checksum:FALSE'));
+}
+
 const TSHARK_CHECKS = [
   '-o', 'ip.check_checksum:TRUE',
   '-o', 'tcp.check_checksum:TRUE',
@@ -406,9 +415,9 @@ const TSHARK_CHECKS = [
  * Decodes frames with tshark; one row per frame, one string per field (several
  * occurrences of a field, like the outer and inner ip.src, joined by ',').
  */
-export function tsharkFields(file: string, frames: readonly Buffer[], fields: readonly string[]): string[][] {
+export function tsharkFields(file: string, frames: readonly Buffer[], fields: readonly string[], checkL4 = true): string[][] {
   fs.writeFileSync(file, pcap(frames));
-  const args = ['-r', file, ...TSHARK_CHECKS, '-T', 'fields', '-E', 'separator=|', '-E', 'occurrence=a', '-E', 'aggregator=,'];
+  const args = ['-r', file, ...tsharkChecks(checkL4), '-T', 'fields', '-E', 'separator=|', '-E', 'occurrence=a', '-E', 'aggregator=,'];
   for (const f of fields) args.push('-e', f);
   const out = execFileSync('tshark', args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 28 });
   return out
@@ -418,9 +427,9 @@ export function tsharkFields(file: string, frames: readonly Buffer[], fields: re
 }
 
 /** tshark -V text of the frames (for failure messages and spot checks). */
-export function tsharkVerbose(file: string, frames: readonly Buffer[]): string {
+export function tsharkVerbose(file: string, frames: readonly Buffer[], checkL4 = true): string {
   fs.writeFileSync(file, pcap(frames));
-  return execFileSync('tshark', ['-r', file, ...TSHARK_CHECKS, '-V'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 28 });
+  return execFileSync('tshark', ['-r', file, ...tsharkChecks(checkL4), '-V'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 1 << 28 });
 }
 
 /** Fields every forwarded or LB-made frame is checked with. */
