@@ -1,0 +1,537 @@
+// Semantic validation of the desired state, shared by the configuration file, the
+// gRPC API and the state directory. Pure: input in, a normalised copy out, or an
+// XdplbError naming the field.
+//
+// Every validator takes `unknown` (whatever a client or a file handed over),
+// ignores keys it does not know (the config file's JSON Schema rejects those
+// itself), and returns fresh objects that share nothing with the input.
+//
+// Normalisation and defaults:
+//   * addresses are returned in canonical text: IPv4 dotted quad, IPv6 compressed
+//     lowercase (RFC 5952), so "2001:DB8:0::1" and "2001:db8::1" are one backend;
+//   * flags default to DEFAULT_FLAGS (model.ts), each one separately;
+//   * a backend's weight defaults to 1 (all backends equal), its state to 'active',
+//     its port to the service's port (required when the service port is 0);
+//   * node settings default to DEFAULT_NODE (model.ts); an interface's mode
+//     defaults to 'native'; an outer source's prefix length to the full length.
+//
+// Choices worth knowing:
+//   * IPv4-mapped IPv6 addresses (::ffff:a.b.c.d) are refused everywhere: the
+//     datapath would send them as IPv6; write the IPv4 address. Zone indexes
+//     ("fe80::1%eth0") are refused too.
+//   * VIPs, backends and fixed outer sources must be unicast: not the unspecified
+//     address, not multicast, not 255.255.255.255.
+//   * An outer source prefix must have its host bits clear (as `ip route` wants):
+//     "192.0.2.70/28" is refused, write 192.0.2.64/28 or 192.0.2.70/32.
+//   * mtu is 0 (take it from the route/device) or 576..65535. IPv6 needs a link
+//     MTU of at least 1280 (RFC 8200); that is not enforced here because the
+//     setting covers both families.
+//   * Duplicates (services by name or by (vip, port, protocol), backends by
+//     (address, port), interfaces by name) are ALREADY_EXISTS naming both entries;
+//     more than MAX_BACKENDS_PER_SERVICE backends is RESOURCE_EXHAUSTED.
+import { isIP } from 'node:net';
+import { isPrime, MAX_M, MAX_WEIGHT } from '../maglev';
+import { XdplbError } from './errors';
+import {
+  DEFAULT_FLAGS,
+  DEFAULT_NODE,
+  type ApiSettings,
+  type AttachMode,
+  type BackendSpec,
+  type BackendState,
+  type Config,
+  type Family,
+  type InterfaceSpec,
+  type LogLevel,
+  type NodeSettings,
+  type OuterSource,
+  type Protocol,
+  type ServiceFlags,
+  type ServiceSpec,
+  type TlsFiles,
+} from './model';
+
+/** At most this many backends in one service (RESOURCE_EXHAUSTED beyond). */
+export const MAX_BACKENDS_PER_SERVICE = 4096;
+export const MIN_MAGLEV_SIZE = 2;
+export const MAX_MAGLEV_SIZE = MAX_M;
+export const MAX_BACKEND_WEIGHT = MAX_WEIGHT;
+export const DEFAULT_BACKEND_WEIGHT = 1;
+export const DEFAULT_BACKEND_STATE: BackendState = 'active';
+export const DEFAULT_ATTACH_MODE: AttachMode = 'native';
+export const MAX_PORT = 65535;
+export const MIN_MTU = 576;
+export const MAX_MTU = 65535;
+/** Not enforced (see the header): the IPv6 minimum link MTU. */
+export const MIN_MTU_IPV6 = 1280;
+export const MIN_TTL = 1;
+export const MAX_TTL = 255;
+/** IFNAMSIZ - 1 */
+export const MAX_IFNAME_BYTES = 15;
+/** sizeof(sockaddr_un.sun_path) - 1 */
+export const MAX_SOCKET_PATH_BYTES = 107;
+
+export const PROTOCOLS: readonly Protocol[] = ['tcp', 'udp'];
+export const BACKEND_STATES: readonly BackendState[] = ['active', 'draining', 'down'];
+export const ATTACH_MODES: readonly AttachMode[] = ['native', 'generic'];
+export const LOG_LEVELS: readonly LogLevel[] = ['fatal', 'error', 'warn', 'info', 'debug', 'trace'];
+
+/** A service name: an RFC 1123 label (the JSON Schema uses the same pattern). */
+export const NAME_PATTERN = '^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$';
+export const NAME_DESCRIPTION =
+  'an RFC 1123 label (lowercase letters, digits and "-", at most 63, starting and ending with a letter or digit)';
+/** A Linux interface name, as the kernel's dev_valid_name() accepts it. */
+export const IFNAME_PATTERN = '^(?!\\.\\.?$)[^/:\\s]{1,15}$';
+export const IFNAME_DESCRIPTION = 'a Linux interface name (1 to 15 bytes, not "." or "..", no "/", ":" or whitespace)';
+export const HOST_PORT_PATTERN = '^(\\[[0-9A-Fa-f:.]+\\]|[A-Za-z0-9.-]+):[0-9]{1,5}$';
+export const HOST_PORT_DESCRIPTION = 'host:port (an IPv4 address, [IPv6 address] or host name, and a port 1..65535)';
+export const PATH_PATTERN = '^/';
+export const PATH_DESCRIPTION = 'an absolute path';
+
+const NAME_RE = new RegExp(NAME_PATTERN, 'u');
+const IFNAME_RE = new RegExp(IFNAME_PATTERN, 'u');
+const HOST_PORT_RE = new RegExp(HOST_PORT_PATTERN, 'u');
+const HOSTNAME_RE = /^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
+
+// ---------------------------------------------------------------------------
+// Reasons, phrased once so the config loader's schema errors read the same.
+
+const NOUNS: Record<string, string> = {
+  string: 'a string',
+  integer: 'an integer',
+  number: 'a number',
+  boolean: 'true or false',
+  object: 'a mapping',
+  array: 'a list',
+  null: 'null',
+};
+
+/** How a value is shown in a message: strings quoted, containers by kind. */
+export function describeValue(v: unknown): string {
+  if (v === undefined) return 'nothing';
+  if (v === null) return 'null';
+  if (typeof v === 'string') return JSON.stringify(v);
+  if (Array.isArray(v)) return 'a list';
+  if (typeof v === 'object') return 'a mapping';
+  return String(v);
+}
+
+export const reasons = {
+  type: (type: string, v: unknown) => `must be ${NOUNS[type] ?? type}, got ${describeValue(v)}`,
+  min: (min: number, v: unknown) => `must be >= ${min}, got ${describeValue(v)}`,
+  max: (max: number, v: unknown) => `must be <= ${max}, got ${describeValue(v)}`,
+  oneOf: (values: readonly unknown[], v: unknown) => `must be one of ${values.join(', ')}, got ${describeValue(v)}`,
+  pattern: (description: string, v: unknown) => `${describeValue(v)} is not ${description}`,
+  required: () => 'is required',
+};
+
+function sub(field: string, key: string | number): string {
+  if (typeof key === 'number') return `${field}[${key}]`;
+  return field ? `${field}.${key}` : key;
+}
+
+function record(v: unknown, field: string): Record<string, unknown> {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw XdplbError.invalid(field, reasons.type('object', v));
+  return v as Record<string, unknown>;
+}
+
+function list(v: unknown, field: string): unknown[] {
+  if (!Array.isArray(v)) throw XdplbError.invalid(field, reasons.type('array', v));
+  return v;
+}
+
+function string(v: unknown, field: string): string {
+  if (typeof v !== 'string') throw XdplbError.invalid(field, reasons.type('string', v));
+  return v;
+}
+
+function boolean(v: unknown, field: string): boolean {
+  if (typeof v !== 'boolean') throw XdplbError.invalid(field, reasons.type('boolean', v));
+  return v;
+}
+
+function integer(v: unknown, field: string, min: number, max: number): number {
+  if (typeof v !== 'number' || !Number.isInteger(v)) throw XdplbError.invalid(field, reasons.type('integer', v));
+  if (v < min) throw XdplbError.invalid(field, reasons.min(min, v));
+  if (v > max) throw XdplbError.invalid(field, reasons.max(max, v));
+  return v;
+}
+
+function oneOf<T extends string>(v: unknown, field: string, values: readonly T[]): T {
+  if (!values.includes(v as T)) throw XdplbError.invalid(field, reasons.oneOf(values, v));
+  return v as T;
+}
+
+function required(o: Record<string, unknown>, key: string, field: string): unknown {
+  const v = o[key];
+  if (v === undefined) throw XdplbError.invalid(sub(field, key), reasons.required());
+  return v;
+}
+
+function optional<T>(o: Record<string, unknown>, key: string, dflt: T, read: (v: unknown) => T): T {
+  return o[key] === undefined ? dflt : read(o[key]);
+}
+
+function absolutePath(v: unknown, field: string): string {
+  const s = string(v, field);
+  if (!s.startsWith('/') || s.includes('\0')) throw XdplbError.invalid(field, reasons.pattern(PATH_DESCRIPTION, s));
+  return s;
+}
+
+function hostPort(v: unknown, field: string): string {
+  const s = string(v, field);
+  const bad = () => XdplbError.invalid(field, reasons.pattern(HOST_PORT_DESCRIPTION, s));
+  if (!HOST_PORT_RE.test(s)) throw bad();
+  const colon = s.lastIndexOf(':');
+  const host = s.slice(0, colon);
+  const port = Number(s.slice(colon + 1));
+  if (port < 1 || port > MAX_PORT) throw bad();
+  if (host.startsWith('[')) {
+    if (isIP(host.slice(1, -1)) !== 6) throw bad();
+  } else if (/^[0-9.]+$/.test(host)) {
+    if (isIP(host) !== 4) throw bad();
+  } else if (!HOSTNAME_RE.test(host)) throw bad();
+  return s;
+}
+
+// ---------------------------------------------------------------------------
+// Addresses
+
+export interface ParsedAddress {
+  family: Family;
+  /** 4 bytes for IPv4, 16 for IPv6, network order */
+  bytes: Uint8Array;
+  /** canonical text: dotted quad, or RFC 5952 compressed lowercase IPv6 */
+  text: string;
+}
+
+function v4Bytes(text: string): Uint8Array {
+  return Uint8Array.from(text.split('.').map(Number));
+}
+
+function v6Bytes(text: string): Uint8Array {
+  const out = new Uint8Array(16);
+  let s = text.toLowerCase();
+  let v4: Uint8Array | undefined;
+  if (s.includes('.')) {
+    const colon = s.lastIndexOf(':');
+    v4 = v4Bytes(s.slice(colon + 1));
+    s = `${s.slice(0, colon + 1)}0:0`;
+  }
+  const [head, tail] = s.split('::');
+  const h = head ? head.split(':') : [];
+  const t = tail === undefined ? [] : tail ? tail.split(':') : [];
+  const groups = [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t].map((g) => parseInt(g, 16));
+  groups.forEach((g, i) => {
+    out[2 * i] = g >> 8;
+    out[2 * i + 1] = g & 0xff;
+  });
+  if (v4) out.set(v4, 12);
+  return out;
+}
+
+/** RFC 5952: lowercase, no leading zeros, the longest run (first on a tie) of two or more zero groups as "::". */
+function v6Text(b: Uint8Array): string {
+  const g = Array.from({ length: 8 }, (_, i) => (b[2 * i] << 8) | b[2 * i + 1]);
+  let best = -1;
+  let bestLen = 0;
+  for (let i = 0; i < 8; ) {
+    if (g[i] !== 0) {
+      i++;
+      continue;
+    }
+    let j = i;
+    while (j < 8 && g[j] === 0) j++;
+    if (j - i > bestLen) (best = i), (bestLen = j - i);
+    i = j;
+  }
+  const hex = g.map((x) => x.toString(16));
+  if (bestLen < 2) return hex.join(':');
+  return `${hex.slice(0, best).join(':')}::${hex.slice(best + bestLen).join(':')}`;
+}
+
+/** Parses an IP address, or returns the reason it is not one we accept. */
+export function parseAddress(text: string): ParsedAddress | string {
+  if (text.includes('%')) return `${JSON.stringify(text)} has a zone index; write the address without it`;
+  const family = isIP(text);
+  if (family === 4) return { family: 4, bytes: v4Bytes(text), text };
+  if (family !== 6) return `${JSON.stringify(text)} is not an IPv4 or IPv6 address`;
+  const bytes = v6Bytes(text);
+  if (bytes.subarray(0, 10).every((x) => x === 0) && bytes[10] === 0xff && bytes[11] === 0xff)
+    return `${JSON.stringify(text)} is an IPv4-mapped IPv6 address; write the IPv4 address ${bytes.subarray(12).join('.')}`;
+  return { family: 6, bytes, text: v6Text(bytes) };
+}
+
+/** The canonical text of an IP address, or undefined when `text` is not one (see parseAddress). */
+export function canonicalAddress(text: string): string | undefined {
+  const a = parseAddress(text);
+  return typeof a === 'string' ? undefined : a.text;
+}
+
+/** Why `a` is not a unicast address, or undefined when it is. */
+function notUnicast(a: ParsedAddress, shown: string): string | undefined {
+  const q = JSON.stringify(shown);
+  if (a.bytes.every((x) => x === 0)) return `${q} is the unspecified address`;
+  if (a.family === 4) {
+    if ((a.bytes[0] & 0xf0) === 0xe0) return `${q} is a multicast address`;
+    if (a.bytes.every((x) => x === 0xff)) return `${q} is the broadcast address`;
+  } else if (a.bytes[0] === 0xff) return `${q} is a multicast address`;
+  return undefined;
+}
+
+function address(v: unknown, field: string): ParsedAddress {
+  const s = string(v, field);
+  const a = parseAddress(s);
+  if (typeof a === 'string') throw XdplbError.invalid(field, a);
+  return a;
+}
+
+function unicastAddress(v: unknown, field: string): ParsedAddress {
+  const a = address(v, field);
+  const why = notUnicast(a, v as string);
+  if (why) throw XdplbError.invalid(field, why);
+  return a;
+}
+
+const familyName = (f: Family) => (f === 4 ? 'IPv4' : 'IPv6');
+
+// ---------------------------------------------------------------------------
+// Services
+
+function validateFlags(v: unknown, field: string): ServiceFlags {
+  const o = record(v, field);
+  const flag = (key: keyof ServiceFlags) => optional(o, key, DEFAULT_FLAGS[key], (x) => boolean(x, sub(field, key)));
+  return { l4Dnat: flag('l4Dnat'), sourceHash: flag('sourceHash'), conntrackBypass: flag('conntrackBypass'), icmpEcho: flag('icmpEcho') };
+}
+
+/**
+ * One backend of a service whose VIP has `family` and whose port is `servicePort`.
+ * Defaults: port = servicePort (required when that is 0), weight 1, state 'active'.
+ */
+export function validateBackend(input: unknown, family: Family, servicePort: number, field: string): BackendSpec {
+  const o = record(input, field);
+  const addrField = sub(field, 'address');
+  const a = unicastAddress(required(o, 'address', field), addrField);
+  if (a.family !== family)
+    throw XdplbError.invalid(addrField, `${JSON.stringify(o.address)} is ${familyName(a.family)} but the service's VIP is ${familyName(family)}`);
+  const port =
+    o.port === undefined && servicePort !== 0
+      ? servicePort
+      : integer(o.port === undefined ? required(o, 'port', field) : o.port, sub(field, 'port'), 1, MAX_PORT);
+  return {
+    address: a.text,
+    port,
+    weight: optional(o, 'weight', DEFAULT_BACKEND_WEIGHT, (x) => integer(x, sub(field, 'weight'), 0, MAX_BACKEND_WEIGHT)),
+    state: optional(o, 'state', DEFAULT_BACKEND_STATE, (x) => oneOf(x, sub(field, 'state'), BACKEND_STATES)),
+  };
+}
+
+/**
+ * One service, from the config file ("services[2]"), the API ("service") or the
+ * state directory. Returns the normalised spec (see the header for defaults).
+ */
+export function validateService(input: unknown, field = 'service'): ServiceSpec {
+  const o = record(input, field);
+  const name = string(required(o, 'name', field), sub(field, 'name'));
+  if (!NAME_RE.test(name)) throw XdplbError.invalid(sub(field, 'name'), reasons.pattern(NAME_DESCRIPTION, name));
+  const vip = unicastAddress(required(o, 'vip', field), sub(field, 'vip'));
+  const port = integer(required(o, 'port', field), sub(field, 'port'), 0, MAX_PORT);
+  const protocol = oneOf(required(o, 'protocol', field), sub(field, 'protocol'), PROTOCOLS);
+  const flags = optional(o, 'flags', { ...DEFAULT_FLAGS }, (x) => validateFlags(x, sub(field, 'flags')));
+  const bField = sub(field, 'backends');
+  const raw = optional(o, 'backends', [], (x) => list(x, bField));
+  if (raw.length > MAX_BACKENDS_PER_SERVICE)
+    throw XdplbError.exhausted(`${raw.length} backends; a service has at most ${MAX_BACKENDS_PER_SERVICE}`, bField);
+  const seen = new Map<string, number>();
+  const backends = raw.map((b, i) => {
+    const spec = validateBackend(b, vip.family, port, sub(bField, i));
+    const key = `${spec.address} port ${spec.port}`;
+    const first = seen.get(key);
+    if (first !== undefined) throw XdplbError.duplicate(sub(bField, i), `backend ${key} is also backends[${first}]`);
+    seen.set(key, i);
+    return spec;
+  });
+  return { name, vip: vip.text, port, protocol, flags, backends };
+}
+
+// ---------------------------------------------------------------------------
+// Node settings
+
+function validateInterface(v: unknown, field: string): InterfaceSpec {
+  const o = record(v, field);
+  const nField = sub(field, 'name');
+  const name = string(required(o, 'name', field), nField);
+  if (!IFNAME_RE.test(name) || Buffer.byteLength(name) > MAX_IFNAME_BYTES)
+    throw XdplbError.invalid(nField, reasons.pattern(IFNAME_DESCRIPTION, name));
+  return { name, mode: optional(o, 'mode', DEFAULT_ATTACH_MODE, (x) => oneOf(x, sub(field, 'mode'), ATTACH_MODES)) };
+}
+
+function hostBitsClear(bytes: Uint8Array, prefixLength: number): boolean {
+  for (let bit = prefixLength; bit < bytes.length * 8; bit++) if (bytes[bit >> 3] & (0x80 >> (bit & 7))) return false;
+  return true;
+}
+
+/**
+ * An outer source of `family`: "address", "address/prefix-length", or
+ * { address, prefixLength? }. A prefix length n takes the top n bits from the
+ * address and the rest from the flow hash; the full length is one fixed address.
+ */
+export function validateOuterSource(v: unknown, family: Family, field: string): OuterSource {
+  const bits = family === 4 ? 32 : 128;
+  let addrText: unknown;
+  let addrField: string;
+  let prefixLength: number;
+  if (typeof v === 'string') {
+    const [a, p, ...rest] = v.split('/');
+    if (rest.length || (p !== undefined && !/^[0-9]{1,3}$/.test(p)))
+      throw XdplbError.invalid(field, `${JSON.stringify(v)} is not an address or address/prefix-length`);
+    addrText = a;
+    addrField = field;
+    prefixLength = p === undefined ? bits : Number(p);
+    if (prefixLength > bits) throw XdplbError.invalid(field, `prefix length must be <= ${bits}, got ${prefixLength}`);
+  } else {
+    const o = record(v, field);
+    addrText = required(o, 'address', field);
+    addrField = sub(field, 'address');
+    prefixLength = optional(o, 'prefixLength', bits, (x) => integer(x, sub(field, 'prefixLength'), 0, bits));
+  }
+  const a = address(addrText, addrField);
+  if (a.family !== family) throw XdplbError.invalid(addrField, `${JSON.stringify(addrText)} is not an ${familyName(family)} address`);
+  if (prefixLength === bits) {
+    const why = notUnicast(a, addrText as string);
+    if (why) throw XdplbError.invalid(addrField, why);
+  } else if (!hostBitsClear(a.bytes, prefixLength)) {
+    const net = new Uint8Array(a.bytes);
+    for (let bit = prefixLength; bit < bits; bit++) net[bit >> 3] &= ~(0x80 >> (bit & 7));
+    const netText = family === 4 ? net.join('.') : v6Text(net);
+    throw XdplbError.invalid(
+      field,
+      `${a.text}/${prefixLength} has host bits set; write ${netText}/${prefixLength}, or ${a.text}/${bits} for one fixed address`,
+    );
+  }
+  return { address: a.text, prefixLength };
+}
+
+function nearestPrimes(n: number): string {
+  let lo = Math.min(n, MAX_MAGLEV_SIZE);
+  while (lo >= MIN_MAGLEV_SIZE && !isPrime(lo)) lo--;
+  let hi = Math.max(n, MIN_MAGLEV_SIZE);
+  while (hi <= MAX_MAGLEV_SIZE && !isPrime(hi)) hi++;
+  return [lo >= MIN_MAGLEV_SIZE ? lo : undefined, hi <= MAX_MAGLEV_SIZE ? hi : undefined].filter((x) => x !== undefined).join(' or ');
+}
+
+function validateApi(v: unknown, field: string): ApiSettings {
+  const o = record(v, field);
+  const socket = optional(o, 'socket', DEFAULT_NODE.api.socket, (x) => absolutePath(x, sub(field, 'socket')));
+  if (Buffer.byteLength(socket) > MAX_SOCKET_PATH_BYTES)
+    throw XdplbError.invalid(sub(field, 'socket'), `is ${Buffer.byteLength(socket)} bytes long; a unix socket path has at most ${MAX_SOCKET_PATH_BYTES}`);
+  const api: ApiSettings = { socket };
+  let tls: TlsFiles | undefined;
+  if (o.tls !== undefined) {
+    const tField = sub(field, 'tls');
+    const t = record(o.tls, tField);
+    const file = (key: keyof TlsFiles) => absolutePath(required(t, key, tField), sub(tField, key));
+    tls = { cert: file('cert'), key: file('key'), ca: file('ca') };
+  }
+  if (o.tcp !== undefined) {
+    api.tcp = hostPort(o.tcp, sub(field, 'tcp'));
+    if (!tls) throw XdplbError.invalid(sub(field, 'tcp'), `requires ${sub(field, 'tls')} (mutual TLS)`);
+  }
+  if (tls) api.tls = tls;
+  return api;
+}
+
+/**
+ * The node settings; `field` prefixes field names ('' in the config file, where
+ * they are top-level keys). Absent settings take DEFAULT_NODE's values.
+ */
+export function validateNode(input: unknown, field = ''): NodeSettings {
+  const o = input === undefined ? {} : record(input, field || 'node');
+  const f = (key: string) => sub(field, key);
+
+  const ifField = f('interfaces');
+  const seen = new Map<string, number>();
+  const interfaces = optional(o, 'interfaces', [], (x) => list(x, ifField)).map((v, i) => {
+    const spec = validateInterface(v, sub(ifField, i));
+    const first = seen.get(spec.name);
+    if (first !== undefined)
+      throw XdplbError.duplicate(sub(sub(ifField, i), 'name'), `interface ${spec.name} is also interfaces[${first}]`);
+    seen.set(spec.name, i);
+    return spec;
+  });
+
+  const maglevSize = optional(o, 'maglevSize', DEFAULT_NODE.maglevSize, (x) => {
+    const m = integer(x, f('maglevSize'), MIN_MAGLEV_SIZE, MAX_MAGLEV_SIZE);
+    if (!isPrime(m)) throw XdplbError.invalid(f('maglevSize'), `must be a prime number, got ${m} (nearest primes: ${nearestPrimes(m)})`);
+    return m;
+  });
+
+  const osField = f('outerSource');
+  const os = optional(o, 'outerSource', {}, (x) => record(x, osField));
+  const outerSource: NodeSettings['outerSource'] = {};
+  if (os.ipv4 !== undefined) outerSource.ipv4 = validateOuterSource(os.ipv4, 4, sub(osField, 'ipv4'));
+  if (os.ipv6 !== undefined) outerSource.ipv6 = validateOuterSource(os.ipv6, 6, sub(osField, 'ipv6'));
+
+  const mtu = optional(o, 'mtu', DEFAULT_NODE.mtu, (x) => {
+    const m = integer(x, f('mtu'), 0, MAX_MTU);
+    if (m !== 0 && m < MIN_MTU) throw XdplbError.invalid(f('mtu'), `must be 0 (from the route) or >= ${MIN_MTU}, got ${m}`);
+    return m;
+  });
+
+  const node: NodeSettings = {
+    interfaces,
+    maglevSize,
+    outerSource,
+    ttl: optional(o, 'ttl', DEFAULT_NODE.ttl, (x) => integer(x, f('ttl'), MIN_TTL, MAX_TTL)),
+    mtu,
+    bpffs: optional(o, 'bpffs', DEFAULT_NODE.bpffs, (x) => absolutePath(x, f('bpffs'))),
+    api: optional(o, 'api', { ...DEFAULT_NODE.api }, (x) => validateApi(x, f('api'))),
+    stateDir: optional(o, 'stateDir', DEFAULT_NODE.stateDir, (x) => absolutePath(x, f('stateDir'))),
+    recorderDir: optional(o, 'recorderDir', DEFAULT_NODE.recorderDir, (x) => absolutePath(x, f('recorderDir'))),
+    logLevel: optional(o, 'logLevel', DEFAULT_NODE.logLevel, (x) => oneOf(x, f('logLevel'), LOG_LEVELS)),
+  };
+  if (o.metrics !== undefined) node.metrics = hostPort(o.metrics, f('metrics'));
+  return node;
+}
+
+// ---------------------------------------------------------------------------
+// A whole configuration
+
+/**
+ * A configuration: { node, services }. Node fields are named without a prefix
+ * ("maglevSize", "api.tcp"), services as "services[i]". On top of each service's
+ * own rules: names unique, (vip, port, protocol) unique, and no service with more
+ * backends than the Maglev table has entries.
+ */
+export function validateConfig(input: unknown): Config {
+  const o = record(input, 'configuration');
+  const node = validateNode(o.node, '');
+  const raw = optional(o, 'services', [], (x) => list(x, 'services'));
+  const byName = new Map<string, number>();
+  const byTuple = new Map<string, number>();
+  const names: string[] = [];
+  const services = raw.map((v, i) => {
+    const field = sub('services', i);
+    const s = validateService(v, field);
+    const sameName = byName.get(s.name);
+    if (sameName !== undefined)
+      throw XdplbError.duplicate(sub(field, 'name'), `service name ${s.name} is also the name of services[${sameName}]`);
+    const tuple = `${s.vip} port ${s.port} ${s.protocol}`;
+    const sameTuple = byTuple.get(tuple);
+    if (sameTuple !== undefined)
+      throw XdplbError.duplicate(
+        sub(field, 'vip'),
+        `services[${i}] (${s.name}) and services[${sameTuple}] (${names[sameTuple]}) both serve ${tuple}`,
+      );
+    if (s.backends.length > node.maglevSize)
+      throw XdplbError.exhausted(
+        `${s.backends.length} backends do not fit a Maglev table of ${node.maglevSize} entries`,
+        sub(field, 'backends'),
+      );
+    byName.set(s.name, i);
+    byTuple.set(tuple, i);
+    names.push(s.name);
+    return s;
+  });
+  return { node, services };
+}
