@@ -1,0 +1,3 @@
+// The YAML configuration file: loading, validation, and its JSON Schema.
+export { loadConfigFile, parseConfig, checkShape, schemaValidator } from './load';
+export { CONFIG_SCHEMA, schemaText, type JsonSchema } from './schema';

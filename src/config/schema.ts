@@ -1,0 +1,166 @@
+// The JSON Schema of the YAML configuration file: the one source of truth for its
+// shape (keys, types, ranges, enums). config/xdplb.schema.json is generated from
+// it for editors (`node dist/src/config/schema.js > config/xdplb.schema.json`);
+// a test keeps the two equal.
+//
+// The schema checks the shape; src/control/validate.ts then checks the meaning
+// (addresses, families, primes, duplicates), the same code the gRPC API runs.
+// Limits and patterns come from validate.ts, so the two cannot disagree.
+//
+// Keys are snake_case (maglev_size, outer_source, prefix_length, ...); the loader
+// maps them to the model's camelCase names.
+import {
+  ATTACH_MODES,
+  BACKEND_STATES,
+  HOST_PORT_DESCRIPTION,
+  HOST_PORT_PATTERN,
+  IFNAME_DESCRIPTION,
+  IFNAME_PATTERN,
+  LOG_LEVELS,
+  MAX_BACKEND_WEIGHT,
+  MAX_MAGLEV_SIZE,
+  MAX_MTU,
+  MAX_PORT,
+  MAX_TTL,
+  MIN_MAGLEV_SIZE,
+  MIN_TTL,
+  NAME_DESCRIPTION,
+  NAME_PATTERN,
+  PATH_DESCRIPTION,
+  PATH_PATTERN,
+  PROTOCOLS,
+} from '../control/validate';
+import { DEFAULT_FLAGS, DEFAULT_NODE } from '../control/model';
+
+export type JsonSchema = { [key: string]: unknown };
+
+const integer = (minimum: number, maximum: number, description: string, dflt?: number): JsonSchema => ({
+  type: 'integer',
+  minimum,
+  maximum,
+  description,
+  ...(dflt === undefined ? {} : { default: dflt }),
+});
+
+const pattern = (p: string, description: string, dflt?: string): JsonSchema => ({
+  type: 'string',
+  pattern: p,
+  description,
+  ...(dflt === undefined ? {} : { default: dflt }),
+});
+
+const path = (description: string, dflt?: string) => pattern(PATH_PATTERN, `${description}: ${PATH_DESCRIPTION}`, dflt);
+
+const object = (properties: Record<string, JsonSchema>, description: string, required: string[] = []): JsonSchema => ({
+  type: 'object',
+  description,
+  additionalProperties: false,
+  ...(required.length ? { required } : {}),
+  properties,
+});
+
+const ipAddress = (description: string): JsonSchema => ({ type: 'string', description });
+
+const outerSource = (bits: number, family: string, example: string): JsonSchema => ({
+  description:
+    `${family} outer source: "address" or "address/prefix-length" (e.g. "${example}"), or {address, prefix_length}. ` +
+    `A prefix length n takes the top n bits from the address and the rest from the flow hash; /${bits} is one fixed address.`,
+  if: { type: 'string' },
+  then: { type: 'string', pattern: '^[^/\\s]+(/[0-9]{1,3})?$', description: 'address or address/prefix-length' },
+  else: object(
+    {
+      address: ipAddress(`${family} address; host bits beyond prefix_length must be clear`),
+      prefix_length: integer(0, bits, `0..${bits}; default ${bits} (a fixed address)`, bits),
+    },
+    `${family} outer source`,
+    ['address'],
+  ),
+});
+
+const flag = (description: string, dflt: boolean): JsonSchema => ({ type: 'boolean', description, default: dflt });
+
+const backend = object(
+  {
+    address: ipAddress('backend address, same family as the VIP'),
+    port: integer(1, MAX_PORT, "backend port (the DNAT target with l4_dnat); default: the service's port, required when that is 0"),
+    weight: integer(0, MAX_BACKEND_WEIGHT, 'Maglev weight, relative to the other backends; 0 takes no new flows', 1),
+    state: { enum: [...BACKEND_STATES], description: 'draining and down take no new flows; down also drops existing ones', default: 'active' },
+  },
+  'a backend: the service forwards to it in an IPIP/IP6IP6 tunnel, and it replies to the client directly',
+  ['address'],
+);
+
+const service = object(
+  {
+    name: pattern(NAME_PATTERN, `unique service name: ${NAME_DESCRIPTION}`),
+    vip: ipAddress('virtual IP address, IPv4 or IPv6, unicast'),
+    port: integer(0, MAX_PORT, 'VIP port 1..65535, or 0 for every port of the VIP'),
+    protocol: { enum: [...PROTOCOLS], description: 'tcp or udp' },
+    flags: object(
+      {
+        l4_dnat: flag("rewrite the destination port to the backend's port", DEFAULT_FLAGS.l4Dnat),
+        source_hash: flag('hash on the client address only, so a client sticks to one backend', DEFAULT_FLAGS.sourceHash),
+        conntrack_bypass: flag('skip the connection table: every packet follows the Maglev table', DEFAULT_FLAGS.conntrackBypass),
+        icmp_echo: flag('answer ICMP echo requests to the VIP', DEFAULT_FLAGS.icmpEcho),
+      },
+      'service flags',
+    ),
+    backends: { type: 'array', description: 'backends, unique by (address, port)', items: backend },
+  },
+  'a service: (vip, port, protocol) load-balanced over backends with Maglev',
+  ['name', 'vip', 'port', 'protocol'],
+);
+
+export const CONFIG_SCHEMA: JsonSchema = {
+  $schema: 'http://json-schema.org/draft-07/schema#',
+  title: 'xdplb configuration',
+  ...object(
+    {
+      interfaces: {
+        type: 'array',
+        description: 'interfaces the XDP program is attached to',
+        items: object(
+          {
+            name: pattern(IFNAME_PATTERN, IFNAME_DESCRIPTION),
+            mode: { enum: [...ATTACH_MODES], description: 'XDP attach mode', default: 'native' },
+          },
+          'an interface',
+          ['name'],
+        ),
+      },
+      maglev_size: integer(MIN_MAGLEV_SIZE, MAX_MAGLEV_SIZE, 'Maglev table size: a prime', DEFAULT_NODE.maglevSize),
+      outer_source: object(
+        { ipv4: outerSource(32, 'IPv4', '192.0.2.64/28'), ipv6: outerSource(128, 'IPv6', '2001:db8:300::/120') },
+        "source addresses of the outer (tunnel) header; absent: the egress interface's address",
+      ),
+      ttl: integer(MIN_TTL, MAX_TTL, 'TTL / hop limit of the outer header', DEFAULT_NODE.ttl),
+      mtu: integer(0, MAX_MTU, 'egress MTU: 0 (from the route/device) or 576..65535; IPv6 needs 1280', DEFAULT_NODE.mtu),
+      bpffs: path('bpffs directory where maps and links are pinned', DEFAULT_NODE.bpffs),
+      api: object(
+        {
+          socket: path('unix socket of the gRPC API (mode 0600)', DEFAULT_NODE.api.socket),
+          tcp: pattern(HOST_PORT_PATTERN, `TCP listen address, ${HOST_PORT_DESCRIPTION}; only with tls`),
+          tls: object(
+            { cert: path('server certificate (PEM)'), key: path('server private key (PEM)'), ca: path('CA for client certificates (PEM)') },
+            'mutual TLS for api.tcp',
+            ['cert', 'key', 'ca'],
+          ),
+        },
+        'gRPC API',
+      ),
+      state_dir: path('state directory (services created through the API)', DEFAULT_NODE.stateDir),
+      recorder_dir: path('directory for recordings', DEFAULT_NODE.recorderDir),
+      log_level: { enum: [...LOG_LEVELS], description: 'log level', default: DEFAULT_NODE.logLevel },
+      metrics: pattern(HOST_PORT_PATTERN, `Prometheus listen address, ${HOST_PORT_DESCRIPTION}; absent: metrics off`),
+      services: { type: 'array', description: 'services', items: service },
+    },
+    'Node settings and services of the xdplb XDP load balancer (keys in snake_case).',
+  ),
+};
+
+/** The published schema file's text. */
+export function schemaText(): string {
+  return `${JSON.stringify(CONFIG_SCHEMA, null, 2)}\n`;
+}
+
+if (require.main === module) process.stdout.write(schemaText());
