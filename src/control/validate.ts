@@ -388,7 +388,6 @@ export function validateOuterSource(v: unknown, family: Family, field: string): 
     addrText = a;
     addrField = field;
     prefixLength = p === undefined ? bits : Number(p);
-    if (prefixLength > bits) throw XdplbError.invalid(field, `prefix length must be <= ${bits}, got ${prefixLength}`);
   } else {
     const o = record(v, field);
     addrText = required(o, 'address', field);
@@ -397,6 +396,7 @@ export function validateOuterSource(v: unknown, family: Family, field: string): 
   }
   const a = address(addrText, addrField);
   if (a.family !== family) throw XdplbError.invalid(addrField, `${JSON.stringify(addrText)} is not an ${familyName(family)} address`);
+  if (prefixLength > bits) throw XdplbError.invalid(field, `prefix length must be <= ${bits}, got ${prefixLength}`);
   if (prefixLength === bits) {
     const why = notUnicast(a, addrText as string);
     if (why) throw XdplbError.invalid(addrField, why);
