@@ -124,6 +124,8 @@ t.test('ICMP errors that do not quote a VIP flow go to the kernel', needsRoot, (
     [P.ipv4({ src: '192.0.2.1', dst: VIP4 }, P.icmpError({ type: 3, code: 1, quoted: reply(f, 3) })), 'pass_icmp_quote'],
     [P.ipv4({ src: '192.0.2.1', dst: VIP4 }, P.icmpError({ type: 3, code: 1, quoted: P.ipv4({ src: VIP4, dst: CLIENT4 }, P.echoRequest({ id: 1, seq: 1 })) })), 'pass_icmp_quote'],
     [P.ipv4({ src: '192.0.2.1', dst: VIP4 }, P.icmpError({ type: 3, code: 1, quoted: Buffer.from(reply(f)).fill(0x65, 0, 1) })), 'pass_icmp_quote'],
+    [P.ipv4({ src: '192.0.2.1', dst: '192.0.2.2' }, P.icmpError({ type: 3, code: 4, quoted: reply(f) })), 'pass_icmp_quote'],
+    [P.ipv6({ src: '2001:db8::1', dst: '2001:db8::2' }, P.icmpError({ v6: true, type: 2, code: 0, mtu: 1280, quoted: reply({ src: CLIENT6, dst: VIP6, sport: 1, dport: 2, proto: TCP }) })), 'pass_icmp_quote'],
     [P.ipv4({ src: '192.0.2.1', dst: VIP4 }, P.icmp({ type: 5, code: 1 })), 'pass_icmp_other'],
     [P.ipv4({ src: '192.0.2.1', dst: VIP4 }, P.icmp({ type: 0, code: 0 })), 'pass_icmp_other'],
     [P.ipv6({ src: '2001:db8::1', dst: VIP6 }, P.icmp({ v6: true, type: 135, code: 0, body: Buffer.alloc(16) })), 'pass_icmp_other'],

@@ -67,7 +67,7 @@ enum xdplb_reason {
 	XDPLB_R_PASS_NOT_VIP,		/* XDP_PASS: no service for (VIP, port, protocol) */
 	XDPLB_R_PASS_ICMP_OTHER,	/* XDP_PASS: ICMP type the LB does not handle (NDP, replies, ...) */
 	XDPLB_R_PASS_ICMP_ECHO_OFF,	/* XDP_PASS: echo request to a VIP whose echo flag is off */
-	XDPLB_R_PASS_ICMP_QUOTE,	/* XDP_PASS: ICMP error whose quoted packet is not a parseable TCP/UDP header */
+	XDPLB_R_PASS_ICMP_QUOTE,	/* XDP_PASS: ICMP error not quoting a TCP/UDP packet sent from the address it is sent to */
 	XDPLB_R_PASS_FIB_MISS,		/* XDP_PASS: no route to the backend (blackhole, unreachable, ...) */
 	XDPLB_R_PASS_FIB_NO_NEIGH,	/* XDP_PASS: route but no neighbour entry for the next hop */
 	XDPLB_R_PASS_FIB_FWD_DISABLED,	/* XDP_PASS: forwarding disabled on the ingress interface */

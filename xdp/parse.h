@@ -232,7 +232,8 @@ static __always_inline void set_v6(__u8 *dst16, const struct in6_addr *a)
 }
 
 /* The packet quoted by an ICMP error, at the cursor: its tuple reversed is
- * the client -> VIP flow it belongs to. Only TCP/UDP quotes with their ports. */
+ * the client -> VIP flow it belongs to. Only TCP/UDP quotes with their ports,
+ * and only of a packet sent from the address the error is addressed to. */
 static __always_inline int parse_icmp_quote(struct hdr_cursor *c, void *data, void *end, struct packet *pkt)
 {
 	struct l4_ports *ports;
@@ -253,6 +254,8 @@ static __always_inline int parse_icmp_quote(struct hdr_cursor *c, void *data, vo
 		ports = c->pos + hl;
 		if ((void *)(ports + 1) > end)
 			return XDPLB_R_PASS_ICMP_QUOTE;
+		if (q->saddr != *(__be32 *)pkt->flow.dst)
+			return XDPLB_R_PASS_ICMP_QUOTE; /* not about a packet from the address it is sent to */
 		set_v4(pkt->flow.src, q->daddr);
 		set_v4(pkt->flow.dst, q->saddr);
 		pkt->flow.proto = q->protocol;
@@ -267,6 +270,9 @@ static __always_inline int parse_icmp_quote(struct hdr_cursor *c, void *data, vo
 			return XDPLB_R_PASS_ICMP_QUOTE;
 		ports = (void *)(q + 1);
 		if ((void *)(ports + 1) > end)
+			return XDPLB_R_PASS_ICMP_QUOTE;
+		if (*(__u64 *)&q->saddr != *(__u64 *)pkt->flow.dst ||
+		    *((__u64 *)&q->saddr + 1) != *(__u64 *)(pkt->flow.dst + 8))
 			return XDPLB_R_PASS_ICMP_QUOTE;
 		set_v6(pkt->flow.src, &q->daddr);
 		set_v6(pkt->flow.dst, &q->saddr);

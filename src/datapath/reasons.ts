@@ -27,7 +27,7 @@ export const REASONS: readonly ReasonInfo[] = [
   { name: 'pass_not_vip', verdict: 'XDP_PASS', description: 'no service for this VIP, port and protocol' },
   { name: 'pass_icmp_other', verdict: 'XDP_PASS', description: 'ICMP type the load balancer does not handle' },
   { name: 'pass_icmp_echo_off', verdict: 'XDP_PASS', description: 'echo request to a VIP that does not answer echo' },
-  { name: 'pass_icmp_quote', verdict: 'XDP_PASS', description: 'ICMP error whose quoted packet is not a parseable TCP/UDP header' },
+  { name: 'pass_icmp_quote', verdict: 'XDP_PASS', description: 'ICMP error that does not quote a TCP/UDP packet sent from the address it is addressed to' },
   { name: 'pass_fib_miss', verdict: 'XDP_PASS', description: 'no route to the backend' },
   { name: 'pass_fib_no_neigh', verdict: 'XDP_PASS', description: 'no neighbour entry for the next hop to the backend' },
   { name: 'pass_fib_fwd_disabled', verdict: 'XDP_PASS', description: 'IP forwarding disabled on the ingress interface' },
