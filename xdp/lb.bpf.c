@@ -8,7 +8,28 @@
  * One deviation from the numbering, on purpose: the FIB lookup of step 8 runs
  * before steps 5 and 6 change anything, because step 7 needs its MTU and
  * because a packet that cannot be forwarded (FIB miss, too big) must reach
- * the kernel, or be quoted in the ICMP error, exactly as it arrived. */
+ * the kernel, or be quoted in the ICMP error, exactly as it arrived.
+ *
+ * Choices worth knowing (each counted under its own reason, consts.h):
+ *  - Echo: an echo request to a VIP is answered when the VIP entry (service
+ *    key with protocol ICMP/ICMPv6 and port 0) carries XDPLB_SVC_F_ICMP_ECHO.
+ *    The daemon keeps one such entry per VIP, flag set when any service of
+ *    the VIP allows echo.
+ *  - ICMP errors (IPv4 types 3 and 11; ICMPv6 types 1, 2, 3) addressed to a
+ *    VIP and quoting a TCP/UDP packet from it are sent, unchanged, to the
+ *    backend of the quoted flow (its tuple reversed: the same hash, the same
+ *    connection-table entry). They never create connection-table entries,
+ *    are never DNATed, and are dropped rather than answered when too big.
+ *  - PMTU: IPv4 without DF that does not fit once encapsulated is dropped
+ *    (XDP cannot fragment; the kernel would route it to the VIP, not to a
+ *    backend). The node's MTU override can only lower the FIB's MTU.
+ *  - Frames arriving with a VLAN tag leave encapsulated untagged (the FIB
+ *    names the egress device); LB-made replies keep the tag.
+ *  - The outer IPv4 header copies DSCP/ECN, DF and the identification of the
+ *    inner one; the outer IPv6 header copies the traffic class and takes the
+ *    flow label from the flow hash.
+ *  - The IPv4 header checksum of received packets is not verified: a
+ *    corrupted header reaches the backend, whose stack drops it. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "consts.h"
