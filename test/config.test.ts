@@ -261,6 +261,10 @@ t.test('YAML syntax errors carry file:line:column', async (t) => {
     line: 11,
     column: 10,
   });
+  const unclosed = edit(11, '    vip: "203.0.113.10');
+  refuses(t, unclosed, 'INVALID_ARGUMENT', 'config/test.yaml:11:10: YAML: Missing closing "quote (opened here)', { line: 11, column: 10 });
+  const single = edit(10, "  - name: 'web # the \"web\" service");
+  refuses(t, single, 'INVALID_ARGUMENT', "config/test.yaml:10:11: YAML: Missing closing 'quote (opened here)", { line: 10, column: 11 });
   const item = edit(17, '       weight: 2');
   refuses(t, item, 'INVALID_ARGUMENT', 'config/test.yaml:17:1: YAML: Sequence item without - indicator', { line: 17, column: 1 });
 

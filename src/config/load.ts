@@ -186,14 +186,38 @@ function toModelInput(data: Record<string, unknown>): unknown {
   return { node, services };
 }
 
+/**
+ * yaml reports a missing closing quote where the file ends (a quoted scalar may
+ * span lines); point at the quote that was opened instead: the first line before
+ * the end with an odd number of that quote character outside comments.
+ */
+function unclosedQuote(text: string, end: number, message: string): { line: number; col: number } | undefined {
+  const q = message.includes("'quote") ? "'" : message.includes('"quote') ? '"' : undefined;
+  if (!q) return undefined;
+  const lines = text.slice(0, end).split('\n');
+  for (let i = 0; i < lines.length; i++) {
+    let open = -1;
+    for (let j = 0; j < lines[i].length; j++) {
+      const c = lines[i][j];
+      if (open < 0 && c === '#' && (j === 0 || /\s/.test(lines[i][j - 1]))) break;
+      if (c === '\\' && q === '"' && open >= 0) j++;
+      else if (c === q) open = open < 0 ? j : -1;
+    }
+    if (open >= 0) return { line: i + 1, col: open + 1 };
+  }
+  return undefined;
+}
+
 /** Parses and validates a configuration; `fileName` is used in error messages only. */
 export function parseConfig(text: string, fileName: string): Config {
   const lc = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lc, prettyErrors: false, uniqueKeys: true });
   const syntax = doc.errors[0];
   if (syntax) {
-    const { line, col } = lc.linePos(syntax.pos[0]);
-    throw new XdplbError('INVALID_ARGUMENT', `YAML: ${syntax.message}`, { location: { file: fileName, line, column: col } });
+    const opened = syntax.code === 'MISSING_CHAR' ? unclosedQuote(text, syntax.pos[0], syntax.message) : undefined;
+    const { line, col } = opened ?? lc.linePos(syntax.pos[0]);
+    const reason = `YAML: ${syntax.message}${opened ? ' (opened here)' : ''}`;
+    throw new XdplbError('INVALID_ARGUMENT', reason, { location: { file: fileName, line, column: col } });
   }
   if (doc.contents === null)
     throw new XdplbError('INVALID_ARGUMENT', 'the file is empty; expected a mapping of settings and services', {
