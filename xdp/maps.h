@@ -1,6 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* The maps of lb.bpf.c. Every map is pinned by name (LIBBPF_PIN_BY_NAME) so a
- * restarted daemon adopts them, and the program keeps forwarding meanwhile. */
+/* The maps of lb.bpf.c. Every map but the devmap is pinned by name
+ * (LIBBPF_PIN_BY_NAME) so a restarted daemon adopts them, and the program keeps
+ * forwarding meanwhile. */
 #ifndef XDPLB_MAPS_H
 #define XDPLB_MAPS_H
 
@@ -94,11 +95,13 @@ struct {
 	__type(value, struct xdplb_counter);
 } xdplb_reasons SEC(".maps");
 
-/* egress ifindex -> devmap entry, for XDP_REDIRECT */
+/* egress ifindex -> devmap entry, for XDP_REDIRECT. Not pinned: the kernel
+ * adds BPF_F_RDONLY_PROG to a devmap's flags, which libbpf 1.1 then reports as
+ * a parameter mismatch when reusing the pin. It is derived state anyway: the
+ * daemon fills it from its interfaces before attaching each new program. */
 struct {
 	__uint(type, BPF_MAP_TYPE_DEVMAP_HASH);
 	__uint(max_entries, XDPLB_MAX_DEVICES);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__type(key, __u32);
 	__type(value, struct xdplb_devmap_val);
 } xdplb_devmap SEC(".maps");

@@ -1,0 +1,250 @@
+// The gRPC server: xdplb.v1.LoadBalancer, the standard health service and server
+// reflection. A unix socket (mode 0600) by default; TCP only with mutual TLS.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { ReflectionService } from '@grpc/reflection';
+import { HealthImplementation } from 'grpc-health-check';
+import type { Logger } from 'pino';
+import type { Controller } from '../control/controller';
+import { XdplbError, type ErrorCode } from '../control/errors';
+import type { ApiSettings } from '../control/model';
+import { backendFromPb, serviceFromPb, serviceToPb, type PbBackend, type PbService } from './convert';
+
+export const PROTO_DIR = path.resolve(__dirname, '..', '..', '..', 'proto');
+export const PROTO_FILES = ['xdplb/v1/loadbalancer.proto'];
+export const SERVICE_NAME = 'xdplb.v1.LoadBalancer';
+
+export const LOADER_OPTIONS: protoLoader.Options = {
+  keepCase: false,
+  longs: Number,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+  includeDirs: [PROTO_DIR],
+};
+
+export function loadProto(): protoLoader.PackageDefinition {
+  return protoLoader.loadSync(PROTO_FILES, LOADER_OPTIONS);
+}
+
+export interface Traffic {
+  packets: number;
+  bytes: number;
+}
+
+export interface CountersSnapshot {
+  timestamp: number;
+  services: Array<{ name: string; traffic: Traffic; backends: Array<{ address: string; port: number; traffic: Traffic }> }>;
+  verdicts: Record<string, number>;
+  reasons: Record<string, number>;
+}
+
+export interface NodeStatusSnapshot {
+  version: string;
+  attachments: Array<{ interface: string; ifindex: number; mode: string; programId: number }>;
+  programId: number;
+  programInstructions: number;
+  maglevSize: number;
+  maps: Array<{ name: string; entries: number; capacity: number }>;
+  services: number;
+  backends: number;
+  bpffs: string;
+  uptimeSeconds: number;
+}
+
+export interface ApiDeps {
+  controller: Controller;
+  counters(service?: string): CountersSnapshot;
+  status(): NodeStatusSnapshot;
+  log: Logger;
+}
+
+const STATUS: Record<ErrorCode, grpc.status> = {
+  INVALID_ARGUMENT: grpc.status.INVALID_ARGUMENT,
+  NOT_FOUND: grpc.status.NOT_FOUND,
+  ALREADY_EXISTS: grpc.status.ALREADY_EXISTS,
+  FAILED_PRECONDITION: grpc.status.FAILED_PRECONDITION,
+  RESOURCE_EXHAUSTED: grpc.status.RESOURCE_EXHAUSTED,
+  UNAVAILABLE: grpc.status.UNAVAILABLE,
+  INTERNAL: grpc.status.INTERNAL,
+};
+
+function toServiceError(e: unknown): Partial<grpc.ServiceError> {
+  if (e instanceof XdplbError) return { code: STATUS[e.code] ?? grpc.status.INTERNAL, details: e.message };
+  return { code: grpc.status.INTERNAL, details: e instanceof Error ? e.message : String(e) };
+}
+
+type Unary<Req, Res> = (req: Req) => Res | Promise<Res>;
+
+/** Wraps a handler so every outcome is a response or a gRPC status, and is logged. */
+function unary<Req, Res>(log: Logger, method: string, fn: Unary<Req, Res>): grpc.handleUnaryCall<Req, Res> {
+  return (call, callback) => {
+    const started = process.hrtime.bigint();
+    Promise.resolve()
+      .then(() => fn(call.request))
+      .then(
+        (res) => {
+          log.debug({ method, ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'api call');
+          callback(null, res);
+        },
+        (e: unknown) => {
+          const err = toServiceError(e);
+          log.info({ method, code: grpc.status[err.code ?? grpc.status.INTERNAL], error: err.details }, 'api call refused');
+          callback(err as grpc.ServiceError);
+        },
+      );
+  };
+}
+
+interface NameReq {
+  name: string;
+}
+interface BackendReq {
+  service: string;
+  backend?: PbBackend | null;
+}
+interface BackendRefReq {
+  service: string;
+  backend?: { address: string; port: number } | null;
+}
+
+function requireField<T>(v: T | null | undefined, field: string): T {
+  if (v === null || v === undefined) throw XdplbError.invalid(field, 'is required');
+  return v;
+}
+
+export function loadBalancerHandlers(deps: ApiDeps): grpc.UntypedServiceImplementation {
+  const { controller: c, log } = deps;
+  const svc = (s: Promise<Parameters<typeof serviceToPb>[0]>) => s.then(serviceToPb);
+  return {
+    CreateService: unary(log, 'CreateService', (r: { service?: PbService }) =>
+      svc(c.create(serviceFromPb(requireField(r.service, 'service')))),
+    ),
+    GetService: unary(log, 'GetService', (r: NameReq) => serviceToPb(c.get(r.name))),
+    ListServices: unary(log, 'ListServices', () => ({ services: c.list().map(serviceToPb) })),
+    UpdateService: unary(log, 'UpdateService', (r: { service?: PbService }) =>
+      svc(c.update(serviceFromPb(requireField(r.service, 'service')))),
+    ),
+    DeleteService: unary(log, 'DeleteService', (r: NameReq) => c.delete(r.name).then(() => ({}))),
+    SetBackends: unary(log, 'SetBackends', (r: { service: string; backends: PbBackend[] }) =>
+      svc(c.setBackends(r.service, r.backends.map(backendFromPb))),
+    ),
+    AddBackend: unary(log, 'AddBackend', (r: BackendReq) =>
+      svc(c.addBackend(r.service, backendFromPb(requireField(r.backend, 'backend')))),
+    ),
+    RemoveBackend: unary(log, 'RemoveBackend', (r: BackendRefReq) =>
+      svc(c.removeBackend(r.service, requireField(r.backend, 'backend'))),
+    ),
+    DrainBackend: unary(log, 'DrainBackend', (r: BackendRefReq) =>
+      svc(c.drainBackend(r.service, requireField(r.backend, 'backend'))),
+    ),
+    GetNodeStatus: unary(log, 'GetNodeStatus', () => deps.status()),
+    GetCounters: unary(log, 'GetCounters', (r: { service: string }) => {
+      if (r.service) c.get(r.service);
+      return deps.counters(r.service || undefined);
+    }),
+    WatchCounters: (call: grpc.ServerWritableStream<{ service: string; intervalMs: number }, CountersSnapshot>) => {
+      const { service, intervalMs } = call.request;
+      if (intervalMs !== 0 && intervalMs < 100) {
+        call.destroy(Object.assign(new Error('interval_ms: must be 0 (default 1000) or at least 100'), { code: grpc.status.INVALID_ARGUMENT }));
+        return;
+      }
+      try {
+        if (service) c.get(service);
+      } catch (e) {
+        call.destroy(Object.assign(new Error((e as Error).message), toServiceError(e)));
+        return;
+      }
+      const send = () => {
+        try {
+          // Drop a tick rather than queue snapshots for a slow client.
+          if (call.writableLength === 0) call.write(deps.counters(service || undefined));
+        } catch (e) {
+          call.destroy(Object.assign(new Error((e as Error).message), toServiceError(e)));
+        }
+      };
+      send();
+      const timer = setInterval(send, intervalMs || 1000);
+      const stop = () => clearInterval(timer);
+      call.on('cancelled', stop);
+      call.on('close', stop);
+      call.on('error', stop);
+    },
+  };
+}
+
+export interface ApiServer {
+  server: grpc.Server;
+  health: HealthImplementation;
+  endpoints: string[];
+  close(): Promise<void>;
+}
+
+/** Removes a leftover socket file, refusing to touch anything that is not a socket. */
+function clearStaleSocket(socket: string): void {
+  let st: fs.Stats;
+  try {
+    st = fs.lstatSync(socket);
+  } catch {
+    return;
+  }
+  if (!st.isSocket()) throw XdplbError.invalid('api.socket', `${socket} exists and is not a socket`);
+  fs.unlinkSync(socket);
+}
+
+function bind(server: grpc.Server, address: string, creds: grpc.ServerCredentials): Promise<number> {
+  return new Promise((resolve, reject) => server.bindAsync(address, creds, (err, port) => (err ? reject(err) : resolve(port))));
+}
+
+export async function startApi(settings: ApiSettings, deps: ApiDeps): Promise<ApiServer> {
+  if (settings.tcp && !settings.tls) throw XdplbError.invalid('api.tcp', 'requires api.tls (mutual TLS)');
+  const pkg = loadProto();
+  const proto = grpc.loadPackageDefinition(pkg) as unknown as {
+    xdplb: { v1: { LoadBalancer: grpc.ServiceClientConstructor } };
+  };
+  const server = new grpc.Server();
+  server.addService(proto.xdplb.v1.LoadBalancer.service, loadBalancerHandlers(deps));
+  const health = new HealthImplementation({ '': 'NOT_SERVING', [SERVICE_NAME]: 'NOT_SERVING' });
+  health.addToServer(server);
+  new ReflectionService(pkg).addToServer(server);
+
+  const endpoints: string[] = [];
+  fs.mkdirSync(path.dirname(settings.socket), { recursive: true, mode: 0o755 });
+  clearStaleSocket(settings.socket);
+  // The socket is created with the umask; tighten it before anyone can connect.
+  const oldMask = process.umask(0o177);
+  try {
+    await bind(server, `unix:${settings.socket}`, grpc.ServerCredentials.createInsecure());
+  } finally {
+    process.umask(oldMask);
+  }
+  fs.chmodSync(settings.socket, 0o600);
+  endpoints.push(`unix:${settings.socket}`);
+  if (settings.tcp && settings.tls) {
+    const creds = grpc.ServerCredentials.createSsl(
+      fs.readFileSync(settings.tls.ca),
+      [{ cert_chain: fs.readFileSync(settings.tls.cert), private_key: fs.readFileSync(settings.tls.key) }],
+      true,
+    );
+    const port = await bind(server, settings.tcp, creds);
+    endpoints.push(settings.tcp.replace(/:\d+$/, `:${port}`));
+  }
+  return {
+    server,
+    health,
+    endpoints,
+    close: () =>
+      new Promise<void>((resolve) => {
+        server.tryShutdown(() => {
+          try {
+            fs.unlinkSync(settings.socket);
+          } catch {
+            // already gone
+          }
+          resolve();
+        });
+      }),
+  };
+}

@@ -1,0 +1,109 @@
+// The daemon: loads the configuration, adopts or loads the datapath, restores
+// the API-owned services, serves the API, and reloads on SIGHUP. Stopping leaves
+// the program attached and the maps pinned, so forwarding never stops; only
+// --detach-on-exit=true removes them.
+import type { Logger } from 'pino';
+import { loadConfigFile } from '../config';
+import { Controller } from '../control/controller';
+import type { Config } from '../control/model';
+import { ServiceStore } from '../control/store';
+import { validateService } from '../control/validate';
+import { startApi, SERVICE_NAME, type ApiServer } from '../api/server';
+import { LbDatapath } from '../datapath/lb';
+import { sdNotify } from '../datapath/bpf';
+import { createLogger } from './log';
+
+export interface DaemonOptions {
+  configPath: string;
+  detachOnExit: boolean;
+}
+
+export interface Daemon {
+  controller: Controller;
+  datapath: LbDatapath;
+  api: ApiServer;
+  log: Logger;
+  reload(): Promise<void>;
+  stop(): Promise<void>;
+}
+
+function fixedSettingsChanged(a: Config['node'], b: Config['node']): string[] {
+  const fixed: Array<keyof Config['node']> = ['bpffs', 'stateDir', 'api'];
+  return fixed.filter((k) => JSON.stringify(a[k]) !== JSON.stringify(b[k]));
+}
+
+export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
+  let config = loadConfigFile(opts.configPath);
+  const log = createLogger(config.node.logLevel);
+  const started = Date.now();
+  const datapath = LbDatapath.open(config.node, log);
+  const store = new ServiceStore(config.node.stateDir);
+  const controller = new Controller(datapath, store, validateService, log);
+  await controller.restore(config.services, await store.load());
+  const api = await startApi(config.node.api, {
+    controller,
+    counters: (service) => datapath.counters(controller.list(), service),
+    status: () => datapath.status(controller.list(), (Date.now() - started) / 1000),
+    log,
+  });
+  api.health.setStatus('', 'SERVING');
+  api.health.setStatus(SERVICE_NAME, 'SERVING');
+  log.info({ endpoints: api.endpoints, services: controller.list().length }, 'ready');
+
+  const reload = async () => {
+    sdNotify(`RELOADING=1\nMONOTONIC_USEC=${process.hrtime.bigint() / 1000n}`);
+    try {
+      const next = loadConfigFile(opts.configPath);
+      const fixed = fixedSettingsChanged(config.node, next.node);
+      if (fixed.length) log.warn({ settings: fixed }, 'these settings change only on restart; keeping the running values');
+      datapath.reconfigure({ ...next.node, bpffs: config.node.bpffs, stateDir: config.node.stateDir, api: config.node.api });
+      await controller.replaceOwned('file', next.services);
+      config = next;
+      log.info({ services: controller.list().length }, 'configuration reloaded');
+    } catch (e) {
+      log.error({ error: (e as Error).message }, 'reload rejected; running state unchanged');
+    } finally {
+      sdNotify('READY=1');
+    }
+  };
+
+  const stop = async () => {
+    sdNotify('STOPPING=1');
+    api.health.setStatus('', 'NOT_SERVING');
+    await api.close();
+    if (opts.detachOnExit) {
+      datapath.uninstall();
+      log.info('datapath detached and pins removed');
+    } else {
+      datapath.close();
+      log.info('stopped; the datapath stays attached and keeps forwarding');
+    }
+  };
+
+  return { controller, datapath, api, log, reload, stop };
+}
+
+/** `xdplb daemon`: runs until SIGTERM/SIGINT. */
+export async function runDaemon(opts: DaemonOptions): Promise<void> {
+  const d = await startDaemon(opts);
+  sdNotify(`READY=1\nSTATUS=serving ${d.controller.list().length} services`);
+  let reloading = Promise.resolve();
+  process.on('SIGHUP', () => {
+    reloading = reloading.then(d.reload);
+  });
+  let stopping = false;
+  const onSignal = (sig: string) => {
+    if (stopping) return;
+    stopping = true;
+    d.log.info({ signal: sig }, 'stopping');
+    d.stop().then(
+      () => process.exit(0),
+      (e: Error) => {
+        d.log.error({ error: e.message }, 'stop failed');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => onSignal('SIGTERM'));
+  process.on('SIGINT', () => onSignal('SIGINT'));
+}

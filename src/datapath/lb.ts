@@ -1,0 +1,528 @@
+// The load balancer's datapath as the daemon sees it: lb.bpf.o loaded with its
+// maps pinned (or adopted from a previous run), attached to the configured
+// interfaces, and programmed from the desired state by writing only what differs.
+//
+// Identity that must survive a restart lives in bpffs next to the program's own
+// maps: service ids are the values of xdplb_services, backend ownership is the
+// daemon's own pinned map xdplb_be_owner, and every Maglev table is pinned as
+// maglev/<service id> so a restarted daemon can diff against it.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import type { Logger } from 'pino';
+import * as bpf from './bpf';
+import * as L from './layout';
+import { REASONS } from './reasons';
+import { buildTable, NO_BACKEND } from '../maglev';
+import type { DatapathSink } from '../control/controller';
+import { XdplbError } from '../control/errors';
+import type { BackendSpec, NodeSettings, ServiceSpec } from '../control/model';
+import type { CountersSnapshot, NodeStatusSnapshot } from '../api/server';
+
+const PROG_PIN = 'prog_xdplb_main';
+const OWNER_MAP = 'xdplb_be_owner';
+const ATTACHED_FILE = 'attached.json';
+/** xdplb_be_owner value for a free backend slot; otherwise service id + 1 */
+const FREE = 0;
+
+const PROTO: Record<string, number> = { tcp: L.IPPROTO_TCP, udp: L.IPPROTO_UDP };
+const STATE: Record<BackendSpec['state'], number> = {
+  active: L.BACKEND_ACTIVE,
+  draining: L.BACKEND_DRAINING,
+  down: L.BACKEND_DOWN,
+};
+
+function serviceFlags(s: ServiceSpec): number {
+  return (s.flags.l4Dnat ? L.SVC_F_L4_DNAT : 0) | (s.flags.sourceHash ? L.SVC_F_SRC_HASH : 0) | (s.flags.conntrackBypass ? L.SVC_F_CT_BYPASS : 0);
+}
+
+function tupleKey(s: { vip: string; port: number; protocol: string }): string {
+  return L.encodeServiceKey({ vip: s.vip, port: s.port, proto: PROTO[s.protocol] }).toString('hex');
+}
+
+const backendKey = (address: string, port: number) => `${address}|${port}`;
+
+interface InstalledService {
+  id: number;
+  keyHex: string;
+  flags: number;
+  /** backend key -> id */
+  backends: Map<string, number>;
+  /** backend id -> encoded xdplb_backend as installed */
+  backendValues: Map<number, string>;
+  table: Uint32Array;
+  /** absent until the first table is installed */
+  inner?: bpf.BpfMap;
+}
+
+function nodeConfig(node: NodeSettings): L.NodeConfig {
+  return {
+    src4: node.outerSource.ipv4?.address ?? '',
+    src4PrefixLen: node.outerSource.ipv4?.prefixLength ?? 0,
+    src6: node.outerSource.ipv6?.address ?? '',
+    src6PrefixLen: node.outerSource.ipv6?.prefixLength ?? 0,
+    ttl: node.ttl,
+    flags: 0,
+    mtu: node.mtu,
+    maglevM: node.maglevSize,
+  };
+}
+
+/** Ids 0..n-1, handing out the lowest free one. */
+class IdPool {
+  private readonly used: Uint8Array;
+  private next = 0;
+  constructor(readonly size: number) {
+    this.used = new Uint8Array(size);
+  }
+  take(id: number): void {
+    this.used[id] = 1;
+  }
+  alloc(what: string): number {
+    for (let n = 0; n < this.size; n++) {
+      const id = (this.next + n) % this.size;
+      if (!this.used[id]) {
+        this.used[id] = 1;
+        this.next = (id + 1) % this.size;
+        return id;
+      }
+    }
+    throw XdplbError.exhausted(`no free ${what} slot (capacity ${this.size})`);
+  }
+  free(id: number): void {
+    this.used[id] = 0;
+  }
+}
+
+export class LbDatapath implements DatapathSink {
+  private readonly maps: Record<keyof typeof L.MAP_NAMES, bpf.BpfMap>;
+  private readonly owner: bpf.BpfMap;
+  private readonly installed = new Map<string, InstalledService>();
+  private readonly serviceIds = new IdPool(L.MAX_SERVICES);
+  private readonly backendIds = new IdPool(L.MAX_BACKENDS);
+  /** VIP entries (ICMP echo) as installed: key hex -> flags */
+  private readonly vipEntries = new Map<string, number>();
+  private attached = new Map<string, { ifindex: number; mode: bpf.XdpMode }>();
+
+  private constructor(
+    private node: NodeSettings,
+    private readonly obj: bpf.BpfObject,
+    readonly program: bpf.BpfProgram,
+    private readonly log: Logger,
+  ) {
+    const m = {} as Record<keyof typeof L.MAP_NAMES, bpf.BpfMap>;
+    for (const [k, name] of Object.entries(L.MAP_NAMES)) m[k as keyof typeof L.MAP_NAMES] = obj.map(name);
+    this.maps = m;
+    this.owner = LbDatapath.ownerMap(node.bpffs);
+    fs.mkdirSync(path.join(node.bpffs, 'maglev'), { recursive: true });
+  }
+
+  /**
+   * Loads lb.bpf.o, reusing the maps pinned under node.bpffs, adopts the state a
+   * previous daemon left there, attaches (atomically replacing our previous
+   * program) and writes the node settings.
+   */
+  static open(node: NodeSettings, log: Logger, objectFile = bpf.objectPath('lb')): LbDatapath {
+    fs.mkdirSync(node.bpffs, { recursive: true, mode: 0o700 });
+    const obj = bpf.openObject(objectFile, { pinRoot: node.bpffs });
+    const dp = new LbDatapath(node, obj, obj.program(L.PROGRAM_NAME), log);
+    dp.adopt();
+    dp.writeConfig();
+    dp.attachAll();
+    return dp;
+  }
+
+  private static ownerMap(dir: string): bpf.BpfMap {
+    const pin = path.join(dir, OWNER_MAP);
+    if (fs.existsSync(pin)) return bpf.mapFromPin(pin);
+    const m = bpf.createMap({ type: 'array', keySize: 4, valueSize: 4, maxEntries: L.MAX_BACKENDS, name: OWNER_MAP });
+    m.pin(pin);
+    return m;
+  }
+
+  private innerPin(id: number): string {
+    return path.join(this.node.bpffs, 'maglev', String(id));
+  }
+
+  /** Rebuilds the bookkeeping from what the maps hold after a restart. */
+  private adopt(): void {
+    const byService = new Map<number, InstalledService>();
+    for (const key of this.maps.services.keys()) {
+      const value = this.maps.services.lookup(key);
+      if (!value) continue;
+      const k = L.decodeServiceKey(key);
+      const v = L.decodeService(value);
+      if (k.proto === L.IPPROTO_ICMP || k.proto === L.IPPROTO_ICMPV6) {
+        this.vipEntries.set(key.toString('hex'), v.flags);
+        continue;
+      }
+      const pin = this.innerPin(v.id);
+      if (!fs.existsSync(pin)) {
+        // A service without its table cannot be diffed; forget it so the next
+        // apply installs it afresh (a new table, swapped in atomically).
+        this.log.warn({ service: k, id: v.id }, 'adopted service has no pinned Maglev table');
+        continue;
+      }
+      const inner = bpf.mapFromPin(pin);
+      const table = new Uint32Array(inner.maxEntries);
+      for (let i = 0; i < table.length; i++) table[i] = inner.lookup(L.u32(i))?.readUInt32LE() ?? NO_BACKEND;
+      const s: InstalledService = { id: v.id, keyHex: key.toString('hex'), flags: v.flags, backends: new Map(), backendValues: new Map(), table, inner };
+      byService.set(v.id, s);
+      this.installed.set(s.keyHex, s);
+      this.serviceIds.take(v.id);
+    }
+    for (let id = 0; id < L.MAX_BACKENDS; id++) {
+      const o = this.owner.lookup(L.u32(id))?.readUInt32LE() ?? FREE;
+      if (o === FREE) continue;
+      const s = byService.get(o - 1);
+      const raw = this.maps.backends.lookup(L.u32(id));
+      if (!s || !raw) {
+        this.owner.update(L.u32(id), L.u32(FREE));
+        continue;
+      }
+      const b = L.decodeBackend(raw);
+      s.backends.set(backendKey(b.address, b.port), id);
+      s.backendValues.set(id, raw.toString('hex'));
+      this.backendIds.take(id);
+    }
+    this.log.info({ services: this.installed.size, backends: [...byService.values()].reduce((n, s) => n + s.backends.size, 0) }, 'adopted pinned datapath state');
+  }
+
+  private writeConfig(): void {
+    this.maps.config.update(L.u32(0), L.encodeConfig(nodeConfig(this.node)));
+  }
+
+  private readAttached(): Record<string, { mode: bpf.XdpMode }> {
+    try {
+      return JSON.parse(fs.readFileSync(path.join(this.node.stateDir, ATTACHED_FILE), 'utf8')) as Record<string, { mode: bpf.XdpMode }>;
+    } catch {
+      return {};
+    }
+  }
+
+  private writeAttached(): void {
+    fs.mkdirSync(this.node.stateDir, { recursive: true, mode: 0o700 });
+    const tmp = path.join(this.node.stateDir, `${ATTACHED_FILE}.tmp`);
+    fs.writeFileSync(tmp, JSON.stringify(Object.fromEntries([...this.attached].map(([k, v]) => [k, { mode: v.mode }]))));
+    fs.renameSync(tmp, path.join(this.node.stateDir, ATTACHED_FILE));
+  }
+
+  /**
+   * Attaches to every configured interface. Where our previous program is
+   * attached it is replaced atomically (XDP_FLAGS_REPLACE), so no packet finds
+   * the interface without a program; anything else attached is left alone and
+   * reported.
+   */
+  private attachAll(): void {
+    const pin = path.join(this.node.bpffs, PROG_PIN);
+    const previous = fs.existsSync(pin) ? bpf.programFromPin(pin) : undefined;
+    const wanted = new Map(this.node.interfaces.map((i) => [i.name, i.mode]));
+    const before = this.readAttached();
+    try {
+      // The devmap is the new program's own: fill it before the program can run.
+      for (const name of wanted.keys()) {
+        const ifindex = this.ifindex(name);
+        this.maps.devmap.update(L.u32(ifindex), L.encodeDevmapVal({ ifindex, progFd: 0 }));
+      }
+      for (const [name, mode] of wanted) {
+        const ifindex = this.ifindex(name);
+        const q = bpf.queryXdp(ifindex);
+        if (q.progId && previous && q.progId === previous.id) {
+          bpf.attachXdp(ifindex, this.program, { mode: q.mode === 'generic' || q.mode === 'native' ? q.mode : mode, replace: previous });
+          if (q.mode !== mode) {
+            bpf.detachXdp(ifindex, q.mode as bpf.XdpMode, this.program);
+            bpf.attachXdp(ifindex, this.program, { mode, exclusive: true });
+          }
+        } else if (q.progId) {
+          throw XdplbError.failedPrecondition(`interface ${name} already has another XDP program (id ${q.progId}); detach it first`);
+        } else {
+          bpf.attachXdp(ifindex, this.program, { mode, exclusive: true });
+        }
+        this.attached.set(name, { ifindex, mode });
+        this.log.info({ interface: name, ifindex, mode, programId: this.program.id }, 'datapath attached');
+      }
+      for (const [name, { mode }] of Object.entries(before)) {
+        if (wanted.has(name)) continue;
+        this.detachOne(name, mode, previous);
+      }
+      if (previous) fs.unlinkSync(pin);
+      this.program.pin(pin);
+      this.writeAttached();
+    } finally {
+      previous?.close();
+    }
+  }
+
+  private detachOne(name: string, mode: bpf.XdpMode, expected?: bpf.BpfProgram): void {
+    try {
+      const ifindex = this.ifindex(name);
+      bpf.detachXdp(ifindex, mode, expected ?? this.program);
+      this.maps.devmap.delete(L.u32(ifindex));
+      this.log.info({ interface: name }, 'datapath detached');
+    } catch (e) {
+      this.log.warn({ interface: name, error: (e as Error).message }, 'detach failed');
+    }
+    this.attached.delete(name);
+  }
+
+  private ifindex(name: string): number {
+    try {
+      return bpf.ifIndex(name);
+    } catch {
+      throw XdplbError.failedPrecondition(`interface ${name} does not exist`);
+    }
+  }
+
+  /** Node settings changed on reload: attachments and the config map. */
+  reconfigure(node: NodeSettings): void {
+    const mChanged = node.maglevSize !== this.node.maglevSize;
+    const removed = [...this.attached.keys()].filter((n) => !node.interfaces.some((i) => i.name === n));
+    this.node = node;
+    for (const name of removed) this.detachOne(name, this.attached.get(name)?.mode ?? 'native');
+    for (const i of node.interfaces) {
+      const cur = this.attached.get(i.name);
+      if (cur && cur.mode === i.mode) continue;
+      if (cur) this.detachOne(i.name, cur.mode);
+      const ifindex = this.ifindex(i.name);
+      bpf.attachXdp(ifindex, this.program, { mode: i.mode, exclusive: true });
+      this.maps.devmap.update(L.u32(ifindex), L.encodeDevmapVal({ ifindex, progFd: 0 }));
+      this.attached.set(i.name, { ifindex, mode: i.mode });
+      this.log.info({ interface: i.name, ifindex, mode: i.mode }, 'datapath attached');
+    }
+    this.writeAttached();
+    if (!mChanged) {
+      this.writeConfig();
+      return;
+    }
+    // A new M: growing, tables first (a new M must never index past a table);
+    // shrinking, M first. Every entry stays a valid backend throughout.
+    const grow = node.maglevSize > L.decodeConfig(this.maps.config.lookup(L.u32(0)) ?? Buffer.alloc(32)).maglevM;
+    if (!grow) this.writeConfig();
+    for (const s of this.installed.values()) this.swapTable(s, this.tableFor(s, this.currentSpecs.get(s.keyHex)));
+    if (grow) this.writeConfig();
+  }
+
+  private currentSpecs = new Map<string, ServiceSpec>();
+
+  private tableFor(s: InstalledService, spec: ServiceSpec | undefined): Uint32Array {
+    const members = (spec?.backends ?? [])
+      .filter((b) => b.state === 'active' && b.weight > 0)
+      .map((b) => ({ id: s.backends.get(backendKey(b.address, b.port)) as number, key: `${b.address}:${b.port}`, weight: b.weight }));
+    return buildTable(members, this.node.maglevSize);
+  }
+
+  private newInner(id: number, table: Uint32Array): bpf.BpfMap {
+    const inner = bpf.createMap({ type: 'array', keySize: 4, valueSize: 4, maxEntries: table.length, flags: L.MAGLEV_INNER_FLAGS, name: `xdplb_mg${id}` });
+    inner.batchUpdate(
+      Array.from({ length: table.length }, (_, i) => L.u32(i)),
+      L.encodeMaglevTable(table),
+    );
+    return inner;
+  }
+
+  /** A whole new table, swapped in with one write to the outer map. */
+  private swapTable(s: InstalledService, table: Uint32Array): void {
+    const inner = this.newInner(s.id, table);
+    this.maps.maglev.update(L.u32(s.id), L.u32(inner.fd));
+    const pin = this.innerPin(s.id);
+    fs.rmSync(pin, { force: true });
+    inner.pin(pin);
+    s.inner?.close();
+    s.inner = inner;
+    s.table = table;
+  }
+
+  /** Only the entries that differ, written in one batch. */
+  private diffTable(s: InstalledService, table: Uint32Array): void {
+    const keys: Buffer[] = [];
+    const values: Buffer[] = [];
+    for (let i = 0; i < table.length; i++) {
+      if (table[i] === s.table[i]) continue;
+      keys.push(L.u32(i));
+      values.push(L.u32(table[i]));
+    }
+    if (keys.length) s.inner?.batchUpdate(keys, values);
+    s.table = table;
+  }
+
+  /**
+   * Makes the maps hold exactly `services`. Order keeps every packet on a valid
+   * path: backends are written before tables point at them, tables before the
+   * services that use them; a removed service disappears from the service map
+   * before its table and backends are released.
+   */
+  apply(services: readonly ServiceSpec[]): void {
+    const wanted = new Map(services.map((s) => [tupleKey(s), s]));
+    const needBackends = [...wanted.values()].reduce((n, s) => n + s.backends.length, 0);
+    if (wanted.size > L.MAX_SERVICES) throw XdplbError.exhausted(`${wanted.size} services exceed the datapath capacity ${L.MAX_SERVICES}`);
+    if (needBackends > L.MAX_BACKENDS) throw XdplbError.exhausted(`${needBackends} backends exceed the datapath capacity ${L.MAX_BACKENDS}`);
+
+    for (const spec of wanted.values())
+      if (spec.backends.length > this.node.maglevSize)
+        throw XdplbError.exhausted(`service ${spec.name} has ${spec.backends.length} backends, more than the Maglev table size ${this.node.maglevSize}`);
+
+    for (const [keyHex, spec] of wanted) {
+      let s = this.installed.get(keyHex);
+      if (!s) {
+        const id = this.serviceIds.alloc('service');
+        this.maps.serviceStats.updatePerCpu(L.u32(id), Buffer.alloc(16));
+        s = { id, keyHex, flags: -1, backends: new Map(), backendValues: new Map(), table: new Uint32Array(0) };
+        this.installed.set(keyHex, s);
+      }
+      this.writeBackends(s, spec);
+      const table = this.tableFor(s, spec);
+      if (!s.inner || s.table.length !== table.length) this.swapTable(s, table);
+      else this.diffTable(s, table);
+      const flags = serviceFlags(spec);
+      if (flags !== s.flags) {
+        this.maps.services.update(Buffer.from(keyHex, 'hex'), L.encodeService({ id: s.id, flags }));
+        s.flags = flags;
+      }
+      this.releaseBackends(s, spec);
+      this.currentSpecs.set(keyHex, spec);
+    }
+    for (const [keyHex, s] of this.installed) {
+      if (wanted.has(keyHex)) continue;
+      this.maps.services.delete(Buffer.from(keyHex, 'hex'));
+      this.maps.maglev.delete(L.u32(s.id));
+      fs.rmSync(this.innerPin(s.id), { force: true });
+      s.inner?.close();
+      this.releaseBackends(s, undefined);
+      this.serviceIds.free(s.id);
+      this.installed.delete(keyHex);
+      this.currentSpecs.delete(keyHex);
+    }
+    this.writeVipEntries(services);
+  }
+
+  /** New backends get ids; changed ones (port, state) are rewritten in place. */
+  private writeBackends(s: InstalledService, spec: ServiceSpec): void {
+    for (const b of spec.backends) {
+      const k = backendKey(b.address, b.port);
+      let id = s.backends.get(k);
+      if (id === undefined) {
+        id = this.backendIds.alloc('backend');
+        s.backends.set(k, id);
+        this.maps.backendStats.updatePerCpu(L.u32(id), Buffer.alloc(16));
+        this.owner.update(L.u32(id), L.u32(s.id + 1));
+      }
+      const value = L.encodeBackend({ address: b.address, port: b.port, state: STATE[b.state] });
+      if (s.backendValues.get(id) !== value.toString('hex')) {
+        this.maps.backends.update(L.u32(id), value);
+        s.backendValues.set(id, value.toString('hex'));
+      }
+    }
+  }
+
+  /** Backends no longer in the spec: cleared only after no table points at them. */
+  private releaseBackends(s: InstalledService, spec: ServiceSpec | undefined): void {
+    const keep = new Set((spec?.backends ?? []).map((b) => backendKey(b.address, b.port)));
+    for (const [k, id] of s.backends) {
+      if (keep.has(k)) continue;
+      this.maps.backends.update(L.u32(id), L.encodeBackend({ address: '', port: 0, state: L.BACKEND_NONE }));
+      this.owner.update(L.u32(id), L.u32(FREE));
+      this.backendIds.free(id);
+      s.backends.delete(k);
+      s.backendValues.delete(id);
+    }
+  }
+
+  /** One ICMP entry per VIP: echo answered when any service of the VIP allows it. */
+  private writeVipEntries(services: readonly ServiceSpec[]): void {
+    const wanted = new Map<string, number>();
+    for (const s of services) {
+      const k = L.vipEntryKey(s.vip).toString('hex');
+      wanted.set(k, (wanted.get(k) ?? 0) | (s.flags.icmpEcho ? L.SVC_F_ICMP_ECHO : 0));
+    }
+    for (const [k, flags] of wanted) {
+      if (this.vipEntries.get(k) === flags) continue;
+      this.maps.services.update(Buffer.from(k, 'hex'), L.encodeService({ id: 0, flags }));
+      this.vipEntries.set(k, flags);
+    }
+    for (const k of [...this.vipEntries.keys()]) {
+      if (wanted.has(k)) continue;
+      this.maps.services.delete(Buffer.from(k, 'hex'));
+      this.vipEntries.delete(k);
+    }
+  }
+
+  /** The datapath ids of a service and its backends (tests and counters). */
+  ids(spec: ServiceSpec): { service: number; backends: Map<string, number> } | undefined {
+    const s = this.installed.get(tupleKey(spec));
+    return s && { service: s.id, backends: new Map(s.backends) };
+  }
+
+  private counter(map: bpf.BpfMap, id: number): { packets: number; bytes: number } {
+    const c = L.sumCounters(map.lookupPerCpu(L.u32(id)));
+    return { packets: Number(c.packets), bytes: Number(c.bytes) };
+  }
+
+  counters(services: readonly ServiceSpec[], only?: string): CountersSnapshot {
+    const out: CountersSnapshot = { timestamp: Date.now() / 1000, services: [], verdicts: {}, reasons: {} };
+    for (const spec of services) {
+      if (only && spec.name !== only) continue;
+      const s = this.installed.get(tupleKey(spec));
+      if (!s) continue;
+      out.services.push({
+        name: spec.name,
+        traffic: this.counter(this.maps.serviceStats, s.id),
+        backends: spec.backends.map((b) => {
+          const id = s.backends.get(backendKey(b.address, b.port));
+          return { address: b.address, port: b.port, traffic: id === undefined ? { packets: 0, bytes: 0 } : this.counter(this.maps.backendStats, id) };
+        }),
+      });
+    }
+    REASONS.forEach((r, i) => {
+      const c = this.counter(this.maps.reasons, i);
+      out.reasons[r.name] = c.packets;
+      out.verdicts[r.verdict] = (out.verdicts[r.verdict] ?? 0) + c.packets;
+    });
+    return out;
+  }
+
+  status(services: readonly ServiceSpec[], uptimeSeconds: number): NodeStatusSnapshot {
+    const info = this.program.info();
+    const attachments = [...this.attached].map(([name, a]) => {
+      const q = bpf.queryXdp(a.ifindex);
+      return { interface: name, ifindex: a.ifindex, mode: q.mode, programId: q.progId };
+    });
+    let conntrack = 0;
+    for (const _ of this.maps.conntrack.keys()) conntrack++;
+    const backends = services.reduce((n, s) => n + s.backends.length, 0);
+    return {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      version: (require('../../../package.json') as { version: string }).version,
+      attachments,
+      programId: info.id,
+      programInstructions: info.instructions,
+      maglevSize: this.node.maglevSize,
+      maps: [
+        { name: L.MAP_NAMES.services, entries: this.installed.size + this.vipEntries.size, capacity: this.maps.services.maxEntries },
+        { name: L.MAP_NAMES.backends, entries: backends, capacity: this.maps.backends.maxEntries },
+        { name: L.MAP_NAMES.maglev, entries: this.installed.size, capacity: this.maps.maglev.maxEntries },
+        { name: L.MAP_NAMES.conntrack, entries: conntrack, capacity: this.maps.conntrack.maxEntries },
+      ],
+      services: services.length,
+      backends,
+      bpffs: this.node.bpffs,
+      uptimeSeconds,
+    };
+  }
+
+  /** Daemon exit: handles closed; the program stays attached, the pins stay. */
+  close(): void {
+    for (const s of this.installed.values()) s.inner?.close();
+    for (const m of Object.values(this.maps)) m.close();
+    this.owner.close();
+    this.program.close();
+    this.obj.close();
+  }
+
+  /** Clean uninstall: detach from every interface and remove every pin. */
+  uninstall(): void {
+    for (const [name, a] of [...this.attached]) this.detachOne(name, a.mode);
+    this.writeAttached();
+    this.close();
+    fs.rmSync(this.node.bpffs, { recursive: true, force: true });
+    fs.rmSync(path.join(this.node.stateDir, ATTACHED_FILE), { force: true });
+  }
+}

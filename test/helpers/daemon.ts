@@ -1,0 +1,167 @@
+// A real xdplb daemon for integration tests: its own network namespace with a
+// veth (lb0 ↔ peer0 in a second namespace), routes and permanent neighbours
+// towards the backend prefixes, a private bpffs directory, state directory and
+// API socket. The daemon runs as a child process inside the namespace (nsenter,
+// so bpffs stays visible). Everything is removed at teardown, also on failure.
+import { spawn, type ChildProcess } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as grpc from '@grpc/grpc-js';
+import { connect, type Client } from '../../src/cli/client';
+import { netns, pinDir, sh, veth, type Teardown } from './fixtures';
+
+export const MAIN = path.resolve(__dirname, '..', '..', 'src', 'cli', 'main.js');
+export const PEER_MAC = '02:00:00:00:0a:01';
+
+export interface Topology {
+  /** the load balancer's namespace (lb0) */
+  lbNs: string;
+  /** the other end (peer0): router towards clients and backends */
+  peerNs: string;
+}
+
+/** lb0 192.0.2.2 / 2001:db8::2 ↔ peer0 192.0.2.1 / 2001:db8::1; backends routed via peer0. */
+export function topology(t: Teardown): Topology {
+  const lbNs = netns(t);
+  const peerNs = netns(t);
+  veth(lbNs, peerNs, 'lb0', 'peer0');
+  sh('ip', '-n', peerNs, 'link', 'set', 'peer0', 'address', PEER_MAC);
+  sh('ip', 'netns', 'exec', lbNs, 'sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1', 'net.ipv6.conf.lb0.accept_dad=0');
+  const ip = (...a: string[]) => sh('ip', '-n', lbNs, ...a);
+  ip('addr', 'add', '192.0.2.2/24', 'dev', 'lb0');
+  ip('-6', 'addr', 'add', '2001:db8::2/64', 'dev', 'lb0', 'nodad');
+  ip('neigh', 'replace', '192.0.2.1', 'lladdr', PEER_MAC, 'dev', 'lb0', 'nud', 'permanent');
+  ip('-6', 'neigh', 'replace', '2001:db8::1', 'lladdr', PEER_MAC, 'dev', 'lb0', 'nud', 'permanent');
+  ip('route', 'add', '198.51.100.0/24', 'via', '192.0.2.1', 'dev', 'lb0');
+  ip('-6', 'route', 'add', '2001:db8:200::/64', 'via', '2001:db8::1', 'dev', 'lb0');
+  sh('ip', 'netns', 'exec', peerNs, 'ethtool', '-K', 'peer0', 'gro', 'on');
+  return { lbNs, peerNs };
+}
+
+export interface DaemonOptions {
+  /** YAML for services: (the rest of the config is generated) */
+  servicesYaml?: string;
+  /** extra top-level YAML lines */
+  extraYaml?: string;
+}
+
+export class DaemonFixture {
+  proc?: ChildProcess;
+  logs: string[] = [];
+  readonly socket: string;
+  readonly stateDir: string;
+  readonly configPath: string;
+  private clients: Client[] = [];
+
+  constructor(
+    readonly topo: Topology,
+    readonly bpffs: string,
+    readonly dir: string,
+  ) {
+    this.socket = path.join(dir, 'xdplb.sock');
+    this.stateDir = path.join(dir, 'state');
+    this.configPath = path.join(dir, 'xdplb.yaml');
+  }
+
+  writeConfig(o: DaemonOptions): void {
+    const yaml = [
+      'interfaces:',
+      '  - name: lb0',
+      '    mode: native',
+      'maglev_size: 1021',
+      'outer_source:',
+      '  ipv4: 192.0.2.64/28',
+      '  ipv6: 2001:db8::/120',
+      `bpffs: ${this.bpffs}`,
+      `state_dir: ${this.stateDir}`,
+      `recorder_dir: ${path.join(this.dir, 'recordings')}`,
+      'log_level: debug',
+      'api:',
+      `  socket: ${this.socket}`,
+      o.extraYaml ?? '',
+      'services:',
+      o.servicesYaml ?? '  []',
+    ].join('\n');
+    fs.writeFileSync(this.configPath, yaml + '\n');
+  }
+
+  /** Starts the daemon and resolves once its API answers. */
+  async start(): Promise<void> {
+    this.logs = [];
+    const proc = spawn('nsenter', [`--net=/var/run/netns/${this.topo.lbNs}`, process.execPath, MAIN, 'daemon', '--config', this.configPath], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    this.proc = proc;
+    const collect = (d: Buffer) => this.logs.push(...d.toString().split('\n').filter(Boolean));
+    proc.stdout?.on('data', collect);
+    proc.stderr?.on('data', collect);
+    const exited = new Promise<number>((resolve) => proc.once('exit', (code) => resolve(code ?? -1)));
+    const deadline = Date.now() + 15000;
+    for (;;) {
+      const code = await Promise.race([exited, new Promise<null>((r) => setTimeout(() => r(null), 100))]);
+      if (code !== null) throw new Error(`daemon exited with ${code}:\n${this.logs.join('\n')}`);
+      if (this.logs.some((l) => l.includes('"msg":"ready"'))) return;
+      if (Date.now() > deadline) throw new Error(`daemon not ready in 15 s:\n${this.logs.join('\n')}`);
+    }
+  }
+
+  /** Runs the daemon to completion (for configurations it must refuse). */
+  async runToExit(): Promise<{ code: number; output: string }> {
+    const proc = spawn('nsenter', [`--net=/var/run/netns/${this.topo.lbNs}`, process.execPath, MAIN, 'daemon', '--config', this.configPath], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    let output = '';
+    proc.stdout.on('data', (d: Buffer) => (output += d.toString()));
+    proc.stderr.on('data', (d: Buffer) => (output += d.toString()));
+    const code = await new Promise<number>((resolve) => proc.once('exit', (c) => resolve(c ?? -1)));
+    return { code, output };
+  }
+
+  async signal(sig: NodeJS.Signals): Promise<number> {
+    const proc = this.proc;
+    if (!proc || proc.exitCode !== null || proc.signalCode !== null) return proc?.exitCode ?? -1;
+    const exited = new Promise<number>((resolve) => proc.once('exit', (code, s) => resolve(code ?? (s ? 128 : -1))));
+    proc.kill(sig);
+    return exited;
+  }
+
+  client(): Client {
+    const c = connect({ socket: this.socket });
+    this.clients.push(c);
+    return c;
+  }
+
+  /** Runs the CLI against this daemon. */
+  cli(...args: string[]): { code: number; stdout: string; stderr: string } {
+    try {
+      const stdout = sh(process.execPath, MAIN, '--socket', this.socket, ...args);
+      return { code: 0, stdout, stderr: '' };
+    } catch (e) {
+      const err = e as { status: number; stdout: string; stderr: string };
+      return { code: err.status, stdout: err.stdout, stderr: err.stderr };
+    }
+  }
+
+  async close(): Promise<void> {
+    for (const c of this.clients) c.close();
+    await this.signal('SIGKILL');
+  }
+}
+
+export async function daemonFixture(t: Teardown, o: DaemonOptions = {}, topo?: Topology): Promise<DaemonFixture> {
+  const tp = topo ?? topology(t);
+  const dir = fs.mkdtempSync('/run/xdplbt-');
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const d = new DaemonFixture(tp, pinDir(t), dir);
+  t.teardown(() => d.close());
+  d.writeConfig(o);
+  return d;
+}
+
+/** Unary call on a grpc client returning [error, response]. */
+export function rpc<T = unknown>(client: Client, method: string, req: unknown): Promise<[grpc.ServiceError | null, T]> {
+  return new Promise((resolve) => {
+    const fn = client[method] as (r: unknown, cb: (e: grpc.ServiceError | null, res: T) => void) => void;
+    fn.call(client, req, (e, res) => resolve([e, res]));
+  });
+}
