@@ -250,3 +250,24 @@ t.test('the CLI talks to the daemon and reports errors in one line', needsRoot, 
   t.equal(down.code, 1);
   t.match(down.stderr, /cannot reach the daemon/);
 });
+
+t.test('--detach-on-exit=true removes the program and every pin', needsRoot, async (t) => {
+  const d = await daemonFixture(t, { servicesYaml: FILE_SERVICES });
+  await d.start();
+  await d.signal('SIGKILL');
+  t.ok(fs.readdirSync(d.bpffs).length > 5, 'pins stay after a kill');
+  const proc = (await import('node:child_process')).spawn(
+    'nsenter',
+    [`--net=/var/run/netns/${d.topo.lbNs}`, process.execPath, path.resolve(__dirname, '..', 'src', 'cli', 'main.js'), 'daemon', '--config', d.configPath, '--detach-on-exit=true'],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
+  let out = '';
+  proc.stdout.on('data', (b: Buffer) => (out += b.toString()));
+  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  while (!out.includes('"msg":"ready"')) await new Promise((r) => setTimeout(r, 50));
+  proc.kill('SIGTERM');
+  t.equal(await exited, 0, 'exits cleanly');
+  t.match(out, /datapath detached and pins removed/);
+  t.equal(bpf.withNetns(d.topo.lbNs, () => bpf.queryXdp(bpf.ifIndex('lb0'))).progId, 0, 'nothing attached');
+  t.notOk(fs.existsSync(d.bpffs), 'the bpffs directory is gone');
+});

@@ -20,7 +20,7 @@ function u64(n: bigint): Buffer {
 t.test('an object loads and names its programs and maps', needsRoot, (t) => {
   const obj = bpf.openObject(OBJ, { pinRoot: pinDir(t) });
   t.teardown(() => obj.close());
-  t.same(obj.programs().sort(), ['xdp_count_pass', 'xdp_drop_all', 'xdp_emit', 'xdp_swap_tx']);
+  t.same(obj.programs().sort(), ['xdp_count_pass', 'xdp_drop_all', 'xdp_emit', 'xdp_swap_tx', 'xdp_tx']);
   t.same(obj.maps().sort(), ['test_events', 'test_hash', 'test_percpu']);
   const m = obj.map('test_hash');
   t.equal(m.type, 'hash');

@@ -272,11 +272,15 @@ export function xdpContext(ingressIfindex: number, rxQueue = 0): Buffer {
   return ctx;
 }
 
+/** What the kernel demands of a test run's arguments, filled in for the caller. */
 function withDataEnd(opts: TestRunOptions): TestRunOptions {
-  if (!opts.ctx || opts.ctx.length < 8) return opts;
+  // Live frames leave the machine: there is no output buffer to copy into.
+  const live = ((opts.flags ?? 0) & BPF_F_TEST_XDP_LIVE_FRAMES) !== 0;
+  const out = live ? { ...opts, dataSizeOut: 0 } : opts;
+  if (!opts.ctx || opts.ctx.length < 8) return out;
   const ctx = Buffer.from(opts.ctx);
   ctx.writeUInt32LE(opts.data.length, 4);
-  return { ...opts, ctx };
+  return { ...out, ctx };
 }
 
 /** A loaded BPF program. */

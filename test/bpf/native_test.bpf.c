@@ -78,6 +78,14 @@ int xdp_emit(struct xdp_md *ctx)
 	return XDP_PASS;
 }
 
+/* Sends every frame unchanged: a traffic generator with live-frames test runs,
+ * and the empty XDP_TX baseline of the benchmarks. */
+SEC("xdp")
+int xdp_tx(struct xdp_md *ctx)
+{
+	return XDP_TX;
+}
+
 SEC("xdp")
 int xdp_drop_all(struct xdp_md *ctx)
 {
