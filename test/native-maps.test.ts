@@ -121,3 +121,22 @@ t.test('failures are errors with errno name, operation and object', needsRoot, (
   t.throws(() => m.lookup(u32(1)), { code: 'EBADF', op: 'use of closed map' });
   t.end();
 });
+
+t.test('dump reads every element in batches', needsRoot, (t) => {
+  const obj = bpf.openObject(OBJ, { pinRoot: pinDir(t) });
+  t.teardown(() => obj.close());
+  const m = obj.map('test_hash');
+  t.equal(m.dump().count, 0, 'an empty map dumps nothing');
+  const keys = Array.from({ length: 1000 }, (_, i) => u32(i * 7));
+  m.batchUpdate(keys, keys.map((k) => u64(BigInt(k.readUInt32LE()) + 5n)));
+  const d = m.dump();
+  t.equal(d.count, 1000);
+  const seen = new Map<number, bigint>();
+  for (let i = 0; i < d.count; i++) seen.set(d.keys.readUInt32LE(i * 4), d.values.readBigUInt64LE(i * 8));
+  t.equal(seen.size, 1000);
+  t.equal(seen.get(693), 698n);
+  const pc = obj.map('test_percpu').dump();
+  t.equal(pc.count, 4, 'an array dumps every index');
+  t.equal(pc.valueBytes, 8 * bpf.possibleCpus(), 'per-CPU values come whole');
+  t.end();
+});

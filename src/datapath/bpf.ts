@@ -40,6 +40,7 @@ interface NativeMap {
   nextKey(key: Buffer | null): Buffer | null;
   updateBatch(keys: Buffer, values: Buffer, count: number, flags: number): number;
   deleteBatch(keys: Buffer, count: number): number;
+  dump(): { keys: Buffer; values: Buffer; count: number };
   pin(path: string): void;
   fd(): number;
   close(): void;
@@ -192,11 +193,25 @@ export class BpfMap {
     }
   }
 
+  /**
+   * Every element, read in batches of thousands per syscall. Values of per-CPU
+   * maps come whole (every CPU's slot).
+   */
+  dump(): { keys: Buffer; values: Buffer; count: number; valueBytes: number } {
+    return { ...this.handle.dump(), valueBytes: this.valueBytes };
+  }
+
   /** One syscall for many elements. Returns how many were written. */
   batchUpdate(keys: readonly Buffer[], values: readonly Buffer[], flags = BPF_ANY): number {
     if (keys.length !== values.length) throw new RangeError(`${this.name}: ${keys.length} keys but ${values.length} values`);
     if (keys.length === 0) return 0;
     return this.handle.updateBatch(Buffer.concat(keys), Buffer.concat(values), keys.length, flags);
+  }
+
+  /** Batch update from packed arrays: `count` keys back to back, and as many values. */
+  batchUpdatePacked(keys: Buffer, values: Buffer, count: number, flags = BPF_ANY): number {
+    if (count === 0) return 0;
+    return this.handle.updateBatch(keys, values, count, flags);
   }
 
   batchDelete(keys: readonly Buffer[]): number {

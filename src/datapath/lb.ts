@@ -12,7 +12,7 @@ import type { Logger } from 'pino';
 import * as bpf from './bpf';
 import * as L from './layout';
 import { REASONS } from './reasons';
-import { buildTable, NO_BACKEND } from '../maglev';
+import { buildTable, diffTables, NO_BACKEND } from '../maglev';
 import type { DatapathSink } from '../control/controller';
 import { XdplbError } from '../control/errors';
 import type { BackendSpec, NodeSettings, ServiceSpec } from '../control/model';
@@ -163,15 +163,18 @@ export class LbDatapath implements DatapathSink {
         continue;
       }
       const inner = bpf.mapFromPin(pin);
-      const table = new Uint32Array(inner.maxEntries);
-      for (let i = 0; i < table.length; i++) table[i] = inner.lookup(L.u32(i))?.readUInt32LE() ?? NO_BACKEND;
+      const dump = inner.dump();
+      const table = new Uint32Array(inner.maxEntries).fill(NO_BACKEND);
+      for (let i = 0; i < dump.count; i++) table[dump.keys.readUInt32LE(i * 4)] = dump.values.readUInt32LE(i * 4);
       const s: InstalledService = { id: v.id, keyHex: key.toString('hex'), flags: v.flags, backends: new Map(), backendValues: new Map(), table, inner };
       byService.set(v.id, s);
       this.installed.set(s.keyHex, s);
       this.serviceIds.take(v.id);
     }
-    for (let id = 0; id < L.MAX_BACKENDS; id++) {
-      const o = this.owner.lookup(L.u32(id))?.readUInt32LE() ?? FREE;
+    const owners = this.owner.dump();
+    for (let i = 0; i < owners.count; i++) {
+      const id = owners.keys.readUInt32LE(i * 4);
+      const o = owners.values.readUInt32LE(i * 4);
       if (o === FREE) continue;
       const s = byService.get(o - 1);
       const raw = this.maps.backends.lookup(L.u32(id));
@@ -312,10 +315,10 @@ export class LbDatapath implements DatapathSink {
 
   private newInner(id: number, table: Uint32Array): bpf.BpfMap {
     const inner = bpf.createMap({ type: 'array', keySize: 4, valueSize: 4, maxEntries: table.length, flags: L.MAGLEV_INNER_FLAGS, name: `xdplb_mg${id}` });
-    inner.batchUpdate(
-      Array.from({ length: table.length }, (_, i) => L.u32(i)),
-      L.encodeMaglevTable(table),
-    );
+    const keys = new Uint32Array(table.length);
+    for (let i = 0; i < keys.length; i++) keys[i] = i;
+    // u32 keys and values in host order, as the kernel reads them
+    inner.batchUpdatePacked(Buffer.from(keys.buffer), Buffer.from(table.buffer, table.byteOffset, table.byteLength), table.length);
     return inner;
   }
 
@@ -333,14 +336,8 @@ export class LbDatapath implements DatapathSink {
 
   /** Only the entries that differ, written in one batch. */
   private diffTable(s: InstalledService, table: Uint32Array): void {
-    const keys: Buffer[] = [];
-    const values: Buffer[] = [];
-    for (let i = 0; i < table.length; i++) {
-      if (table[i] === s.table[i]) continue;
-      keys.push(L.u32(i));
-      values.push(L.u32(table[i]));
-    }
-    if (keys.length) s.inner?.batchUpdate(keys, values);
+    const { indices, values } = diffTables(s.table, table);
+    if (indices.length) s.inner?.batchUpdatePacked(Buffer.from(indices.buffer, indices.byteOffset, indices.byteLength), Buffer.from(values.buffer, values.byteOffset, values.byteLength), indices.length);
     s.table = table;
   }
 

@@ -27,6 +27,7 @@ class Map : public Napi::ObjectWrap<Map> {
                         InstanceMethod<&Map::NextKey>("nextKey"),
                         InstanceMethod<&Map::UpdateBatch>("updateBatch"),
                         InstanceMethod<&Map::DeleteBatch>("deleteBatch"),
+                        InstanceMethod<&Map::Dump>("dump"),
                         InstanceMethod<&Map::Pin>("pin"), InstanceMethod<&Map::Fd>("fd"),
                         InstanceMethod<&Map::Close>("close")});
   }
@@ -185,6 +186,37 @@ class Map : public Napi::ObjectWrap<Map> {
       throw e;
     }
     return Napi::Number::New(env, n);
+  }
+
+  // dump() -> {keys, values, count}: every element, read with batched lookups.
+  Napi::Value Dump(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    int fd = Live(env);
+    constexpr uint32_t kChunk = 4096;
+    std::vector<uint8_t> keys, values;
+    std::vector<uint8_t> inBatch(keySize_ < 8 ? 8 : keySize_), outBatch(inBatch.size());
+    bool first = true;
+    for (;;) {
+      uint32_t n = kChunk;
+      size_t kOff = keys.size(), vOff = values.size();
+      keys.resize(kOff + static_cast<size_t>(kChunk) * keySize_);
+      values.resize(vOff + static_cast<size_t>(kChunk) * fullValue_);
+      LIBBPF_OPTS(bpf_map_batch_opts, opts);
+      int rc = bpf_map_lookup_batch(fd, first ? nullptr : inBatch.data(), outBatch.data(), keys.data() + kOff,
+                                    values.data() + vOff, &n, &opts);
+      int err = rc ? errno : 0;
+      keys.resize(kOff + static_cast<size_t>(n) * keySize_);
+      values.resize(vOff + static_cast<size_t>(n) * fullValue_);
+      if (err == ENOENT) break;
+      if (err) throw SysError(env, err, "map lookup batch", name_);
+      inBatch.swap(outBatch);
+      first = false;
+    }
+    Napi::Object o = Napi::Object::New(env);
+    o.Set("keys", CopyBuffer(env, keys.data(), keys.size()));
+    o.Set("values", CopyBuffer(env, values.data(), values.size()));
+    o.Set("count", static_cast<double>(keys.size() / keySize_));
+    return o;
   }
 
   Napi::Value Pin(const Napi::CallbackInfo &info) {
