@@ -11,7 +11,7 @@ import { isIP } from 'node:net';
 
 // ---- consts.h ----
 export const MAX_SERVICES = 65536;
-export const MAX_BACKENDS = 65536;
+export const MAX_BACKENDS = 262144;
 export const CT_SIZE = 262144;
 export const MAX_DEVICES = 256;
 export const MAGLEV_DEFAULT_M = 16381;

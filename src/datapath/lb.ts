@@ -300,7 +300,7 @@ export class LbDatapath implements DatapathSink {
     // shrinking, M first. Every entry stays a valid backend throughout.
     const grow = node.maglevSize > L.decodeConfig(this.maps.config.lookup(L.u32(0)) ?? Buffer.alloc(32)).maglevM;
     if (!grow) this.writeConfig();
-    for (const s of this.installed.values()) this.swapTable(s, this.tableFor(s, this.currentSpecs.get(s.keyHex)));
+    this.swapTables([...this.installed.values()].map((s) => [s, this.tableFor(s, this.currentSpecs.get(s.keyHex))]));
     if (grow) this.writeConfig();
   }
 
@@ -322,16 +322,31 @@ export class LbDatapath implements DatapathSink {
     return inner;
   }
 
-  /** A whole new table, swapped in with one write to the outer map. */
-  private swapTable(s: InstalledService, table: Uint32Array): void {
-    const inner = this.newInner(s.id, table);
-    this.maps.maglev.update(L.u32(s.id), L.u32(inner.fd));
-    const pin = this.innerPin(s.id);
-    fs.rmSync(pin, { force: true });
-    inner.pin(pin);
-    s.inner?.close();
-    s.inner = inner;
-    s.table = table;
+  /**
+   * Whole new tables, swapped in with one batched write to the outer map: each
+   * map-in-map write waits for an RCU grace period, once per syscall, so a
+   * thousand tables cost one wait, not a thousand.
+   */
+  private swapTables(swaps: ReadonlyArray<[InstalledService, Uint32Array]>): void {
+    if (!swaps.length) return;
+    const inners = swaps.map(([s, table]) => this.newInner(s.id, table));
+    try {
+      this.maps.maglev.batchUpdate(
+        swaps.map(([s]) => L.u32(s.id)),
+        inners.map((m) => L.u32(m.fd)),
+      );
+    } catch (e) {
+      for (const m of inners) m.close();
+      throw e;
+    }
+    swaps.forEach(([s, table], i) => {
+      const pin = this.innerPin(s.id);
+      fs.rmSync(pin, { force: true });
+      inners[i].pin(pin);
+      s.inner?.close();
+      s.inner = inners[i];
+      s.table = table;
+    });
   }
 
   /** Only the entries that differ, written in one batch. */
@@ -357,6 +372,9 @@ export class LbDatapath implements DatapathSink {
       if (spec.backends.length > this.node.maglevSize)
         throw XdplbError.exhausted(`service ${spec.name} has ${spec.backends.length} backends, more than the Maglev table size ${this.node.maglevSize}`);
 
+    const swaps: Array<[InstalledService, Uint32Array]> = [];
+    const serviceKeys: Buffer[] = [];
+    const serviceValues: Buffer[] = [];
     for (const [keyHex, spec] of wanted) {
       let s = this.installed.get(keyHex);
       if (!s) {
@@ -367,26 +385,36 @@ export class LbDatapath implements DatapathSink {
       }
       this.writeBackends(s, spec);
       const table = this.tableFor(s, spec);
-      if (!s.inner || s.table.length !== table.length) this.swapTable(s, table);
+      if (!s.inner || s.table.length !== table.length) swaps.push([s, table]);
       else this.diffTable(s, table);
       const flags = serviceFlags(spec);
       if (flags !== s.flags) {
-        this.maps.services.update(Buffer.from(keyHex, 'hex'), L.encodeService({ id: s.id, flags }));
+        serviceKeys.push(Buffer.from(keyHex, 'hex'));
+        serviceValues.push(L.encodeService({ id: s.id, flags }));
         s.flags = flags;
       }
-      this.releaseBackends(s, spec);
       this.currentSpecs.set(keyHex, spec);
     }
-    for (const [keyHex, s] of this.installed) {
-      if (wanted.has(keyHex)) continue;
-      this.maps.services.delete(Buffer.from(keyHex, 'hex'));
-      this.maps.maglev.delete(L.u32(s.id));
-      fs.rmSync(this.innerPin(s.id), { force: true });
-      s.inner?.close();
-      this.releaseBackends(s, undefined);
-      this.serviceIds.free(s.id);
-      this.installed.delete(keyHex);
-      this.currentSpecs.delete(keyHex);
+    this.swapTables(swaps);
+    // Services only once their tables are in place.
+    this.maps.services.batchUpdate(serviceKeys, serviceValues);
+    for (const [keyHex, spec] of wanted) this.releaseBackends(this.installed.get(keyHex) as InstalledService, spec);
+
+    const removed = [...this.installed].filter(([keyHex]) => !wanted.has(keyHex)).map(([, s]) => s);
+    if (removed.length) {
+      // Unreachable first (service map), then the table, then its backends.
+      this.maps.services.batchDelete(removed.map((s) => Buffer.from(s.keyHex, 'hex')));
+      // The kernel has no batched delete for map-in-map: one syscall (and one
+      // RCU wait) per removed table.
+      for (const s of removed) this.maps.maglev.delete(L.u32(s.id));
+      for (const s of removed) {
+        fs.rmSync(this.innerPin(s.id), { force: true });
+        s.inner?.close();
+        this.releaseBackends(s, undefined);
+        this.serviceIds.free(s.id);
+        this.installed.delete(s.keyHex);
+        this.currentSpecs.delete(s.keyHex);
+      }
     }
     this.writeVipEntries(services);
   }

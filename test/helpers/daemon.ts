@@ -86,7 +86,7 @@ export class DaemonFixture {
   }
 
   /** Starts the daemon and resolves once its API answers. */
-  async start(): Promise<void> {
+  async start(timeoutMs = 15000): Promise<void> {
     this.logs = [];
     const proc = spawn('nsenter', [`--net=/var/run/netns/${this.topo.lbNs}`, process.execPath, MAIN, 'daemon', '--config', this.configPath], {
       stdio: ['ignore', 'pipe', 'pipe'],
@@ -96,12 +96,12 @@ export class DaemonFixture {
     proc.stdout?.on('data', collect);
     proc.stderr?.on('data', collect);
     const exited = new Promise<number>((resolve) => proc.once('exit', (code) => resolve(code ?? -1)));
-    const deadline = Date.now() + 15000;
+    const deadline = Date.now() + timeoutMs;
     for (;;) {
       const code = await Promise.race([exited, new Promise<null>((r) => setTimeout(() => r(null), 100))]);
       if (code !== null) throw new Error(`daemon exited with ${code}:\n${this.logs.join('\n')}`);
       if (this.logs.some((l) => l.includes('"msg":"ready"'))) return;
-      if (Date.now() > deadline) throw new Error(`daemon not ready in 15 s:\n${this.logs.join('\n')}`);
+      if (Date.now() > deadline) throw new Error(`daemon not ready in ${timeoutMs / 1000} s:\n${this.logs.join('\n')}`);
     }
   }
 
