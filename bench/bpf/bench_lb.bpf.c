@@ -1,0 +1,172 @@
+// SPDX-License-Identifier: Apache-2.0
+/* Benchmark-only XDP programs around the load balancer's packet path, for
+ * bench/datapath.ts. Never loaded by the daemon (built into build/bpf-test).
+ *
+ * BPF_PROG_TEST_RUN with `repeat` runs every iteration after the first on the
+ * buffer the previous one left behind: an encapsulating program would see its
+ * own output (and run out of headroom after a dozen iterations). bench_lb
+ * makes every iteration start from the original frame:
+ *
+ *   1. save the frame as it arrived into a per-CPU scratch value (bounded copy);
+ *   2. optionally make the flow new: write a running 32-bit sequence number
+ *      into the TCP/UDP source port (low 16 bits) and XOR its high 16 bits
+ *      into the last two bytes of the client address, so no iteration ever
+ *      meets the connection-table entry an earlier one created;
+ *   3. xdplb_process(), the load balancer exactly as xdplb_main runs it;
+ *   4. move the head back by the difference in length (the benchmark's frames
+ *      carry no Ethernet padding, so the load balancer never moves the tail)
+ *      and write the saved bytes back;
+ *   5. count the verdict in a per-CPU array, so the benchmark can check that
+ *      every iteration returned the one it expects.
+ *
+ * bench_noop is the same wrapper with a no-op (verdict XDP_TX) standing in
+ * for step 3: its time minus the empty program's is the wrapper's own cost.
+ * bench_empty is the baseline, an empty XDP_TX program. */
+#define XDPLB_NO_MAIN
+#include "lb.bpf.c"
+
+#define BENCH_MAX_FRAME 512
+
+/* bench_config.flags */
+#define BENCH_F_NEW_FLOW (1U << 0)
+
+/* Verdict slots: XDP_ABORTED..XDP_REDIRECT, then anything else. */
+#define BENCH_VERDICT_SLOTS 6
+
+struct bench_config {
+	__u32 flags;		/* BENCH_F_* */
+	__u16 sport_off;	/* offset of the TCP/UDP source port in the frame */
+	__u16 src_off;		/* offset of the last two bytes of the client address */
+};
+
+struct bench_frame {
+	__u8 bytes[BENCH_MAX_FRAME];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bench_config);
+} bench_config SEC(".maps");
+
+/* The frame as it arrived, per CPU (an iteration never changes CPU midway). */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bench_frame);
+} bench_frame SEC(".maps");
+
+/* Next flow sequence number. Shared, not per CPU: a test run that migrates
+ * between iterations must not replay the other CPU's flows. Test runs of one
+ * benchmark never overlap, so a plain increment suffices. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u32);
+} bench_flow_seq SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, BENCH_VERDICT_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+} bench_verdicts SEC(".maps");
+
+static __always_inline void bench_count(int verdict)
+{
+	__u32 slot = verdict >= 0 && verdict < BENCH_VERDICT_SLOTS - 1 ? verdict : BENCH_VERDICT_SLOTS - 1;
+	__u64 *n = bpf_map_lookup_elem(&bench_verdicts, &slot);
+
+	if (n)
+		*n += 1;
+}
+
+/* Step 2: a new flow per iteration. */
+static __always_inline int bench_new_flow(struct xdp_md *ctx, const struct bench_config *cfg)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	__u32 zero = 0, n, sport_off, src_off;
+	__u16 *sport, *src;
+	__u32 *seq;
+
+	seq = bpf_map_lookup_elem(&bench_flow_seq, &zero);
+	if (!seq)
+		return -1;
+	n = *seq;
+	*seq = n + 1;
+	sport_off = cfg->sport_off & (BENCH_MAX_FRAME - 1);
+	src_off = cfg->src_off & (BENCH_MAX_FRAME - 1);
+	sport = data + sport_off;
+	src = data + src_off;
+	if ((void *)(sport + 1) > end || (void *)(src + 1) > end)
+		return -1;
+	*sport = bpf_htons(n & 0xffff);
+	*src ^= bpf_htons(n >> 16);
+	return 0;
+}
+
+/* Steps 1-5; lb is a constant, so each program keeps only its own branch. */
+static __always_inline int bench_run(struct xdp_md *ctx, const int lb)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	struct bench_config *cfg;
+	struct bench_frame *f;
+	__u32 zero = 0, len, after;
+	int verdict;
+
+	f = bpf_map_lookup_elem(&bench_frame, &zero);
+	cfg = bpf_map_lookup_elem(&bench_config, &zero);
+	len = end - data;
+	if (!f || !cfg || len == 0 || len > BENCH_MAX_FRAME)
+		goto abort;
+	if (bpf_xdp_load_bytes(ctx, 0, f->bytes, len))
+		goto abort;
+	if ((cfg->flags & BENCH_F_NEW_FLOW) && bench_new_flow(ctx, cfg))
+		goto abort;
+
+	if (lb) {
+		verdict = xdplb_process(ctx);
+	} else {
+		asm volatile("" ::: "memory"); /* ctx may have changed, as after the LB */
+		verdict = XDP_TX;
+	}
+
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+	after = end - data;
+	if (after != len && bpf_xdp_adjust_head(ctx, (int)after - (int)len))
+		goto abort;
+	if (len == 0 || len > BENCH_MAX_FRAME)
+		goto abort;
+	if (bpf_xdp_store_bytes(ctx, 0, f->bytes, len))
+		goto abort;
+	bench_count(verdict);
+	return verdict;
+abort:
+	bench_count(XDP_ABORTED);
+	return XDP_ABORTED;
+}
+
+SEC("xdp")
+int bench_lb(struct xdp_md *ctx)
+{
+	return bench_run(ctx, 1);
+}
+
+SEC("xdp")
+int bench_noop(struct xdp_md *ctx)
+{
+	return bench_run(ctx, 0);
+}
+
+/* The baseline: nothing but the verdict. */
+SEC("xdp")
+int bench_empty(struct xdp_md *ctx)
+{
+	return XDP_TX;
+}
