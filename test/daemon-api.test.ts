@@ -137,6 +137,12 @@ t.test('services through the API: every error names the field and changes nothin
   }
   t.same(live.sort(), [`2001:db8:200::11:8443:${L.BACKEND_DRAINING}`, `2001:db8:200::13:8443:${L.BACKEND_ACTIVE}`], 'the backends map holds exactly the live backends');
 
+  const many = Array.from({ length: 1100 }, (_, i) => ({ address: `2001:db8:200::${(0x1000 + i).toString(16)}`, port: 80 }));
+  const [e6] = await rpc(c, 'CreateService', { service: { name: 'huge', vip: '2001:db8:100::99', port: 80, protocol: 'PROTOCOL_TCP', backends: many } });
+  t.equal(e6?.code, grpc.status.RESOURCE_EXHAUSTED, 'more backends than the Maglev table has entries');
+  t.match(e6?.details, /1100 backends.*1021/);
+  t.notOk(serviceKeys(d.bpffs).some((k) => k.startsWith('2001:db8:100::99')), 'and nothing of it reached the datapath');
+
   const [e5] = await rpc(c, 'DeleteService', { name: 'api1' });
   t.error(e5);
   t.same(serviceKeys(d.bpffs), [], 'the service and its VIP entry are gone from the map');
@@ -249,6 +255,28 @@ t.test('the CLI talks to the daemon and reports errors in one line', needsRoot, 
   const down = d.cli('--socket', '/run/xdplbt-none.sock', 'status');
   t.equal(down.code, 1);
   t.match(down.stderr, /cannot reach the daemon/);
+});
+
+t.test('WatchCounters streams snapshots until the client cancels', needsRoot, async (t) => {
+  const d = await daemonFixture(t, { servicesYaml: FILE_SERVICES });
+  await d.start();
+  const c = d.client();
+  const stream = (c.WatchCounters as (r: unknown) => grpc.ClientReadableStream<{ services: Array<{ name: string }>; timestamp: number }>)({ service: 'web', intervalMs: 100 });
+  const got: number[] = [];
+  await new Promise<void>((resolve) => {
+    stream.on('data', (s) => {
+      got.push(s.timestamp);
+      t.equal(s.services[0].name, 'web');
+      if (got.length === 3) stream.cancel();
+    });
+    stream.on('error', () => resolve());
+    stream.on('end', () => resolve());
+  });
+  t.equal(got.length, 3);
+  t.ok(got[2] > got[0], 'snapshots are fresh');
+  const bad = (c.WatchCounters as (r: unknown) => grpc.ClientReadableStream<unknown>)({ service: 'web', intervalMs: 5 });
+  const code = await new Promise<number>((resolve) => bad.on('error', (e: grpc.ServiceError) => resolve(e.code)));
+  t.equal(code, grpc.status.INVALID_ARGUMENT, 'an interval under 100 ms is refused');
 });
 
 t.test('--detach-on-exit=true removes the program and every pin', needsRoot, async (t) => {

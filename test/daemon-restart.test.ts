@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import { REASON } from '../src/datapath/reasons';
-import { daemonFixture, PEER_MAC } from './helpers/daemon';
+import { daemonFixture, PEER_MAC, rpc } from './helpers/daemon';
 import { needsRoot, pinDir, sh } from './helpers/fixtures';
 import { ether, ipv4, tcp, TCP_ACK } from './helpers/packets';
 
@@ -113,4 +113,18 @@ t.test('SIGKILL and restart of the daemon under traffic: zero loss, flows keep t
   round();
   await wait();
   t.same(perBackend().map((v, i) => v - beMid[i]), oneRound, 'the new daemon forwards each flow to the same backend as before');
+
+  // The API reports the same counters the maps hold.
+  const [err, counters] = await rpc<{ services: Array<{ name: string; traffic: { packets: number }; backends: Array<{ traffic: { packets: number } }> }>; reasons: Record<string, number>; verdicts: Record<string, number> }>(
+    d.client(),
+    'GetCounters',
+    {},
+  );
+  t.error(err);
+  const web = counters.services[0];
+  t.equal(web.name, 'web');
+  t.equal(web.traffic.packets, sent, 'service packets = frames sent');
+  t.equal(web.backends.reduce((n, b) => n + b.traffic.packets, 0), sent, 'backend packets add up');
+  t.equal(counters.reasons.forward_tx, sent);
+  t.equal(counters.verdicts.XDP_TX, sent);
 });

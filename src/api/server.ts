@@ -147,14 +147,16 @@ export function loadBalancerHandlers(deps: ApiDeps): grpc.UntypedServiceImplemen
     }),
     WatchCounters: (call: grpc.ServerWritableStream<{ service: string; intervalMs: number }, CountersSnapshot>) => {
       const { service, intervalMs } = call.request;
+      // grpc-js ends a server stream with a status when the handler emits 'error'.
+      const fail = (err: Partial<grpc.ServiceError>) => call.emit('error', err);
       if (intervalMs !== 0 && intervalMs < 100) {
-        call.destroy(Object.assign(new Error('interval_ms: must be 0 (default 1000) or at least 100'), { code: grpc.status.INVALID_ARGUMENT }));
+        fail(toServiceError(XdplbError.invalid('interval_ms', 'must be 0 (default 1000) or at least 100')));
         return;
       }
       try {
         if (service) c.get(service);
       } catch (e) {
-        call.destroy(Object.assign(new Error((e as Error).message), toServiceError(e)));
+        fail(toServiceError(e));
         return;
       }
       const send = () => {
@@ -162,12 +164,14 @@ export function loadBalancerHandlers(deps: ApiDeps): grpc.UntypedServiceImplemen
           // Drop a tick rather than queue snapshots for a slow client.
           if (call.writableLength === 0) call.write(deps.counters(service || undefined));
         } catch (e) {
-          call.destroy(Object.assign(new Error((e as Error).message), toServiceError(e)));
+          stop();
+          fail(toServiceError(e));
         }
       };
-      send();
-      const timer = setInterval(send, intervalMs || 1000);
+      let timer: NodeJS.Timeout | undefined;
       const stop = () => clearInterval(timer);
+      send();
+      timer = setInterval(send, intervalMs || 1000);
       call.on('cancelled', stop);
       call.on('close', stop);
       call.on('error', stop);
