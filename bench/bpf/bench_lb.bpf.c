@@ -21,7 +21,11 @@
  *
  * bench_noop is the same wrapper with a no-op (verdict XDP_TX) standing in
  * for step 3: its time minus the empty program's is the wrapper's own cost.
- * bench_empty is the baseline, an empty XDP_TX program. */
+ * bench_empty is the baseline, an empty XDP_TX program.
+ *
+ * bench_upto_* are a cheap profile: the same wrapper around the packet path
+ * cut short after one of its steps (verdict XDP_TX there), so the difference
+ * between consecutive cuts is what that step costs. */
 #define XDPLB_NO_MAIN
 #include "lb.bpf.c"
 
@@ -109,14 +113,73 @@ static __always_inline int bench_new_flow(struct xdp_md *ctx, const struct bench
 	return 0;
 }
 
-/* Steps 1-5; lb is a constant, so each program keeps only its own branch. */
-static __always_inline int bench_run(struct xdp_md *ctx, const int lb)
+/* What runs in the middle of the wrapper. */
+enum bench_mode {
+	BENCH_NOOP = 0,
+	BENCH_LB,		/* xdplb_process(): the whole packet path */
+	BENCH_UPTO_PARSE,	/* step 1 */
+	BENCH_UPTO_SERVICE,	/* + config and service lookup (step 3) */
+	BENCH_UPTO_BACKEND,	/* + flow hash, connection table / Maglev (step 4) */
+	BENCH_UPTO_ROUTE,	/* + outer header plan and FIB lookup (steps 6a, 8a, 7) */
+	BENCH_UPTO_ENCAP,	/* + L4 DNAT and encapsulation (steps 5, 6) */
+};
+
+/* The profile: xdplb_process() step by step (keep in step with lb.bpf.c),
+ * stopping with XDP_TX after the step `upto` names. Any other outcome is
+ * XDP_ABORTED, which the benchmark reports as an error. */
+static __always_inline int bench_upto(struct xdp_md *ctx, const int upto)
+{
+	struct packet pkt = {};
+	struct backend_choice choice = {};
+	struct encap_plan plan = {};
+	struct bpf_fib_lookup fib;
+	struct xdplb_service *svc;
+	struct xdplb_config *cfg;
+	__u32 zero = 0, mtu = 0;
+	int r;
+
+	if (parse_packet(ctx, &pkt) != XDPLB_CONTINUE)
+		return XDP_ABORTED;
+	if (upto == BENCH_UPTO_PARSE)
+		return XDP_TX;
+	cfg = bpf_map_lookup_elem(&xdplb_config, &zero);
+	if (!cfg)
+		return XDP_ABORTED;
+	svc = lookup_service(&pkt.flow);
+	if (!svc)
+		return XDP_ABORTED;
+	if (upto == BENCH_UPTO_SERVICE)
+		return XDP_TX;
+	pkt.hash = flow_hash(&pkt.flow, svc->flags & XDPLB_SVC_F_SRC_HASH);
+	if (choose_backend(&pkt, svc, cfg, &choice) != XDPLB_CONTINUE)
+		return XDP_ABORTED;
+	if (choice.be->family != pkt.flow.family)
+		return XDP_ABORTED;
+	if (upto == BENCH_UPTO_BACKEND)
+		return XDP_TX;
+	if (plan_encap(&pkt, cfg, choice.be, &plan) != XDPLB_CONTINUE)
+		return XDP_ABORTED;
+	if (fib_lookup_backend(ctx, &pkt, &plan, cfg, &fib, &mtu) != XDPLB_CONTINUE)
+		return XDP_ABORTED;
+	if (upto == BENCH_UPTO_ROUTE)
+		return XDP_TX;
+	if ((svc->flags & XDPLB_SVC_F_L4_DNAT) && pkt.kind == PKT_FLOW)
+		l4_dnat(ctx, &pkt, choice.be->port);
+	r = encap(ctx, &pkt, &plan, cfg);
+	if (r != XDPLB_CONTINUE)
+		return XDP_ABORTED;
+	return XDP_TX;
+}
+
+/* Steps 1-5; mode is a constant, so each program keeps only its own branch. */
+static __always_inline int bench_run(struct xdp_md *ctx, const int mode)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
 	struct bench_config *cfg;
 	struct bench_frame *f;
-	__u32 zero = 0, len, after;
+	__u64 len, after;
+	__u32 zero = 0;
 	int verdict;
 
 	f = bpf_map_lookup_elem(&bench_frame, &zero);
@@ -129,11 +192,13 @@ static __always_inline int bench_run(struct xdp_md *ctx, const int lb)
 	if ((cfg->flags & BENCH_F_NEW_FLOW) && bench_new_flow(ctx, cfg))
 		goto abort;
 
-	if (lb) {
+	if (mode == BENCH_LB) {
 		verdict = xdplb_process(ctx);
-	} else {
+	} else if (mode == BENCH_NOOP) {
 		asm volatile("" ::: "memory"); /* ctx may have changed, as after the LB */
 		verdict = XDP_TX;
+	} else {
+		verdict = bench_upto(ctx, mode);
 	}
 
 	data = (void *)(long)ctx->data;
@@ -152,17 +217,20 @@ abort:
 	return XDP_ABORTED;
 }
 
-SEC("xdp")
-int bench_lb(struct xdp_md *ctx)
-{
-	return bench_run(ctx, 1);
-}
+#define BENCH_PROGRAM(name, mode)		\
+	SEC("xdp")				\
+	int name(struct xdp_md *ctx)		\
+	{					\
+		return bench_run(ctx, mode);	\
+	}
 
-SEC("xdp")
-int bench_noop(struct xdp_md *ctx)
-{
-	return bench_run(ctx, 0);
-}
+BENCH_PROGRAM(bench_lb, BENCH_LB)
+BENCH_PROGRAM(bench_noop, BENCH_NOOP)
+BENCH_PROGRAM(bench_upto_parse, BENCH_UPTO_PARSE)
+BENCH_PROGRAM(bench_upto_service, BENCH_UPTO_SERVICE)
+BENCH_PROGRAM(bench_upto_backend, BENCH_UPTO_BACKEND)
+BENCH_PROGRAM(bench_upto_route, BENCH_UPTO_ROUTE)
+BENCH_PROGRAM(bench_upto_encap, BENCH_UPTO_ENCAP)
 
 /* The baseline: nothing but the verdict. */
 SEC("xdp")
