@@ -19,6 +19,7 @@
 // backend, so any iteration that missed the entry would be dropped; new flow:
 // the last flow's entry exists with the backend Maglev predicts).
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
@@ -77,6 +78,11 @@ interface Case {
   frame: Buffer;
   verdict: number;
   reason: string;
+  /** diagnostic case: one-service world only, in its own table */
+  diagnostic?: boolean;
+  /** empty the connection table before every round (and use a repeat that cannot fill it) */
+  clearConntrack?: boolean;
+  repeat?: number;
 }
 
 const SPORT = 40000;
@@ -123,6 +129,14 @@ const CASES: Case[] = [
   },
   vipCase('IPv4 TCP SYN to a VIP, new flow', 4, 'new', 1, 80),
   vipCase('IPv6 TCP SYN to a VIP, new flow', 6, 'new', 3, 80),
+  // diagnostics: where the new-flow time goes
+  { ...vipCase('IPv4 TCP SYN, new flow, connection-table bypass (Maglev only, no insert)', 4, 'new', 6, 82, L.SVC_F_CT_BYPASS), diagnostic: true },
+  {
+    ...vipCase('IPv4 TCP SYN, new flow, connection table emptied before each round (never full)', 4, 'new', 7, 83),
+    diagnostic: true,
+    clearConntrack: true,
+    repeat: 100_000,
+  },
 ];
 /** The one service installed with the non-VIP case in the one-service world. */
 const PASS_COMPANION = CASES.find((c) => c.kind === 'new' && c.family === 4)!;
@@ -176,12 +190,30 @@ class Tables {
   }
   /** A new inner map with the table, swapped in; the outer map keeps it alive. */
   install(lb: Lb, serviceId: number, table: Uint32Array): void {
-    const inner = bpf.createMap({ type: 'array', keySize: 4, valueSize: 4, maxEntries: this.m, flags: L.MAGLEV_INNER_FLAGS, name: 'xdplbb_mg' });
-    try {
-      inner.batchUpdatePacked(this.keys, Buffer.from(table.buffer, table.byteOffset, table.byteLength), this.m);
-      lb.maps.maglev.update(L.u32(serviceId), L.u32(inner.fd));
-    } finally {
-      inner.close();
+    this.installMany(lb, [[serviceId, table]]);
+  }
+  /**
+   * Many tables with one outer-map batch per 1,000: every syscall write to a
+   * map-in-map waits for an RCU grace period, once per call.
+   */
+  installMany(lb: Lb, tables: ReadonlyArray<readonly [number, Uint32Array]>): void {
+    for (let i = 0; i < tables.length; i += 1000) {
+      const chunk = tables.slice(i, i + 1000);
+      const inner: bpf.BpfMap[] = [];
+      try {
+        const keys = Buffer.alloc(chunk.length * 4);
+        const fds = Buffer.alloc(chunk.length * 4);
+        chunk.forEach(([id, table], j) => {
+          const m = bpf.createMap({ type: 'array', keySize: 4, valueSize: 4, maxEntries: this.m, flags: L.MAGLEV_INNER_FLAGS, name: 'xdplbb_mg' });
+          inner.push(m);
+          m.batchUpdatePacked(this.keys, Buffer.from(table.buffer, table.byteOffset, table.byteLength), this.m);
+          keys.writeUInt32LE(id, j * 4);
+          fds.writeUInt32LE(m.fd, j * 4);
+        });
+        lb.maps.maglev.batchUpdatePacked(keys, fds, chunk.length);
+      } finally {
+        for (const m of inner) m.close();
+      }
     }
   }
 }
@@ -193,8 +225,9 @@ interface World {
   m: number;
   lb: Lb;
   tables: Tables;
-  progs: { lb: bpf.BpfProgram; noop: bpf.BpfProgram; empty: bpf.BpfProgram };
+  progs: Record<string, bpf.BpfProgram>;
   benchConfig: bpf.BpfMap;
+  benchConfigFib: bpf.BpfMap;
   verdicts: bpf.BpfMap;
   flowSeq: bpf.BpfMap;
 }
@@ -211,14 +244,15 @@ function openWorld(c: Cleanup, services: number): World {
     m,
     lb,
     tables: new Tables(m),
-    progs: { lb: obj.program('bench_lb'), noop: obj.program('bench_noop'), empty: obj.program('bench_empty') },
+    progs: Object.fromEntries(obj.programs().map((name) => [name, obj.program(name)])),
     benchConfig: obj.map('bench_config'),
+    benchConfigFib: obj.map('bench_fib_params'),
     verdicts: obj.map('bench_verdicts'),
     flowSeq: obj.map('bench_flow_seq'),
   };
   c.teardown(() => {
     for (const p of Object.values(w.progs)) p.close();
-    for (const mp of [w.benchConfig, w.verdicts, w.flowSeq]) mp.close();
+    for (const mp of [w.benchConfig, w.benchConfigFib, w.verdicts, w.flowSeq]) mp.close();
     obj.close();
   });
   w.flowSeq.update(L.u32(0), L.u32(FIRST_FLOW_SEQ));
@@ -227,8 +261,8 @@ function openWorld(c: Cleanup, services: number): World {
   const caseServices = CASES.flatMap((k) => (k.service ? [k.service] : []));
   for (const s of caseServices) {
     for (const id of backendIds(s.id)) lb.backend({ id, address: backendAddress(familyOfCase(s.id), id), port: 80 });
-    w.tables.install(lb, s.id, w.tables.forService(s.id));
   }
+  w.tables.installMany(lb, caseServices.map((s) => [s.id, w.tables.forService(s.id)] as const));
   lb.backend({ id: DOWN_BACKEND, address: backendAddress(4, 0), state: L.BACKEND_DOWN });
 
   if (services > 1) {
@@ -236,6 +270,7 @@ function openWorld(c: Cleanup, services: number): World {
     const values: Buffer[] = [];
     const bkeys: Buffer[] = [];
     const bvalues: Buffer[] = [];
+    const tables: Array<readonly [number, Uint32Array]> = [];
     for (const s of caseServices) {
       keys.push(L.encodeServiceKey({ vip: s.vip, port: s.port, proto: L.IPPROTO_TCP }));
       values.push(L.encodeService({ id: s.id, flags: s.flags }));
@@ -248,10 +283,13 @@ function openWorld(c: Cleanup, services: number): World {
         bkeys.push(L.u32(id));
         bvalues.push(L.encodeBackend({ address: backendAddress(f.family, id), port: 80, state: L.BACKEND_ACTIVE }));
       }
-      w.tables.install(lb, f.id, w.tables.forService(f.id));
+      tables.push([f.id, w.tables.forService(f.id)]);
     }
-    lb.maps.services.batchUpdate(keys, values);
     lb.maps.backends.batchUpdate(bkeys, bvalues);
+    w.tables.installMany(lb, tables);
+    lb.maps.services.batchUpdate(keys, values);
+    const n = [...lb.maps.services.keys()].length;
+    if (n !== services) throw new Error(`${n} services installed, expected ${services}`);
   }
   return w;
 }
@@ -275,13 +313,6 @@ function benchObject(): string {
 
 // ---- measuring ----
 
-interface Sample {
-  /** wall-clock ns per iteration around the test-run call */
-  ns: number;
-  /** the kernel's own mean (integer ns, time spent rescheduled excluded) */
-  kernelNs: number;
-}
-
 function sumPerCpu(m: bpf.BpfMap, key: number): bigint {
   let n = 0n;
   for (const v of m.lookupPerCpu(L.u32(key)) ?? []) n += v.readBigUInt64LE(0);
@@ -294,22 +325,24 @@ function verdictCounts(w: World): bigint[] {
 
 const VERDICT = (v: number) => bpf.XDP_VERDICT_NAMES[v] ?? `verdict ${v}`;
 
-/** One test run of `repeat` iterations, checked. */
-function measure(w: World, fib: FibNs, c: Case, which: 'lb' | 'noop' | 'empty', repeat: number): Sample {
-  const prog = w.progs[which];
-  const expect = which === 'lb' ? c.verdict : bpf.XDP_TX;
+/**
+ * One test run of `repeat` iterations of a bench program, checked; returns the
+ * kernel's mean ns per iteration. The wrapper's verdict counts must show every
+ * iteration with the expected verdict (bench_empty counts nothing: it has no
+ * other); bench_lb must also have counted the case's reason every time.
+ */
+function measure(w: World, fib: FibNs, c: Case, name: string, repeat = c.repeat ?? REPEAT): number {
+  const prog = w.progs[name];
+  const expect = name === 'bench_lb' ? c.verdict : bpf.XDP_TX;
+  const counted = name !== 'bench_empty';
   const ctx = bpf.xdpContext(fib.lb0);
-  const before = which === 'empty' ? [] : verdictCounts(w);
-  const reasonBefore = which === 'lb' ? w.lb.reason(c.reason) : 0n;
-  const { r, ns } = bpf.withNetns(fib.ns, () => {
-    const t0 = process.hrtime.bigint();
-    const res = prog.testRun({ data: c.frame, ctx, repeat });
-    return { r: res, ns: Number(process.hrtime.bigint() - t0) / repeat };
-  });
-  const where = `${c.label}, ${w.services} service(s), ${prog.name}`;
+  const before = counted ? verdictCounts(w) : [];
+  const reasonBefore = name === 'bench_lb' ? w.lb.reason(c.reason) : 0n;
+  const r = bpf.withNetns(fib.ns, () => prog.testRun({ data: c.frame, ctx, repeat }));
+  const where = `${c.label}, ${w.services} service(s), ${name}`;
   if (r.retval !== expect) throw new Error(`${where}: last verdict ${VERDICT(r.retval)}, expected ${VERDICT(expect)}`);
   if (!r.data.equals(c.frame)) throw new Error(`${where}: the frame left in the buffer is not the original one`);
-  if (which !== 'empty') {
+  if (counted) {
     const after = verdictCounts(w);
     after.forEach((n, v) => {
       const got = n - before[v];
@@ -317,11 +350,18 @@ function measure(w: World, fib: FibNs, c: Case, which: 'lb' | 'noop' | 'empty', 
       if (got !== want) throw new Error(`${where}: ${got} iterations returned ${v < 5 ? VERDICT(v) : 'an unknown verdict'}, expected ${want}`);
     });
   }
-  if (which === 'lb') {
+  if (name === 'bench_lb') {
     const got = w.lb.reason(c.reason) - reasonBefore;
     if (got !== BigInt(repeat)) throw new Error(`${where}: reason ${c.reason} counted ${got} times, expected ${repeat}`);
   }
-  return { ns, kernelNs: r.duration };
+  return r.duration;
+}
+
+/** xdplb_main itself with `repeat`: valid only where it leaves the frame as it is (XDP_PASS). */
+function measureDirect(w: World, fib: FibNs, c: Case): number {
+  const r = bpf.withNetns(fib.ns, () => w.lb.prog.testRun({ data: c.frame, ctx: bpf.xdpContext(fib.lb0), repeat: c.repeat ?? REPEAT }));
+  if (r.retval !== c.verdict || !r.data.equals(c.frame)) throw new Error(`${c.label}: xdplb_main measured directly did not pass the frame unchanged`);
+  return r.duration;
 }
 
 // ---- preparing a case ----
@@ -391,14 +431,27 @@ function benchConfig(flags: number, sportOff: number, srcOff: number): Buffer {
   return b;
 }
 
-/** After a new-flow case: the last generated flow went through Maglev into the table. */
-function checkNewFlows(w: World, c: Case): number {
+/**
+ * After a new-flow case: the last generated flow went through Maglev into the
+ * connection table (with bypass: Maglev chose the backend, nothing was stored).
+ */
+function checkNewFlows(w: World, c: Case): void {
   const next = w.flowSeq.lookup(L.u32(0))!.readUInt32LE(0);
   const flow = generatedFlow(c, next - 1);
   const e = ctEntry(w, flow);
+  if (c.service!.flags & L.SVC_F_CT_BYPASS) {
+    if (e) throw new Error(`${c.label}: a bypassing service stored a connection`);
+    return;
+  }
   const want = expectedBackend(w, c, flow);
   if (!e || e.backendId !== want) throw new Error(`${c.label}: the last generated flow (${flow.src}:${flow.sport}) has no entry for backend ${want}`);
-  return next - FIRST_FLOW_SEQ;
+}
+
+function clearConntrack(w: World): void {
+  const d = w.lb.maps.conntrack.dump();
+  const keys: Buffer[] = [];
+  for (let i = 0; i < d.count; i++) keys.push(d.keys.subarray(i * 40, i * 40 + 40));
+  for (let i = 0; i < keys.length; i += 10_000) w.lb.maps.conntrack.batchDelete(keys.slice(i, i + 10_000));
 }
 
 // ---- statistics and the table ----
@@ -419,55 +472,45 @@ interface Row {
   ratio: number;
   ratioMin: number;
   ratioMax: number;
-  kernel: { lb: number; noop: number; empty: number };
   /** xdplb_main measured directly with repeat: only where it does not rewrite (XDP_PASS) */
   directNs?: number;
+  /** profile: step -> median ns of the path cut after it, wrapper overhead taken off */
+  upto?: Record<string, number>;
 }
 
-function runCase(w: World, fib: FibNs, c: Case): Row {
+const PROFILE_STEPS = ['bench_upto_parse', 'bench_upto_service', 'bench_upto_backend', 'bench_upto_route', 'bench_upto_encap'];
+
+function runCase(w: World, fib: FibNs, c: Case, profile: boolean): Row {
   const undo = prepare(w, fib, c);
   try {
-    const rounds: Array<{ lb: Sample; noop: Sample; empty: Sample; direct?: number }> = [];
+    const progs = ['bench_empty', 'bench_noop', 'bench_lb', ...(profile ? PROFILE_STEPS : [])];
+    const rounds: Array<Record<string, number>> = [];
     for (let r = 0; r < WARMUP_ROUNDS + RUNS; r++) {
-      const empty = measure(w, fib, c, 'empty', REPEAT);
-      const noop = measure(w, fib, c, 'noop', REPEAT);
-      const lb = measure(w, fib, c, 'lb', REPEAT);
-      let direct: number | undefined;
-      if (c.kind === 'pass') {
-        direct = bpf.withNetns(fib.ns, () => {
-          const t0 = process.hrtime.bigint();
-          const res = w.lb.prog.testRun({ data: c.frame, ctx: bpf.xdpContext(fib.lb0), repeat: REPEAT });
-          const ns = Number(process.hrtime.bigint() - t0) / REPEAT;
-          if (res.retval !== c.verdict || !res.data.equals(c.frame)) throw new Error(`${c.label}: xdplb_main direct run went wrong`);
-          return ns;
-        });
-      }
-      if (r >= WARMUP_ROUNDS) rounds.push({ lb, noop, empty, direct });
+      if (c.clearConntrack) clearConntrack(w);
+      const ns: Record<string, number> = {};
+      for (const p of progs) ns[p] = measure(w, fib, c, p);
+      if (c.kind === 'pass') ns.direct = measureDirect(w, fib, c);
+      if (r >= WARMUP_ROUNDS) rounds.push(ns);
     }
     if (c.kind === 'new') checkNewFlows(w, c);
-    const per = rounds.map((x) => {
-      const overhead = x.noop.ns - x.empty.ns;
-      const lbNs = x.lb.ns - overhead;
-      return { overhead, lbNs, ratio: lbNs / x.empty.ns };
-    });
-    const ratios = per.map((p) => p.ratio);
+    // per round: the wrapper's cost is noop − empty; a wrapped program's own
+    // time is its time minus that
+    const overhead = rounds.map((x) => x.bench_noop - x.bench_empty);
+    const self = (p: string) => rounds.map((x, i) => x[p] - overhead[i]);
+    const ratios = rounds.map((x, i) => (x.bench_lb - overhead[i]) / x.bench_empty);
     return {
       c,
       services: w.services,
       m: w.m,
-      lbNs: median(per.map((p) => p.lbNs)),
-      rawNs: median(rounds.map((x) => x.lb.ns)),
-      emptyNs: median(rounds.map((x) => x.empty.ns)),
-      overheadNs: median(per.map((p) => p.overhead)),
+      lbNs: median(self('bench_lb')),
+      rawNs: median(rounds.map((x) => x.bench_lb)),
+      emptyNs: median(rounds.map((x) => x.bench_empty)),
+      overheadNs: median(overhead),
       ratio: median(ratios),
       ratioMin: Math.min(...ratios),
       ratioMax: Math.max(...ratios),
-      kernel: {
-        lb: median(rounds.map((x) => x.lb.kernelNs)),
-        noop: median(rounds.map((x) => x.noop.kernelNs)),
-        empty: median(rounds.map((x) => x.empty.kernelNs)),
-      },
-      directNs: c.kind === 'pass' ? median(rounds.map((x) => x.direct!)) : undefined,
+      directNs: c.kind === 'pass' ? median(rounds.map((x) => x.direct)) : undefined,
+      upto: profile ? Object.fromEntries([...PROFILE_STEPS, 'bench_lb'].map((p) => [p, median(self(p))])) : undefined,
     };
   } finally {
     undo();
@@ -476,58 +519,144 @@ function runCase(w: World, fib: FibNs, c: Case): Row {
 
 function table(rows: Row[]): string {
   const lines = [
-    '| case | services (M) | LB ns/pkt | empty XDP_TX ns/pkt | ratio (min–max) | wrapper overhead ns | bench_lb raw ns | kernel ns lb / noop / empty |',
-    '|---|---:|---:|---:|---:|---:|---:|---:|',
+    '| case | services (Maglev M) | LB ns/pkt | empty XDP_TX ns/pkt | ratio (min–max of rounds) | bench-wrapper overhead ns | bench_lb as measured ns |',
+    '|---|---:|---:|---:|---:|---:|---:|',
   ];
   for (const r of rows) {
     lines.push(
-      `| ${r.c.label} | ${r.services.toLocaleString('en-US')} (${r.m}) | ${r.lbNs.toFixed(1)} | ${r.emptyNs.toFixed(1)} | ${r.ratio.toFixed(2)}× (${r.ratioMin.toFixed(2)}–${r.ratioMax.toFixed(2)}) | ${r.overheadNs.toFixed(1)} | ${r.rawNs.toFixed(1)} | ${r.kernel.lb} / ${r.kernel.noop} / ${r.kernel.empty} |`,
+      `| ${r.c.label} | ${r.services.toLocaleString('en-US')} (${r.m}) | ${r.lbNs} | ${r.emptyNs} | **${r.ratio.toFixed(2)}×** (${r.ratioMin.toFixed(2)}–${r.ratioMax.toFixed(2)}) | ${r.overheadNs} | ${r.rawNs} |`,
     );
   }
   return lines.join('\n');
 }
 
+const STEP_LABELS: Record<string, string> = {
+  bench_upto_parse: '1 parse (Ethernet, IP, TCP)',
+  bench_upto_service: '3 config + service lookup (hash, exact port)',
+  bench_upto_backend: '4 flow hash + connection table hit + backend',
+  bench_upto_route: '6a/8a/7 outer-header plan + bpf_fib_lookup',
+  bench_upto_encap: '5/6 DNAT (if on) + adjust_head + outer header',
+  bench_lb: '8/10 MACs, verdict, reason/service/backend counters (= whole program)',
+};
+
+function profileTable(rows: Row[]): string {
+  const prof = rows.filter((r) => r.upto);
+  const head = ['step (path cut after it)', ...prof.map((r) => `${r.c.label.replace(/ to a VIP, established flow/, '')}, ${r.services.toLocaleString('en-US')} svc: cumulative / step ns`)];
+  const lines = [`| ${head.join(' | ')} |`, `|---|${prof.map(() => '---:').join('|')}|`];
+  const steps = [...PROFILE_STEPS, 'bench_lb'];
+  steps.forEach((p, i) => {
+    const cells = prof.map((r) => {
+      const cum = r.upto![p];
+      const step = i === 0 ? cum : cum - r.upto![steps[i - 1]];
+      return `${cum} / ${step}`;
+    });
+    lines.push(`| ${STEP_LABELS[p]} | ${cells.join(' | ')} |`);
+  });
+  return lines.join('\n');
+}
+
+// ---- bpf_fib_lookup alone ----
+
+const FIB_FLAGS: Array<[string, number]> = [
+  ['none (as lb.bpf.c calls it)', 0],
+  ['BPF_FIB_LOOKUP_DIRECT', 1],
+  ['BPF_FIB_LOOKUP_SKIP_NEIGH', 4],
+  ['BPF_FIB_LOOKUP_DIRECT | SKIP_NEIGH', 1 | 4],
+];
+
+/** struct bench_fib_params: the lookup lb.bpf.c makes for a backend of the family, and the flags. */
+function fibParams(family: 4 | 6, flags: number): Buffer {
+  const b = Buffer.alloc(72);
+  b[0] = family === 4 ? 2 : 10; // AF_INET, AF_INET6
+  b[1] = family === 4 ? 4 : 41; // IPPROTO_IPIP, IPPROTO_IPV6
+  b.writeUInt16LE(family === 4 ? 124 : 144, 6); // tot_len: the encapsulated packet
+  L.addressBytes(family === 4 ? LB_SRC4 : LB_SRC6).copy(b, 16);
+  L.addressBytes(backendAddress(family, 9)).copy(b, 32);
+  b.writeUInt32LE(flags, 64);
+  return b;
+}
+
+/** ns of bpf_fib_lookup per flags and family: bench_fib minus bench_fib_none, median over rounds. */
+function fibBench(w: World, fib: FibNs): string {
+  const params = w.benchConfigFib;
+  const frame = CASES[0].frame;
+  const run = (name: string) => {
+    const r = bpf.withNetns(fib.ns, () => w.progs[name].testRun({ data: frame, ctx: bpf.xdpContext(fib.lb0), repeat: REPEAT }));
+    if (r.retval !== bpf.XDP_TX) throw new Error(`${name}: ${VERDICT(r.retval)} (lookup failed)`);
+    return r.duration;
+  };
+  const lines = ['| bpf_fib_lookup flags | IPv4 ns | IPv6 ns |', '|---|---:|---:|'];
+  for (const [label, flags] of FIB_FLAGS) {
+    const cells = ([4, 6] as const).map((family) => {
+      params.update(L.u32(0), fibParams(family, flags));
+      const d: number[] = [];
+      for (let r = 0; r < WARMUP_ROUNDS + RUNS; r++) {
+        const none = run('bench_fib_none');
+        const full = run('bench_fib');
+        if (r >= WARMUP_ROUNDS) d.push(full - none);
+      }
+      return median(d);
+    });
+    lines.push(`| ${label} | ${cells[0]} | ${cells[1]} |`);
+  }
+  return lines.join('\n');
+}
+
+/** Cases profiled step by step (established flows: the target's case). */
+const PROFILED = (c: Case, services: number) => c.kind === 'established' && !(c.service!.flags & L.SVC_F_L4_DNAT) && (services === 1 || c.family === 4);
+
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('needs root: BPF, bpffs and network namespaces');
   const c = new Cleanup();
-  const onSignal = (sig: NodeJS.Signals) => {
-    void c.run().then(() => process.exit(sig === 'SIGINT' ? 130 : 143));
-  };
+  // Test runs are synchronous: a signal is noticed between cases, and the
+  // finally below cleans up before the process exits.
+  let interrupted: NodeJS.Signals | undefined;
+  const onSignal = (sig: NodeJS.Signals) => (interrupted = sig);
   process.once('SIGINT', onSignal);
   process.once('SIGTERM', onSignal);
+  const checkpoint = async () => {
+    await new Promise((resolve) => setImmediate(resolve));
+    if (interrupted) throw new Error(`interrupted by ${interrupted}`);
+  };
   const started = Date.now();
   try {
     const fib = fibNamespace(c);
     const rows: Row[] = [];
-    let insns: bpf.ProgramInfo | undefined;
-    let benchInsns: Record<string, bpf.ProgramInfo> = {};
+    let info: bpf.ProgramInfo | undefined;
+    let benchInfo: Record<string, bpf.ProgramInfo> = {};
+    let fibTable = '';
     for (const services of [1, MANY_SERVICES]) {
+      await checkpoint();
       const t0 = Date.now();
       const w = openWorld(c, services);
-      insns ??= w.lb.prog.info();
-      if (!Object.keys(benchInsns).length) benchInsns = { lb: w.progs.lb.info(), noop: w.progs.noop.info(), empty: w.progs.empty.info() };
+      info ??= w.lb.prog.info();
+      if (!Object.keys(benchInfo).length) benchInfo = Object.fromEntries(Object.entries(w.progs).map(([n, p]) => [n, p.info()]));
       process.stderr.write(`${services} service(s): set up in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
       for (const k of CASES) {
-        const row = runCase(w, fib, k);
+        if (k.diagnostic && services > 1) continue;
+        await checkpoint();
+        const row = runCase(w, fib, k, PROFILED(k, services));
         rows.push(row);
-        process.stderr.write(`  ${k.label}: ${row.lbNs.toFixed(1)} ns, ${row.ratio.toFixed(2)}×\n`);
+        process.stderr.write(`  ${k.label}: ${row.lbNs} ns, ${row.ratio.toFixed(2)}× (${((Date.now() - started) / 1000).toFixed(0)} s)\n`);
       }
+      if (services === 1) fibTable = fibBench(w, fib);
     }
     const date = new Date().toISOString().slice(0, 10);
     const out: string[] = [];
-    out.push(`Datapath, BPF_PROG_TEST_RUN (node ${process.version}, ${date}; ${RUNS} rounds of repeat=${REPEAT} after ${WARMUP_ROUNDS} warm-up round)`);
+    out.push(`Datapath, BPF_PROG_TEST_RUN (node ${process.version}, kernel ${os.release()}, ${date}; median of ${RUNS} rounds of repeat=${REPEAT} after ${WARMUP_ROUNDS} warm-up round; ns are the kernel's means, integers)`);
     out.push('');
-    out.push(table(rows));
+    out.push(table(rows.filter((r) => !r.c.diagnostic)));
     out.push('');
-    out.push(`xdplb_main: ${insns!.instructions} instructions (xlated), ${insns!.verifiedInstructions} processed by the verifier, ${insns!.jitedBytes} bytes JITed.`);
-    out.push(
-      `bench object: bench_lb ${benchInsns.lb.instructions}, bench_noop ${benchInsns.noop.instructions}, bench_empty ${benchInsns.empty.instructions} instructions (xlated).`,
-    );
-    const pass = rows.filter((r) => r.directNs !== undefined);
-    for (const r of pass) {
-      out.push(
-        `Cross-check, ${r.services} service(s): xdplb_main measured directly on the non-VIP frame (it does not rewrite it) ${r.directNs!.toFixed(1)} ns vs ${r.lbNs.toFixed(1)} ns through the wrapper.`,
-      );
+    out.push(profileTable(rows));
+    out.push('');
+    out.push(table(rows.filter((r) => r.c.diagnostic)));
+    out.push('');
+    out.push(fibTable);
+    out.push('');
+    out.push(`xdplb_main: ${info!.instructions} instructions (xlated), ${info!.verifiedInstructions} processed by the verifier, ${info!.jitedBytes} bytes JITed.`);
+    out.push(`bench object (xlated instructions): ${Object.entries(benchInfo).map(([n, i]) => `${n} ${i.instructions}`).join(', ')}.`);
+    for (const r of rows.filter((x) => x.directNs !== undefined)) {
+      out.push(`Cross-check, ${r.services} service(s): xdplb_main measured directly on the non-VIP frame (which it does not rewrite) ${r.directNs} ns, through the wrapper ${r.lbNs} ns.`);
     }
     out.push(`Total time ${((Date.now() - started) / 1000).toFixed(0)} s.`);
     process.stdout.write(`${out.join('\n')}\n`);

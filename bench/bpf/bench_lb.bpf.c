@@ -232,6 +232,56 @@ BENCH_PROGRAM(bench_upto_backend, BENCH_UPTO_BACKEND)
 BENCH_PROGRAM(bench_upto_route, BENCH_UPTO_ROUTE)
 BENCH_PROGRAM(bench_upto_encap, BENCH_UPTO_ENCAP)
 
+/* bench_fib: bpf_fib_lookup() alone, with the request and the flags the
+ * benchmark puts in bench_fib_params (ifindex: the ingress interface). It
+ * changes nothing in the frame, so it is measured without the wrapper. */
+struct bench_fib_params {
+	struct bpf_fib_lookup fib;
+	__u32 flags;		/* BPF_FIB_LOOKUP_* */
+	__u32 pad;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct bench_fib_params);
+} bench_fib_params SEC(".maps");
+
+SEC("xdp")
+int bench_fib(struct xdp_md *ctx)
+{
+	struct bench_fib_params *p;
+	struct bpf_fib_lookup fib;
+	__u32 zero = 0;
+
+	p = bpf_map_lookup_elem(&bench_fib_params, &zero);
+	if (!p)
+		return XDP_ABORTED;
+	__builtin_memcpy(&fib, &p->fib, sizeof(fib));
+	fib.ifindex = ctx->ingress_ifindex;
+	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), p->flags) != BPF_FIB_LKUP_RET_SUCCESS)
+		return XDP_ABORTED;
+	return XDP_TX;
+}
+
+/* bench_fib's baseline: the same without the lookup. */
+SEC("xdp")
+int bench_fib_none(struct xdp_md *ctx)
+{
+	struct bench_fib_params *p;
+	struct bpf_fib_lookup fib;
+	__u32 zero = 0;
+
+	p = bpf_map_lookup_elem(&bench_fib_params, &zero);
+	if (!p)
+		return XDP_ABORTED;
+	__builtin_memcpy(&fib, &p->fib, sizeof(fib));
+	fib.ifindex = ctx->ingress_ifindex;
+	asm volatile("" : : "r"(&fib) : "memory");
+	return fib.family ? XDP_TX : XDP_ABORTED;
+}
+
 /* The baseline: nothing but the verdict. */
 SEC("xdp")
 int bench_empty(struct xdp_md *ctx)
