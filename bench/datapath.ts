@@ -561,7 +561,7 @@ const FIB_FLAGS: Array<[string, number]> = [
   ['none (as lb.bpf.c calls it)', 0],
   ['BPF_FIB_LOOKUP_DIRECT', 1],
   ['BPF_FIB_LOOKUP_SKIP_NEIGH', 4],
-  ['BPF_FIB_LOOKUP_DIRECT | SKIP_NEIGH', 1 | 4],
+  ['BPF_FIB_LOOKUP_DIRECT + SKIP_NEIGH', 1 | 4],
 ];
 
 /** struct bench_fib_params: the lookup lb.bpf.c makes for a backend of the family, and the flags. */
