@@ -26,8 +26,8 @@ import * as L from '../src/datapath/layout';
 import { flowHash, maglevIndex } from '../src/datapath/flowhash';
 import { REASON } from '../src/datapath/reasons';
 import { buildTable } from '../src/maglev';
-import { CLIENT4, CLIENT6, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, VIP6, decap, fibNamespace, openLb, type FibNs, type Lb } from '../test/helpers/datapath';
-import type { Teardown } from '../test/helpers/fixtures';
+import { CLIENT4, CLIENT6, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, VIP6, decap, fibNamespace, openLb, Lb as LbFixture, type FibNs, type Lb } from '../test/helpers/datapath';
+import { pinDir, type Teardown } from '../test/helpers/fixtures';
 import { TCP_ACK, TCP_PSH, TCP_SYN, ether, ipv4, ipv6, tcp } from '../test/helpers/packets';
 
 const RUNS = Number(process.argv[2] ?? 7);
@@ -80,6 +80,8 @@ interface Case {
   reason: string;
   /** diagnostic case: one-service world only, in its own table */
   diagnostic?: boolean;
+  /** run in a one-service world of its own whose connection table has this many entries */
+  ctSize?: number;
   /** empty the connection table before every round (and use a repeat that cannot fill it) */
   clearConntrack?: boolean;
   repeat?: number;
@@ -137,6 +139,7 @@ const CASES: Case[] = [
     clearConntrack: true,
     repeat: 100_000,
   },
+  { ...vipCase('IPv4 TCP SYN, new flow, connection table of 4,096 entries (cache-resident, always evicting)', 4, 'new', 8, 84), diagnostic: true, ctSize: 4096 },
 ];
 /** The one service installed with the non-VIP case in the one-service world. */
 const PASS_COMPANION = CASES.find((c) => c.kind === 'new' && c.family === 4)!;
@@ -232,13 +235,20 @@ interface World {
   flowSeq: bpf.BpfMap;
 }
 
-function openWorld(c: Cleanup, services: number): World {
+function openWorld(c: Cleanup, services: number, ctSize?: number): World {
   const m = services > 1 ? M_MANY : M_ONE;
-  const lb = openLb(c);
+  let lb: Lb;
+  if (ctSize) {
+    const dir = pinDir(c);
+    lb = new LbFixture(bpf.openObject(bpf.objectPath('lb'), { pinRoot: dir, maxEntries: { [L.MAP_NAMES.conntrack]: ctSize } }), dir);
+    c.teardown(() => lb.close());
+  } else {
+    lb = openLb(c);
+  }
   lb.config({ src4: LB_SRC4, src6: LB_SRC6, ttl: OUTER_TTL, maglevM: m });
   // The bench object declares the same pinned maps: it adopts lb's, so both
   // programs see one set of services, tables and connections.
-  const obj = bpf.openObject(benchObject(), { pinRoot: lb.pinRoot });
+  const obj = bpf.openObject(benchObject(), { pinRoot: lb.pinRoot, maxEntries: ctSize ? { [L.MAP_NAMES.conntrack]: ctSize } : {} });
   const w: World = {
     services,
     m,
@@ -625,21 +635,26 @@ async function main(): Promise<void> {
     let info: bpf.ProgramInfo | undefined;
     let benchInfo: Record<string, bpf.ProgramInfo> = {};
     let fibTable = '';
-    for (const services of [1, MANY_SERVICES]) {
+    const worlds: Array<{ services: number; ctSize?: number }> = [
+      { services: 1 },
+      { services: MANY_SERVICES },
+      ...[...new Set(CASES.flatMap((k) => (k.ctSize ? [k.ctSize] : [])))].map((ctSize) => ({ services: 1, ctSize })),
+    ];
+    for (const { services, ctSize } of worlds) {
       await checkpoint();
       const t0 = Date.now();
-      const w = openWorld(c, services);
+      const w = openWorld(c, services, ctSize);
       info ??= w.lb.prog.info();
       if (!Object.keys(benchInfo).length) benchInfo = Object.fromEntries(Object.entries(w.progs).map(([n, p]) => [n, p.info()]));
-      process.stderr.write(`${services} service(s): set up in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+      process.stderr.write(`${services} service(s)${ctSize ? `, connection table ${ctSize}` : ''}: set up in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
       for (const k of CASES) {
-        if (k.diagnostic && services > 1) continue;
+        if (k.ctSize !== ctSize || (k.diagnostic && services > 1)) continue;
         await checkpoint();
         const row = runCase(w, fib, k, PROFILED(k, services));
         rows.push(row);
         process.stderr.write(`  ${k.label}: ${row.lbNs} ns, ${row.ratio.toFixed(2)}× (${((Date.now() - started) / 1000).toFixed(0)} s)\n`);
       }
-      if (services === 1) fibTable = fibBench(w, fib);
+      if (services === 1 && !ctSize) fibTable = fibBench(w, fib);
     }
     const date = new Date().toISOString().slice(0, 10);
     const out: string[] = [];
