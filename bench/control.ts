@@ -10,23 +10,8 @@ import * as path from 'node:path';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import { daemonFixture, rpc } from '../test/helpers/daemon';
-import type { Teardown } from '../test/helpers/fixtures';
+import { Cleanup } from './cleanup';
 
-class Cleanup implements Teardown {
-  private fns: Array<() => void | Promise<void>> = [];
-  teardown(fn: () => void | Promise<void>): void {
-    this.fns.push(fn);
-  }
-  async run(): Promise<void> {
-    for (const fn of this.fns.reverse()) {
-      try {
-        await fn();
-      } catch (e) {
-        process.stderr.write(`cleanup: ${(e as Error).message}\n`);
-      }
-    }
-  }
-}
 
 const pct = (sorted: number[], p: number) => sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))];
 

@@ -25,16 +25,14 @@
 // bpf_fib_lookup alone, and new-flow diagnostics (bypass, emptied table, a
 // 4,096-entry table). Namespace and pins are removed at the end, on error and
 // on SIGINT/SIGTERM (noticed between cases).
-import * as fs from 'node:fs';
 import * as os from 'node:os';
-import * as path from 'node:path';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import { flowHash, maglevIndex } from '../src/datapath/flowhash';
-import { REASON } from '../src/datapath/reasons';
 import { buildTable } from '../src/maglev';
 import { CLIENT4, CLIENT6, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, VIP6, decap, fibNamespace, openLb, Lb as LbFixture, type FibNs, type Lb } from '../test/helpers/datapath';
-import { pinDir, type Teardown } from '../test/helpers/fixtures';
+import { pinDir } from '../test/helpers/fixtures';
+import { Cleanup } from './cleanup';
 import { TCP_ACK, TCP_PSH, TCP_SYN, ether, ipv4, ipv6, tcp } from '../test/helpers/packets';
 
 const RUNS = Number(process.argv[2] ?? 7);
@@ -48,26 +46,6 @@ const M_MANY = 1021;
 const DOWN_BACKEND = 60_000;
 const BENCH_F_NEW_FLOW = 1;
 const FIRST_FLOW_SEQ = 0x10000; // high half never 0: no generated flow is the original one
-
-// ---- cleanup, even on error or signal ----
-
-class Cleanup implements Teardown {
-  private fns: Array<() => void | Promise<void>> = [];
-  teardown(fn: () => void | Promise<void>): void {
-    this.fns.push(fn);
-  }
-  async run(): Promise<void> {
-    const fns = this.fns.reverse();
-    this.fns = [];
-    for (const fn of fns) {
-      try {
-        await fn();
-      } catch (e) {
-        process.stderr.write(`cleanup: ${(e as Error).message}\n`);
-      }
-    }
-  }
-}
 
 // ---- the cases ----
 
@@ -255,7 +233,7 @@ function openWorld(c: Cleanup, services: number, ctSize?: number): World {
   lb.config({ src4: LB_SRC4, src6: LB_SRC6, ttl: OUTER_TTL, maglevM: m });
   // The bench object declares the same pinned maps: it adopts lb's, so both
   // programs see one set of services, tables and connections.
-  const obj = bpf.openObject(benchObject(), { pinRoot: lb.pinRoot, maxEntries: ctSize ? { [L.MAP_NAMES.conntrack]: ctSize } : {} });
+  const obj = bpf.openObject(bpf.testObjectPath('bench_lb'), { pinRoot: lb.pinRoot, maxEntries: ctSize ? { [L.MAP_NAMES.conntrack]: ctSize } : {} });
   const w: World = {
     services,
     m,
@@ -313,19 +291,6 @@ function openWorld(c: Cleanup, services: number, ctSize?: number): World {
 
 function familyOfCase(serviceId: number): 4 | 6 {
   return CASES.find((k) => k.service?.id === serviceId)!.family;
-}
-
-function benchObject(): string {
-  const obj = bpf.testObjectPath('bench_lb');
-  // CMake rebuilds bench_lb.bpf.o when its own source or xdp/*.h change, not
-  // when xdp/lb.bpf.c does: refuse to measure a stale copy of the program.
-  const root = bpf.PACKAGE_ROOT;
-  const sources = [path.join(root, 'bench', 'bpf', 'bench_lb.bpf.c'), path.join(root, 'xdp', 'lb.bpf.c')];
-  for (const f of fs.readdirSync(path.join(root, 'xdp'))) if (f.endsWith('.h')) sources.push(path.join(root, 'xdp', f));
-  const built = fs.statSync(obj).mtimeMs;
-  const newer = sources.filter((s) => fs.statSync(s).mtimeMs > built);
-  if (newer.length) throw new Error(`${obj} is older than ${newer.join(', ')}: touch bench/bpf/bench_lb.bpf.c and run scripts/bootstrap.sh`);
-  return obj;
 }
 
 // ---- measuring ----
