@@ -242,6 +242,7 @@ export class LbDatapath implements DatapathSink {
         }
         this.attached.set(name, { ifindex, mode });
         this.log.info({ interface: name, ifindex, mode, programId: this.program.id }, 'datapath attached');
+        this.warnForwarding(name);
       }
       for (const [name, { mode }] of Object.entries(before)) {
         if (wanted.has(name)) continue;
@@ -253,6 +254,22 @@ export class LbDatapath implements DatapathSink {
     } finally {
       previous?.close();
     }
+  }
+
+  /**
+   * bpf_fib_lookup answers only where the kernel itself would forward: without
+   * forwarding every packet to a VIP is passed (pass_fib_fwd_disabled).
+   */
+  private warnForwarding(name: string): void {
+    const off = [`/proc/sys/net/ipv4/conf/${name}/forwarding`, '/proc/sys/net/ipv6/conf/all/forwarding'].filter((f) => {
+      try {
+        return fs.readFileSync(f, 'utf8').trim() === '0';
+      } catch {
+        return false;
+      }
+    });
+    if (off.length)
+      this.log.warn({ interface: name, sysctls: off }, 'forwarding is off: the datapath passes VIP traffic to the kernel until it is on (sysctl -w ...=1)');
   }
 
   private detachOne(name: string, mode: bpf.XdpMode, expected?: bpf.BpfProgram): void {
