@@ -286,7 +286,7 @@ t.test('--detach-on-exit=true removes the program and every pin', needsRoot, asy
   t.ok(fs.readdirSync(d.bpffs).length > 5, 'pins stay after a kill');
   const proc = (await import('node:child_process')).spawn(
     'nsenter',
-    [`--net=/var/run/netns/${d.topo.lbNs}`, process.execPath, path.resolve(__dirname, '..', 'src', 'cli', 'main.js'), 'daemon', '--config', d.configPath, '--detach-on-exit=true'],
+    d.daemonArgv('--detach-on-exit=true'),
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );
   let out = '';

@@ -85,12 +85,19 @@ export class DaemonFixture {
     fs.writeFileSync(this.configPath, yaml + '\n');
   }
 
+  /**
+   * nsenter's argv for the daemon in the LB namespace. setpriv --pdeathsig ties
+   * the daemon's life to the test process: a test killed by a timeout takes its
+   * daemon with it instead of leaving it running.
+   */
+  daemonArgv(...extra: string[]): string[] {
+    return [`--net=/var/run/netns/${this.topo.lbNs}`, 'setpriv', '--pdeathsig', 'KILL', process.execPath, MAIN, 'daemon', '--config', this.configPath, ...extra];
+  }
+
   /** Starts the daemon and resolves once its API answers. */
   async start(timeoutMs = 15000): Promise<void> {
     this.logs = [];
-    const proc = spawn('nsenter', [`--net=/var/run/netns/${this.topo.lbNs}`, process.execPath, MAIN, 'daemon', '--config', this.configPath], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const proc = spawn('nsenter', this.daemonArgv(), { stdio: ['ignore', 'pipe', 'pipe'] });
     this.proc = proc;
     const collect = (d: Buffer) => this.logs.push(...d.toString().split('\n').filter(Boolean));
     proc.stdout?.on('data', collect);
@@ -107,9 +114,7 @@ export class DaemonFixture {
 
   /** Runs the daemon to completion (for configurations it must refuse). */
   async runToExit(): Promise<{ code: number; output: string }> {
-    const proc = spawn('nsenter', [`--net=/var/run/netns/${this.topo.lbNs}`, process.execPath, MAIN, 'daemon', '--config', this.configPath], {
-      stdio: ['ignore', 'pipe', 'pipe'],
-    });
+    const proc = spawn('nsenter', this.daemonArgv(), { stdio: ['ignore', 'pipe', 'pipe'] });
     let output = '';
     proc.stdout.on('data', (d: Buffer) => (output += d.toString()));
     proc.stderr.on('data', (d: Buffer) => (output += d.toString()));
@@ -150,7 +155,7 @@ export class DaemonFixture {
 
 export async function daemonFixture(t: Teardown, o: DaemonOptions = {}, topo?: Topology): Promise<DaemonFixture> {
   const tp = topo ?? topology(t);
-  const dir = fs.mkdtempSync('/run/xdplbt-');
+  const dir = fs.mkdtempSync(`/run/xdplbt-${process.pid}-`);
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const d = new DaemonFixture(tp, pinDir(t), dir);
   t.teardown(() => d.close());

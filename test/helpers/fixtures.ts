@@ -17,6 +17,32 @@ export const needsRoot = {
   skip: process.getuid?.() === 0 ? false : 'needs root: BPF, bpffs and network namespaces',
 };
 
+/**
+ * Removes what an earlier test process left behind when it was killed before its
+ * teardown could run (a timeout, Ctrl-C): namespaces and pin directories whose
+ * name carries the pid of a process that no longer exists.
+ */
+function sweepLeftovers(): void {
+  const dead = (name: string) => {
+    const m = /^xdplbt[a-z](\d+)x\d+$/.exec(name);
+    return m !== null && Number(m[1]) !== process.pid % 100000 && !fs.existsSync(`/proc/${m[1]}`);
+  };
+  try {
+    for (const line of execFileSync('ip', ['netns', 'list'], { encoding: 'utf8' }).split('\n')) {
+      const name = line.split(' ')[0];
+      if (name && dead(name)) execFileSync('ip', ['netns', 'delete', name]);
+    }
+    for (const name of fs.readdirSync('/sys/fs/bpf')) if (dead(name)) fs.rmSync(`/sys/fs/bpf/${name}`, { recursive: true, force: true });
+    for (const name of fs.readdirSync('/run')) {
+      const m = /^xdplbt-(\d+)-/.exec(name);
+      if (m && !fs.existsSync(`/proc/${m[1]}`)) fs.rmSync(`/run/${name}`, { recursive: true, force: true });
+    }
+  } catch {
+    // not root, or no bpffs: the tests that need them are skipped anyway
+  }
+}
+if (process.getuid?.() === 0) sweepLeftovers();
+
 let serial = 0;
 function uniqueName(kind: string): string {
   serial++;
