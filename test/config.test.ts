@@ -242,7 +242,7 @@ t.test('an unknown key, named and pointed at', async (t) => {
     t,
     far,
     'INVALID_ARGUMENT',
-    'config/test.yaml:14:5: services[0].color: unknown key "color" (expected one of name, vip, port, protocol, flags, backends)',
+    'config/test.yaml:14:5: services[0].color: unknown key "color" (expected one of name, vip, port, protocol, flags, backends, health_check)',
     { line: 14, column: 5 },
   );
   const missingToo = edit(5, '  ipv4: {adress: 192.0.2.64}');

@@ -11,6 +11,13 @@
 // maps them to the model's camelCase names.
 import {
   ATTACH_MODES,
+  DEFAULT_HEALTH_FALL,
+  DEFAULT_HEALTH_PATH,
+  DEFAULT_HEALTH_RISE,
+  DEFAULT_HEALTH_STATUS,
+  DURATION_DESCRIPTION,
+  HEALTH_CHECK_TYPES,
+  MAX_HEALTH_COUNT,
   BACKEND_STATES,
   HOST_PORT_DESCRIPTION,
   HOST_PORT_PATTERN,
@@ -90,6 +97,29 @@ const backend = object(
   ['address'],
 );
 
+const duration = (description: string, dflt: string): JsonSchema => ({
+  type: 'string',
+  description: `${description}: ${DURATION_DESCRIPTION}`,
+  default: dflt,
+});
+
+const healthCheck = object(
+  {
+    type: { enum: [...HEALTH_CHECK_TYPES], description: 'tcp: connect; http/https: GET with an expected status; udp: request and reply' },
+    port: integer(1, MAX_PORT, "probe port; default: the backend's port"),
+    path: { type: 'string', description: 'http/https: request path', default: DEFAULT_HEALTH_PATH },
+    expect_status: integer(100, 599, 'http/https: the status of a healthy backend', DEFAULT_HEALTH_STATUS),
+    send: { type: 'string', description: 'tcp: written after connecting; udp: the request datagram' },
+    expect: { type: 'string', description: 'tcp/udp: text the reply must contain (udp without it: any reply)' },
+    interval: duration('time between probes of one backend', '1s'),
+    timeout: duration('time a probe may take, at most the interval', '500ms'),
+    rise: integer(1, MAX_HEALTH_COUNT, 'successes in a row that bring a down backend back', DEFAULT_HEALTH_RISE),
+    fall: integer(1, MAX_HEALTH_COUNT, 'failures in a row that take a backend down', DEFAULT_HEALTH_FALL),
+  },
+  "active health check of every backend, from the load balancer's namespace to the backend's address",
+  ['type'],
+);
+
 const service = object(
   {
     name: pattern(NAME_PATTERN, `unique service name: ${NAME_DESCRIPTION}`),
@@ -106,6 +136,7 @@ const service = object(
       'service flags',
     ),
     backends: { type: 'array', description: 'backends, unique by (address, port)', items: backend },
+    health_check: healthCheck,
   },
   'a service: (vip, port, protocol) load-balanced over backends with Maglev',
   ['name', 'vip', 'port', 'protocol'],

@@ -37,6 +37,38 @@ export interface ServiceSpec {
   protocol: Protocol;
   flags: ServiceFlags;
   backends: BackendSpec[];
+  /** active health check of every backend; absent: none (backends are as their state says) */
+  healthCheck?: HealthCheckSpec;
+}
+
+// ---------------------------------------------------------------------------
+// Health checks (src/health)
+
+export type HealthCheckType = 'tcp' | 'http' | 'https' | 'udp';
+
+/**
+ * How each backend of a service is probed, from the daemon's own network
+ * namespace, to the backend's address directly. A backend failing `fall`
+ * probes in a row is held down; `rise` successes in a row bring it back.
+ */
+export interface HealthCheckSpec {
+  type: HealthCheckType;
+  /** probe port; absent: the backend's port */
+  port?: number;
+  /** http/https: request path (default '/') */
+  path?: string;
+  /** http/https: the status a healthy backend answers (default 200) */
+  expectStatus?: number;
+  /** tcp: written after connecting; udp: the request datagram (default empty) */
+  send?: string;
+  /** tcp/udp: text the reply must contain; udp without it: any reply */
+  expect?: string;
+  /** milliseconds between probes of one backend */
+  interval: number;
+  /** milliseconds a probe may take */
+  timeout: number;
+  rise: number;
+  fall: number;
 }
 
 export type Owner = 'file' | 'api';

@@ -41,6 +41,8 @@ import {
   type BackendState,
   type Config,
   type Family,
+  type HealthCheckSpec,
+  type HealthCheckType,
   type InterfaceSpec,
   type LogLevel,
   type NodeSettings,
@@ -351,7 +353,87 @@ export function validateService(input: unknown, field = 'service'): ServiceSpec 
     seen.set(key, i);
     return spec;
   });
-  return { name, vip: vip.text, port, protocol, flags, backends };
+  const spec: ServiceSpec = { name, vip: vip.text, port, protocol, flags, backends };
+  if (o.healthCheck !== undefined) spec.healthCheck = validateHealthCheck(o.healthCheck, sub(field, 'healthCheck'));
+  return spec;
+}
+
+// ---------------------------------------------------------------------------
+// Health checks (src/health)
+//
+// Durations are "1s", "500ms" (config file) or integer milliseconds (the state
+// directory stores the normalised spec). timeout must not exceed interval, so
+// one backend never has two probes in flight.
+
+export const HEALTH_CHECK_TYPES: readonly HealthCheckType[] = ['tcp', 'http', 'https', 'udp'];
+export const DEFAULT_HEALTH_INTERVAL_MS = 1000;
+export const DEFAULT_HEALTH_TIMEOUT_MS = 500;
+export const DEFAULT_HEALTH_RISE = 2;
+export const DEFAULT_HEALTH_FALL = 3;
+export const DEFAULT_HEALTH_PATH = '/';
+export const DEFAULT_HEALTH_STATUS = 200;
+export const MIN_HEALTH_INTERVAL_MS = 100;
+export const MAX_HEALTH_INTERVAL_MS = 3_600_000;
+export const MIN_HEALTH_TIMEOUT_MS = 10;
+export const MAX_HEALTH_COUNT = 100;
+/** bytes of send/expect/path */
+export const MAX_HEALTH_TEXT = 1024;
+export const DURATION_DESCRIPTION = 'a duration: milliseconds with "ms" or seconds with "s" (e.g. "500ms", "1s", "1.5s")';
+
+/** "1s", "1.5s", "500ms", or an integer of milliseconds -> milliseconds. */
+export function parseDuration(v: unknown, field: string, min: number, max: number): number {
+  let ms: number;
+  if (typeof v === 'number' && Number.isInteger(v)) ms = v;
+  else if (typeof v === 'string') {
+    const m = /^([0-9]+(?:\.[0-9]+)?)(ms|s)$/.exec(v.trim());
+    if (!m) throw XdplbError.invalid(field, reasons.pattern(DURATION_DESCRIPTION, v));
+    ms = m[2] === 's' ? Number(m[1]) * 1000 : Number(m[1]);
+    if (!Number.isInteger(ms)) throw XdplbError.invalid(field, `${describeValue(v)} is not a whole number of milliseconds`);
+  } else throw XdplbError.invalid(field, reasons.pattern(DURATION_DESCRIPTION, v));
+  if (ms < min) throw XdplbError.invalid(field, `must be at least ${min} ms, got ${describeValue(v)}`);
+  if (ms > max) throw XdplbError.invalid(field, `must be at most ${max} ms, got ${describeValue(v)}`);
+  return ms;
+}
+
+function text(v: unknown, field: string): string {
+  const s = string(v, field);
+  if (Buffer.byteLength(s) > MAX_HEALTH_TEXT) throw XdplbError.invalid(field, `is ${Buffer.byteLength(s)} bytes long; at most ${MAX_HEALTH_TEXT}`);
+  return s;
+}
+
+export function validateHealthCheck(input: unknown, field: string): HealthCheckSpec {
+  const o = record(input, field);
+  const type = oneOf(required(o, 'type', field), sub(field, 'type'), HEALTH_CHECK_TYPES);
+  const http = type === 'http' || type === 'https';
+  const only = (key: string, types: string) => {
+    if (o[key] !== undefined) throw XdplbError.invalid(sub(field, key), `applies to ${types} checks only, not ${type}`);
+  };
+  const interval = optional(o, 'interval', DEFAULT_HEALTH_INTERVAL_MS, (x) =>
+    parseDuration(x, sub(field, 'interval'), MIN_HEALTH_INTERVAL_MS, MAX_HEALTH_INTERVAL_MS),
+  );
+  const timeout = optional(o, 'timeout', Math.min(DEFAULT_HEALTH_TIMEOUT_MS, interval), (x) => {
+    const ms = parseDuration(x, sub(field, 'timeout'), MIN_HEALTH_TIMEOUT_MS, MAX_HEALTH_INTERVAL_MS);
+    if (ms > interval) throw XdplbError.invalid(sub(field, 'timeout'), `${describeValue(x)} is longer than the interval (${interval} ms)`);
+    return ms;
+  });
+  const count = (key: string, dflt: number) => optional(o, key, dflt, (x) => integer(x, sub(field, key), 1, MAX_HEALTH_COUNT));
+  const spec: HealthCheckSpec = { type, interval, timeout, rise: count('rise', DEFAULT_HEALTH_RISE), fall: count('fall', DEFAULT_HEALTH_FALL) };
+  if (o.port !== undefined) spec.port = integer(o.port, sub(field, 'port'), 1, MAX_PORT);
+  if (http) {
+    only('send', 'tcp and udp');
+    only('expect', 'tcp and udp');
+    const path = optional(o, 'path', DEFAULT_HEALTH_PATH, (x) => text(x, sub(field, 'path')));
+    if (!/^\/[\x21-\x7e]*$/.test(path))
+      throw XdplbError.invalid(sub(field, 'path'), `${describeValue(path)} is not a request path (starts with "/", printable ASCII, no spaces)`);
+    spec.path = path;
+    spec.expectStatus = optional(o, 'expectStatus', DEFAULT_HEALTH_STATUS, (x) => integer(x, sub(field, 'expectStatus'), 100, 599));
+  } else {
+    only('path', 'http and https');
+    only('expectStatus', 'http and https');
+    if (o.send !== undefined) spec.send = text(o.send, sub(field, 'send'));
+    if (o.expect !== undefined) spec.expect = text(o.expect, sub(field, 'expect'));
+  }
+  return spec;
 }
 
 // ---------------------------------------------------------------------------
