@@ -40,14 +40,15 @@ export class Controller {
     private readonly log: Logger,
   ) {}
 
+  /** Every service as it is in force: a backend held down by its health check shows 'down'. */
   list(): OwnedService[] {
-    return [...this.services.values()].sort((a, b) => a.name.localeCompare(b.name));
+    return [...this.services.values()].sort((a, b) => a.name.localeCompare(b.name)).map((s) => this.withHealth(s));
   }
 
   get(name: string): OwnedService {
     const s = this.services.get(name);
     if (!s) throw XdplbError.notFound('service', name);
-    return s;
+    return this.withHealth(s);
   }
 
   /** Startup: the file's services and the state directory's, in one transaction. */
@@ -171,24 +172,123 @@ export class Controller {
       const result = fn(next);
       const specs = [...next.values()];
       try {
-        this.datapath.apply(specs);
+        this.datapath.apply(this.forDatapath(specs));
       } catch (e) {
         // Put back exactly what was there: the datapath writes only differences.
-        this.datapath.apply([...this.services.values()]);
+        this.datapath.apply(this.forDatapath([...this.services.values()]));
         throw e;
       }
       try {
         await this.store.save(specs.filter((s) => s.owner === 'api').map(({ owner: _owner, ...spec }) => spec));
       } catch (e) {
-        this.datapath.apply([...this.services.values()]);
+        this.datapath.apply(this.forDatapath([...this.services.values()]));
         throw XdplbError.unavailable(`state directory ${this.store.dir}: ${(e as Error).message}`);
       }
       this.services = next;
+      this.pruneHealth();
       this.log.info({ change: what, services: next.size }, 'state changed');
       return result;
     };
+    return this.enqueue(run);
+  }
+
+  private enqueue<T>(run: () => Promise<T>): Promise<T> {
     const p = this.queue.then(run, run);
     this.queue = p.catch(() => undefined);
     return p;
+  }
+
+  // ---------------------------------------------------------------------------
+  // Health overrides (src/health)
+  //
+  // A backend whose health check fails is held 'down' here, beside the spec,
+  // never in it: the spec (file or API) keeps its own state and is what the state
+  // directory stores; list()/get() and the datapath see the effective state.
+  // File-owned services are read-only through the API, yet health applies to
+  // them too. Overrides live in memory only: a restarted daemon probes afresh.
+  //
+  // A service whose every active backend is held down keeps its last Maglev
+  // table: the datapath goes on forwarding to the backends it last forwarded to
+  // (failing open, as a blackhole helps nobody), while list() reports all of them
+  // down. A held-down backend that is also draining in its spec shows 'down'.
+
+  /** service name -> "address|port" of its backends held down by health checks */
+  private healthDown = new Map<string, Set<string>>();
+  /** service name -> backends its last applied table forwarded to */
+  private lastServing = new Map<string, Set<string>>();
+
+  /** Every service as declared (file or API), without health overrides. */
+  declared(): OwnedService[] {
+    return [...this.services.values()].sort((a, b) => a.name.localeCompare(b.name));
+  }
+
+  /** Whether a backend is held down by its health check. */
+  healthHeld(name: string, ref: BackendRef): boolean {
+    return this.healthDown.get(name)?.has(`${ref.address}|${ref.port}`) ?? false;
+  }
+
+  /**
+   * Holds a backend down (or releases it) and writes the datapath; one change at
+   * a time with every other transaction. NOT_FOUND when the service or backend
+   * is gone (the health checker drops it then).
+   */
+  setHealthDown(name: string, ref: BackendRef, down: boolean): Promise<void> {
+    return this.enqueue(async () => {
+      const s = this.services.get(name);
+      if (!s) throw XdplbError.notFound('service', name);
+      this.findBackend(s, ref);
+      const key = `${ref.address}|${ref.port}`;
+      if (this.healthHeld(name, ref) === down) return;
+      const before = this.healthDown;
+      const held = new Set(before.get(name));
+      if (down) held.add(key);
+      else held.delete(key);
+      this.healthDown = new Map(before);
+      if (held.size) this.healthDown.set(name, held);
+      else this.healthDown.delete(name);
+      try {
+        this.datapath.apply(this.forDatapath([...this.services.values()]));
+      } catch (e) {
+        this.healthDown = before;
+        this.datapath.apply(this.forDatapath([...this.services.values()]));
+        throw e;
+      }
+      this.log.info({ change: `health ${down ? 'down' : 'up'}`, service: name, backend: `${ref.address} port ${ref.port}` }, 'state changed');
+    });
+  }
+
+  private withHealth<S extends ServiceSpec>(s: S): S {
+    const held = this.healthDown.get(s.name);
+    if (!held?.size) return s;
+    return { ...s, backends: s.backends.map((b) => (held.has(`${b.address}|${b.port}`) && b.state !== 'down' ? { ...b, state: 'down' as const } : b)) };
+  }
+
+  /** What the datapath gets: the effective states, except that a service with every active backend held down keeps its last table. */
+  private forDatapath(specs: readonly OwnedService[]): OwnedService[] {
+    return specs.map((spec) => {
+      const s = this.withHealth(spec);
+      const serving = (x: ServiceSpec) => new Set(x.backends.filter((b) => b.state === 'active' && b.weight > 0).map((b) => `${b.address}|${b.port}`));
+      const now = serving(s);
+      if (s === spec || now.size || !serving(spec).size) {
+        this.lastServing.set(s.name, now);
+        return s;
+      }
+      const last = [...(this.lastServing.get(s.name) ?? [])].filter((k) => serving(spec).has(k));
+      const keep = new Set(last.length ? last : serving(spec));
+      return { ...s, backends: s.backends.map((b, i) => (keep.has(`${b.address}|${b.port}`) ? spec.backends[i] : b)) };
+    });
+  }
+
+  /** Overrides of services and backends that no longer exist. */
+  private pruneHealth(): void {
+    for (const name of [...this.lastServing.keys()]) if (!this.services.has(name)) this.lastServing.delete(name);
+    for (const [name, held] of this.healthDown) {
+      const s = this.services.get(name);
+      const present = new Set(s?.backends.map((b) => `${b.address}|${b.port}`));
+      const kept = new Set([...held].filter((k) => present.has(k)));
+      if (kept.size === held.size) continue;
+      if (kept.size) this.healthDown.set(name, kept);
+      else this.healthDown.delete(name);
+    }
   }
 }
