@@ -12,6 +12,12 @@ import { startApi, SERVICE_NAME, type ApiServer } from '../api/server';
 import { LbDatapath } from '../datapath/lb';
 import { sdNotify } from '../datapath/bpf';
 import { createLogger } from './log';
+// Operations (issue 8): metrics, health checks.
+import type { DatapathSink } from '../control/controller';
+import { HealthChecker } from '../health/checker';
+import { Metrics } from '../metrics/metrics';
+import { meteredApiLogger } from '../metrics/api';
+import { startMetricsServer, type MetricsServer } from '../metrics/server';
 
 export interface DaemonOptions {
   configPath: string;
@@ -23,6 +29,8 @@ export interface Daemon {
   datapath: LbDatapath;
   api: ApiServer;
   log: Logger;
+  health: HealthChecker;
+  metrics: Metrics;
   reload(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -38,14 +46,34 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   const started = Date.now();
   const datapath = LbDatapath.open(config.node, log);
   const store = new ServiceStore(config.node.stateDir);
-  const controller = new Controller(datapath, store, validateService, log);
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const metrics = new Metrics((require('../../../package.json') as { version: string }).version);
+  const controller = new Controller(timedSink(datapath, metrics), store, validateService, log);
   await controller.restore(config.services, await store.load());
   const api = await startApi(config.node.api, {
     controller,
     counters: (service) => datapath.counters(controller.list(), service),
     status: () => datapath.status(controller.list(), (Date.now() - started) / 1000),
-    log,
+    log: meteredApiLogger(log, metrics),
   });
+  // --- operations: health checks and the metrics endpoint (issue 8) ---
+  const health = new HealthChecker(controller, log, {
+    events: {
+      probe: (type, ok, seconds) => metrics.observeProbe(type, ok, seconds),
+      transition: (service, backend, _from, to) => metrics.observeTransition(service, backend, to),
+    },
+  });
+  health.start();
+  metrics.bind({
+    counters: () => datapath.counters(controller.list()),
+    status: () => datapath.status(controller.list(), (Date.now() - started) / 1000),
+    services: () => controller.list(),
+    health: () => health.snapshot(),
+    allDown: () => health.allDown(),
+    probeLoad: () => health.load(),
+  });
+  let metricsServer: MetricsServer | undefined = config.node.metrics ? await startMetricsServer(config.node.metrics, metrics, log) : undefined;
+  // --- end operations ---
   api.health.setStatus('', 'SERVING');
   api.health.setStatus(SERVICE_NAME, 'SERVING');
   log.info({ endpoints: api.endpoints, services: controller.list().length }, 'ready');
@@ -58,6 +86,17 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
       if (fixed.length) log.warn({ settings: fixed }, 'these settings change only on restart; keeping the running values');
       datapath.reconfigure({ ...next.node, bpffs: config.node.bpffs, stateDir: config.node.stateDir, api: config.node.api });
       await controller.replaceOwned('file', next.services);
+      health.sync();
+      if (next.node.metrics !== config.node.metrics) {
+        await metricsServer?.close();
+        metricsServer = undefined;
+        if (next.node.metrics)
+          metricsServer = await startMetricsServer(next.node.metrics, metrics, log).catch((e: Error) => {
+            log.error({ address: next.node.metrics, error: e.message }, 'metrics endpoint not started');
+            return undefined;
+          });
+        else log.info('metrics endpoint closed');
+      }
       config = next;
       log.info({ services: controller.list().length }, 'configuration reloaded');
     } catch (e) {
@@ -70,6 +109,8 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   const stop = async () => {
     sdNotify('STOPPING=1');
     api.health.setStatus('', 'NOT_SERVING');
+    health.stop();
+    await metricsServer?.close();
     await api.close();
     if (opts.detachOnExit) {
       datapath.uninstall();
@@ -80,7 +121,23 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     }
   };
 
-  return { controller, datapath, api, log, reload, stop };
+  return { controller, datapath, api, log, health, metrics, reload, stop };
+}
+
+/** The datapath as the controller sees it, with every update timed for the metrics. */
+function timedSink(datapath: DatapathSink, metrics: Metrics): DatapathSink {
+  return {
+    apply(services) {
+      const t0 = process.hrtime.bigint();
+      try {
+        datapath.apply(services);
+      } catch (e) {
+        metrics.observeRebuild(0, false);
+        throw e;
+      }
+      metrics.observeRebuild(Number(process.hrtime.bigint() - t0) / 1e9, true);
+    },
+  };
 }
 
 /** `xdplb daemon`: runs until SIGTERM/SIGINT. */
