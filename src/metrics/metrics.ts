@@ -276,7 +276,12 @@ export class Metrics {
       registers,
     });
 
-    if (opts.processMetrics ?? true) collectDefaultMetrics({ register: this.registry });
+    if (opts.processMetrics ?? true) {
+      collectDefaultMetrics({ register: this.registry });
+      // Gauges named _total break the conventions (promtool check metrics says so).
+      for (const name of ['nodejs_active_handles_total', 'nodejs_active_requests_total', 'nodejs_active_resources_total'])
+        this.registry.removeSingleMetric(name);
+    }
   }
 
   bind(sources: MetricsSources): void {
