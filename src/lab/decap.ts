@@ -1,0 +1,139 @@
+// The backend side of DSR as user space sees it: xdp/decap.bpf.c loaded with
+// its maps pinned in a directory of its own, the backend's addresses written to
+// xdplb_decap_local, attached to an interface (in a network namespace when
+// asked), and its per-CPU reason counters read back.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as bpf from '../datapath/bpf';
+import { addressBytes, familyOf, sumCounters, u32, type Counter } from '../datapath/layout';
+
+export const DECAP_OBJECT = 'decap';
+export const DECAP_PROGRAM = 'xdplb_decap';
+export const DECAP_LOCAL_MAP = 'xdplb_decap_local';
+export const DECAP_REASONS_MAP = 'xdplb_decap_reasons';
+/** Pin name of the program next to the maps */
+export const DECAP_PROG_PIN = 'prog_xdplb_decap';
+
+/**
+ * The mirror of `enum xdplb_decap_reason` (xdp/decap.bpf.c): same order, names
+ * without DECAP_R_ in snake_case. test/decap.test.ts checks it against the BTF.
+ */
+export const DECAP_REASONS = [
+  { name: 'decap_ipip', verdict: 'XDP_PASS', description: 'outer IPv4 removed, inner IPv4 to the stack' },
+  { name: 'decap_ip6ip6', verdict: 'XDP_PASS', description: 'outer IPv6 removed, inner IPv6 to the stack' },
+  { name: 'pass_not_ip', verdict: 'XDP_PASS', description: 'ARP or another non-IP ethertype' },
+  { name: 'pass_vlan_stacked', verdict: 'XDP_PASS', description: 'more than one VLAN tag' },
+  { name: 'pass_not_tunnel', verdict: 'XDP_PASS', description: 'IP, but neither IPIP nor IP6IP6' },
+  { name: 'pass_not_local', verdict: 'XDP_PASS', description: 'tunnel packet to an address that is not one of the backend\'s' },
+  { name: 'pass_truncated', verdict: 'XDP_PASS', description: 'frame ends before its headers or the outer length say' },
+  { name: 'pass_bad_outer', verdict: 'XDP_PASS', description: 'outer version, IHL, length or IPv4 checksum wrong; IPv6 jumbogram' },
+  { name: 'pass_fragment', verdict: 'XDP_PASS', description: 'outer IPv4 fragment or IPv6 fragment header' },
+  { name: 'pass_bad_inner', verdict: 'XDP_PASS', description: 'inner header missing or not of the tunnel\'s family' },
+  { name: 'pass_adjust_failed', verdict: 'XDP_PASS', description: 'the kernel refused to move the frame head (nothing changed)' },
+  { name: 'drop_ecn_ce_not_ect', verdict: 'XDP_DROP', description: 'outer CE over a Not-ECT inner packet (RFC 6040)' },
+] as const;
+
+export type DecapReason = (typeof DECAP_REASONS)[number]['name'];
+export const DECAP_REASON: Readonly<Record<DecapReason, number>> = Object.fromEntries(DECAP_REASONS.map((r, i) => [r.name, i])) as Record<DecapReason, number>;
+
+/**
+ * xdplb_decap_local key: family (4, 6, or 0 for the wildcard), 3 zero bytes,
+ * the address in 16 bytes (IPv4 in the first 4). `'any'` is the wildcard.
+ */
+export function encodeLocalKey(address: string | 'any'): Buffer {
+  const k = Buffer.alloc(20);
+  if (address === 'any') return k;
+  k[0] = familyOf(address);
+  addressBytes(address).copy(k, 4);
+  return k;
+}
+
+/** decap.bpf.o loaded (maps pinned under pinRoot when given). */
+export class Decap {
+  readonly prog: bpf.BpfProgram;
+  readonly local: bpf.BpfMap;
+  readonly reasonsMap: bpf.BpfMap;
+
+  private constructor(private readonly obj: bpf.BpfObject) {
+    this.prog = obj.program(DECAP_PROGRAM);
+    this.local = obj.map(DECAP_LOCAL_MAP);
+    this.reasonsMap = obj.map(DECAP_REASONS_MAP);
+  }
+
+  static open(pinRoot?: string, objectFile = bpf.objectPath(DECAP_OBJECT)): Decap {
+    if (pinRoot) fs.mkdirSync(pinRoot, { recursive: true, mode: 0o700 });
+    return new Decap(bpf.openObject(objectFile, { pinRoot }));
+  }
+
+  /** Tunnel packets to these addresses are decapsulated ('any': all of them). */
+  addLocal(...addresses: Array<string | 'any'>): void {
+    for (const a of addresses) this.local.update(encodeLocalKey(a), u32(1));
+  }
+
+  removeLocal(address: string | 'any'): boolean {
+    return this.local.delete(encodeLocalKey(address));
+  }
+
+  counters(): Record<DecapReason, Counter> {
+    return readCounters(this.reasonsMap);
+  }
+
+  /**
+   * Attaches to `ifname` (netlink: stays when this process exits), inside the
+   * network namespace `ns` when given: the ifindex is looked up, and the
+   * attachment made, on the calling thread inside it.
+   */
+  attach(ifname: string, o: { ns?: string; mode?: bpf.XdpMode } = {}): number {
+    const go = () => {
+      const ifindex = bpf.ifIndex(ifname);
+      bpf.attachXdp(ifindex, this.prog, { mode: o.mode ?? 'native' });
+      return ifindex;
+    };
+    return o.ns ? bpf.withNetns(o.ns, go) : go();
+  }
+
+  /** Pins the program beside the maps, so `status` finds it by path. */
+  pinProgram(pinRoot: string): void {
+    const p = path.join(pinRoot, DECAP_PROG_PIN);
+    fs.rmSync(p, { force: true });
+    this.prog.pin(p);
+  }
+
+  close(): void {
+    this.local.close();
+    this.reasonsMap.close();
+    this.prog.close();
+    this.obj.close();
+  }
+}
+
+function readCounters(m: bpf.BpfMap): Record<DecapReason, Counter> {
+  const out = {} as Record<DecapReason, Counter>;
+  DECAP_REASONS.forEach((r, i) => (out[r.name] = sumCounters(m.lookupPerCpu(u32(i)))));
+  return out;
+}
+
+/** The counters of a decapsulator pinned under pinRoot (null when there is none). */
+export function pinnedDecapCounters(pinRoot: string): Record<DecapReason, Counter> | null {
+  const pin = path.join(pinRoot, DECAP_REASONS_MAP);
+  if (!fs.existsSync(pin)) return null;
+  const m = bpf.mapFromPin(pin);
+  try {
+    return readCounters(m);
+  } finally {
+    m.close();
+  }
+}
+
+/** Detaches whatever XDP program is on `ifname` in `ns` (no error when none, or gone). */
+export function detachIn(ns: string, ifname: string): void {
+  try {
+    bpf.withNetns(ns, () => {
+      const ifindex = bpf.ifIndex(ifname);
+      const q = bpf.queryXdp(ifindex);
+      if (q.progId && (q.mode === 'native' || q.mode === 'generic')) bpf.detachXdp(ifindex, q.mode);
+    });
+  } catch {
+    // namespace or interface gone: nothing attached any more
+  }
+}
