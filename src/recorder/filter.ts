@@ -1,0 +1,580 @@
+// Recorder filters: the text operators type, the Hubble-Recorder-like API message,
+// and their compilation into what the datapath looks up — a few masks and one hash
+// of masked keys — so that the cost per packet grows with the number of distinct
+// filter shapes (masks), not with the number of filters.
+//
+// Filter text (CLI):  'src=10.0.0.0/8 dst=192.0.2.10/32 sport=1234 dport=80 proto=tcp'
+//   src, dst  IPv4 or IPv6 prefix; a bare address is /32 or /128; both of one family;
+//             host bits must be clear (10.0.0.0/8, not 10.1.2.3/8)
+//   sport, dport  0..65535, exact
+//   proto     tcp | udp | icmp | icmpv6 | any | 0..255
+//   Every key is optional; an absent key matches anything. A filter without
+//   prefixes matches both families.
+//
+// What a filter is matched against: the datapath's flow tuple (struct packet's
+// `flow`), the client -> VIP tuple at both capture points. For an ICMP error that
+// quotes a flow, that tuple is the quoted flow's (its protocol and ports); for
+// other ICMP packets the ports are 0.
+//
+// ---- the proposed BPF layout (for xdp/layout.h) ------------------------------
+//
+//   struct xdplb_rec_key {      // the key of xdplb_rec_entries, and a mask
+//       __u8   family;          //  0: XDPLB_FAMILY_V4 (4) / _V6 (6); mask 0xff, or 0 for "either"
+//       __u8   proto;           //  1: IP protocol; mask 0xff or 0
+//       __be16 sport;           //  2: mask 0xffff or 0
+//       __be16 dport;           //  4: mask 0xffff or 0
+//       __u8   mask;            //  6: index of the mask that made this key (0 in a mask)
+//       __u8   pad;             //  7: 0
+//       __u8   src[16];         //  8: IPv4 in src[0..3], the rest 0; mask = prefix bits
+//       __u8   dst[16];         // 24: likewise
+//   };                          // 40
+//
+//   xdplb_rec_masks    BPF_MAP_TYPE_ARRAY, 32 x struct xdplb_rec_key: mask i
+//   xdplb_rec_entries  BPF_MAP_TYPE_HASH, key struct xdplb_rec_key, value __u64
+//                      rules (bit r = rule r), max_entries 131072
+//   plus the number of masks in use (a config field or a one-entry array).
+//
+// The program, at each capture point: for i in 0..n_masks-1 (constant bound 32):
+//   key = flow AND mask[i] (byte by byte, 5 x u64 words), key.mask = i,
+//   rules |= lookup(entries, key). A packet matching any rule is copied once with
+//   the 64-bit `rules`, and the daemon hands it to each recording whose bit is set.
+//   The mask index in the key keeps masks apart: without it, the key 10.0.0.0 made
+//   by a /8 mask would hit an entry 10.0.0.0 of a /16 mask.
+//
+// A rule is one running recording: up to 64 at once (MAX_RULES), each with its
+// own filters; identical masked keys of several filters or recordings share one
+// entry whose `rules` is the OR of their bits.
+
+import { XdplbError } from '../control/errors';
+import { parseAddress } from '../control/validate';
+
+export type Family = 4 | 6;
+
+export const MAX_MASKS = 32;
+export const MAX_RULES = 64;
+export const MAX_ENTRIES = 131072;
+export const TUPLE_LEN = 40;
+
+export const IPPROTO_ICMP = 1;
+export const IPPROTO_TCP = 6;
+export const IPPROTO_UDP = 17;
+export const IPPROTO_ICMPV6 = 58;
+
+const PROTO_NAMES: Readonly<Record<string, number>> = {
+  icmp: IPPROTO_ICMP,
+  tcp: IPPROTO_TCP,
+  udp: IPPROTO_UDP,
+  icmpv6: IPPROTO_ICMPV6,
+};
+
+// ---- types --------------------------------------------------------------------------
+
+export interface Prefix {
+  family: Family;
+  /** 16 bytes, network order; IPv4 in the first 4, the rest 0; host bits 0 */
+  bytes: Uint8Array;
+  /** prefix length: 0..32 or 0..128 */
+  len: number;
+}
+
+/** One filter. An absent field matches anything. */
+export interface Filter {
+  /** the family of its prefixes; undefined when it has none (matches IPv4 and IPv6) */
+  family?: Family;
+  src?: Prefix;
+  dst?: Prefix;
+  sport?: number;
+  dport?: number;
+  proto?: number;
+}
+
+/** A packet's flow tuple, or a key or mask in the datapath's layout. */
+export interface Tuple {
+  /** 4 or 6 (a mask: 0xff or 0) */
+  family: number;
+  proto: number;
+  sport: number;
+  dport: number;
+  /** index of the mask (keys of the entries map only; 0 elsewhere) */
+  mask?: number;
+  /** 16 bytes each, IPv4 in the first 4 */
+  src: Uint8Array;
+  dst: Uint8Array;
+}
+
+/** What a mask keeps of a tuple: one per distinct filter shape. */
+export interface MaskShape {
+  /** 0 when the filters of this shape have no prefixes (either family) */
+  family: 0 | Family;
+  srcLen: number;
+  dstLen: number;
+  sport: boolean;
+  dport: boolean;
+  proto: boolean;
+}
+
+export interface Mask extends MaskShape {
+  /** the AND mask in tuple layout */
+  bits: Tuple;
+}
+
+export interface CompiledEntry {
+  maskIndex: number;
+  /** the masked key (key.mask = maskIndex) */
+  key: Tuple;
+  /** the rules whose filters produced this key, ascending */
+  ruleIds: number[];
+  /** bit r set for each rule r: the value of the datapath's entry (u64) */
+  ruleMask: bigint;
+}
+
+export interface CompiledFilters {
+  masks: Mask[];
+  entries: CompiledEntry[];
+}
+
+/** The filters of one rule (one running recording). */
+export interface RuleFilters {
+  ruleId: number;
+  filters: readonly Filter[];
+}
+
+export interface CompileOptions {
+  /** default MAX_MASKS (32) */
+  maxMasks?: number;
+  /** default MAX_ENTRIES (131072), the size of the datapath's hash */
+  maxEntries?: number;
+}
+
+// ---- parsing ------------------------------------------------------------------------
+
+const KEYS = ['src', 'dst', 'sport', 'dport', 'proto'] as const;
+type Key = (typeof KEYS)[number];
+
+/** Parses "10.0.0.0/8", "2001:db8::/32" or a bare address; a string says why it is not a prefix. */
+export function parsePrefix(text: string): Prefix | string {
+  const slash = text.indexOf('/');
+  const addrText = slash < 0 ? text : text.slice(0, slash);
+  const a = parseAddress(addrText);
+  if (typeof a === 'string') return 'not an IPv4/IPv6 prefix';
+  const max = a.family === 4 ? 32 : 128;
+  let len = max;
+  if (slash >= 0) {
+    const lenText = text.slice(slash + 1);
+    if (!/^\d{1,3}$/.test(lenText)) return 'not an IPv4/IPv6 prefix';
+    len = Number(lenText);
+    if (len > max) return `prefix length ${len} > ${max}`;
+  }
+  const bytes = new Uint8Array(16);
+  bytes.set(a.bytes, 0);
+  const masked = maskBytes(bytes, len);
+  if (!equalBytes(masked, bytes))
+    return `${text} has host bits set; write ${prefixText({ family: a.family, bytes: masked, len })}`;
+  return { family: a.family, bytes: masked, len };
+}
+
+/** "10.0.0.0/8", "2001:db8::/32" */
+export function prefixText(p: Prefix): string {
+  if (p.family === 4) return `${Array.from(p.bytes.subarray(0, 4)).join('.')}/${p.len}`;
+  const full = Array.from({ length: 8 }, (_, i) => ((p.bytes[2 * i] << 8) | p.bytes[2 * i + 1]).toString(16)).join(':');
+  const a = parseAddress(full); // RFC 5952 text
+  return `${typeof a === 'string' ? full : a.text}/${p.len}`;
+}
+
+function parsePort(v: string): number | string {
+  if (!/^\d{1,5}$/.test(v)) return 'not a port number (0..65535)';
+  const n = Number(v);
+  return n > 65535 ? 'not a port number (0..65535)' : n;
+}
+
+function parseProto(v: string): number | undefined | string {
+  const lower = v.toLowerCase();
+  if (lower === 'any') return undefined;
+  if (lower in PROTO_NAMES) return PROTO_NAMES[lower];
+  if (/^\d{1,3}$/.test(v) && Number(v) <= 255) return Number(v);
+  return 'not a protocol (tcp, udp, icmp, icmpv6, any or 0..255)';
+}
+
+/** The family of a filter's prefixes, the ports' sense, or why not. */
+function checkFilter(f: Filter, names: Record<'src' | 'dst' | 'sport' | 'dport', string>): string | undefined {
+  if (f.src && f.dst && f.src.family !== f.dst.family)
+    return `${names.dst}: an IPv${f.dst.family} prefix with an IPv${f.src.family} ${names.src}; both must be of one family`;
+  if (f.proto === IPPROTO_ICMP && f.family === 6) return `proto icmp with IPv6 prefixes; use icmpv6`;
+  if (f.proto === IPPROTO_ICMPV6 && f.family === 4) return `proto icmpv6 with IPv4 prefixes; use icmp`;
+  if (f.proto !== undefined && f.proto !== IPPROTO_TCP && f.proto !== IPPROTO_UDP) {
+    const p = protoText(f.proto);
+    if (f.sport !== undefined) return `${names.sport}: proto ${p} has no ports`;
+    if (f.dport !== undefined) return `${names.dport}: proto ${p} has no ports`;
+  }
+  return undefined;
+}
+
+function filterError(text: string, reason: string, field?: string): XdplbError {
+  return new XdplbError('INVALID_ARGUMENT', `filter ${JSON.stringify(text)}: ${reason}`, { field });
+}
+
+/**
+ * Parses one filter of the CLI: space-separated key=value tokens, each key at
+ * most once. Throws an INVALID_ARGUMENT XdplbError naming the filter and the key:
+ *   filter "src=10.0.0.300/8": src: not an IPv4/IPv6 prefix
+ * (`field`, when given, is put in front: "filters[1]: filter ...").
+ */
+export function parseFilter(text: string, field?: string): Filter {
+  const f: Filter = {};
+  const seen = new Set<string>();
+  for (const token of text.trim().split(/\s+/).filter((x) => x !== '')) {
+    const eq = token.indexOf('=');
+    if (eq <= 0) throw filterError(text, `${token}: not key=value (keys: ${KEYS.join(', ')})`, field);
+    const key = token.slice(0, eq).toLowerCase();
+    const value = token.slice(eq + 1);
+    if (!(KEYS as readonly string[]).includes(key))
+      throw filterError(text, `${token.slice(0, eq)}: unknown key (keys: ${KEYS.join(', ')})`, field);
+    if (seen.has(key)) throw filterError(text, `${key}: given twice`, field);
+    seen.add(key);
+    switch (key as Key) {
+      case 'src':
+      case 'dst': {
+        const p = parsePrefix(value);
+        if (typeof p === 'string') throw filterError(text, `${key}: ${p}`, field);
+        f[key as 'src' | 'dst'] = p;
+        break;
+      }
+      case 'sport':
+      case 'dport': {
+        const p = parsePort(value);
+        if (typeof p === 'string') throw filterError(text, `${key}: ${p}`, field);
+        f[key as 'sport' | 'dport'] = p;
+        break;
+      }
+      case 'proto': {
+        const p = parseProto(value);
+        if (typeof p === 'string') throw filterError(text, `proto: ${p}`, field);
+        if (p !== undefined) f.proto = p;
+        break;
+      }
+    }
+  }
+  return finish(f, (why) => filterError(text, why, field), { src: 'src', dst: 'dst', sport: 'sport', dport: 'dport' });
+}
+
+function finish(f: Filter, fail: (why: string) => XdplbError, names: Record<'src' | 'dst' | 'sport' | 'dport', string>): Filter {
+  const family = f.src?.family ?? f.dst?.family;
+  if (family !== undefined) f.family = family;
+  const why = checkFilter(f, names);
+  if (why) throw fail(why);
+  return f;
+}
+
+/** The filter as text parseFilter reads back: "src=10.0.0.0/8 dport=80 proto=tcp" ("" matches everything). */
+export function formatFilter(f: Filter): string {
+  const parts: string[] = [];
+  if (f.src) parts.push(`src=${prefixText(f.src)}`);
+  if (f.dst) parts.push(`dst=${prefixText(f.dst)}`);
+  if (f.sport !== undefined) parts.push(`sport=${f.sport}`);
+  if (f.dport !== undefined) parts.push(`dport=${f.dport}`);
+  if (f.proto !== undefined) parts.push(`proto=${protoText(f.proto)}`);
+  return parts.join(' ');
+}
+
+function protoText(p: number): string {
+  for (const [name, n] of Object.entries(PROTO_NAMES)) if (n === p) return name;
+  return String(p);
+}
+
+/**
+ * The API's Filter message (proto/xdplb/v1/recorder.proto, camelCase as
+ * @grpc/proto-loader gives it, or snake_case as written in the .proto).
+ */
+export interface FilterMessage {
+  sourceCidr?: string;
+  destinationCidr?: string;
+  sourcePort?: number | null;
+  destinationPort?: number | null;
+  /** CaptureProtocol: its name ("CAPTURE_PROTOCOL_TCP"), or the IP protocol number */
+  protocol?: string | number;
+  source_cidr?: string;
+  destination_cidr?: string;
+  source_port?: number | null;
+  destination_port?: number | null;
+}
+
+/** The same Filter from the API's message; errors name the message field under `field` ("filters[0].source_cidr: ..."). */
+export function filterFromMessage(m: FilterMessage, field = 'filter'): Filter {
+  const f: Filter = {};
+  const sub = (name: string) => `${field}.${name}`;
+  const fail = (name: string, why: string) => XdplbError.invalid(sub(name), why);
+  const cidr = (name: 'source_cidr' | 'destination_cidr', v: string | undefined): Prefix | undefined => {
+    if (v === undefined || v === '') return undefined;
+    const p = parsePrefix(v);
+    if (typeof p === 'string') throw fail(name, `${JSON.stringify(v)}: ${p}`);
+    return p;
+  };
+  const port = (name: 'source_port' | 'destination_port', v: number | null | undefined): number | undefined => {
+    if (v === undefined || v === null) return undefined;
+    if (!Number.isInteger(v) || v < 0 || v > 65535) throw fail(name, `${v} is not a port number (0..65535)`);
+    return v;
+  };
+  const src = cidr('source_cidr', m.sourceCidr ?? m.source_cidr);
+  const dst = cidr('destination_cidr', m.destinationCidr ?? m.destination_cidr);
+  const sport = port('source_port', m.sourcePort ?? m.source_port);
+  const dport = port('destination_port', m.destinationPort ?? m.destination_port);
+  if (src) f.src = src;
+  if (dst) f.dst = dst;
+  if (sport !== undefined) f.sport = sport;
+  if (dport !== undefined) f.dport = dport;
+  const proto = m.protocol;
+  if (typeof proto === 'string') {
+    const name = proto.replace(/^CAPTURE_PROTOCOL_/, '').toLowerCase();
+    if (name !== 'any' && !(name in PROTO_NAMES)) throw fail('protocol', `${JSON.stringify(proto)} is not a CaptureProtocol`);
+    if (name !== 'any') f.proto = PROTO_NAMES[name];
+  } else if (typeof proto === 'number') {
+    if (!Number.isInteger(proto) || proto < 0 || proto > 255) throw fail('protocol', `${proto} is not an IP protocol number (0..255)`);
+    if (proto !== 0) f.proto = proto; // 0 = CAPTURE_PROTOCOL_ANY
+  }
+  return finish(f, (why) => new XdplbError('INVALID_ARGUMENT', why.replace(/^(\w+): /, ''), { field: fieldOf(why, sub) }), {
+    src: 'source_cidr',
+    dst: 'destination_cidr',
+    sport: 'source_port',
+    dport: 'destination_port',
+  });
+}
+
+function fieldOf(why: string, sub: (n: string) => string): string {
+  const m = /^(\w+): /.exec(why);
+  return m && m[1] !== 'proto' ? sub(m[1]) : sub('protocol');
+}
+
+// ---- tuples -------------------------------------------------------------------------
+
+/** A packet tuple from text: tupleOf({src: '192.0.2.1', dst: '203.0.113.10', sport: 40000, dport: 80, proto: 6}). */
+export function tupleOf(t: { src: string; dst: string; sport?: number; dport?: number; proto: number }): Tuple {
+  const s = parseAddress(t.src);
+  const d = parseAddress(t.dst);
+  if (typeof s === 'string') throw new RangeError(`src: ${s}`);
+  if (typeof d === 'string') throw new RangeError(`dst: ${d}`);
+  if (s.family !== d.family) throw new RangeError(`src ${t.src} and dst ${t.dst} are of different families`);
+  const src = new Uint8Array(16);
+  const dst = new Uint8Array(16);
+  src.set(s.bytes);
+  dst.set(d.bytes);
+  return { family: s.family, proto: t.proto, sport: t.sport ?? 0, dport: t.dport ?? 0, src, dst };
+}
+
+/**
+ * The 40-byte struct xdplb_rec_key of a tuple (see the layout at the top of this
+ * file): ports in network order, addresses as in the packet, padding zero.
+ */
+export function encodeTuple(t: Tuple): Buffer {
+  const b = Buffer.alloc(TUPLE_LEN);
+  b[0] = t.family;
+  b[1] = t.proto;
+  b.writeUInt16BE(t.sport, 2);
+  b.writeUInt16BE(t.dport, 4);
+  b[6] = t.mask ?? 0;
+  b.set(t.src.subarray(0, 16), 8);
+  b.set(t.dst.subarray(0, 16), 24);
+  return b;
+}
+
+/** The inverse of encodeTuple. */
+export function decodeTuple(b: Buffer): Tuple {
+  if (b.length !== TUPLE_LEN) throw new RangeError(`a tuple is ${TUPLE_LEN} bytes, got ${b.length}`);
+  const t: Tuple = {
+    family: b[0],
+    proto: b[1],
+    sport: b.readUInt16BE(2),
+    dport: b.readUInt16BE(4),
+    src: Uint8Array.from(b.subarray(8, 24)),
+    dst: Uint8Array.from(b.subarray(24, 40)),
+  };
+  if (b[6]) t.mask = b[6];
+  return t;
+}
+
+function maskBytes(bytes: Uint8Array, len: number): Uint8Array {
+  const out = new Uint8Array(16);
+  for (let i = 0; i < 16; i++) {
+    const bits = Math.max(0, Math.min(8, len - 8 * i));
+    out[i] = bytes[i] & ((0xff00 >> bits) & 0xff);
+  }
+  return out;
+}
+
+function prefixMask(len: number): Uint8Array {
+  return maskBytes(new Uint8Array(16).fill(0xff), len);
+}
+
+function equalBytes(a: Uint8Array, b: Uint8Array): boolean {
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return a.length === b.length;
+}
+
+// ---- the reference matcher ------------------------------------------------------------
+
+function inPrefix(p: Prefix, addr: Uint8Array): boolean {
+  return equalBytes(maskBytes(addr, p.len), p.bytes);
+}
+
+/** Whether a packet's tuple matches one filter: the plain reading of the filter, no masks. */
+export function matches(f: Filter, t: Tuple): boolean {
+  if (f.family !== undefined && t.family !== f.family) return false;
+  if (f.proto !== undefined && t.proto !== f.proto) return false;
+  if (f.sport !== undefined && t.sport !== f.sport) return false;
+  if (f.dport !== undefined && t.dport !== f.dport) return false;
+  if (f.src && !inPrefix(f.src, t.src)) return false;
+  if (f.dst && !inPrefix(f.dst, t.dst)) return false;
+  return true;
+}
+
+// ---- compilation ---------------------------------------------------------------------
+
+export function shapeOf(f: Filter): MaskShape {
+  return {
+    family: f.family ?? 0,
+    srcLen: f.src?.len ?? 0,
+    dstLen: f.dst?.len ?? 0,
+    sport: f.sport !== undefined,
+    dport: f.dport !== undefined,
+    proto: f.proto !== undefined,
+  };
+}
+
+const shapeKey = (s: MaskShape) =>
+  `${s.family}/${s.srcLen}/${s.dstLen}/${+s.sport}${+s.dport}${+s.proto}`;
+
+function maskOf(s: MaskShape): Mask {
+  return {
+    ...s,
+    bits: {
+      family: s.family ? 0xff : 0,
+      proto: s.proto ? 0xff : 0,
+      sport: s.sport ? 0xffff : 0,
+      dport: s.dport ? 0xffff : 0,
+      src: prefixMask(s.srcLen),
+      dst: prefixMask(s.dstLen),
+    },
+  };
+}
+
+/** key = tuple AND mask, in the datapath's byte layout, with the mask's index in key.mask. */
+export function applyMask(tuple: Buffer, mask: Buffer, maskIndex: number): Buffer {
+  const key = Buffer.allocUnsafe(TUPLE_LEN);
+  for (let i = 0; i < TUPLE_LEN; i++) key[i] = tuple[i] & mask[i];
+  key[6] = maskIndex;
+  key[7] = 0;
+  return key;
+}
+
+function normalize(input: readonly Filter[] | readonly RuleFilters[]): RuleFilters[] {
+  if (input.length === 0) return [];
+  if ('filters' in input[0]) return input as RuleFilters[];
+  return [{ ruleId: 0, filters: input as Filter[] }];
+}
+
+/**
+ * Compiles filters into masks and masked keys. Given plain filters they all
+ * belong to rule 0; given RuleFilters (one per running recording) each keeps its
+ * rule id, 0..63. Filters of one shape share a mask; the masks are numbered in
+ * the order their shapes first appear. Identical masked keys merge into one
+ * entry carrying every rule id. Throws RESOURCE_EXHAUSTED past maxMasks masks or
+ * maxEntries entries, INVALID_ARGUMENT for a rule id out of range.
+ */
+export function compileFilters(input: readonly Filter[] | readonly RuleFilters[], opts: CompileOptions = {}): CompiledFilters {
+  const maxMasks = opts.maxMasks ?? MAX_MASKS;
+  const maxEntries = opts.maxEntries ?? MAX_ENTRIES;
+  const masks: Mask[] = [];
+  const maskBufs: Buffer[] = [];
+  const maskIndex = new Map<string, number>();
+  const entries: CompiledEntry[] = [];
+  const entryIndex = new Map<string, CompiledEntry>();
+
+  for (const rule of normalize(input)) {
+    if (!Number.isInteger(rule.ruleId) || rule.ruleId < 0 || rule.ruleId >= MAX_RULES)
+      throw XdplbError.invalid('rule', `rule id must be in 0..${MAX_RULES - 1}, got ${rule.ruleId}`);
+    const bit = 1n << BigInt(rule.ruleId);
+    for (const f of rule.filters) {
+      const shape = shapeOf(f);
+      const sk = shapeKey(shape);
+      let mi = maskIndex.get(sk);
+      if (mi === undefined) {
+        mi = masks.length;
+        if (mi >= maxMasks) {
+          const distinct = new Set<string>([...maskIndex.keys(), sk]);
+          for (const r of normalize(input)) for (const g of r.filters) distinct.add(shapeKey(shapeOf(g)));
+          throw XdplbError.exhausted(`too many distinct filter shapes: ${distinct.size} > ${maxMasks}`, 'filters');
+        }
+        const m = maskOf(shape);
+        maskIndex.set(sk, mi);
+        masks.push(m);
+        maskBufs.push(encodeTuple(m.bits));
+      }
+      const key = applyMask(encodeTuple(filterTuple(f)), maskBufs[mi], mi);
+      const hex = key.toString('latin1');
+      const e = entryIndex.get(hex);
+      if (e) {
+        if (!(e.ruleMask & bit)) {
+          e.ruleMask |= bit;
+          e.ruleIds.push(rule.ruleId);
+          e.ruleIds.sort((a, b) => a - b);
+        }
+        continue;
+      }
+      if (entries.length >= maxEntries)
+        throw XdplbError.exhausted(`too many filter entries: more than ${maxEntries}`, 'filters');
+      const entry: CompiledEntry = { maskIndex: mi, key: decodeTuple(key), ruleIds: [rule.ruleId], ruleMask: bit };
+      entryIndex.set(hex, entry);
+      entries.push(entry);
+    }
+  }
+  const compiled: CompiledFilters = { masks, entries };
+  lookups.set(compiled, { maskBufs, index: entryIndex });
+  return compiled;
+}
+
+/** The tuple whose masked form is the filter's key: its values, zero where it has none. */
+function filterTuple(f: Filter): Tuple {
+  return {
+    family: f.family ?? 0,
+    proto: f.proto ?? 0,
+    sport: f.sport ?? 0,
+    dport: f.dport ?? 0,
+    src: f.src?.bytes ?? new Uint8Array(16),
+    dst: f.dst?.bytes ?? new Uint8Array(16),
+  };
+}
+
+/** The masks and the hash as byte strings, as the datapath holds them. */
+const lookups = new WeakMap<CompiledFilters, { maskBufs: Buffer[]; index: Map<string, CompiledEntry> }>();
+
+function lookupOf(c: CompiledFilters): { maskBufs: Buffer[]; index: Map<string, CompiledEntry> } {
+  let l = lookups.get(c);
+  if (!l) {
+    l = { maskBufs: c.masks.map((m) => encodeTuple(m.bits)), index: new Map() };
+    for (const e of c.entries) l.index.set(encodeTuple({ ...e.key, mask: e.maskIndex }).toString('latin1'), e);
+    lookups.set(c, l);
+  }
+  return l;
+}
+
+/**
+ * The rules a packet matches, exactly as the datapath finds them: for every mask,
+ * key = encodeTuple(packet) AND mask with key.mask = its index, looked up in the
+ * hash; the rule masks of the hits ORed together. 0n = no match.
+ */
+export function matchCompiled(c: CompiledFilters, packet: Tuple): bigint {
+  const { maskBufs, index } = lookupOf(c);
+  const tuple = encodeTuple({ ...packet, mask: 0 });
+  let rules = 0n;
+  for (let i = 0; i < maskBufs.length; i++) {
+    const e = index.get(applyMask(tuple, maskBufs[i], i).toString('latin1'));
+    if (e) rules |= e.ruleMask;
+  }
+  return rules;
+}
+
+/** The rule ids of a rule mask, ascending. */
+export function ruleIdsOf(ruleMask: bigint): number[] {
+  const ids: number[] = [];
+  for (let r = 0; r < MAX_RULES; r++) if (ruleMask & (1n << BigInt(r))) ids.push(r);
+  return ids;
+}
