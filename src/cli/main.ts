@@ -7,6 +7,7 @@ import { call, connect, type Client, type ConnectOptions } from './client';
 import { parseBackendArg, parseBackendRef, parsePort, parseProtocol } from './args';
 import { OUTPUT_FORMATS, render, table, type OutputFormat } from './output';
 import { DEFAULT_NODE } from '../control/model';
+import { labCommand } from '../lab/command';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { version } = require('../../../package.json') as { version: string };
@@ -253,6 +254,9 @@ export function buildCli(): Command {
         });
       }),
     );
+
+  // the namespace lab (src/lab)
+  program.addCommand(labCommand());
   return program;
 }
 

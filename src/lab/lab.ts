@@ -1,0 +1,412 @@
+// The lab: a self-contained network-namespace topology running xdplb end to
+// end with real DSR traffic. `up` builds it (topology.ts), attaches the
+// decapsulator on every backend (decap.ts), starts a server on every backend
+// (server.ts) and the daemon in the load balancer's namespace; `test` sends
+// traffic from the client (client.ts) and checks it (report.ts); `down`
+// removes everything; `status` says what is there.
+//
+// Everything a lab makes is found again from its prefix and its run directory
+// (lab.json, pid files), so `down` works after a crash and is safe twice.
+import { execFile } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as bpf from '../datapath/bpf';
+import { loadConfigFile } from '../config';
+import type { Config } from '../control/model';
+import { call, connect, type Client } from '../cli/client';
+import type { CountersSnapshot, NodeStatusSnapshot } from '../api/server';
+import { Decap, detachIn, pinnedDecapCounters } from './decap';
+import { allNamespaces, buildTopology, destroyTopology, labPlan, LAB_PREFIX, linkStats, namespaceExists, namespacesWithPrefix, pidsIn, type LabPlan } from './topology';
+import { isAlive, livePid, signalPid, startDetached, stopPidFile, waitForLog } from './procs';
+import { formatListen, type Listen } from './server';
+import type { RequestResult, RequestSpec, UploadResult, UploadSpec } from './client';
+
+export const MAIN = path.resolve(__dirname, '..', 'cli', 'main.js');
+export const SERVER_JS = path.join(__dirname, 'server.js');
+export const CLIENT_JS = path.join(__dirname, 'client.js');
+export const LAB_CONFIG = path.join(bpf.PACKAGE_ROOT, 'config', 'lab.yaml');
+export const LAB_RUN_DIR = '/run/xdplb-lab';
+export const LAB_DECAP_PINS = '/sys/fs/bpf/xdplb-lab-decap';
+
+export interface LabOptions {
+  /** namespace name prefix (default xdplb-lab-) */
+  prefix?: string;
+  /** pid files, logs, lab.json (default /run/xdplb-lab) */
+  runDir?: string;
+  /** the daemon's configuration (default config/lab.yaml) */
+  configPath?: string;
+  /** bpffs directory for the decapsulators' pins, one subdirectory per backend */
+  decapPins?: string;
+  /** backend namespaces (default 3) */
+  backends?: number;
+  /** VIPs on every backend's loopback (default: every VIP of the config's services) */
+  vips?: string[];
+  /** what every backend's server listens on (default: from the config's services) */
+  listens?: Listen[];
+  /** lab processes die with this process (tests) */
+  tied?: boolean;
+  /** progress lines */
+  log?: (line: string) => void;
+}
+
+/** What `up` made, written to RUN_DIR/lab.json for the other commands. */
+export interface LabState {
+  prefix: string;
+  runDir: string;
+  configPath: string;
+  decapPins: string;
+  bpffs: string;
+  socket: string;
+  backends: number;
+  vips: string[];
+  listens: string[];
+  created: string;
+}
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+function vipsOf(config: Config): string[] {
+  return [...new Set(config.services.map((s) => s.vip))];
+}
+
+/** Server listen sockets for a backend: each service's port, or the backend's port with L4 DNAT. */
+function listensOf(config: Config, backend: { v4: string; v6: string }): Listen[] {
+  const out = new Map<string, Listen>();
+  for (const s of config.services) {
+    if (s.port === 0) continue; // every port of a VIP: nothing to bind to
+    for (const b of s.backends) {
+      if (b.address !== backend.v4 && b.address !== backend.v6) continue;
+      const l: Listen = { proto: s.protocol, address: s.vip, port: s.flags.l4Dnat ? b.port : s.port };
+      out.set(formatListen(l), l);
+    }
+  }
+  return [...out.values()];
+}
+
+export class Lab {
+  readonly prefix: string;
+  readonly runDir: string;
+  readonly configPath: string;
+  readonly decapPins: string;
+  readonly plan: LabPlan;
+  private readonly log: (line: string) => void;
+
+  constructor(readonly opts: LabOptions = {}) {
+    this.prefix = opts.prefix ?? LAB_PREFIX;
+    this.runDir = opts.runDir ?? LAB_RUN_DIR;
+    this.configPath = path.resolve(opts.configPath ?? LAB_CONFIG);
+    this.decapPins = opts.decapPins ?? LAB_DECAP_PINS;
+    this.plan = labPlan(this.prefix, opts.backends ?? 3);
+    this.log = opts.log ?? (() => {});
+  }
+
+  get statePath(): string {
+    return path.join(this.runDir, 'lab.json');
+  }
+  get daemonLog(): string {
+    return path.join(this.runDir, 'daemon.log');
+  }
+  get daemonPidFile(): string {
+    return path.join(this.runDir, 'daemon.pid');
+  }
+  serverPidFile(be: string): string {
+    return path.join(this.runDir, 'servers', `${be}.pid`);
+  }
+  serverLog(be: string): string {
+    return path.join(this.runDir, 'servers', `${be}.log`);
+  }
+  private get daemonMarker(): string {
+    return `daemon --config ${this.configPath}`;
+  }
+  private serverMarker(be: string): string {
+    return `${SERVER_JS} --name ${be}`;
+  }
+
+  state(): LabState | null {
+    try {
+      return JSON.parse(fs.readFileSync(this.statePath, 'utf8')) as LabState;
+    } catch {
+      return null;
+    }
+  }
+
+  /** Builds the lab from nothing; leftovers of an earlier lab with this prefix are removed first. */
+  async up(): Promise<LabState> {
+    if (process.getuid?.() !== 0) throw new Error('the lab needs root: network namespaces, BPF and bpffs');
+    await this.down({ quiet: true });
+    const config = loadConfigFile(this.configPath);
+    const node = config.node;
+    if (!node.interfaces.some((i) => i.name === this.plan.lb.if))
+      throw new Error(`${this.configPath}: the lab's load balancer interface is ${this.plan.lb.if}; the config attaches to ${node.interfaces.map((i) => i.name).join(', ') || 'nothing'}`);
+    const vips = this.opts.vips ?? vipsOf(config);
+    const state: LabState = {
+      prefix: this.prefix,
+      runDir: this.runDir,
+      configPath: this.configPath,
+      decapPins: this.decapPins,
+      bpffs: node.bpffs,
+      socket: node.api.socket,
+      backends: this.plan.backends.length,
+      vips,
+      listens: [],
+      created: new Date().toISOString(),
+    };
+    fs.mkdirSync(path.join(this.runDir, 'servers'), { recursive: true });
+    // written first: a failing `up` leaves enough behind for `down`
+    fs.writeFileSync(this.statePath, JSON.stringify(state, null, 2) + '\n');
+    try {
+      const outer = [node.outerSource.ipv4, node.outerSource.ipv6].filter((o) => o !== undefined).map((o) => `${o.address}/${o.prefixLength}`);
+      buildTopology(this.plan, { outerSources: outer, vips });
+      this.log(`namespaces: ${allNamespaces(this.plan).join(' ')}`);
+      this.attachDecap();
+      state.listens = await this.startServers(config);
+      fs.writeFileSync(this.statePath, JSON.stringify(state, null, 2) + '\n');
+      await this.startDaemon();
+    } catch (e) {
+      await this.down({ quiet: true });
+      throw e;
+    }
+    return state;
+  }
+
+  /** xdp/decap.bpf.c on every backend's eth0, in its namespace, maps pinned per backend. */
+  private attachDecap(): void {
+    for (const b of this.plan.backends) {
+      const pins = path.join(this.decapPins, b.name);
+      const d = Decap.open(pins);
+      try {
+        d.addLocal(b.v4, b.v6);
+        d.attach('eth0', { ns: b.ns, mode: 'native' });
+        d.pinProgram(pins);
+      } finally {
+        d.close();
+      }
+    }
+    // On the router's end of the load balancer's link: with no local address
+    // it decapsulates nothing (every tunnel packet passes, counted as
+    // pass_not_local: the router's own count of what the load balancer sent).
+    // A veth end receives its peer's XDP_TX frames only when it has an XDP
+    // program; GRO alone leaves them queued on this kernel.
+    const pins = path.join(this.decapPins, 'router');
+    const d = Decap.open(pins);
+    try {
+      d.attach(this.plan.lb.routerIf, { ns: this.plan.ns.router, mode: 'native' });
+      d.pinProgram(pins);
+    } finally {
+      d.close();
+    }
+    this.log(`decap attached on eth0 of ${this.plan.backends.map((b) => b.name).join(', ')}; pass-through on the router's ${this.plan.lb.routerIf}`);
+  }
+
+  private async startServers(config: Config): Promise<string[]> {
+    const all = new Set<string>();
+    const started: Array<{ be: string; pid: number }> = [];
+    for (const b of this.plan.backends) {
+      const listens = this.opts.listens ?? listensOf(config, b);
+      if (!listens.length) continue;
+      const argv = [process.execPath, SERVER_JS, '--name', b.name, ...listens.flatMap((l) => ['--listen', formatListen(l)])];
+      fs.rmSync(this.serverLog(b.name), { force: true });
+      const pid = startDetached({ ns: b.ns, via: 'ip-netns-exec', argv, log: this.serverLog(b.name), pidFile: this.serverPidFile(b.name), tied: this.opts.tied });
+      started.push({ be: b.name, pid });
+      listens.forEach((l) => all.add(formatListen(l)));
+    }
+    await Promise.all(started.map((s) => waitForLog(this.serverLog(s.be), /"msg":"listening"/, s.pid, 10000)));
+    this.log(`servers on ${started.map((s) => s.be).join(', ')}: ${[...all].join(' ')}`);
+    return [...all];
+  }
+
+  /** The daemon in the load balancer's namespace (nsenter: bpffs stays visible). */
+  async startDaemon(): Promise<number> {
+    const argv = [process.execPath, MAIN, 'daemon', '--config', this.configPath];
+    const start = fs.existsSync(this.daemonLog) ? fs.statSync(this.daemonLog).size : 0;
+    const pid = startDetached({ ns: this.plan.ns.lb, via: 'nsenter', argv, log: this.daemonLog, pidFile: this.daemonPidFile, tied: this.opts.tied });
+    // ready: a "ready" line written after this start (the log is appended to)
+    const deadline = Date.now() + 20000;
+    for (;;) {
+      const text = fs.readFileSync(this.daemonLog, 'utf8').slice(start);
+      if (text.includes('"msg":"ready"')) break;
+      if (livePid(this.daemonPidFile, this.daemonMarker) === null) throw new Error(`the daemon exited; ${this.daemonLog}:\n${text.split('\n').slice(-15).join('\n')}`);
+      if (Date.now() > deadline) throw new Error(`the daemon is not ready after 20 s; see ${this.daemonLog}`);
+      await sleep(50);
+    }
+    this.log(`daemon ${pid} in ${this.plan.ns.lb}, log ${this.daemonLog}`);
+    return pid;
+  }
+
+  daemonPid(): number | null {
+    return livePid(this.daemonPidFile, this.daemonMarker);
+  }
+
+  /** Stops the daemon: SIGTERM (a clean stop; the program stays attached) or SIGKILL. */
+  async stopDaemon(signal: NodeJS.Signals = 'SIGTERM'): Promise<boolean> {
+    return stopPidFile(this.daemonPidFile, this.daemonMarker, 5000, signal);
+  }
+
+  /** Removes everything the lab made. Safe when nothing is there. */
+  async down(o: { quiet?: boolean } = {}): Promise<string[]> {
+    const st = this.state();
+    const done: string[] = [];
+    if (await this.stopDaemon()) done.push('daemon stopped');
+    const servers = fs.existsSync(path.join(this.runDir, 'servers')) ? fs.readdirSync(path.join(this.runDir, 'servers')).filter((f) => f.endsWith('.pid')) : [];
+    for (const f of servers) {
+      const be = f.slice(0, -4);
+      if (await stopPidFile(this.serverPidFile(be), this.serverMarker(be), 2000)) done.push(`server ${be} stopped`);
+    }
+    // Whatever still runs inside the lab's namespaces was started by a lab whose
+    // pid files are gone (a crash, a removed run directory): the namespaces are
+    // the lab's own, so everything in them goes.
+    const stray = namespacesWithPrefix(this.prefix).flatMap((ns) => pidsIn(ns));
+    if (stray.length) {
+      for (const pid of stray) signalPid(pid, 'SIGTERM');
+      for (let i = 0; i < 100 && stray.some(isAlive); i++) await sleep(20);
+      for (const pid of stray.filter(isAlive)) signalPid(pid, 'SIGKILL');
+      done.push(`stopped leftover processes ${stray.join(' ')}`);
+    }
+    // Detach before the namespaces go, so no program outlives its interface.
+    for (const b of this.plan.backends) if (namespaceExists(b.ns)) detachIn(b.ns, 'eth0');
+    if (namespaceExists(this.plan.ns.router)) detachIn(this.plan.ns.router, this.plan.lb.routerIf);
+    const removed = destroyTopology(this.prefix, allNamespaces(this.plan));
+    if (removed.length) done.push(`namespaces removed: ${removed.join(' ')}`);
+    for (const dir of new Set([st?.bpffs, st?.decapPins ?? this.decapPins, st ? undefined : this.bpffsFromConfig()])) {
+      if (!dir || !dir.startsWith('/sys/fs/bpf/') || !fs.existsSync(dir)) continue;
+      fs.rmSync(dir, { recursive: true, force: true });
+      done.push(`pins removed: ${dir}`);
+    }
+    if (fs.existsSync(this.runDir)) {
+      fs.rmSync(this.runDir, { recursive: true, force: true });
+      done.push(`removed ${this.runDir}`);
+    }
+    if (!o.quiet) for (const d of done) this.log(d);
+    return done;
+  }
+
+  private bpffsFromConfig(): string | undefined {
+    try {
+      return loadConfigFile(this.configPath).node.bpffs;
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** The daemon's API, as the CLI sees it. */
+  client(): Client {
+    const st = this.state();
+    if (!st) throw new Error(`no lab here (${this.statePath} missing); run: xdplb lab up`);
+    return connect({ socket: st.socket });
+  }
+
+  async api<T>(method: string, req: unknown = {}): Promise<T> {
+    const c = this.client();
+    try {
+      return await call<T>(c, method, req);
+    } finally {
+      c.close();
+    }
+  }
+
+  /** Runs the client program in the client namespace. */
+  runClient<T>(mode: 'requests' | 'upload', spec: RequestSpec | UploadSpec, timeoutMs = 120000): Promise<T> {
+    return new Promise((resolve, reject) => {
+      execFile(
+        'ip',
+        ['netns', 'exec', this.plan.ns.client, process.execPath, CLIENT_JS, mode, JSON.stringify(spec)],
+        { encoding: 'utf8', timeout: timeoutMs, maxBuffer: 1 << 26 },
+        (err, stdout, stderr) => {
+          if (err) return reject(new Error(`lab client ${mode}: ${stderr.trim() || err.message}`));
+          try {
+            resolve(JSON.parse(stdout) as T);
+          } catch {
+            reject(new Error(`lab client ${mode}: not JSON: ${stdout.slice(0, 200)}`));
+          }
+        },
+      );
+    });
+  }
+
+  requests(spec: RequestSpec): Promise<RequestResult[]> {
+    return this.runClient<RequestResult[]>('requests', spec);
+  }
+
+  upload(spec: UploadSpec): Promise<UploadResult> {
+    return this.runClient<UploadResult>('upload', spec, (spec.timeoutMs ?? 60000) + 10000);
+  }
+
+  /** Backend name for a backend address. */
+  backendName(address: string): string | undefined {
+    return this.plan.backends.find((b) => b.v4 === address || b.v6 === address)?.name;
+  }
+
+  counters(): Promise<CountersSnapshot> {
+    return this.api<CountersSnapshot>('GetCounters', { service: '' });
+  }
+
+  nodeStatus(): Promise<NodeStatusSnapshot> {
+    return this.api<NodeStatusSnapshot>('GetNodeStatus');
+  }
+
+  /** Packets through the interfaces that tell where replies went. */
+  linkCounters(): { lbRx: number; clientRx: number; clientTx: number; backendTx: Record<string, number> } {
+    const backendTx: Record<string, number> = {};
+    for (const b of this.plan.backends) backendTx[b.name] = linkStats(b.ns, 'eth0').tx;
+    const c = linkStats(this.plan.ns.client, this.plan.client.if);
+    return { lbRx: linkStats(this.plan.ns.lb, this.plan.lb.if).rx, clientRx: c.rx, clientTx: c.tx, backendTx };
+  }
+
+  /** What is there: namespaces, processes, attachments, decap counters. */
+  async status(): Promise<LabStatus> {
+    const st = this.state();
+    const namespaces = namespacesWithPrefix(this.prefix);
+    const backends = this.plan.backends
+      .filter((b) => namespaceExists(b.ns) || fs.existsSync(this.serverPidFile(b.name)))
+      .map((b) => {
+        let xdp: bpf.XdpAttachment | null = null;
+        try {
+          xdp = bpf.withNetns(b.ns, () => bpf.queryXdp(bpf.ifIndex('eth0')));
+        } catch {
+          // namespace or interface missing
+        }
+        const c = pinnedDecapCounters(path.join(st?.decapPins ?? this.decapPins, b.name));
+        return {
+          name: b.name,
+          v4: b.v4,
+          v6: b.v6,
+          namespace: namespaceExists(b.ns),
+          serverPid: livePid(this.serverPidFile(b.name), this.serverMarker(b.name)),
+          decap: xdp && xdp.progId ? `${xdp.mode} id ${xdp.progId}` : 'none',
+          decapped: c ? Number(c.decap_ipip.packets + c.decap_ip6ip6.packets) : 0,
+          passed: c ? Object.entries(c).filter(([k]) => k.startsWith('pass_')).reduce((n, [, v]) => n + Number(v.packets), 0) : 0,
+        };
+      });
+    let daemon: LabStatus['daemon'] = { pid: this.daemonPid(), api: false };
+    if (daemon.pid !== null && st) {
+      try {
+        const s = await this.nodeStatus();
+        daemon = { ...daemon, api: true, services: s.services, backends: s.backends, programId: s.programId, attachments: s.attachments.map((a) => `${a.interface} ${a.mode}`) };
+      } catch (e) {
+        daemon.error = (e as Error).message;
+      }
+    }
+    let router: LabStatus['router'] = null;
+    if (namespaceExists(this.plan.ns.router)) {
+      let progId = 0;
+      try {
+        progId = bpf.withNetns(this.plan.ns.router, () => bpf.queryXdp(bpf.ifIndex(this.plan.lb.routerIf)).progId);
+      } catch {
+        // interface missing
+      }
+      const c = pinnedDecapCounters(path.join(st?.decapPins ?? this.decapPins, 'router'));
+      router = { xdpProgId: progId, fromLb: c ? Number(c.pass_not_local.packets) : 0, otherFromLb: c ? Object.entries(c).filter(([k]) => k !== 'pass_not_local').reduce((n, [, v]) => n + Number(v.packets), 0) : 0 };
+    }
+    return { up: st !== null, state: st, namespaces, daemon, backends, router };
+  }
+}
+
+export interface LabStatus {
+  up: boolean;
+  state: LabState | null;
+  namespaces: string[];
+  daemon: { pid: number | null; api: boolean; services?: number; backends?: number; programId?: number; attachments?: string[]; error?: string };
+  backends: Array<{ name: string; v4: string; v6: string; namespace: boolean; serverPid: number | null; decap: string; decapped: number; passed: number }>;
+  /** the router's pass-through XDP program on the load balancer's link: tunnel packets from the lb, and other frames */
+  router: { xdpProgId: number; fromLb: number; otherFromLb: number } | null;
+}

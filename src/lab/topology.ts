@@ -1,0 +1,250 @@
+// The lab's network: namespaces, veth links, addresses, routes, sysctls. Pure
+// description (labPlan) and the commands that build and remove it. Every
+// address is from the documentation ranges; nothing touches the host's own
+// interfaces or routes.
+//
+//   client ──┐                      ┌── be1  198.51.100.11  2001:db8:200::11
+//            │                      ├── be2  198.51.100.12  2001:db8:200::12
+//            └──────── router ──────┼── be3  198.51.100.13  2001:db8:200::13
+//                        │          └── ...  (VIPs on each backend's lo)
+//                        │
+//                       lb (lb0, xdplb's XDP program)
+//
+// client → VIP: client → router → lb (XDP: Maglev, IPIP/IP6IP6, XDP_TX back out
+// of lb0) → router → backend (XDP decap) → server on the VIP.
+// backend → client: backend → router → client. Replies never reach the lb.
+import { execFileSync } from 'node:child_process';
+import * as fs from 'node:fs';
+
+export interface BackendNode {
+  /** be1, be2, ... (the name its server answers with) */
+  name: string;
+  ns: string;
+  /** the router's end of its link */
+  routerIf: string;
+  v4: string;
+  v6: string;
+}
+
+export interface LabPlan {
+  prefix: string;
+  ns: { client: string; router: string; lb: string };
+  client: { if: string; v4: string[]; v6: string[]; gw4: string; gw6: string };
+  lb: { if: string; v4: string; v6: string; router4: string; router6: string; routerIf: string };
+  backends: BackendNode[];
+  /** routed from the router to the load balancer */
+  vipPrefixes: { v4: string; v6: string };
+  /** the router's address on every backend link, and its link-local gateway */
+  backendGw: { v4: string; v6: string };
+}
+
+export const LAB_PREFIX = 'xdplb-lab-';
+
+/**
+ * The lab's names and addresses. Backend i (1-based) is 198.51.100.(10+i) and
+ * 2001:db8:200::(10+i), as in config/lab.yaml.
+ */
+export function labPlan(prefix = LAB_PREFIX, backends = 3): LabPlan {
+  const be: BackendNode[] = [];
+  for (let i = 1; i <= backends; i++)
+    be.push({ name: `be${i}`, ns: `${prefix}be${i}`, routerIf: `to-be${i}`, v4: `198.51.100.${10 + i}`, v6: `2001:db8:200::${10 + i}` });
+  return {
+    prefix,
+    ns: { client: `${prefix}client`, router: `${prefix}router`, lb: `${prefix}lb` },
+    client: { if: 'eth0', v4: ['192.0.2.10', '192.0.2.11'], v6: ['2001:db8:1::10', '2001:db8:1::11'], gw4: '192.0.2.1', gw6: '2001:db8:1::1' },
+    lb: { if: 'lb0', v4: '192.0.2.34', v6: '2001:db8:2::2', router4: '192.0.2.33', router6: '2001:db8:2::1', routerIf: 'to-lb' },
+    backends: be,
+    vipPrefixes: { v4: '203.0.113.0/24', v6: '2001:db8:100::/64' },
+    backendGw: { v4: '198.51.100.1', v6: 'fe80::1' },
+  };
+}
+
+export function allNamespaces(p: LabPlan): string[] {
+  return [p.ns.client, p.ns.router, p.ns.lb, ...p.backends.map((b) => b.ns)];
+}
+
+function run(cmd: string, args: string[], input?: string): string {
+  try {
+    return execFileSync(cmd, args, { encoding: 'utf8', input, stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
+  } catch (e) {
+    const err = e as { stderr?: string; message: string };
+    throw new Error(`${cmd} ${args.join(' ')}: ${(err.stderr ?? '').trim() || err.message}`);
+  }
+}
+
+/** `ip -n NS -batch -`: many commands, one process. */
+function ipBatch(ns: string, lines: string[]): void {
+  run('ip', ['-n', ns, '-batch', '-'], lines.join('\n') + '\n');
+}
+
+function sysctl(ns: string, settings: string[]): void {
+  run('ip', ['netns', 'exec', ns, 'sysctl', '-qw', ...settings]);
+}
+
+export function namespaceExists(ns: string): boolean {
+  return fs.existsSync(`/var/run/netns/${ns}`);
+}
+
+/** Namespaces whose name starts with the prefix (leftovers included). */
+export function namespacesWithPrefix(prefix: string): string[] {
+  let out = '';
+  try {
+    out = run('ip', ['netns', 'list']);
+  } catch {
+    return [];
+  }
+  return out
+    .split('\n')
+    .map((l) => l.split(' ')[0])
+    .filter((n) => n && n.startsWith(prefix));
+}
+
+function macOf(ns: string, dev: string): string {
+  const j = JSON.parse(run('ip', ['-n', ns, '-j', 'link', 'show', 'dev', dev])) as Array<{ address: string }>;
+  return j[0].address;
+}
+
+export interface BuildOptions {
+  /** outer source prefixes of the load balancer, routed back to it */
+  outerSources: string[];
+  /** VIPs held on every backend's loopback */
+  vips: string[];
+}
+
+/**
+ * Builds the whole network. Throws on the first failure; the caller removes
+ * whatever was made (destroyTopology).
+ */
+export function buildTopology(p: LabPlan, o: BuildOptions): void {
+  const names = allNamespaces(p);
+  for (const ns of names) run('ip', ['netns', 'add', ns]);
+  // before any interface exists, so every interface inherits "default"
+  for (const ns of names) {
+    sysctl(ns, ['net.ipv6.conf.all.accept_dad=0', 'net.ipv6.conf.default.accept_dad=0', 'net.ipv4.conf.all.rp_filter=0', 'net.ipv4.conf.default.rp_filter=0']);
+    ipBatch(ns, ['link set lo up']);
+  }
+  const link = (nsA: string, a: string, nsB: string, b: string) => run('ip', ['link', 'add', a, 'netns', nsA, 'type', 'veth', 'peer', 'name', b, 'netns', nsB]);
+  link(p.ns.client, p.client.if, p.ns.router, 'to-client');
+  link(p.ns.lb, p.lb.if, p.ns.router, p.lb.routerIf);
+  for (const b of p.backends) link(b.ns, 'eth0', p.ns.router, b.routerIf);
+
+  // router: forwards everything; no reverse-path filter (replies from the VIPs
+  // come from the backends, while the VIPs are routed to the load balancer)
+  sysctl(p.ns.router, ['net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1']);
+  // the load balancer: forwarding on, or bpf_fib_lookup answers "forwarding disabled"
+  sysctl(p.ns.lb, ['net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1']);
+  // backends: never answer ARP for the VIPs held on lo (docs/backend-setup.md)
+  for (const b of p.backends) sysctl(b.ns, ['net.ipv4.conf.all.arp_ignore=1', 'net.ipv4.conf.all.arp_announce=2']);
+
+  ipBatch(p.ns.client, [
+    `link set ${p.client.if} up`,
+    ...p.client.v4.map((a) => `addr add ${a}/27 dev ${p.client.if}`),
+    ...p.client.v6.map((a) => `addr add ${a}/64 dev ${p.client.if} nodad`),
+    `route add default via ${p.client.gw4} dev ${p.client.if}`,
+    `route add ::/0 via ${p.client.gw6} dev ${p.client.if}`,
+  ]);
+  const router = [
+    'link set to-client up',
+    `link set ${p.lb.routerIf} up`,
+    `addr add ${p.client.gw4}/27 dev to-client`,
+    `addr add ${p.client.gw6}/64 dev to-client nodad`,
+    `addr add ${p.lb.router4}/27 dev ${p.lb.routerIf}`,
+    `addr add ${p.lb.router6}/64 dev ${p.lb.routerIf} nodad`,
+    `route add ${p.vipPrefixes.v4} via ${p.lb.v4} dev ${p.lb.routerIf}`,
+    `route add ${p.vipPrefixes.v6} via ${p.lb.v6} dev ${p.lb.routerIf}`,
+    ...o.outerSources.map((s) => `route add ${s} via ${s.includes(':') ? p.lb.v6 : p.lb.v4} dev ${p.lb.routerIf}`),
+  ];
+  for (const b of p.backends)
+    router.push(
+      `link set ${b.routerIf} up`,
+      `addr add ${p.backendGw.v4}/32 dev ${b.routerIf}`,
+      `addr add ${p.backendGw.v6}/64 dev ${b.routerIf} nodad`,
+      `route add ${b.v4}/32 dev ${b.routerIf}`,
+      `route add ${b.v6}/128 dev ${b.routerIf}`,
+    );
+  ipBatch(p.ns.router, router);
+  ipBatch(p.ns.lb, [
+    `link set ${p.lb.if} up`,
+    `addr add ${p.lb.v4}/27 dev ${p.lb.if}`,
+    `addr add ${p.lb.v6}/64 dev ${p.lb.if} nodad`,
+    `route add default via ${p.lb.router4} dev ${p.lb.if}`,
+    `route add ::/0 via ${p.lb.router6} dev ${p.lb.if}`,
+  ]);
+  for (const b of p.backends)
+    ipBatch(b.ns, [
+      'link set eth0 up',
+      `addr add ${b.v4}/32 dev eth0`,
+      `addr add ${b.v6}/128 dev eth0 nodad`,
+      `route add ${p.backendGw.v4}/32 dev eth0`,
+      `route add default via ${p.backendGw.v4} dev eth0`,
+      `route add ::/0 via ${p.backendGw.v6} dev eth0`,
+      ...o.vips.map((v) => `addr add ${v}/${v.includes(':') ? 128 : 32} dev lo`),
+    ]);
+
+  // Permanent neighbours between router and load balancer: bpf_fib_lookup
+  // needs a resolved next hop, and the first packets never wait for ARP/ND.
+  const routerMac = macOf(p.ns.router, p.lb.routerIf);
+  const lbMac = macOf(p.ns.lb, p.lb.if);
+  ipBatch(p.ns.lb, [
+    `neigh replace ${p.lb.router4} lladdr ${routerMac} dev ${p.lb.if} nud permanent`,
+    `neigh replace ${p.lb.router6} lladdr ${routerMac} dev ${p.lb.if} nud permanent`,
+  ]);
+  ipBatch(p.ns.router, [
+    `neigh replace ${p.lb.v4} lladdr ${lbMac} dev ${p.lb.routerIf} nud permanent`,
+    `neigh replace ${p.lb.v6} lladdr ${lbMac} dev ${p.lb.routerIf} nud permanent`,
+  ]);
+  // The router's end of the load balancer's link needs an XDP program of its
+  // own to receive the load balancer's XDP_TX frames: Lab.up attaches one
+  // (GRO alone is not enough for XDP_TX on this kernel: the frames are queued
+  // on the peer but its NAPI is never scheduled).
+  // The client computes its checksums itself. With offload, a veth sends TCP
+  // and UDP with only the pseudo-header sum in place (CHECKSUM_PARTIAL); the
+  // load balancer's XDP_TX turns the packet into a bare frame, that promise
+  // is lost, and the backend drops the segment as corrupt (TcpInCsumErrors).
+  // A real NIC computes the checksum on the wire, so this is the lab's
+  // stand-in for real hardware, not a workaround in xdplb.
+  run('ip', ['netns', 'exec', p.ns.client, 'ethtool', '-K', p.client.if, 'tx', 'off']);
+}
+
+/** Deletes the namespaces (their veths go with them). Safe when they are gone. */
+export function destroyTopology(prefix: string, known: readonly string[] = []): string[] {
+  const names = new Set([...namespacesWithPrefix(prefix), ...known.filter(namespaceExists)]);
+  const removed: string[] = [];
+  for (const ns of names) {
+    try {
+      run('ip', ['netns', 'delete', ns]);
+      removed.push(ns);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return removed;
+}
+
+/** Processes living in a namespace (ip netns pids). */
+export function pidsIn(ns: string): number[] {
+  try {
+    return run('ip', ['netns', 'pids', ns])
+      .split('\n')
+      .map((l) => Number(l.trim()))
+      .filter((n) => Number.isInteger(n) && n > 1 && n !== process.pid);
+  } catch {
+    return [];
+  }
+}
+
+/** RX/TX packet counters of an interface in a namespace. */
+export function linkStats(ns: string, dev: string): { rx: number; tx: number } {
+  const j = JSON.parse(run('ip', ['-n', ns, '-s', '-j', 'link', 'show', 'dev', dev])) as Array<{ stats64: { rx: { packets: number }; tx: { packets: number } } }>;
+  return { rx: j[0].stats64.rx.packets, tx: j[0].stats64.tx.packets };
+}
+
+/** Runs a command in a namespace (ip netns exec) and returns its stdout. */
+export function inNs(ns: string, cmd: string, ...args: string[]): string {
+  return run('ip', ['netns', 'exec', ns, cmd, ...args]);
+}
+
+/** `ip -n NS ...` */
+export function ipIn(ns: string, ...args: string[]): string {
+  return run('ip', ['-n', ns, ...args]);
+}
