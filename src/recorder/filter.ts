@@ -364,13 +364,14 @@ export function tupleOf(t: { src: string; dst: string; sport?: number; dport?: n
  * The 40-byte struct xdplb_rec_key of a tuple (see the layout at the top of this
  * file): ports in network order, addresses as in the packet, padding zero.
  */
-export function encodeTuple(t: Tuple): Buffer {
-  const b = Buffer.alloc(TUPLE_LEN);
+export function encodeTuple(t: Tuple, into?: Buffer): Buffer {
+  const b = into ?? Buffer.alloc(TUPLE_LEN);
   b[0] = t.family;
   b[1] = t.proto;
   b.writeUInt16BE(t.sport, 2);
   b.writeUInt16BE(t.dport, 4);
   b[6] = t.mask ?? 0;
+  b[7] = 0;
   b.set(t.src.subarray(0, 16), 8);
   b.set(t.dst.subarray(0, 16), 24);
   return b;
@@ -384,8 +385,8 @@ export function decodeTuple(b: Buffer): Tuple {
     proto: b[1],
     sport: b.readUInt16BE(2),
     dport: b.readUInt16BE(4),
-    src: Uint8Array.from(b.subarray(8, 24)),
-    dst: Uint8Array.from(b.subarray(24, 40)),
+    src: new Uint8Array(b.subarray(8, 24)),
+    dst: new Uint8Array(b.subarray(24, 40)),
   };
   if (b[6]) t.mask = b[6];
   return t;
@@ -487,6 +488,7 @@ export function compileFilters(input: readonly Filter[] | readonly RuleFilters[]
   const maskIndex = new Map<string, number>();
   const entries: CompiledEntry[] = [];
   const entryIndex = new Map<string, CompiledEntry>();
+  const scratch = Buffer.alloc(TUPLE_LEN);
 
   for (const rule of normalize(input)) {
     if (!Number.isInteger(rule.ruleId) || rule.ruleId < 0 || rule.ruleId >= MAX_RULES)
@@ -508,7 +510,7 @@ export function compileFilters(input: readonly Filter[] | readonly RuleFilters[]
         masks.push(m);
         maskBufs.push(encodeTuple(m.bits));
       }
-      const key = applyMask(encodeTuple(filterTuple(f)), maskBufs[mi], mi);
+      const key = applyMask(encodeTuple(filterTuple(f), scratch), maskBufs[mi], mi);
       const hex = key.toString('latin1');
       const e = entryIndex.get(hex);
       if (e) {
@@ -538,10 +540,12 @@ function filterTuple(f: Filter): Tuple {
     proto: f.proto ?? 0,
     sport: f.sport ?? 0,
     dport: f.dport ?? 0,
-    src: f.src?.bytes ?? new Uint8Array(16),
-    dst: f.dst?.bytes ?? new Uint8Array(16),
+    src: f.src?.bytes ?? ZERO16,
+    dst: f.dst?.bytes ?? ZERO16,
   };
 }
+
+const ZERO16 = new Uint8Array(16);
 
 /** The masks and the hash as byte strings, as the datapath holds them. */
 const lookups = new WeakMap<CompiledFilters, { maskBufs: Buffer[]; index: Map<string, CompiledEntry> }>();
