@@ -74,6 +74,13 @@ export const CAPTURE_INTERFACES: Readonly<Record<CapturePoint, { id: number; nam
   out: { id: 1, name: 'xdplb-out', description: 'xdplb recorder, outbound point: frames as sent, after encapsulation' },
 };
 
+/** The snaplen of a recording's files: its cap length, or MAX_SNAPLEN for 0 ("whole frames"). */
+export function snaplenFor(capLength: number): number {
+  if (capLength === 0) return MAX_SNAPLEN;
+  checkSnaplen(capLength);
+  return capLength;
+}
+
 // ---- checks --------------------------------------------------------------------
 
 function checkSnaplen(snaplen: number): void {
@@ -212,29 +219,51 @@ export interface EnhancedPacket {
   comment?: string;
 }
 
-/** Enhanced Packet Block: interface, 64-bit timestamp, lengths, the data padded to 32 bits, options. */
+/**
+ * Enhanced Packet Block: interface, 64-bit timestamp, lengths, the data padded to
+ * 32 bits, options (epb_flags, opt_comment). Written in one allocation: this is
+ * the per-packet path of a pcapng recording.
+ */
 export function pcapngPacket(p: EnhancedPacket): Buffer {
   const origLen = p.origLen ?? p.data.length;
   checkLengths(p.data, origLen);
   if (p.tsNs < 0n || p.tsNs >= 1n << 64n) throw new RangeError(`timestamp must be in 0..2^64-1 ns, got ${p.tsNs}`);
-  const opts: PcapngOption[] = [];
+  const capLen = p.data.length;
+  const commentLen = p.comment ? Buffer.byteLength(p.comment, 'utf8') : 0;
+  if (commentLen > 0xffff) throw new RangeError(`pcapng option ${OPT_COMMENT} is longer than 65535 bytes`);
+  const hasOptions = !!p.flags || commentLen > 0;
+  const dataEnd = 28 + pad4(capLen);
+  const total = dataEnd + (p.flags ? 8 : 0) + (commentLen ? 4 + pad4(commentLen) : 0) + (hasOptions ? 4 : 0) + 4;
+  const b = Buffer.allocUnsafe(total);
+  b.writeUInt32LE(PCAPNG_EPB, 0);
+  b.writeUInt32LE(total, 4);
+  b.writeUInt32LE(p.interfaceId, 8);
+  b.writeUInt32LE(Number(p.tsNs >> 32n), 12); // timestamp, upper 32 bits
+  b.writeUInt32LE(Number(p.tsNs & 0xffffffffn), 16); // lower 32 bits
+  b.writeUInt32LE(capLen, 20);
+  b.writeUInt32LE(origLen, 24);
+  p.data.copy(b, 28);
+  b.fill(0, 28 + capLen, dataEnd);
+  let off = dataEnd;
   if (p.flags) {
-    const v = Buffer.alloc(4);
-    v.writeUInt32LE(p.flags, 0);
-    opts.push({ code: EPB_FLAGS, value: v });
+    b.writeUInt16LE(EPB_FLAGS, off);
+    b.writeUInt16LE(4, off + 2);
+    b.writeUInt32LE(p.flags, off + 4);
+    off += 8;
   }
-  if (p.comment) opts.push(text(OPT_COMMENT, p.comment));
-  const options = pcapngOptions(opts);
-  const dataLen = pad4(p.data.length);
-  const body = Buffer.alloc(20 + dataLen + options.length);
-  body.writeUInt32LE(p.interfaceId, 0);
-  body.writeUInt32LE(Number(p.tsNs >> 32n), 4); // timestamp, upper 32 bits
-  body.writeUInt32LE(Number(p.tsNs & 0xffffffffn), 8); // lower 32 bits
-  body.writeUInt32LE(p.data.length, 12);
-  body.writeUInt32LE(origLen, 16);
-  p.data.copy(body, 20);
-  options.copy(body, 20 + dataLen);
-  return block(PCAPNG_EPB, body);
+  if (commentLen) {
+    b.writeUInt16LE(OPT_COMMENT, off);
+    b.writeUInt16LE(commentLen, off + 2);
+    b.write(p.comment!, off + 4, 'utf8');
+    b.fill(0, off + 4 + commentLen, off + 4 + pad4(commentLen));
+    off += 4 + pad4(commentLen);
+  }
+  if (hasOptions) {
+    b.writeUInt32LE(0, off); // opt_endofopt
+    off += 4;
+  }
+  b.writeUInt32LE(total, off);
+  return b;
 }
 
 /** The comment of a captured packet: "rule 3 web; backend 198.51.100.11". */
