@@ -21,6 +21,7 @@ import {
   pcapngPacket,
   pcapngSectionHeader,
   pcapRecord,
+  snaplenFor,
   type CapturedPacket,
   type ClockSources,
 } from '../src/recorder/pcap';
@@ -232,6 +233,14 @@ t.test('the encoder cuts to the snaplen, keeps the original length, maps points 
   t.throws(() => ng.packet({ tsNs: T0, data: SYN, point: 'sideways' as 'in' }), /capture point/);
   t.equal(packetComment({ id: 3, name: 'web' }, '198.51.100.11'), 'rule 3 web; backend 198.51.100.11');
   t.equal(packetComment({ id: 7 }), 'rule 7');
+  t.equal(snaplenFor(0), 262144, 'cap length 0: whole frames, the largest snaplen');
+  t.equal(snaplenFor(128), 128);
+  t.throws(() => snaplenFor(-1), /snaplen/);
+
+  // a comment that is longer in UTF-8 bytes than in characters
+  const wide = pcapngBlocks(t, ng.packet({ tsNs: T0, data: SYN, point: 'in', comment: 'rule 1 wéb→' }))[0];
+  const opts = readOptions(t, wide.body, 20 + ((SYN.length + 3) & ~3));
+  t.equal(opts.get(1)?.[0].toString('utf8'), 'rule 1 wéb→', 'UTF-8 comment, length in bytes');
 });
 
 // ---- read back by tshark and capinfos ------------------------------------------------
