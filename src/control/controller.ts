@@ -273,8 +273,9 @@ export class Controller {
         this.lastServing.set(s.name, now);
         return s;
       }
-      const last = [...(this.lastServing.get(s.name) ?? [])].filter((k) => serving(spec).has(k));
-      const keep = new Set(last.length ? last : serving(spec));
+      const declared = serving(spec);
+      const last = [...(this.lastServing.get(s.name) ?? [])].filter((k) => declared.has(k));
+      const keep = last.length ? new Set(last) : declared;
       return { ...s, backends: s.backends.map((b, i) => (keep.has(`${b.address}|${b.port}`) ? spec.backends[i] : b)) };
     });
   }

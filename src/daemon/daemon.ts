@@ -60,9 +60,20 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   const health = new HealthChecker(controller, log, {
     events: {
       probe: (type, ok, seconds) => metrics.observeProbe(type, ok, seconds),
-      transition: (service, backend, _from, to) => metrics.observeTransition(service, backend, to),
+      transition: (service, backend, _from, to) => {
+        metrics.observeTransition(service, backend, to);
+        notifyHealth();
+      },
     },
   });
+  const notifyHealth = () => {
+    const down = health.snapshot().filter((h) => h.status === 'down').length;
+    try {
+      sdNotify(`STATUS=serving ${controller.list().length} services; ${down} backends down by health check`);
+    } catch (e) {
+      log.debug({ error: (e as Error).message }, 'status notification not sent');
+    }
+  };
   health.start();
   metrics.bind({
     counters: () => datapath.counters(controller.list()),
