@@ -107,6 +107,7 @@ t.test('exposition from fixed sources: every series, right values, promtool clea
     ],
     allDown: () => [],
     probeLoad: () => ({ active: 1, waiting: 0 }),
+    recorder: () => ({ active: 1, packets: 42, lost: 3 }),
   });
   m.observeRebuild(0.002, true);
   m.observeRebuild(0, false);
@@ -141,6 +142,9 @@ t.test('exposition from fixed sources: every series, right values, promtool clea
   t.equal(value(s, 'xdplb_health_probes_total{type="tcp",result="failure"}'), 1);
   t.equal(value(s, 'xdplb_health_probe_duration_seconds_count{type="tcp"}'), 2);
   t.equal(value(s, 'xdplb_health_probes_in_flight'), 1);
+  t.equal(value(s, 'xdplb_recorder_active'), 1);
+  t.equal(value(s, 'xdplb_recorder_packets_total'), 42);
+  t.equal(value(s, 'xdplb_recorder_lost_total'), 3);
   t.equal(value(s, 'xdplb_maglev_rebuilds_total{result="ok"}'), 1);
   t.equal(value(s, 'xdplb_maglev_rebuilds_total{result="failed"}'), 1);
   t.equal(value(s, 'xdplb_maglev_rebuild_duration_seconds_count'), 1);

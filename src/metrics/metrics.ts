@@ -29,9 +29,21 @@ export interface MetricsSources {
   allDown?(): string[];
   /** probes in flight and waiting */
   probeLoad?(): { active: number; waiting: number };
+  /** packet recorder totals since the daemon started (absent: zeros) */
+  recorder?(): RecorderTotals;
+}
+
+export interface RecorderTotals {
+  /** recordings running */
+  active: number;
+  /** packets written to recordings (files and streams) */
+  packets: number;
+  /** samples the kernel lost because a per-CPU ring was full */
+  lost: number;
 }
 
 interface Snapshot {
+  recorder: RecorderTotals;
   counters: CountersSnapshot;
   status: NodeStatusSnapshot;
   services: OwnedService[];
@@ -247,6 +259,34 @@ export class Metrics {
       },
     });
 
+    // --- packet recorder ----------------------------------------------------
+    new Gauge({
+      name: 'xdplb_recorder_active',
+      help: 'Recordings running',
+      registers,
+      collect() {
+        this.set(snap()?.recorder.active ?? 0);
+      },
+    });
+    new Counter({
+      name: 'xdplb_recorder_packets_total',
+      help: 'Packets the recorder wrote to recordings',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(snap()?.recorder.packets ?? 0);
+      },
+    });
+    new Counter({
+      name: 'xdplb_recorder_lost_total',
+      help: 'Samples lost because a per-CPU ring was full',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(snap()?.recorder.lost ?? 0);
+      },
+    });
+
     // --- control plane ------------------------------------------------------
     this.rebuilds = new Counter({
       name: 'xdplb_maglev_rebuilds_total',
@@ -320,6 +360,7 @@ export class Metrics {
         services: src.services(),
         health: src.health?.() ?? [],
         allDown: new Set(src.allDown?.() ?? []),
+        recorder: src.recorder?.() ?? { active: 0, packets: 0, lost: 0 },
       };
       try {
         return await this.registry.metrics();
