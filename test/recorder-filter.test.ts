@@ -12,6 +12,9 @@ import {
   MAX_MASKS,
   compileFilters,
   decodeTuple,
+  diffCompiled,
+  encodeRules,
+  entryKey,
   encodeTuple,
   filterFromMessage,
   formatFilter,
@@ -19,9 +22,11 @@ import {
   matches,
   parseFilter,
   ruleIdsOf,
+  shapeOf,
   tupleOf,
   type Filter,
   type RuleFilters,
+  type CompiledFilters,
   type Tuple,
 } from '../src/recorder/filter';
 
@@ -218,12 +223,13 @@ t.test('identical masked keys of several rules merge into one entry with every r
   t.same(c.entries[0].ruleIds, [0, 5, 63]);
   t.equal(c.entries[0].ruleMask, (1n << 0n) | (1n << 5n) | (1n << 63n), 'the u64 value: bit per rule');
   t.same(ruleIdsOf(c.entries[0].ruleMask), [0, 5, 63]);
+  t.equal(encodeRules(c.entries[0].ruleMask).toString('hex'), '2100000000000080', 'the map value: a little-endian u64');
   t.same(c.entries[1].ruleIds, [2]);
   t.equal(matchCompiled(c, v4('192.0.2.1', '203.0.113.10', 40000, 80)), c.entries[0].ruleMask);
   t.equal(matchCompiled(c, v4('192.0.2.1', '203.0.113.10', 40000, 443)), 1n << 2n);
   t.equal(matchCompiled(c, v4('192.0.2.1', '203.0.113.10', 40000, 81)), 0n);
   t.throws(() => compileFilters([{ ruleId: 64, filters: [] }]), { code: 'INVALID_ARGUMENT', message: 'rule: rule id must be in 0..63, got 64' });
-  t.same(compileFilters([]), { masks: [], entries: [] });
+  t.same(compileFilters([]), { masks: [], maskSlots: 0, entries: [] });
   t.equal(matchCompiled(compileFilters([]), v4('192.0.2.1', '203.0.113.10', 1, 2)), 0n, 'no filters match nothing');
 });
 
@@ -291,6 +297,94 @@ t.test('more distinct shapes than masks is refused with the count', async (t) =>
     code: 'RESOURCE_EXHAUSTED',
     message: 'filters: too many filter entries: more than 2',
   });
+});
+
+/** The datapath's recorder maps, simulated: a mask array, a count, a hash. */
+class Maps {
+  masks: Buffer[] = Array.from({ length: MAX_MASKS }, () => Buffer.alloc(40));
+  count = 0;
+  entries = new Map<string, bigint>();
+  lookup(p: Tuple): bigint {
+    const tuple = encodeTuple(p);
+    let rules = 0n;
+    for (let i = 0; i < this.count; i++) {
+      const key = Buffer.from(tuple.map((x, j) => x & this.masks[i][j]));
+      key[6] = i;
+      rules |= this.entries.get(key.toString('hex')) ?? 0n;
+    }
+    return rules;
+  }
+  /** Applies a diff step by step, calling `check` after each step. */
+  apply(prev: CompiledFilters | undefined, next: CompiledFilters, check: (step: string) => void): void {
+    const d = diffCompiled(prev, next);
+    for (const k of d.deleteEntries) t.ok(this.entries.delete(k.toString('hex')), 'a deleted entry was there');
+    check('after deletes');
+    for (const m of d.masks) this.masks[m.index] = m.mask;
+    check('after masks');
+    this.count = d.maskSlots;
+    check('after the count');
+    for (const u of d.upsertEntries) this.entries.set(u.key.toString('hex'), u.ruleMask);
+    check('after upserts');
+  }
+}
+
+t.test('recompiling keeps the slots of surviving shapes, and the diff moves the maps safely', async (t) => {
+  const rand = prng(7);
+  const A: RuleFilters = { ruleId: 1, filters: ['src=10.0.0.0/8', 'dst=203.0.113.10 sport=80 proto=tcp'].map((x) => parseFilter(x)) };
+  const B: RuleFilters = { ruleId: 2, filters: ['dst=203.0.113.0/24', 'dst=203.0.113.10 dport=443 proto=tcp', 'src=2001:db8::/32'].map((x) => parseFilter(x)) };
+  const C: RuleFilters = { ruleId: 3, filters: ['dport=53 proto=udp', 'src=10.0.0.0/8', 'src=192.0.2.0/25'].map((x) => parseFilter(x)) };
+  const c1 = compileFilters([A, B]);
+  const slot = (c: CompiledFilters, text: string) => {
+    const sh = shapeOf(parseFilter(text));
+    return c.masks.find((m) => m.family === sh.family && m.srcLen === sh.srcLen && m.dstLen === sh.dstLen && m.sport === sh.sport && m.dport === sh.dport && m.proto === sh.proto)?.index;
+  };
+  t.same(c1.masks.map((m) => m.index), [0, 1, 2, 3, 4]);
+  const c2 = compileFilters([B, C], { previous: c1 });
+  for (const text of ['dst=203.0.113.0/24', 'dst=203.0.113.10 dport=443 proto=tcp', 'src=2001:db8::/32', 'src=10.0.0.0/8'])
+    t.equal(slot(c2, text), slot(c1, text), `${text}: its shape keeps its slot`);
+  t.equal(slot(c2, 'dst=203.0.113.10 sport=80 proto=tcp'), undefined, "A's own shape is gone");
+  t.equal(slot(c2, 'dport=53 proto=udp'), 5, 'a new shape does not take the slot just freed');
+  t.equal(slot(c2, 'src=192.0.2.0/25'), 6);
+  t.equal(c2.maskSlots, 7);
+  const d = diffCompiled(c1, c2);
+  t.same(d.masks.map((m) => m.index), [1, 5, 6], 'only the slots that change are written');
+  t.ok(d.masks[0].mask.equals(Buffer.alloc(40)), 'a slot out of use gets a zero mask');
+  t.same(d.deleteEntries.map((k) => k[6]), [1], "A's sport=80 entry goes");
+  t.same(d.upsertEntries.map((u) => [u.key[6], ruleIdsOf(u.ruleMask)]).sort((a, b) => (a[0] as number) - (b[0] as number)), [[0, [3]], [5, [3]], [6, [3]]], "A's src/8 entry passes to rule 3; C's new shapes add one entry each");
+  t.same(diffCompiled(c2, c2), { deleteEntries: [], masks: [], maskSlots: 7, upsertEntries: [] }, 'no change, no writes');
+
+  // walk the maps through c1 -> c2 -> c3 -> c1 -> empty, checking every intermediate state
+  const c3 = compileFilters([C, { ruleId: 9, filters: Array.from({ length: 12 }, (_, i) => parseFilter(`src=0.0.0.0/${i + 1} dport=${i}`)) }], { previous: c2 });
+  const c4 = compileFilters([A, B], { previous: c3 });
+  const c5 = compileFilters([], { previous: c4 });
+  const packets = Array.from({ length: 3000 }, () => {
+    const v6 = rand() < 0.3;
+    const pick = <T>(xs: T[]) => xs[Math.floor(rand() * xs.length)];
+    return v6
+      ? tupleOf({ src: pick(['2001:db8::1', '2001:db9::1']), dst: '2001:db8:100::10', sport: pick([1, 53]), dport: pick([53, 80, 443]), proto: pick([6, 17]) })
+      : tupleOf({ src: pick(['10.1.1.1', '192.0.2.5', '192.0.2.200', '128.0.0.1', '1.2.3.4']), dst: pick(['203.0.113.10', '203.0.113.99', '198.51.100.1']), sport: pick([0, 1, 2, 3, 40000]), dport: pick([0, 3, 7, 11, 53, 80, 443]), proto: pick([6, 17]) });
+  });
+  const maps = new Maps();
+  let prev: CompiledFilters | undefined;
+  let bad = 0;
+  for (const next of [c1, c2, c3, c4, c5]) {
+    maps.apply(prev, next, (step) => {
+      for (const p of packets) {
+        const got = maps.lookup(p);
+        const allowed = (prev ? matchCompiled(prev, p) : 0n) | matchCompiled(next, p);
+        const kept = (prev ? matchCompiled(prev, p) : 0n) & matchCompiled(next, p);
+        if ((got & ~allowed) !== 0n || (got & kept) !== kept) {
+          if (++bad <= 3) t.fail(`${step}: ${ruleIdsOf(got)} outside prev/next for ${encodeTuple(p).toString('hex')}`);
+        }
+      }
+    });
+    for (const p of packets) if (maps.lookup(p) !== matchCompiled(next, p)) bad++;
+    t.equal(maps.entries.size, next.entries.length, 'as many entries as compiled');
+    t.same([...maps.entries.keys()].sort(), next.entries.map((e) => entryKey(e).toString('hex')).sort(), 'exactly the compiled keys');
+    prev = next;
+  }
+  t.equal(bad, 0, 'in every intermediate state a packet matches only rules of prev or next, and keeps the rules of both');
+  t.equal(maps.count, 0, 'empty at the end');
 });
 
 // ---- scale and agreement -----------------------------------------------------------

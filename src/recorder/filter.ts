@@ -29,17 +29,26 @@
 //       __u8   dst[16];         // 24: likewise
 //   };                          // 40
 //
-//   xdplb_rec_masks    BPF_MAP_TYPE_ARRAY, 32 x struct xdplb_rec_key: mask i
+//   xdplb_rec_masks    BPF_MAP_TYPE_ARRAY, 32 x struct xdplb_rec_key: mask slot i
+//                      (an unused slot below the count holds a zero mask)
 //   xdplb_rec_entries  BPF_MAP_TYPE_HASH, key struct xdplb_rec_key, value __u64
 //                      rules (bit r = rule r), max_entries 131072
-//   plus the number of masks in use (a config field or a one-entry array).
+//   plus the mask count n_masks (CompiledFilters.maskSlots; a config field or a
+//   one-entry array) and, per rule, its cap length (an array of 64).
 //
 // The program, at each capture point: for i in 0..n_masks-1 (constant bound 32):
-//   key = flow AND mask[i] (byte by byte, 5 x u64 words), key.mask = i,
-//   rules |= lookup(entries, key). A packet matching any rule is copied once with
-//   the 64-bit `rules`, and the daemon hands it to each recording whose bit is set.
-//   The mask index in the key keeps masks apart: without it, the key 10.0.0.0 made
-//   by a /8 mask would hit an entry 10.0.0.0 of a /16 mask.
+//   key = flow AND mask[i] (byte by byte, or as 5 x u64 words), key.mask = i,
+//   rules |= lookup(entries, key). Every mask is looked up (a packet may match
+//   several rules through different masks); a packet with rules != 0 is copied
+//   once, up to the largest cap length of its rules, with the 64-bit `rules`,
+//   and the daemon hands the copy to each recording whose bit is set. The mask
+//   index in the key keeps masks apart: without it, the key 10.0.0.0 made by a
+//   /8 mask would hit an entry 10.0.0.0 of a /16 mask.
+//
+// Changing the set of recordings: compileFilters(..., { previous }) keeps the
+// slots of surviving shapes, and diffCompiled(prev, next) lists the map writes
+// in an order that never matches a packet to a rule it matches under neither
+// the old nor the new set (deletes, masks, count, upserts).
 //
 // A rule is one running recording: up to 64 at once (MAX_RULES), each with its
 // own filters; identical masked keys of several filters or recordings share one
@@ -114,6 +123,8 @@ export interface MaskShape {
 }
 
 export interface Mask extends MaskShape {
+  /** its slot in the datapath's mask array, and the `mask` byte of its keys */
+  index: number;
   /** the AND mask in tuple layout */
   bits: Tuple;
 }
@@ -129,7 +140,10 @@ export interface CompiledEntry {
 }
 
 export interface CompiledFilters {
+  /** ascending by index; without `previous`, indices 0..masks.length-1 */
   masks: Mask[];
+  /** the datapath's mask count: highest index + 1 (unused slots below it hold a zero mask) */
+  maskSlots: number;
   entries: CompiledEntry[];
 }
 
@@ -142,6 +156,12 @@ export interface RuleFilters {
 export interface CompileOptions {
   /** default MAX_MASKS (32) */
   maxMasks?: number;
+  /**
+   * The compilation in force in the datapath: shapes it has keep their mask
+   * slot, and new shapes avoid the slots it uses where they can, so that
+   * diffCompiled() touches only what changed.
+   */
+  previous?: CompiledFilters;
   /** default MAX_ENTRIES (131072), the size of the datapath's hash */
   maxEntries?: number;
 }
@@ -443,9 +463,10 @@ export function shapeOf(f: Filter): MaskShape {
 const shapeKey = (s: MaskShape) =>
   `${s.family}/${s.srcLen}/${s.dstLen}/${+s.sport}${+s.dport}${+s.proto}`;
 
-function maskOf(s: MaskShape): Mask {
+function maskOf(s: MaskShape, index: number): Mask {
   return {
     ...s,
+    index,
     bits: {
       family: s.family ? 0xff : 0,
       proto: s.proto ? 0xff : 0,
@@ -475,44 +496,68 @@ function normalize(input: readonly Filter[] | readonly RuleFilters[]): RuleFilte
 /**
  * Compiles filters into masks and masked keys. Given plain filters they all
  * belong to rule 0; given RuleFilters (one per running recording) each keeps its
- * rule id, 0..63. Filters of one shape share a mask; the masks are numbered in
- * the order their shapes first appear. Identical masked keys merge into one
- * entry carrying every rule id. Throws RESOURCE_EXHAUSTED past maxMasks masks or
- * maxEntries entries, INVALID_ARGUMENT for a rule id out of range.
+ * rule id, 0..63. Filters of one shape share a mask. Mask slots: with
+ * `opts.previous`, a shape it has keeps its slot and a new shape takes the
+ * lowest slot free in both; otherwise slots are numbered in the order shapes
+ * first appear. Identical masked keys merge into one entry carrying every rule
+ * id. Throws RESOURCE_EXHAUSTED past maxMasks shapes or maxEntries entries,
+ * INVALID_ARGUMENT for a rule id out of range. Nothing is half-compiled: it
+ * returns all of it or throws.
  */
 export function compileFilters(input: readonly Filter[] | readonly RuleFilters[], opts: CompileOptions = {}): CompiledFilters {
   const maxMasks = opts.maxMasks ?? MAX_MASKS;
   const maxEntries = opts.maxEntries ?? MAX_ENTRIES;
-  const masks: Mask[] = [];
-  const maskBufs: Buffer[] = [];
-  const maskIndex = new Map<string, number>();
-  const entries: CompiledEntry[] = [];
-  const entryIndex = new Map<string, CompiledEntry>();
-  const scratch = Buffer.alloc(TUPLE_LEN);
+  const rules = normalize(input);
 
-  for (const rule of normalize(input)) {
+  // 1. the distinct shapes, in the order they first appear
+  const shapes = new Map<string, MaskShape>();
+  for (const rule of rules) {
     if (!Number.isInteger(rule.ruleId) || rule.ruleId < 0 || rule.ruleId >= MAX_RULES)
       throw XdplbError.invalid('rule', `rule id must be in 0..${MAX_RULES - 1}, got ${rule.ruleId}`);
-    const bit = 1n << BigInt(rule.ruleId);
     for (const f of rule.filters) {
       const shape = shapeOf(f);
       const sk = shapeKey(shape);
-      let mi = maskIndex.get(sk);
-      if (mi === undefined) {
-        mi = masks.length;
-        if (mi >= maxMasks) {
-          const distinct = new Set<string>([...maskIndex.keys(), sk]);
-          for (const r of normalize(input)) for (const g of r.filters) distinct.add(shapeKey(shapeOf(g)));
-          throw XdplbError.exhausted(`too many distinct filter shapes: ${distinct.size} > ${maxMasks}`, 'filters');
-        }
-        const m = maskOf(shape);
-        maskIndex.set(sk, mi);
-        masks.push(m);
-        maskBufs.push(encodeTuple(m.bits));
-      }
+      if (!shapes.has(sk)) shapes.set(sk, shape);
+    }
+  }
+  if (shapes.size > maxMasks) throw XdplbError.exhausted(`too many distinct filter shapes: ${shapes.size} > ${maxMasks}`, 'filters');
+
+  // 2. their slots
+  const slotOf = new Map<string, number>();
+  const taken = new Set<number>();
+  const before = new Map<string, number>();
+  for (const m of opts.previous?.masks ?? []) before.set(shapeKey(m), m.index);
+  for (const sk of shapes.keys()) {
+    const i = before.get(sk);
+    if (i !== undefined && i < maxMasks) {
+      slotOf.set(sk, i);
+      taken.add(i);
+    }
+  }
+  const usedBefore = new Set(before.values());
+  for (const sk of shapes.keys()) {
+    if (slotOf.has(sk)) continue;
+    let i = 0;
+    while (i < maxMasks && (taken.has(i) || usedBefore.has(i))) i++;
+    if (i === maxMasks) for (i = 0; taken.has(i); i++); // every free slot was in use before: reuse one
+    slotOf.set(sk, i);
+    taken.add(i);
+  }
+  const masks = [...shapes].map(([sk, shape]) => maskOf(shape, slotOf.get(sk)!)).sort((a, b) => a.index - b.index);
+  const maskBufs: Buffer[] = [];
+  for (const m of masks) maskBufs[m.index] = encodeTuple(m.bits);
+
+  // 3. the entries
+  const entries: CompiledEntry[] = [];
+  const entryIndex = new Map<string, CompiledEntry>();
+  const scratch = Buffer.alloc(TUPLE_LEN);
+  for (const rule of rules) {
+    const bit = 1n << BigInt(rule.ruleId);
+    for (const f of rule.filters) {
+      const mi = slotOf.get(shapeKey(shapeOf(f)))!;
       const key = applyMask(encodeTuple(filterTuple(f), scratch), maskBufs[mi], mi);
-      const hex = key.toString('latin1');
-      const e = entryIndex.get(hex);
+      const bytes = key.toString('latin1');
+      const e = entryIndex.get(bytes);
       if (e) {
         if (!(e.ruleMask & bit)) {
           e.ruleMask |= bit;
@@ -524,11 +569,12 @@ export function compileFilters(input: readonly Filter[] | readonly RuleFilters[]
       if (entries.length >= maxEntries)
         throw XdplbError.exhausted(`too many filter entries: more than ${maxEntries}`, 'filters');
       const entry: CompiledEntry = { maskIndex: mi, key: decodeTuple(key), ruleIds: [rule.ruleId], ruleMask: bit };
-      entryIndex.set(hex, entry);
+      entryIndex.set(bytes, entry);
       entries.push(entry);
     }
   }
-  const compiled: CompiledFilters = { masks, entries };
+  const maskSlots = masks.length ? masks[masks.length - 1].index + 1 : 0;
+  const compiled: CompiledFilters = { masks, maskSlots, entries };
   lookups.set(compiled, { maskBufs, index: entryIndex });
   return compiled;
 }
@@ -547,33 +593,102 @@ function filterTuple(f: Filter): Tuple {
 
 const ZERO16 = new Uint8Array(16);
 
-/** The masks and the hash as byte strings, as the datapath holds them. */
-const lookups = new WeakMap<CompiledFilters, { maskBufs: Buffer[]; index: Map<string, CompiledEntry> }>();
+/** The masks (by slot) and the hash as byte strings, as the datapath holds them. */
+interface Lookup {
+  maskBufs: Buffer[];
+  index: Map<string, CompiledEntry>;
+}
 
-function lookupOf(c: CompiledFilters): { maskBufs: Buffer[]; index: Map<string, CompiledEntry> } {
+const lookups = new WeakMap<CompiledFilters, Lookup>();
+
+function lookupOf(c: CompiledFilters): Lookup {
   let l = lookups.get(c);
   if (!l) {
-    l = { maskBufs: c.masks.map((m) => encodeTuple(m.bits)), index: new Map() };
-    for (const e of c.entries) l.index.set(encodeTuple({ ...e.key, mask: e.maskIndex }).toString('latin1'), e);
+    l = { maskBufs: [], index: new Map() };
+    for (const m of c.masks) l.maskBufs[m.index] = encodeTuple(m.bits);
+    for (const e of c.entries) l.index.set(entryKey(e).toString('latin1'), e);
     lookups.set(c, l);
   }
   return l;
 }
 
+/** The datapath key of an entry (struct xdplb_rec_key, its mask slot in byte 6). */
+export function entryKey(e: CompiledEntry): Buffer {
+  return encodeTuple({ ...e.key, mask: e.maskIndex });
+}
+
+const ZERO_MASK = Buffer.alloc(TUPLE_LEN);
+
 /**
- * The rules a packet matches, exactly as the datapath finds them: for every mask,
- * key = encodeTuple(packet) AND mask with key.mask = its index, looked up in the
- * hash; the rule masks of the hits ORed together. 0n = no match.
+ * The rules a packet matches, exactly as the datapath finds them: for every mask
+ * slot below maskSlots, key = encodeTuple(packet) AND mask with key.mask = the
+ * slot, looked up in the hash; the rule masks of the hits ORed together.
+ * 0n = no match. (An unused slot holds a zero mask, whose key no entry has.)
  */
 export function matchCompiled(c: CompiledFilters, packet: Tuple): bigint {
   const { maskBufs, index } = lookupOf(c);
   const tuple = encodeTuple({ ...packet, mask: 0 });
   let rules = 0n;
-  for (let i = 0; i < maskBufs.length; i++) {
-    const e = index.get(applyMask(tuple, maskBufs[i], i).toString('latin1'));
+  for (let i = 0; i < c.maskSlots; i++) {
+    const e = index.get(applyMask(tuple, maskBufs[i] ?? ZERO_MASK, i).toString('latin1'));
     if (e) rules |= e.ruleMask;
   }
   return rules;
+}
+
+/**
+ * The map writes that take the datapath from `prev` (undefined: empty maps) to
+ * `next`, in the order to apply them:
+ *   1. deleteEntries — entries that go, and every entry of a slot whose shape
+ *      changes (its bytes would mean something else under the new mask);
+ *   2. masks — slots to write: a new shape's mask, or a zero mask for a slot
+ *      that falls out of use;
+ *   3. maskSlots — the new mask count;
+ *   4. upsertEntries — new entries and entries whose rules changed.
+ * In between, a packet matches only rules it matches under prev or under next:
+ * recordings that stop lose their entries first, those that start gain theirs
+ * last, and the others keep matching throughout.
+ */
+export interface CompiledDiff {
+  deleteEntries: Buffer[];
+  masks: Array<{ index: number; mask: Buffer }>;
+  maskSlots: number;
+  upsertEntries: Array<{ key: Buffer; ruleMask: bigint }>;
+}
+
+export function diffCompiled(prev: CompiledFilters | undefined, next: CompiledFilters): CompiledDiff {
+  const prevMask = new Map<number, string>();
+  for (const m of prev?.masks ?? []) prevMask.set(m.index, shapeKey(m));
+  const nextMask = new Map<number, string>();
+  for (const m of next.masks) nextMask.set(m.index, shapeKey(m));
+  const changed = (i: number) => prevMask.get(i) !== nextMask.get(i);
+
+  const nextIndex = lookupOf(next).index;
+  const prevIndex = prev ? lookupOf(prev).index : new Map<string, CompiledEntry>();
+  const deleteEntries: Buffer[] = [];
+  for (const [k, e] of prevIndex) if (changed(e.maskIndex) || !nextIndex.has(k)) deleteEntries.push(Buffer.from(k, 'latin1'));
+
+  const masks: CompiledDiff['masks'] = [];
+  const slots = new Set([...prevMask.keys(), ...nextMask.keys()]);
+  for (const i of [...slots].sort((a, b) => a - b)) {
+    if (!changed(i)) continue;
+    const m = next.masks.find((x) => x.index === i);
+    masks.push({ index: i, mask: m ? encodeTuple(m.bits) : Buffer.alloc(TUPLE_LEN) });
+  }
+
+  const upsertEntries: CompiledDiff['upsertEntries'] = [];
+  for (const [k, e] of nextIndex) {
+    const old = prevIndex.get(k);
+    if (!old || changed(e.maskIndex) || old.ruleMask !== e.ruleMask) upsertEntries.push({ key: Buffer.from(k, 'latin1'), ruleMask: e.ruleMask });
+  }
+  return { deleteEntries, masks, maskSlots: next.maskSlots, upsertEntries };
+}
+
+/** The value of an xdplb_rec_entries entry: the rule mask as a little-endian __u64. */
+export function encodeRules(ruleMask: bigint): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(ruleMask, 0);
+  return b;
 }
 
 /** The rule ids of a rule mask, ascending. */
