@@ -8,7 +8,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as bpf from '../src/datapath/bpf';
-import { Decap, DECAP_REASONS, encodeLocalKey, type DecapReason } from '../src/lab/decap';
+import { Decap, DECAP_REASONS, encodeLocalKey, encodeRevNatKey, encodeRevNatVal, type DecapReason } from '../src/lab/decap';
 import * as P from './helpers/packets';
 import { scratch, tsharkCheck } from './helpers/datapath';
 import { needsRoot, pinDir, type Teardown } from './helpers/fixtures';
@@ -59,7 +59,7 @@ t.test('decap.ts mirrors enum xdplb_decap_reason: names, order, verdicts', (t) =
   const names = [...(body?.[1] ?? '').matchAll(/^\s*DECAP_R_([A-Z0-9_]+)/gm)].map((m) => m[1]);
   t.equal(names.at(-1), 'MAX');
   t.same(DECAP_REASONS.map((r) => r.name), names.slice(0, -1).map((n) => n.toLowerCase()));
-  for (const r of DECAP_REASONS) t.equal(r.verdict, r.name.startsWith('drop_') ? 'XDP_DROP' : 'XDP_PASS', `${r.name}: ${r.verdict}`);
+  for (const r of DECAP_REASONS) t.equal(r.verdict, r.name.startsWith('drop_') ? 'XDP_DROP' : r.name.startsWith('revnat_') ? 'TC_ACT_OK' : 'XDP_PASS', `${r.name}: ${r.verdict}`);
   t.end();
 });
 
@@ -73,6 +73,13 @@ t.test('the local-address key in decap.ts matches the BTF of decap.bpf.o', (t) =
   t.same(s?.members?.map((m) => [m.name, m.bits_offset / 8]), [['family', 0], ['pad', 1], ['addr', 4]], 'fields and offsets');
   t.same(encodeLocalKey(BE4), Buffer.concat([Buffer.from([4, 0, 0, 0]), Buffer.from([198, 51, 100, 11]), Buffer.alloc(12)]));
   t.same(encodeLocalKey('any'), Buffer.alloc(20), 'the wildcard: all zero');
+  const k = j.types.find((x) => x.kind === 'STRUCT' && x.name === 'xdplb_revnat_key');
+  const v = j.types.find((x) => x.kind === 'STRUCT' && x.name === 'xdplb_revnat_val');
+  t.same(k?.members?.map((m) => [m.name, m.bits_offset / 8]), [['family', 0], ['proto', 1], ['port', 2], ['addr', 4]], 'revnat key fields and offsets');
+  t.equal(k?.size, encodeRevNatKey({ vip: VIP4, proto: 'tcp', backendPort: 8080 }).length, 'revnat key size');
+  t.same(v?.members?.map((m) => [m.name, m.bits_offset / 8]), [['port', 0], ['pad', 2]], 'revnat value fields');
+  t.equal(v?.size, encodeRevNatVal(80).length, 'revnat value size');
+  t.same(encodeRevNatKey({ vip: VIP4, proto: 'udp', backendPort: 5353 }), Buffer.concat([Buffer.from([4, 17, 0x14, 0xe9]), Buffer.from([203, 0, 113, 10]), Buffer.alloc(12)]));
   t.end();
 });
 
@@ -257,5 +264,47 @@ t.test('many flows: every packet decapsulated, counters per CPU add up', needsRo
   const c = d.counters();
   t.same([c.decap_ipip.packets, c.decap_ip6ip6.packets], [50n, 50n]);
   tsharkCheck(t, scratch(t, 'many.pcap'), out.map((r) => r.data));
+  t.end();
+});
+
+t.test('reverse DNAT (tc egress): replies from VIP:backend port leave from the service port, checksum right', needsRoot, (t) => {
+  const d = openDecap(t, BE4, BE6);
+  d.revnat.update(encodeRevNatKey({ vip: VIP4, proto: 'tcp', backendPort: 8080 }), encodeRevNatVal(80));
+  d.revnat.update(encodeRevNatKey({ vip: VIP6, proto: 'udp', backendPort: 5353 }), encodeRevNatVal(53));
+  d.revnat.update(encodeRevNatKey({ vip: VIP4, proto: 'udp', backendPort: 5353 }), encodeRevNatVal(53));
+  const runTc = (frame: Buffer) => d.revnatProg.testRun({ data: frame, dataSizeOut: frame.length + 64 });
+  const cases: Array<[string, Buffer, number, number]> = [
+    ['IPv4 TCP SYN-ACK', P.ipv4({ src: VIP4, dst: CLIENT4 }, P.tcp({ sport: 8080, dport: 40000, flags: P.TCP_SYN | P.TCP_ACK, payload: Buffer.from('x') })), 80, 20],
+    ['IPv6 UDP answer', P.ipv6({ src: VIP6, dst: CLIENT6 }, P.udp({ sport: 5353, dport: 40001, payload: Buffer.from('be1') })), 53, 40],
+    ['IPv4 UDP answer', P.ipv4({ src: VIP4, dst: CLIENT4 }, P.udp({ sport: 5353, dport: 40002, payload: Buffer.from('be1') })), 53, 20],
+  ];
+  for (const [what, ip, port, l4] of cases) {
+    const r = runTc(P.ether(ip, { src: BE_MAC, dst: ROUTER_MAC }));
+    t.equal(r.retval, 0, `${what}: TC_ACT_OK`);
+    const out = r.data.subarray(14);
+    t.equal(out.readUInt16BE(l4), port, `${what}: source port ${port}`);
+    const v6 = ip[0] >> 4 === 6;
+    const seg = out.subarray(l4);
+    t.equal(P.checksum(seg, P.pseudoSum(v6 ? VIP6 : VIP4, v6 ? CLIENT6 : CLIENT4, ip[v6 ? 6 : 9], seg.length)), 0, `${what}: L4 checksum valid`);
+    const a = Buffer.from(out);
+    a.writeUInt16BE(ip.readUInt16BE(l4), l4);
+    a.writeUInt16BE(ip.readUInt16BE(l4 + (ip[v6 ? 6 : 9] === 6 ? 16 : 6)), l4 + (ip[v6 ? 6 : 9] === 6 ? 16 : 6));
+    t.same(a, ip, `${what}: nothing else changed`);
+  }
+  const untouched = [
+    P.ipv4({ src: VIP4, dst: CLIENT4 }, P.tcp({ sport: 80, dport: 40000, flags: P.TCP_ACK })),
+    P.ipv4({ src: BE4, dst: CLIENT4 }, P.tcp({ sport: 8080, dport: 40000, flags: P.TCP_ACK })),
+    P.ipv4({ src: VIP4, dst: CLIENT4 }, P.udp({ sport: 8080, dport: 40000, payload: Buffer.from('x') })),
+    P.ipv4({ src: VIP4, dst: CLIENT4 }, P.udp({ sport: 5353, dport: 1, payload: Buffer.from('no checksum'), noChecksum: true })),
+  ];
+  const r0 = runTc(P.ether(untouched[0], { src: BE_MAC }));
+  t.same(r0.data.subarray(14), untouched[0], 'the service port itself: untouched');
+  t.same(runTc(P.ether(untouched[1], { src: BE_MAC })).data.subarray(14), untouched[1], 'from the backend\'s own address: untouched');
+  t.same(runTc(P.ether(untouched[2], { src: BE_MAC })).data.subarray(14), untouched[2], 'another protocol on that port: untouched');
+  const z = runTc(P.ether(untouched[3], { src: BE_MAC })).data.subarray(14);
+  t.equal(z.readUInt16BE(20), 53, 'IPv4 UDP without checksum: port rewritten');
+  t.equal(z.readUInt16BE(26), 0, 'and still without checksum');
+  t.same(runTc(P.arp(BE4, '198.51.100.1')).data, P.arp(BE4, '198.51.100.1'), 'ARP: untouched');
+  t.equal(d.counters().revnat_port.packets, 4n, 'rewritten replies counted');
   t.end();
 });

@@ -28,12 +28,24 @@
  *    into an ECT inner header (IPv4 header checksum updated).
  *  - Ethernet padding after the outer packet stays; the stack trims the inner
  *    packet to its own length. A VLAN tag stays, its inner ethertype rewritten.
- *  - TTL / hop limit of the inner packet is not touched: the tunnel is one hop. */
+ *  - TTL / hop limit of the inner packet is not touched: the tunnel is one hop.
+ *
+ * L4 DNAT (a service port that differs from the backend's port) needs one
+ * more step on the way back: the server answers from the backend port, the
+ * client expects the service port. xdplb_revnat, a tc egress program on the
+ * same interface, rewrites the source port of replies from a VIP according to
+ * xdplb_decap_revnat ((VIP, protocol, backend port) -> service port, filled
+ * from user space), L4 checksum updated. Without DNAT it is not needed.
+ * ICMP errors the backend sends about such a flow still quote the backend
+ * port. */
 #include <linux/bpf.h>
 #include <linux/if_ether.h>
 #include <linux/in.h>
 #include <linux/ip.h>
 #include <linux/ipv6.h>
+#include <linux/tcp.h>
+#include <linux/udp.h>
+#include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "csum.h"
@@ -53,6 +65,7 @@ enum xdplb_decap_reason {
 	DECAP_R_PASS_BAD_INNER,		/* XDP_PASS: inner header missing or not of the tunnel's family */
 	DECAP_R_PASS_ADJUST_FAILED,	/* XDP_PASS: bpf_xdp_adjust_head refused (nothing changed) */
 	DECAP_R_DROP_ECN_CE_NOT_ECT,	/* XDP_DROP: outer CE over a Not-ECT inner packet (RFC 6040) */
+	DECAP_R_REVNAT_PORT,		/* TC_ACT_OK (xdplb_revnat, egress): reply source port set back to the service port */
 	DECAP_R_MAX
 };
 
@@ -82,7 +95,23 @@ struct xdplb_decap_counter {
 	__u64 bytes;		/* frame bytes as received */
 };
 
+/* xdplb_decap_revnat key: a reply's source as the backend sends it */
+struct xdplb_revnat_key {
+	__u8 family;		/* 0: DECAP_FAMILY_V4/V6 */
+	__u8 proto;		/* 1: IPPROTO_TCP or IPPROTO_UDP */
+	__be16 port;		/* 2: the backend port (network order) */
+	__u8 addr[16];		/* 4: the VIP (IPv4 in addr[0..3]) */
+};				/* 20 */
+
+/* xdplb_decap_revnat value */
+struct xdplb_revnat_val {
+	__be16 port;		/* 0: the service port (network order) */
+	__u16 pad;		/* 2: 0 */
+};				/* 4 */
+
 _Static_assert(sizeof(struct xdplb_decap_addr) == 20, "decap address key");
+_Static_assert(sizeof(struct xdplb_revnat_key) == 20, "revnat key");
+_Static_assert(sizeof(struct xdplb_revnat_val) == 4, "revnat value");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -99,6 +128,14 @@ struct {
 	__type(key, __u32);
 	__type(value, struct xdplb_decap_counter);
 } xdplb_decap_reasons SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 1024);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, struct xdplb_revnat_key);
+	__type(value, struct xdplb_revnat_val);
+} xdplb_decap_revnat SEC(".maps");
 
 struct hdr_cursor {
 	void *pos;
@@ -119,7 +156,7 @@ struct tunnel {
 	__u8 pad;
 };
 
-static __always_inline int finish(int reason, __u32 bytes)
+static __always_inline void count(int reason, __u32 bytes)
 {
 	__u32 key = reason;
 	struct xdplb_decap_counter *c = bpf_map_lookup_elem(&xdplb_decap_reasons, &key);
@@ -128,6 +165,11 @@ static __always_inline int finish(int reason, __u32 bytes)
 		c->packets++;
 		c->bytes += bytes;
 	}
+}
+
+static __always_inline int finish(int reason, __u32 bytes)
+{
+	count(reason, bytes);
 	return reason == DECAP_R_DROP_ECN_CE_NOT_ECT ? XDP_DROP : XDP_PASS;
 }
 
@@ -417,6 +459,71 @@ int xdplb_decap(struct xdp_md *ctx)
 
 	/* 7. Count */
 	return finish(tn.family == DECAP_FAMILY_V4 ? DECAP_R_DECAP_IPIP : DECAP_R_DECAP_IP6IP6, tn.frame_len);
+}
+
+/* Reverse L4 DNAT on the backend's egress: a TCP/UDP reply from a VIP whose
+ * source port is a DNAT backend port leaves with the service port instead.
+ * Anything else leaves untouched and uncounted (this runs for every packet the
+ * backend sends). IPv6 extension headers are not walked: the local stack
+ * sends replies without them. */
+SEC("tc")
+int xdplb_revnat(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *end = (void *)(long)skb->data_end;
+	struct xdplb_revnat_key key = {};
+	struct xdplb_revnat_val *val;
+	__u32 l4_off, csum_off;
+	__u64 flags;
+	__be16 old;
+
+	if (data + sizeof(struct ethhdr) > end)
+		return TC_ACT_OK;
+	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		struct iphdr *iph = data + sizeof(struct ethhdr);
+
+		if ((void *)(iph + 1) > end || iph->ihl < 5)
+			return TC_ACT_OK;
+		if (iph->frag_off & bpf_htons(IP_OFFSET_MASK))
+			return TC_ACT_OK; /* later fragments carry no ports */
+		key.family = DECAP_FAMILY_V4;
+		key.proto = iph->protocol;
+		*(__be32 *)key.addr = iph->saddr;
+		l4_off = sizeof(struct ethhdr) + iph->ihl * 4;
+	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = data + sizeof(struct ethhdr);
+
+		if ((void *)(ip6 + 1) > end)
+			return TC_ACT_OK;
+		key.family = DECAP_FAMILY_V6;
+		key.proto = ip6->nexthdr;
+		__builtin_memcpy(key.addr, &ip6->saddr, 16);
+		l4_off = sizeof(struct ethhdr) + sizeof(*ip6);
+	} else {
+		return TC_ACT_OK;
+	}
+	if (key.proto == IPPROTO_TCP) {
+		csum_off = l4_off + offsetof(struct tcphdr, check);
+		flags = 0;
+	} else if (key.proto == IPPROTO_UDP) {
+		csum_off = l4_off + offsetof(struct udphdr, check);
+		/* IPv4 UDP without a checksum keeps none; a computed 0 becomes 0xffff */
+		flags = key.family == DECAP_FAMILY_V4 ? BPF_F_MARK_MANGLED_0 : 0;
+	} else {
+		return TC_ACT_OK;
+	}
+	if (bpf_skb_load_bytes(skb, l4_off, &old, sizeof(old)))
+		return TC_ACT_OK;
+	key.port = old;
+	val = bpf_map_lookup_elem(&xdplb_decap_revnat, &key);
+	if (!val)
+		return TC_ACT_OK;
+	if (bpf_l4_csum_replace(skb, csum_off, old, val->port, flags | sizeof(__be16)))
+		return TC_ACT_OK;
+	if (bpf_skb_store_bytes(skb, l4_off, &val->port, sizeof(val->port), 0))
+		return TC_ACT_OK;
+	count(DECAP_R_REVNAT_PORT, skb->len);
+	return TC_ACT_OK;
 }
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";

@@ -105,6 +105,7 @@ export interface LabTestOptions {
 /** Sends the traffic, reads the counters around it, and judges. */
 export async function labTest(lab: Lab, o: LabTestOptions = {}): Promise<LabTestResult> {
   const count = o.count ?? 100;
+  await lab.syncRevNat();
   const { services } = await lab.api<{ services: ApiService[] }>('ListServices', {});
   const m = (await lab.nodeStatus()).maglevSize;
   const testable = services.filter((s) => s.port !== 0 && s.backends.length > 0);

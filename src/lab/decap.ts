@@ -2,6 +2,7 @@
 // its maps pinned in a directory of its own, the backend's addresses written to
 // xdplb_decap_local, attached to an interface (in a network namespace when
 // asked), and its per-CPU reason counters read back.
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as bpf from '../datapath/bpf';
@@ -11,8 +12,11 @@ export const DECAP_OBJECT = 'decap';
 export const DECAP_PROGRAM = 'xdplb_decap';
 export const DECAP_LOCAL_MAP = 'xdplb_decap_local';
 export const DECAP_REASONS_MAP = 'xdplb_decap_reasons';
-/** Pin name of the program next to the maps */
+export const REVNAT_MAP = 'xdplb_decap_revnat';
+export const REVNAT_PROGRAM = 'xdplb_revnat';
+/** Pin names of the programs next to the maps */
 export const DECAP_PROG_PIN = 'prog_xdplb_decap';
+export const REVNAT_PROG_PIN = 'prog_xdplb_revnat';
 
 /**
  * The mirror of `enum xdplb_decap_reason` (xdp/decap.bpf.c): same order, names
@@ -31,6 +35,7 @@ export const DECAP_REASONS = [
   { name: 'pass_bad_inner', verdict: 'XDP_PASS', description: 'inner header missing or not of the tunnel\'s family' },
   { name: 'pass_adjust_failed', verdict: 'XDP_PASS', description: 'the kernel refused to move the frame head (nothing changed)' },
   { name: 'drop_ecn_ce_not_ect', verdict: 'XDP_DROP', description: 'outer CE over a Not-ECT inner packet (RFC 6040)' },
+  { name: 'revnat_port', verdict: 'TC_ACT_OK', description: 'tc egress: a reply\'s source port set back to the service port (L4 DNAT)' },
 ] as const;
 
 export type DecapReason = (typeof DECAP_REASONS)[number]['name'];
@@ -48,16 +53,45 @@ export function encodeLocalKey(address: string | 'any'): Buffer {
   return k;
 }
 
+/** One reverse-DNAT rule: replies from vip:backendPort leave as vip:servicePort. */
+export interface RevNat {
+  vip: string;
+  proto: 'tcp' | 'udp';
+  backendPort: number;
+  servicePort: number;
+}
+
+/** xdplb_decap_revnat key: family, protocol, backend port (network order), VIP in 16 bytes. */
+export function encodeRevNatKey(r: Pick<RevNat, 'vip' | 'proto' | 'backendPort'>): Buffer {
+  const k = Buffer.alloc(20);
+  k[0] = familyOf(r.vip);
+  k[1] = r.proto === 'tcp' ? 6 : 17;
+  k.writeUInt16BE(r.backendPort, 2);
+  addressBytes(r.vip).copy(k, 4);
+  return k;
+}
+
+/** xdplb_decap_revnat value: the service port (network order), 2 zero bytes. */
+export function encodeRevNatVal(servicePort: number): Buffer {
+  const v = Buffer.alloc(4);
+  v.writeUInt16BE(servicePort, 0);
+  return v;
+}
+
 /** decap.bpf.o loaded (maps pinned under pinRoot when given). */
 export class Decap {
   readonly prog: bpf.BpfProgram;
   readonly local: bpf.BpfMap;
   readonly reasonsMap: bpf.BpfMap;
+  readonly revnatProg: bpf.BpfProgram;
+  readonly revnat: bpf.BpfMap;
 
   private constructor(private readonly obj: bpf.BpfObject) {
     this.prog = obj.program(DECAP_PROGRAM);
     this.local = obj.map(DECAP_LOCAL_MAP);
     this.reasonsMap = obj.map(DECAP_REASONS_MAP);
+    this.revnatProg = obj.program(REVNAT_PROGRAM);
+    this.revnat = obj.map(REVNAT_MAP);
   }
 
   static open(pinRoot?: string, objectFile = bpf.objectPath(DECAP_OBJECT)): Decap {
@@ -92,16 +126,20 @@ export class Decap {
     return o.ns ? bpf.withNetns(o.ns, go) : go();
   }
 
-  /** Pins the program beside the maps, so `status` finds it by path. */
-  pinProgram(pinRoot: string): void {
-    const p = path.join(pinRoot, DECAP_PROG_PIN);
-    fs.rmSync(p, { force: true });
-    this.prog.pin(p);
+  /** Pins both programs beside the maps (status and tc find them by path). */
+  pinPrograms(pinRoot: string): void {
+    for (const [prog, name] of [[this.prog, DECAP_PROG_PIN], [this.revnatProg, REVNAT_PROG_PIN]] as const) {
+      const p = path.join(pinRoot, name);
+      fs.rmSync(p, { force: true });
+      prog.pin(p);
+    }
   }
 
   close(): void {
     this.local.close();
     this.reasonsMap.close();
+    this.revnat.close();
+    this.revnatProg.close();
     this.prog.close();
     this.obj.close();
   }
@@ -122,6 +160,48 @@ export function pinnedDecapCounters(pinRoot: string): Record<DecapReason, Counte
     return readCounters(m);
   } finally {
     m.close();
+  }
+}
+
+/**
+ * The reverse-DNAT rules of a decapsulator pinned under pinRoot become exactly
+ * `rules`. Returns how many entries were written and removed.
+ */
+export function syncPinnedRevNat(pinRoot: string, rules: readonly RevNat[]): { written: number; removed: number } {
+  const m = bpf.mapFromPin(path.join(pinRoot, REVNAT_MAP));
+  try {
+    const want = new Map(rules.map((r) => [encodeRevNatKey(r).toString('hex'), encodeRevNatVal(r.servicePort)]));
+    let removed = 0;
+    for (const k of [...m.keys()]) if (!want.has(k.toString('hex')) && m.delete(k)) removed++;
+    let written = 0;
+    for (const [k, v] of want) {
+      const cur = m.lookup(Buffer.from(k, 'hex'));
+      if (cur && cur.equals(v)) continue;
+      m.update(Buffer.from(k, 'hex'), v);
+      written++;
+    }
+    return { written, removed };
+  } finally {
+    m.close();
+  }
+}
+
+/**
+ * Attaches the pinned xdplb_revnat program to `ifname`'s egress in namespace
+ * `ns` with tc (clsact qdisc, direct action). nsenter keeps bpffs visible.
+ */
+export function attachRevNatIn(ns: string, ifname: string, pinRoot: string): void {
+  const nsenter = ['nsenter', `--net=/var/run/netns/${ns}`];
+  const run = (...args: string[]) => execFileSync(nsenter[0], [...nsenter.slice(1), 'tc', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  try {
+    run('qdisc', 'add', 'dev', ifname, 'clsact');
+  } catch {
+    // already there
+  }
+  try {
+    run('filter', 'replace', 'dev', ifname, 'egress', 'pref', '1', 'handle', '1', 'bpf', 'direct-action', 'object-pinned', path.join(pinRoot, REVNAT_PROG_PIN));
+  } catch (e) {
+    throw new Error(`tc egress on ${ifname} in ${ns}: ${String((e as { stderr?: Buffer }).stderr ?? e).trim()}`);
   }
 }
 

@@ -15,11 +15,12 @@ import { loadConfigFile } from '../config';
 import type { Config } from '../control/model';
 import { call, connect, type Client } from '../cli/client';
 import type { CountersSnapshot, NodeStatusSnapshot } from '../api/server';
-import { Decap, detachIn, pinnedDecapCounters } from './decap';
+import { attachRevNatIn as attachRevNat, Decap, detachIn, pinnedDecapCounters, syncPinnedRevNat, type RevNat } from './decap';
 import { allNamespaces, buildTopology, destroyTopology, labPlan, LAB_PREFIX, linkStats, namespaceExists, namespacesWithPrefix, pidsIn, type LabPlan } from './topology';
 import { isAlive, livePid, signalPid, startDetached, stopPidFile, waitForLog } from './procs';
 import { formatListen, type Listen } from './server';
 import type { RequestResult, RequestSpec, UploadResult, UploadSpec } from './client';
+import type { ApiService } from './check';
 
 export const MAIN = path.resolve(__dirname, '..', 'cli', 'main.js');
 export const SERVER_JS = path.join(__dirname, 'server.js');
@@ -162,6 +163,8 @@ export class Lab {
       state.listens = await this.startServers(config);
       fs.writeFileSync(this.statePath, JSON.stringify(state, null, 2) + '\n');
       await this.startDaemon();
+      const rn = await this.syncRevNat();
+      for (const c of rn.conflicts) this.log(`reverse DNAT: ${c}`);
     } catch (e) {
       await this.down({ quiet: true });
       throw e;
@@ -177,10 +180,11 @@ export class Lab {
       try {
         d.addLocal(b.v4, b.v6);
         d.attach('eth0', { ns: b.ns, mode: 'native' });
-        d.pinProgram(pins);
+        d.pinPrograms(pins);
       } finally {
         d.close();
       }
+      attachRevNat(b.ns, 'eth0', pins);
     }
     // On the router's end of the load balancer's link: with no local address
     // it decapsulates nothing (every tunnel packet passes, counted as
@@ -191,7 +195,7 @@ export class Lab {
     const d = Decap.open(pins);
     try {
       d.attach(this.plan.lb.routerIf, { ns: this.plan.ns.router, mode: 'native' });
-      d.pinProgram(pins);
+      d.pinPrograms(pins);
     } finally {
       d.close();
     }
@@ -231,6 +235,43 @@ export class Lab {
     }
     this.log(`daemon ${pid} in ${this.plan.ns.lb}, log ${this.daemonLog}`);
     return pid;
+  }
+
+  /**
+   * L4 DNAT in DSR: the backend's replies must leave from the service port.
+   * Writes every backend's reverse-DNAT map (xdplb_revnat, tc egress) from the
+   * daemon's services. Two services sending the same VIP and protocol to the
+   * same backend port cannot both be reversed: reported, the first one wins.
+   */
+  async syncRevNat(): Promise<{ rules: number; conflicts: string[] }> {
+    const { services } = await this.api<{ services: ApiService[] }>('ListServices', {});
+    const perBackend = new Map<string, Map<string, RevNat & { service: string }>>();
+    const conflicts: string[] = [];
+    for (const s of services) {
+      if (!s.flags.l4Dnat || s.port === 0) continue;
+      const proto = s.protocol.toLowerCase().endsWith('udp') ? 'udp' : 'tcp';
+      for (const b of s.backends) {
+        const be = this.backendName(b.address);
+        if (!be || b.port === s.port) continue;
+        const rules = perBackend.get(be) ?? new Map<string, RevNat & { service: string }>();
+        perBackend.set(be, rules);
+        const k = `${s.vip}|${proto}|${b.port}`;
+        const cur = rules.get(k);
+        if (cur && cur.servicePort !== s.port) {
+          conflicts.push(`${be}: ${s.vip} ${proto} port ${b.port} is the backend port of ${cur.service} and ${s.name}; replies keep ${cur.service}'s port ${cur.servicePort}`);
+          continue;
+        }
+        rules.set(k, { vip: s.vip, proto, backendPort: b.port, servicePort: s.port, service: s.name });
+      }
+    }
+    let n = 0;
+    const st = this.state();
+    for (const b of this.plan.backends) {
+      const rules = [...(perBackend.get(b.name)?.values() ?? [])];
+      syncPinnedRevNat(path.join(st?.decapPins ?? this.decapPins, b.name), rules);
+      n += rules.length;
+    }
+    return { rules: n, conflicts };
   }
 
   daemonPid(): number | null {

@@ -169,6 +169,10 @@ export function buildTopology(p: LabPlan, o: BuildOptions): void {
     `addr add ${p.lb.v6}/64 dev ${p.lb.if} nodad`,
     `route add default via ${p.lb.router4} dev ${p.lb.if}`,
     `route add ::/0 via ${p.lb.router6} dev ${p.lb.if}`,
+    // What XDP passes for a VIP (no such service) ends here with an ICMP
+    // unreachable, instead of going back to the router and round again.
+    `route add unreachable ${p.vipPrefixes.v4}`,
+    `route add unreachable ${p.vipPrefixes.v6}`,
   ]);
   for (const b of p.backends)
     ipBatch(b.ns, [
