@@ -7,7 +7,7 @@
 //
 // Everything a lab makes is found again from its prefix and its run directory
 // (lab.json, pid files), so `down` works after a crash and is safe twice.
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as bpf from '../datapath/bpf';
@@ -19,7 +19,7 @@ import { attachRevNatIn as attachRevNat, Decap, detachIn, pinnedDecapCounters, s
 import { allNamespaces, buildTopology, destroyTopology, labPlan, LAB_PREFIX, linkStats, namespaceExists, namespacesWithPrefix, pidsIn, type LabPlan } from './topology';
 import { isAlive, livePid, signalPid, startDetached, stopPidFile, waitForLog } from './procs';
 import { formatListen, type Listen } from './server';
-import type { RequestResult, RequestSpec, UploadResult, UploadSpec } from './client';
+import type { RequestResult, RequestSpec, SessionSpec, UploadResult, UploadSpec } from './client';
 import type { ApiService } from './check';
 
 export const MAIN = path.resolve(__dirname, '..', 'cli', 'main.js');
@@ -372,6 +372,67 @@ export class Lab {
     return this.runClient<UploadResult>('upload', spec, (spec.timeoutMs ?? 60000) + 10000);
   }
 
+  /**
+   * One TCP connection from the client kept open (client.js session): ask()
+   * sends a line and resolves with the answer line; close() ends it.
+   */
+  async session(spec: SessionSpec, timeoutMs = 5000): Promise<LabSession> {
+    const child = spawn('ip', ['netns', 'exec', this.plan.ns.client, process.execPath, CLIENT_JS, 'session', JSON.stringify(spec)], { stdio: ['pipe', 'pipe', 'pipe'] });
+    const lines: string[] = [];
+    const waiters: Array<(l: string | null) => void> = [];
+    let buf = '';
+    let stderr = '';
+    const push = (l: string | null) => {
+      const w = waiters.shift();
+      if (w) w(l);
+      else if (l !== null) lines.push(l);
+    };
+    child.stdout.on('data', (d: Buffer) => {
+      buf += d.toString();
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        push(buf.slice(0, nl));
+        buf = buf.slice(nl + 1);
+      }
+    });
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    child.on('exit', () => {
+      while (waiters.length) push(null);
+    });
+    const next = () =>
+      new Promise<string>((resolve, reject) => {
+        const l = lines.shift();
+        if (l !== undefined) return resolve(l);
+        if (child.exitCode !== null) return reject(new Error(`session ended ${stderr.trim()}`));
+        const timer = setTimeout(() => reject(new Error(`no answer in ${timeoutMs} ms`)), timeoutMs);
+        waiters.push((x) => {
+          clearTimeout(timer);
+          if (x === null) reject(new Error(`session ended ${stderr.trim()}`));
+          else resolve(x);
+        });
+      });
+    const first = await next();
+    const m = /^CONNECTED (\d+)$/.exec(first);
+    if (!m) {
+      child.kill('SIGKILL');
+      throw new Error(`session: ${first}`);
+    }
+    return {
+      sport: Number(m[1]),
+      ask: async (line: string) => {
+        child.stdin.write(`${line}\n`);
+        return next();
+      },
+      close: () =>
+        new Promise<void>((resolve) => {
+          if (child.exitCode !== null) return resolve();
+          child.once('exit', () => resolve());
+          child.stdin.end();
+          setTimeout(() => child.kill('SIGKILL'), 3000).unref();
+        }),
+    };
+  }
+
   /** Backend name for a backend address. */
   backendName(address: string): string | undefined {
     return this.plan.backends.find((b) => b.v4 === address || b.v6 === address)?.name;
@@ -440,6 +501,14 @@ export class Lab {
     }
     return { up: st !== null, state: st, namespaces, daemon, backends, router };
   }
+}
+
+export interface LabSession {
+  /** the client's source port */
+  sport: number;
+  /** sends a line, resolves with the answer line */
+  ask(line: string): Promise<string>;
+  close(): Promise<void>;
 }
 
 export interface LabStatus {
