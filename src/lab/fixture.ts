@@ -32,13 +32,26 @@ export interface LabFixtureOptions {
 const PREFIX_RE = /^xdplbti(\d+)x(\d+)-/;
 let serial = 0;
 
-function paths(pid: number, n: number) {
+/** A fresh set of names and paths for one test lab. */
+export function uniqueLabPaths(): LabPaths {
+  return paths(process.pid, ++serial);
+}
+
+export interface LabPaths {
+  id: string;
+  prefix: string;
+  runDir: string;
+  bpffs: string;
+  decapPins: string;
+}
+
+function paths(pid: number, n: number): LabPaths {
   const id = `xdplbti${pid}x${n}`;
   return { id, prefix: `${id}-`, runDir: `/run/${id}`, bpffs: `/sys/fs/bpf/${id}`, decapPins: `/sys/fs/bpf/${id}-decap` };
 }
 
 /** The lab configuration (config/lab.yaml) with this lab's own paths and services. */
-export function labConfigYaml(p: ReturnType<typeof paths>, services: unknown[], settings: Record<string, unknown> = {}): string {
+export function labConfigYaml(p: LabPaths, services: unknown[], settings: Record<string, unknown> = {}): string {
   const cfg = parse(fs.readFileSync(LAB_CONFIG, 'utf8')) as Record<string, unknown>;
   Object.assign(cfg, settings, {
     bpffs: p.bpffs,
@@ -52,7 +65,7 @@ export function labConfigYaml(p: ReturnType<typeof paths>, services: unknown[], 
 
 let swept = false;
 /** Labs left by test processes that are gone. */
-async function sweep(): Promise<void> {
+export async function sweep(): Promise<void> {
   if (swept) return;
   swept = true;
   const seen = new Set<string>();
@@ -77,7 +90,7 @@ export interface LabFixture {
 
 export async function labFixture(t: Teardown, o: LabFixtureOptions): Promise<LabFixture> {
   await sweep();
-  const p = paths(process.pid, ++serial);
+  const p = uniqueLabPaths();
   const cfgDir = fs.mkdtempSync(path.join(os.tmpdir(), `${p.id}-`));
   const configPath = path.join(cfgDir, 'lab.yaml');
   fs.writeFileSync(configPath, labConfigYaml(p, o.services ?? [], o.settings));

@@ -96,7 +96,7 @@ export class Lab {
     this.prefix = opts.prefix ?? LAB_PREFIX;
     this.runDir = opts.runDir ?? LAB_RUN_DIR;
     this.configPath = path.resolve(opts.configPath ?? LAB_CONFIG);
-    this.decapPins = opts.decapPins ?? LAB_DECAP_PINS;
+    this.decapPins = opts.decapPins ?? (this.prefix === LAB_PREFIX ? LAB_DECAP_PINS : `/sys/fs/bpf/${this.prefix}decap`);
     this.plan = labPlan(this.prefix, opts.backends ?? 3);
     this.log = opts.log ?? (() => {});
   }
