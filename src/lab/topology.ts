@@ -185,18 +185,27 @@ export function buildTopology(p: LabPlan, o: BuildOptions): void {
       ...o.vips.map((v) => `addr add ${v}/${v.includes(':') ? 128 : 32} dev lo`),
     ]);
 
-  // Permanent neighbours between router and load balancer: bpf_fib_lookup
-  // needs a resolved next hop, and the first packets never wait for ARP/ND.
+  // Permanent neighbours on every link: bpf_fib_lookup needs a resolved next
+  // hop, and no packet of a test ever waits for (or loses to) ARP/ND.
   const routerMac = macOf(p.ns.router, p.lb.routerIf);
   const lbMac = macOf(p.ns.lb, p.lb.if);
-  ipBatch(p.ns.lb, [
-    `neigh replace ${p.lb.router4} lladdr ${routerMac} dev ${p.lb.if} nud permanent`,
-    `neigh replace ${p.lb.router6} lladdr ${routerMac} dev ${p.lb.if} nud permanent`,
-  ]);
-  ipBatch(p.ns.router, [
-    `neigh replace ${p.lb.v4} lladdr ${lbMac} dev ${p.lb.routerIf} nud permanent`,
-    `neigh replace ${p.lb.v6} lladdr ${lbMac} dev ${p.lb.routerIf} nud permanent`,
-  ]);
+  const clientMac = macOf(p.ns.client, p.client.if);
+  const routerClientMac = macOf(p.ns.router, 'to-client');
+  const neigh = (addr: string, mac: string, dev: string) => `neigh replace ${addr} lladdr ${mac} dev ${dev} nud permanent`;
+  ipBatch(p.ns.lb, [neigh(p.lb.router4, routerMac, p.lb.if), neigh(p.lb.router6, routerMac, p.lb.if)]);
+  const routerNeigh = [
+    neigh(p.lb.v4, lbMac, p.lb.routerIf),
+    neigh(p.lb.v6, lbMac, p.lb.routerIf),
+    ...[...p.client.v4, ...p.client.v6].map((a) => neigh(a, clientMac, 'to-client')),
+  ];
+  ipBatch(p.ns.client, [neigh(p.client.gw4, routerClientMac, p.client.if), neigh(p.client.gw6, routerClientMac, p.client.if)]);
+  for (const b of p.backends) {
+    const beMac = macOf(b.ns, 'eth0');
+    const gwMac = macOf(p.ns.router, b.routerIf);
+    routerNeigh.push(neigh(b.v4, beMac, b.routerIf), neigh(b.v6, beMac, b.routerIf));
+    ipBatch(b.ns, [neigh(p.backendGw.v4, gwMac, 'eth0'), neigh(p.backendGw.v6, gwMac, 'eth0')]);
+  }
+  ipBatch(p.ns.router, routerNeigh);
   // The router's end of the load balancer's link needs an XDP program of its
   // own to receive the load balancer's XDP_TX frames: Lab.up attaches one
   // (GRO alone is not enough for XDP_TX on this kernel: the frames are queued

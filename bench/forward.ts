@@ -1,0 +1,260 @@
+// Live forwarding benchmark (root): real frames through the load balancer's
+// XDP program on a veth, next to an empty XDP_TX program in the same position
+// measured in the same run, as a ratio. Figures, not a pass/fail check.
+//   node dist/bench/forward.js [rounds] [seconds-per-round]
+//
+//   gen namespace                          lb namespace
+//   g0 ───────────────── veth ───────────── lb0  [xdplb_main | empty XDP_TX]
+//   ↑ generator: BPF_PROG_TEST_RUN, live frames, xdp_tx on g0 (frames leave g0)
+//   ↓ sink: xdp_drop_all attached to g0 (receives what lb0 sends back, drops it)
+//
+// The load balancer is one-armed, as in the lab: it sends every packet,
+// encapsulated, back out of lb0 (XDP_TX) towards a next hop behind g0; the
+// empty program sends the frame back unchanged. So both programs sit in the
+// same position and use the same egress; only the program differs. The sink
+// is the generator namespace's own veth end, with a dropping XDP program (a
+// veth end receives its peer's XDP_TX frames only with an XDP program).
+//
+// Rounds alternate empty, lb, empty, lb, ...: each round runs the generator
+// for about `seconds` and counts frames at three points: sent by the
+// generator (repeat), received by lb0's program and transmitted by it
+// (lb0's rx_queue_*_xdp_packets / xdp_tx), dropped by the sink (g0's
+// xdp_drops). pps = frames that reached the sink / wall time of the run.
+// Checked per round: the load balancer counted every frame as forward_tx and
+// nothing else, and the sink got what lb0 sent.
+//
+// Cases: IPv4 and IPv6 TCP to a VIP (an established flow: the connection
+// table hit), with 1 service per family, and with 10,000 services (5,000 per
+// family, 4 backends each, Maglev M = 1021 to bound memory, as in the datapath
+// benchmark). Namespaces, pins and attachments are removed at the end, on
+// error and on SIGINT/SIGTERM.
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import pino from 'pino';
+import * as bpf from '../src/datapath/bpf';
+import * as L from '../src/datapath/layout';
+import { REASON, REASON_COUNT } from '../src/datapath/reasons';
+import { LbDatapath } from '../src/datapath/lb';
+import type { NodeSettings, ServiceSpec } from '../src/control/model';
+import { ether, ipv4, ipv6, tcp, TCP_ACK, TCP_PSH } from '../test/helpers/packets';
+import { netns, pinDir, sh, veth } from '../test/helpers/fixtures';
+import { Cleanup } from './cleanup';
+
+const ROUNDS = Number(process.argv[2] ?? 5);
+const SECONDS = Number(process.argv[3] ?? 1);
+const MANY = 10_000;
+const BACKENDS = 4;
+const M_ONE = L.MAGLEV_DEFAULT_M;
+const M_MANY = 1021;
+const BATCH = 256;
+
+const VIP4 = '203.0.113.10';
+const VIP6 = '2001:db8:100::10';
+const CLIENT4 = '192.0.2.100';
+const CLIENT6 = '2001:db8::100';
+const PAYLOAD = Buffer.alloc(64, 0x61); // 64 bytes of TCP payload: 118 / 138-byte frames
+
+interface Counts {
+  lbRx: number;
+  lbTx: number;
+  lbErr: number;
+  sink: number;
+}
+
+function ethtool(ns: string, dev: string): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const line of sh('ip', 'netns', 'exec', ns, 'ethtool', '-S', dev).split('\n')) {
+    const m = /^\s*(\S+):\s*(\d+)/.exec(line);
+    if (m) out[m[1]] = (out[m[1]] ?? 0) + Number(m[2]);
+  }
+  return out;
+}
+
+function sumMatching(stats: Record<string, number>, re: RegExp): number {
+  return Object.entries(stats).reduce((n, [k, v]) => (re.test(k) ? n + v : n), 0);
+}
+
+function services(family: 4 | 6 | 'both', count: number): ServiceSpec[] {
+  const out: ServiceSpec[] = [];
+  const be = (fam: 4 | 6, i: number, b: number) => (fam === 4 ? `198.51.100.${10 + ((i * BACKENDS + b) % 200)}` : `2001:db8:200::${(i * BACKENDS + b).toString(16)}`);
+  const mk = (fam: 4 | 6, i: number, vip: string, port: number): ServiceSpec => ({
+    name: `s${fam}-${i}`,
+    vip,
+    port,
+    protocol: 'tcp',
+    flags: { l4Dnat: false, sourceHash: false, conntrackBypass: false, icmpEcho: true },
+    backends: Array.from({ length: BACKENDS }, (_, b) => ({ address: be(fam, i, b), port, weight: 1, state: 'active' as const })),
+  });
+  const fams: Array<4 | 6> = family === 'both' ? [4, 6] : [family];
+  const per = Math.floor(count / fams.length);
+  for (const fam of fams)
+    for (let i = 0; i < per; i++) {
+      // the measured service first: VIP:80; the rest: other VIPs and ports of the documentation ranges
+      if (i === 0) out.push(mk(fam, i, fam === 4 ? VIP4 : VIP6, 80));
+      else out.push(mk(fam, i, fam === 4 ? `203.0.113.${100 + (i % 100)}` : `2001:db8:100::${(0x1000 + (i % 100)).toString(16)}`, 1000 + Math.floor(i / 100)));
+    }
+  return out;
+}
+
+function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+}
+
+async function main(): Promise<void> {
+  if (process.getuid?.() !== 0) throw new Error('needs root: BPF, bpffs and network namespaces');
+  const cleanup = new Cleanup();
+  let stopping = false;
+  for (const sig of ['SIGINT', 'SIGTERM'] as const)
+    process.once(sig, () => {
+      stopping = true;
+      process.stderr.write(`${sig}: cleaning up after the current round\n`);
+    });
+  const t0 = Date.now();
+  try {
+    const genNs = netns(cleanup);
+    const lbNs = netns(cleanup);
+    veth(genNs, lbNs, 'g0', 'lb0');
+    sh('ip', 'netns', 'exec', lbNs, 'sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1', 'net.ipv6.conf.lb0.accept_dad=0');
+    const mac = (ns: string, dev: string) => (JSON.parse(sh('ip', '-n', ns, '-j', 'link', 'show', 'dev', dev)) as Array<{ address: string }>)[0].address;
+    const g0Mac = mac(genNs, 'g0');
+    const lb0Mac = mac(lbNs, 'lb0');
+    const ip = (...a: string[]) => sh('ip', '-n', lbNs, ...a);
+    ip('addr', 'add', '192.0.2.2/24', 'dev', 'lb0');
+    ip('-6', 'addr', 'add', '2001:db8::2/64', 'dev', 'lb0', 'nodad');
+    ip('neigh', 'replace', '192.0.2.1', 'lladdr', g0Mac, 'dev', 'lb0', 'nud', 'permanent');
+    ip('-6', 'neigh', 'replace', '2001:db8::1', 'lladdr', g0Mac, 'dev', 'lb0', 'nud', 'permanent');
+    ip('route', 'add', '198.51.100.0/24', 'via', '192.0.2.1', 'dev', 'lb0');
+    ip('-6', 'route', 'add', '2001:db8:200::/64', 'via', '2001:db8::1', 'dev', 'lb0');
+
+    // generator program and sink
+    const test = bpf.openObject(bpf.testObjectPath('native_test'), { pinRoot: pinDir(cleanup) });
+    cleanup.teardown(() => test.close());
+    const gen = test.program('xdp_tx');
+    const empty = test.program('xdp_tx');
+    const sinkProg = test.program('xdp_drop_all');
+    const g0 = bpf.withNetns(genNs, () => bpf.ifIndex('g0'));
+    const lb0 = bpf.withNetns(lbNs, () => bpf.ifIndex('lb0'));
+    bpf.withNetns(genNs, () => bpf.attachXdp(g0, sinkProg, { mode: 'native' }));
+
+    const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'xdplb-bench-'));
+    cleanup.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+    const log = pino({ level: 'warn' });
+    const frames = {
+      4: ether(ipv4({ src: CLIENT4, dst: VIP4 }, tcp({ sport: 40000, dport: 80, flags: TCP_ACK | TCP_PSH, payload: PAYLOAD })), { dst: lb0Mac, src: g0Mac }),
+      6: ether(ipv6({ src: CLIENT6, dst: VIP6 }, tcp({ sport: 40000, dport: 80, flags: TCP_ACK | TCP_PSH, payload: PAYLOAD })), { dst: lb0Mac, src: g0Mac }),
+    };
+
+    const counts = (): Counts => {
+      const l = ethtool(lbNs, 'lb0');
+      const g = ethtool(genNs, 'g0');
+      return { lbRx: sumMatching(l, /^rx_queue_\d+_xdp_packets$/), lbTx: sumMatching(l, /^rx_queue_\d+_xdp_tx$/), lbErr: sumMatching(l, /^rx_queue_\d+_xdp_tx_errors$/), sink: sumMatching(g, /^rx_queue_\d+_xdp_drops$/) };
+    };
+    /** One generator run of `repeat` frames, timed; frames counted at each point. */
+    const run = (frame: Buffer, repeat: number) => {
+      const before = counts();
+      const start = process.hrtime.bigint();
+      bpf.withNetns(genNs, () => gen.testRun({ data: frame, ctx: bpf.xdpContext(g0), repeat, flags: bpf.BPF_F_TEST_XDP_LIVE_FRAMES, batchSize: BATCH }));
+      const secs = Number(process.hrtime.bigint() - start) / 1e9;
+      const after = counts();
+      return { secs, repeat, lbRx: after.lbRx - before.lbRx, lbTx: after.lbTx - before.lbTx, lbErr: after.lbErr - before.lbErr, sink: after.sink - before.sink };
+    };
+
+    const rows: string[] = [];
+    const worlds: Array<{ count: number; m: number }> = [
+      { count: 1, m: M_ONE },
+      { count: MANY, m: M_MANY },
+    ];
+    for (const w of worlds) {
+      if (stopping) break;
+      const bpffs = pinDir(cleanup);
+      const node: NodeSettings = {
+        interfaces: [{ name: 'lb0', mode: 'native' }],
+        maglevSize: w.m,
+        outerSource: { ipv4: { address: '192.0.2.64', prefixLength: 28 }, ipv6: { address: '2001:db8:300::', prefixLength: 120 } },
+        ttl: 64,
+        mtu: 0,
+        bpffs,
+        api: { socket: path.join(stateDir, 'unused.sock') },
+        stateDir: path.join(stateDir, String(w.count)),
+        recorderDir: path.join(stateDir, 'rec'),
+        logLevel: 'warn',
+      };
+      const tApply = Date.now();
+      const dp = bpf.withNetns(lbNs, () => LbDatapath.open(node, log));
+      let closed = false;
+      const detach = () => {
+        if (closed) return;
+        closed = true;
+        try {
+          bpf.withNetns(lbNs, () => {
+            if (bpf.queryXdp(lb0).progId) bpf.detachXdp(lb0, 'native');
+          });
+        } catch {
+          // namespace gone
+        }
+        dp.close();
+      };
+      cleanup.teardown(detach);
+      const specs = w.count === 1 ? [...services(4, 1), ...services(6, 1)] : services('both', w.count);
+      dp.apply(specs);
+      process.stderr.write(`${specs.length} services applied in ${Date.now() - tApply} ms (M=${w.m})\n`);
+      const reasonsMap = bpf.mapFromPin(path.join(bpffs, L.MAP_NAMES.reasons));
+      cleanup.teardown(() => reasonsMap.close());
+      /** packets per reason index, summed over CPUs */
+      const reasons = () => Array.from({ length: REASON_COUNT }, (_, i) => Number(L.sumCounters(reasonsMap.lookupPerCpu(L.u32(i))).packets));
+      let current: bpf.BpfProgram = dp.program;
+      const use = (prog: bpf.BpfProgram) => {
+        if (prog === current) return;
+        bpf.withNetns(lbNs, () => bpf.attachXdp(lb0, prog, { mode: 'native', replace: current }));
+        current = prog;
+      };
+
+      for (const fam of [4, 6] as const) {
+        if (stopping) break;
+        const frame = frames[fam];
+        // the flow's first packet makes the connection-table entry; then calibrate
+        use(dp.program);
+        run(frame, 1);
+        const cal = run(frame, 200_000);
+        const repeat = Math.max(100_000, Math.round((cal.sink / cal.secs) * SECONDS));
+        const pps: Record<'empty' | 'lb', number[]> = { empty: [], lb: [] };
+        const ratios: number[] = [];
+        for (let r = 0; r < ROUNDS && !stopping; r++) {
+          for (const which of ['empty', 'lb'] as const) {
+            use(which === 'empty' ? empty : dp.program);
+            const before = reasons();
+            const x = run(frame, repeat);
+            const after = reasons();
+            if (x.sink !== x.lbTx || x.lbErr || x.lbRx !== repeat)
+              throw new Error(`${which}: ${repeat} sent, lb0 received ${x.lbRx} and sent ${x.lbTx} (errors ${x.lbErr}), the sink dropped ${x.sink}`);
+            const delta = after.map((v, i) => v - before[i]);
+            const fwd = delta[REASON.forward_tx];
+            const other = delta.reduce((a, b) => a + b, 0) - fwd;
+            if (which === 'lb' && (fwd !== x.lbRx || other !== 0)) throw new Error(`lb: ${x.lbRx} frames received, ${fwd} counted forward_tx, ${other} other reasons`);
+            if (which === 'empty' && fwd + other !== 0) throw new Error('empty: the load balancer counted packets while detached');
+            pps[which].push(x.sink / x.secs);
+          }
+          ratios.push(pps.lb[pps.lb.length - 1] / pps.empty[pps.empty.length - 1]);
+        }
+        use(dp.program);
+        const mE = median(pps.empty);
+        const mL = median(pps.lb);
+        const row = `| IPv${fam} TCP to a VIP, established flow | ${w.count === 1 ? '1' : '10,000'} (${w.m}) | ${(mL / 1e6).toFixed(2)} | ${(mE / 1e6).toFixed(2)} | **${median(ratios).toFixed(2)}** (${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)}) | ${repeat.toLocaleString('en-US')} |`;
+        process.stdout.write(`${row}\n`);
+        rows.push(row);
+      }
+      detach();
+    }
+    process.stdout.write(`\nrounds ${ROUNDS} × ${SECONDS} s per program, ${Math.round((Date.now() - t0) / 1000)} s in all, ${new Date().toISOString().slice(0, 10)}, kernel ${os.release()}, node ${process.version}, load average ${os.loadavg()[0].toFixed(1)}\n`);
+    process.stdout.write(['', '| case | services (Maglev M) | LB Mpps | empty XDP_TX Mpps | ratio (min–max of rounds) | frames per round |', '|---|---:|---:|---:|---:|---:|', ...rows].join('\n') + '\n');
+  } finally {
+    await cleanup.run();
+  }
+}
+
+main().catch((e: Error) => {
+  process.stderr.write(`bench/forward: ${e.message}\n`);
+  process.exit(1);
+});
