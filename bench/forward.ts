@@ -6,20 +6,33 @@
 //   gen namespace                          lb namespace
 //   g0 ───────────────── veth ───────────── lb0  [xdplb_main | empty XDP_TX]
 //   ↑ generator: BPF_PROG_TEST_RUN, live frames, xdp_tx on g0 (frames leave g0)
-//   ↓ sink: xdp_drop_all attached to g0 (receives what lb0 sends back, drops it)
+//   ↓ sink: xdp/decap.bpf.c attached to g0 in sink mode (receives what lb0
+//     sends back, strips the outer header, counts, drops)
 //
 // The load balancer is one-armed, as in the lab: it sends every packet,
 // encapsulated, back out of lb0 (XDP_TX) towards a next hop behind g0; the
 // empty program sends the frame back unchanged. So both programs sit in the
 // same position and use the same egress; only the program differs. The sink
-// is the generator namespace's own veth end, with a dropping XDP program (a
-// veth end receives its peer's XDP_TX frames only with an XDP program).
+// is the generator namespace's own veth end (a veth end receives its peer's
+// XDP_TX frames only with an XDP program of its own).
+//
+// Why the decapsulator as the sink: a live-frames test run recycles its pages
+// within the run (a run costs ~24 ms to set up, so every run must send many
+// batches), and a recycled page holds whatever was last written into it. The
+// load balancer writes the outer header and new MACs over the frame's first
+// bytes; stripping the outer header at the sink writes the Ethernet header
+// back in front of the untouched inner packet, so the page holds the original
+// frame again (MACs swapped, which no XDP program here looks at). Its cost
+// differs between the cases (a strip for the load balancer's frames, a parse
+// for the empty program's) and is part of the load balancer's figure.
 //
 // Rounds alternate empty, lb, empty, lb, ...: each round runs the generator
 // for about `seconds` and counts frames at three points: sent by the
 // generator (repeat), received by lb0's program and transmitted by it
 // (lb0's rx_queue_*_xdp_packets / xdp_tx), dropped by the sink (g0's
-// xdp_drops). pps = frames that reached the sink / wall time of the run.
+// xdp_drops). pps = frames lb0's program sent on to the sink / wall time of
+// the run (the sink must have dropped that many, give or take the odd frame of
+// the lb namespace's own kernel).
 // Checked per round: the load balancer counted every frame as forward_tx and
 // nothing else, and the sink got what lb0 sent.
 //
@@ -40,6 +53,7 @@ import type { NodeSettings, ServiceSpec } from '../src/control/model';
 import { ether, ipv4, ipv6, tcp, TCP_ACK, TCP_PSH } from '../test/helpers/packets';
 import { netns, pinDir, sh, veth } from '../test/helpers/fixtures';
 import { Cleanup } from './cleanup';
+import { Decap, detachIn } from '../src/lab/decap';
 
 const ROUNDS = Number(process.argv[2] ?? 5);
 const SECONDS = Number(process.argv[3] ?? 1);
@@ -133,10 +147,14 @@ async function main(): Promise<void> {
     cleanup.teardown(() => test.close());
     const gen = test.program('xdp_tx');
     const empty = test.program('xdp_tx');
-    const sinkProg = test.program('xdp_drop_all');
+    const sink = Decap.open(pinDir(cleanup));
+    cleanup.teardown(() => sink.close());
+    sink.addLocal('any');
+    sink.setSink(true);
     const g0 = bpf.withNetns(genNs, () => bpf.ifIndex('g0'));
     const lb0 = bpf.withNetns(lbNs, () => bpf.ifIndex('lb0'));
-    bpf.withNetns(genNs, () => bpf.attachXdp(g0, sinkProg, { mode: 'native' }));
+    sink.attach('g0', { ns: genNs });
+    cleanup.teardown(() => detachIn(genNs, 'g0'));
 
     const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'xdplb-bench-'));
     cleanup.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
@@ -218,37 +236,48 @@ async function main(): Promise<void> {
         use(dp.program);
         run(frame, 1);
         const cal = run(frame, 200_000);
-        const repeat = Math.max(100_000, Math.round((cal.sink / cal.secs) * SECONDS));
+        const repeat = Math.max(100_000, Math.round((cal.repeat / cal.secs) * SECONDS));
         const pps: Record<'empty' | 'lb', number[]> = { empty: [], lb: [] };
+        const offered: Record<'empty' | 'lb', number[]> = { empty: [], lb: [] };
         const ratios: number[] = [];
         for (let r = 0; r < ROUNDS && !stopping; r++) {
           for (const which of ['empty', 'lb'] as const) {
             use(which === 'empty' ? empty : dp.program);
             const before = reasons();
+            const sinkBefore = sink.counters();
             const x = run(frame, repeat);
             const after = reasons();
-            if (x.sink !== x.lbTx || x.lbErr || x.lbRx !== repeat)
+            const sinkAfter = sink.counters();
+            const stripped = Number(sinkAfter.decap_ipip.packets + sinkAfter.decap_ip6ip6.packets - sinkBefore.decap_ipip.packets - sinkBefore.decap_ip6ip6.packets);
+            if (which === 'lb' ? stripped !== x.lbTx : stripped !== 0) throw new Error(`${which}: the sink decapsulated ${stripped} of ${x.lbTx} frames`);
+            // the sink also sees the odd frame of the lb namespace's own kernel (IPv6 ND, MLD)
+            // Frames offered faster than a ring drains are lost at lb0's ring (generator
+            // to lb0) or g0's (lb0 to the sink): overload, counted, not an error.
+            // Either namespace's own kernel adds the odd frame (IPv6 ND, MLD): a slack of 16.
+            const slack = (a: number, b: number) => a >= b && a <= b + 16;
+            if (!slack(x.sink, x.lbTx) || x.lbRx > repeat + 16 || !slack(x.lbRx, x.lbTx + x.lbErr))
               throw new Error(`${which}: ${repeat} sent, lb0 received ${x.lbRx} and sent ${x.lbTx} (errors ${x.lbErr}), the sink dropped ${x.sink}`);
             const delta = after.map((v, i) => v - before[i]);
             const fwd = delta[REASON.forward_tx];
             const other = delta.reduce((a, b) => a + b, 0) - fwd;
-            if (which === 'lb' && (fwd !== x.lbRx || other !== 0)) throw new Error(`lb: ${x.lbRx} frames received, ${fwd} counted forward_tx, ${other} other reasons`);
+            if (which === 'lb' && (fwd !== x.lbTx + x.lbErr || other > 16)) throw new Error(`lb: ${x.lbRx} frames received, ${x.lbTx + x.lbErr} sent back, ${fwd} counted forward_tx, ${other} other reasons`);
             if (which === 'empty' && fwd + other !== 0) throw new Error('empty: the load balancer counted packets while detached');
-            pps[which].push(x.sink / x.secs);
+            pps[which].push(x.lbTx / x.secs);
+            offered[which].push(x.repeat / x.secs);
           }
           ratios.push(pps.lb[pps.lb.length - 1] / pps.empty[pps.empty.length - 1]);
         }
         use(dp.program);
         const mE = median(pps.empty);
         const mL = median(pps.lb);
-        const row = `| IPv${fam} TCP to a VIP, established flow | ${w.count === 1 ? '1' : '10,000'} (${w.m}) | ${(mL / 1e6).toFixed(2)} | ${(mE / 1e6).toFixed(2)} | **${median(ratios).toFixed(2)}** (${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)}) | ${repeat.toLocaleString('en-US')} |`;
+        const row = `| IPv${fam} TCP to a VIP, established flow | ${w.count === 1 ? '1' : '10,000'} (${w.m}) | ${(mL / 1e6).toFixed(2)} | ${(mE / 1e6).toFixed(2)} | **${median(ratios).toFixed(2)}** (${Math.min(...ratios).toFixed(2)}–${Math.max(...ratios).toFixed(2)}) | ${Math.round(1e9 / mL - 1e9 / mE)} | ${(median(offered.empty) / 1e6).toFixed(2)} / ${(median(offered.lb) / 1e6).toFixed(2)} |`;
         process.stdout.write(`${row}\n`);
         rows.push(row);
       }
       detach();
     }
     process.stdout.write(`\nrounds ${ROUNDS} × ${SECONDS} s per program, ${Math.round((Date.now() - t0) / 1000)} s in all, ${new Date().toISOString().slice(0, 10)}, kernel ${os.release()}, node ${process.version}, load average ${os.loadavg()[0].toFixed(1)}\n`);
-    process.stdout.write(['', '| case | services (Maglev M) | LB Mpps | empty XDP_TX Mpps | ratio (min–max of rounds) | frames per round |', '|---|---:|---:|---:|---:|---:|', ...rows].join('\n') + '\n');
+    process.stdout.write(['', '| case | services (Maglev M) | LB Mpps | empty XDP_TX Mpps | ratio (min–max of rounds) | ns per frame more than empty | offered Mpps (empty / LB rounds) |', '|---|---:|---:|---:|---:|---:|---:|', ...rows].join('\n') + '\n');
   } finally {
     await cleanup.run();
   }

@@ -308,3 +308,14 @@ t.test('reverse DNAT (tc egress): replies from VIP:backend port leave from the s
   t.equal(d.counters().revnat_port.packets, 4n, 'rewritten replies counted');
   t.end();
 });
+
+t.test('sink mode (benchmarks): every frame dropped after its verdict, a tunnel packet after the strip', needsRoot, (t) => {
+  const d = openDecap(t, BE4, BE6);
+  d.setSink(true);
+  const frames = [P.ether(ipip(tcp4()), eth), P.ether(ip6ip6(udp6()), eth), P.ether(tcp4(), eth), P.arp(BE4, '198.51.100.1')];
+  for (const f of frames) t.equal(run(d, f).retval, bpf.XDP_DROP, 'XDP_DROP');
+  t.same(counted(d), { decap_ipip: 1, decap_ip6ip6: 1, pass_not_tunnel: 1, pass_not_ip: 1 }, 'each under its own reason');
+  d.setSink(false);
+  t.equal(run(d, frames[0]).retval, bpf.XDP_PASS, 'sink mode off: passed again');
+  t.end();
+});

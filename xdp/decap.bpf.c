@@ -29,6 +29,12 @@
  *  - Ethernet padding after the outer packet stays; the stack trims the inner
  *    packet to its own length. A VLAN tag stays, its inner ethertype rewritten.
  *  - TTL / hop limit of the inner packet is not touched: the tunnel is one hop.
+ *  - Sink mode (xdplb_decap_config flag DECAP_CFG_F_SINK), for benchmarks only:
+ *    every verdict is carried out as far as the frame goes (the outer header
+ *    is stripped, counters bumped) and then the frame is dropped instead of
+ *    passed. bench/forward.ts puts it behind the load balancer: stripping puts
+ *    the generator's frame back as it was, which matters because live-frame
+ *    test runs recycle their pages with whatever the load balancer wrote.
  *
  * L4 DNAT (a service port that differs from the backend's port) needs one
  * more step on the way back: the server answers from the backend port, the
@@ -68,6 +74,9 @@ enum xdplb_decap_reason {
 	DECAP_R_REVNAT_PORT,		/* TC_ACT_OK (xdplb_revnat, egress): reply source port set back to the service port */
 	DECAP_R_MAX
 };
+
+/* xdplb_decap_config[0].flags */
+#define DECAP_CFG_F_SINK	(1U << 0)	/* drop every frame after its verdict (benchmark sink) */
 
 #define DECAP_FAMILY_ANY	0	/* xdplb_decap_local wildcard: every tunnel packet */
 #define DECAP_FAMILY_V4		4
@@ -109,6 +118,11 @@ struct xdplb_revnat_val {
 	__u16 pad;		/* 2: 0 */
 };				/* 4 */
 
+/* xdplb_decap_config[0] */
+struct xdplb_decap_config {
+	__u32 flags;		/* 0: DECAP_CFG_F_* */
+};				/* 4 */
+
 _Static_assert(sizeof(struct xdplb_decap_addr) == 20, "decap address key");
 _Static_assert(sizeof(struct xdplb_revnat_key) == 20, "revnat key");
 _Static_assert(sizeof(struct xdplb_revnat_val) == 4, "revnat value");
@@ -128,6 +142,14 @@ struct {
 	__type(key, __u32);
 	__type(value, struct xdplb_decap_counter);
 } xdplb_decap_reasons SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, struct xdplb_decap_config);
+} xdplb_decap_config SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -169,8 +191,13 @@ static __always_inline void count(int reason, __u32 bytes)
 
 static __always_inline int finish(int reason, __u32 bytes)
 {
+	__u32 zero = 0;
+	struct xdplb_decap_config *cfg = bpf_map_lookup_elem(&xdplb_decap_config, &zero);
+
 	count(reason, bytes);
-	return reason == DECAP_R_DROP_ECN_CE_NOT_ECT ? XDP_DROP : XDP_PASS;
+	if (reason == DECAP_R_DROP_ECN_CE_NOT_ECT || (cfg && (cfg->flags & DECAP_CFG_F_SINK)))
+		return XDP_DROP;
+	return XDP_PASS;
 }
 
 /* 1. Ethernet and at most one VLAN tag */

@@ -12,6 +12,9 @@ export const DECAP_OBJECT = 'decap';
 export const DECAP_PROGRAM = 'xdplb_decap';
 export const DECAP_LOCAL_MAP = 'xdplb_decap_local';
 export const DECAP_REASONS_MAP = 'xdplb_decap_reasons';
+export const DECAP_CONFIG_MAP = 'xdplb_decap_config';
+/** xdplb_decap_config flags */
+export const DECAP_CFG_F_SINK = 1;
 export const REVNAT_MAP = 'xdplb_decap_revnat';
 export const REVNAT_PROGRAM = 'xdplb_revnat';
 /** Pin names of the programs next to the maps */
@@ -85,6 +88,7 @@ export class Decap {
   readonly reasonsMap: bpf.BpfMap;
   readonly revnatProg: bpf.BpfProgram;
   readonly revnat: bpf.BpfMap;
+  readonly config: bpf.BpfMap;
 
   private constructor(private readonly obj: bpf.BpfObject) {
     this.prog = obj.program(DECAP_PROGRAM);
@@ -92,6 +96,15 @@ export class Decap {
     this.reasonsMap = obj.map(DECAP_REASONS_MAP);
     this.revnatProg = obj.program(REVNAT_PROGRAM);
     this.revnat = obj.map(REVNAT_MAP);
+    this.config = obj.map(DECAP_CONFIG_MAP);
+  }
+
+  /**
+   * Sink mode (benchmarks only): every frame is dropped after its verdict,
+   * a decapsulated one after its outer header is stripped.
+   */
+  setSink(on: boolean): void {
+    this.config.update(u32(0), u32(on ? DECAP_CFG_F_SINK : 0));
   }
 
   static open(pinRoot?: string, objectFile = bpf.objectPath(DECAP_OBJECT)): Decap {
@@ -140,6 +153,7 @@ export class Decap {
     this.reasonsMap.close();
     this.revnat.close();
     this.revnatProg.close();
+    this.config.close();
     this.prog.close();
     this.obj.close();
   }
