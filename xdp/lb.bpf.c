@@ -81,7 +81,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 		return finish(&pkt, r);
 
 	/* 2. Recorder, inbound point */
-	xdplb_record(ctx, &pkt, XDPLB_CAPTURE_IN);
+	xdplb_record(ctx, &pkt, XDPLB_CAPTURE_IN, XDPLB_NO_BACKEND);
 
 	cfg = bpf_map_lookup_elem(&xdplb_config, &zero);
 	if (!cfg)
@@ -133,7 +133,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 	verdict = l2_forward(ctx, &fib, &r);
 
 	/* 9. Recorder, outbound point */
-	xdplb_record(ctx, &pkt, XDPLB_CAPTURE_OUT);
+	xdplb_record(ctx, &pkt, XDPLB_CAPTURE_OUT, choice.id);
 
 	/* 10. Counters */
 	count_reason(r, pkt.frame_len);
