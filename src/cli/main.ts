@@ -8,6 +8,7 @@ import { parseBackendArg, parseBackendRef, parsePort, parseProtocol } from './ar
 import { OUTPUT_FORMATS, render, table, type OutputFormat } from './output';
 import { DEFAULT_NODE } from '../control/model';
 import { labCommand } from '../lab/command';
+import { recordCommand } from './record';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { version } = require('../../../package.json') as { version: string };
@@ -261,6 +262,9 @@ export function buildCli(): Command {
         });
       }),
     );
+
+  // packet captures (src/cli/record.ts)
+  program.addCommand(recordCommand());
 
   // the namespace lab (src/lab)
   program.addCommand(labCommand());
