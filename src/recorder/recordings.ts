@@ -142,6 +142,8 @@ export class Recorder {
   private stopReader?: () => void;
   private tick?: NodeJS.Timeout;
   private pending: Sample[] = [];
+  /** samples arrived since pending was last sorted */
+  private unsorted = false;
   private dir: string;
   private totalPackets = 0;
   private totalLost = 0;
@@ -289,13 +291,15 @@ export class Recorder {
       for (const r of this.byRule.values()) r.stats.lostInRing += b.lost;
     }
     for (const s of b.samples) this.pending.push(s);
+    if (b.samples.length) this.unsorted = true;
     this.release(false);
   }
 
   /** Hands out the samples older than the reorder window (all of them with `all`), in time order. */
   private release(all: boolean): void {
     if (this.pending.length === 0) return;
-    this.pending.sort((a, b) => (a.tsNs < b.tsNs ? -1 : a.tsNs > b.tsNs ? 1 : 0));
+    if (this.unsorted) this.pending.sort((a, b) => (a.tsNs < b.tsNs ? -1 : a.tsNs > b.tsNs ? 1 : 0));
+    this.unsorted = false;
     const cutoff = KernelClock.nowNs() - BigInt(REORDER_MS) * 1_000_000n;
     let n = 0;
     while (n < this.pending.length && (all || this.pending[n].tsNs <= cutoff)) n++;
