@@ -10,6 +10,7 @@
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -46,14 +47,30 @@ class PerfReader : public Napi::ObjectWrap<PerfReader> {
     ClearLibbpfLog();
     pb_ = perf_buffer__new(mapFd, pages, &PerfReader::OnSample, &PerfReader::OnLost, this, nullptr);
     if (!pb_) throw SysError(env, errno, "perf buffer open", "fd " + std::to_string(mapFd));
-    tsfn_ = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "xdplb-perf-reader", 0, 1);
+    // Batches already queued when the reader closes are still delivered, and
+    // their completions use this reader: it stays alive (a strong reference)
+    // until the function is finalized after the last of them, then it may be
+    // collected. At environment teardown nothing is collected any more.
+    tsfn_ = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "xdplb-perf-reader", 0, 1, [this](Napi::Env) {
+      if (!tearingDown_) Unref();
+    });
+    Ref();
     // A reader must never keep the process alive on its own.
     tsfn_.Unref(env);
-    env.AddCleanupHook([this]() { Stop(); });
+    // Stops the thread at environment teardown; removed again when the reader
+    // is collected first, so the hook never runs on a freed reader.
+    cleanup_ = env.AddCleanupHook(std::function<void()>([this]() {
+      tearingDown_ = true;
+      Stop();
+    }));
     thread_ = std::thread([this]() { Loop(); });
   }
 
-  ~PerfReader() override { Stop(); }
+  ~PerfReader() override {
+    Stop();
+    // A hook that has run is gone (node-addon-api frees it after the call).
+    if (!tearingDown_ && !cleanup_.IsEmpty()) cleanup_.Remove(Env());
+  }
 
  private:
   static void OnSample(void *ctx, int cpu, void *data, __u32 size) {
@@ -145,6 +162,7 @@ class PerfReader : public Napi::ObjectWrap<PerfReader> {
   }
 
   struct perf_buffer *pb_ = nullptr;
+  Napi::Env::CleanupHook<std::function<void()>> cleanup_;
   Napi::ThreadSafeFunction tsfn_;
   std::thread thread_;
   std::mutex mu_;
@@ -152,6 +170,7 @@ class PerfReader : public Napi::ObjectWrap<PerfReader> {
   int inFlight_ = 0;
   std::atomic<bool> stop_{false};
   bool stopped_ = false;
+  bool tearingDown_ = false;
   Batch cur_;
   std::atomic<uint64_t> received_{0}, lost_{0}, pollErrors_{0};
 };
