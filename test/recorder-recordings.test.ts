@@ -44,7 +44,7 @@ class FakeDatapath implements RecorderDatapath {
     return { emitted: 0, outputFailures: 0 };
   }
   emit(samples: Sample[], lost = 0): void {
-    this.onBatch?.({ samples, lost });
+    this.onBatch?.({ samples, records: samples.length, lost });
   }
   get current(): CompiledFilters | undefined {
     return this.applied.at(-1)?.compiled;

@@ -38,6 +38,8 @@ export interface Sample {
 
 export interface SampleBatch {
   samples: Sample[];
+  /** records the reader handed over (samples, and any it could not decode) */
+  records: number;
   /** samples the kernel could not store in a ring since the previous batch */
   lost: number;
 }
@@ -141,7 +143,7 @@ export class RecorderMaps implements RecorderDatapath {
         const s = decodeSample(r.data);
         if (s) samples.push(s);
       }
-      onBatch({ samples, lost: b.lost });
+      onBatch({ samples, records: b.records.length, lost: b.lost });
     });
     return () => reader.close();
   }

@@ -15,6 +15,11 @@
 // they are REORDER_MS old (the reader drains every ring every 50 ms), then go
 // out sorted by time, so every file and stream has non-decreasing timestamps.
 //
+// Stopping on request (or time, or shutdown): the rule leaves the maps, then
+// the recording still takes what the rings held — until the reader has handed
+// over as many samples as the datapath counts emitted — so a stop after the
+// traffic loses none of it.
+//
 // Losses: a full ring makes the kernel drop samples and report only how many,
 // not which rules they matched; every recording running when the loss is
 // reported counts it in lost_in_ring, so a loss is never hidden.
@@ -78,9 +83,10 @@ export interface RecorderOptions {
 
 /** How long samples wait to be put in time order across CPUs. */
 export const REORDER_MS = 100;
-/** After a rule is removed: long enough for the reader to drain the rings and the reorder window to empty. */
-export const DRAIN_MS = 250;
+/** The most a stop waits for the reader to hand over what the datapath emitted before the rule went. */
+export const DRAIN_TIMEOUT_MS = 2000;
 const TICK_MS = 25;
+const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 class Recording {
   state: RecordingState = 'running';
@@ -142,6 +148,9 @@ export class Recorder {
   private stopReader?: () => void;
   private tick?: NodeJS.Timeout;
   private pending: Sample[] = [];
+  /** the datapath's emitted-samples count when the reader started, and the records the reader has handed over since */
+  private emittedBase = 0;
+  private seen = 0;
   /** samples arrived since pending was last sorted */
   private unsorted = false;
   private dir: string;
@@ -271,6 +280,8 @@ export class Recorder {
 
   private ensureReader(): void {
     if (this.stopReader) return;
+    this.emittedBase = this.o.datapath!.stats().emitted;
+    this.seen = 0;
     this.stopReader = this.o.datapath!.read((b) => this.onBatch(b));
     this.tick = setInterval(() => this.release(false), TICK_MS);
     this.tick.unref();
@@ -286,6 +297,7 @@ export class Recorder {
   }
 
   private onBatch(b: SampleBatch): void {
+    this.seen += b.records;
     if (b.lost) {
       this.totalLost += b.lost;
       for (const r of this.byRule.values()) r.stats.lostInRing += b.lost;
@@ -293,6 +305,18 @@ export class Recorder {
     for (const s of b.samples) this.pending.push(s);
     if (b.samples.length) this.unsorted = true;
     this.release(false);
+  }
+
+  /**
+   * Waits (at most DRAIN_TIMEOUT_MS) until the reader has handed over every
+   * sample the datapath has emitted since it started — the kernel counts them
+   * — and then until they have left the reorder window.
+   */
+  private async drain(): Promise<void> {
+    const target = this.o.datapath!.stats().emitted - this.emittedBase;
+    const deadline = Date.now() + DRAIN_TIMEOUT_MS;
+    while (this.seen < target && Date.now() < deadline) await sleep(TICK_MS);
+    await sleep(REORDER_MS + 2 * TICK_MS);
   }
 
   /** Hands out the samples older than the reorder window (all of them with `all`), in time order. */
@@ -350,7 +374,7 @@ export class Recorder {
     } catch (e) {
       this.o.log.error({ recording: rec.id, error: (e as Error).message }, 'recording rule not removed from the maps');
     }
-    if (reason === 'requested' || reason === 'duration' || reason === 'shutdown') await new Promise((r) => setTimeout(r, DRAIN_MS));
+    if (reason === 'requested' || reason === 'duration' || reason === 'shutdown') await this.drain();
     rec.state = reason === 'error' ? 'failed' : 'stopped';
     rec.stopReason = reason;
     if (error) rec.error = error;
