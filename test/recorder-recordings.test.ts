@@ -58,7 +58,8 @@ const SETTLE = 250;
 
 function sample(rules: bigint, o: { len?: number; point?: 'in' | 'out'; tsNs?: bigint; fill?: number } = {}): Sample {
   const len = o.len ?? 60;
-  return { tsNs: o.tsNs ?? KernelClock.nowNs(), rules, origLen: len, point: o.point ?? 'in', ifindex: 2, family: 4, data: Buffer.alloc(len, o.fill ?? 0xab) };
+  const tsNs = o.tsNs ?? KernelClock.nowNs();
+  return { tsNs, order: Number(tsNs), rules, origLen: len, point: o.point ?? 'in', ifindex: 2, family: 4, data: Buffer.alloc(len, o.fill ?? 0xab) };
 }
 
 function spec(o: Partial<RecordingSpec> = {}): RecordingSpec {

@@ -24,6 +24,8 @@ import type { CapturePoint } from './pcap';
 export interface Sample {
   /** bpf_ktime_get_ns(): CLOCK_MONOTONIC */
   tsNs: bigint;
+  /** tsNs as a number, to sort by: exact for 104 days of uptime, then off by nanoseconds */
+  order: number;
   /** bit r set: the frame matched rule r */
   rules: bigint;
   origLen: number;
@@ -64,6 +66,7 @@ export function decodeSample(raw: Buffer): Sample | undefined {
   if (!point || raw.length < L.REC_META_LEN + m.capLen) return undefined;
   return {
     tsNs: m.tsNs,
+    order: Number(m.tsNs),
     rules: m.rules,
     origLen: m.origLen,
     point,
@@ -75,6 +78,12 @@ export function decodeSample(raw: Buffer): Sample | undefined {
 }
 
 const u32 = L.u32;
+/**
+ * Pages of each CPU's ring (4 MiB): the datapath copies a burst at line rate
+ * into one CPU's ring far faster than any reader drains it, so the ring, not
+ * the reader's pace, decides how large a burst is captured whole.
+ */
+export const RING_PAGES = 1024;
 const MAP_KEYS = ['masks', 'entries', 'config', 'ring', 'stats'] as const;
 type MapKey = (typeof MAP_KEYS)[number];
 
@@ -144,7 +153,7 @@ export class RecorderMaps implements RecorderDatapath {
         if (s) samples.push(s);
       }
       onBatch({ samples, records: b.records.length, lost: b.lost });
-    });
+    }, RING_PAGES);
     return () => reader.close();
   }
 

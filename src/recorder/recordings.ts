@@ -99,6 +99,8 @@ class Recording {
   stoppedAt?: number;
   readonly stats: RecordingStats = { packetsWritten: 0, bytesWritten: 0, bytesCaptured: 0, lostInRing: 0, droppedSlowClient: 0, droppedWriteError: 0 };
   readonly startedAt = Date.now();
+  /** its bit in a sample's rule mask */
+  readonly bit: bigint;
   timer?: NodeJS.Timeout;
   sink!: Sink;
   readonly done: Promise<void>;
@@ -115,6 +117,7 @@ class Recording {
     readonly file?: FileSpec,
   ) {
     this.done = new Promise((r) => (this.resolveDone = r));
+    this.bit = 1n << BigInt(ruleId);
   }
 
   view(): RecordingView {
@@ -322,7 +325,7 @@ export class Recorder {
   /** Hands out the samples older than the reorder window (all of them with `all`), in time order. */
   private release(all: boolean): void {
     if (this.pending.length === 0) return;
-    if (this.unsorted) this.pending.sort((a, b) => (a.tsNs < b.tsNs ? -1 : a.tsNs > b.tsNs ? 1 : 0));
+    if (this.unsorted) this.pending.sort((a, b) => a.order - b.order);
     this.unsorted = false;
     const cutoff = KernelClock.nowNs() - BigInt(REORDER_MS) * 1_000_000n;
     let n = 0;
@@ -334,14 +337,7 @@ export class Recorder {
   }
 
   private dispatch(s: Sample): void {
-    let rules = s.rules;
-    for (let r = 0; rules !== 0n && r < MAX_RULES; r++) {
-      const bit = 1n << BigInt(r);
-      if (!(rules & bit)) continue;
-      rules &= ~bit;
-      const rec = this.byRule.get(r);
-      if (rec && rec.state === 'running' && s.tsNs >= rec.startKtime) this.take(rec, s);
-    }
+    for (const rec of this.byRule.values()) if (s.rules & rec.bit && rec.state === 'running' && s.tsNs >= rec.startKtime) this.take(rec, s);
   }
 
   private take(rec: Recording, s: Sample): void {

@@ -66,6 +66,9 @@ export function checkFileName(name: string): string | undefined {
 
 interface OpenFile extends RecordingFile {
   stream?: fs.WriteStream;
+  /** records gathered in this turn of the event loop: one write for all of them */
+  gathered: Buffer[];
+  gatheredBytes: number;
   openedAt: number;
   finished: Promise<void>;
 }
@@ -141,6 +144,8 @@ export class FileSink implements Sink {
       closed: false,
       deleted: false,
       stream,
+      gathered: [],
+      gatheredBytes: 0,
       openedAt: Date.now(),
       finished: new Promise<void>((resolve) => {
         stream.once('close', () => {
@@ -162,9 +167,24 @@ export class FileSink implements Sink {
   }
 
   private put(file: OpenFile, bytes: Buffer): void {
-    file.stream!.write(bytes);
+    if (file.gathered.length === 0) setImmediate(() => this.flush(file));
+    file.gathered.push(bytes);
+    file.gatheredBytes += bytes.length;
     file.sizeBytes += bytes.length;
     this.written += bytes.length;
+  }
+
+  private flush(file: OpenFile): void {
+    if (file.gathered.length === 0 || file.stream!.writableEnded) return;
+    file.stream!.write(file.gathered.length === 1 ? file.gathered[0] : Buffer.concat(file.gathered, file.gatheredBytes));
+    file.gathered = [];
+    file.gatheredBytes = 0;
+  }
+
+  /** Its last records, then the end of the file. */
+  private end(file: OpenFile): void {
+    this.flush(file);
+    if (!file.stream!.writableEnded) file.stream!.end();
   }
 
   /** A ring of files: the oldest goes once it is closed. */
@@ -197,9 +217,9 @@ export class FileSink implements Sink {
   write(record: Buffer): boolean {
     if (this.failed || this.closing) return false;
     let cur = this.current();
-    if (cur.stream!.writableLength + record.length > (this.o.maxQueued ?? DEFAULT_QUEUED)) return false;
+    if (cur.stream!.writableLength + cur.gatheredBytes + record.length > (this.o.maxQueued ?? DEFAULT_QUEUED)) return false;
     if (this.dueForRotation(cur, record.length)) {
-      cur.stream!.end();
+      this.end(cur);
       try {
         this.openNext();
       } catch (e) {
@@ -221,7 +241,7 @@ export class FileSink implements Sink {
   async close(): Promise<void> {
     this.closing = true;
     const cur = this.current();
-    if (cur?.stream && !cur.stream.writableEnded) cur.stream.end();
+    if (cur) this.end(cur);
     await Promise.all(this.files.map((f) => f.finished));
   }
 }
