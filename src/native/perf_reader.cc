@@ -9,6 +9,14 @@
 // sample costs the sending CPU an irq_work and the reader a context switch per
 // packet, which on a small machine took most of the capture rate.
 //
+// One batch at a time, acknowledged: Node dispatches a thread-safe function's
+// queue for as long as it finds something in it (up to 1000 calls in one go),
+// so a reader that refilled the queue while a batch was being handled kept the
+// event loop in that dispatch for seconds under load — no timers, no I/O, no
+// API. The next batch is queued only once JavaScript calls ack(), which the
+// typed layer does from setImmediate: the loop turns between any two batches,
+// and the thread meanwhile fills the next batch from the rings.
+//
 // Back-pressure: at most kMaxInFlight batches wait for JavaScript; beyond that
 // the thread stops draining, the kernel rings fill, and the kernel counts what it
 // cannot store as lost samples, which we report. Nothing buffers without bound.
@@ -29,7 +37,7 @@ namespace xdplb {
 
 namespace {
 
-constexpr int kMaxInFlight = 8;
+constexpr int kMaxInFlight = 1;
 constexpr size_t kFlushBytes = 1 << 20;
 constexpr int kPollMs = 50;
 
@@ -43,7 +51,8 @@ class PerfReader : public Napi::ObjectWrap<PerfReader> {
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "PerfReader",
-                       {InstanceMethod<&PerfReader::Close>("close"), InstanceMethod<&PerfReader::Stats>("stats")});
+                       {InstanceMethod<&PerfReader::Close>("close"), InstanceMethod<&PerfReader::Stats>("stats"),
+                        InstanceMethod<&PerfReader::Ack>("ack")});
   }
 
   // new PerfReader(mapFd, pageCount, onBatch(buffer, count, lost), onError(err))
@@ -139,16 +148,17 @@ class PerfReader : public Napi::ObjectWrap<PerfReader> {
     auto *batch = new Batch(std::move(cur_));
     cur_ = Batch();
     napi_status st = tsfn_.NonBlockingCall(batch, [this](Napi::Env env, Napi::Function fn, Batch *b) {
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        inFlight_--;
-      }
-      cv_.notify_one();
       if (env != nullptr && fn != nullptr) {
+        // JavaScript acknowledges it with ack()
         auto buf = Napi::Buffer<uint8_t>::Copy(env, b->bytes.data(), b->bytes.size());
-        fn.Call({buf, Napi::Number::New(env, b->count), Napi::Number::New(env, static_cast<double>(b->lost))});
+        uint32_t count = b->count;
+        double lost = static_cast<double>(b->lost);
+        delete b;
+        fn.Call({buf, Napi::Number::New(env, count), Napi::Number::New(env, lost)});
+      } else {
+        delete b;
+        Done();
       }
-      delete b;
     });
     if (st != napi_ok) {
       delete batch;
@@ -182,6 +192,20 @@ class PerfReader : public Napi::ObjectWrap<PerfReader> {
     tsfn_.Release();
     if (pb_) perf_buffer__free(pb_);
     pb_ = nullptr;
+  }
+
+  // A batch handed over is done with: the thread may queue the next.
+  void Done() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (inFlight_ > 0) inFlight_--;
+    }
+    cv_.notify_one();
+  }
+
+  Napi::Value Ack(const Napi::CallbackInfo &info) {
+    Done();
+    return info.Env().Undefined();
   }
 
   Napi::Value Close(const Napi::CallbackInfo &info) {
