@@ -69,6 +69,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 	struct packet pkt = {};
 	struct backend_choice choice = {};
 	struct encap_plan plan = {};
+	struct rec_match rec = {};
 	struct bpf_fib_lookup fib;
 	struct xdplb_service *svc;
 	struct xdplb_config *cfg;
@@ -81,7 +82,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 		return finish(&pkt, r);
 
 	/* 2. Recorder, inbound point */
-	xdplb_record(ctx, &pkt, XDPLB_CAPTURE_IN, XDPLB_NO_BACKEND);
+	xdplb_record(ctx, &pkt, &rec, XDPLB_CAPTURE_IN, XDPLB_NO_BACKEND);
 
 	cfg = bpf_map_lookup_elem(&xdplb_config, &zero);
 	if (!cfg)
@@ -133,7 +134,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 	verdict = l2_forward(ctx, &fib, &r);
 
 	/* 9. Recorder, outbound point */
-	xdplb_record(ctx, &pkt, XDPLB_CAPTURE_OUT, choice.id);
+	xdplb_record(ctx, &pkt, &rec, XDPLB_CAPTURE_OUT, choice.id);
 
 	/* 10. Counters */
 	count_reason(r, pkt.frame_len);

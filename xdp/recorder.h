@@ -1,20 +1,24 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Steps 2 and 9: the packet recorder. At both points the packet's flow tuple
- * (pkt->flow: the client -> VIP tuple, which no later step changes) is
- * matched against the masks of xdplb_rec_masks: for each slot i below
- * n_masks, tuple AND mask[i] with key.mask = i is looked up in
- * xdplb_rec_entries and the hits' rules are ORed. A packet with any rule is
- * copied once to the perf ring: a struct xdplb_rec_meta, then the frame up
- * to the largest cap length of the entries it hit.
+/* Steps 2 and 9: the packet recorder. The packet's flow tuple (pkt->flow: the
+ * client -> VIP tuple, which no later step changes) is matched against the
+ * masks of xdplb_rec_masks: for each slot i below n_masks, tuple AND mask[i]
+ * with key.mask = i is looked up in xdplb_rec_entries and the hits' rules
+ * are ORed. A packet with any rule is copied at each point to the perf ring:
+ * a struct xdplb_rec_meta, then the frame up to the largest cap length of the
+ * entries it hit.
  *   XDPLB_CAPTURE_IN:  the frame as received, before any change (every
  *                      parsed packet, for a VIP or not);
  *   XDPLB_CAPTURE_OUT: the frame as it leaves (after encapsulation), just
  *                      before the XDP_TX/XDP_REDIRECT verdict.
- * The match and the copy are one global function: the verifier checks it
- * once, however many paths reach the two hooks, and the program carries one
- * copy of it (its signature also puts struct xdplb_rec_meta in the BTF that
- * the layout test reads). The hooks themselves only read n_masks, so a
- * recorder that is off costs one array lookup per point. */
+ * The match is made once, at the inbound point, and its result (struct
+ * rec_match, a local of xdplb_process) serves the outbound point too: the
+ * tuple is the same, and a forwarded packet would otherwise pay every mask
+ * lookup twice. So a recorder that is off costs one array lookup per packet,
+ * and the outbound point of a packet that matched nothing costs a test.
+ * The match and the copy are global functions: the verifier checks each
+ * once, however many paths reach the hooks, and the program carries one copy
+ * of each (the copy's signature also puts struct xdplb_rec_meta in the BTF
+ * that the layout test reads). */
 #ifndef XDPLB_RECORDER_H
 #define XDPLB_RECORDER_H
 
@@ -24,6 +28,13 @@
 #include "layout.h"
 #include "maps.h"
 #include "parse.h"
+
+/* What the inbound point found, for both points. */
+struct rec_match {
+	__u64 rules;		/* OR of the hits' rules; 0 = not recorded */
+	__u32 caplen;		/* largest cap length of the hits; ~0U = the whole frame */
+	__u32 pad;
+};
 
 /* The tuple in the layout of the keys, as 64-bit words for the masking. */
 union xdplb_rec_tuple {
@@ -39,19 +50,45 @@ static __always_inline void rec_count(__u32 stat)
 		*n += 1;
 }
 
-/* meta arrives with what the hook knows (point, backend_id; the rest zero)
- * and is completed here. Returns 1 when the packet matched (and a sample was
- * attempted), else 0. */
-__noinline int xdplb_rec_capture(struct xdp_md *ctx, const struct xdplb_flow_key *flow, __u32 n_masks,
-				 struct xdplb_rec_meta *meta)
+/* One sample: meta arrives with what the hook knows (point, backend_id,
+ * family; the rest zero) and is completed here. Returns 1 when written. */
+__noinline int xdplb_rec_emit(struct xdp_md *ctx, const struct rec_match *hit, struct xdplb_rec_meta *meta)
+{
+	__u32 len;
+
+	if (!hit || !meta)
+		return 0;
+	/* the frame as it is now: at the outbound point it grew by the outer
+	 * header (and is what the helper copies from) */
+	len = bpf_xdp_get_buff_len(ctx);
+	meta->ts_ns = bpf_ktime_get_ns();
+	meta->rules = hit->rules;
+	meta->orig_len = len;
+	meta->cap_len = hit->caplen < len ? hit->caplen : len;
+	meta->ifindex = ctx->ingress_ifindex;
+	if (bpf_perf_event_output(ctx, &xdplb_rec_ring, BPF_F_CURRENT_CPU | ((__u64)meta->cap_len << 32), meta,
+				  sizeof(*meta))) {
+		rec_count(XDPLB_REC_STAT_OUTPUT_FAILED);
+		return 0;
+	}
+	rec_count(XDPLB_REC_STAT_SAMPLES);
+	return 1;
+}
+
+/* The inbound point: fills *hit from the first n_masks masks and, when any
+ * rule matched, writes the sample (one call from the hook: one state after
+ * it for the verifier, whatever happened inside). Returns 1 when a sample
+ * was written. */
+__noinline int xdplb_rec_match(struct xdp_md *ctx, const struct xdplb_flow_key *flow, __u32 n_masks,
+			       struct rec_match *hit, struct xdplb_rec_meta *meta)
 {
 	union xdplb_rec_tuple t = {}, k;
 	struct xdplb_rec_entry *e;
-	__u32 want = 0, c, len;
+	__u32 want = 0, c;
 	__u64 rules = 0;
 	const __u64 *m;
 
-	if (!flow || !meta)
+	if (!flow || !hit || !meta)
 		return 0;
 	t.key.family = flow->family;
 	t.key.proto = flow->proto;
@@ -86,39 +123,35 @@ __noinline int xdplb_rec_capture(struct xdp_md *ctx, const struct xdplb_flow_key
 		if (c > want)
 			want = c;
 	}
+	hit->rules = rules;
+	hit->caplen = want;
 	if (!rules)
 		return 0;
-
-	/* the frame as it is now: at the outbound point it grew by the outer
-	 * header (and is what the helper copies from) */
-	len = bpf_xdp_get_buff_len(ctx);
-	meta->ts_ns = bpf_ktime_get_ns();
-	meta->rules = rules;
-	meta->orig_len = len;
-	meta->cap_len = want < len ? want : len;
-	meta->ifindex = ctx->ingress_ifindex;
-	meta->family = flow->family;
-	if (bpf_perf_event_output(ctx, &xdplb_rec_ring, BPF_F_CURRENT_CPU | ((__u64)meta->cap_len << 32), meta,
-				  sizeof(*meta)))
-		rec_count(XDPLB_REC_STAT_OUTPUT_FAILED);
-	else
-		rec_count(XDPLB_REC_STAT_SAMPLES);
-	return 1;
+	return xdplb_rec_emit(ctx, hit, meta);
 }
 
-/* The hook: backend_id is the backend chosen (XDPLB_CAPTURE_OUT), or
+/* The hook. *hit starts zeroed; the inbound point fills it, the outbound
+ * point reads it. backend_id is the backend chosen (XDPLB_CAPTURE_OUT), or
  * XDPLB_NO_BACKEND before there is one. */
-static __always_inline void xdplb_record(struct xdp_md *ctx, const struct packet *pkt, int point, __u32 backend_id)
+static __always_inline void xdplb_record(struct xdp_md *ctx, const struct packet *pkt, struct rec_match *hit,
+					 int point, __u32 backend_id)
 {
 	struct xdplb_rec_config *rc;
 	__u32 zero = 0;
 
-	rc = bpf_map_lookup_elem(&xdplb_rec_config, &zero);
-	if (!rc || !rc->n_masks)
+	if (point == XDPLB_CAPTURE_IN) {
+		rc = bpf_map_lookup_elem(&xdplb_rec_config, &zero);
+		if (!rc || !rc->n_masks)
+			return;
+	} else if (!hit->rules) {
 		return;
-	struct xdplb_rec_meta meta = { .backend_id = backend_id, .point = point };
+	}
+	struct xdplb_rec_meta meta = { .backend_id = backend_id, .point = point, .family = pkt->flow.family };
 
-	xdplb_rec_capture(ctx, &pkt->flow, rc->n_masks, &meta);
+	if (point == XDPLB_CAPTURE_IN)
+		xdplb_rec_match(ctx, &pkt->flow, rc->n_masks, hit, &meta);
+	else
+		xdplb_rec_emit(ctx, hit, &meta);
 }
 
 #endif /* XDPLB_RECORDER_H */
