@@ -18,7 +18,9 @@
  * The match and the copy are global functions: the verifier checks each
  * once, however many paths reach the hooks, and the program carries one copy
  * of each (the copy's signature also puts struct xdplb_rec_meta in the BTF
- * that the layout test reads). */
+ * that the layout test reads). The inbound hook makes a single call (the
+ * match calls the copy): after two calls in a row the verifier would carry
+ * two differing states through the rest of the program and verify it twice. */
 #ifndef XDPLB_RECORDER_H
 #define XDPLB_RECORDER_H
 
