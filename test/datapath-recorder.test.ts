@@ -180,6 +180,21 @@ t.test('the inbound point records packets for no VIP too (the hook sits after pa
   t.same(s[0].data, frame);
 });
 
+t.test('an ICMP error about a recorded flow is recorded with it, at both points: its tuple is the quoted flow', needsRoot, async (t) => {
+  const { w, rec, ring } = recWorld(t);
+  rec.program(compileFilters([parseFilter(`src=${CLIENT4}/32 sport=${SPORT} dport=80 proto=tcp`)]));
+  t.equal(w.run(flowFrame(4)).retval, bpf.XDP_TX, 'the flow');
+  t.equal((await ring.next(2)).length, 2, 'the flow: in and out');
+  const quoted = P.ipv4({ src: VIP4, dst: CLIENT4 }, P.tcp({ sport: 80, dport: SPORT }));
+  const err = P.ether(P.ipv4({ src: '192.0.2.1', dst: VIP4 }, P.icmpError({ type: 3, code: 4, mtu: 1300, quoted })));
+  const r = w.run(err);
+  t.equal(r.retval, bpf.XDP_TX, 'the error goes to the backend of the quoted flow');
+  const s = (await ring.next(2)).sort(byTime);
+  t.same(s.map((x) => [x.meta.point, x.meta.rules, x.meta.backendId]), [[L.CAPTURE_IN, 1n, L.NO_BACKEND], [L.CAPTURE_OUT, 1n, 4]]);
+  t.same(s[0].data, err, 'in: the ICMP error as received');
+  t.same(s[1].data, r.data, 'out: encapsulated');
+});
+
 t.test('without a reader the samples are counted as output failures, and forwarding goes on', needsRoot, async (t) => {
   const w = world(t);
   oneBackend(w, { vip: VIP4, port: 80, proto: TCP, id: 1 }, { id: 4, address: BACKEND4 });
