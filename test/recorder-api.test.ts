@@ -172,6 +172,31 @@ t.test('limits: 32 mask shapes and 64 recordings; past either RESOURCE_EXHAUSTED
   t.same(after.entries, [], 'no entries left');
 });
 
+t.test('Record: the first chunk is the capture header with the running recording; a caller that goes away stops it', needsRoot, async (t) => {
+  const d = await daemonFixture(t);
+  await d.start();
+  const c = d.client('Recorder');
+  const stream = (c.Record as (r: unknown) => grpc.ClientReadableStream<{ data: Buffer; recording?: Recording | null }>)({ include: [TCP80], format: 'CAPTURE_FORMAT_PCAPNG', name: 'gone' });
+  const first = await new Promise<{ data: Buffer; recording?: Recording | null }>((resolve, reject) => {
+    stream.once('data', resolve);
+    stream.once('error', reject);
+  });
+  stream.on('error', () => undefined);
+  t.equal(first.data.readUInt32LE(0), 0x0a0d0d0a, 'a pcapng section header first');
+  t.equal(first.recording?.state, 'RECORDING_STATE_RUNNING');
+  const id = first.recording!.id;
+  t.equal((await list(c)).find((r) => r.id === id)?.state, 'RECORDING_STATE_RUNNING', 'listed while the caller reads');
+  stream.cancel();
+  let gone: Recording | undefined;
+  for (let i = 0; i < 50 && gone?.state !== 'RECORDING_STATE_STOPPED'; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    gone = (await list(c)).find((r) => r.id === id);
+  }
+  t.equal(gone?.state, 'RECORDING_STATE_STOPPED');
+  t.equal((gone as unknown as { stopReason: string }).stopReason, 'STOP_REASON_CLIENT_GONE');
+  t.equal(mapState(d).nMasks, 0, 'its rule is gone from the maps');
+});
+
 t.test('a restarted daemon clears what the previous one left in the recorder maps', needsRoot, async (t) => {
   const d = await daemonFixture(t);
   await d.start();

@@ -95,7 +95,7 @@ function record(recorder: Recorder, log: Logger) {
       if (!ended && !first && call.writableLength === 0) call.write({ data: Buffer.alloc(0), recording: view() });
     }, STATS_EVERY_MS);
     const gone = () => {
-      if (!ended) void recorder.stop(id!, 'client_gone');
+      if (!ended) recorder.stop(id!, 'client_gone').catch((e: Error) => log.warn({ recording: id, error: e.message }, 'recording of a gone caller not stopped'));
     };
     call.on('cancelled', gone);
     call.on('error', gone);

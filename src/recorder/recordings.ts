@@ -165,10 +165,6 @@ export class Recorder {
     this.dir = o.dir;
   }
 
-  get available(): boolean {
-    return this.o.datapath !== undefined;
-  }
-
   /** The recording directory for recordings started from now on (a reload may change it). */
   setDir(dir: string): void {
     this.dir = dir;
@@ -211,10 +207,10 @@ export class Recorder {
 
   private capOf = (rule: number): number => this.byRule.get(rule)?.spec.capLength ?? 0;
 
-  private apply(next: CompiledFilters, capOf: (rule: number) => number = this.capOf): void {
+  private apply(next: CompiledFilters): void {
     const dp = this.o.datapath!;
     try {
-      dp.apply(next, capOf);
+      dp.apply(next, this.capOf);
     } catch (e) {
       // Put back what was there: a half-written set would match wrong rules.
       try {
@@ -244,7 +240,7 @@ export class Recorder {
 
   /**
    * Starts a recording into a live stream. `target` gets the capture file's
-   * bytes; its end() is called once the recording has stopped, when stopped()
+   * bytes; its end() is called once the recording has stopped, when get(id)
    * gives the final view.
    */
   startStream(spec: RecordingSpec, stream: StreamSpec, target: StreamTarget): RecordingView {
