@@ -35,6 +35,9 @@ t.test('file recordings: both capture points of every matching packet, PCAP and 
     name: 'web6',
   });
   t.error(e2);
+  // Overlapping the first: every packet to the IPv4 VIP, any port, any client.
+  const [e3, all4] = await rpc<Recording>(rig.recorder, 'StartRecording', { fileSink: { fileName: 'all4' }, include: [{ destinationCidr: `${VIP4}/32` }] });
+  t.error(e3);
   t.equal(v4.state, 'RECORDING_STATE_RUNNING');
   t.match(v4.files[0].path, /\/v4\.pcap$/);
   t.match(v6.files[0].path, /\/v6\.pcapng$/);
@@ -50,6 +53,14 @@ t.test('file recordings: both capture points of every matching packet, PCAP and 
 
   const [, s4] = await rpc<Recording>(rig.recorder, 'StopRecording', { id: v4.id });
   const [, s6] = await rpc<Recording>(rig.recorder, 'StopRecording', { id: v6.id });
+  const [, sAll] = await rpc<Recording>(rig.recorder, 'StopRecording', { id: all4.id });
+  // The overlapping recording has every packet the first has, and the two others: the
+  // other client's (forwarded: in and out) and the one to port 81 (no service: passed,
+  // so only its inbound copy).
+  const allRows = tsharkRows(sAll.files[0].path, ['tcp.srcport', 'ip.proto']);
+  t.equal(sAll.stats.packetsWritten, 2 * N + 3, 'a packet matching two recordings went to both');
+  t.equal(allRows.filter((r) => r[0] === '42000').length, 2, 'the other client: in and out');
+  t.same(allRows.filter((r) => r[0] === '42001').map((r) => r[1]), ['6'], 'port 81, not a service: inbound only');
   for (const s of [s4, s6]) {
     t.equal(s.state, 'RECORDING_STATE_STOPPED');
     t.equal(s.stopReason, 'STOP_REASON_REQUESTED');
