@@ -74,14 +74,20 @@ t.test('records the rings cannot hold are counted as lost, none invented', needs
   const emitted = 20000;
   const prog = obj.program('xdp_emit');
   prog.testRun({ data: frame(256, 7), repeat: emitted });
-  // The kernel reports a loss with the next record it can store, so once the
-  // reader has drained the ring, one more record carries the count.
+  // The kernel reports a loss with the next record it can store in the same
+  // CPU's ring, so once the reader has drained it, one more record on that CPU
+  // carries the count. The test's thread may have moved to another CPU: a few
+  // more records, until one lands on the ring with the pending count.
   await new Promise((r) => setTimeout(r, 300));
-  prog.testRun({ data: frame(64, 8) });
-  await waitFor(() => received + lost >= emitted + 1, 10000).catch(() => undefined);
+  let extra = 0;
+  for (let i = 0; i < 20 && received + lost < emitted + extra; i++) {
+    prog.testRun({ data: frame(64, 8) });
+    extra++;
+    await waitFor(() => received + lost >= emitted + extra, 500).catch(() => undefined);
+  }
   t.ok(lost > 0, `${lost} lost`);
   t.ok(received > 0, `${received} received`);
-  t.equal(received + lost, emitted + 1, 'received + lost = emitted');
+  t.equal(received + lost, emitted + extra, `received + lost = emitted (and ${extra} records to carry the count)`);
   t.same(reader.stats(), { received, lost, pollErrors: 0 });
 });
 
