@@ -103,6 +103,12 @@ t.test('bad requests: INVALID_ARGUMENT (or ALREADY_EXISTS) naming the field; not
     t.equal(err?.code, code, `${what}: ${grpc.status[code]}`);
     t.match(err?.details ?? '', details, `${what}: ${err?.details}`);
   }
+  const cliBadFilter = d.cli('record', '--filter', 'src=10.0.0.300/8', '-w', '-');
+  t.equal(cliBadFilter.code, 1, 'the CLI refuses a bad filter');
+  t.equal(cliBadFilter.stderr, 'xdplb: --filter[0]: filter "src=10.0.0.300/8": src: not an IPv4/IPv6 prefix\n', 'in one line naming the flag and the key');
+  const cliPath = d.cli('record', '--filter', `dst=${VIP4}/32`, '-w', '../x');
+  t.equal(cliPath.code, 1);
+  t.match(cliPath.stderr, /^xdplb: INVALID_ARGUMENT: file_sink\.file_name: "\.\.\/x" is a path/, 'the daemon refuses a path for -w');
   t.same(await list(c), [], 'no recording, running or stopped');
   t.same(fs.readdirSync(dir).sort(), filesBefore, 'no file made');
   t.equal(fs.readFileSync(outside, 'utf8'), 'not to be touched', 'the link target is untouched');

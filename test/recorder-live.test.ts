@@ -163,7 +163,7 @@ t.test('a live stream through the CLI into tshark; Ctrl-C ends it with a valid c
   t.equal(list.recordings[0].stats.droppedSlowClient, 0, 'nothing dropped for the reader');
 });
 
-t.test('a packet-count stop condition ends a recording by itself with a valid file', needsRoot, async (t) => {
+t.test('a packet-count stop condition ends a recording by itself with a valid file; xdplb record stop on a stopped one shows its summary', needsRoot, async (t) => {
   const rig = await recorderRig(t);
   const [err, r] = await rpc<Recording>(rig.recorder, 'StartRecording', {
     fileSink: { filePrefix: 'count' },
@@ -181,6 +181,12 @@ t.test('a packet-count stop condition ends a recording by itself with a valid fi
   t.equal(final!.stopReason, 'STOP_REASON_PACKETS');
   t.equal(final!.stats.packetsWritten, 7);
   t.equal(tsharkRows(final!.files[0].path, ['frame.number']).length, 7, 'tshark reads exactly 7 packets');
+  const stop = rig.d.cli('record', 'stop', r.id);
+  t.equal(stop.code, 0, stop.stderr);
+  t.match(stop.stdout, new RegExp(`recording ${r.id} stopped \\(packets\\): 7 packets`), 'the summary of the stopped recording');
+  const unknown = rig.d.cli('record', 'stop', 'feedf00d');
+  t.equal(unknown.code, 1);
+  t.match(unknown.stderr, /^xdplb: NOT_FOUND: id: recording "feedf00d" not found\n$/, 'one line naming what is wrong');
 });
 
 t.test('Ctrl-C on `xdplb record -w NAME` stops the file recording and prints its summary', needsRoot, async (t) => {
@@ -195,6 +201,11 @@ t.test('Ctrl-C on `xdplb record -w NAME` stops the file recording and prints its
   t.ok(path.startsWith(rig.d.dir), `the file is in the recording directory: ${path}`);
   rig.send(Array.from({ length: 5 }, (_, i) => rig.frame({ src: `2001:db8::${200 + i}`, dst: VIP6, sport: 45000 + i, payload: 30 })));
   await new Promise((r) => setTimeout(r, 300));
+  const listed = rig.d.cli('record', 'list');
+  t.equal(listed.code, 0, listed.stderr);
+  t.match(listed.stdout, /^ID\s+NAME\s+STATE\s+RULE\s+FILTERS\s+PACKETS\s+BYTES\s+LOST\s+DROPPED\s+SINK\n\w{8}\s+-\s+running\s+\d+\s+1\s+10\s+\d+\s+0\s+0\s+\S+ctrlc\.pcapng/, 'xdplb record list: the recording, its counters and its file');
+  const json = JSON.parse(rig.d.cli('record', 'list', '-o', 'json').stdout) as Array<{ id: string; include: Array<{ sourceCidr: string }> }>;
+  t.equal(json[0].include[0].sourceCidr, '2001:db8::/64', 'JSON: the normalized filter');
   cli.kill('SIGINT');
   t.equal(await exit, 0);
   t.match(stdout, /stopped \(requested\): 10 packets/);
