@@ -212,3 +212,43 @@ t.test('Ctrl-C on `xdplb record -w NAME` stops the file recording and prints its
   t.match(stdout, /wireshark \S+ctrlc\.pcapng/, 'how to open it');
   t.equal(tsharkRows(path, ['frame.number']).length, 10, 'tshark reads the 10 packets');
 });
+
+t.test('a slow stream reader: whole packets are dropped and counted past its buffer, and what it gets is a valid capture', needsRoot, async (t) => {
+  const rig = await recorderRig(t);
+  type Chunk = { data: Buffer; recording?: Recording | null };
+  const stream = (rig.recorder.Record as (r: unknown) => import('@grpc/grpc-js').ClientReadableStream<Chunk>)({ include: [{ destinationCidr: `${VIP4}/32` }], maxBufferedBytes: 65536 });
+  const chunks: Buffer[] = [];
+  let last: Recording | undefined;
+  const ended = new Promise<void>((resolve, reject) => {
+    stream.on('end', resolve);
+    stream.on('error', reject);
+  });
+  await new Promise<void>((resolve) =>
+    stream.once('data', (c: Chunk) => {
+      chunks.push(c.data);
+      last = c.recording ?? undefined;
+      resolve();
+    }),
+  );
+  // Stop reading: the HTTP/2 window and the socket buffers fill, then the daemon's 64 KiB.
+  stream.pause();
+  const sent = 3000;
+  rig.send(Array.from({ length: sent }, (_, i) => rig.frame({ src: `192.0.2.${100 + (i % 100)}`, dst: VIP4, sport: 30000 + i, payload: 400 })));
+  await new Promise((r) => setTimeout(r, 500));
+  const [, mid] = await rpc<Recording>(rig.recorder, 'ListRecordings', {});
+  const running = (mid as unknown as { recordings: Recording[] }).recordings[0];
+  t.ok(running.stats.droppedSlowClient > 0, `${running.stats.droppedSlowClient} packets dropped while the reader did not read`);
+  stream.on('data', (c: Chunk) => {
+    chunks.push(c.data);
+    if (c.recording) last = c.recording;
+  });
+  stream.resume();
+  await rpc(rig.recorder, 'StopRecording', { id: last!.id });
+  await ended;
+  t.equal(last!.state, 'RECORDING_STATE_STOPPED', 'the last chunk has the final statistics');
+  t.equal(last!.stats.packetsWritten + last!.stats.droppedSlowClient, 2 * sent, 'every packet written or counted as dropped');
+  t.equal(last!.stats.lostInRing, 0);
+  const file = `${rig.d.dir}/slow.pcap`;
+  fs.writeFileSync(file, Buffer.concat(chunks));
+  t.equal(tsharkRows(file, ['frame.number']).length, last!.stats.packetsWritten, 'tshark reads exactly the packets written: no packet cut');
+});
