@@ -202,6 +202,21 @@ t.test('file rotation by size: no file grows past the limit', async (t) => {
   t.equal(final.files.reduce((n, f) => n + f.packets, 0), 30, 'every packet in one of them');
 });
 
+t.test('file rotation by age: the first packet after the age starts the next file', async (t) => {
+  const { dp, rec } = setup(t);
+  const r = rec.startFile(spec(), fileSpec('age', { maxDurationMs: 200 }));
+  const bit = 1n << BigInt(r.ruleId);
+  dp.emit([sample(bit), sample(bit)]);
+  await sleep(SETTLE);
+  dp.emit([sample(bit)]);
+  await sleep(SETTLE);
+  const final = await rec.stop(r.id);
+  t.same(final.files.map((f) => [path.basename(f.path), f.packets]), [
+    ['age.pcap', 2],
+    ['age.1.pcap', 1],
+  ]);
+});
+
 t.test('stop conditions: captured bytes, then time', async (t) => {
   const { dp, rec } = setup(t);
   const r = rec.startFile(spec({ stop: { packets: 0, bytes: 250, durationMs: 0 } }), fileSpec('bytes'));
