@@ -261,6 +261,7 @@ export function recordCommand(): Command {
         if (!f.write) throw new Error('-w is required: "-w -" streams to stdout, "-w NAME" records into the daemon\'s recording directory');
         if (f.write === '-') {
           if (f.detach) throw new Error('--detach needs a file (-w NAME): a stream lives as long as this command');
+          if (process.stdout.isTTY) throw new Error('-w - writes a binary capture: pipe it (| tshark -r -, | wireshark -k -i -) or give a file name');
           await liveStream(f, o);
         } else await fileRecording(f, o, f.write);
       } catch (e) {
