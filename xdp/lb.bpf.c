@@ -69,7 +69,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 	struct packet pkt = {};
 	struct backend_choice choice = {};
 	struct encap_plan plan = {};
-	struct bpf_fib_lookup fib;
+	struct xdplb_nexthop *nh = NULL;
 	struct xdplb_service *svc;
 	struct xdplb_config *cfg;
 	__u32 zero = 0, mtu = 0;
@@ -113,8 +113,8 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 	if (r != XDPLB_CONTINUE)
 		return finish(&pkt, r);
 
-	/* 8a + 7. Route to the backend and the PMTU check, nothing changed yet */
-	r = fib_lookup_backend(ctx, &pkt, &plan, cfg, &fib, &mtu);
+	/* 8a + 7. Next hop to the backend and the PMTU check, nothing changed yet */
+	r = nexthop_lookup(ctx, &plan, cfg, choice.be, choice.id, &nh, &mtu);
 	if (r == XDPLB_TOO_BIG)
 		return finish(&pkt, too_big(ctx, &pkt, cfg, mtu));
 	if (r != XDPLB_CONTINUE)
@@ -130,7 +130,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 		return finish(&pkt, r);
 
 	/* 8. L2: next-hop MACs, XDP_TX or XDP_REDIRECT */
-	verdict = l2_forward(ctx, &fib, &r);
+	verdict = l2_forward(ctx, nh, &r);
 
 	/* 9. Recorder, outbound point */
 	xdplb_record(ctx, &pkt, XDPLB_CAPTURE_OUT);
