@@ -40,6 +40,26 @@
  * so all flows to a backend share one next hop (no per-flow multipath or TOS
  * routing). The node's MTU override is applied per packet, never cached. */
 
+/* The kernel's tick rate, from its config (libbpf reads /boot/config-* or
+ * /proc/config.gz); 0 where libbpf finds no config. */
+extern unsigned int CONFIG_HZ __kconfig __weak;
+
+/* The cache's clock: jiffies, which the verifier inlines as one load, where
+ * HZ is known; otherwise the coarse clock in ns, a helper call that costs
+ * about 15 ns per packet here. */
+static __always_inline __u64 nexthop_clock(void)
+{
+	return CONFIG_HZ ? bpf_jiffies64() : bpf_ktime_get_coarse_ns();
+}
+
+/* The bound in the clock's units (at least one tick). */
+static __always_inline __u64 nexthop_ttl(const struct xdplb_config *cfg)
+{
+	__u64 ms = cfg->nexthop_ttl_ms ? cfg->nexthop_ttl_ms : XDPLB_NEXTHOP_TTL_MS;
+
+	return CONFIG_HZ ? (ms * CONFIG_HZ + 999) / 1000 : ms * 1000000;
+}
+
 /* The FIB request for the outer packet to a backend, with tot_len for the
  * MTU check. */
 static __always_inline void fib_request(struct xdp_md *ctx, const struct xdplb_config *cfg,
@@ -109,7 +129,7 @@ static __always_inline int nexthop_resolve(struct xdp_md *ctx, const struct xdpl
 	nh->family = be->family;
 	nh->ifindex = fib.ifindex;
 	nh->iif = ctx->ingress_ifindex;
-	nh->resolved_ns = bpf_ktime_get_coarse_ns();
+	nh->expires = nexthop_clock() + nexthop_ttl(cfg);
 	refreshes = bpf_map_lookup_elem(&xdplb_nexthop_refreshes, &zero);
 	if (refreshes)
 		*refreshes += 1;
@@ -124,14 +144,13 @@ static __always_inline int nexthop_lookup(struct xdp_md *ctx, const struct encap
 					  const struct xdplb_config *cfg, const struct xdplb_backend *be,
 					  __u32 id, struct xdplb_nexthop **out, __u32 *mtu)
 {
-	__u64 ttl_ms = cfg->nexthop_ttl_ms ? cfg->nexthop_ttl_ms : XDPLB_NEXTHOP_TTL_MS;
 	struct xdplb_nexthop *nh;
 	int r;
 
 	nh = bpf_map_lookup_elem(&xdplb_nexthops, &id);
 	if (!nh)
 		return XDPLB_R_PASS_FIB_MISS;
-	if (bpf_ktime_get_coarse_ns() - nh->resolved_ns >= ttl_ms * 1000000 ||
+	if (nexthop_clock() >= nh->expires ||
 	    nh->iif != ctx->ingress_ifindex || nh->family != be->family ||
 	    *(const __u64 *)nh->addr != *(const __u64 *)be->addr ||
 	    *(const __u64 *)(nh->addr + 8) != *(const __u64 *)(be->addr + 8)) {

@@ -49,7 +49,7 @@ struct xdplb_nexthop {
 	__u8 pad;		/* 31: 0 */
 	__u32 ifindex;		/* 32: egress interface */
 	__u32 iif;		/* 36: ingress interface it was resolved for */
-	__u64 resolved_ns;	/* 40: bpf_ktime_get_coarse_ns() of the lookup */
+	__u64 expires;		/* 40: look up again from this time on (fib.h: nexthop_clock()) */
 };				/* 48 */
 
 /* xdplb_config[0]: this node's settings */
@@ -61,7 +61,7 @@ struct xdplb_config {
 	__u8 ttl;		/* 22: outer TTL / hop limit, and of LB-made replies; 0 = 64 */
 	__u8 flags;		/* 23: none defined yet, 0 */
 	__u16 mtu;		/* 24: egress MTU override (lowers the FIB's); 0 = the FIB's only */
-	__u16 nexthop_ttl_ms;	/* 26: next-hop cache bound (fib.h); 0 = XDPLB_NEXTHOP_TTL_MS */
+	__u16 nexthop_ttl_ms;	/* 26: next-hop cache bound (fib.h), for entries looked up from now on; 0 = XDPLB_NEXTHOP_TTL_MS */
 	__u32 maglev_m;		/* 28: size M of every Maglev table (prime); 0 = XDPLB_MAGLEV_DEFAULT_M */
 };				/* 32 */
 

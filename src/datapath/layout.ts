@@ -98,7 +98,7 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
       pad: { offset: 31, size: 1 },
       ifindex: { offset: 32, size: 4 },
       iif: { offset: 36, size: 4 },
-      resolved_ns: { offset: 40, size: 8 },
+      expires: { offset: 40, size: 8 },
     },
   },
   xdplb_config: {
@@ -326,7 +326,8 @@ export interface Nexthop {
   mtu: number;
   ifindex: number;
   iif: number;
-  resolvedNs: bigint;
+  /** in the datapath's clock: jiffies (or coarse ns where the kernel's HZ is unknown) */
+  expires: bigint;
 }
 
 const macText = (b: Buffer): string => [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
@@ -341,7 +342,7 @@ export function decodeNexthop(b: Buffer): Nexthop {
     mtu: b.readUInt16LE(F('xdplb_nexthop', 'mtu')),
     ifindex: b.readUInt32LE(F('xdplb_nexthop', 'ifindex')),
     iif: b.readUInt32LE(F('xdplb_nexthop', 'iif')),
-    resolvedNs: b.readBigUInt64LE(F('xdplb_nexthop', 'resolved_ns')),
+    expires: b.readBigUInt64LE(F('xdplb_nexthop', 'expires')),
   };
 }
 
