@@ -64,6 +64,13 @@ static __always_inline int outer_source(const struct xdplb_config *cfg, __u8 fam
 	return XDPLB_CONTINUE;
 }
 
+/* Whether plan_encap() uses the flow hash: for the IPv6 flow label and the
+ * host bits of an IPv4 outer source prefix. */
+static __always_inline int encap_uses_hash(const struct packet *pkt, const struct xdplb_config *cfg)
+{
+	return pkt->flow.family != XDPLB_FAMILY_V4 || (cfg->src4_prefix_len && cfg->src4_prefix_len < 32);
+}
+
 static __always_inline int plan_encap(const struct packet *pkt, const struct xdplb_config *cfg,
 				      const struct xdplb_backend *be, struct encap_plan *e)
 {

@@ -100,13 +100,16 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 	if (!svc)
 		return finish(&pkt, XDPLB_R_PASS_NOT_VIP);
 
-	/* 4. Backend: connection table, then Maglev */
-	pkt.hash = flow_hash(&pkt.flow, svc->flags & XDPLB_SVC_F_SRC_HASH);
+	/* 4. Backend: connection table, then Maglev (which hashes the flow) */
 	r = choose_backend(&pkt, svc, cfg, &choice);
 	if (r != XDPLB_CONTINUE)
 		return finish(&pkt, r);
 	if (choice.be->family != pkt.flow.family)
 		return finish(&pkt, XDPLB_R_DROP_FAMILY_MISMATCH);
+	/* an IPv4 connection-table hit with a fixed outer source needs no hash
+	 * at all (a jhash, about 8 ns) */
+	if (!choice.hashed && encap_uses_hash(&pkt, cfg))
+		pkt.hash = flow_hash(&pkt.flow, svc->flags & XDPLB_SVC_F_SRC_HASH);
 
 	/* 6a. The outer header to be: source, destination, length */
 	r = plan_encap(&pkt, cfg, choice.be, &plan);

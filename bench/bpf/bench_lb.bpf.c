@@ -119,7 +119,7 @@ enum bench_mode {
 	BENCH_LB,		/* xdplb_process(): the whole packet path */
 	BENCH_UPTO_PARSE,	/* step 1 */
 	BENCH_UPTO_SERVICE,	/* + config and service lookup (step 3) */
-	BENCH_UPTO_BACKEND,	/* + flow hash, connection table / Maglev (step 4) */
+	BENCH_UPTO_BACKEND,	/* + connection table / Maglev, flow hash where needed (step 4) */
 	BENCH_UPTO_ROUTE,	/* + outer header plan and next hop (steps 6a, 8a, 7) */
 	BENCH_UPTO_ENCAP,	/* + L4 DNAT and encapsulation (steps 5, 6) */
 };
@@ -150,11 +150,12 @@ static __always_inline int bench_upto(struct xdp_md *ctx, const int upto)
 		return XDP_ABORTED;
 	if (upto == BENCH_UPTO_SERVICE)
 		return XDP_TX;
-	pkt.hash = flow_hash(&pkt.flow, svc->flags & XDPLB_SVC_F_SRC_HASH);
 	if (choose_backend(&pkt, svc, cfg, &choice) != XDPLB_CONTINUE)
 		return XDP_ABORTED;
 	if (choice.be->family != pkt.flow.family)
 		return XDP_ABORTED;
+	if (!choice.hashed && encap_uses_hash(&pkt, cfg))
+		pkt.hash = flow_hash(&pkt.flow, svc->flags & XDPLB_SVC_F_SRC_HASH);
 	if (upto == BENCH_UPTO_BACKEND)
 		return XDP_TX;
 	if (plan_encap(&pkt, cfg, choice.be, &plan) != XDPLB_CONTINUE)
