@@ -27,15 +27,14 @@ static __always_inline void csum_replace2(__u16 *check, __u16 old, __u16 new)
 	*check = csum_fold(sum);
 }
 
-/* Header checksum of an IPv4 header without options (check field zero):
- * five 32-bit words rather than ten 16-bit ones, the same sum once folded. */
+/* Header checksum of an IPv4 header without options (check field zero). */
 static __always_inline __u16 csum_ipv4_hdr20(const void *hdr)
 {
-	const __u32 *w = hdr;
+	const __u16 *w = hdr;
 	__u64 sum = 0;
 
 #pragma unroll
-	for (int i = 0; i < 5; i++)
+	for (int i = 0; i < 10; i++)
 		sum += w[i];
 	return csum_fold(sum);
 }
