@@ -30,7 +30,9 @@
  * things, none of them on the daemon:
  *  - an entry counts only for the backend address, family and ingress
  *    interface it was resolved for, so a reused backend slot or a packet from
- *    another interface (forwarding on/off, FIB rules by iif) looks up afresh;
+ *    another interface (forwarding on/off, FIB rules by iif) looks up afresh
+ *    (a CPU serving one backend from two interfaces in turn looks it up each
+ *    time the interface changes);
  *  - it expires after the bound (XDPLB_NEXTHOP_TTL_MS or the config's), so a
  *    route, neighbour or MTU change takes effect within it;
  *  - only a complete answer is stored: a FIB miss, a missing neighbour or
