@@ -141,7 +141,7 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
   },
 };
 
-/** Key and value struct of each map (u32 keys are plain 4-byte indexes, u64 values plain counters). */
+/** Key and value struct of each map (u32/u64: plain integers, u32 keys are indexes). */
 export const MAP_LAYOUT: Readonly<Record<string, { key: string; value: string }>> = {
   xdplb_services: { key: 'xdplb_service_key', value: 'xdplb_service' },
   xdplb_backends: { key: 'u32', value: 'xdplb_backend' },
