@@ -206,9 +206,9 @@ t.test('encoders write the documented bytes and decoders read them back', (t) =>
   t.same(L.decodeFlowKey(f), fk);
   t.same(L.decodeCtEntry(L.encodeCtEntry({ backendId: 3, serviceId: 9 })), { backendId: 3, serviceId: 9 });
   t.same(L.decodeCounter(L.encodeCounter({ packets: 5n, bytes: 1n << 40n })), { packets: 5n, bytes: 1n << 40n });
-  const nh = Buffer.from('c6336407' + '00'.repeat(12) + '020000000101' + '0a0000000002' + '7805' + '04' + '00' + '03000000' + '02000000' + '0094357700000000', 'hex');
-  t.same(L.decodeNexthop(nh), { address: '198.51.100.7', dmac: '02:00:00:00:01:01', smac: '0a:00:00:00:00:02', mtu: 1400, ifindex: 3, iif: 2, expires: 2_000_000_000n });
-  t.equal(L.decodeNexthop(Buffer.alloc(48)).address, '', 'never resolved');
+  const nh = Buffer.from('c6336407' + '00'.repeat(12) + '020000000101' + '0a0000000002' + '7805' + '04' + '00' + '03000000' + '02000000' + '0094357700000000' + '2a00000001000000', 'hex');
+  t.same(L.decodeNexthop(nh), { address: '198.51.100.7', dmac: '02:00:00:00:01:01', smac: '0a:00:00:00:00:02', mtu: 1400, ifindex: 3, iif: 2, expiresNs: 2_000_000_000n, checkedJiffies: 0x10000002an });
+  t.equal(L.decodeNexthop(Buffer.alloc(56)).address, '', 'never resolved');
   t.same(L.decodeDevmapVal(L.encodeDevmapVal({ ifindex: 4, progFd: 0 })), { ifindex: 4, progFd: 0 });
   t.throws(() => L.encodeFlowKey({ ...fk, dst: '192.0.2.1' }), RangeError, 'a flow cannot mix families');
   t.end();

@@ -34,7 +34,8 @@
  *    (a CPU serving one backend from two interfaces in turn looks it up each
  *    time the interface changes);
  *  - it expires after the bound (XDPLB_NEXTHOP_TTL_MS or the config's), so a
- *    route, neighbour or MTU change takes effect within it;
+ *    route, neighbour or MTU change takes effect within it (and at most one
+ *    jiffy, see nexthop_stale());
  *  - only a complete answer is stored: a FIB miss, a missing neighbour or
  *    forwarding off is passed and counted on every packet, as without cache.
  * The request is the same for every flow to a backend: the node's configured
@@ -42,24 +43,27 @@
  * so all flows to a backend share one next hop (no per-flow multipath or TOS
  * routing). The node's MTU override is applied per packet, never cached. */
 
-/* The kernel's tick rate, from its config (libbpf reads /boot/config-* or
- * /proc/config.gz); 0 where libbpf finds no config. */
-extern unsigned int CONFIG_HZ __kconfig __weak;
-
-/* The cache's clock: jiffies, which the verifier inlines as one load, where
- * HZ is known; otherwise the coarse clock in ns, a helper call that costs
- * about 15 ns per packet here. */
-static __always_inline __u64 nexthop_clock(void)
+/* Whether *nh must be looked up again for backend be and this packet. The
+ * clock (bpf_ktime_get_coarse_ns(), a helper call of about 15 ns here) is read
+ * at most once per jiffy per entry and CPU: bpf_jiffies64(), which the
+ * verifier inlines as one load, says when a new jiffy began. So an expiry is
+ * seen at most one jiffy (1-10 ms) late, and no kernel config (HZ) is needed.
+ * An expired entry stays expired until a lookup succeeds. */
+static __always_inline int nexthop_stale(const struct xdp_md *ctx, const struct xdplb_backend *be,
+					 struct xdplb_nexthop *nh)
 {
-	return CONFIG_HZ ? bpf_jiffies64() : bpf_ktime_get_coarse_ns();
-}
+	__u64 jiffies = bpf_jiffies64();
 
-/* The bound in the clock's units (at least one tick). */
-static __always_inline __u64 nexthop_ttl(const struct xdplb_config *cfg)
-{
-	__u64 ms = cfg->nexthop_ttl_ms ? cfg->nexthop_ttl_ms : XDPLB_NEXTHOP_TTL_MS;
-
-	return CONFIG_HZ ? (ms * CONFIG_HZ + 999) / 1000 : ms * 1000000;
+	if (nh->iif != ctx->ingress_ifindex || nh->family != be->family ||
+	    *(const __u64 *)nh->addr != *(const __u64 *)be->addr ||
+	    *(const __u64 *)(nh->addr + 8) != *(const __u64 *)(be->addr + 8))
+		return 1;
+	if (jiffies == nh->checked_jiffies)
+		return 0;
+	if (bpf_ktime_get_coarse_ns() >= nh->expires_ns)
+		return 1; /* left unchecked: a failed lookup must not make it fresh */
+	nh->checked_jiffies = jiffies;
+	return 0;
 }
 
 /* The FIB request for the outer packet to a backend, with tot_len for the
@@ -99,6 +103,7 @@ static __always_inline int nexthop_resolve(struct xdp_md *ctx, const struct xdpl
 					   const struct xdplb_backend *be, __u32 outer_len,
 					   struct xdplb_nexthop *nh, __u32 *mtu)
 {
+	__u64 ttl_ms = cfg->nexthop_ttl_ms ? cfg->nexthop_ttl_ms : XDPLB_NEXTHOP_TTL_MS;
 	struct bpf_fib_lookup fib;
 	__u32 route_mtu = 0xffff, zero = 0;
 	__u64 *refreshes;
@@ -131,7 +136,8 @@ static __always_inline int nexthop_resolve(struct xdp_md *ctx, const struct xdpl
 	nh->family = be->family;
 	nh->ifindex = fib.ifindex;
 	nh->iif = ctx->ingress_ifindex;
-	nh->expires = nexthop_clock() + nexthop_ttl(cfg);
+	nh->expires_ns = bpf_ktime_get_coarse_ns() + ttl_ms * 1000000;
+	nh->checked_jiffies = bpf_jiffies64();
 	refreshes = bpf_map_lookup_elem(&xdplb_nexthop_refreshes, &zero);
 	if (refreshes)
 		*refreshes += 1;
@@ -152,10 +158,7 @@ static __always_inline int nexthop_lookup(struct xdp_md *ctx, const struct encap
 	nh = bpf_map_lookup_elem(&xdplb_nexthops, &id);
 	if (!nh)
 		return XDPLB_R_PASS_FIB_MISS;
-	if (nexthop_clock() >= nh->expires ||
-	    nh->iif != ctx->ingress_ifindex || nh->family != be->family ||
-	    *(const __u64 *)nh->addr != *(const __u64 *)be->addr ||
-	    *(const __u64 *)(nh->addr + 8) != *(const __u64 *)(be->addr + 8)) {
+	if (nexthop_stale(ctx, be, nh)) {
 		r = nexthop_resolve(ctx, cfg, be, e->outer_len, nh, mtu);
 		if (r != XDPLB_CONTINUE)
 			return r;

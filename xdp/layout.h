@@ -49,8 +49,9 @@ struct xdplb_nexthop {
 	__u8 pad;		/* 31: 0 */
 	__u32 ifindex;		/* 32: egress interface */
 	__u32 iif;		/* 36: ingress interface it was resolved for */
-	__u64 expires;		/* 40: look up again from this time on (fib.h: nexthop_clock()) */
-};				/* 48 */
+	__u64 expires_ns;	/* 40: bpf_ktime_get_coarse_ns() from which it is looked up again */
+	__u64 checked_jiffies;	/* 48: jiffies of the last look at the clock (fib.h: nexthop_stale()) */
+};				/* 56 */
 
 /* xdplb_config[0]: this node's settings */
 struct xdplb_config {
@@ -97,7 +98,7 @@ struct xdplb_devmap_val {
 _Static_assert(sizeof(struct xdplb_service_key) == 20, "service key");
 _Static_assert(sizeof(struct xdplb_service) == 8, "service");
 _Static_assert(sizeof(struct xdplb_backend) == 20, "backend");
-_Static_assert(sizeof(struct xdplb_nexthop) == 48, "next hop");
+_Static_assert(sizeof(struct xdplb_nexthop) == 56, "next hop");
 _Static_assert(sizeof(struct xdplb_config) == 32, "config");
 _Static_assert(sizeof(struct xdplb_flow_key) == 40, "flow key");
 _Static_assert(sizeof(struct xdplb_ct_entry) == 8, "ct entry");

@@ -29,8 +29,8 @@ struct {
 } xdplb_backends SEC(".maps");
 
 /* backend id -> next hop (fib.h), per CPU: each CPU refreshes its own entries,
- * so no reader ever sees one half written (48 bytes per backend slot and CPU:
- * 12 MiB per CPU at XDPLB_MAX_BACKENDS) */
+ * so no reader ever sees one half written (56 bytes per backend slot and CPU:
+ * 14 MiB per CPU at XDPLB_MAX_BACKENDS) */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, XDPLB_MAX_BACKENDS);

@@ -88,7 +88,7 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
     fields: { addr: { offset: 0, size: 16 }, port: { offset: 16, size: 2 }, family: { offset: 18, size: 1 }, state: { offset: 19, size: 1 } },
   },
   xdplb_nexthop: {
-    size: 48,
+    size: 56,
     fields: {
       addr: { offset: 0, size: 16 },
       dmac: { offset: 16, size: 6 },
@@ -98,7 +98,8 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
       pad: { offset: 31, size: 1 },
       ifindex: { offset: 32, size: 4 },
       iif: { offset: 36, size: 4 },
-      expires: { offset: 40, size: 8 },
+      expires_ns: { offset: 40, size: 8 },
+      checked_jiffies: { offset: 48, size: 8 },
     },
   },
   xdplb_config: {
@@ -326,8 +327,9 @@ export interface Nexthop {
   mtu: number;
   ifindex: number;
   iif: number;
-  /** in the datapath's clock: jiffies (or coarse ns where the kernel's HZ is unknown) */
-  expires: bigint;
+  /** CLOCK_MONOTONIC_COARSE ns from which the datapath looks it up again */
+  expiresNs: bigint;
+  checkedJiffies: bigint;
 }
 
 const macText = (b: Buffer): string => [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
@@ -342,7 +344,8 @@ export function decodeNexthop(b: Buffer): Nexthop {
     mtu: b.readUInt16LE(F('xdplb_nexthop', 'mtu')),
     ifindex: b.readUInt32LE(F('xdplb_nexthop', 'ifindex')),
     iif: b.readUInt32LE(F('xdplb_nexthop', 'iif')),
-    expires: b.readBigUInt64LE(F('xdplb_nexthop', 'expires')),
+    expiresNs: b.readBigUInt64LE(F('xdplb_nexthop', 'expires_ns')),
+    checkedJiffies: b.readBigUInt64LE(F('xdplb_nexthop', 'checked_jiffies')),
   };
 }
 
