@@ -232,10 +232,12 @@ t.test('the CLI talks to the daemon and reports errors in one line', needsRoot, 
   const created = d.cli('service', 'create', 'dns', '--vip', '203.0.113.10', '--port', '53', '--protocol', 'udp', '--backend', '198.51.100.31:53', '--backend', '198.51.100.32:53,weight=2', '-o', 'json');
   t.equal(created.code, 0, created.stderr);
   t.match(JSON.parse(created.stdout), { name: 'dns', protocol: 'udp', owner: 'api', backends: [{ address: '198.51.100.31', weight: 1 }, { address: '198.51.100.32', weight: 2 }] });
+  t.same(Object.keys(JSON.parse(created.stdout).flags).sort(), ['conntrackBypass', 'icmpEcho', 'l4Dnat', 'sourceHash'], 'only the real flags');
   const list = d.cli('service', 'list');
   t.equal(list.code, 0);
   t.match(list.stdout, /^NAME\s+VIP\s+PORT/);
   t.match(list.stdout, /web\s+203\.0\.113\.10\s+80\s+tcp/);
+  t.match(list.stdout, /dns\s+203\.0\.113\.10\s+53\s+udp\s+icmpEcho\s/, 'flags column names each set flag once');
   const drained = d.cli('backend', 'drain', 'dns', '198.51.100.32:53', '-o', 'yaml');
   t.equal(drained.code, 0);
   t.match(drained.stdout, /state: draining/);

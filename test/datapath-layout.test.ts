@@ -8,6 +8,7 @@ import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import { REASONS, REASON_COUNT } from '../src/datapath/reasons';
 import { flowHash, outerSource } from '../src/datapath/flowhash';
+import { MAX_ENTRIES, MAX_MASKS, MAX_RULES, TUPLE_LEN, encodeTuple, encodeRules, tupleOf } from '../src/recorder/filter';
 import { openLb } from './helpers/datapath';
 import { needsRoot } from './helpers/fixtures';
 
@@ -125,14 +126,29 @@ t.test('constants in layout.ts equal the #defines of consts.h', (t) => {
     ['XDPLB_BACKEND_ACTIVE', L.BACKEND_ACTIVE],
     ['XDPLB_BACKEND_DRAINING', L.BACKEND_DRAINING],
     ['XDPLB_BACKEND_DOWN', L.BACKEND_DOWN],
+    ['XDPLB_CAPTURE_IN', L.CAPTURE_IN],
+    ['XDPLB_CAPTURE_OUT', L.CAPTURE_OUT],
+    ['XDPLB_REC_MAX_MASKS', L.REC_MAX_MASKS],
+    ['XDPLB_REC_MAX_ENTRIES', L.REC_MAX_ENTRIES],
+    ['XDPLB_REC_MAX_RULES', L.REC_MAX_RULES],
+    ['XDPLB_REC_STAT_SAMPLES', L.REC_STAT_SAMPLES],
+    ['XDPLB_REC_STAT_OUTPUT_FAILED', L.REC_STAT_OUTPUT_FAILED],
+    ['XDPLB_REC_STAT_MAX', L.REC_STAT_MAX],
   ];
   for (const [name, value] of pairs) t.equal(define(name), value >>> 0, name);
+  // the filter compiler sizes its output for these maps
+  t.equal(MAX_MASKS, L.REC_MAX_MASKS, 'filter.ts MAX_MASKS');
+  t.equal(MAX_ENTRIES, L.REC_MAX_ENTRIES, 'filter.ts MAX_ENTRIES');
+  t.equal(MAX_RULES, L.REC_MAX_RULES, 'filter.ts MAX_RULES');
+  t.equal(TUPLE_LEN, L.REC_KEY_LEN, 'filter.ts TUPLE_LEN');
   t.end();
 });
 
 t.test('the loaded maps have the names, types, key/value sizes and capacities layout.ts expects', needsRoot, (t) => {
   const lb = openLb(t);
-  t.same(lb.obj.maps().filter((n) => n.startsWith('xdplb_')).sort(), Object.values(L.MAP_NAMES).sort());
+  const all = [...Object.values(L.MAP_NAMES), ...Object.values(L.REC_MAP_NAMES)];
+  t.same(lb.obj.maps().filter((n) => n.startsWith('xdplb_')).sort(), [...all].sort());
+  t.same(Object.keys(L.MAP_LAYOUT).sort(), all.filter((n) => n !== L.MAP_NAMES.maglev).sort(), 'MAP_LAYOUT names every map but the Maglev outer map (its values are map fds)');
   const size = (s: string) => (s === 'u32' ? 4 : s === 'u64' ? 8 : L.LAYOUT[s].size);
   for (const [name, kv] of Object.entries(L.MAP_LAYOUT)) {
     const m = lb.obj.map(name);
@@ -152,6 +168,11 @@ t.test('the loaded maps have the names, types, key/value sizes and capacities la
     xdplb_be_stats: ['percpu_array', L.MAX_BACKENDS],
     xdplb_reasons: ['percpu_array', REASON_COUNT],
     xdplb_devmap: ['devmap_hash', L.MAX_DEVICES],
+    xdplb_rec_masks: ['array', L.REC_MAX_MASKS],
+    xdplb_rec_entries: ['hash', L.REC_MAX_ENTRIES],
+    xdplb_rec_config: ['array', 1],
+    xdplb_rec_ring: ['perf_event_array', bpf.possibleCpus()],
+    xdplb_rec_stats: ['percpu_array', L.REC_STAT_MAX],
   };
   for (const [name, [type, max]] of Object.entries(expect)) {
     const m = lb.obj.map(name);
@@ -161,7 +182,7 @@ t.test('the loaded maps have the names, types, key/value sizes and capacities la
   }
   // every map but the devmap (derived state; see maps.h) is pinned by name under
   // the pin root, so a restarted daemon finds it
-  for (const name of Object.values(L.MAP_NAMES))
+  for (const name of all)
     t.equal(fs.existsSync(path.join(lb.pinRoot, name)), name !== L.MAP_NAMES.devmap, `${name} pinned: ${name !== L.MAP_NAMES.devmap}`);
   t.end();
 });
@@ -211,6 +232,38 @@ t.test('encoders write the documented bytes and decoders read them back', (t) =>
   t.equal(L.decodeNexthop(Buffer.alloc(56)).address, '', 'never resolved');
   t.same(L.decodeDevmapVal(L.encodeDevmapVal({ ifindex: 4, progFd: 0 })), { ifindex: 4, progFd: 0 });
   t.throws(() => L.encodeFlowKey({ ...fk, dst: '192.0.2.1' }), RangeError, 'a flow cannot mix families');
+  t.end();
+});
+
+t.test('recorder encoders: keys as filter.ts writes them, entries, config, sample headers', (t) => {
+  for (const tuple of [
+    { ...tupleOf({ src: '192.0.2.100', dst: '203.0.113.10', sport: 40000, dport: 80, proto: 6 }), mask: 3 },
+    { ...tupleOf({ src: '2001:db8::100', dst: '2001:db8:f00::10', sport: 1, dport: 65535, proto: 17 }), mask: 31 },
+  ]) {
+    const k = L.encodeRecKey(tuple);
+    t.same(k, encodeTuple(tuple), `encodeRecKey = filter.ts encodeTuple (IPv${tuple.family})`);
+    t.same(L.decodeRecKey(k), tuple);
+  }
+  t.equal(
+    L.encodeRecKey({ ...tupleOf({ src: '192.0.2.1', dst: '203.0.113.10', sport: 0x1234, dport: 80, proto: 17 }), mask: 5 }).toString('hex'),
+    '04' + '11' + '1234' + '0050' + '05' + '00' + 'c0000201' + '00'.repeat(12) + 'cb00710a' + '00'.repeat(12),
+  );
+
+  const e = L.encodeRecEntry({ rules: (1n << 63n) | 5n, caplen: 128 });
+  t.equal(e.toString('hex'), '0500000000000080' + '80000000' + '00000000');
+  t.same(e.subarray(0, 8), encodeRules((1n << 63n) | 5n), 'rules as filter.ts encodeRules writes them');
+  t.same(L.decodeRecEntry(e), { rules: (1n << 63n) | 5n, caplen: 128 });
+
+  t.equal(L.encodeRecConfig({ nMasks: 32 }).toString('hex'), '20000000' + '00000000');
+  t.same(L.decodeRecConfig(L.encodeRecConfig({ nMasks: 7 })), { nMasks: 7 });
+  t.throws(() => L.encodeRecConfig({ nMasks: 33 }), RangeError, 'no more masks than slots');
+
+  const meta: L.RecMeta = { tsNs: 123456789012n, rules: 6n, origLen: 1514, capLen: 64, ifindex: 9, backendId: L.NO_BACKEND, point: L.CAPTURE_IN, family: 6 };
+  const mb = L.encodeRecMeta(meta);
+  t.equal(mb.length, 40);
+  t.equal(mb.subarray(16, 40).toString('hex'), 'ea050000' + '40000000' + '09000000' + 'ffffffff' + '01' + '06' + '0000' + '00000000');
+  t.same(L.decodeRecMeta(Buffer.concat([mb, Buffer.alloc(64)])), meta, 'frame bytes after the header are not the header');
+  t.throws(() => L.decodeRecMeta(mb.subarray(0, 39)), RangeError);
   t.end();
 });
 

@@ -52,7 +52,17 @@ t.test('xdplb lab up | test | status | down, with config/lab.yaml', needsRoot, a
     t.equal(s.errors, 0, `${s.name}: zero errors`);
     t.ok(s.backends.every((b) => b.requests > 0), `${s.name}: served by every backend`);
   }
+  t.ok(r.recording, 'the lab test recorded the VIP traffic');
+  if (r.recording) {
+    t.ok(fs.existsSync(r.recording.path), `the recording is a file: ${r.recording.path}`);
+    const frames = execFileSync('tshark', ['-r', r.recording.path, '-T', 'fields', '-e', 'frame.interface_name'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }).trim().split('\n');
+    t.equal(frames.length, r.recording.packets, `tshark reads its ${r.recording.packets} packets`);
+    t.equal(r.recording.lostInRing, 0, 'none lost');
+    t.equal(frames.filter((f) => f === 'xdplb-out').length, r.lb.forwarded, 'an outbound copy of every packet the load balancer forwarded');
+    t.equal(frames.filter((f) => f === 'xdplb-in').length, r.lb.forwarded, 'and an inbound one');
+  }
   const table = xdplb('test', '--count', '5');
+  t.match(table, /recorded: \d+ packets to the VIPs.*\nopen it: wireshark \S+lab-test\.pcapng/, 'the table says where the recording is and how to open it');
   t.match(table, /SERVICE\s+VIP\s+BACKEND\s+ANSWERED\s+SHARE\s+MAGLEV/, 'the table');
   t.match(table, /service list --socket/, 'and what to try next');
 

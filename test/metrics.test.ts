@@ -186,7 +186,10 @@ t.test('scraped over HTTP in the daemon namespace after real frames: counters ag
   const scrape = () => sh('ip', 'netns', 'exec', lbNs, 'curl', '-sS', '--fail', '--max-time', '5', 'http://127.0.0.1:9464/metrics');
 
   const before = samples(scrape());
-  for (const r of REASONS) t.equal(value(before, `xdplb_packets_total{verdict="${r.verdict}",reason="${r.name}"}`), 0, `${r.name}: a zero series before any traffic`);
+  // The kernel's own IPv6 router solicitations and the like may already have
+  // passed through lb0: every reason has a series, the forwarding ones are still 0.
+  for (const r of REASONS) t.not(value(before, `xdplb_packets_total{verdict="${r.verdict}",reason="${r.name}"}`), undefined, `${r.name}: a series before any traffic`);
+  for (const r of REASONS.filter((x) => x.name.startsWith('forward_'))) t.equal(value(before, `xdplb_packets_total{verdict="${r.verdict}",reason="${r.name}"}`), 0, `${r.name}: 0 before any traffic`);
   t.equal(value(before, 'xdplb_service_packets_total{service="web"}'), 0);
 
   // Frames from the peer into lb0: 12 flows × 10 packets to the VIP, 5 to another address.

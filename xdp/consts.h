@@ -95,4 +95,14 @@ enum xdplb_reason {
 #define XDPLB_CAPTURE_IN	1	/* step 2: as received, before any change */
 #define XDPLB_CAPTURE_OUT	2	/* step 9: as sent, after encapsulation */
 
+/* ---- the recorder (recorder.h) ---- */
+#define XDPLB_REC_MAX_MASKS	32	/* mask slots: every packet pays up to this many lookups */
+#define XDPLB_REC_MAX_ENTRIES	131072	/* masked keys of every running recording's filters */
+#define XDPLB_REC_MAX_RULES	64	/* bits of struct xdplb_rec_entry.rules: running recordings */
+
+/* xdplb_rec_stats indices: per-CPU __u64 counters */
+#define XDPLB_REC_STAT_SAMPLES		0	/* samples written to the perf ring */
+#define XDPLB_REC_STAT_OUTPUT_FAILED	1	/* bpf_perf_event_output failed: ring full or no reader on that CPU */
+#define XDPLB_REC_STAT_MAX		2
+
 #endif /* XDPLB_CONSTS_H */

@@ -95,6 +95,53 @@ struct xdplb_devmap_val {
 	__s32 prog_fd;		/* 4: 0 = no devmap program; reads back as its id */
 };				/* 8 */
 
+/* ---- the recorder (recorder.h) ----
+ * Filters compile (src/recorder/filter.ts) into up to XDPLB_REC_MAX_MASKS
+ * masks and a hash of masked keys. A packet's tuple ANDed with mask i, its
+ * `mask` byte set to i, is looked up in xdplb_rec_entries; the hits' rules
+ * are ORed. */
+
+/* xdplb_rec_entries key, and the value of xdplb_rec_masks. The tuple of a
+ * packet is its struct xdplb_flow_key (the client -> VIP tuple at both
+ * capture points) in this order; filter.ts encodeTuple() writes it. */
+struct xdplb_rec_key {
+	__u8 family;		/* 0: XDPLB_FAMILY_V4/V6; in a mask 0xff, or 0 for either */
+	__u8 proto;		/* 1: IP protocol; in a mask 0xff or 0 */
+	__be16 sport;		/* 2: network order; in a mask 0xffff or 0 */
+	__be16 dport;		/* 4: likewise */
+	__u8 mask;		/* 6: in a key, the slot of the mask that made it; in a mask 0 */
+	__u8 pad;		/* 7: 0 */
+	__u8 src[16];		/* 8: IPv4 in src[0..3]; in a mask, the prefix bits */
+	__u8 dst[16];		/* 24: likewise */
+};				/* 40 */
+
+/* xdplb_rec_entries value */
+struct xdplb_rec_entry {
+	__u64 rules;		/* 0: bit r = recording rule r (0..XDPLB_REC_MAX_RULES-1) */
+	__u32 caplen;		/* 8: bytes to copy: the largest cap length of its rules; 0 = the whole frame */
+	__u32 pad;		/* 12: 0 */
+};				/* 16 */
+
+/* xdplb_rec_config[0] */
+struct xdplb_rec_config {
+	__u32 n_masks;		/* 0: mask slots in use, from 0; 0 = recorder off (one lookup per packet) */
+	__u32 pad;		/* 4: 0 */
+};				/* 8 */
+
+/* The header of every xdplb_rec_ring sample; cap_len frame bytes follow it. */
+struct xdplb_rec_meta {
+	__u64 ts_ns;		/* 0: bpf_ktime_get_ns(), CLOCK_MONOTONIC */
+	__u64 rules;		/* 8: OR of the rules of every matching entry */
+	__u32 orig_len;		/* 16: frame length at the capture point */
+	__u32 cap_len;		/* 20: frame bytes that follow */
+	__u32 ifindex;		/* 24: ingress interface */
+	__u32 backend_id;	/* 28: backend chosen (XDPLB_CAPTURE_OUT); XDPLB_NO_BACKEND inbound */
+	__u8 point;		/* 32: XDPLB_CAPTURE_IN / XDPLB_CAPTURE_OUT */
+	__u8 family;		/* 33: XDPLB_FAMILY_V4/V6 of the tuple */
+	__u16 pad;		/* 34: 0 */
+	__u32 pad2;		/* 36: 0 */
+};				/* 40 */
+
 _Static_assert(sizeof(struct xdplb_service_key) == 20, "service key");
 _Static_assert(sizeof(struct xdplb_service) == 8, "service");
 _Static_assert(sizeof(struct xdplb_backend) == 20, "backend");
@@ -104,5 +151,9 @@ _Static_assert(sizeof(struct xdplb_flow_key) == 40, "flow key");
 _Static_assert(sizeof(struct xdplb_ct_entry) == 8, "ct entry");
 _Static_assert(sizeof(struct xdplb_counter) == 16, "counter");
 _Static_assert(sizeof(struct xdplb_devmap_val) == 8, "devmap value");
+_Static_assert(sizeof(struct xdplb_rec_key) == 40, "recorder key");
+_Static_assert(sizeof(struct xdplb_rec_entry) == 16, "recorder entry");
+_Static_assert(sizeof(struct xdplb_rec_config) == 8, "recorder config");
+_Static_assert(sizeof(struct xdplb_rec_meta) == 40, "recorder sample header");
 
 #endif /* XDPLB_LAYOUT_H */

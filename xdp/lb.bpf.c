@@ -69,6 +69,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 	struct packet pkt = {};
 	struct backend_choice choice = {};
 	struct encap_plan plan = {};
+	struct rec_match rec = {};
 	struct xdplb_nexthop *nh = NULL;
 	struct xdplb_service *svc;
 	struct xdplb_config *cfg;
@@ -81,7 +82,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 		return finish(&pkt, r);
 
 	/* 2. Recorder, inbound point */
-	xdplb_record(ctx, &pkt, XDPLB_CAPTURE_IN);
+	xdplb_record(ctx, &pkt, &rec, XDPLB_CAPTURE_IN, XDPLB_NO_BACKEND);
 
 	cfg = bpf_map_lookup_elem(&xdplb_config, &zero);
 	if (!cfg)
@@ -136,7 +137,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 	verdict = l2_forward(ctx, nh, &r);
 
 	/* 9. Recorder, outbound point */
-	xdplb_record(ctx, &pkt, XDPLB_CAPTURE_OUT);
+	xdplb_record(ctx, &pkt, &rec, XDPLB_CAPTURE_OUT, choice.id);
 
 	/* 10. Counters */
 	count_reason(r, pkt.frame_len);

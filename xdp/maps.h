@@ -126,4 +126,53 @@ struct {
 	__type(value, struct xdplb_devmap_val);
 } xdplb_devmap SEC(".maps");
 
+/* ---- the recorder (recorder.h) ---- */
+
+/* mask slot -> mask (struct xdplb_rec_key); slots at or above n_masks are
+ * never read, an unused slot below it holds a zero mask */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XDPLB_REC_MAX_MASKS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, struct xdplb_rec_key);
+} xdplb_rec_masks SEC(".maps");
+
+/* masked tuple (its mask slot in key.mask) -> rules and cap length */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XDPLB_REC_MAX_ENTRIES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, struct xdplb_rec_key);
+	__type(value, struct xdplb_rec_entry);
+} xdplb_rec_entries SEC(".maps");
+
+/* [0] -> mask count; 0 = recorder off */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, struct xdplb_rec_config);
+} xdplb_rec_config SEC(".maps");
+
+/* The samples: one perf ring per CPU (max_entries 0: libbpf makes it the
+ * number of possible CPUs). The reader's ring fds are its own; a restarted
+ * daemon installs new ones in the pinned map. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERF_EVENT_ARRAY);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__uint(key_size, sizeof(__u32));
+	__uint(value_size, sizeof(__u32));
+} xdplb_rec_ring SEC(".maps");
+
+/* XDPLB_REC_STAT_* -> per-CPU count */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XDPLB_REC_STAT_MAX);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, __u64);
+} xdplb_rec_stats SEC(".maps");
+
 #endif /* XDPLB_MAPS_H */

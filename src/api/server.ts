@@ -1,4 +1,4 @@
-// The gRPC server: xdplb.v1.LoadBalancer, the standard health service and server
+// The gRPC server: xdplb.v1.LoadBalancer, xdplb.v1.Recorder, the standard health service and server
 // reflection. A unix socket (mode 0600) by default; TCP only with mutual TLS.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -10,10 +10,12 @@ import type { Logger } from 'pino';
 import type { Controller } from '../control/controller';
 import { XdplbError, type ErrorCode } from '../control/errors';
 import type { ApiSettings } from '../control/model';
+import type { Recorder } from '../recorder/recordings';
+import { recorderHandlers } from './recorder';
 import { backendFromPb, serviceFromPb, serviceToPb, type PbBackend, type PbService } from './convert';
 
 export const PROTO_DIR = path.resolve(__dirname, '..', '..', '..', 'proto');
-export const PROTO_FILES = ['xdplb/v1/loadbalancer.proto'];
+export const PROTO_FILES = ['xdplb/v1/loadbalancer.proto', 'xdplb/v1/recorder.proto'];
 export const SERVICE_NAME = 'xdplb.v1.LoadBalancer';
 
 export const LOADER_OPTIONS: protoLoader.Options = {
@@ -59,6 +61,8 @@ export interface ApiDeps {
   counters(service?: string): CountersSnapshot;
   status(): NodeStatusSnapshot;
   log: Logger;
+  /** the packet recorder: xdplb.v1.Recorder is served when given */
+  recorder?: Recorder;
 }
 
 const STATUS: Record<ErrorCode, grpc.status> = {
@@ -71,7 +75,7 @@ const STATUS: Record<ErrorCode, grpc.status> = {
   INTERNAL: grpc.status.INTERNAL,
 };
 
-function toServiceError(e: unknown): Partial<grpc.ServiceError> {
+export function toServiceError(e: unknown): Partial<grpc.ServiceError> {
   if (e instanceof XdplbError) return { code: STATUS[e.code] ?? grpc.status.INTERNAL, details: e.message };
   return { code: grpc.status.INTERNAL, details: e instanceof Error ? e.message : String(e) };
 }
@@ -79,7 +83,7 @@ function toServiceError(e: unknown): Partial<grpc.ServiceError> {
 type Unary<Req, Res> = (req: Req) => Res | Promise<Res>;
 
 /** Wraps a handler so every outcome is a response or a gRPC status, and is logged. */
-function unary<Req, Res>(log: Logger, method: string, fn: Unary<Req, Res>): grpc.handleUnaryCall<Req, Res> {
+export function unary<Req, Res>(log: Logger, method: string, fn: Unary<Req, Res>): grpc.handleUnaryCall<Req, Res> {
   return (call, callback) => {
     const started = process.hrtime.bigint();
     Promise.resolve()
@@ -206,10 +210,11 @@ export async function startApi(settings: ApiSettings, deps: ApiDeps): Promise<Ap
   if (settings.tcp && !settings.tls) throw XdplbError.invalid('api.tcp', 'requires api.tls (mutual TLS)');
   const pkg = loadProto();
   const proto = grpc.loadPackageDefinition(pkg) as unknown as {
-    xdplb: { v1: { LoadBalancer: grpc.ServiceClientConstructor } };
+    xdplb: { v1: { LoadBalancer: grpc.ServiceClientConstructor; Recorder: grpc.ServiceClientConstructor } };
   };
   const server = new grpc.Server();
   server.addService(proto.xdplb.v1.LoadBalancer.service, loadBalancerHandlers(deps));
+  if (deps.recorder) server.addService(proto.xdplb.v1.Recorder.service, recorderHandlers(deps.recorder, deps.log));
   const health = new HealthImplementation({ '': 'NOT_SERVING', [SERVICE_NAME]: 'NOT_SERVING' });
   health.addToServer(server);
   new ReflectionService(pkg).addToServer(server);

@@ -22,6 +22,14 @@ function probeFrame(): Buffer {
   );
 }
 
+// The tc egress program (the backend's reverse DNAT) returns TC_ACT_* codes.
+const TC_VERDICT_NAMES: Readonly<Record<number, string>> = { [-1]: 'TC_ACT_UNSPEC', 0: 'TC_ACT_OK', 2: 'TC_ACT_SHOT' };
+
+function verdictName(type: string, retval: number): string {
+  const names = type === 'xdp' ? bpf.XDP_VERDICT_NAMES : TC_VERDICT_NAMES;
+  return names[retval] ?? String(retval);
+}
+
 export function checkDatapath(objectDir = bpf.BPF_OBJECT_DIR): CheckedProgram[] {
   const objects = fs
     .readdirSync(objectDir)
@@ -37,14 +45,14 @@ export function checkDatapath(objectDir = bpf.BPF_OBJECT_DIR): CheckedProgram[] 
         for (const name of obj.programs()) {
           const prog = obj.program(name);
           const info = prog.info();
-          const r = prog.testRun({ data: probeFrame(), ctx: bpf.xdpContext(1) });
+          const r = prog.testRun(info.type === 'xdp' ? { data: probeFrame(), ctx: bpf.xdpContext(1) } : { data: probeFrame() });
           out.push({
             object: file,
             program: name,
             instructions: info.instructions,
             verifiedInstructions: info.verifiedInstructions,
             jitedBytes: info.jitedBytes,
-            testVerdict: bpf.XDP_VERDICT_NAMES[r.retval] ?? String(r.retval),
+            testVerdict: verdictName(info.type, r.retval),
           });
           prog.close();
         }

@@ -16,9 +16,10 @@ export interface ConnectOptions {
 
 export type Client = grpc.Client & Record<string, (...args: unknown[]) => unknown>;
 
-export function connect(o: ConnectOptions): Client {
+/** A client of one of the daemon's services: xdplb.v1.LoadBalancer (default) or xdplb.v1.Recorder. */
+export function connect(o: ConnectOptions, service: 'LoadBalancer' | 'Recorder' = 'LoadBalancer'): Client {
   const proto = grpc.loadPackageDefinition(loadProto()) as unknown as {
-    xdplb: { v1: { LoadBalancer: grpc.ServiceClientConstructor } };
+    xdplb: { v1: Record<'LoadBalancer' | 'Recorder', grpc.ServiceClientConstructor> };
   };
   let target: string;
   let creds: grpc.ChannelCredentials;
@@ -30,7 +31,7 @@ export function connect(o: ConnectOptions): Client {
     target = `unix:${o.socket ?? DEFAULT_NODE.api.socket}`;
     creds = grpc.credentials.createInsecure();
   }
-  return new proto.xdplb.v1.LoadBalancer(target, creds) as unknown as Client;
+  return new proto.xdplb.v1[service](target, creds) as unknown as Client;
 }
 
 /** Calls a unary method; rejects with the daemon's status message. */

@@ -8,6 +8,7 @@ import { parseBackendArg, parseBackendRef, parsePort, parseProtocol } from './ar
 import { OUTPUT_FORMATS, render, table, type OutputFormat } from './output';
 import { DEFAULT_NODE } from '../control/model';
 import { labCommand } from '../lab/command';
+import { recordCommand } from './record';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { version } = require('../../../package.json') as { version: string };
@@ -41,6 +42,12 @@ const short = (enumName: string) => enumName.replace(/^(PROTOCOL|BACKEND_STATE|O
 const hostPort = (a: string, p: number) => (a.includes(':') ? `[${a}]:${p}` : `${a}:${p}`);
 const portText = (p: number) => (p === 0 ? 'all' : String(p));
 
+// proto-loader's `oneofs` option adds a virtual field per proto3 `optional`
+// (`_icmpEcho: 'icmpEcho'`): keep only the real, boolean flags.
+function realFlags(flags: Record<string, unknown> | undefined): Record<string, boolean> {
+  return Object.fromEntries(Object.entries(flags ?? {}).filter(([k, v]) => !k.startsWith('_') && typeof v === 'boolean')) as Record<string, boolean>;
+}
+
 function serviceTable(services: PbService[]): string {
   return table(
     ['NAME', 'VIP', 'PORT', 'PROTO', 'FLAGS', 'BACKENDS', 'OWNER'],
@@ -49,7 +56,7 @@ function serviceTable(services: PbService[]): string {
       s.vip,
       portText(s.port),
       short(s.protocol),
-      Object.entries(s.flags ?? {})
+      Object.entries(realFlags(s.flags))
         .filter(([, v]) => v)
         .map(([k]) => k)
         .join(',') || '-',
@@ -62,6 +69,7 @@ function serviceTable(services: PbService[]): string {
 function plainService(s: PbService) {
   return {
     ...s,
+    flags: realFlags(s.flags),
     protocol: short(s.protocol),
     owner: short(s.owner),
     backends: s.backends.map((b) => ({ ...b, state: short(b.state) })),
@@ -254,6 +262,9 @@ export function buildCli(): Command {
         });
       }),
     );
+
+  // packet captures (src/cli/record.ts)
+  program.addCommand(recordCommand());
 
   // the namespace lab (src/lab)
   program.addCommand(labCommand());

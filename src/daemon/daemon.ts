@@ -18,6 +18,9 @@ import { HealthChecker } from '../health/checker';
 import { Metrics } from '../metrics/metrics';
 import { meteredApiLogger } from '../metrics/api';
 import { startMetricsServer, type MetricsServer } from '../metrics/server';
+// The packet recorder (issue 6).
+import { RecorderMaps } from '../recorder/datapath';
+import { Recorder } from '../recorder/recordings';
 
 export interface DaemonOptions {
   configPath: string;
@@ -31,6 +34,7 @@ export interface Daemon {
   log: Logger;
   health: HealthChecker;
   metrics: Metrics;
+  recorder: Recorder;
   reload(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -50,7 +54,14 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   const metrics = new Metrics((require('../../../package.json') as { version: string }).version);
   const controller = new Controller(timedSink(datapath, metrics), store, validateService, log);
   await controller.restore(config.services, await store.load());
+  // Recordings do not survive a restart: whatever rules a previous daemon left
+  // in the recorder maps are cleared before the API can start new ones.
+  const recorderMaps = RecorderMaps.open(config.node.bpffs);
+  recorderMaps?.reset();
+  if (!recorderMaps) log.warn('the datapath has no recorder maps: recording is not available');
+  const recorder = new Recorder({ datapath: recorderMaps, dir: config.node.recorderDir, log, backendName: backendNames(controller, datapath) });
   const api = await startApi(config.node.api, {
+    recorder,
     controller,
     counters: (service) => datapath.counters(controller.list(), service),
     status: () => datapath.status(controller.list(), (Date.now() - started) / 1000),
@@ -82,6 +93,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     health: () => health.snapshot(),
     allDown: () => health.allDown(),
     probeLoad: () => health.load(),
+    recorder: () => recorder.totals(),
   });
   let metricsServer: MetricsServer | undefined = config.node.metrics ? await startMetricsServer(config.node.metrics, metrics, log) : undefined;
   // --- end operations ---
@@ -96,6 +108,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
       const fixed = fixedSettingsChanged(config.node, next.node);
       if (fixed.length) log.warn({ settings: fixed }, 'these settings change only on restart; keeping the running values');
       datapath.reconfigure({ ...next.node, bpffs: config.node.bpffs, stateDir: config.node.stateDir, api: config.node.api });
+      recorder.setDir(next.node.recorderDir);
       await controller.replaceOwned('file', next.services);
       health.sync();
       if (next.node.metrics !== config.node.metrics) {
@@ -122,6 +135,10 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     api.health.setStatus('', 'NOT_SERVING');
     health.stop();
     await metricsServer?.close();
+    // Recordings end first: their files are completed and their streams get
+    // the final chunk before the API waits for open calls.
+    await recorder.close();
+    recorderMaps?.close();
     await api.close();
     if (opts.detachOnExit) {
       datapath.uninstall();
@@ -132,7 +149,27 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     }
   };
 
-  return { controller, datapath, api, log, health, metrics, reload, stop };
+  return { controller, datapath, api, log, health, metrics, recorder, reload, stop };
+}
+
+/** Backend id -> address, for pcapng packet comments; rebuilt at most once a second. */
+function backendNames(controller: Controller, datapath: LbDatapath): (id: number) => string | undefined {
+  let names = new Map<number, string>();
+  let built = 0;
+  return (id) => {
+    if (Date.now() - built > 1000) {
+      names = new Map();
+      for (const spec of controller.list()) {
+        const ids = datapath.ids(spec)?.backends;
+        for (const b of spec.backends) {
+          const bid = ids?.get(`${b.address}|${b.port}`);
+          if (bid !== undefined) names.set(bid, b.port ? `${b.address}:${b.port}` : b.address);
+        }
+      }
+      built = Date.now();
+    }
+    return names.get(id);
+  };
 }
 
 /** The datapath as the controller sees it, with every update timed for the metrics. */

@@ -69,6 +69,8 @@ interface NativeObject {
 }
 interface NativePerfReader {
   close(): void;
+  /** the batch handed over last is done with: the reader thread may queue the next */
+  ack(): void;
   stats(): { received: number; lost: number; pollErrors: number };
 }
 interface Native {
@@ -485,6 +487,9 @@ export class PerfReader {
   private readonly handle: NativePerfReader;
   constructor(map: BpfMap, onBatch: (b: PerfBatch) => void, pageCount = 64) {
     this.handle = new (native().PerfReader)(map.fd, pageCount, (buf, count, lost) => {
+      // Acknowledged on the next turn of the event loop, so that timers and
+      // I/O run between any two batches however fast the rings fill.
+      setImmediate(() => this.handle.ack());
       const records: PerfRecord[] = new Array(count);
       let off = 0;
       for (let i = 0; i < count; i++) {

@@ -38,6 +38,19 @@ export const BACKEND_ACTIVE = 1;
 export const BACKEND_DRAINING = 2;
 export const BACKEND_DOWN = 3;
 
+/** Where the recorder hooks sit: struct xdplb_rec_meta.point. */
+export const CAPTURE_IN = 1;
+export const CAPTURE_OUT = 2;
+
+// the recorder
+export const REC_MAX_MASKS = 32;
+export const REC_MAX_ENTRIES = 131072;
+export const REC_MAX_RULES = 64;
+/** xdplb_rec_stats indices */
+export const REC_STAT_SAMPLES = 0;
+export const REC_STAT_OUTPUT_FAILED = 1;
+export const REC_STAT_MAX = 2;
+
 export const IPPROTO_ICMP = 1;
 export const IPPROTO_TCP = 6;
 export const IPPROTO_UDP = 17;
@@ -56,6 +69,18 @@ export const MAP_NAMES = {
   backendStats: 'xdplb_be_stats',
   reasons: 'xdplb_reasons',
   devmap: 'xdplb_devmap',
+} as const;
+
+/**
+ * The recorder's maps (pinned by name like the others), apart from MAP_NAMES:
+ * the daemon opens them only when it records.
+ */
+export const REC_MAP_NAMES = {
+  masks: 'xdplb_rec_masks',
+  entries: 'xdplb_rec_entries',
+  config: 'xdplb_rec_config',
+  ring: 'xdplb_rec_ring',
+  stats: 'xdplb_rec_stats',
 } as const;
 
 /** The XDP program of lb.bpf.c. */
@@ -140,6 +165,42 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
     size: 8,
     fields: { ifindex: { offset: 0, size: 4 }, prog_fd: { offset: 4, size: 4 } },
   },
+  xdplb_rec_key: {
+    size: 40,
+    fields: {
+      family: { offset: 0, size: 1 },
+      proto: { offset: 1, size: 1 },
+      sport: { offset: 2, size: 2 },
+      dport: { offset: 4, size: 2 },
+      mask: { offset: 6, size: 1 },
+      pad: { offset: 7, size: 1 },
+      src: { offset: 8, size: 16 },
+      dst: { offset: 24, size: 16 },
+    },
+  },
+  xdplb_rec_entry: {
+    size: 16,
+    fields: { rules: { offset: 0, size: 8 }, caplen: { offset: 8, size: 4 }, pad: { offset: 12, size: 4 } },
+  },
+  xdplb_rec_config: {
+    size: 8,
+    fields: { n_masks: { offset: 0, size: 4 }, pad: { offset: 4, size: 4 } },
+  },
+  xdplb_rec_meta: {
+    size: 40,
+    fields: {
+      ts_ns: { offset: 0, size: 8 },
+      rules: { offset: 8, size: 8 },
+      orig_len: { offset: 16, size: 4 },
+      cap_len: { offset: 20, size: 4 },
+      ifindex: { offset: 24, size: 4 },
+      backend_id: { offset: 28, size: 4 },
+      point: { offset: 32, size: 1 },
+      family: { offset: 33, size: 1 },
+      pad: { offset: 34, size: 2 },
+      pad2: { offset: 36, size: 4 },
+    },
+  },
 };
 
 /** Key and value struct of each map (u32/u64: plain integers, u32 keys are indexes). */
@@ -154,6 +215,11 @@ export const MAP_LAYOUT: Readonly<Record<string, { key: string; value: string }>
   xdplb_be_stats: { key: 'u32', value: 'xdplb_counter' },
   xdplb_reasons: { key: 'u32', value: 'xdplb_counter' },
   xdplb_devmap: { key: 'u32', value: 'xdplb_devmap_val' },
+  xdplb_rec_masks: { key: 'u32', value: 'xdplb_rec_key' },
+  xdplb_rec_entries: { key: 'xdplb_rec_key', value: 'xdplb_rec_entry' },
+  xdplb_rec_config: { key: 'u32', value: 'xdplb_rec_config' },
+  xdplb_rec_ring: { key: 'u32', value: 'u32' },
+  xdplb_rec_stats: { key: 'u32', value: 'u64' },
 };
 
 const F = (s: string, f: string): number => LAYOUT[s].fields[f].offset;
@@ -508,4 +574,137 @@ export function decodeDevmapVal(b: Buffer): DevmapVal {
 /** Inner map value bytes of a Maglev table: one u32 backend id per entry. */
 export function encodeMaglevTable(table: Uint32Array): Buffer[] {
   return Array.from(table, (id) => u32(id));
+}
+
+// ---- the recorder: struct xdplb_rec_key, _entry, _config, _meta ----
+
+export const REC_KEY_LEN = LAYOUT.xdplb_rec_key.size;
+export const REC_ENTRY_LEN = LAYOUT.xdplb_rec_entry.size;
+export const REC_META_LEN = LAYOUT.xdplb_rec_meta.size;
+
+/** A recorder key (an entry's masked tuple) or a mask, field by field. */
+export interface RecKey {
+  /** FAMILY_V4/V6; in a mask 0xff or 0 */
+  family: number;
+  proto: number;
+  sport: number;
+  dport: number;
+  /** the mask slot that made this key; 0 in a mask */
+  mask: number;
+  /** 16 bytes each, IPv4 in the first 4 */
+  src: Uint8Array;
+  dst: Uint8Array;
+}
+
+/** The same bytes as src/recorder/filter.ts encodeTuple() (the test holds them equal). */
+export function encodeRecKey(k: RecKey): Buffer {
+  const b = Buffer.alloc(REC_KEY_LEN);
+  b.writeUInt8(k.family, F('xdplb_rec_key', 'family'));
+  b.writeUInt8(k.proto, F('xdplb_rec_key', 'proto'));
+  b.writeUInt16BE(k.sport, F('xdplb_rec_key', 'sport'));
+  b.writeUInt16BE(k.dport, F('xdplb_rec_key', 'dport'));
+  b.writeUInt8(k.mask, F('xdplb_rec_key', 'mask'));
+  b.set(k.src.subarray(0, 16), F('xdplb_rec_key', 'src'));
+  b.set(k.dst.subarray(0, 16), F('xdplb_rec_key', 'dst'));
+  return b;
+}
+
+export function decodeRecKey(b: Buffer): RecKey {
+  const src = F('xdplb_rec_key', 'src');
+  const dst = F('xdplb_rec_key', 'dst');
+  return {
+    family: b.readUInt8(F('xdplb_rec_key', 'family')),
+    proto: b.readUInt8(F('xdplb_rec_key', 'proto')),
+    sport: b.readUInt16BE(F('xdplb_rec_key', 'sport')),
+    dport: b.readUInt16BE(F('xdplb_rec_key', 'dport')),
+    mask: b.readUInt8(F('xdplb_rec_key', 'mask')),
+    src: new Uint8Array(b.subarray(src, src + 16)),
+    dst: new Uint8Array(b.subarray(dst, dst + 16)),
+  };
+}
+
+export interface RecEntry {
+  /** bit r = rule r */
+  rules: bigint;
+  /** bytes to copy: the largest cap length of its rules; 0 = the whole frame */
+  caplen: number;
+}
+
+export function encodeRecEntry(e: RecEntry): Buffer {
+  const b = Buffer.alloc(REC_ENTRY_LEN);
+  b.writeBigUInt64LE(BigInt.asUintN(64, e.rules), F('xdplb_rec_entry', 'rules'));
+  b.writeUInt32LE(e.caplen >>> 0, F('xdplb_rec_entry', 'caplen'));
+  return b;
+}
+
+export function decodeRecEntry(b: Buffer): RecEntry {
+  return { rules: b.readBigUInt64LE(F('xdplb_rec_entry', 'rules')), caplen: b.readUInt32LE(F('xdplb_rec_entry', 'caplen')) };
+}
+
+export interface RecConfig {
+  /** mask slots in use; 0 = recorder off */
+  nMasks: number;
+}
+
+export function encodeRecConfig(c: RecConfig): Buffer {
+  if (!Number.isInteger(c.nMasks) || c.nMasks < 0 || c.nMasks > REC_MAX_MASKS) throw new RangeError(`n_masks ${c.nMasks} not in 0..${REC_MAX_MASKS}`);
+  const b = Buffer.alloc(LAYOUT.xdplb_rec_config.size);
+  b.writeUInt32LE(c.nMasks, F('xdplb_rec_config', 'n_masks'));
+  return b;
+}
+
+export function decodeRecConfig(b: Buffer): RecConfig {
+  return { nMasks: b.readUInt32LE(F('xdplb_rec_config', 'n_masks')) };
+}
+
+/** The header of a recorder sample; capLen frame bytes follow it. */
+export interface RecMeta {
+  /** bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+  tsNs: bigint;
+  rules: bigint;
+  /** frame length at the capture point */
+  origLen: number;
+  capLen: number;
+  /** ingress interface */
+  ifindex: number;
+  /** the backend chosen (CAPTURE_OUT); NO_BACKEND at CAPTURE_IN */
+  backendId: number;
+  /** CAPTURE_IN / CAPTURE_OUT */
+  point: number;
+  family: number;
+}
+
+export function decodeRecMeta(b: Buffer): RecMeta {
+  if (b.length < REC_META_LEN) throw new RangeError(`a recorder sample starts with ${REC_META_LEN} header bytes, got ${b.length}`);
+  return {
+    tsNs: b.readBigUInt64LE(F('xdplb_rec_meta', 'ts_ns')),
+    rules: b.readBigUInt64LE(F('xdplb_rec_meta', 'rules')),
+    origLen: b.readUInt32LE(F('xdplb_rec_meta', 'orig_len')),
+    capLen: b.readUInt32LE(F('xdplb_rec_meta', 'cap_len')),
+    ifindex: b.readUInt32LE(F('xdplb_rec_meta', 'ifindex')),
+    backendId: b.readUInt32LE(F('xdplb_rec_meta', 'backend_id')),
+    point: b.readUInt8(F('xdplb_rec_meta', 'point')),
+    family: b.readUInt8(F('xdplb_rec_meta', 'family')),
+  };
+}
+
+/** The datapath writes these; tests and tools make them to feed readers. */
+export function encodeRecMeta(m: RecMeta): Buffer {
+  const b = Buffer.alloc(REC_META_LEN);
+  b.writeBigUInt64LE(m.tsNs, F('xdplb_rec_meta', 'ts_ns'));
+  b.writeBigUInt64LE(BigInt.asUintN(64, m.rules), F('xdplb_rec_meta', 'rules'));
+  b.writeUInt32LE(m.origLen, F('xdplb_rec_meta', 'orig_len'));
+  b.writeUInt32LE(m.capLen, F('xdplb_rec_meta', 'cap_len'));
+  b.writeUInt32LE(m.ifindex, F('xdplb_rec_meta', 'ifindex'));
+  b.writeUInt32LE(m.backendId >>> 0, F('xdplb_rec_meta', 'backend_id'));
+  b.writeUInt8(m.point, F('xdplb_rec_meta', 'point'));
+  b.writeUInt8(m.family, F('xdplb_rec_meta', 'family'));
+  return b;
+}
+
+/** Sum of a per-CPU __u64 counter (xdplb_rec_stats). */
+export function sumU64(perCpu: readonly Buffer[] | null): bigint {
+  let sum = 0n;
+  for (const b of perCpu ?? []) sum += b.readBigUInt64LE(0);
+  return sum;
 }

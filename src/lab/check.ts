@@ -10,6 +10,7 @@ import { table } from '../cli/output';
 import type { CountersSnapshot } from '../api/server';
 import type { Lab } from './lab';
 import type { RequestResult, RequestTarget } from './client';
+import { recordVips, type LabRecording } from './record';
 
 /** A service as the API returns it. */
 export interface ApiService {
@@ -86,6 +87,8 @@ export interface LabTestResult {
   replies: { backendTx: Record<string, number>; clientRx: number; clientTx: number };
   checks: Array<{ ok: boolean; text: string }>;
   ok: boolean;
+  /** the VIP traffic as the recorder captured it; absent when the daemon cannot record */
+  recording?: LabRecording;
 }
 
 function delta(a: Record<string, number>, b: Record<string, number>): Record<string, number> {
@@ -117,6 +120,7 @@ export async function labTest(lab: Lab, o: LabTestOptions = {}): Promise<LabTest
     sources: s.vip.includes(':') ? lab.plan.client.v6 : lab.plan.client.v4,
   }));
 
+  const recording = await recordVips(lab, [...new Set(testable.map((s) => s.vip))]);
   const before = await lab.counters();
   const linksBefore = lab.linkCounters();
   const results = await lab.requests({ targets, concurrency: o.concurrency ?? 16 });
@@ -124,7 +128,10 @@ export async function labTest(lab: Lab, o: LabTestOptions = {}): Promise<LabTest
   await new Promise((r) => setTimeout(r, 300));
   const after = await lab.counters();
   const linksAfter = lab.linkCounters();
-  return judge(lab, testable, m, results, before, after, linksBefore, linksAfter);
+  const result = judge(lab, testable, m, results, before, after, linksBefore, linksAfter);
+  const recorded = await recording?.stop();
+  if (recorded) result.recording = recorded;
+  return result;
 }
 
 export function judge(
@@ -254,5 +261,10 @@ export function formatTestReport(r: LabTestResult): string {
   if (Object.keys(r.errors).length) lines.push(`errors: ${Object.entries(r.errors).map(([k, v]) => `${k} ×${v}`).join('; ')}`);
   lines.push('');
   for (const c of r.checks) lines.push(`${c.ok ? 'ok  ' : 'FAIL'}  ${c.text}`);
+  if (r.recording) {
+    lines.push('');
+    lines.push(`recorded: ${r.recording.packets} packets to the VIPs, as received and as sent (${r.recording.lostInRing} lost), in ${r.recording.path}`);
+    lines.push(`open it: ${r.recording.open}`);
+  }
   return lines.join('\n');
 }

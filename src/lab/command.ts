@@ -30,6 +30,7 @@ export function nextSteps(l: Lab): string {
     `  ${x} service list --socket ${sock}`,
     `  ${x} stats --socket ${sock}`,
     `  ${x} status --socket ${sock}`,
+    `  ${x} record --socket ${sock} --filter 'dst=203.0.113.10/32' --count 20 -w - | tshark -r -   # 10 packets, in and out`,
     `  ip netns exec ${l.plan.ns.client} bash -c 'exec 3<>/dev/tcp/203.0.113.10/80; echo WHO >&3; head -1 <&3'   # which backend answers`,
     `  ${x} lab test      # again: the same table`,
     `  ${x} lab status    # namespaces, daemon, servers, decapsulators`,

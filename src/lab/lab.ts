@@ -202,10 +202,11 @@ export class Lab {
     this.log(`decap attached on eth0 of ${this.plan.backends.map((b) => b.name).join(', ')}; pass-through on the router's ${this.plan.lb.routerIf}`);
   }
 
-  private async startServers(config: Config): Promise<string[]> {
+  private async startServers(config: Config, only?: string): Promise<string[]> {
     const all = new Set<string>();
     const started: Array<{ be: string; pid: number }> = [];
     for (const b of this.plan.backends) {
+      if (only !== undefined && b.name !== only) continue;
       const listens = this.opts.listens ?? listensOf(config, b);
       if (!listens.length) continue;
       const argv = [process.execPath, SERVER_JS, '--name', b.name, ...listens.flatMap((l) => ['--listen', formatListen(l)])];
@@ -217,6 +218,26 @@ export class Lab {
     await Promise.all(started.map((s) => waitForLog(this.serverLog(s.be), /"msg":"listening"/, s.pid, 10000)));
     this.log(`servers on ${started.map((s) => s.be).join(', ')}: ${[...all].join(' ')}`);
     return [...all];
+  }
+
+  /** Stops one backend's server (a crash, with SIGKILL): its VIP ports close, its health checks fail. */
+  async stopServer(be: string, signal: NodeJS.Signals = 'SIGKILL'): Promise<boolean> {
+    return stopPidFile(this.serverPidFile(be), this.serverMarker(be), 3000, signal);
+  }
+
+  /** Starts one backend's server again, with a fresh log. */
+  async startServer(be: string): Promise<void> {
+    if (livePid(this.serverPidFile(be), this.serverMarker(be)) !== null) throw new Error(`${be}: its server is running`);
+    await this.startServers(loadConfigFile(this.configPath), be);
+  }
+
+  /** The requests one backend's server has logged since it started. */
+  serverRequests(be: string): Array<{ proto: 'tcp' | 'udp'; local: string; remote: string }> {
+    return fs
+      .readFileSync(this.serverLog(be), 'utf8')
+      .split('\n')
+      .filter((l) => l.startsWith('{"msg":"request"'))
+      .map((l) => JSON.parse(l) as { proto: 'tcp' | 'udp'; local: string; remote: string });
   }
 
   /** The daemon in the load balancer's namespace (nsenter: bpffs stays visible). */

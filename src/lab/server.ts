@@ -9,6 +9,8 @@
 // UDP: any datagram      → "<name>\n", from the VIP it was sent to (the socket
 //   is bound to the VIP, so the source is right: the reply goes straight to the
 //   client, never through the load balancer).
+// Every TCP connection and UDP datagram is one JSON line on stdout (the
+// server's log): tests hold these against what clients and counters saw.
 import * as crypto from 'node:crypto';
 import * as dgram from 'node:dgram';
 import * as net from 'node:net';
@@ -31,7 +33,14 @@ export function formatListen(l: Listen): string {
   return `${l.proto}:${l.address.includes(':') ? `[${l.address}]` : l.address}:${l.port}`;
 }
 
+const hostPortOf = (a: string | undefined, p: number | undefined) => (a?.includes(':') ? `[${a}]:${p}` : `${a}:${p}`);
+
+function logRequest(proto: 'tcp' | 'udp', local: string, remote: string): void {
+  process.stdout.write(`${JSON.stringify({ msg: 'request', proto, local, remote })}\n`);
+}
+
 function serveTcp(name: string, sock: net.Socket): void {
+  logRequest('tcp', hostPortOf(sock.localAddress, sock.localPort), hostPortOf(sock.remoteAddress, sock.remotePort));
   let buf: Buffer = Buffer.alloc(0);
   let upload: { left: number; total: number; hash: crypto.Hash } | null = null;
   sock.setNoDelay(true);
@@ -91,7 +100,10 @@ async function main(argv: string[]): Promise<void> {
       });
     } else {
       const s = dgram.createSocket({ type: l.address.includes(':') ? 'udp6' : 'udp4' });
-      s.on('message', (_msg, rinfo) => s.send(`${name}\n`, rinfo.port, rinfo.address));
+      s.on('message', (_msg, rinfo) => {
+        logRequest('udp', hostPortOf(l.address, l.port), hostPortOf(rinfo.address, rinfo.port));
+        s.send(`${name}\n`, rinfo.port, rinfo.address);
+      });
       s.on('error', (e) => process.stderr.write(`udp ${formatListen(l)}: ${e.message}\n`));
       await new Promise<void>((resolve, reject) => {
         s.once('error', reject);

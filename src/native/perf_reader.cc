@@ -3,13 +3,30 @@
 // packed records [u32 cpu][u32 len][len bytes, padded to 8], so the event loop
 // pays one callback per batch, not per packet.
 //
+// Wakeups: the kernel wakes the thread only once a ring is a quarter full
+// (wakeup_watermark), not for every sample as libbpf's default perf buffer does,
+// and the thread drains every ring at least every kPollMs anyway. A wakeup per
+// sample costs the sending CPU an irq_work and the reader a context switch per
+// packet, which on a small machine took most of the capture rate.
+//
+// One batch at a time, acknowledged: Node dispatches a thread-safe function's
+// queue for as long as it finds something in it (up to 1000 calls in one go),
+// so a reader that refilled the queue while a batch was being handled kept the
+// event loop in that dispatch for seconds under load — no timers, no I/O, no
+// API. The next batch is queued only once JavaScript calls ack(), which the
+// typed layer does from setImmediate: the loop turns between any two batches,
+// and the thread meanwhile fills the next batch from the rings.
+//
 // Back-pressure: at most kMaxInFlight batches wait for JavaScript; beyond that
 // the thread stops draining, the kernel rings fill, and the kernel counts what it
 // cannot store as lost samples, which we report. Nothing buffers without bound.
 #include <bpf/libbpf.h>
+#include <linux/perf_event.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -20,7 +37,7 @@ namespace xdplb {
 
 namespace {
 
-constexpr int kMaxInFlight = 8;
+constexpr int kMaxInFlight = 1;
 constexpr size_t kFlushBytes = 1 << 20;
 constexpr int kPollMs = 50;
 
@@ -34,7 +51,8 @@ class PerfReader : public Napi::ObjectWrap<PerfReader> {
  public:
   static Napi::Function Define(Napi::Env env) {
     return DefineClass(env, "PerfReader",
-                       {InstanceMethod<&PerfReader::Close>("close"), InstanceMethod<&PerfReader::Stats>("stats")});
+                       {InstanceMethod<&PerfReader::Close>("close"), InstanceMethod<&PerfReader::Stats>("stats"),
+                        InstanceMethod<&PerfReader::Ack>("ack")});
   }
 
   // new PerfReader(mapFd, pageCount, onBatch(buffer, count, lost), onError(err))
@@ -44,18 +62,61 @@ class PerfReader : public Napi::ObjectWrap<PerfReader> {
     uint32_t pages = U32Arg(info, 1, "pageCount");
     if (info.Length() < 3 || !info[2].IsFunction()) throw Napi::TypeError::New(env, "onBatch must be a function");
     ClearLibbpfLog();
-    pb_ = perf_buffer__new(mapFd, pages, &PerfReader::OnSample, &PerfReader::OnLost, this, nullptr);
+    struct perf_event_attr attr = {};
+    attr.type = PERF_TYPE_SOFTWARE;
+    attr.config = PERF_COUNT_SW_BPF_OUTPUT;
+    attr.sample_type = PERF_SAMPLE_RAW;
+    attr.sample_period = 1;
+    attr.watermark = 1;
+    attr.wakeup_watermark = static_cast<__u32>(pages * sysconf(_SC_PAGESIZE) / 4);
+    pb_ = perf_buffer__new_raw(mapFd, pages, &attr, &PerfReader::OnEvent, this, nullptr);
     if (!pb_) throw SysError(env, errno, "perf buffer open", "fd " + std::to_string(mapFd));
-    tsfn_ = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "xdplb-perf-reader", 0, 1);
+    // Batches already queued when the reader closes are still delivered, and
+    // their completions use this reader: it stays alive (a strong reference)
+    // until the function is finalized after the last of them, then it may be
+    // collected. At environment teardown nothing is collected any more.
+    tsfn_ = Napi::ThreadSafeFunction::New(env, info[2].As<Napi::Function>(), "xdplb-perf-reader", 0, 1, [this](Napi::Env) {
+      if (!tearingDown_) Unref();
+    });
+    Ref();
     // A reader must never keep the process alive on its own.
     tsfn_.Unref(env);
-    env.AddCleanupHook([this]() { Stop(); });
+    // Stops the thread at environment teardown; removed again when the reader
+    // is collected first, so the hook never runs on a freed reader.
+    cleanup_ = env.AddCleanupHook(std::function<void()>([this]() {
+      tearingDown_ = true;
+      Stop();
+    }));
     thread_ = std::thread([this]() { Loop(); });
   }
 
-  ~PerfReader() override { Stop(); }
+  ~PerfReader() override {
+    Stop();
+    // A hook that has run is gone (node-addon-api frees it after the call).
+    if (!tearingDown_ && !cleanup_.IsEmpty()) cleanup_.Remove(Env());
+  }
 
  private:
+  // The records of a PERF_SAMPLE_RAW ring: samples and loss reports.
+  static enum bpf_perf_event_ret OnEvent(void *ctx, int cpu, struct perf_event_header *event) {
+    if (event->type == PERF_RECORD_SAMPLE) {
+      struct Raw {
+        struct perf_event_header header;
+        __u32 size;
+        char data[];
+      } *raw = reinterpret_cast<Raw *>(event);
+      OnSample(ctx, cpu, raw->data, raw->size);
+    } else if (event->type == PERF_RECORD_LOST) {
+      struct Lost {
+        struct perf_event_header header;
+        __u64 id;
+        __u64 lost;
+      } *lost = reinterpret_cast<Lost *>(event);
+      OnLost(ctx, cpu, lost->lost);
+    }
+    return LIBBPF_PERF_EVENT_CONT;
+  }
+
   static void OnSample(void *ctx, int cpu, void *data, __u32 size) {
     auto *self = static_cast<PerfReader *>(ctx);
     auto &b = self->cur_.bytes;
@@ -87,16 +148,17 @@ class PerfReader : public Napi::ObjectWrap<PerfReader> {
     auto *batch = new Batch(std::move(cur_));
     cur_ = Batch();
     napi_status st = tsfn_.NonBlockingCall(batch, [this](Napi::Env env, Napi::Function fn, Batch *b) {
-      {
-        std::lock_guard<std::mutex> lock(mu_);
-        inFlight_--;
-      }
-      cv_.notify_one();
       if (env != nullptr && fn != nullptr) {
+        // JavaScript acknowledges it with ack()
         auto buf = Napi::Buffer<uint8_t>::Copy(env, b->bytes.data(), b->bytes.size());
-        fn.Call({buf, Napi::Number::New(env, b->count), Napi::Number::New(env, static_cast<double>(b->lost))});
+        uint32_t count = b->count;
+        double lost = static_cast<double>(b->lost);
+        delete b;
+        fn.Call({buf, Napi::Number::New(env, count), Napi::Number::New(env, lost)});
+      } else {
+        delete b;
+        Done();
       }
-      delete b;
     });
     if (st != napi_ok) {
       delete batch;
@@ -112,6 +174,8 @@ class PerfReader : public Napi::ObjectWrap<PerfReader> {
         pollErrors_.fetch_add(1, std::memory_order_relaxed);
         std::this_thread::sleep_for(std::chrono::milliseconds(kPollMs));
       }
+      // poll drained the rings that crossed the watermark; this, the others
+      perf_buffer__consume(pb_);
       Flush();
     }
   }
@@ -130,6 +194,20 @@ class PerfReader : public Napi::ObjectWrap<PerfReader> {
     pb_ = nullptr;
   }
 
+  // A batch handed over is done with: the thread may queue the next.
+  void Done() {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (inFlight_ > 0) inFlight_--;
+    }
+    cv_.notify_one();
+  }
+
+  Napi::Value Ack(const Napi::CallbackInfo &info) {
+    Done();
+    return info.Env().Undefined();
+  }
+
   Napi::Value Close(const Napi::CallbackInfo &info) {
     Stop();
     return info.Env().Undefined();
@@ -145,6 +223,7 @@ class PerfReader : public Napi::ObjectWrap<PerfReader> {
   }
 
   struct perf_buffer *pb_ = nullptr;
+  Napi::Env::CleanupHook<std::function<void()>> cleanup_;
   Napi::ThreadSafeFunction tsfn_;
   std::thread thread_;
   std::mutex mu_;
@@ -152,6 +231,7 @@ class PerfReader : public Napi::ObjectWrap<PerfReader> {
   int inFlight_ = 0;
   std::atomic<bool> stop_{false};
   bool stopped_ = false;
+  bool tearingDown_ = false;
   Batch cur_;
   std::atomic<uint64_t> received_{0}, lost_{0}, pollErrors_{0};
 };

@@ -359,6 +359,25 @@ export function filterFromMessage(m: FilterMessage, field = 'filter'): Filter {
   });
 }
 
+const CAPTURE_PROTOCOLS: Readonly<Record<number, string>> = {
+  [IPPROTO_ICMP]: 'CAPTURE_PROTOCOL_ICMP',
+  [IPPROTO_TCP]: 'CAPTURE_PROTOCOL_TCP',
+  [IPPROTO_UDP]: 'CAPTURE_PROTOCOL_UDP',
+  [IPPROTO_ICMPV6]: 'CAPTURE_PROTOCOL_ICMPV6',
+};
+
+/** The API's Filter message of a filter (the inverse of filterFromMessage), canonical prefixes, protocol by name where it has one. */
+export function filterToMessage(f: Filter): FilterMessage {
+  const m: FilterMessage = {
+    sourceCidr: f.src ? prefixText(f.src) : '',
+    destinationCidr: f.dst ? prefixText(f.dst) : '',
+    protocol: f.proto === undefined ? 'CAPTURE_PROTOCOL_ANY' : (CAPTURE_PROTOCOLS[f.proto] ?? f.proto),
+  };
+  if (f.sport !== undefined) m.sourcePort = f.sport;
+  if (f.dport !== undefined) m.destinationPort = f.dport;
+  return m;
+}
+
 function fieldOf(why: string, sub: (n: string) => string): string {
   const m = /^(\w+): /.exec(why);
   return m && m[1] !== 'proto' ? sub(m[1]) : sub('protocol');

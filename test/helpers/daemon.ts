@@ -130,8 +130,8 @@ export class DaemonFixture {
     return exited;
   }
 
-  client(): Client {
-    const c = connect({ socket: this.socket });
+  client(service: 'LoadBalancer' | 'Recorder' = 'LoadBalancer'): Client {
+    const c = connect({ socket: this.socket }, service);
     this.clients.push(c);
     return c;
   }

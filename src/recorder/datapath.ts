@@ -1,0 +1,173 @@
+// The recorder's side of the datapath: its five pinned maps, programmed from
+// compiled filters, and the perf ring drained into decoded samples.
+//
+// Maps (xdp/maps.h, pinned by name under node.bpffs with the load balancer's):
+//   xdplb_rec_masks    ARRAY 32 x struct xdplb_rec_key       the mask of each slot
+//   xdplb_rec_entries  HASH key xdplb_rec_key -> xdplb_rec_entry { rules, caplen }
+//   xdplb_rec_config   ARRAY 1 x { n_masks }                 0 = recorder off
+//   xdplb_rec_ring     PERF_EVENT_ARRAY                       one ring per CPU
+//   xdplb_rec_stats    PERCPU_ARRAY [0] samples, [1] output failures
+//
+// Writes follow diffCompiled's order (entries that go, masks, n_masks, entries
+// that come), so a packet never matches a rule it matches under neither the old
+// nor the new set; an entry whose cap length changed is rewritten with the
+// upserts.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
+import * as bpf from '../datapath/bpf';
+import * as L from '../datapath/layout';
+import { XdplbError } from '../control/errors';
+import { diffCompiled, entryKey, type CompiledFilters } from './filter';
+import type { CapturePoint } from './pcap';
+
+/** One captured frame as the datapath sent it. */
+export interface Sample {
+  /** bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+  tsNs: bigint;
+  /** tsNs as a number, to sort by: exact for 104 days of uptime, then off by nanoseconds */
+  order: number;
+  /** bit r set: the frame matched rule r */
+  rules: bigint;
+  origLen: number;
+  point: CapturePoint;
+  ifindex: number;
+  /** backend chosen (outbound point), undefined at the inbound point */
+  backendId?: number;
+  family: number;
+  /** cap_len bytes of the frame */
+  data: Buffer;
+}
+
+export interface SampleBatch {
+  samples: Sample[];
+  /** records the reader handed over (samples, and any it could not decode) */
+  records: number;
+  /** samples the kernel could not store in a ring since the previous batch */
+  lost: number;
+}
+
+/** What the recorder needs of the datapath; RecorderMaps is the real one, tests pass fakes. */
+export interface RecorderDatapath {
+  /** Makes the maps hold `next`; `capOf(rule)` is each rule's cap length (0 = whole frames). */
+  apply(next: CompiledFilters, capOf: (rule: number) => number): void;
+  /** Starts draining the ring; the returned function stops it. */
+  read(onBatch: (b: SampleBatch) => void): () => void;
+  /** Samples emitted and perf output failures, summed over CPUs. */
+  stats(): { emitted: number; outputFailures: number };
+}
+
+const POINTS: Record<number, CapturePoint> = { [L.CAPTURE_IN]: 'in', [L.CAPTURE_OUT]: 'out' };
+
+/** struct xdplb_rec_meta, then cap_len frame bytes (the perf sample may carry padding after them). */
+export function decodeSample(raw: Buffer): Sample | undefined {
+  if (raw.length < L.REC_META_LEN) return undefined;
+  const m = L.decodeRecMeta(raw);
+  const point = POINTS[m.point];
+  if (!point || raw.length < L.REC_META_LEN + m.capLen) return undefined;
+  return {
+    tsNs: m.tsNs,
+    order: Number(m.tsNs),
+    rules: m.rules,
+    origLen: m.origLen,
+    point,
+    ifindex: m.ifindex,
+    backendId: m.backendId === L.NO_BACKEND ? undefined : m.backendId,
+    family: m.family,
+    data: raw.subarray(L.REC_META_LEN, L.REC_META_LEN + m.capLen),
+  };
+}
+
+const u32 = L.u32;
+/**
+ * Pages of each CPU's ring (4 MiB): the datapath copies a burst at line rate
+ * into one CPU's ring far faster than any reader drains it, so the ring, not
+ * the reader's pace, decides how large a burst is captured whole.
+ */
+export const RING_PAGES = 1024;
+const MAP_KEYS = ['masks', 'entries', 'config', 'ring', 'stats'] as const;
+type MapKey = (typeof MAP_KEYS)[number];
+
+export class RecorderMaps implements RecorderDatapath {
+  private current?: CompiledFilters;
+  /** entry key (latin1) -> encoded value as written */
+  private values = new Map<string, string>();
+
+  private constructor(private readonly maps: Record<MapKey, bpf.BpfMap>) {}
+
+  /**
+   * The recorder maps pinned under `bpffs`, or undefined when the loaded
+   * program has none (an object built without the recorder).
+   */
+  static open(bpffs: string): RecorderMaps | undefined {
+    const pins = MAP_KEYS.map((k) => path.join(bpffs, L.REC_MAP_NAMES[k]));
+    if (!pins.every((p) => fs.existsSync(p))) return undefined;
+    const maps = {} as Record<MapKey, bpf.BpfMap>;
+    MAP_KEYS.forEach((k, i) => (maps[k] = bpf.mapFromPin(pins[i])));
+    return new RecorderMaps(maps);
+  }
+
+  /**
+   * Recordings do not survive a daemon restart (their sinks were files and
+   * streams of the old process), so whatever a previous daemon left in the maps
+   * is cleared: the recorder off first, then its entries and masks.
+   */
+  reset(): void {
+    this.maps.config.update(u32(0), L.encodeRecConfig({ nMasks: 0 }));
+    const keys = [...this.maps.entries.keys()];
+    if (keys.length) this.maps.entries.batchDelete(keys);
+    const zero = Buffer.alloc(L.REC_KEY_LEN);
+    for (let i = 0; i < this.maps.masks.maxEntries; i++) this.maps.masks.update(u32(i), zero);
+    this.current = undefined;
+    this.values.clear();
+  }
+
+  apply(next: CompiledFilters, capOf: (rule: number) => number): void {
+    const d = diffCompiled(this.current, next);
+    if (d.deleteEntries.length) this.maps.entries.batchDelete(d.deleteEntries);
+    for (const k of d.deleteEntries) this.values.delete(k.toString('latin1'));
+    for (const m of d.masks) this.maps.masks.update(u32(m.index), m.mask);
+    this.maps.config.update(u32(0), L.encodeRecConfig({ nMasks: d.maskSlots }));
+
+    const keys: Buffer[] = [];
+    const values: Buffer[] = [];
+    for (const e of next.entries) {
+      const key = entryKey(e);
+      const caplen = e.ruleIds.some((r) => capOf(r) === 0) ? 0 : Math.max(...e.ruleIds.map(capOf));
+      const value = L.encodeRecEntry({ rules: e.ruleMask, caplen });
+      const k = key.toString('latin1');
+      const v = value.toString('latin1');
+      if (this.values.get(k) === v) continue;
+      keys.push(key);
+      values.push(value);
+      this.values.set(k, v);
+    }
+    if (keys.length) this.maps.entries.batchUpdate(keys, values);
+    this.current = next;
+  }
+
+  read(onBatch: (b: SampleBatch) => void): () => void {
+    const reader = new bpf.PerfReader(this.maps.ring, (b) => {
+      const samples: Sample[] = [];
+      for (const r of b.records) {
+        const s = decodeSample(r.data);
+        if (s) samples.push(s);
+      }
+      onBatch({ samples, records: b.records.length, lost: b.lost });
+    }, RING_PAGES);
+    return () => reader.close();
+  }
+
+  stats(): { emitted: number; outputFailures: number } {
+    const sum = (i: number) => Number(L.sumU64(this.maps.stats.lookupPerCpu(u32(i))));
+    return { emitted: sum(L.REC_STAT_SAMPLES), outputFailures: sum(L.REC_STAT_OUTPUT_FAILED) };
+  }
+
+  close(): void {
+    for (const m of Object.values(this.maps)) m.close();
+  }
+}
+
+/** FAILED_PRECONDITION for a daemon whose datapath has no recorder maps. */
+export function recorderUnavailable(): XdplbError {
+  return XdplbError.failedPrecondition('the recorder is not available: the loaded datapath has no xdplb_rec_* maps');
+}
