@@ -515,8 +515,8 @@ function table(rows: Row[]): string {
 const STEP_LABELS: Record<string, string> = {
   bench_upto_parse: '1 parse (Ethernet, IP, TCP)',
   bench_upto_service: '3 config + service lookup (hash, exact port)',
-  bench_upto_backend: '4 flow hash + connection table hit + backend',
-  bench_upto_route: '6a/8a/7 outer-header plan + bpf_fib_lookup',
+  bench_upto_backend: '4 connection table hit + backend (+ flow hash where needed: IPv6)',
+  bench_upto_route: '6a/8a/7 outer-header plan + next hop (cache hit) + PMTU check',
   bench_upto_encap: '5/6 DNAT (if on) + adjust_head + outer header',
   bench_lb: '8/10 MACs, verdict, reason/service/backend counters (= whole program)',
 };

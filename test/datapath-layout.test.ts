@@ -111,6 +111,7 @@ t.test('constants in layout.ts equal the #defines of consts.h', (t) => {
     ['XDPLB_MAGLEV_MAX_M', L.MAGLEV_MAX_M],
     ['XDPLB_NO_BACKEND', L.NO_BACKEND],
     ['XDPLB_FLOW_HASH_SEED', L.FLOW_HASH_SEED],
+    ['XDPLB_NEXTHOP_TTL_MS', L.NEXTHOP_TTL_MS],
     ['XDPLB_IPV6_EXT_MAX', L.IPV6_EXT_MAX],
     ['XDPLB_ICMP4_QUOTE_MAX', L.ICMP4_QUOTE_MAX],
     ['XDPLB_ICMP6_QUOTE_MAX', L.ICMP6_QUOTE_MAX],
@@ -158,6 +159,8 @@ t.test('the loaded maps have the names, types, key/value sizes and capacities la
   const expect: Record<string, [string, number]> = {
     xdplb_services: ['hash', L.MAX_SERVICES],
     xdplb_backends: ['array', L.MAX_BACKENDS],
+    xdplb_nexthops: ['percpu_array', L.MAX_BACKENDS],
+    xdplb_nexthop_refreshes: ['percpu_array', 1],
     xdplb_maglev: ['array_of_maps', L.MAX_SERVICES],
     xdplb_config: ['array', 1],
     xdplb_conntrack: ['lru_hash', L.CT_SIZE],
@@ -208,12 +211,13 @@ t.test('encoders write the documented bytes and decoders read them back', (t) =>
   t.same(L.decodeBackend(be), { address: '198.51.100.7', port: 8080, state: L.BACKEND_DRAINING });
   t.same(L.decodeBackend(L.encodeBackend({ address: '', port: 0, state: L.BACKEND_NONE })), { address: '', port: 0, state: 0 });
 
-  const cfg: L.NodeConfig = { src4: '192.0.2.2', src4PrefixLen: 24, src6: '2001:db8::2', src6PrefixLen: 64, ttl: 60, flags: 0, mtu: 1450, maglevM: 65537 };
+  const cfg: L.NodeConfig = { src4: '192.0.2.2', src4PrefixLen: 24, src6: '2001:db8::2', src6PrefixLen: 64, ttl: 60, flags: 0, mtu: 1450, nexthopTtlMs: 250, maglevM: 65537 };
   const c = L.encodeConfig(cfg);
   t.equal(c.length, 32);
   t.equal(c.subarray(0, 4).toString('hex'), 'c0000202');
   t.equal(c[20], 24);
   t.equal(c.readUInt16LE(24), 1450);
+  t.equal(c.readUInt16LE(26), 250);
   t.equal(c.readUInt32LE(28), 65537);
   t.same(L.decodeConfig(c), cfg);
 
@@ -223,6 +227,9 @@ t.test('encoders write the documented bytes and decoders read them back', (t) =>
   t.same(L.decodeFlowKey(f), fk);
   t.same(L.decodeCtEntry(L.encodeCtEntry({ backendId: 3, serviceId: 9 })), { backendId: 3, serviceId: 9 });
   t.same(L.decodeCounter(L.encodeCounter({ packets: 5n, bytes: 1n << 40n })), { packets: 5n, bytes: 1n << 40n });
+  const nh = Buffer.from('c6336407' + '00'.repeat(12) + '020000000101' + '0a0000000002' + '7805' + '04' + '00' + '03000000' + '02000000' + '0094357700000000' + '2a00000001000000', 'hex');
+  t.same(L.decodeNexthop(nh), { address: '198.51.100.7', dmac: '02:00:00:00:01:01', smac: '0a:00:00:00:00:02', mtu: 1400, ifindex: 3, iif: 2, expiresNs: 2_000_000_000n, checkedJiffies: 0x10000002an });
+  t.equal(L.decodeNexthop(Buffer.alloc(56)).address, '', 'never resolved');
   t.same(L.decodeDevmapVal(L.encodeDevmapVal({ ifindex: 4, progFd: 0 })), { ifindex: 4, progFd: 0 });
   t.throws(() => L.encodeFlowKey({ ...fk, dst: '192.0.2.1' }), RangeError, 'a flow cannot mix families');
   t.end();

@@ -64,6 +64,13 @@ static __always_inline int outer_source(const struct xdplb_config *cfg, __u8 fam
 	return XDPLB_CONTINUE;
 }
 
+/* Whether plan_encap() uses the flow hash: for the IPv6 flow label and the
+ * host bits of an IPv4 outer source prefix. */
+static __always_inline int encap_uses_hash(const struct packet *pkt, const struct xdplb_config *cfg)
+{
+	return pkt->flow.family != XDPLB_FAMILY_V4 || (cfg->src4_prefix_len && cfg->src4_prefix_len < 32);
+}
+
 static __always_inline int plan_encap(const struct packet *pkt, const struct xdplb_config *cfg,
 				      const struct xdplb_backend *be, struct encap_plan *e)
 {
@@ -131,21 +138,26 @@ static __always_inline int encap(struct xdp_md *ctx, const struct packet *pkt, c
 
 	if (pkt->flow.family == XDPLB_FAMILY_V4) {
 		struct iphdr *o = (void *)(eth + 1);
+		/* the header's words as they go to memory; the checksum is summed
+		 * from them, not read back from the packet (reading back what was
+		 * just written in smaller stores stalls store forwarding) */
+		__be16 w0 = bpf_htons(0x4500 | pkt->tos);
+		__be16 len = bpf_htons(e->outer_len);
+		__be16 frag = pkt->df ? bpf_htons(IP_DF_BIT) : 0;
+		__be16 w4 = bpf_htons((__u16)ttl << 8 | IPPROTO_IPIP);
+		__be32 saddr = *(__be32 *)e->src, daddr = *(__be32 *)e->dst;
 
 		if ((void *)(o + 1) > end)
 			return XDPLB_R_DROP_ADJUST_FAILED;
 		eth->h_proto = bpf_htons(ETH_P_IP);
-		*(__u8 *)o = 0x45;
-		o->tos = pkt->tos;
-		o->tot_len = bpf_htons(e->outer_len);
+		*(__be16 *)o = w0;
+		o->tot_len = len;
 		o->id = pkt->ip_id;
-		o->frag_off = pkt->df ? bpf_htons(IP_DF_BIT) : 0;
-		o->ttl = ttl;
-		o->protocol = IPPROTO_IPIP;
-		o->check = 0;
-		o->saddr = *(__be32 *)e->src;
-		o->daddr = *(__be32 *)e->dst;
-		o->check = csum_ipv4_hdr20(o);
+		o->frag_off = frag;
+		*(__be16 *)&o->ttl = w4;
+		o->saddr = saddr;
+		o->daddr = daddr;
+		o->check = csum_fold((__u64)w0 + len + pkt->ip_id + frag + w4 + saddr + daddr);
 	} else {
 		struct ipv6hdr *o = (void *)(eth + 1);
 

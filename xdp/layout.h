@@ -36,6 +36,23 @@ struct xdplb_backend {
 	__u8 state;		/* 19: XDPLB_BACKEND_* */
 };				/* 20 */
 
+/* xdplb_nexthops value (per CPU), indexed by backend id: the route to the
+ * backend as bpf_fib_lookup() last resolved it on this CPU (fib.h). Written
+ * only by the datapath; an entry for another address, family or ingress
+ * interface, or older than the bound, is resolved again. */
+struct xdplb_nexthop {
+	__u8 addr[16];		/* 0: backend address it was resolved for (xdplb_backend.addr) */
+	__u8 dmac[6];		/* 16: next hop's MAC */
+	__u8 smac[6];		/* 22: egress interface's MAC */
+	__u16 mtu;		/* 28: route MTU (65535: at least that) */
+	__u8 family;		/* 30: XDPLB_FAMILY_V4/V6 of addr; 0 = never resolved */
+	__u8 pad;		/* 31: 0 */
+	__u32 ifindex;		/* 32: egress interface */
+	__u32 iif;		/* 36: ingress interface it was resolved for */
+	__u64 expires_ns;	/* 40: bpf_ktime_get_coarse_ns() from which it is looked up again */
+	__u64 checked_jiffies;	/* 48: jiffies of the last look at the clock (fib.h: nexthop_stale()) */
+};				/* 56 */
+
 /* xdplb_config[0]: this node's settings */
 struct xdplb_config {
 	__u8 src4[4];		/* 0: outer IPv4 source */
@@ -45,7 +62,7 @@ struct xdplb_config {
 	__u8 ttl;		/* 22: outer TTL / hop limit, and of LB-made replies; 0 = 64 */
 	__u8 flags;		/* 23: none defined yet, 0 */
 	__u16 mtu;		/* 24: egress MTU override (lowers the FIB's); 0 = the FIB's only */
-	__u16 pad;		/* 26: 0 */
+	__u16 nexthop_ttl_ms;	/* 26: next-hop cache bound (fib.h), for entries looked up from now on; 0 = XDPLB_NEXTHOP_TTL_MS */
 	__u32 maglev_m;		/* 28: size M of every Maglev table (prime); 0 = XDPLB_MAGLEV_DEFAULT_M */
 };				/* 32 */
 
@@ -128,6 +145,7 @@ struct xdplb_rec_meta {
 _Static_assert(sizeof(struct xdplb_service_key) == 20, "service key");
 _Static_assert(sizeof(struct xdplb_service) == 8, "service");
 _Static_assert(sizeof(struct xdplb_backend) == 20, "backend");
+_Static_assert(sizeof(struct xdplb_nexthop) == 56, "next hop");
 _Static_assert(sizeof(struct xdplb_config) == 32, "config");
 _Static_assert(sizeof(struct xdplb_flow_key) == 40, "flow key");
 _Static_assert(sizeof(struct xdplb_ct_entry) == 8, "ct entry");

@@ -139,11 +139,12 @@ static __always_inline struct xdplb_service *lookup_vip_entry(const struct xdplb
 struct backend_choice {
 	struct xdplb_backend *be;
 	__u32 id;
+	__u32 hashed;		/* pkt->hash set: the Maglev path needs it, a connection-table hit does not */
 };
 
 /* Step 4. Connection table first (unless bypassed): an entry of this service
  * whose backend is active or draining keeps the flow there. Otherwise the
- * Maglev table at hash % M, which must name an active backend; the choice is
+ * Maglev table at flow hash % M, which must name an active backend; the choice is
  * then remembered (not for ICMP errors: they follow flows, never start them).
  * Returns XDPLB_CONTINUE or a drop reason. */
 static __always_inline int choose_backend(struct packet *pkt, const struct xdplb_service *svc,
@@ -168,6 +169,8 @@ static __always_inline int choose_backend(struct packet *pkt, const struct xdplb
 		}
 	}
 
+	pkt->hash = flow_hash(&pkt->flow, svc->flags & XDPLB_SVC_F_SRC_HASH);
+	out->hashed = 1;
 	table = bpf_map_lookup_elem(&xdplb_maglev, &svc->id);
 	if (!table)
 		return XDPLB_R_DROP_NO_BACKEND;

@@ -28,6 +28,26 @@ struct {
 	__type(value, struct xdplb_backend);
 } xdplb_backends SEC(".maps");
 
+/* backend id -> next hop (fib.h), per CPU: each CPU refreshes its own entries,
+ * so no reader ever sees one half written (56 bytes per backend slot and CPU:
+ * 14 MiB per CPU at XDPLB_MAX_BACKENDS) */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XDPLB_MAX_BACKENDS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, struct xdplb_nexthop);
+} xdplb_nexthops SEC(".maps");
+
+/* [0] -> next-hop lookups done (fib.h: refreshes stored in xdplb_nexthops) */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, __u64);
+} xdplb_nexthop_refreshes SEC(".maps");
+
 /* Maglev table template: entry i = backend id for flow_hash % M == i.
  * BPF_F_INNER_MAP: replacement tables may have another max_entries (M);
  * they must be created with BPF_F_INNER_MAP as well. */

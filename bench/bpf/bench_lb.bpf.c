@@ -119,8 +119,8 @@ enum bench_mode {
 	BENCH_LB,		/* xdplb_process(): the whole packet path */
 	BENCH_UPTO_PARSE,	/* step 1 */
 	BENCH_UPTO_SERVICE,	/* + config and service lookup (step 3) */
-	BENCH_UPTO_BACKEND,	/* + flow hash, connection table / Maglev (step 4) */
-	BENCH_UPTO_ROUTE,	/* + outer header plan and FIB lookup (steps 6a, 8a, 7) */
+	BENCH_UPTO_BACKEND,	/* + connection table / Maglev, flow hash where needed (step 4) */
+	BENCH_UPTO_ROUTE,	/* + outer header plan and next hop (steps 6a, 8a, 7) */
 	BENCH_UPTO_ENCAP,	/* + L4 DNAT and encapsulation (steps 5, 6) */
 };
 
@@ -132,7 +132,7 @@ static __always_inline int bench_upto(struct xdp_md *ctx, const int upto)
 	struct packet pkt = {};
 	struct backend_choice choice = {};
 	struct encap_plan plan = {};
-	struct bpf_fib_lookup fib;
+	struct xdplb_nexthop *nh = NULL;
 	struct xdplb_service *svc;
 	struct xdplb_config *cfg;
 	__u32 zero = 0, mtu = 0;
@@ -150,16 +150,17 @@ static __always_inline int bench_upto(struct xdp_md *ctx, const int upto)
 		return XDP_ABORTED;
 	if (upto == BENCH_UPTO_SERVICE)
 		return XDP_TX;
-	pkt.hash = flow_hash(&pkt.flow, svc->flags & XDPLB_SVC_F_SRC_HASH);
 	if (choose_backend(&pkt, svc, cfg, &choice) != XDPLB_CONTINUE)
 		return XDP_ABORTED;
 	if (choice.be->family != pkt.flow.family)
 		return XDP_ABORTED;
+	if (!choice.hashed && encap_uses_hash(&pkt, cfg))
+		pkt.hash = flow_hash(&pkt.flow, svc->flags & XDPLB_SVC_F_SRC_HASH);
 	if (upto == BENCH_UPTO_BACKEND)
 		return XDP_TX;
 	if (plan_encap(&pkt, cfg, choice.be, &plan) != XDPLB_CONTINUE)
 		return XDP_ABORTED;
-	if (fib_lookup_backend(ctx, &pkt, &plan, cfg, &fib, &mtu) != XDPLB_CONTINUE)
+	if (nexthop_lookup(ctx, &plan, cfg, choice.be, choice.id, &nh, &mtu) != XDPLB_CONTINUE)
 		return XDP_ABORTED;
 	if (upto == BENCH_UPTO_ROUTE)
 		return XDP_TX;

@@ -18,6 +18,7 @@ export const MAGLEV_DEFAULT_M = 16381;
 export const MAGLEV_MAX_M = 131071;
 export const NO_BACKEND = 0xffffffff;
 export const FLOW_HASH_SEED = 0x7864706c;
+export const NEXTHOP_TTL_MS = 1000;
 export const IPV6_EXT_MAX = 6;
 export const ICMP4_QUOTE_MAX = 576 - 20 - 8;
 export const ICMP6_QUOTE_MAX = 1280 - 40 - 8;
@@ -59,6 +60,8 @@ export const IPPROTO_ICMPV6 = 58;
 export const MAP_NAMES = {
   services: 'xdplb_services',
   backends: 'xdplb_backends',
+  nexthops: 'xdplb_nexthops',
+  nexthopRefreshes: 'xdplb_nexthop_refreshes',
   maglev: 'xdplb_maglev',
   config: 'xdplb_config',
   conntrack: 'xdplb_conntrack',
@@ -109,6 +112,21 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
     size: 20,
     fields: { addr: { offset: 0, size: 16 }, port: { offset: 16, size: 2 }, family: { offset: 18, size: 1 }, state: { offset: 19, size: 1 } },
   },
+  xdplb_nexthop: {
+    size: 56,
+    fields: {
+      addr: { offset: 0, size: 16 },
+      dmac: { offset: 16, size: 6 },
+      smac: { offset: 22, size: 6 },
+      mtu: { offset: 28, size: 2 },
+      family: { offset: 30, size: 1 },
+      pad: { offset: 31, size: 1 },
+      ifindex: { offset: 32, size: 4 },
+      iif: { offset: 36, size: 4 },
+      expires_ns: { offset: 40, size: 8 },
+      checked_jiffies: { offset: 48, size: 8 },
+    },
+  },
   xdplb_config: {
     size: 32,
     fields: {
@@ -119,7 +137,7 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
       ttl: { offset: 22, size: 1 },
       flags: { offset: 23, size: 1 },
       mtu: { offset: 24, size: 2 },
-      pad: { offset: 26, size: 2 },
+      nexthop_ttl_ms: { offset: 26, size: 2 },
       maglev_m: { offset: 28, size: 4 },
     },
   },
@@ -189,6 +207,8 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
 export const MAP_LAYOUT: Readonly<Record<string, { key: string; value: string }>> = {
   xdplb_services: { key: 'xdplb_service_key', value: 'xdplb_service' },
   xdplb_backends: { key: 'u32', value: 'xdplb_backend' },
+  xdplb_nexthops: { key: 'u32', value: 'xdplb_nexthop' },
+  xdplb_nexthop_refreshes: { key: 'u32', value: 'u64' },
   xdplb_config: { key: 'u32', value: 'xdplb_config' },
   xdplb_conntrack: { key: 'xdplb_flow_key', value: 'xdplb_ct_entry' },
   xdplb_svc_stats: { key: 'u32', value: 'xdplb_counter' },
@@ -364,6 +384,37 @@ export function decodeBackend(b: Buffer): Backend {
   };
 }
 
+// ---- struct xdplb_nexthop (written by the datapath only; read by tests and tools) ----
+export interface Nexthop {
+  /** '' for an entry never resolved */
+  address: string;
+  dmac: string;
+  smac: string;
+  mtu: number;
+  ifindex: number;
+  iif: number;
+  /** CLOCK_MONOTONIC_COARSE ns from which the datapath looks it up again */
+  expiresNs: bigint;
+  checkedJiffies: bigint;
+}
+
+const macText = (b: Buffer): string => [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
+
+export function decodeNexthop(b: Buffer): Nexthop {
+  const f = b.readUInt8(F('xdplb_nexthop', 'family'));
+  const mac = (field: string) => macText(b.subarray(F('xdplb_nexthop', field), F('xdplb_nexthop', field) + 6));
+  return {
+    address: f ? addressText(b.subarray(F('xdplb_nexthop', 'addr')), familyByte(f)) : '',
+    dmac: mac('dmac'),
+    smac: mac('smac'),
+    mtu: b.readUInt16LE(F('xdplb_nexthop', 'mtu')),
+    ifindex: b.readUInt32LE(F('xdplb_nexthop', 'ifindex')),
+    iif: b.readUInt32LE(F('xdplb_nexthop', 'iif')),
+    expiresNs: b.readBigUInt64LE(F('xdplb_nexthop', 'expires_ns')),
+    checkedJiffies: b.readBigUInt64LE(F('xdplb_nexthop', 'checked_jiffies')),
+  };
+}
+
 // ---- struct xdplb_config ----
 export interface NodeConfig {
   /** outer IPv4 source; '' = none (IPv4 services are dropped) */
@@ -378,6 +429,8 @@ export interface NodeConfig {
   flags: number;
   /** 0 = the FIB's MTU only */
   mtu: number;
+  /** next-hop cache bound in ms; 0 = NEXTHOP_TTL_MS */
+  nexthopTtlMs: number;
   /** 0 = MAGLEV_DEFAULT_M */
   maglevM: number;
 }
@@ -397,6 +450,7 @@ export function encodeConfig(c: NodeConfig): Buffer {
   b.writeUInt8(c.ttl, F('xdplb_config', 'ttl'));
   b.writeUInt8(c.flags, F('xdplb_config', 'flags'));
   b.writeUInt16LE(c.mtu, F('xdplb_config', 'mtu'));
+  b.writeUInt16LE(c.nexthopTtlMs, F('xdplb_config', 'nexthop_ttl_ms'));
   b.writeUInt32LE(c.maglevM, F('xdplb_config', 'maglev_m'));
   return b;
 }
@@ -412,6 +466,7 @@ export function decodeConfig(b: Buffer): NodeConfig {
     ttl: b.readUInt8(F('xdplb_config', 'ttl')),
     flags: b.readUInt8(F('xdplb_config', 'flags')),
     mtu: b.readUInt16LE(F('xdplb_config', 'mtu')),
+    nexthopTtlMs: b.readUInt16LE(F('xdplb_config', 'nexthop_ttl_ms')),
     maglevM: b.readUInt32LE(F('xdplb_config', 'maglev_m')),
   };
 }

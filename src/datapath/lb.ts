@@ -63,6 +63,7 @@ function nodeConfig(node: NodeSettings): L.NodeConfig {
     ttl: node.ttl,
     flags: 0,
     mtu: node.mtu,
+    nexthopTtlMs: 0,
     maglevM: node.maglevSize,
   };
 }
