@@ -112,6 +112,7 @@ t.test('constants in layout.ts equal the #defines of consts.h', (t) => {
     ['XDPLB_NO_BACKEND', L.NO_BACKEND],
     ['XDPLB_FLOW_HASH_SEED', L.FLOW_HASH_SEED],
     ['XDPLB_NEXTHOP_TTL_MS', L.NEXTHOP_TTL_MS],
+    ['XDPLB_NEXTHOP_SLOTS', L.NEXTHOP_SLOTS],
     ['XDPLB_IPV6_EXT_MAX', L.IPV6_EXT_MAX],
     ['XDPLB_ICMP4_QUOTE_MAX', L.ICMP4_QUOTE_MAX],
     ['XDPLB_ICMP6_QUOTE_MAX', L.ICMP6_QUOTE_MAX],
@@ -159,7 +160,7 @@ t.test('the loaded maps have the names, types, key/value sizes and capacities la
   const expect: Record<string, [string, number]> = {
     xdplb_services: ['hash', L.MAX_SERVICES],
     xdplb_backends: ['array', L.MAX_BACKENDS],
-    xdplb_nexthops: ['percpu_array', L.MAX_BACKENDS],
+    xdplb_nexthops: ['percpu_array', L.NEXTHOP_SLOTS],
     xdplb_nexthop_refreshes: ['percpu_array', 1],
     xdplb_maglev: ['array_of_maps', L.MAX_SERVICES],
     xdplb_config: ['array', 1],

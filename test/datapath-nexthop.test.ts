@@ -1,7 +1,8 @@
 // The next-hop cache (xdp/fib.h): each CPU looks a backend's route, MACs and
 // MTU up in the FIB once and reuses them until the bound; a neighbour, route or
 // MTU change reaches the datapath within that bound; a failed lookup is never
-// kept; a reused backend slot or another ingress interface is looked up afresh.
+// kept; a reused backend slot or another ingress interface is looked up afresh;
+// two backends sharing a cache slot both stay right.
 import t from 'tap';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as bpf from '../src/datapath/bpf';
@@ -142,5 +143,23 @@ t.test('a backend slot rewritten with another address, or a packet from another 
   t.same(r2.data, f);
   t.equal(w.lb.reason('pass_fib_fwd_disabled'), 1n);
   t.equal(w.run(frame4(5)).retval, bpf.XDP_TX, 'from lb0 still forwarded');
+  t.end();
+});
+
+t.test('two backends in one cache slot (ids NEXTHOP_SLOTS apart) each get their own next hop', needsRoot, (t) => {
+  const w = world(t, { config: { nexthopTtlMs: 60_000 } });
+  const far = 1 + L.NEXTHOP_SLOTS;
+  oneBackend(w, { vip: VIP4, port: 80, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.10' });
+  oneBackend(w, { vip: VIP4, port: 81, proto: TCP, id: 2 }, { id: far, address: '198.51.100.130' });
+  const to81 = (sport: number) => P.ether(P.ipv4({ src: CLIENT4, dst: VIP4 }, P.tcp({ sport, dport: 81 })));
+  for (let i = 0; i < 4; i++) {
+    const a = w.run(frame4(10 + i));
+    t.equal(a.retval, bpf.XDP_TX, `backend ${1}: behind the router on lb0 (${i})`);
+    t.equal(decap(a.data).dstMac, ROUTER_MAC);
+    const b = w.run(to81(10 + i));
+    t.equal(b.retval, bpf.XDP_REDIRECT, `backend ${far}: behind lb1 (${i})`);
+    t.equal(decap(b.data).dstMac, BACKEND_MAC);
+    t.equal(decap(b.data).outer4?.dst, '198.51.100.130');
+  }
   t.end();
 });

@@ -28,6 +28,14 @@
  * rest of the packet path (BENCHMARKS.md). */
 #define XDPLB_NEXTHOP_TTL_MS	1000
 
+/* Slots of the next-hop cache per CPU, direct-mapped by backend id (a power
+ * of two). Sized for the backends one node really sends to, not for
+ * XDPLB_MAX_BACKENDS: a per-CPU array of every backend slot would take 14 MiB
+ * per CPU, nearly a gigabyte on a 64-core edge node. Two backends sharing a
+ * slot stay correct (an entry holds the address it was resolved for) and only
+ * cost extra lookups. 16384 x 56 bytes = 896 KiB per CPU. */
+#define XDPLB_NEXTHOP_SLOTS	16384
+
 /* IPv6 extension headers walked before giving up (XDP_PASS, ipv6_ext_limit) */
 #define XDPLB_IPV6_EXT_MAX	6
 

@@ -25,7 +25,8 @@
 /* Internal: "too big for the egress MTU", with the MTU alongside. */
 #define XDPLB_TOO_BIG (-2)
 
-/* The next hop is cached per backend and CPU (xdplb_nexthops): a FIB lookup
+/* The next hop is cached per backend and CPU (xdplb_nexthops, direct-mapped
+ * by backend id): a FIB lookup
  * costs more than the rest of the packet path. Correctness rests on three
  * things, none of them on the daemon:
  *  - an entry counts only for the backend address, family and ingress
@@ -152,10 +153,11 @@ static __always_inline int nexthop_lookup(struct xdp_md *ctx, const struct encap
 					  const struct xdplb_config *cfg, const struct xdplb_backend *be,
 					  __u32 id, struct xdplb_nexthop **out, __u32 *mtu)
 {
+	__u32 slot = id & (XDPLB_NEXTHOP_SLOTS - 1);
 	struct xdplb_nexthop *nh;
 	int r;
 
-	nh = bpf_map_lookup_elem(&xdplb_nexthops, &id);
+	nh = bpf_map_lookup_elem(&xdplb_nexthops, &slot);
 	if (!nh)
 		return XDPLB_R_PASS_FIB_MISS;
 	if (nexthop_stale(ctx, be, nh)) {

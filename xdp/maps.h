@@ -28,12 +28,11 @@ struct {
 	__type(value, struct xdplb_backend);
 } xdplb_backends SEC(".maps");
 
-/* backend id -> next hop (fib.h), per CPU: each CPU refreshes its own entries,
- * so no reader ever sees one half written (56 bytes per backend slot and CPU:
- * 14 MiB per CPU at XDPLB_MAX_BACKENDS) */
+/* backend id % XDPLB_NEXTHOP_SLOTS -> next hop (fib.h), per CPU: each CPU
+ * refreshes its own entries, so no reader ever sees one half written */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, XDPLB_MAX_BACKENDS);
+	__uint(max_entries, XDPLB_NEXTHOP_SLOTS);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__type(key, __u32);
 	__type(value, struct xdplb_nexthop);

@@ -19,6 +19,7 @@ export const MAGLEV_MAX_M = 131071;
 export const NO_BACKEND = 0xffffffff;
 export const FLOW_HASH_SEED = 0x7864706c;
 export const NEXTHOP_TTL_MS = 1000;
+export const NEXTHOP_SLOTS = 16384;
 export const IPV6_EXT_MAX = 6;
 export const ICMP4_QUOTE_MAX = 576 - 20 - 8;
 export const ICMP6_QUOTE_MAX = 1280 - 40 - 8;
