@@ -135,6 +135,16 @@ async function lab(t: Teardown): Promise<Lab> {
 const settle = () => new Promise((r) => setTimeout(r, 100));
 const diff = (a: Record<string, number>, b: Record<string, number>) => Object.fromEntries(BACKENDS.map((x) => [x, b[x] - a[x]]));
 
+/** A line of the daemon's log, waited for: the API can answer before the line has come through the daemon's stdout pipe. */
+async function logLine(d: DaemonFixture, match: (line: string) => boolean, timeoutMs = 2000): Promise<string | undefined> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const line = d.logs.find(match);
+    if (line || Date.now() > deadline) return line;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+}
+
 t.test('a killed backend server goes down within interval × fall + timeout, comes back after a restart; traffic follows', needsRoot, async (t) => {
   const { d, servers, flows, scrape, perBackend } = await lab(t);
   t.match(scrape(), /xdplb_backend_health\{service="web",backend="198\.51\.100\.12:80",status="up"\} 1/, 'all up in the metrics');
@@ -147,7 +157,7 @@ t.test('a killed backend server goes down within interval × fall + timeout, com
   t.comment(`down after ${downMs} ms (bound interval × fall + timeout = ${downBound} ms)`);
   t.ok(downMs <= downBound + SLACK, `down within ${downBound} ms (+${SLACK} ms slack): ${downMs} ms`);
   t.same(await states(d), { '198.51.100.11': 'active', [victim]: 'down', '198.51.100.13': 'active' }, 'the others stay active');
-  t.ok(d.logs.some((l) => l.includes('"msg":"backend down"') && l.includes(`"backend":"${victim}:80"`)), 'one log line says so');
+  t.ok(await logLine(d, (l) => l.includes('"msg":"backend down"') && l.includes(`"backend":"${victim}:80"`)), 'one log line says so');
   t.match(d.cli('service', 'get', 'web').stdout, /down/, 'the CLI shows it');
 
   const before = perBackend();
@@ -168,7 +178,7 @@ t.test('a killed backend server goes down within interval × fall + timeout, com
   const upMs = await msUntil(d, (s) => s[victim] === 'active', upBound + SLACK + 2000);
   t.comment(`up again after ${upMs} ms (bound interval × rise + timeout = ${upBound} ms)`);
   t.ok(upMs <= upBound + SLACK, `back within ${upBound} ms (+${SLACK} ms slack): ${upMs} ms`);
-  t.ok(d.logs.some((l) => l.includes('"msg":"backend up"') && l.includes(`"backend":"${victim}:80"`)), 'logged');
+  t.ok(await logLine(d, (l) => l.includes('"msg":"backend up"') && l.includes(`"backend":"${victim}:80"`)), 'logged');
   const b2 = perBackend();
   flows(120);
   await settle();
@@ -185,8 +195,7 @@ t.test('every backend down: the API reports it, the datapath keeps forwarding wi
   await kill(servers.get(c) as ChildProcess);
   await msUntil(d, (s) => Object.values(s).every((x) => x === 'down'), 5000);
   t.pass('all three reported down through the API');
-  const log = d.logs.find((l) => l.includes('every backend of the service is down'));
-  t.match(log, /"level":"error"/, 'logged as an error');
+  t.match(await logLine(d, (l) => l.includes('every backend of the service is down')), /"level":"error"/, 'logged as an error');
   const text = scrape();
   t.equal(metric(text, 'xdplb_service_all_backends_down{service="web"}'), 1, 'metrics say so');
 
