@@ -122,6 +122,36 @@ t.test('failures are errors with errno name, operation and object', needsRoot, (
   t.end();
 });
 
+t.test('count() counts entries on a worker thread while the event loop turns', needsRoot, async (t) => {
+  const obj = bpf.openObject(OBJ, { pinRoot: pinDir(t) });
+  t.teardown(() => obj.close());
+  const m = obj.map('test_hash');
+  t.equal(await m.count(), 0, 'an empty hash');
+  const keys = Array.from({ length: 1000 }, (_, i) => u32(i * 7));
+  m.batchUpdate(keys, keys.map((k) => u64(BigInt(k.readUInt32LE()))));
+  t.equal(await m.count(), 1000, 'every key of a hash');
+  t.equal(await obj.map('test_percpu').count(), 4, 'every index of a per-CPU array');
+
+  // the load balancer's connection table (LRU hash, per-CPU lists) with 100,000 flows
+  const lb = bpf.openObject(bpf.objectPath('lb'), { pinRoot: pinDir(t) });
+  t.teardown(() => lb.close());
+  const ct = lb.map('xdplb_conntrack');
+  const n = 100_000;
+  const flows = Array.from({ length: n }, (_, i) => {
+    const k = Buffer.alloc(40);
+    k.writeUInt32BE(i + 1, 0);
+    k[37] = 4;
+    return k;
+  });
+  for (let i = 0; i < n; i += 10_000) ct.batchUpdate(flows.slice(i, i + 10_000), flows.slice(i, i + 10_000).map(() => Buffer.alloc(8)));
+  let turned = false;
+  setImmediate(() => (turned = true));
+  const counting = ct.count();
+  ct.close();
+  t.equal(await counting, n, `${n} flows counted, the handle closed meanwhile`);
+  t.ok(turned, 'the event loop turned while counting');
+});
+
 t.test('dump reads every element in batches', needsRoot, (t) => {
   const obj = bpf.openObject(OBJ, { pinRoot: pinDir(t) });
   t.teardown(() => obj.close());

@@ -59,7 +59,7 @@ export interface NodeStatusSnapshot {
 export interface ApiDeps {
   controller: Controller;
   counters(service?: string): CountersSnapshot;
-  status(): NodeStatusSnapshot;
+  status(): NodeStatusSnapshot | Promise<NodeStatusSnapshot>;
   log: Logger;
   /** the packet recorder: xdplb.v1.Recorder is served when given */
   recorder?: Recorder;

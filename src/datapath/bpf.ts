@@ -41,6 +41,7 @@ interface NativeMap {
   updateBatch(keys: Buffer, values: Buffer, count: number, flags: number): number;
   deleteBatch(keys: Buffer, count: number): number;
   dump(): { keys: Buffer; values: Buffer; count: number };
+  count(): Promise<number>;
   pin(path: string): void;
   fd(): number;
   close(): void;
@@ -193,6 +194,11 @@ export class BpfMap {
       yield k;
       k = this.handle.nextKey(k);
     }
+  }
+
+  /** The number of entries, counted on a worker thread (the event loop keeps turning). */
+  count(): Promise<number> {
+    return this.handle.count();
   }
 
   /**

@@ -522,14 +522,13 @@ export class LbDatapath implements DatapathSink {
     return out;
   }
 
-  status(services: readonly ServiceSpec[], uptimeSeconds: number): NodeStatusSnapshot {
+  async status(services: readonly ServiceSpec[], uptimeSeconds: number): Promise<NodeStatusSnapshot> {
     const info = this.program.info();
     const attachments = [...this.attached].map(([name, a]) => {
       const q = bpf.queryXdp(a.ifindex);
       return { interface: name, ifindex: a.ifindex, mode: q.mode, programId: q.progId };
     });
-    let conntrack = 0;
-    for (const _ of this.maps.conntrack.keys()) conntrack++;
+    const conntrack = await this.maps.conntrack.count();
     const backends = services.reduce((n, s) => n + s.backends.length, 0);
     return {
       // eslint-disable-next-line @typescript-eslint/no-require-imports

@@ -20,7 +20,7 @@ export interface MetricsSources {
   /** datapath counters of every service */
   counters(): CountersSnapshot;
   /** map fill and attachments */
-  status(): NodeStatusSnapshot;
+  status(): NodeStatusSnapshot | Promise<NodeStatusSnapshot>;
   /** services with their effective backend states */
   services(): OwnedService[];
   /** health-checked backends */
@@ -356,7 +356,7 @@ export class Metrics {
       const src = this.sources;
       this.snap = src && {
         counters: src.counters(),
-        status: src.status(),
+        status: await src.status(),
         services: src.services(),
         health: src.health?.() ?? [],
         allDown: new Set(src.allDown?.() ?? []),

@@ -18,6 +18,70 @@ bool IsPerCpu(uint32_t type) {
          type == BPF_MAP_TYPE_LRU_PERCPU_HASH || type == BPF_MAP_TYPE_PERCPU_CGROUP_STORAGE;
 }
 
+// Counts the entries of a map on a worker thread: a connection table of a
+// quarter million entries takes tens to hundreds of milliseconds to walk, which
+// the daemon's event loop must not wait for. Batched lookups where the map
+// type has them, key by key where not; buffers are reused, nothing is kept.
+class CountWorker : public Napi::AsyncWorker {
+ public:
+  CountWorker(Napi::Env env, int fd, std::string name, uint32_t keySize, uint32_t valueSize)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), fd_(fd), name_(std::move(name)),
+        keySize_(keySize), valueSize_(valueSize) {}
+  ~CountWorker() override { close(fd_); }
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    if (!Batched()) Walk();
+  }
+  void OnOK() override {
+    if (err_)
+      deferred_.Reject(SysError(Env(), err_, "map count", name_).Value());
+    else
+      deferred_.Resolve(Napi::Number::New(Env(), static_cast<double>(count_)));
+  }
+
+ private:
+  bool Batched() {
+    constexpr uint32_t kChunk = 4096;
+    std::vector<uint8_t> keys(static_cast<size_t>(kChunk) * keySize_), values(static_cast<size_t>(kChunk) * valueSize_);
+    std::vector<uint8_t> inBatch(keySize_ < 8 ? 8 : keySize_), outBatch(inBatch.size());
+    for (bool first = true;; first = false) {
+      uint32_t n = kChunk;
+      LIBBPF_OPTS(bpf_map_batch_opts, opts);
+      int rc = bpf_map_lookup_batch(fd_, first ? nullptr : inBatch.data(), outBatch.data(), keys.data(), values.data(),
+                                    &n, &opts);
+      int err = rc ? errno : 0;
+      if (first && (err == EINVAL || err == ENOTSUP || err == EOPNOTSUPP || err == 524 /* ENOTSUPP */)) return false;
+      count_ += n;
+      if (err == ENOENT) return true;
+      if (err) {
+        err_ = err;
+        return true;
+      }
+      inBatch.swap(outBatch);
+    }
+  }
+
+  void Walk() {
+    std::vector<uint8_t> key(keySize_), next(keySize_);
+    for (bool first = true;; first = false) {
+      if (bpf_map_get_next_key(fd_, first ? nullptr : key.data(), next.data())) {
+        if (errno != ENOENT) err_ = errno;
+        return;
+      }
+      count_++;
+      key.swap(next);
+    }
+  }
+
+  Napi::Promise::Deferred deferred_;
+  int fd_;
+  std::string name_;
+  uint32_t keySize_, valueSize_;
+  uint64_t count_ = 0;
+  int err_ = 0;
+};
+
 class Map : public Napi::ObjectWrap<Map> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -27,7 +91,7 @@ class Map : public Napi::ObjectWrap<Map> {
                         InstanceMethod<&Map::NextKey>("nextKey"),
                         InstanceMethod<&Map::UpdateBatch>("updateBatch"),
                         InstanceMethod<&Map::DeleteBatch>("deleteBatch"),
-                        InstanceMethod<&Map::Dump>("dump"),
+                        InstanceMethod<&Map::Dump>("dump"), InstanceMethod<&Map::Count>("count"),
                         InstanceMethod<&Map::Pin>("pin"), InstanceMethod<&Map::Fd>("fd"),
                         InstanceMethod<&Map::Close>("close")});
   }
@@ -217,6 +281,17 @@ class Map : public Napi::ObjectWrap<Map> {
     o.Set("values", CopyBuffer(env, values.data(), values.size()));
     o.Set("count", static_cast<double>(keys.size() / keySize_));
     return o;
+  }
+
+  // count() -> Promise<number>; the worker owns a dup, so closing this handle meanwhile is safe.
+  Napi::Value Count(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    int fd = dup(Live(env));
+    if (fd < 0) throw SysError(env, errno, "dup map fd", name_);
+    auto *w = new CountWorker(env, fd, name_, keySize_, fullValue_);
+    Napi::Promise p = w->Promise();
+    w->Queue();
+    return p;
   }
 
   Napi::Value Pin(const Napi::CallbackInfo &info) {
