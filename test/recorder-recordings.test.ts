@@ -259,6 +259,8 @@ t.test('failed starts change nothing; the reader runs only while a recording hol
   dp.failNext = true;
   t.throws(() => rec.startFile(spec(), fileSpec('fails')), { code: 'INTERNAL' });
   t.notOk(dp.running, 'the reader closed again');
+  await sleep(SETTLE);
+  t.notOk(fs.existsSync(path.join(dir, 'fails.pcap')), 'the failed start left no file behind');
   t.same(rec.list(true), [], 'nothing listed');
   const r = rec.startFile(spec(), fileSpec('ok'));
   t.ok(dp.running);

@@ -268,7 +268,7 @@ export class Recorder {
     } catch (e) {
       this.byRule.delete(ruleId);
       this.releaseReader();
-      void rec.sink.close();
+      void rec.sink.discard();
       throw e;
     }
     this.recordings.set(id, rec);

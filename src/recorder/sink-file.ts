@@ -244,4 +244,9 @@ export class FileSink implements Sink {
     if (cur) this.end(cur);
     await Promise.all(this.files.map((f) => f.finished));
   }
+
+  async discard(): Promise<void> {
+    await this.close();
+    await Promise.all(this.files.filter((f) => !f.deleted).map((f) => fs.promises.rm(f.path, { force: true })));
+  }
 }

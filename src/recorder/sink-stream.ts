@@ -77,6 +77,11 @@ export class StreamSink implements Sink {
    * it, then ends the stream. A caller that has stopped reading does not hold
    * the daemon: after the grace the stream ends anyway.
    */
+  /** Nothing to remove: the caller's stream ends (the start's error reaches it as the call's status). */
+  discard(): Promise<void> {
+    return this.close(0);
+  }
+
   async close(graceMs = 2000): Promise<void> {
     if (this.closed) return;
     this.closed = true;

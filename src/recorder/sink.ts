@@ -9,6 +9,8 @@ export interface Sink {
   readonly bytesWritten: number;
   /** Everything accepted reaches its destination, then the sink closes. */
   close(): Promise<void>;
+  /** A start that failed after the sink was made: closes it and removes what it created. */
+  discard(): Promise<void>;
 }
 
 /** One file of a file recording (RecordingFile in recorder.proto). */
