@@ -48,12 +48,11 @@ import pino from 'pino';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import { REASON, REASON_COUNT } from '../src/datapath/reasons';
-import { LbDatapath } from '../src/datapath/lb';
-import type { NodeSettings, ServiceSpec } from '../src/control/model';
+import type { ServiceSpec } from '../src/control/model';
 import { ether, ipv4, ipv6, tcp, TCP_ACK, TCP_PSH } from '../test/helpers/packets';
-import { netns, pinDir, sh, veth } from '../test/helpers/fixtures';
+import { pinDir } from '../test/helpers/fixtures';
 import { Cleanup } from './cleanup';
-import { Decap, detachIn } from '../src/lab/decap';
+import { ethtool, liveLab, liveNode, openLiveDatapath, sumMatching } from './live-lab';
 
 const ROUNDS = Number(process.argv[2] ?? 5);
 const SECONDS = Number(process.argv[3] ?? 1);
@@ -74,19 +73,6 @@ interface Counts {
   lbTx: number;
   lbErr: number;
   sink: number;
-}
-
-function ethtool(ns: string, dev: string): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const line of sh('ip', 'netns', 'exec', ns, 'ethtool', '-S', dev).split('\n')) {
-    const m = /^\s*(\S+):\s*(\d+)/.exec(line);
-    if (m) out[m[1]] = (out[m[1]] ?? 0) + Number(m[2]);
-  }
-  return out;
-}
-
-function sumMatching(stats: Record<string, number>, re: RegExp): number {
-  return Object.entries(stats).reduce((n, [k, v]) => (re.test(k) ? n + v : n), 0);
 }
 
 function services(family: 4 | 6 | 'both', count: number): ServiceSpec[] {
@@ -127,34 +113,9 @@ async function main(): Promise<void> {
     });
   const t0 = Date.now();
   try {
-    const genNs = netns(cleanup);
-    const lbNs = netns(cleanup);
-    veth(genNs, lbNs, 'g0', 'lb0');
-    sh('ip', 'netns', 'exec', lbNs, 'sysctl', '-qw', 'net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1', 'net.ipv6.conf.lb0.accept_dad=0');
-    const mac = (ns: string, dev: string) => (JSON.parse(sh('ip', '-n', ns, '-j', 'link', 'show', 'dev', dev)) as Array<{ address: string }>)[0].address;
-    const g0Mac = mac(genNs, 'g0');
-    const lb0Mac = mac(lbNs, 'lb0');
-    const ip = (...a: string[]) => sh('ip', '-n', lbNs, ...a);
-    ip('addr', 'add', '192.0.2.2/24', 'dev', 'lb0');
-    ip('-6', 'addr', 'add', '2001:db8::2/64', 'dev', 'lb0', 'nodad');
-    ip('neigh', 'replace', '192.0.2.1', 'lladdr', g0Mac, 'dev', 'lb0', 'nud', 'permanent');
-    ip('-6', 'neigh', 'replace', '2001:db8::1', 'lladdr', g0Mac, 'dev', 'lb0', 'nud', 'permanent');
-    ip('route', 'add', '198.51.100.0/24', 'via', '192.0.2.1', 'dev', 'lb0');
-    ip('-6', 'route', 'add', '2001:db8:200::/64', 'via', '2001:db8::1', 'dev', 'lb0');
-
-    // generator program and sink
-    const test = bpf.openObject(bpf.testObjectPath('native_test'), { pinRoot: pinDir(cleanup) });
-    cleanup.teardown(() => test.close());
-    const gen = test.program('xdp_tx');
-    const empty = test.program('xdp_tx');
-    const sink = Decap.open(pinDir(cleanup));
-    cleanup.teardown(() => sink.close());
-    sink.addLocal('any');
-    sink.setSink(true);
-    const g0 = bpf.withNetns(genNs, () => bpf.ifIndex('g0'));
-    const lb0 = bpf.withNetns(lbNs, () => bpf.ifIndex('lb0'));
-    sink.attach('g0', { ns: genNs });
-    cleanup.teardown(() => detachIn(genNs, 'g0'));
+    const lab = liveLab(cleanup);
+    const { genNs, lbNs, g0, lb0, g0Mac, lb0Mac, gen, sink } = lab;
+    const empty = lab.test.program('xdp_tx');
 
     const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'xdplb-bench-'));
     cleanup.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
@@ -187,34 +148,9 @@ async function main(): Promise<void> {
     for (const w of worlds) {
       if (stopping) break;
       const bpffs = pinDir(cleanup);
-      const node: NodeSettings = {
-        interfaces: [{ name: 'lb0', mode: 'native' }],
-        maglevSize: w.m,
-        outerSource: { ipv4: { address: '192.0.2.64', prefixLength: 28 }, ipv6: { address: '2001:db8:300::', prefixLength: 120 } },
-        ttl: 64,
-        mtu: 0,
-        bpffs,
-        api: { socket: path.join(stateDir, 'unused.sock') },
-        stateDir: path.join(stateDir, String(w.count)),
-        recorderDir: path.join(stateDir, 'rec'),
-        logLevel: 'warn',
-      };
+      const node = liveNode({ bpffs, dir: path.join(stateDir, String(w.count)), maglevSize: w.m });
       const tApply = Date.now();
-      const dp = bpf.withNetns(lbNs, () => LbDatapath.open(node, log));
-      let closed = false;
-      const detach = () => {
-        if (closed) return;
-        closed = true;
-        try {
-          bpf.withNetns(lbNs, () => {
-            if (bpf.queryXdp(lb0).progId) bpf.detachXdp(lb0, 'native');
-          });
-        } catch {
-          // namespace gone
-        }
-        dp.close();
-      };
-      cleanup.teardown(detach);
+      const { dp, close: detach } = openLiveDatapath(cleanup, lab, node, log);
       const specs = w.count === 1 ? [...services(4, 1), ...services(6, 1)] : services('both', w.count);
       dp.apply(specs);
       process.stderr.write(`${specs.length} services applied in ${Date.now() - tApply} ms (M=${w.m})\n`);

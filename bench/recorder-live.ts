@@ -30,36 +30,25 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import pino from 'pino';
 import * as bpf from '../src/datapath/bpf';
-import { LbDatapath } from '../src/datapath/lb';
-import type { NodeSettings, ServiceSpec } from '../src/control/model';
+import type { ServiceSpec } from '../src/control/model';
 import { RecorderMaps } from '../src/recorder/datapath';
 import { Recorder } from '../src/recorder/recordings';
 import { NO_ROTATION } from '../src/recorder/sink-file';
 import { parseFilter } from '../src/recorder/filter';
 import { ether, ipv4, tcp, TCP_ACK, TCP_PSH } from '../test/helpers/packets';
-import { netns, pinDir, sh, veth } from '../test/helpers/fixtures';
+import { pinDir } from '../test/helpers/fixtures';
 import { Cleanup } from './cleanup';
-import { Decap, detachIn } from '../src/lab/decap';
+import { ethtool, liveLab, liveNode, openLiveDatapath, sumMatching } from './live-lab';
 import type { GeneratorResult, GeneratorSetup, GeneratorStep } from './live-frames-worker';
 
 const SECONDS = Number(process.argv[2] ?? 2);
 const BURSTS = [64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384];
 const VIP4 = '203.0.113.10';
 
-function ethtool(ns: string, dev: string): Record<string, number> {
-  const out: Record<string, number> = {};
-  for (const line of sh('ip', 'netns', 'exec', ns, 'ethtool', '-S', dev).split('\n')) {
-    const m = /^\s*(\S+):\s*(\d+)/.exec(line);
-    if (m) out[m[1]] = (out[m[1]] ?? 0) + Number(m[2]);
-  }
-  return out;
-}
-
 /** frames lb0's program ran on, and frames it sent back out (XDP_TX) */
 function lbCounts(ns: string): { rx: number; tx: number } {
-  const st = Object.entries(ethtool(ns, 'lb0'));
-  const sum = (re: RegExp) => st.reduce((n, [k, v]) => (re.test(k) ? n + v : n), 0);
-  return { rx: sum(/^rx_queue_\d+_xdp_packets$/), tx: sum(/^rx_queue_\d+_xdp_tx$/) };
+  const st = ethtool(ns, 'lb0');
+  return { rx: sumMatching(st, /^rx_queue_\d+_xdp_packets$/), tx: sumMatching(st, /^rx_queue_\d+_xdp_tx$/) };
 }
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -106,56 +95,15 @@ async function main(): Promise<void> {
     });
   const t0 = Date.now();
   try {
-    const genNs = netns(cleanup);
-    const lbNs = netns(cleanup);
-    veth(genNs, lbNs, 'g0', 'lb0');
-    sh('ip', 'netns', 'exec', lbNs, 'sysctl', '-qw', 'net.ipv4.ip_forward=1');
-    const mac = (ns: string, dev: string) => (JSON.parse(sh('ip', '-n', ns, '-j', 'link', 'show', 'dev', dev)) as Array<{ address: string }>)[0].address;
-    const g0Mac = mac(genNs, 'g0');
-    const lb0Mac = mac(lbNs, 'lb0');
-    sh('ip', '-n', lbNs, 'addr', 'add', '192.0.2.2/24', 'dev', 'lb0');
-    sh('ip', '-n', lbNs, 'neigh', 'replace', '192.0.2.1', 'lladdr', g0Mac, 'dev', 'lb0', 'nud', 'permanent');
-    sh('ip', '-n', lbNs, 'route', 'add', '198.51.100.0/24', 'via', '192.0.2.1', 'dev', 'lb0');
-
-    const test = bpf.openObject(bpf.testObjectPath('native_test'), { pinRoot: pinDir(cleanup) });
-    cleanup.teardown(() => test.close());
-    const gen = test.program('xdp_tx');
-    const sink = Decap.open(pinDir(cleanup));
-    cleanup.teardown(() => sink.close());
-    sink.addLocal('any');
-    sink.setSink(true);
-    const g0 = bpf.withNetns(genNs, () => bpf.ifIndex('g0'));
-    const lb0 = bpf.withNetns(lbNs, () => bpf.ifIndex('lb0'));
-    sink.attach('g0', { ns: genNs });
-    cleanup.teardown(() => detachIn(genNs, 'g0'));
+    const lab = liveLab(cleanup);
+    const { genNs, lbNs, g0, lb0Mac, g0Mac, gen } = lab;
 
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'xdplb-bench-rec-'));
     cleanup.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
     const log = pino({ level: 'warn' });
     const bpffs = pinDir(cleanup);
-    const node: NodeSettings = {
-      interfaces: [{ name: 'lb0', mode: 'native' }],
-      maglevSize: 1021,
-      outerSource: { ipv4: { address: '192.0.2.64', prefixLength: 28 } },
-      ttl: 64,
-      mtu: 0,
-      bpffs,
-      api: { socket: path.join(dir, 'unused.sock') },
-      stateDir: path.join(dir, 'state'),
-      recorderDir: path.join(dir, 'rec'),
-      logLevel: 'warn',
-    };
-    const dp = bpf.withNetns(lbNs, () => LbDatapath.open(node, log));
-    cleanup.teardown(() => {
-      try {
-        bpf.withNetns(lbNs, () => {
-          if (bpf.queryXdp(lb0).progId) bpf.detachXdp(lb0, 'native');
-        });
-      } catch {
-        // namespace gone
-      }
-      dp.close();
-    });
+    const node = liveNode({ bpffs, dir, maglevSize: 1021 });
+    const { dp } = openLiveDatapath(cleanup, lab, node, log);
     const svc: ServiceSpec = {
       name: 'web',
       vip: VIP4,
