@@ -7,8 +7,8 @@ import * as path from 'node:path';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import { REASON } from '../src/datapath/reasons';
-import { daemonFixture, PEER_MAC, rpc } from './helpers/daemon';
-import { needsRoot, pinDir, sh } from './helpers/fixtures';
+import { daemonFixture, PEER_MAC, peerSender, rpc } from './helpers/daemon';
+import { needsRoot } from './helpers/fixtures';
 import { ether, ipv4, tcp, TCP_ACK } from './helpers/packets';
 
 const SERVICES = `
@@ -27,29 +27,16 @@ const PER_FLOW = 50;
 t.test('SIGKILL and restart of the daemon under traffic: zero loss, flows keep their backends', needsRoot, async (t) => {
   const d = await daemonFixture(t, { servicesYaml: SERVICES });
   await d.start();
-  const { lbNs, peerNs } = d.topo;
-  const lbMac = (JSON.parse(sh('ip', '-n', lbNs, '-j', 'link', 'show', 'dev', 'lb0')) as Array<{ address: string }>)[0].address;
-
-  const gen = bpf.openObject(bpf.testObjectPath('native_test'), { pinRoot: pinDir(t) });
-  t.teardown(() => gen.close());
-  const tx = gen.program('xdp_tx');
+  const peer = peerSender(t, d);
   const frames = Array.from({ length: FLOWS }, (_, i) =>
     ether(ipv4({ src: `192.0.2.${100 + i}`, dst: '203.0.113.10' }, tcp({ sport: 40000 + i, dport: 80, flags: TCP_ACK, payload: Buffer.alloc(64, i) })), {
-      dst: lbMac,
+      dst: peer.lbMac,
       src: PEER_MAC,
     }),
   );
-  const peerIf = bpf.withNetns(peerNs, () => bpf.ifIndex('peer0'));
   let sent = 0;
   /** One round: every flow's frame PER_FLOW times, sent for real out of peer0 into lb0. */
-  const round = () =>
-    bpf.withNetns(peerNs, () => {
-      for (const data of frames) {
-        const r = tx.testRun({ data, ctx: bpf.xdpContext(peerIf), repeat: PER_FLOW, flags: bpf.BPF_F_TEST_XDP_LIVE_FRAMES });
-        if (r.retval !== 0) throw new Error(`live frames run returned ${r.retval}`);
-        sent += PER_FLOW;
-      }
-    });
+  const round = () => (sent += peer.send(frames, PER_FLOW));
 
   const pinned = (name: string) => {
     const m = bpf.mapFromPin(path.join(d.bpffs, name));

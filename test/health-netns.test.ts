@@ -7,9 +7,8 @@
 // backend is down, the service keeps its last table and says so.
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
-import * as bpf from '../src/datapath/bpf';
-import { daemonFixture, PEER_MAC, rpc, type DaemonFixture } from './helpers/daemon';
-import { needsRoot, pinDir, sh, type Teardown } from './helpers/fixtures';
+import { daemonFixture, PEER_MAC, peerSender, rpc, type DaemonFixture } from './helpers/daemon';
+import { needsRoot, sh, type Teardown } from './helpers/fixtures';
 import { ether, ipv4, tcp, TCP_SYN } from './helpers/packets';
 
 const INTERVAL = 500;
@@ -102,24 +101,16 @@ async function lab(t: Teardown): Promise<Lab> {
   const servers = new Map<string, ChildProcess>();
   for (const a of BACKENDS) servers.set(a, await server(t, d.topo.peerNs, a));
   await d.start();
-  const { lbNs, peerNs } = d.topo;
-  const lbMac = (JSON.parse(sh('ip', '-n', lbNs, '-j', 'link', 'show', 'dev', 'lb0')) as Array<{ address: string }>)[0].address;
-  const gen = bpf.openObject(bpf.testObjectPath('native_test'), { pinRoot: pinDir(t) });
-  t.teardown(() => gen.close());
-  const tx = gen.program('xdp_tx');
-  const peerIf = bpf.withNetns(peerNs, () => bpf.ifIndex('peer0'));
+  const { lbNs } = d.topo;
+  const peer = peerSender(t, d);
   let round = 0;
   const flows = (n: number) => {
     round++;
-    bpf.withNetns(peerNs, () => {
-      for (let i = 0; i < n; i++) {
-        const data = ether(ipv4({ src: `192.0.2.${100 + (i % 100)}`, dst: '203.0.113.10' }, tcp({ sport: 10000 + round * 300 + i, dport: 80, flags: TCP_SYN })), {
-          dst: lbMac,
-          src: PEER_MAC,
-        });
-        tx.testRun({ data, ctx: bpf.xdpContext(peerIf), repeat: 1, flags: bpf.BPF_F_TEST_XDP_LIVE_FRAMES });
-      }
-    });
+    peer.send(
+      Array.from({ length: n }, (_, i) =>
+        ether(ipv4({ src: `192.0.2.${100 + (i % 100)}`, dst: '203.0.113.10' }, tcp({ sport: 10000 + round * 300 + i, dport: 80, flags: TCP_SYN })), { dst: peer.lbMac, src: PEER_MAC }),
+      ),
+    );
   };
   const scrape = () => sh('ip', 'netns', 'exec', lbNs, 'curl', '-sS', '--fail', '--max-time', '5', 'http://127.0.0.1:9464/metrics');
   const perBackend = () => {

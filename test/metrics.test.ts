@@ -5,13 +5,12 @@
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as bpf from '../src/datapath/bpf';
 import { REASONS } from '../src/datapath/reasons';
 import type { CountersSnapshot, NodeStatusSnapshot } from '../src/api/server';
 import type { OwnedService } from '../src/control/model';
 import { Metrics } from '../src/metrics/metrics';
-import { daemonFixture, PEER_MAC, rpc } from './helpers/daemon';
-import { needsRoot, pinDir, sh } from './helpers/fixtures';
+import { daemonFixture, PEER_MAC, peerSender, rpc } from './helpers/daemon';
+import { needsRoot, sh } from './helpers/fixtures';
 import { ether, ipv4, tcp, TCP_ACK } from './helpers/packets';
 
 const PROMTOOL = ['/usr/bin/promtool', '/usr/local/bin/promtool'].find((p) => fs.existsSync(p));
@@ -182,7 +181,7 @@ const DAEMON_SERVICES = `
 t.test('scraped over HTTP in the daemon namespace after real frames: counters agree, promtool clean', needsRoot, async (t) => {
   const d = await daemonFixture(t, { servicesYaml: DAEMON_SERVICES, extraYaml: 'metrics: 127.0.0.1:9464' });
   await d.start();
-  const { lbNs, peerNs } = d.topo;
+  const { lbNs } = d.topo;
   const scrape = () => sh('ip', 'netns', 'exec', lbNs, 'curl', '-sS', '--fail', '--max-time', '5', 'http://127.0.0.1:9464/metrics');
 
   const before = samples(scrape());
@@ -193,22 +192,16 @@ t.test('scraped over HTTP in the daemon namespace after real frames: counters ag
   t.equal(value(before, 'xdplb_service_packets_total{service="web"}'), 0);
 
   // Frames from the peer into lb0: 12 flows × 10 packets to the VIP, 5 to another address.
-  const lbMac = (JSON.parse(sh('ip', '-n', lbNs, '-j', 'link', 'show', 'dev', 'lb0')) as Array<{ address: string }>)[0].address;
-  const gen = bpf.openObject(bpf.testObjectPath('native_test'), { pinRoot: pinDir(t) });
-  t.teardown(() => gen.close());
-  const tx = gen.program('xdp_tx');
-  const peerIf = bpf.withNetns(peerNs, () => bpf.ifIndex('peer0'));
+  const peer = peerSender(t, d);
   const frame = (dst: string, i: number) =>
-    ether(ipv4({ src: `192.0.2.${100 + i}`, dst }, tcp({ sport: 40000 + i, dport: 80, flags: TCP_ACK, payload: Buffer.alloc(32, i) })), { dst: lbMac, src: PEER_MAC });
+    ether(ipv4({ src: `192.0.2.${100 + i}`, dst }, tcp({ sport: 40000 + i, dport: 80, flags: TCP_ACK, payload: Buffer.alloc(32, i) })), { dst: peer.lbMac, src: PEER_MAC });
   let vipBytes = 0;
-  bpf.withNetns(peerNs, () => {
-    for (let i = 0; i < 12; i++) {
-      const data = frame('203.0.113.10', i);
-      tx.testRun({ data, ctx: bpf.xdpContext(peerIf), repeat: 10, flags: bpf.BPF_F_TEST_XDP_LIVE_FRAMES });
-      vipBytes += 10 * data.length;
-    }
-    tx.testRun({ data: frame('203.0.113.99', 0), ctx: bpf.xdpContext(peerIf), repeat: 5, flags: bpf.BPF_F_TEST_XDP_LIVE_FRAMES });
-  });
+  for (let i = 0; i < 12; i++) {
+    const data = frame('203.0.113.10', i);
+    peer.send([data], 10);
+    vipBytes += 10 * data.length;
+  }
+  peer.send([frame('203.0.113.99', 0)], 5);
   await new Promise((r) => setTimeout(r, 100));
 
   // A few API calls, one of them refused.

@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { connect, type Client } from '../../src/cli/client';
+import * as bpf from '../../src/datapath/bpf';
 import { netns, pinDir, sh, veth, type Teardown } from './fixtures';
 
 export const MAIN = path.resolve(__dirname, '..', '..', 'src', 'cli', 'main.js');
@@ -169,4 +170,32 @@ export function rpc<T = unknown>(client: Client, method: string, req: unknown): 
     const fn = client[method] as (r: unknown, cb: (e: grpc.ServiceError | null, res: T) => void) => void;
     fn.call(client, req, (e, res) => resolve([e, res]));
   });
+}
+
+/** Real frames from the peer into lb0: live-frames test runs of an XDP_TX program on peer0. */
+export interface PeerSender {
+  /** lb0's MAC: the Ethernet destination of the frames */
+  lbMac: string;
+  /** Sends every frame `repeat` times out of peer0; returns how many frames went. */
+  send(frames: readonly Buffer[], repeat?: number): number;
+}
+
+export function peerSender(t: Teardown, d: DaemonFixture): PeerSender {
+  const { lbNs, peerNs } = d.topo;
+  const lbMac = (JSON.parse(sh('ip', '-n', lbNs, '-j', 'link', 'show', 'dev', 'lb0')) as Array<{ address: string }>)[0].address;
+  const gen = bpf.openObject(bpf.testObjectPath('native_test'), { pinRoot: pinDir(t) });
+  t.teardown(() => gen.close());
+  const tx = gen.program('xdp_tx');
+  const peerIf = bpf.withNetns(peerNs, () => bpf.ifIndex('peer0'));
+  return {
+    lbMac,
+    send: (frames, repeat = 1) =>
+      bpf.withNetns(peerNs, () => {
+        for (const data of frames) {
+          const r = tx.testRun({ data, ctx: bpf.xdpContext(peerIf), repeat, flags: bpf.BPF_F_TEST_XDP_LIVE_FRAMES });
+          if (r.retval !== 0) throw new Error(`live frames run returned ${r.retval}`);
+        }
+        return frames.length * repeat;
+      }),
+  };
 }

@@ -2,9 +2,8 @@
 // on the peer veth (live-frames test runs, so every frame is real and counted),
 // and tshark reading back what the recorder wrote.
 import { spawnSync } from 'node:child_process';
-import * as bpf from '../../src/datapath/bpf';
-import { daemonFixture, PEER_MAC, rpc, type DaemonFixture } from './daemon';
-import { pinDir, sh, type Teardown } from './fixtures';
+import { daemonFixture, PEER_MAC, peerSender, rpc, type DaemonFixture } from './daemon';
+import type { Teardown } from './fixtures';
 import { ether, ipv4, ipv6, tcp, TCP_ACK } from './packets';
 import type { Client } from '../../src/cli/client';
 
@@ -40,12 +39,7 @@ export interface RecorderRig {
 export async function recorderRig(t: Teardown): Promise<RecorderRig> {
   const d = await daemonFixture(t, { servicesYaml: SERVICES });
   await d.start();
-  const { lbNs, peerNs } = d.topo;
-  const lbMac = (JSON.parse(sh('ip', '-n', lbNs, '-j', 'link', 'show', 'dev', 'lb0')) as Array<{ address: string }>)[0].address;
-  const gen = bpf.openObject(bpf.testObjectPath('native_test'), { pinRoot: pinDir(t) });
-  t.teardown(() => gen.close());
-  const tx = gen.program('xdp_tx');
-  const peerIf = bpf.withNetns(peerNs, () => bpf.ifIndex('peer0'));
+  const peer = peerSender(t, d);
   const recorder = d.client('Recorder');
   return {
     d,
@@ -53,12 +47,9 @@ export async function recorderRig(t: Teardown): Promise<RecorderRig> {
     frame: (o) => {
       const l4 = tcp({ sport: o.sport, dport: o.dport ?? 80, flags: TCP_ACK, payload: Buffer.alloc(o.payload, o.sport & 0xff) });
       const l3 = o.dst.includes(':') ? ipv6({ src: o.src, dst: o.dst }, l4) : ipv4({ src: o.src, dst: o.dst }, l4);
-      return ether(l3, { dst: lbMac, src: PEER_MAC });
+      return ether(l3, { dst: peer.lbMac, src: PEER_MAC });
     },
-    send: (frames) =>
-      bpf.withNetns(peerNs, () => {
-        for (const data of frames) tx.testRun({ data, ctx: bpf.xdpContext(peerIf), repeat: 1, flags: bpf.BPF_F_TEST_XDP_LIVE_FRAMES });
-      }),
+    send: (frames) => void peer.send(frames),
   };
 }
 
