@@ -152,6 +152,23 @@ t.test('count() counts entries on a worker thread while the event loop turns', n
   t.ok(turned, 'the event loop turned while counting');
 });
 
+t.test('lookupMany() reads many keys on a worker thread: values in key order, zero where a key is missing', needsRoot, async (t) => {
+  const obj = bpf.openObject(OBJ, { pinRoot: pinDir(t) });
+  t.teardown(() => obj.close());
+  const m = obj.map('test_hash');
+  m.batchUpdate([u32(1), u32(2), u32(3)], [u64(10n), u64(20n), u64(30n)]);
+  const got = await m.lookupMany([u32(3), u32(99), u32(1)]);
+  t.same(got.map((b) => b.readBigUInt64LE(0)), [30n, 0n, 10n], 'key order; the missing key reads zero');
+  t.same(await m.lookupMany([]), [], 'no keys, no values');
+  const pc = obj.map('test_percpu');
+  const cpus = bpf.possibleCpus();
+  pc.updatePerCpu(u32(2), u64(7n));
+  const [two, zero] = await pc.lookupManyPerCpu([u32(2), u32(0)]);
+  t.same(two.map((b) => b.readBigUInt64LE(0)), Array.from({ length: cpus }, () => 7n), 'one value per possible CPU');
+  t.equal(zero.length, cpus);
+  await t.rejects(pc.lookupMany([Buffer.alloc(3)]), { name: 'RangeError' }, 'keys of the wrong size are refused');
+});
+
 t.test('dump reads every element in batches', needsRoot, (t) => {
   const obj = bpf.openObject(OBJ, { pinRoot: pinDir(t) });
   t.teardown(() => obj.close());

@@ -58,7 +58,7 @@ export interface NodeStatusSnapshot {
 
 export interface ApiDeps {
   controller: Controller;
-  counters(service?: string): CountersSnapshot;
+  counters(service?: string): CountersSnapshot | Promise<CountersSnapshot>;
   status(): NodeStatusSnapshot | Promise<NodeStatusSnapshot>;
   log: Logger;
   /** the packet recorder: xdplb.v1.Recorder is served when given */
@@ -163,19 +163,29 @@ export function loadBalancerHandlers(deps: ApiDeps): grpc.UntypedServiceImplemen
         fail(toServiceError(e));
         return;
       }
-      const send = () => {
+      let reading = false;
+      const send = async () => {
+        // Drop a tick rather than queue snapshots for a slow client, or read twice at once.
+        if (reading || call.writableLength !== 0) return;
+        reading = true;
         try {
-          // Drop a tick rather than queue snapshots for a slow client.
-          if (call.writableLength === 0) call.write(deps.counters(service || undefined));
+          const snapshot = await deps.counters(service || undefined);
+          if (!call.cancelled && !ended) call.write(snapshot);
         } catch (e) {
           stop();
           fail(toServiceError(e));
+        } finally {
+          reading = false;
         }
       };
       let timer: NodeJS.Timeout | undefined;
-      const stop = () => clearInterval(timer);
-      send();
-      timer = setInterval(send, intervalMs || 1000);
+      let ended = false;
+      const stop = () => {
+        ended = true;
+        clearInterval(timer);
+      };
+      void send();
+      timer = setInterval(() => void send(), intervalMs || 1000);
       call.on('cancelled', stop);
       call.on('close', stop);
       call.on('error', stop);

@@ -42,6 +42,7 @@ interface NativeMap {
   deleteBatch(keys: Buffer, count: number): number;
   dump(): { keys: Buffer; values: Buffer; count: number };
   count(): Promise<number>;
+  lookupMany(keys: Buffer): Promise<Buffer>;
   pin(path: string): void;
   fd(): number;
   close(): void;
@@ -168,7 +169,15 @@ export class BpfMap {
   /** Per-CPU maps: one value per possible CPU. */
   lookupPerCpu(key: Buffer): Buffer[] | null {
     const all = this.handle.lookup(key);
-    if (!all) return null;
+    return all ? this.splitPerCpu(all) : null;
+  }
+
+  /** lookupMany() of a per-CPU map: one Buffer per possible CPU for each key. */
+  async lookupManyPerCpu(keys: readonly Buffer[]): Promise<Buffer[][]> {
+    return (await this.lookupMany(keys)).map((all) => this.splitPerCpu(all));
+  }
+
+  private splitPerCpu(all: Buffer): Buffer[] {
     const slot = this.perCpuSlot;
     const out: Buffer[] = [];
     for (let off = 0; off < all.length; off += slot) out.push(all.subarray(off, off + this.valueSize));
@@ -194,6 +203,17 @@ export class BpfMap {
       yield k;
       k = this.handle.nextKey(k);
     }
+  }
+
+  /**
+   * Many keys looked up on a worker thread; the values in key order, each
+   * whole (every CPU's slot of a per-CPU map), zero for a key not there.
+   */
+  async lookupMany(keys: readonly Buffer[]): Promise<Buffer[]> {
+    if (keys.length === 0) return [];
+    const all = await this.handle.lookupMany(Buffer.concat(keys));
+    const size = all.length / keys.length;
+    return keys.map((_, i) => all.subarray(i * size, (i + 1) * size));
   }
 
   /** The number of entries, counted on a worker thread (the event loop keeps turning). */

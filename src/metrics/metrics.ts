@@ -18,7 +18,7 @@ import type { HealthStatus } from '../health/state';
 /** Where scrape-time values come from (the daemon wires the datapath and controller in). */
 export interface MetricsSources {
   /** datapath counters of every service */
-  counters(): CountersSnapshot;
+  counters(): CountersSnapshot | Promise<CountersSnapshot>;
   /** map fill and attachments */
   status(): NodeStatusSnapshot | Promise<NodeStatusSnapshot>;
   /** services with their effective backend states */
@@ -355,7 +355,7 @@ export class Metrics {
     const run = async () => {
       const src = this.sources;
       this.snap = src && {
-        counters: src.counters(),
+        counters: await src.counters(),
         status: await src.status(),
         services: src.services(),
         health: src.health?.() ?? [],

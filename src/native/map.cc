@@ -82,6 +82,45 @@ class CountWorker : public Napi::AsyncWorker {
   int err_ = 0;
 };
 
+// Looks many keys up on a worker thread, for the counters of thousands of
+// services and backends read at every API call and metrics scrape. The values
+// come back side by side; a key that is not there leaves its value zero.
+class LookupManyWorker : public Napi::AsyncWorker {
+ public:
+  LookupManyWorker(Napi::Env env, int fd, std::string name, std::vector<uint8_t> keys, uint32_t keySize,
+                   uint32_t valueSize)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), fd_(fd), name_(std::move(name)),
+        keys_(std::move(keys)), keySize_(keySize), valueSize_(valueSize),
+        values_(keys_.size() / keySize * valueSize) {}
+  ~LookupManyWorker() override { close(fd_); }
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+  void Execute() override {
+    size_t n = keys_.size() / keySize_;
+    for (size_t i = 0; i < n; i++) {
+      if (bpf_map_lookup_elem(fd_, keys_.data() + i * keySize_, values_.data() + i * valueSize_) && errno != ENOENT) {
+        err_ = errno;
+        return;
+      }
+    }
+  }
+  void OnOK() override {
+    if (err_)
+      deferred_.Reject(SysError(Env(), err_, "map lookup", name_).Value());
+    else
+      deferred_.Resolve(CopyBuffer(Env(), values_.data(), values_.size()));
+  }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  int fd_;
+  std::string name_;
+  std::vector<uint8_t> keys_;
+  uint32_t keySize_, valueSize_;
+  std::vector<uint8_t> values_;
+  int err_ = 0;
+};
+
 class Map : public Napi::ObjectWrap<Map> {
  public:
   static Napi::Function Define(Napi::Env env) {
@@ -92,6 +131,7 @@ class Map : public Napi::ObjectWrap<Map> {
                         InstanceMethod<&Map::UpdateBatch>("updateBatch"),
                         InstanceMethod<&Map::DeleteBatch>("deleteBatch"),
                         InstanceMethod<&Map::Dump>("dump"), InstanceMethod<&Map::Count>("count"),
+                        InstanceMethod<&Map::LookupMany>("lookupMany"),
                         InstanceMethod<&Map::Pin>("pin"), InstanceMethod<&Map::Fd>("fd"),
                         InstanceMethod<&Map::Close>("close")});
   }
@@ -289,6 +329,21 @@ class Map : public Napi::ObjectWrap<Map> {
     int fd = dup(Live(env));
     if (fd < 0) throw SysError(env, errno, "dup map fd", name_);
     auto *w = new CountWorker(env, fd, name_, keySize_, fullValue_);
+    Napi::Promise p = w->Promise();
+    w->Queue();
+    return p;
+  }
+
+  // lookupMany(keys: Buffer of n keys side by side) -> Promise<Buffer of n values>.
+  Napi::Value LookupMany(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    auto keys = BufferArg(info, 0, "keys");
+    if (keys.Length() % keySize_)
+      throw Napi::RangeError::New(env, name_ + ": keys must be a multiple of " + std::to_string(keySize_) + " bytes");
+    int fd = dup(Live(env));
+    if (fd < 0) throw SysError(env, errno, "dup map fd", name_);
+    auto *w = new LookupManyWorker(env, fd, name_, std::vector<uint8_t>(keys.Data(), keys.Data() + keys.Length()),
+                                   keySize_, fullValue_);
     Napi::Promise p = w->Promise();
     w->Queue();
     return p;
