@@ -76,6 +76,7 @@ const COUNTERS: CountersSnapshot = {
   ],
   verdicts: { XDP_TX: 30, XDP_PASS: 4 },
   reasons: { forward_tx: 30, pass_not_ip: 4 },
+  nexthopLookups: 2,
 };
 
 const STATUS: NodeStatusSnapshot = {
@@ -126,6 +127,7 @@ t.test('exposition from fixed sources: every series, right values, promtool clea
   t.equal(value(s, 'xdplb_backend_bytes_total{service="dns6",backend="[2001:db8:200::1]:53"}'), 0, 'IPv6 backends in brackets');
   for (const r of REASONS) t.ok(s.has(`xdplb_packets_total{verdict="${r.verdict}",reason="${r.name}"}`), `reason ${r.name} has a series`);
   t.equal(value(s, 'xdplb_packets_total{verdict="XDP_TX",reason="forward_tx"}'), 30);
+  t.equal(value(s, 'xdplb_nexthop_lookups_total'), 2);
   t.equal(value(s, 'xdplb_packets_total{verdict="XDP_DROP",reason="drop_no_backend"}'), 0);
   t.equal(value(s, 'xdplb_map_entries{map="xdplb_conntrack"}'), 12);
   t.equal(value(s, 'xdplb_map_capacity{map="xdplb_conntrack"}'), 1048576);
@@ -218,6 +220,8 @@ t.test('scraped over HTTP in the daemon namespace after real frames: counters ag
   t.ok(perBackend.filter((n) => n > 0).length >= 2, 'spread over backends');
   const forwarded = (value(s, 'xdplb_packets_total{verdict="XDP_TX",reason="forward_tx"}') ?? 0) + (value(s, 'xdplb_packets_total{verdict="XDP_REDIRECT",reason="forward_redirect"}') ?? 0);
   t.equal(forwarded, 120, 'forward reasons count them');
+  const lookups = value(s, 'xdplb_nexthop_lookups_total') ?? 0;
+  t.ok(lookups >= 1 && lookups < 120 / 4, `${lookups} next-hop lookups for 120 packets to 3 backends: cached, not one per packet`);
   t.ok((value(s, 'xdplb_packets_total{verdict="XDP_PASS",reason="pass_not_vip"}') ?? 0) >= 5, 'the 5 packets to another address passed as not_vip');
   t.ok((value(s, 'xdplb_map_entries{map="xdplb_conntrack"}') ?? 0) >= 12, 'connection table fill: the 12 flows');
   t.ok((value(s, 'xdplb_map_capacity{map="xdplb_conntrack"}') ?? 0) > 0);

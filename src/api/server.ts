@@ -41,6 +41,7 @@ export interface CountersSnapshot {
   services: Array<{ name: string; traffic: Traffic; backends: Array<{ address: string; port: number; traffic: Traffic }> }>;
   verdicts: Record<string, number>;
   reasons: Record<string, number>;
+  nexthopLookups: number;
 }
 
 export interface NodeStatusSnapshot {

@@ -276,6 +276,7 @@ interface Counters {
   services: Array<{ name: string; traffic: { packets: number; bytes: number }; backends: Array<{ address: string; port: number; traffic: { packets: number; bytes: number } }> }>;
   verdicts: Record<string, number>;
   reasons: Record<string, number>;
+  nexthopLookups: number | string;
 }
 
 function countersTable(s: Counters): string {
@@ -291,6 +292,8 @@ function countersTable(s: Counters): string {
     table(['VERDICT', 'PACKETS'], nonzero(s.verdicts)),
     '',
     table(['REASON', 'PACKETS'], nonzero(s.reasons)),
+    '',
+    `next-hop lookups (FIB, to refresh the per-backend cache): ${s.nexthopLookups}`,
   ].join('\n');
 }
 

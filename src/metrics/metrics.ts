@@ -133,6 +133,15 @@ export class Metrics {
         for (const r of REASONS) this.inc({ verdict: r.verdict, reason: r.name }, reasons[r.name] ?? 0);
       },
     });
+    new Counter({
+      name: 'xdplb_nexthop_lookups_total',
+      help: 'FIB lookups the datapath made to refresh its per-backend next-hop cache (at most one per backend, CPU and second while routes stay)',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(snap()?.counters.nexthopLookups ?? 0);
+      },
+    });
     new Gauge({
       name: 'xdplb_map_entries',
       help: 'Entries in a datapath map (xdplb_conntrack: the connection table fill)',
