@@ -165,6 +165,7 @@ t.test('the loaded maps have the names, types, key/value sizes and capacities la
     xdplb_maglev: ['array_of_maps', L.MAX_SERVICES],
     xdplb_config: ['array', 1],
     xdplb_conntrack: ['lru_hash', L.CT_SIZE],
+    xdplb_conntrack4: ['lru_hash', L.CT_SIZE],
     xdplb_svc_stats: ['percpu_array', L.MAX_SERVICES],
     xdplb_be_stats: ['percpu_array', L.MAX_BACKENDS],
     xdplb_reasons: ['percpu_array', REASON_COUNT],
@@ -226,6 +227,13 @@ t.test('encoders write the documented bytes and decoders read them back', (t) =>
   const f = L.encodeFlowKey(fk);
   t.equal(f.subarray(32).toString('hex'), '00010002' + '11' + '06' + '0000');
   t.same(L.decodeFlowKey(f), fk);
+  const fk4: L.FlowKey = { src: '192.0.2.1', dst: '203.0.113.10', sport: 40000, dport: 80, proto: 6 };
+  const f4 = L.encodeFlow4Key(fk4);
+  t.equal(f4.toString('hex'), 'c0000201' + 'cb00710a' + '9c40' + '0050' + '06' + '000000', 'IPv4 flow key');
+  t.same(L.decodeFlow4Key(f4), fk4);
+  t.same(L.conntrackKey(fk4), { map: 'conntrack4', key: f4 }, 'IPv4 flows: xdplb_conntrack4');
+  t.same(L.conntrackKey(fk), { map: 'conntrack', key: f }, 'IPv6 flows: xdplb_conntrack');
+  t.throws(() => L.encodeFlow4Key(fk), RangeError, 'no IPv6 flow in the IPv4 key');
   t.same(L.decodeCtEntry(L.encodeCtEntry({ backendId: 3, serviceId: 9 })), { backendId: 3, serviceId: 9 });
   t.same(L.decodeCounter(L.encodeCounter({ packets: 5n, bytes: 1n << 40n })), { packets: 5n, bytes: 1n << 40n });
   const nh = Buffer.from('c6336407' + '00'.repeat(12) + '020000000101' + '0a0000000002' + '7805' + '04' + '00' + '03000000' + '02000000' + '0094357700000000' + '2a00000001000000', 'hex');

@@ -66,7 +66,8 @@ struct xdplb_config {
 	__u32 maglev_m;		/* 28: size M of every Maglev table (prime); 0 = XDPLB_MAGLEV_DEFAULT_M */
 };				/* 32 */
 
-/* xdplb_conntrack key: the flow as the client sent it */
+/* xdplb_conntrack key: an IPv6 flow as the client sent it (and the tuple
+ * of every packet, struct packet in parse.h, for either family) */
 struct xdplb_flow_key {
 	__u8 src[16];		/* 0: client address */
 	__u8 dst[16];		/* 16: VIP */
@@ -77,7 +78,19 @@ struct xdplb_flow_key {
 	__u16 pad;		/* 38: 0 */
 };				/* 40 */
 
-/* xdplb_conntrack value */
+/* xdplb_conntrack4 key: an IPv4 flow as the client sent it. IPv4 flows have
+ * their own connection table: the kernel hashes and compares the whole key
+ * on every lookup, 16 bytes here against 40 in struct xdplb_flow_key. */
+struct xdplb_flow4_key {
+	__u8 src[4];		/* 0: client address */
+	__u8 dst[4];		/* 4: VIP */
+	__be16 sport;		/* 8 */
+	__be16 dport;		/* 10 */
+	__u8 proto;		/* 12 */
+	__u8 pad[3];		/* 13: 0 */
+};				/* 16 */
+
+/* xdplb_conntrack and xdplb_conntrack4 value */
 struct xdplb_ct_entry {
 	__u32 backend_id;	/* 0 */
 	__u32 service_id;	/* 4: an entry of another service (id reused) is ignored */
@@ -148,6 +161,7 @@ _Static_assert(sizeof(struct xdplb_backend) == 20, "backend");
 _Static_assert(sizeof(struct xdplb_nexthop) == 56, "next hop");
 _Static_assert(sizeof(struct xdplb_config) == 32, "config");
 _Static_assert(sizeof(struct xdplb_flow_key) == 40, "flow key");
+_Static_assert(sizeof(struct xdplb_flow4_key) == 16, "IPv4 flow key");
 _Static_assert(sizeof(struct xdplb_ct_entry) == 8, "ct entry");
 _Static_assert(sizeof(struct xdplb_counter) == 16, "counter");
 _Static_assert(sizeof(struct xdplb_devmap_val) == 8, "devmap value");

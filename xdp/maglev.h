@@ -136,6 +136,41 @@ static __always_inline struct xdplb_service *lookup_vip_entry(const struct xdplb
 	return bpf_map_lookup_elem(&xdplb_services, &key);
 }
 
+/* The connection table of the flow's family (maps.h), looked up and
+ * written with its own key. */
+static __always_inline void flow4_key(const struct xdplb_flow_key *f, struct xdplb_flow4_key *k)
+{
+	__builtin_memcpy(k->src, f->src, 4);
+	__builtin_memcpy(k->dst, f->dst, 4);
+	k->sport = f->sport;
+	k->dport = f->dport;
+	k->proto = f->proto;
+	k->pad[0] = k->pad[1] = k->pad[2] = 0;
+}
+
+static __always_inline struct xdplb_ct_entry *ct_lookup(const struct xdplb_flow_key *f)
+{
+	struct xdplb_flow4_key k4;
+
+	if (f->family == XDPLB_FAMILY_V4) {
+		flow4_key(f, &k4);
+		return bpf_map_lookup_elem(&xdplb_conntrack4, &k4);
+	}
+	return bpf_map_lookup_elem(&xdplb_conntrack, f);
+}
+
+static __always_inline void ct_update(const struct xdplb_flow_key *f, const struct xdplb_ct_entry *e)
+{
+	struct xdplb_flow4_key k4;
+
+	if (f->family == XDPLB_FAMILY_V4) {
+		flow4_key(f, &k4);
+		bpf_map_update_elem(&xdplb_conntrack4, &k4, e, BPF_ANY);
+		return;
+	}
+	bpf_map_update_elem(&xdplb_conntrack, f, e, BPF_ANY);
+}
+
 struct backend_choice {
 	struct xdplb_backend *be;
 	__u32 id;
@@ -157,7 +192,7 @@ static __always_inline int choose_backend(struct packet *pkt, const struct xdplb
 	void *table;
 
 	if (use_ct) {
-		ct = bpf_map_lookup_elem(&xdplb_conntrack, &pkt->flow);
+		ct = ct_lookup(&pkt->flow);
 		if (ct && ct->service_id == svc->id) {
 			id = ct->backend_id;
 			be = bpf_map_lookup_elem(&xdplb_backends, &id);
@@ -187,7 +222,7 @@ static __always_inline int choose_backend(struct packet *pkt, const struct xdplb
 	if (use_ct && pkt->kind == PKT_FLOW) {
 		struct xdplb_ct_entry e = { .backend_id = id, .service_id = svc->id };
 
-		bpf_map_update_elem(&xdplb_conntrack, &pkt->flow, &e, BPF_ANY);
+		ct_update(&pkt->flow, &e);
 	}
 	out->be = be;
 	out->id = id;

@@ -76,8 +76,10 @@ struct {
 	__type(value, struct xdplb_config);
 } xdplb_config SEC(".maps");
 
-/* Connection table: flow -> backend. One key space (a flow that moves to
- * another CPU keeps its backend) with per-CPU LRU lists (no shared LRU lock). */
+/* Connection tables: flow -> backend, one per family (IPv6 here, IPv4 in
+ * xdplb_conntrack4 with a 16-byte key, cheaper to hash and compare). One key
+ * space each (a flow that moves to another CPU keeps its backend) with
+ * per-CPU LRU lists (no shared LRU lock). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, XDPLB_CT_SIZE);
@@ -86,6 +88,15 @@ struct {
 	__type(key, struct xdplb_flow_key);
 	__type(value, struct xdplb_ct_entry);
 } xdplb_conntrack SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, XDPLB_CT_SIZE);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, struct xdplb_flow4_key);
+	__type(value, struct xdplb_ct_entry);
+} xdplb_conntrack4 SEC(".maps");
 
 /* service id -> packets/bytes forwarded */
 struct {

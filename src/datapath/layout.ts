@@ -65,7 +65,10 @@ export const MAP_NAMES = {
   nexthopRefreshes: 'xdplb_nexthop_refreshes',
   maglev: 'xdplb_maglev',
   config: 'xdplb_config',
+  /** IPv6 flows (struct xdplb_flow_key) */
   conntrack: 'xdplb_conntrack',
+  /** IPv4 flows (struct xdplb_flow4_key) */
+  conntrack4: 'xdplb_conntrack4',
   serviceStats: 'xdplb_svc_stats',
   backendStats: 'xdplb_be_stats',
   reasons: 'xdplb_reasons',
@@ -154,6 +157,17 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
       pad: { offset: 38, size: 2 },
     },
   },
+  xdplb_flow4_key: {
+    size: 16,
+    fields: {
+      src: { offset: 0, size: 4 },
+      dst: { offset: 4, size: 4 },
+      sport: { offset: 8, size: 2 },
+      dport: { offset: 10, size: 2 },
+      proto: { offset: 12, size: 1 },
+      pad: { offset: 13, size: 3 },
+    },
+  },
   xdplb_ct_entry: {
     size: 8,
     fields: { backend_id: { offset: 0, size: 4 }, service_id: { offset: 4, size: 4 } },
@@ -212,6 +226,7 @@ export const MAP_LAYOUT: Readonly<Record<string, { key: string; value: string }>
   xdplb_nexthop_refreshes: { key: 'u32', value: 'u64' },
   xdplb_config: { key: 'u32', value: 'xdplb_config' },
   xdplb_conntrack: { key: 'xdplb_flow_key', value: 'xdplb_ct_entry' },
+  xdplb_conntrack4: { key: 'xdplb_flow4_key', value: 'xdplb_ct_entry' },
   xdplb_svc_stats: { key: 'u32', value: 'xdplb_counter' },
   xdplb_be_stats: { key: 'u32', value: 'xdplb_counter' },
   xdplb_reasons: { key: 'u32', value: 'xdplb_counter' },
@@ -505,6 +520,33 @@ export function decodeFlowKey(b: Buffer): FlowKey {
     dport: b.readUInt16BE(F('xdplb_flow_key', 'dport')),
     proto: b.readUInt8(F('xdplb_flow_key', 'proto')),
   };
+}
+
+// ---- struct xdplb_flow4_key ----
+export function encodeFlow4Key(k: FlowKey): Buffer {
+  if (familyOf(k.src) !== 4 || familyOf(k.dst) !== 4) throw new RangeError(`not an IPv4 flow: ${k.src} -> ${k.dst}`);
+  const b = Buffer.alloc(LAYOUT.xdplb_flow4_key.size);
+  addressBytes(k.src).copy(b, F('xdplb_flow4_key', 'src'));
+  addressBytes(k.dst).copy(b, F('xdplb_flow4_key', 'dst'));
+  b.writeUInt16BE(k.sport, F('xdplb_flow4_key', 'sport'));
+  b.writeUInt16BE(k.dport, F('xdplb_flow4_key', 'dport'));
+  b.writeUInt8(k.proto, F('xdplb_flow4_key', 'proto'));
+  return b;
+}
+
+export function decodeFlow4Key(b: Buffer): FlowKey {
+  return {
+    src: addressText(b.subarray(F('xdplb_flow4_key', 'src')), 4),
+    dst: addressText(b.subarray(F('xdplb_flow4_key', 'dst')), 4),
+    sport: b.readUInt16BE(F('xdplb_flow4_key', 'sport')),
+    dport: b.readUInt16BE(F('xdplb_flow4_key', 'dport')),
+    proto: b.readUInt8(F('xdplb_flow4_key', 'proto')),
+  };
+}
+
+/** The connection table of a flow's family and its key there. */
+export function conntrackKey(k: FlowKey): { map: 'conntrack' | 'conntrack4'; key: Buffer } {
+  return familyOf(k.src) === 4 ? { map: 'conntrack4', key: encodeFlow4Key(k) } : { map: 'conntrack', key: encodeFlowKey(k) };
 }
 
 // ---- struct xdplb_ct_entry ----

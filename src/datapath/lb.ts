@@ -528,7 +528,8 @@ export class LbDatapath implements DatapathSink {
       const q = bpf.queryXdp(a.ifindex);
       return { interface: name, ifindex: a.ifindex, mode: q.mode, programId: q.progId };
     });
-    const conntrack = await this.maps.conntrack.count();
+    // the connection table: IPv6 flows in xdplb_conntrack, IPv4 in xdplb_conntrack4
+    const [ct6, ct4] = await Promise.all([this.maps.conntrack.count(), this.maps.conntrack4.count()]);
     const backends = services.reduce((n, s) => n + s.backends.length, 0);
     return {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -541,7 +542,7 @@ export class LbDatapath implements DatapathSink {
         { name: L.MAP_NAMES.services, entries: this.installed.size + this.vipEntries.size, capacity: this.maps.services.maxEntries },
         { name: L.MAP_NAMES.backends, entries: backends, capacity: this.maps.backends.maxEntries },
         { name: L.MAP_NAMES.maglev, entries: this.installed.size, capacity: this.maps.maglev.maxEntries },
-        { name: L.MAP_NAMES.conntrack, entries: conntrack, capacity: this.maps.conntrack.maxEntries },
+        { name: L.MAP_NAMES.conntrack, entries: ct6 + ct4, capacity: this.maps.conntrack.maxEntries + this.maps.conntrack4.maxEntries },
       ],
       services: services.length,
       backends,
