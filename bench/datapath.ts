@@ -267,12 +267,12 @@ function openWorld(c: Cleanup, services: number, ctSize?: number): World {
     const bvalues: Buffer[] = [];
     const tables: Array<readonly [number, Uint32Array]> = [];
     for (const s of caseServices) {
-      keys.push(L.encodeServiceKey({ vip: s.vip, port: s.port, proto: L.IPPROTO_TCP }));
+      keys.push(L.serviceMapKey({ vip: s.vip, port: s.port, proto: L.IPPROTO_TCP }));
       values.push(L.encodeService({ id: s.id, flags: s.flags }));
     }
     for (let k = 0; keys.length < services; k++) {
       const f = fillerService(k);
-      keys.push(L.encodeServiceKey({ vip: f.vip, port: f.port, proto: L.IPPROTO_TCP }));
+      keys.push(L.serviceMapKey({ vip: f.vip, port: f.port, proto: L.IPPROTO_TCP }));
       values.push(L.encodeService({ id: f.id, flags: 0 }));
       for (const id of backendIds(f.id)) {
         bkeys.push(L.u32(id));
@@ -282,8 +282,11 @@ function openWorld(c: Cleanup, services: number, ctSize?: number): World {
     }
     lb.maps.backends.batchUpdate(bkeys, bvalues);
     w.tables.installMany(lb, tables);
-    lb.maps.services.batchUpdate(keys, values);
-    const n = [...lb.maps.services.keys()].length;
+    for (const map of ['services4', 'services'] as const) {
+      const i = keys.flatMap((k, j) => (L.serviceMapOf(k) === map ? [j] : []));
+      lb.maps[map].batchUpdate(i.map((j) => keys[j]), i.map((j) => values[j]));
+    }
+    const n = [...lb.maps.services4.keys()].length + [...lb.maps.services.keys()].length;
     if (n !== services) throw new Error(`${n} services installed, expected ${services}`);
   }
   return w;

@@ -159,6 +159,7 @@ t.test('the loaded maps have the names, types, key/value sizes and capacities la
   }
   const expect: Record<string, [string, number]> = {
     xdplb_services: ['hash', L.MAX_SERVICES],
+    xdplb_services4: ['hash', L.MAX_SERVICES],
     xdplb_backends: ['array', L.MAX_BACKENDS],
     xdplb_nexthops: ['percpu_array', L.NEXTHOP_SLOTS],
     xdplb_nexthop_refreshes: ['percpu_array', 1],
@@ -206,6 +207,17 @@ t.test('encoders write the documented bytes and decoders read them back', (t) =>
   t.equal(k6.toString('hex'), '06110000' + '20010db8000000000000000000000010');
   t.same(L.decodeServiceKey(k6), { vip: '2001:db8::10', port: 0, proto: 17 });
   t.equal(L.vipEntryKey('2001:db8::10').toString('hex'), '063a0000' + '20010db8000000000000000000000010');
+  const k4 = L.encodeService4Key({ vip: '203.0.113.10', port: 443, proto: 6 });
+  t.equal(k4.toString('hex'), 'cb00710a' + '01bb' + '06' + '00', 'IPv4 service key');
+  t.same(L.decodeService4Key(k4), { vip: '203.0.113.10', port: 443, proto: 6 });
+  t.same(L.serviceMapKey({ vip: '203.0.113.10', port: 443, proto: 6 }), k4, 'IPv4 VIPs: the 8-byte key');
+  t.same(L.serviceMapKey({ vip: '2001:db8::10', port: 0, proto: 17 }), k6, 'IPv6 VIPs: the 20-byte key');
+  t.equal(L.serviceMapOf(k4), 'services4');
+  t.equal(L.serviceMapOf(k6), 'services');
+  t.same(L.decodeServiceMapKey(k4), { vip: '203.0.113.10', port: 443, proto: 6 });
+  t.same(L.decodeServiceMapKey(k6), { vip: '2001:db8::10', port: 0, proto: 17 });
+  t.equal(L.vipEntryKey('203.0.113.10').toString('hex'), 'cb00710a' + '0000' + '01' + '00', 'IPv4 VIP entry');
+  t.throws(() => L.encodeService4Key({ vip: '2001:db8::10', port: 0, proto: 17 }), RangeError, 'no IPv6 VIP in the IPv4 key');
 
   t.equal(L.encodeService({ id: 7, flags: L.SVC_F_L4_DNAT | L.SVC_F_ICMP_ECHO }).toString('hex'), '07000000' + '09000000');
   const be = L.encodeBackend({ address: '198.51.100.7', port: 8080, state: L.BACKEND_DRAINING });

@@ -11,7 +11,9 @@
 
 #include <linux/types.h>
 
-/* xdplb_services key. An IPv4 VIP sits in vip[0..3], vip[4..15] zero.
+/* xdplb_services key (IPv6 VIPs; IPv4 ones are in xdplb_services4, keyed by
+ * struct xdplb_service4_key: the kernel hashes and compares the whole key on
+ * every lookup). An IPv4 VIP here would sit in vip[0..3], vip[4..15] zero.
  * port 0 is the all-ports service of the VIP (looked up after the exact port).
  * proto IPPROTO_ICMP / IPPROTO_ICMPV6 with port 0 is the VIP entry that says
  * whether the LB answers echo requests (XDPLB_SVC_F_ICMP_ECHO). */
@@ -22,7 +24,15 @@ struct xdplb_service_key {
 	__u8 vip[16];		/* 4 */
 };				/* 20 */
 
-/* xdplb_services value */
+/* xdplb_services4 key: the same for an IPv4 VIP, in 8 bytes instead of 20 */
+struct xdplb_service4_key {
+	__u8 vip[4];		/* 0 */
+	__be16 port;		/* 4: network order; 0 = every port */
+	__u8 proto;		/* 6: IPPROTO_TCP, IPPROTO_UDP (or IPPROTO_ICMP for the VIP entry) */
+	__u8 pad;		/* 7: 0 */
+};				/* 8 */
+
+/* xdplb_services and xdplb_services4 value */
 struct xdplb_service {
 	__u32 id;		/* 0: index of the Maglev table and of the service counters */
 	__u32 flags;		/* 4: XDPLB_SVC_F_* */
@@ -156,6 +166,7 @@ struct xdplb_rec_meta {
 };				/* 40 */
 
 _Static_assert(sizeof(struct xdplb_service_key) == 20, "service key");
+_Static_assert(sizeof(struct xdplb_service4_key) == 8, "IPv4 service key");
 _Static_assert(sizeof(struct xdplb_service) == 8, "service");
 _Static_assert(sizeof(struct xdplb_backend) == 20, "backend");
 _Static_assert(sizeof(struct xdplb_nexthop) == 56, "next hop");

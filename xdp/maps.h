@@ -10,7 +10,7 @@
 #include "consts.h"
 #include "layout.h"
 
-/* (family, proto, port, VIP) -> service */
+/* (family, proto, port, VIP) -> service, IPv6 VIPs */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, XDPLB_MAX_SERVICES);
@@ -18,6 +18,15 @@ struct {
 	__type(key, struct xdplb_service_key);
 	__type(value, struct xdplb_service);
 } xdplb_services SEC(".maps");
+
+/* (VIP, port, proto) -> service, IPv4 VIPs */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XDPLB_MAX_SERVICES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, struct xdplb_service4_key);
+	__type(value, struct xdplb_service);
+} xdplb_services4 SEC(".maps");
 
 /* backend id -> backend */
 struct {
