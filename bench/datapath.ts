@@ -225,7 +225,7 @@ function openWorld(c: Cleanup, services: number, ctSize?: number): World {
   let lb: Lb;
   if (ctSize) {
     const dir = pinDir(c);
-    lb = new LbFixture(bpf.openObject(bpf.objectPath('lb'), { pinRoot: dir, maxEntries: { [L.MAP_NAMES.conntrack]: ctSize } }), dir);
+    lb = new LbFixture(bpf.openObject(bpf.objectPath('lb'), { pinRoot: dir, maxEntries: { [L.MAP_NAMES.conntrack]: ctSize, [L.MAP_NAMES.conntrack4]: ctSize } }), dir);
     c.teardown(() => lb.close());
   } else {
     lb = openLb(c);
@@ -233,7 +233,7 @@ function openWorld(c: Cleanup, services: number, ctSize?: number): World {
   lb.config({ src4: LB_SRC4, src6: LB_SRC6, ttl: OUTER_TTL, maglevM: m });
   // The bench object declares the same pinned maps: it adopts lb's, so both
   // programs see one set of services, tables and connections.
-  const obj = bpf.openObject(bpf.testObjectPath('bench_lb'), { pinRoot: lb.pinRoot, maxEntries: ctSize ? { [L.MAP_NAMES.conntrack]: ctSize } : {} });
+  const obj = bpf.openObject(bpf.testObjectPath('bench_lb'), { pinRoot: lb.pinRoot, maxEntries: ctSize ? { [L.MAP_NAMES.conntrack]: ctSize, [L.MAP_NAMES.conntrack4]: ctSize } : {} });
   const w: World = {
     services,
     m,
@@ -267,12 +267,12 @@ function openWorld(c: Cleanup, services: number, ctSize?: number): World {
     const bvalues: Buffer[] = [];
     const tables: Array<readonly [number, Uint32Array]> = [];
     for (const s of caseServices) {
-      keys.push(L.encodeServiceKey({ vip: s.vip, port: s.port, proto: L.IPPROTO_TCP }));
+      keys.push(L.serviceMapKey({ vip: s.vip, port: s.port, proto: L.IPPROTO_TCP }));
       values.push(L.encodeService({ id: s.id, flags: s.flags }));
     }
     for (let k = 0; keys.length < services; k++) {
       const f = fillerService(k);
-      keys.push(L.encodeServiceKey({ vip: f.vip, port: f.port, proto: L.IPPROTO_TCP }));
+      keys.push(L.serviceMapKey({ vip: f.vip, port: f.port, proto: L.IPPROTO_TCP }));
       values.push(L.encodeService({ id: f.id, flags: 0 }));
       for (const id of backendIds(f.id)) {
         bkeys.push(L.u32(id));
@@ -282,8 +282,11 @@ function openWorld(c: Cleanup, services: number, ctSize?: number): World {
     }
     lb.maps.backends.batchUpdate(bkeys, bvalues);
     w.tables.installMany(lb, tables);
-    lb.maps.services.batchUpdate(keys, values);
-    const n = [...lb.maps.services.keys()].length;
+    for (const map of ['services4', 'services'] as const) {
+      const i = keys.flatMap((k, j) => (L.serviceMapOf(k) === map ? [j] : []));
+      lb.maps[map].batchUpdate(i.map((j) => keys[j]), i.map((j) => values[j]));
+    }
+    const n = [...lb.maps.services4.keys()].length + [...lb.maps.services.keys()].length;
     if (n !== services) throw new Error(`${n} services installed, expected ${services}`);
   }
   return w;
@@ -377,7 +380,8 @@ function validate(w: World, fib: FibNs, c: Case): void {
 }
 
 function ctEntry(w: World, flow: L.FlowKey): L.CtEntry | null {
-  const v = w.lb.maps.conntrack.lookup(L.encodeFlowKey(flow));
+  const { map, key } = L.conntrackKey(flow);
+  const v = w.lb.maps[map].lookup(key);
   return v ? L.decodeCtEntry(v) : null;
 }
 
@@ -430,10 +434,12 @@ function checkNewFlows(w: World, c: Case): void {
 }
 
 function clearConntrack(w: World): void {
-  const d = w.lb.maps.conntrack.dump();
-  const keys: Buffer[] = [];
-  for (let i = 0; i < d.count; i++) keys.push(d.keys.subarray(i * 40, i * 40 + 40));
-  for (let i = 0; i < keys.length; i += 10_000) w.lb.maps.conntrack.batchDelete(keys.slice(i, i + 10_000));
+  for (const [map, size] of [[w.lb.maps.conntrack, L.LAYOUT.xdplb_flow_key.size], [w.lb.maps.conntrack4, L.LAYOUT.xdplb_flow4_key.size]] as const) {
+    const d = map.dump();
+    const keys: Buffer[] = [];
+    for (let i = 0; i < d.count; i++) keys.push(d.keys.subarray(i * size, i * size + size));
+    for (let i = 0; i < keys.length; i += 10_000) map.batchDelete(keys.slice(i, i + 10_000));
+  }
 }
 
 // ---- statistics and the table ----

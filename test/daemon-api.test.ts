@@ -32,14 +32,14 @@ interface Svc {
 }
 
 function serviceKeys(bpffs: string): string[] {
-  const m = bpf.mapFromPin(path.join(bpffs, L.MAP_NAMES.services));
+  const maps = [L.MAP_NAMES.services4, L.MAP_NAMES.services].map((name) => bpf.mapFromPin(path.join(bpffs, name)));
   try {
-    return [...m.keys()].map((k) => {
-      const d = L.decodeServiceKey(k);
+    return maps.flatMap((m) => [...m.keys()]).map((k) => {
+      const d = L.decodeServiceMapKey(k);
       return `${d.vip} ${d.port} ${d.proto}`;
     }).sort();
   } finally {
-    m.close();
+    for (const m of maps) m.close();
   }
 }
 

@@ -45,12 +45,12 @@ t.test('SIGKILL and restart of the daemon under traffic: zero loss, flows keep t
   };
   const reasons = pinned(L.MAP_NAMES.reasons);
   const beStats = pinned(L.MAP_NAMES.backendStats);
-  const conntrack = pinned(L.MAP_NAMES.conntrack);
+  const conntrack = pinned(L.MAP_NAMES.conntrack4); // IPv4 flows
   const reason = (name: string) => L.sumCounters(reasons.lookupPerCpu(L.u32(REASON[name]))).packets;
   const perBackend = () => [0, 1, 2, 3, 4, 5].map((id) => L.sumCounters(beStats.lookupPerCpu(L.u32(id))).packets);
   const flowBackends = () =>
     frames.map((_, i) => {
-      const key = L.encodeFlowKey({ src: `192.0.2.${100 + i}`, dst: '203.0.113.10', sport: 40000 + i, dport: 80, proto: L.IPPROTO_TCP });
+      const key = L.encodeFlow4Key({ src: `192.0.2.${100 + i}`, dst: '203.0.113.10', sport: 40000 + i, dport: 80, proto: L.IPPROTO_TCP });
       const v = conntrack.lookup(key);
       return v ? L.decodeCtEntry(v).backendId : -1;
     });

@@ -159,12 +159,14 @@ t.test('the loaded maps have the names, types, key/value sizes and capacities la
   }
   const expect: Record<string, [string, number]> = {
     xdplb_services: ['hash', L.MAX_SERVICES],
+    xdplb_services4: ['hash', L.MAX_SERVICES],
     xdplb_backends: ['array', L.MAX_BACKENDS],
     xdplb_nexthops: ['percpu_array', L.NEXTHOP_SLOTS],
     xdplb_nexthop_refreshes: ['percpu_array', 1],
     xdplb_maglev: ['array_of_maps', L.MAX_SERVICES],
     xdplb_config: ['array', 1],
     xdplb_conntrack: ['lru_hash', L.CT_SIZE],
+    xdplb_conntrack4: ['lru_hash', L.CT_SIZE],
     xdplb_svc_stats: ['percpu_array', L.MAX_SERVICES],
     xdplb_be_stats: ['percpu_array', L.MAX_BACKENDS],
     xdplb_reasons: ['percpu_array', REASON_COUNT],
@@ -205,6 +207,17 @@ t.test('encoders write the documented bytes and decoders read them back', (t) =>
   t.equal(k6.toString('hex'), '06110000' + '20010db8000000000000000000000010');
   t.same(L.decodeServiceKey(k6), { vip: '2001:db8::10', port: 0, proto: 17 });
   t.equal(L.vipEntryKey('2001:db8::10').toString('hex'), '063a0000' + '20010db8000000000000000000000010');
+  const k4 = L.encodeService4Key({ vip: '203.0.113.10', port: 443, proto: 6 });
+  t.equal(k4.toString('hex'), 'cb00710a' + '01bb' + '06' + '00', 'IPv4 service key');
+  t.same(L.decodeService4Key(k4), { vip: '203.0.113.10', port: 443, proto: 6 });
+  t.same(L.serviceMapKey({ vip: '203.0.113.10', port: 443, proto: 6 }), k4, 'IPv4 VIPs: the 8-byte key');
+  t.same(L.serviceMapKey({ vip: '2001:db8::10', port: 0, proto: 17 }), k6, 'IPv6 VIPs: the 20-byte key');
+  t.equal(L.serviceMapOf(k4), 'services4');
+  t.equal(L.serviceMapOf(k6), 'services');
+  t.same(L.decodeServiceMapKey(k4), { vip: '203.0.113.10', port: 443, proto: 6 });
+  t.same(L.decodeServiceMapKey(k6), { vip: '2001:db8::10', port: 0, proto: 17 });
+  t.equal(L.vipEntryKey('203.0.113.10').toString('hex'), 'cb00710a' + '0000' + '01' + '00', 'IPv4 VIP entry');
+  t.throws(() => L.encodeService4Key({ vip: '2001:db8::10', port: 0, proto: 17 }), RangeError, 'no IPv6 VIP in the IPv4 key');
 
   t.equal(L.encodeService({ id: 7, flags: L.SVC_F_L4_DNAT | L.SVC_F_ICMP_ECHO }).toString('hex'), '07000000' + '09000000');
   const be = L.encodeBackend({ address: '198.51.100.7', port: 8080, state: L.BACKEND_DRAINING });
@@ -226,6 +239,13 @@ t.test('encoders write the documented bytes and decoders read them back', (t) =>
   const f = L.encodeFlowKey(fk);
   t.equal(f.subarray(32).toString('hex'), '00010002' + '11' + '06' + '0000');
   t.same(L.decodeFlowKey(f), fk);
+  const fk4: L.FlowKey = { src: '192.0.2.1', dst: '203.0.113.10', sport: 40000, dport: 80, proto: 6 };
+  const f4 = L.encodeFlow4Key(fk4);
+  t.equal(f4.toString('hex'), 'c0000201' + 'cb00710a' + '9c40' + '0050' + '06' + '000000', 'IPv4 flow key');
+  t.same(L.decodeFlow4Key(f4), fk4);
+  t.same(L.conntrackKey(fk4), { map: 'conntrack4', key: f4 }, 'IPv4 flows: xdplb_conntrack4');
+  t.same(L.conntrackKey(fk), { map: 'conntrack', key: f }, 'IPv6 flows: xdplb_conntrack');
+  t.throws(() => L.encodeFlow4Key(fk), RangeError, 'no IPv6 flow in the IPv4 key');
   t.same(L.decodeCtEntry(L.encodeCtEntry({ backendId: 3, serviceId: 9 })), { backendId: 3, serviceId: 9 });
   t.same(L.decodeCounter(L.encodeCounter({ packets: 5n, bytes: 1n << 40n })), { packets: 5n, bytes: 1n << 40n });
   const nh = Buffer.from('c6336407' + '00'.repeat(12) + '020000000101' + '0a0000000002' + '7805' + '04' + '00' + '03000000' + '02000000' + '0094357700000000' + '2a00000001000000', 'hex');

@@ -171,7 +171,7 @@ t.test('down, draining and deleted backends: never chosen for new flows; only dr
   // the daemon rebuilds the table: established flows fall back to Maglev
   w.lb.maglev(1, only(2));
   t.equal(outerDst(w.run(packet(flow(1), P.TCP_ACK)).data), '198.51.100.2', 'flow 1 falls back to the table: backend 2');
-  const ct = L.decodeCtEntry(w.lb.maps.conntrack.lookup(L.encodeFlowKey(flow(1)))!);
+  const ct = L.decodeCtEntry(w.lb.maps.conntrack4.lookup(L.encodeFlow4Key(flow(1)))!);
   t.same(ct, { backendId: 2, serviceId: 1 }, 'and its connection-table entry now names backend 2');
 
   // draining: established flows stay, new flows are not sent there
@@ -283,10 +283,10 @@ t.test('a connection-table entry of another service (a reused id) is ignored', n
   w.lb.backend({ id: 2, address: '198.51.100.2' });
   w.lb.maglev(1, new Uint32Array(7).fill(1));
   const f: Flow = { src: '192.0.2.5', dst: VIP4, sport: 999, dport: 80, proto: TCP };
-  w.lb.maps.conntrack.update(L.encodeFlowKey(f), L.encodeCtEntry({ backendId: 2, serviceId: 77 }));
+  w.lb.maps.conntrack4.update(L.encodeFlow4Key(f), L.encodeCtEntry({ backendId: 2, serviceId: 77 }));
   t.equal(outerDst(w.run(packet(f)).data), '198.51.100.1', 'the table, not the stale entry');
-  t.same(L.decodeCtEntry(w.lb.maps.conntrack.lookup(L.encodeFlowKey(f))!), { backendId: 1, serviceId: 1 }, 'entry replaced');
-  w.lb.maps.conntrack.update(L.encodeFlowKey(f), L.encodeCtEntry({ backendId: 2, serviceId: 1 }));
+  t.same(L.decodeCtEntry(w.lb.maps.conntrack4.lookup(L.encodeFlow4Key(f))!), { backendId: 1, serviceId: 1 }, 'entry replaced');
+  w.lb.maps.conntrack4.update(L.encodeFlow4Key(f), L.encodeCtEntry({ backendId: 2, serviceId: 1 }));
   t.equal(outerDst(w.run(packet(f)).data), '198.51.100.2', 'an entry of this service is followed');
   t.end();
 });

@@ -11,7 +11,9 @@
 
 #include <linux/types.h>
 
-/* xdplb_services key. An IPv4 VIP sits in vip[0..3], vip[4..15] zero.
+/* xdplb_services key (IPv6 VIPs; IPv4 ones are in xdplb_services4, keyed by
+ * struct xdplb_service4_key: the kernel hashes and compares the whole key on
+ * every lookup). An IPv4 VIP here would sit in vip[0..3], vip[4..15] zero.
  * port 0 is the all-ports service of the VIP (looked up after the exact port).
  * proto IPPROTO_ICMP / IPPROTO_ICMPV6 with port 0 is the VIP entry that says
  * whether the LB answers echo requests (XDPLB_SVC_F_ICMP_ECHO). */
@@ -22,7 +24,15 @@ struct xdplb_service_key {
 	__u8 vip[16];		/* 4 */
 };				/* 20 */
 
-/* xdplb_services value */
+/* xdplb_services4 key: the same for an IPv4 VIP, in 8 bytes instead of 20 */
+struct xdplb_service4_key {
+	__u8 vip[4];		/* 0 */
+	__be16 port;		/* 4: network order; 0 = every port */
+	__u8 proto;		/* 6: IPPROTO_TCP, IPPROTO_UDP (or IPPROTO_ICMP for the VIP entry) */
+	__u8 pad;		/* 7: 0 */
+};				/* 8 */
+
+/* xdplb_services and xdplb_services4 value */
 struct xdplb_service {
 	__u32 id;		/* 0: index of the Maglev table and of the service counters */
 	__u32 flags;		/* 4: XDPLB_SVC_F_* */
@@ -66,7 +76,8 @@ struct xdplb_config {
 	__u32 maglev_m;		/* 28: size M of every Maglev table (prime); 0 = XDPLB_MAGLEV_DEFAULT_M */
 };				/* 32 */
 
-/* xdplb_conntrack key: the flow as the client sent it */
+/* xdplb_conntrack key: an IPv6 flow as the client sent it (and the tuple
+ * of every packet, struct packet in parse.h, for either family) */
 struct xdplb_flow_key {
 	__u8 src[16];		/* 0: client address */
 	__u8 dst[16];		/* 16: VIP */
@@ -77,7 +88,19 @@ struct xdplb_flow_key {
 	__u16 pad;		/* 38: 0 */
 };				/* 40 */
 
-/* xdplb_conntrack value */
+/* xdplb_conntrack4 key: an IPv4 flow as the client sent it. IPv4 flows have
+ * their own connection table: the kernel hashes and compares the whole key
+ * on every lookup, 16 bytes here against 40 in struct xdplb_flow_key. */
+struct xdplb_flow4_key {
+	__u8 src[4];		/* 0: client address */
+	__u8 dst[4];		/* 4: VIP */
+	__be16 sport;		/* 8 */
+	__be16 dport;		/* 10 */
+	__u8 proto;		/* 12 */
+	__u8 pad[3];		/* 13: 0 */
+};				/* 16 */
+
+/* xdplb_conntrack and xdplb_conntrack4 value */
 struct xdplb_ct_entry {
 	__u32 backend_id;	/* 0 */
 	__u32 service_id;	/* 4: an entry of another service (id reused) is ignored */
@@ -143,11 +166,13 @@ struct xdplb_rec_meta {
 };				/* 40 */
 
 _Static_assert(sizeof(struct xdplb_service_key) == 20, "service key");
+_Static_assert(sizeof(struct xdplb_service4_key) == 8, "IPv4 service key");
 _Static_assert(sizeof(struct xdplb_service) == 8, "service");
 _Static_assert(sizeof(struct xdplb_backend) == 20, "backend");
 _Static_assert(sizeof(struct xdplb_nexthop) == 56, "next hop");
 _Static_assert(sizeof(struct xdplb_config) == 32, "config");
 _Static_assert(sizeof(struct xdplb_flow_key) == 40, "flow key");
+_Static_assert(sizeof(struct xdplb_flow4_key) == 16, "IPv4 flow key");
 _Static_assert(sizeof(struct xdplb_ct_entry) == 8, "ct entry");
 _Static_assert(sizeof(struct xdplb_counter) == 16, "counter");
 _Static_assert(sizeof(struct xdplb_devmap_val) == 8, "devmap value");

@@ -106,34 +106,71 @@ static __always_inline __u32 flow_hash(const struct xdplb_flow_key *f, int src_o
 	return jhash2(w, 10, XDPLB_FLOW_HASH_SEED);
 }
 
+/* A service of VIP f->dst: (proto, port) in the map of the VIP's family. */
+static __always_inline struct xdplb_service *lookup_service_key(const struct xdplb_flow_key *f, __u8 proto, __be16 port)
+{
+	if (f->family == XDPLB_FAMILY_V4) {
+		struct xdplb_service4_key k4 = { .port = port, .proto = proto };
+
+		__builtin_memcpy(k4.vip, f->dst, 4);
+		return bpf_map_lookup_elem(&xdplb_services4, &k4);
+	}
+	struct xdplb_service_key key = { .family = f->family, .proto = proto, .port = port };
+
+	__builtin_memcpy(key.vip, f->dst, 16);
+	return bpf_map_lookup_elem(&xdplb_services, &key);
+}
+
 /* Step 3: the service of a flow: exact port first, then the all-ports one. */
 static __always_inline struct xdplb_service *lookup_service(const struct xdplb_flow_key *f)
 {
-	struct xdplb_service_key key = {
-		.family = f->family,
-		.proto = f->proto,
-		.port = f->dport,
-	};
 	struct xdplb_service *svc;
 
-	__builtin_memcpy(key.vip, f->dst, 16);
-	svc = bpf_map_lookup_elem(&xdplb_services, &key);
+	svc = lookup_service_key(f, f->proto, f->dport);
 	if (svc)
 		return svc;
-	key.port = 0;
-	return bpf_map_lookup_elem(&xdplb_services, &key);
+	return lookup_service_key(f, f->proto, 0);
 }
 
 /* The VIP entry (ICMP protocol, port 0) that says whether echo is answered. */
 static __always_inline struct xdplb_service *lookup_vip_entry(const struct xdplb_flow_key *f)
 {
-	struct xdplb_service_key key = {
-		.family = f->family,
-		.proto = f->family == XDPLB_FAMILY_V4 ? IPPROTO_ICMP : IPPROTO_ICMPV6,
-	};
+	return lookup_service_key(f, f->family == XDPLB_FAMILY_V4 ? IPPROTO_ICMP : IPPROTO_ICMPV6, 0);
+}
 
-	__builtin_memcpy(key.vip, f->dst, 16);
-	return bpf_map_lookup_elem(&xdplb_services, &key);
+/* The connection table of the flow's family (maps.h), looked up and
+ * written with its own key. */
+static __always_inline void flow4_key(const struct xdplb_flow_key *f, struct xdplb_flow4_key *k)
+{
+	__builtin_memcpy(k->src, f->src, 4);
+	__builtin_memcpy(k->dst, f->dst, 4);
+	k->sport = f->sport;
+	k->dport = f->dport;
+	k->proto = f->proto;
+	k->pad[0] = k->pad[1] = k->pad[2] = 0;
+}
+
+static __always_inline struct xdplb_ct_entry *ct_lookup(const struct xdplb_flow_key *f)
+{
+	struct xdplb_flow4_key k4;
+
+	if (f->family == XDPLB_FAMILY_V4) {
+		flow4_key(f, &k4);
+		return bpf_map_lookup_elem(&xdplb_conntrack4, &k4);
+	}
+	return bpf_map_lookup_elem(&xdplb_conntrack, f);
+}
+
+static __always_inline void ct_update(const struct xdplb_flow_key *f, const struct xdplb_ct_entry *e)
+{
+	struct xdplb_flow4_key k4;
+
+	if (f->family == XDPLB_FAMILY_V4) {
+		flow4_key(f, &k4);
+		bpf_map_update_elem(&xdplb_conntrack4, &k4, e, BPF_ANY);
+		return;
+	}
+	bpf_map_update_elem(&xdplb_conntrack, f, e, BPF_ANY);
 }
 
 struct backend_choice {
@@ -157,7 +194,7 @@ static __always_inline int choose_backend(struct packet *pkt, const struct xdplb
 	void *table;
 
 	if (use_ct) {
-		ct = bpf_map_lookup_elem(&xdplb_conntrack, &pkt->flow);
+		ct = ct_lookup(&pkt->flow);
 		if (ct && ct->service_id == svc->id) {
 			id = ct->backend_id;
 			be = bpf_map_lookup_elem(&xdplb_backends, &id);
@@ -187,7 +224,7 @@ static __always_inline int choose_backend(struct packet *pkt, const struct xdplb
 	if (use_ct && pkt->kind == PKT_FLOW) {
 		struct xdplb_ct_entry e = { .backend_id = id, .service_id = svc->id };
 
-		bpf_map_update_elem(&xdplb_conntrack, &pkt->flow, &e, BPF_ANY);
+		ct_update(&pkt->flow, &e);
 	}
 	out->be = be;
 	out->id = id;

@@ -10,7 +10,7 @@
 #include "consts.h"
 #include "layout.h"
 
-/* (family, proto, port, VIP) -> service */
+/* (family, proto, port, VIP) -> service, IPv6 VIPs */
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, XDPLB_MAX_SERVICES);
@@ -18,6 +18,15 @@ struct {
 	__type(key, struct xdplb_service_key);
 	__type(value, struct xdplb_service);
 } xdplb_services SEC(".maps");
+
+/* (VIP, port, proto) -> service, IPv4 VIPs */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XDPLB_MAX_SERVICES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, struct xdplb_service4_key);
+	__type(value, struct xdplb_service);
+} xdplb_services4 SEC(".maps");
 
 /* backend id -> backend */
 struct {
@@ -76,8 +85,10 @@ struct {
 	__type(value, struct xdplb_config);
 } xdplb_config SEC(".maps");
 
-/* Connection table: flow -> backend. One key space (a flow that moves to
- * another CPU keeps its backend) with per-CPU LRU lists (no shared LRU lock). */
+/* Connection tables: flow -> backend, one per family (IPv6 here, IPv4 in
+ * xdplb_conntrack4 with a 16-byte key, cheaper to hash and compare). One key
+ * space each (a flow that moves to another CPU keeps its backend) with
+ * per-CPU LRU lists (no shared LRU lock). */
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
 	__uint(max_entries, XDPLB_CT_SIZE);
@@ -86,6 +97,15 @@ struct {
 	__type(key, struct xdplb_flow_key);
 	__type(value, struct xdplb_ct_entry);
 } xdplb_conntrack SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, XDPLB_CT_SIZE);
+	__uint(map_flags, BPF_F_NO_COMMON_LRU);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, struct xdplb_flow4_key);
+	__type(value, struct xdplb_ct_entry);
+} xdplb_conntrack4 SEC(".maps");
 
 /* service id -> packets/bytes forwarded */
 struct {

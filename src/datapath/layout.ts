@@ -59,13 +59,19 @@ export const IPPROTO_ICMPV6 = 58;
 
 /** Map names in the object (also their pin names under the bpffs directory). */
 export const MAP_NAMES = {
+  /** IPv6 VIPs (struct xdplb_service_key) */
   services: 'xdplb_services',
+  /** IPv4 VIPs (struct xdplb_service4_key) */
+  services4: 'xdplb_services4',
   backends: 'xdplb_backends',
   nexthops: 'xdplb_nexthops',
   nexthopRefreshes: 'xdplb_nexthop_refreshes',
   maglev: 'xdplb_maglev',
   config: 'xdplb_config',
+  /** IPv6 flows (struct xdplb_flow_key) */
   conntrack: 'xdplb_conntrack',
+  /** IPv4 flows (struct xdplb_flow4_key) */
+  conntrack4: 'xdplb_conntrack4',
   serviceStats: 'xdplb_svc_stats',
   backendStats: 'xdplb_be_stats',
   reasons: 'xdplb_reasons',
@@ -104,6 +110,10 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
   xdplb_service_key: {
     size: 20,
     fields: { family: { offset: 0, size: 1 }, proto: { offset: 1, size: 1 }, port: { offset: 2, size: 2 }, vip: { offset: 4, size: 16 } },
+  },
+  xdplb_service4_key: {
+    size: 8,
+    fields: { vip: { offset: 0, size: 4 }, port: { offset: 4, size: 2 }, proto: { offset: 6, size: 1 }, pad: { offset: 7, size: 1 } },
   },
   xdplb_service: {
     size: 8,
@@ -152,6 +162,17 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
       proto: { offset: 36, size: 1 },
       family: { offset: 37, size: 1 },
       pad: { offset: 38, size: 2 },
+    },
+  },
+  xdplb_flow4_key: {
+    size: 16,
+    fields: {
+      src: { offset: 0, size: 4 },
+      dst: { offset: 4, size: 4 },
+      sport: { offset: 8, size: 2 },
+      dport: { offset: 10, size: 2 },
+      proto: { offset: 12, size: 1 },
+      pad: { offset: 13, size: 3 },
     },
   },
   xdplb_ct_entry: {
@@ -207,11 +228,13 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
 /** Key and value struct of each map (u32/u64: plain integers, u32 keys are indexes). */
 export const MAP_LAYOUT: Readonly<Record<string, { key: string; value: string }>> = {
   xdplb_services: { key: 'xdplb_service_key', value: 'xdplb_service' },
+  xdplb_services4: { key: 'xdplb_service4_key', value: 'xdplb_service' },
   xdplb_backends: { key: 'u32', value: 'xdplb_backend' },
   xdplb_nexthops: { key: 'u32', value: 'xdplb_nexthop' },
   xdplb_nexthop_refreshes: { key: 'u32', value: 'u64' },
   xdplb_config: { key: 'u32', value: 'xdplb_config' },
   xdplb_conntrack: { key: 'xdplb_flow_key', value: 'xdplb_ct_entry' },
+  xdplb_conntrack4: { key: 'xdplb_flow4_key', value: 'xdplb_ct_entry' },
   xdplb_svc_stats: { key: 'u32', value: 'xdplb_counter' },
   xdplb_be_stats: { key: 'u32', value: 'xdplb_counter' },
   xdplb_reasons: { key: 'u32', value: 'xdplb_counter' },
@@ -334,9 +357,46 @@ export function decodeServiceKey(b: Buffer): ServiceKey {
   };
 }
 
-/** Key of the VIP entry that says whether the VIP answers ICMP echo. */
+// ---- struct xdplb_service4_key ----
+export function encodeService4Key(k: ServiceKey): Buffer {
+  if (familyOf(k.vip) !== 4) throw new RangeError(`not an IPv4 VIP: ${k.vip}`);
+  const b = Buffer.alloc(LAYOUT.xdplb_service4_key.size);
+  addressBytes(k.vip).copy(b, F('xdplb_service4_key', 'vip'));
+  b.writeUInt16BE(k.port, F('xdplb_service4_key', 'port'));
+  b.writeUInt8(k.proto, F('xdplb_service4_key', 'proto'));
+  return b;
+}
+
+export function decodeService4Key(b: Buffer): ServiceKey {
+  return {
+    vip: addressText(b.subarray(F('xdplb_service4_key', 'vip')), 4),
+    port: b.readUInt16BE(F('xdplb_service4_key', 'port')),
+    proto: b.readUInt8(F('xdplb_service4_key', 'proto')),
+  };
+}
+
+/**
+ * A service's key in the service map of its VIP's family: xdplb_services4
+ * (8 bytes) for IPv4, xdplb_services (20 bytes) for IPv6. The length says
+ * which map a key belongs to (serviceMapOf).
+ */
+export function serviceMapKey(k: ServiceKey): Buffer {
+  return familyOf(k.vip) === 4 ? encodeService4Key(k) : encodeServiceKey(k);
+}
+
+/** The service map a serviceMapKey() key belongs to. */
+export function serviceMapOf(key: Buffer): 'services' | 'services4' {
+  return key.length === LAYOUT.xdplb_service4_key.size ? 'services4' : 'services';
+}
+
+/** Decodes a key of either service map. */
+export function decodeServiceMapKey(key: Buffer): ServiceKey {
+  return serviceMapOf(key) === 'services4' ? decodeService4Key(key) : decodeServiceKey(key);
+}
+
+/** Key (serviceMapKey) of the VIP entry that says whether the VIP answers ICMP echo. */
 export function vipEntryKey(vip: string): Buffer {
-  return encodeServiceKey({ vip, port: 0, proto: familyOf(vip) === 4 ? IPPROTO_ICMP : IPPROTO_ICMPV6 });
+  return serviceMapKey({ vip, port: 0, proto: familyOf(vip) === 4 ? IPPROTO_ICMP : IPPROTO_ICMPV6 });
 }
 
 // ---- struct xdplb_service ----
@@ -505,6 +565,33 @@ export function decodeFlowKey(b: Buffer): FlowKey {
     dport: b.readUInt16BE(F('xdplb_flow_key', 'dport')),
     proto: b.readUInt8(F('xdplb_flow_key', 'proto')),
   };
+}
+
+// ---- struct xdplb_flow4_key ----
+export function encodeFlow4Key(k: FlowKey): Buffer {
+  if (familyOf(k.src) !== 4 || familyOf(k.dst) !== 4) throw new RangeError(`not an IPv4 flow: ${k.src} -> ${k.dst}`);
+  const b = Buffer.alloc(LAYOUT.xdplb_flow4_key.size);
+  addressBytes(k.src).copy(b, F('xdplb_flow4_key', 'src'));
+  addressBytes(k.dst).copy(b, F('xdplb_flow4_key', 'dst'));
+  b.writeUInt16BE(k.sport, F('xdplb_flow4_key', 'sport'));
+  b.writeUInt16BE(k.dport, F('xdplb_flow4_key', 'dport'));
+  b.writeUInt8(k.proto, F('xdplb_flow4_key', 'proto'));
+  return b;
+}
+
+export function decodeFlow4Key(b: Buffer): FlowKey {
+  return {
+    src: addressText(b.subarray(F('xdplb_flow4_key', 'src')), 4),
+    dst: addressText(b.subarray(F('xdplb_flow4_key', 'dst')), 4),
+    sport: b.readUInt16BE(F('xdplb_flow4_key', 'sport')),
+    dport: b.readUInt16BE(F('xdplb_flow4_key', 'dport')),
+    proto: b.readUInt8(F('xdplb_flow4_key', 'proto')),
+  };
+}
+
+/** The connection table of a flow's family and its key there. */
+export function conntrackKey(k: FlowKey): { map: 'conntrack' | 'conntrack4'; key: Buffer } {
+  return familyOf(k.src) === 4 ? { map: 'conntrack4', key: encodeFlow4Key(k) } : { map: 'conntrack', key: encodeFlowKey(k) };
 }
 
 // ---- struct xdplb_ct_entry ----

@@ -36,7 +36,7 @@ function serviceFlags(s: ServiceSpec): number {
 }
 
 function tupleKey(s: { vip: string; port: number; protocol: string }): string {
-  return L.encodeServiceKey({ vip: s.vip, port: s.port, proto: PROTO[s.protocol] }).toString('hex');
+  return L.serviceMapKey({ vip: s.vip, port: s.port, proto: PROTO[s.protocol] }).toString('hex');
 }
 
 const backendKey = (address: string, port: number) => `${address}|${port}`;
@@ -147,10 +147,11 @@ export class LbDatapath implements DatapathSink {
   /** Rebuilds the bookkeeping from what the maps hold after a restart. */
   private adopt(): void {
     const byService = new Map<number, InstalledService>();
-    for (const key of this.maps.services.keys()) {
-      const value = this.maps.services.lookup(key);
+    const keys = [...this.maps.services4.keys(), ...this.maps.services.keys()];
+    for (const key of keys) {
+      const value = this.maps[L.serviceMapOf(key)].lookup(key);
       if (!value) continue;
-      const k = L.decodeServiceKey(key);
+      const k = L.decodeServiceMapKey(key);
       const v = L.decodeService(value);
       if (k.proto === L.IPPROTO_ICMP || k.proto === L.IPPROTO_ICMPV6) {
         this.vipEntries.set(key.toString('hex'), v.flags);
@@ -415,13 +416,17 @@ export class LbDatapath implements DatapathSink {
     }
     this.swapTables(swaps);
     // Services only once their tables are in place.
-    this.maps.services.batchUpdate(serviceKeys, serviceValues);
+    for (const map of ['services4', 'services'] as const) {
+      const i = serviceKeys.flatMap((k, j) => (L.serviceMapOf(k) === map ? [j] : []));
+      this.maps[map].batchUpdate(i.map((j) => serviceKeys[j]), i.map((j) => serviceValues[j]));
+    }
     for (const [keyHex, spec] of wanted) this.releaseBackends(this.installed.get(keyHex) as InstalledService, spec);
 
     const removed = [...this.installed].filter(([keyHex]) => !wanted.has(keyHex)).map(([, s]) => s);
     if (removed.length) {
       // Unreachable first (service map), then the table, then its backends.
-      this.maps.services.batchDelete(removed.map((s) => Buffer.from(s.keyHex, 'hex')));
+      const keys = removed.map((s) => Buffer.from(s.keyHex, 'hex'));
+      for (const map of ['services4', 'services'] as const) this.maps[map].batchDelete(keys.filter((k) => L.serviceMapOf(k) === map));
       // The kernel has no batched delete for map-in-map: one syscall (and one
       // RCU wait) per removed table.
       for (const s of removed) this.maps.maglev.delete(L.u32(s.id));
@@ -478,12 +483,14 @@ export class LbDatapath implements DatapathSink {
     }
     for (const [k, flags] of wanted) {
       if (this.vipEntries.get(k) === flags) continue;
-      this.maps.services.update(Buffer.from(k, 'hex'), L.encodeService({ id: 0, flags }));
+      const key = Buffer.from(k, 'hex');
+      this.maps[L.serviceMapOf(key)].update(key, L.encodeService({ id: 0, flags }));
       this.vipEntries.set(k, flags);
     }
     for (const k of [...this.vipEntries.keys()]) {
       if (wanted.has(k)) continue;
-      this.maps.services.delete(Buffer.from(k, 'hex'));
+      const key = Buffer.from(k, 'hex');
+      this.maps[L.serviceMapOf(key)].delete(key);
       this.vipEntries.delete(k);
     }
   }
@@ -541,7 +548,8 @@ export class LbDatapath implements DatapathSink {
       const q = bpf.queryXdp(a.ifindex);
       return { interface: name, ifindex: a.ifindex, mode: q.mode, programId: q.progId };
     });
-    const conntrack = await this.maps.conntrack.count();
+    // the connection table: IPv6 flows in xdplb_conntrack, IPv4 in xdplb_conntrack4
+    const [ct6, ct4] = await Promise.all([this.maps.conntrack.count(), this.maps.conntrack4.count()]);
     const backends = services.reduce((n, s) => n + s.backends.length, 0);
     return {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
@@ -554,7 +562,7 @@ export class LbDatapath implements DatapathSink {
         { name: L.MAP_NAMES.services, entries: this.installed.size + this.vipEntries.size, capacity: this.maps.services.maxEntries },
         { name: L.MAP_NAMES.backends, entries: backends, capacity: this.maps.backends.maxEntries },
         { name: L.MAP_NAMES.maglev, entries: this.installed.size, capacity: this.maps.maglev.maxEntries },
-        { name: L.MAP_NAMES.conntrack, entries: conntrack, capacity: this.maps.conntrack.maxEntries },
+        { name: L.MAP_NAMES.conntrack, entries: ct6 + ct4, capacity: this.maps.conntrack.maxEntries + this.maps.conntrack4.maxEntries },
       ],
       services: services.length,
       backends,

@@ -144,7 +144,7 @@ export class Metrics {
     });
     new Gauge({
       name: 'xdplb_map_entries',
-      help: 'Entries in a datapath map (xdplb_conntrack: the connection table fill)',
+      help: 'Entries in a datapath map (xdplb_conntrack: the connection table fill, IPv4 flows of xdplb_conntrack4 included)',
       labelNames: ['map'],
       registers,
       collect() {

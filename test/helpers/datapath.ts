@@ -47,16 +47,19 @@ export class Lb {
   }
 
   service(s: ServiceSpec): void {
-    this.maps.services.update(L.encodeServiceKey(s), L.encodeService({ id: s.id, flags: s.flags ?? 0 }));
+    const k = L.serviceMapKey(s);
+    this.maps[L.serviceMapOf(k)].update(k, L.encodeService({ id: s.id, flags: s.flags ?? 0 }));
   }
 
   deleteService(s: { vip: string; port: number; proto: number }): void {
-    this.maps.services.delete(L.encodeServiceKey(s));
+    const k = L.serviceMapKey(s);
+    this.maps[L.serviceMapOf(k)].delete(k);
   }
 
   /** The VIP entry: whether the VIP answers ICMP echo. */
   vipEntry(vip: string, echo: boolean): void {
-    this.maps.services.update(L.vipEntryKey(vip), L.encodeService({ id: 0, flags: echo ? L.SVC_F_ICMP_ECHO : 0 }));
+    const k = L.vipEntryKey(vip);
+    this.maps[L.serviceMapOf(k)].update(k, L.encodeService({ id: 0, flags: echo ? L.SVC_F_ICMP_ECHO : 0 }));
   }
 
   backend(b: BackendSpec): void {
