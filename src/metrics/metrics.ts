@@ -135,7 +135,7 @@ export class Metrics {
     });
     new Counter({
       name: 'xdplb_nexthop_lookups_total',
-      help: 'FIB lookups the datapath made to refresh its per-backend next-hop cache (at most one per backend, CPU and second while routes stay)',
+      help: 'Successful FIB lookups stored in the per-backend, per-CPU next-hop cache (about one per backend, CPU and second while traffic flows; failures are pass_fib_* reasons)',
       registers,
       collect() {
         this.reset();
