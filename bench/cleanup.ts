@@ -2,6 +2,21 @@
 // in reverse order of registration, every step attempted even when one fails.
 import type { Teardown } from '../test/helpers/fixtures';
 
+/**
+ * Ctrl-C or SIGTERM during a benchmark: `stopping` turns true, and the
+ * benchmark finishes its current `unit` and cleans up instead of dying with
+ * its namespaces and pins left behind.
+ */
+export function stopOnSignal(unit: string): { readonly stopping: boolean } {
+  const state = { stopping: false };
+  for (const sig of ['SIGINT', 'SIGTERM'] as const)
+    process.once(sig, () => {
+      state.stopping = true;
+      process.stderr.write(`${sig}: cleaning up after the current ${unit}\n`);
+    });
+  return state;
+}
+
 export class Cleanup implements Teardown {
   private fns: Array<() => void | Promise<void>> = [];
   teardown(fn: () => void | Promise<void>): void {

@@ -51,7 +51,7 @@ import { REASON, REASON_COUNT } from '../src/datapath/reasons';
 import type { ServiceSpec } from '../src/control/model';
 import { ether, ipv4, ipv6, tcp, TCP_ACK, TCP_PSH } from '../test/helpers/packets';
 import { pinDir } from '../test/helpers/fixtures';
-import { Cleanup } from './cleanup';
+import { Cleanup, stopOnSignal } from './cleanup';
 import { ethtool, liveLab, liveNode, openLiveDatapath, sumMatching } from './live-lab';
 
 const ROUNDS = Number(process.argv[2] ?? 5);
@@ -105,12 +105,7 @@ function median(xs: number[]): number {
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('needs root: BPF, bpffs and network namespaces');
   const cleanup = new Cleanup();
-  let stopping = false;
-  for (const sig of ['SIGINT', 'SIGTERM'] as const)
-    process.once(sig, () => {
-      stopping = true;
-      process.stderr.write(`${sig}: cleaning up after the current round\n`);
-    });
+  const signal = stopOnSignal('round');
   const t0 = Date.now();
   try {
     const lab = liveLab(cleanup);
@@ -146,7 +141,7 @@ async function main(): Promise<void> {
       { count: MANY, m: M_MANY },
     ];
     for (const w of worlds) {
-      if (stopping) break;
+      if (signal.stopping) break;
       const bpffs = pinDir(cleanup);
       const node = liveNode({ bpffs, dir: path.join(stateDir, String(w.count)), maglevSize: w.m });
       const tApply = Date.now();
@@ -166,7 +161,7 @@ async function main(): Promise<void> {
       };
 
       for (const fam of [4, 6] as const) {
-        if (stopping) break;
+        if (signal.stopping) break;
         const frame = frames[fam];
         // the flow's first packet makes the connection-table entry; then calibrate
         use(dp.program);
@@ -176,7 +171,7 @@ async function main(): Promise<void> {
         const pps: Record<'empty' | 'lb', number[]> = { empty: [], lb: [] };
         const offered: Record<'empty' | 'lb', number[]> = { empty: [], lb: [] };
         const ratios: number[] = [];
-        for (let r = 0; r < ROUNDS && !stopping; r++) {
+        for (let r = 0; r < ROUNDS && !signal.stopping; r++) {
           for (const which of ['empty', 'lb'] as const) {
             use(which === 'empty' ? empty : dp.program);
             const before = reasons();

@@ -37,7 +37,7 @@ import { NO_ROTATION } from '../src/recorder/sink-file';
 import { parseFilter } from '../src/recorder/filter';
 import { ether, ipv4, tcp, TCP_ACK, TCP_PSH } from '../test/helpers/packets';
 import { pinDir } from '../test/helpers/fixtures';
-import { Cleanup } from './cleanup';
+import { Cleanup, stopOnSignal } from './cleanup';
 import { ethtool, liveLab, liveNode, openLiveDatapath, sumMatching } from './live-lab';
 import type { GeneratorResult, GeneratorSetup, GeneratorStep } from './live-frames-worker';
 
@@ -87,12 +87,7 @@ async function startXdpdump(lbNs: string, file: string): Promise<{ stop(): Promi
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('needs root: BPF, bpffs and network namespaces');
   const cleanup = new Cleanup();
-  let stopping = false;
-  for (const sig of ['SIGINT', 'SIGTERM'] as const)
-    process.once(sig, () => {
-      stopping = true;
-      process.stderr.write(`${sig}: cleaning up after the current step\n`);
-    });
+  const signal = stopOnSignal('step');
   const t0 = Date.now();
   try {
     const lab = liveLab(cleanup);
@@ -135,7 +130,7 @@ async function main(): Promise<void> {
     let bestRec = 0;
     let bestDump = 0;
     for (const burst of BURSTS) {
-      if (stopping) break;
+      if (signal.stopping) break;
       const dump = xdpdumpError ? undefined : await startXdpdump(lbNs, path.join(dir, `xdpdump-${burst}.pcap`));
       const rec = recorder.startFile(
         { name: 'bench', filters: [parseFilter(`dst=${VIP4}/32`)], capLength: 0, stop: { packets: 0, bytes: 0, durationMs: 0 }, format: 'pcap' },
