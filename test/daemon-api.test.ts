@@ -8,8 +8,8 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
-import { daemonFixture, rpc } from './helpers/daemon';
-import { needsRoot, sh } from './helpers/fixtures';
+import { daemonFixture, reflectedServices, rpc } from './helpers/daemon';
+import { needsRoot } from './helpers/fixtures';
 
 const FILE_SERVICES = `
   - name: web
@@ -208,21 +208,7 @@ t.test('standard health service and server reflection answer', needsRoot, async 
     );
     t.equal(res.status, 'SERVING', `health of "${service}"`);
   }
-  const reflDir = path.dirname(require.resolve('@grpc/reflection/package.json'));
-  const reflProto = sh('find', reflDir, '-name', 'reflection.proto', '-path', '*v1alpha*').trim().split('\n')[0];
-  const reflDef = protoLoader.loadSync(reflProto, { keepCase: true });
-  const refl = grpc.loadPackageDefinition(reflDef) as unknown as { grpc: { reflection: { v1alpha: { ServerReflection: grpc.ServiceClientConstructor } } } };
-  const rc = new refl.grpc.reflection.v1alpha.ServerReflection(`unix:${d.socket}`, grpc.credentials.createInsecure());
-  t.teardown(() => rc.close());
-  const stream = (rc as unknown as { ServerReflectionInfo(): grpc.ClientDuplexStream<unknown, { list_services_response?: { service: Array<{ name: string }> } }> }).ServerReflectionInfo();
-  const names = await new Promise<string[]>((resolve, reject) => {
-    stream.on('data', (r) => {
-      resolve((r.list_services_response?.service ?? []).map((s: { name: string }) => s.name));
-      stream.end();
-    });
-    stream.on('error', reject);
-    stream.write({ list_services: '*' });
-  });
+  const names = await reflectedServices(t, d.socket);
   t.ok(names.includes('xdplb.v1.LoadBalancer'), `reflection lists ${names.join(', ')}`);
 });
 

@@ -7,10 +7,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
-import { daemonFixture, rpc, type DaemonFixture } from './helpers/daemon';
+import { daemonFixture, reflectedServices, rpc, type DaemonFixture } from './helpers/daemon';
 import { needsRoot, sh } from './helpers/fixtures';
 import { VIP4 } from './helpers/recorder';
 
@@ -236,19 +235,6 @@ t.test('Python grpcio starts, lists and stops a recording; reflection lists the 
   t.same(out.stopped, { same_id: true, state: 'RECORDING_STATE_STOPPED', reason: 'STOP_REASON_REQUESTED', closed: [true] });
   t.equal(out.missing, 'NOT_FOUND');
 
-  const reflDir = path.dirname(require.resolve('@grpc/reflection/package.json'));
-  const reflProto = sh('find', reflDir, '-name', 'reflection.proto', '-path', '*v1alpha*').trim().split('\n')[0];
-  const refl = grpc.loadPackageDefinition(protoLoader.loadSync(reflProto, { keepCase: true })) as unknown as { grpc: { reflection: { v1alpha: { ServerReflection: grpc.ServiceClientConstructor } } } };
-  const rc = new refl.grpc.reflection.v1alpha.ServerReflection(`unix:${d.socket}`, grpc.credentials.createInsecure());
-  t.teardown(() => rc.close());
-  const stream = (rc as unknown as { ServerReflectionInfo(): grpc.ClientDuplexStream<unknown, { list_services_response?: { service: Array<{ name: string }> } }> }).ServerReflectionInfo();
-  const names = await new Promise<string[]>((resolve, reject) => {
-    stream.on('data', (r) => {
-      resolve((r.list_services_response?.service ?? []).map((s: { name: string }) => s.name));
-      stream.end();
-    });
-    stream.on('error', reject);
-    stream.write({ list_services: '*' });
-  });
+  const names = await reflectedServices(t, d.socket);
   t.ok(names.includes('xdplb.v1.Recorder'), `reflection lists ${names.join(', ')}`);
 });

@@ -7,6 +7,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
 import { connect, type Client } from '../../src/cli/client';
 import * as bpf from '../../src/datapath/bpf';
 import { netns, pinDir, sh, veth, type Teardown } from './fixtures';
@@ -198,4 +199,22 @@ export function peerSender(t: Teardown, d: DaemonFixture): PeerSender {
         return frames.length * repeat;
       }),
   };
+}
+
+/** The services a daemon's server reflection lists, asked through @grpc/reflection's own proto. */
+export async function reflectedServices(t: Teardown, socket: string): Promise<string[]> {
+  const reflDir = path.dirname(require.resolve('@grpc/reflection/package.json'));
+  const reflProto = sh('find', reflDir, '-name', 'reflection.proto', '-path', '*v1alpha*').trim().split('\n')[0];
+  const refl = grpc.loadPackageDefinition(protoLoader.loadSync(reflProto, { keepCase: true })) as unknown as { grpc: { reflection: { v1alpha: { ServerReflection: grpc.ServiceClientConstructor } } } };
+  const rc = new refl.grpc.reflection.v1alpha.ServerReflection(`unix:${socket}`, grpc.credentials.createInsecure());
+  t.teardown(() => rc.close());
+  const stream = (rc as unknown as { ServerReflectionInfo(): grpc.ClientDuplexStream<unknown, { list_services_response?: { service: Array<{ name: string }> } }> }).ServerReflectionInfo();
+  return new Promise<string[]>((resolve, reject) => {
+    stream.on('data', (r) => {
+      resolve((r.list_services_response?.service ?? []).map((s: { name: string }) => s.name));
+      stream.end();
+    });
+    stream.on('error', reject);
+    stream.write({ list_services: '*' });
+  });
 }
