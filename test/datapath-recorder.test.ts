@@ -10,6 +10,7 @@ import * as P from './helpers/packets';
 import { world, oneBackend, decap, ipPacket, tsharkCheck, scratch, VIP4, VIP6, CLIENT4, CLIENT6 } from './helpers/datapath';
 import { recorderMaps, collector, entryCaplen, type Sample } from './helpers/datapath-recorder';
 import { needsRoot } from './helpers/fixtures';
+import { seededRandom } from './helpers/random';
 
 const TCP = L.IPPROTO_TCP;
 const BACKEND4 = '198.51.100.10';
@@ -207,17 +208,6 @@ t.test('without a reader the samples are counted as output failures, and forward
 
 // ---- agreement with the reference matcher ----
 
-/** mulberry32: a seeded generator, so a failure can be replayed */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 function maskTo(bytes: Uint8Array, len: number): Uint8Array {
   const out = new Uint8Array(16);
@@ -231,7 +221,7 @@ interface RandomPacket {
 }
 
 function randomWorld(seed: number) {
-  const rand = rng(seed);
+  const rand = seededRandom(seed);
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(rand() * xs.length)];
   const int = (n: number) => Math.floor(rand() * n);
   const addr = (family: 4 | 6, side: 'src' | 'dst'): Uint8Array => {

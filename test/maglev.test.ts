@@ -13,6 +13,7 @@ import {
 } from '../src/maglev';
 import { SEED_OFFSET, SEED_SKIP } from '../src/maglev/table';
 import { murmur3, murmur3String } from '../src/maglev/hash';
+import { seededRandom } from './helpers/random';
 
 // ---- helpers ----------------------------------------------------------------
 
@@ -36,16 +37,9 @@ function counts(table: Uint32Array): Map<number, number> {
   return c;
 }
 
-/** Deterministic shuffle (mulberry32), so a failure can be replayed. */
+/** Deterministic shuffle, so a failure can be replayed. */
 function shuffled<T>(items: readonly T[], seed: number): T[] {
-  let s = seed >>> 0;
-  const rand = (): number => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let x = s;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
+  const rand = seededRandom(seed);
   const a = items.slice();
   for (let i = a.length - 1; i > 0; i--) {
     const j = Math.floor(rand() * (i + 1));

@@ -29,6 +29,7 @@ import {
   type CompiledFilters,
   type Tuple,
 } from '../src/recorder/filter';
+import { seededRandom } from './helpers/random';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 
@@ -329,7 +330,7 @@ class Maps {
 }
 
 t.test('recompiling keeps the slots of surviving shapes, and the diff moves the maps safely', async (t) => {
-  const rand = prng(7);
+  const rand = seededRandom(7);
   const A: RuleFilters = { ruleId: 1, filters: ['src=10.0.0.0/8', 'dst=203.0.113.10 sport=80 proto=tcp'].map((x) => parseFilter(x)) };
   const B: RuleFilters = { ruleId: 2, filters: ['dst=203.0.113.0/24', 'dst=203.0.113.10 dport=443 proto=tcp', 'src=2001:db8::/32'].map((x) => parseFilter(x)) };
   const C: RuleFilters = { ruleId: 3, filters: ['dport=53 proto=udp', 'src=10.0.0.0/8', 'src=192.0.2.0/25'].map((x) => parseFilter(x)) };
@@ -389,17 +390,6 @@ t.test('recompiling keeps the slots of surviving shapes, and the diff moves the 
 
 // ---- scale and agreement -----------------------------------------------------------
 
-/** mulberry32: a small seeded PRNG, so every run sees the same "random" input. */
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let x = a;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 t.test('100,000 filters in 64 rules and 4 shapes compile to 4 masks; every one is found', async (t) => {
   const filters: RuleFilters[] = Array.from({ length: 64 }, (_, r) => ({ ruleId: r, filters: [] as Filter[] }));
@@ -525,7 +515,7 @@ function randomPacket(rand: () => number, rules: RuleFilters[]): Tuple {
 }
 
 t.test('the masked lookup agrees with the plain reading: 10,000 random packets x 20 random filter sets', async (t) => {
-  const rand = prng(0x5eed);
+  const rand = seededRandom(0x5eed);
   let packets = 0;
   let matched = 0;
   let multi = 0;
