@@ -266,14 +266,18 @@ function openWorld(c: Cleanup, services: number, ctSize?: number): World {
     const bkeys: Buffer[] = [];
     const bvalues: Buffer[] = [];
     const tables: Array<readonly [number, Uint32Array]> = [];
-    for (const s of caseServices) {
+    const ids: Buffer[] = [];
+    const defs: Buffer[] = [];
+    const add = (s: { vip: string; port: number; id: number; flags: number }) => {
       keys.push(L.serviceMapKey({ vip: s.vip, port: s.port, proto: L.IPPROTO_TCP }));
       values.push(L.encodeService({ id: s.id, flags: s.flags }));
-    }
+      ids.push(L.u32(s.id));
+      defs.push(L.encodeServiceDef({ ...s, proto: L.IPPROTO_TCP }));
+    };
+    for (const s of caseServices) add(s);
     for (let k = 0; keys.length < services; k++) {
       const f = fillerService(k);
-      keys.push(L.serviceMapKey({ vip: f.vip, port: f.port, proto: L.IPPROTO_TCP }));
-      values.push(L.encodeService({ id: f.id, flags: 0 }));
+      add({ ...f, flags: 0 });
       for (const id of backendIds(f.id)) {
         bkeys.push(L.u32(id));
         bvalues.push(L.encodeBackend({ address: backendAddress(f.family, id), port: 80, state: L.BACKEND_ACTIVE }));
@@ -282,6 +286,7 @@ function openWorld(c: Cleanup, services: number, ctSize?: number): World {
     }
     lb.maps.backends.batchUpdate(bkeys, bvalues);
     w.tables.installMany(lb, tables);
+    lb.maps.servicesById.batchUpdate(ids, defs);
     for (const map of ['services4', 'services'] as const) {
       const i = keys.flatMap((k, j) => (L.serviceMapOf(k) === map ? [j] : []));
       lb.maps[map].batchUpdate(i.map((j) => keys[j]), i.map((j) => values[j]));
@@ -466,7 +471,7 @@ interface Row {
   upto?: Record<string, number>;
 }
 
-const PROFILE_STEPS = ['bench_upto_parse', 'bench_upto_service', 'bench_upto_backend', 'bench_upto_route', 'bench_upto_encap'];
+const PROFILE_STEPS = ['bench_upto_parse', 'bench_upto_conntrack', 'bench_upto_backend', 'bench_upto_route', 'bench_upto_encap'];
 
 function runCase(w: World, fib: FibNs, c: Case, profile: boolean): Row {
   const undo = prepare(w, fib, c);
@@ -520,8 +525,8 @@ function table(rows: Row[]): string {
 
 const STEP_LABELS: Record<string, string> = {
   bench_upto_parse: '1 parse (Ethernet, IP, TCP)',
-  bench_upto_service: '3 config + service lookup (hash, exact port)',
-  bench_upto_backend: '4 connection table hit + backend (+ flow hash where needed: IPv6)',
+  bench_upto_conntrack: 'config + connection-table lookup (hit)',
+  bench_upto_backend: '3/4 service by id (array) + its check + backend (+ flow hash where needed: IPv6)',
   bench_upto_route: '6a/8a/7 outer-header plan + next hop (cache hit) + PMTU check',
   bench_upto_encap: '5/6 DNAT (if on) + adjust_head + outer header',
   bench_lb: '8/10 MACs, verdict, reason/service/backend counters (= whole program)',

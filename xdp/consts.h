@@ -6,7 +6,7 @@
 #define XDPLB_CONSTS_H
 
 /* ---- capacities (max_entries; the daemon may override some at load) ---- */
-#define XDPLB_MAX_SERVICES	65536	/* services hash, Maglev outer map, service stats */
+#define XDPLB_MAX_SERVICES	65536	/* services hashes, services by id, Maglev outer map, service stats */
 #define XDPLB_MAX_BACKENDS	262144	/* backends array, backend stats */
 #define XDPLB_CT_SIZE		262144	/* connection table (LRU, per-CPU LRU lists) */
 #define XDPLB_MAX_DEVICES	256	/* devmap for XDP_REDIRECT, keyed by ifindex */

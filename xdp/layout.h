@@ -38,6 +38,18 @@ struct xdplb_service {
 	__u32 flags;		/* 4: XDPLB_SVC_F_* */
 };				/* 8 */
 
+/* xdplb_svc_by_id value, indexed by service id: a service as its
+ * xdplb_services / xdplb_services4 entry names it, so that a connection-table
+ * hit finds its service without the hash lookup, and can tell whether that
+ * service still serves the flow. family 0: no service has this id. */
+struct xdplb_service_def {
+	__u8 vip[16];		/* 0: IPv4 in vip[0..3], vip[4..15] zero */
+	__be16 port;		/* 16: network order; 0 = every port */
+	__u8 proto;		/* 18: IPPROTO_TCP, IPPROTO_UDP */
+	__u8 family;		/* 19: XDPLB_FAMILY_V4/V6; 0 = empty slot */
+	struct xdplb_service svc; /* 20: the same as its service-map value */
+};				/* 28 */
+
 /* xdplb_backends value, indexed by backend id (the ids in Maglev tables) */
 struct xdplb_backend {
 	__u8 addr[16];		/* 0: IPv4 in addr[0..3] */
@@ -103,7 +115,7 @@ struct xdplb_flow4_key {
 /* xdplb_conntrack and xdplb_conntrack4 value */
 struct xdplb_ct_entry {
 	__u32 backend_id;	/* 0 */
-	__u32 service_id;	/* 4: an entry of another service (id reused) is ignored */
+	__u32 service_id;	/* 4: xdplb_svc_by_id index; ignored unless that service still serves the flow */
 };				/* 8 */
 
 /* xdplb_svc_stats, xdplb_be_stats, xdplb_reasons: per-CPU values */
@@ -168,6 +180,7 @@ struct xdplb_rec_meta {
 _Static_assert(sizeof(struct xdplb_service_key) == 20, "service key");
 _Static_assert(sizeof(struct xdplb_service4_key) == 8, "IPv4 service key");
 _Static_assert(sizeof(struct xdplb_service) == 8, "service");
+_Static_assert(sizeof(struct xdplb_service_def) == 28, "service by id");
 _Static_assert(sizeof(struct xdplb_backend) == 20, "backend");
 _Static_assert(sizeof(struct xdplb_nexthop) == 56, "next hop");
 _Static_assert(sizeof(struct xdplb_config) == 32, "config");

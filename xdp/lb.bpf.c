@@ -5,10 +5,15 @@
  *   1 parse  2 recorder (in)  3 service  4 backend  5 L4 DNAT  6 encap
  *   7 PMTU  8 FIB/L2  9 recorder (out)  10 counters
  *
- * One deviation from the numbering, on purpose: the FIB lookup of step 8 runs
- * before steps 5 and 6 change anything, because step 7 needs its MTU and
- * because a packet that cannot be forwarded (FIB miss, too big) must reach
- * the kernel, or be quoted in the ICMP error, exactly as it arrived.
+ * Two deviations from the numbering, on purpose:
+ *  - The FIB lookup of step 8 runs before steps 5 and 6 change anything,
+ *    because step 7 needs its MTU and because a packet that cannot be
+ *    forwarded (FIB miss, too big) must reach the kernel, or be quoted in the
+ *    ICMP error, exactly as it arrived.
+ *  - For established flows step 4's connection table comes first and names
+ *    the service too (by id, in an array): one hash lookup per packet instead
+ *    of two. The price is a connection-table miss before the service lookup
+ *    for traffic that is not for a VIP.
  *
  * Choices worth knowing (each counted under its own reason, consts.h):
  *  - Echo: an echo request to a VIP is answered when the VIP entry (service
@@ -97,20 +102,23 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 			return finish(&pkt, XDPLB_R_PASS_ICMP_ECHO_OFF);
 		return finish(&pkt, icmp_echo_reply(ctx, &pkt, cfg));
 	}
-	svc = lookup_service(&pkt.flow);
-	if (!svc)
-		return finish(&pkt, XDPLB_R_PASS_NOT_VIP);
-
-	/* 4. Backend: connection table, then Maglev (which hashes the flow) */
-	r = choose_backend(&pkt, svc, cfg, &choice);
-	if (r != XDPLB_CONTINUE)
-		return finish(&pkt, r);
+	/* 3 + 4. An established flow: the connection table names service and
+	 * backend. Otherwise the service lookup, then Maglev (which hashes the
+	 * flow and remembers the choice) */
+	if (!choose_established(&pkt, &choice)) {
+		svc = lookup_service(&pkt.flow);
+		if (!svc)
+			return finish(&pkt, XDPLB_R_PASS_NOT_VIP);
+		r = choose_backend(&pkt, svc, cfg, &choice);
+		if (r != XDPLB_CONTINUE)
+			return finish(&pkt, r);
+	}
 	if (choice.be->family != pkt.flow.family)
 		return finish(&pkt, XDPLB_R_DROP_FAMILY_MISMATCH);
 	/* an IPv4 connection-table hit with a fixed outer source needs no hash
 	 * at all (a jhash, about 8 ns) */
 	if (!choice.hashed && encap_uses_hash(&pkt, cfg))
-		pkt.hash = flow_hash(&pkt.flow, svc->flags & XDPLB_SVC_F_SRC_HASH);
+		pkt.hash = flow_hash(&pkt.flow, choice.svc.flags & XDPLB_SVC_F_SRC_HASH);
 
 	/* 6a. The outer header to be: source, destination, length */
 	r = plan_encap(&pkt, cfg, choice.be, &plan);
@@ -125,7 +133,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 		return finish(&pkt, r);
 
 	/* 5. L4 DNAT (flows only: ICMP errors travel as they came) */
-	if ((svc->flags & XDPLB_SVC_F_L4_DNAT) && pkt.kind == PKT_FLOW)
+	if ((choice.svc.flags & XDPLB_SVC_F_L4_DNAT) && pkt.kind == PKT_FLOW)
 		l4_dnat(ctx, &pkt, choice.be->port);
 
 	/* 6. Encapsulation */
@@ -142,7 +150,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 	/* 10. Counters */
 	count_reason(r, pkt.frame_len);
 	if (verdict == XDP_TX || verdict == XDP_REDIRECT)
-		count_forward(svc->id, choice.id, pkt.frame_len);
+		count_forward(choice.svc.id, choice.id, pkt.frame_len);
 	return verdict;
 }
 

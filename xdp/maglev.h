@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Step 4: the flow hash and the backend choice (connection table, then the
- * service's Maglev table). src/datapath/flowhash.ts computes the same hash
- * bit for bit. */
+/* Steps 3 and 4: the service and the backend of a flow (the connection
+ * table, or the service lookup and the service's Maglev table), and the flow
+ * hash, which src/datapath/flowhash.ts computes bit for bit. */
 #ifndef XDPLB_MAGLEV_H
 #define XDPLB_MAGLEV_H
 
@@ -174,38 +174,69 @@ static __always_inline void ct_update(const struct xdplb_flow_key *f, const stru
 }
 
 struct backend_choice {
+	struct xdplb_service svc;	/* the flow's service, copied: the same scalars whichever map it came from */
 	struct xdplb_backend *be;
 	__u32 id;
 	__u32 hashed;		/* pkt->hash set: the Maglev path needs it, a connection-table hit does not */
 };
 
-/* Step 4. Connection table first (unless bypassed): an entry of this service
- * whose backend is active or draining keeps the flow there. Otherwise the
- * Maglev table at flow hash % M, which must name an active backend; the choice is
- * then remembered (not for ICMP errors: they follow flows, never start them).
+/* Whether d is the service of flow f: its VIP, protocol and port, or its
+ * VIP's all-ports service while the flow's port has no service of its own
+ * (as lookup_service() would find it). Addresses of either family compare as
+ * 16 bytes: an IPv4 one is zero past its 4 bytes in both. */
+static __always_inline int service_serves(const struct xdplb_service_def *d, const struct xdplb_flow_key *f)
+{
+	if (d->family != f->family || d->proto != f->proto ||
+	    *(const __u64 *)d->vip != *(const __u64 *)f->dst ||
+	    *(const __u64 *)(d->vip + 8) != *(const __u64 *)(f->dst + 8))
+		return 0;
+	if (d->port == f->dport)
+		return 1;
+	return d->port == 0 && !lookup_service_key(f, f->proto, f->dport);
+}
+
+/* Steps 3 and 4 for an established flow, in one hash lookup: the connection
+ * table names the service (by id, an array) and the backend. The entry counts
+ * only while that service still serves the flow, keeps using the connection
+ * table, and the backend is active or draining. Returns 1 with *out set, or 0:
+ * then the service lookup and Maglev decide (choose_backend()). */
+static __always_inline int choose_established(const struct packet *pkt, struct backend_choice *out)
+{
+	struct xdplb_service_def *d;
+	struct xdplb_ct_entry *ct;
+	struct xdplb_backend *be;
+	__u32 id;
+
+	ct = ct_lookup(&pkt->flow);
+	if (!ct)
+		return 0;
+	id = ct->service_id;
+	d = bpf_map_lookup_elem(&xdplb_svc_by_id, &id);
+	if (!d || !service_serves(d, &pkt->flow) || (d->svc.flags & XDPLB_SVC_F_CT_BYPASS))
+		return 0;
+	id = ct->backend_id;
+	be = bpf_map_lookup_elem(&xdplb_backends, &id);
+	if (!be || (be->state != XDPLB_BACKEND_ACTIVE && be->state != XDPLB_BACKEND_DRAINING))
+		return 0;
+	out->svc = d->svc;
+	out->be = be;
+	out->id = id;
+	return 1;
+}
+
+/* Step 4 for a flow without a usable connection-table entry: the Maglev
+ * table of its service at flow hash % M, which must name an active backend.
+ * The choice is then remembered (unless the service bypasses the connection
+ * table; never for ICMP errors: they follow flows, never start them).
  * Returns XDPLB_CONTINUE or a drop reason. */
 static __always_inline int choose_backend(struct packet *pkt, const struct xdplb_service *svc,
 					  const struct xdplb_config *cfg, struct backend_choice *out)
 {
-	int use_ct = !(svc->flags & XDPLB_SVC_F_CT_BYPASS);
-	struct xdplb_ct_entry *ct;
 	struct xdplb_backend *be;
 	__u32 m, idx, id, *idp;
 	void *table;
 
-	if (use_ct) {
-		ct = ct_lookup(&pkt->flow);
-		if (ct && ct->service_id == svc->id) {
-			id = ct->backend_id;
-			be = bpf_map_lookup_elem(&xdplb_backends, &id);
-			if (be && (be->state == XDPLB_BACKEND_ACTIVE || be->state == XDPLB_BACKEND_DRAINING)) {
-				out->be = be;
-				out->id = id;
-				return XDPLB_CONTINUE;
-			}
-		}
-	}
-
+	out->svc = *svc;
 	pkt->hash = flow_hash(&pkt->flow, svc->flags & XDPLB_SVC_F_SRC_HASH);
 	out->hashed = 1;
 	table = bpf_map_lookup_elem(&xdplb_maglev, &svc->id);
@@ -221,7 +252,7 @@ static __always_inline int choose_backend(struct packet *pkt, const struct xdplb
 	if (!be || be->state != XDPLB_BACKEND_ACTIVE)
 		return XDPLB_R_DROP_NO_BACKEND;
 
-	if (use_ct && pkt->kind == PKT_FLOW) {
+	if (!(svc->flags & XDPLB_SVC_F_CT_BYPASS) && pkt->kind == PKT_FLOW) {
 		struct xdplb_ct_entry e = { .backend_id = id, .service_id = svc->id };
 
 		ct_update(&pkt->flow, &e);

@@ -28,6 +28,15 @@ struct {
 	__type(value, struct xdplb_service);
 } xdplb_services4 SEC(".maps");
 
+/* service id -> the service (the connection table's way to it) */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XDPLB_MAX_SERVICES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, struct xdplb_service_def);
+} xdplb_svc_by_id SEC(".maps");
+
 /* backend id -> backend */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

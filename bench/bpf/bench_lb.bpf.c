@@ -119,8 +119,8 @@ enum bench_mode {
 	BENCH_NOOP = 0,
 	BENCH_LB,		/* xdplb_process(): the whole packet path */
 	BENCH_UPTO_PARSE,	/* step 1 */
-	BENCH_UPTO_SERVICE,	/* + config and service lookup (step 3) */
-	BENCH_UPTO_BACKEND,	/* + connection table / Maglev, flow hash where needed (step 4) */
+	BENCH_UPTO_CONNTRACK,	/* + config and connection-table lookup */
+	BENCH_UPTO_BACKEND,	/* + the service (by id, or its lookup) and the backend (steps 3, 4) */
 	BENCH_UPTO_ROUTE,	/* + outer header plan and next hop (steps 6a, 8a, 7) */
 	BENCH_UPTO_ENCAP,	/* + L4 DNAT and encapsulation (steps 5, 6) */
 };
@@ -146,17 +146,19 @@ static __always_inline int bench_upto(struct xdp_md *ctx, const int upto)
 	cfg = bpf_map_lookup_elem(&xdplb_config, &zero);
 	if (!cfg)
 		return XDP_ABORTED;
-	svc = lookup_service(&pkt.flow);
-	if (!svc)
-		return XDP_ABORTED;
-	if (upto == BENCH_UPTO_SERVICE)
-		return XDP_TX;
-	if (choose_backend(&pkt, svc, cfg, &choice) != XDPLB_CONTINUE)
-		return XDP_ABORTED;
+	if (upto == BENCH_UPTO_CONNTRACK)
+		return ct_lookup(&pkt.flow) ? XDP_TX : XDP_ABORTED;
+	if (!choose_established(&pkt, &choice)) {
+		svc = lookup_service(&pkt.flow);
+		if (!svc)
+			return XDP_ABORTED;
+		if (choose_backend(&pkt, svc, cfg, &choice) != XDPLB_CONTINUE)
+			return XDP_ABORTED;
+	}
 	if (choice.be->family != pkt.flow.family)
 		return XDP_ABORTED;
 	if (!choice.hashed && encap_uses_hash(&pkt, cfg))
-		pkt.hash = flow_hash(&pkt.flow, svc->flags & XDPLB_SVC_F_SRC_HASH);
+		pkt.hash = flow_hash(&pkt.flow, choice.svc.flags & XDPLB_SVC_F_SRC_HASH);
 	if (upto == BENCH_UPTO_BACKEND)
 		return XDP_TX;
 	if (plan_encap(&pkt, cfg, choice.be, &plan) != XDPLB_CONTINUE)
@@ -165,7 +167,7 @@ static __always_inline int bench_upto(struct xdp_md *ctx, const int upto)
 		return XDP_ABORTED;
 	if (upto == BENCH_UPTO_ROUTE)
 		return XDP_TX;
-	if ((svc->flags & XDPLB_SVC_F_L4_DNAT) && pkt.kind == PKT_FLOW)
+	if ((choice.svc.flags & XDPLB_SVC_F_L4_DNAT) && pkt.kind == PKT_FLOW)
 		l4_dnat(ctx, &pkt, choice.be->port);
 	r = encap(ctx, &pkt, &plan, cfg);
 	if (r != XDPLB_CONTINUE)
@@ -232,7 +234,7 @@ abort:
 BENCH_PROGRAM(bench_lb, BENCH_LB)
 BENCH_PROGRAM(bench_noop, BENCH_NOOP)
 BENCH_PROGRAM(bench_upto_parse, BENCH_UPTO_PARSE)
-BENCH_PROGRAM(bench_upto_service, BENCH_UPTO_SERVICE)
+BENCH_PROGRAM(bench_upto_conntrack, BENCH_UPTO_CONNTRACK)
 BENCH_PROGRAM(bench_upto_backend, BENCH_UPTO_BACKEND)
 BENCH_PROGRAM(bench_upto_route, BENCH_UPTO_ROUTE)
 BENCH_PROGRAM(bench_upto_encap, BENCH_UPTO_ENCAP)

@@ -63,6 +63,8 @@ export const MAP_NAMES = {
   services: 'xdplb_services',
   /** IPv4 VIPs (struct xdplb_service4_key) */
   services4: 'xdplb_services4',
+  /** service id -> the service (struct xdplb_service_def), for connection-table hits */
+  servicesById: 'xdplb_svc_by_id',
   backends: 'xdplb_backends',
   nexthops: 'xdplb_nexthops',
   nexthopRefreshes: 'xdplb_nexthop_refreshes',
@@ -118,6 +120,16 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
   xdplb_service: {
     size: 8,
     fields: { id: { offset: 0, size: 4 }, flags: { offset: 4, size: 4 } },
+  },
+  xdplb_service_def: {
+    size: 28,
+    fields: {
+      vip: { offset: 0, size: 16 },
+      port: { offset: 16, size: 2 },
+      proto: { offset: 18, size: 1 },
+      family: { offset: 19, size: 1 },
+      svc: { offset: 20, size: 8 },
+    },
   },
   xdplb_backend: {
     size: 20,
@@ -229,6 +241,7 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
 export const MAP_LAYOUT: Readonly<Record<string, { key: string; value: string }>> = {
   xdplb_services: { key: 'xdplb_service_key', value: 'xdplb_service' },
   xdplb_services4: { key: 'xdplb_service4_key', value: 'xdplb_service' },
+  xdplb_svc_by_id: { key: 'u32', value: 'xdplb_service_def' },
   xdplb_backends: { key: 'u32', value: 'xdplb_backend' },
   xdplb_nexthops: { key: 'u32', value: 'xdplb_nexthop' },
   xdplb_nexthop_refreshes: { key: 'u32', value: 'u64' },
@@ -414,6 +427,33 @@ export function encodeService(s: Service): Buffer {
 
 export function decodeService(b: Buffer): Service {
   return { id: b.readUInt32LE(F('xdplb_service', 'id')), flags: b.readUInt32LE(F('xdplb_service', 'flags')) };
+}
+
+// ---- struct xdplb_service_def ----
+/**
+ * A service by id: its key and its service-map value. `undefined` encodes the
+ * empty slot (family 0), which a connection-table entry never matches.
+ */
+export function encodeServiceDef(d: (ServiceKey & Service) | undefined): Buffer {
+  const b = Buffer.alloc(LAYOUT.xdplb_service_def.size);
+  if (!d) return b;
+  address16(d.vip).copy(b, F('xdplb_service_def', 'vip'));
+  b.writeUInt16BE(d.port, F('xdplb_service_def', 'port'));
+  b.writeUInt8(d.proto, F('xdplb_service_def', 'proto'));
+  b.writeUInt8(familyOf(d.vip), F('xdplb_service_def', 'family'));
+  encodeService(d).copy(b, F('xdplb_service_def', 'svc'));
+  return b;
+}
+
+export function decodeServiceDef(b: Buffer): (ServiceKey & Service) | undefined {
+  const family = b.readUInt8(F('xdplb_service_def', 'family'));
+  if (!family) return undefined;
+  return {
+    vip: addressText(b.subarray(F('xdplb_service_def', 'vip')), familyByte(family)),
+    port: b.readUInt16BE(F('xdplb_service_def', 'port')),
+    proto: b.readUInt8(F('xdplb_service_def', 'proto')),
+    ...decodeService(b.subarray(F('xdplb_service_def', 'svc'))),
+  };
 }
 
 // ---- struct xdplb_backend ----

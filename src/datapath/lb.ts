@@ -3,7 +3,8 @@
 // interfaces, and programmed from the desired state by writing only what differs.
 //
 // Identity that must survive a restart lives in bpffs next to the program's own
-// maps: service ids are the values of xdplb_services, backend ownership is the
+// maps: service ids are the values of xdplb_services and xdplb_services4
+// (xdplb_svc_by_id is derived from them), backend ownership is the
 // daemon's own pinned map xdplb_be_owner, and every Maglev table is pinned as
 // maglev/<service id> so a restarted daemon can diff against it.
 import * as fs from 'node:fs';
@@ -40,6 +41,11 @@ function tupleKey(s: { vip: string; port: number; protocol: string }): string {
 }
 
 const backendKey = (address: string, port: number) => `${address}|${port}`;
+
+/** The xdplb_svc_by_id entry of an installed service. */
+function serviceDef(s: InstalledService): Buffer {
+  return L.encodeServiceDef({ ...L.decodeServiceMapKey(Buffer.from(s.keyHex, 'hex')), id: s.id, flags: s.flags });
+}
 
 interface InstalledService {
   id: number;
@@ -173,6 +179,7 @@ export class LbDatapath implements DatapathSink {
       this.installed.set(s.keyHex, s);
       this.serviceIds.take(v.id);
     }
+    this.writeServicesById();
     const owners = this.owner.dump();
     for (let i = 0; i < owners.count; i++) {
       const id = owners.keys.readUInt32LE(i * 4);
@@ -190,6 +197,22 @@ export class LbDatapath implements DatapathSink {
       this.backendIds.take(id);
     }
     this.log.info({ services: this.installed.size, backends: [...byService.values()].reduce((n, s) => n + s.backends.size, 0) }, 'adopted pinned datapath state');
+  }
+
+  /**
+   * The whole of xdplb_svc_by_id from the installed services: derived state,
+   * rewritten after a restart so a crash between two writes, or pins from a
+   * daemon that predates the map, leave no entry behind. A live service's
+   * entry is rewritten with the bytes it already has.
+   */
+  private writeServicesById(): void {
+    const n = this.maps.servicesById.maxEntries;
+    const size = L.LAYOUT.xdplb_service_def.size;
+    const keys = Buffer.alloc(4 * n);
+    const values = Buffer.alloc(size * n);
+    for (let i = 0; i < n; i++) keys.writeUInt32LE(i, 4 * i);
+    for (const s of this.installed.values()) serviceDef(s).copy(values, size * s.id);
+    this.maps.servicesById.batchUpdatePacked(keys, values, n);
   }
 
   private writeConfig(): void {
@@ -394,6 +417,8 @@ export class LbDatapath implements DatapathSink {
     const swaps: Array<[InstalledService, Uint32Array]> = [];
     const serviceKeys: Buffer[] = [];
     const serviceValues: Buffer[] = [];
+    const defIds: Buffer[] = [];
+    const defValues: Buffer[] = [];
     for (const [keyHex, spec] of wanted) {
       let s = this.installed.get(keyHex);
       if (!s) {
@@ -408,13 +433,18 @@ export class LbDatapath implements DatapathSink {
       else this.diffTable(s, table);
       const flags = serviceFlags(spec);
       if (flags !== s.flags) {
+        s.flags = flags;
         serviceKeys.push(Buffer.from(keyHex, 'hex'));
         serviceValues.push(L.encodeService({ id: s.id, flags }));
-        s.flags = flags;
+        defIds.push(L.u32(s.id));
+        defValues.push(serviceDef(s));
       }
       this.currentSpecs.set(keyHex, spec);
     }
     this.swapTables(swaps);
+    // By id before the service maps: a connection-table entry can name a new
+    // service only after the service map has led a packet to it.
+    this.maps.servicesById.batchUpdate(defIds, defValues);
     // Services only once their tables are in place.
     for (const map of ['services4', 'services'] as const) {
       const i = serviceKeys.flatMap((k, j) => (L.serviceMapOf(k) === map ? [j] : []));
@@ -427,6 +457,10 @@ export class LbDatapath implements DatapathSink {
       // Unreachable first (service map), then the table, then its backends.
       const keys = removed.map((s) => Buffer.from(s.keyHex, 'hex'));
       for (const map of ['services4', 'services'] as const) this.maps[map].batchDelete(keys.filter((k) => L.serviceMapOf(k) === map));
+      this.maps.servicesById.batchUpdate(
+        removed.map((s) => L.u32(s.id)),
+        removed.map(() => L.encodeServiceDef(undefined)),
+      );
       // The kernel has no batched delete for map-in-map: one syscall (and one
       // RCU wait) per removed table.
       for (const s of removed) this.maps.maglev.delete(L.u32(s.id));

@@ -46,14 +46,20 @@ export class Lb {
     this.maps.config.update(L.u32(0), L.encodeConfig(full));
   }
 
+  /** A service as the daemon writes it: by id first, then its service map. */
   service(s: ServiceSpec): void {
     const k = L.serviceMapKey(s);
-    this.maps[L.serviceMapOf(k)].update(k, L.encodeService({ id: s.id, flags: s.flags ?? 0 }));
+    const flags = s.flags ?? 0;
+    this.maps.servicesById.update(L.u32(s.id), L.encodeServiceDef({ ...s, flags }));
+    this.maps[L.serviceMapOf(k)].update(k, L.encodeService({ id: s.id, flags }));
   }
 
   deleteService(s: { vip: string; port: number; proto: number }): void {
     const k = L.serviceMapKey(s);
-    this.maps[L.serviceMapOf(k)].delete(k);
+    const map = this.maps[L.serviceMapOf(k)];
+    const v = map.lookup(k);
+    map.delete(k);
+    if (v) this.maps.servicesById.update(L.u32(L.decodeService(v).id), L.encodeServiceDef(undefined));
   }
 
   /** The VIP entry: whether the VIP answers ICMP echo. */
