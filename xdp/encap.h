@@ -149,7 +149,7 @@ static __always_inline int encap(struct xdp_md *ctx, const struct packet *pkt, c
 
 		if ((void *)(o + 1) > end)
 			return XDPLB_R_DROP_ADJUST_FAILED;
-		eth->h_proto = bpf_htons(ETH_P_IP);
+		*(__be16 *)(data + offsetof(struct ethhdr, h_proto)) = bpf_htons(ETH_P_IP);
 		*(__be16 *)o = w0;
 		o->tot_len = len;
 		o->id = pkt->ip_id;
@@ -163,7 +163,7 @@ static __always_inline int encap(struct xdp_md *ctx, const struct packet *pkt, c
 
 		if ((void *)(o + 1) > end)
 			return XDPLB_R_DROP_ADJUST_FAILED;
-		eth->h_proto = bpf_htons(ETH_P_IPV6);
+		*(__be16 *)(data + offsetof(struct ethhdr, h_proto)) = bpf_htons(ETH_P_IPV6);
 		*(__be32 *)o = e->flowinfo;
 		o->payload_len = bpf_htons(pkt->ip_len);
 		o->nexthdr = IPPROTO_IPV6;

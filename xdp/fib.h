@@ -192,8 +192,11 @@ static __always_inline int l2_forward(struct xdp_md *ctx, const struct xdplb_nex
 		*reason = XDPLB_R_DROP_ADJUST_FAILED;
 		return XDP_DROP;
 	}
-	__builtin_memcpy(eth->h_dest, nh->dmac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, nh->smac, ETH_ALEN);
+	/* both MACs in two stores: struct ethhdr is packed, so memcpy into it
+	 * would be 12 byte copies; dmac and smac lie next to each other in the
+	 * entry as in the header (layout.h), dmac 8-byte aligned */
+	*(__u64 *)data = *(const __u64 *)nh->dmac;
+	*(__u32 *)(data + 8) = *(const __u32 *)(nh->dmac + 8);
 	if (nh->ifindex == nh->iif) {
 		*reason = XDPLB_R_FORWARD_TX;
 		return XDP_TX;

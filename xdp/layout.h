@@ -183,6 +183,9 @@ _Static_assert(sizeof(struct xdplb_service) == 8, "service");
 _Static_assert(sizeof(struct xdplb_service_def) == 28, "service by id");
 _Static_assert(sizeof(struct xdplb_backend) == 20, "backend");
 _Static_assert(sizeof(struct xdplb_nexthop) == 56, "next hop");
+_Static_assert(__builtin_offsetof(struct xdplb_nexthop, dmac) % 8 == 0 &&
+	       __builtin_offsetof(struct xdplb_nexthop, smac) == __builtin_offsetof(struct xdplb_nexthop, dmac) + 6,
+	       "next-hop MACs: as in an Ethernet header, copied as 8 + 4 bytes (fib.h)");
 _Static_assert(sizeof(struct xdplb_config) == 32, "config");
 _Static_assert(sizeof(struct xdplb_flow_key) == 40, "flow key");
 _Static_assert(sizeof(struct xdplb_flow4_key) == 16, "IPv4 flow key");

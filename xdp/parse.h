@@ -319,37 +319,35 @@ static __always_inline int parse_icmp(struct hdr_cursor *c, void *data, void *en
  * IPv4 without options, not a fragment, TCP, the TCP header inside the IP
  * packet and the IP packet inside the frame. Returns 1 with *pkt filled in
  * exactly as the general path below would fill it, or 0 (nothing written
- * but frame_len): the general path then decides. */
-struct fast_v4_tcp {
-	struct ethhdr eth;
-	struct iphdr ip;
-	struct l4_ports ports;
-} __attribute__((packed));
-
+ * but frame_len): the general path then decides. The headers are read
+ * through their own types, not a packed struct of all three: clang reads a
+ * packed struct byte by byte. */
 static __always_inline int parse_fast_v4_tcp(void *data, void *end, struct packet *pkt)
 {
-	struct fast_v4_tcp *h = data;
+	__be16 *eth_proto = data + offsetof(struct ethhdr, h_proto);
+	struct iphdr *ip = data + sizeof(struct ethhdr);
+	struct l4_ports *ports = (void *)(ip + 1);
 	__u32 tot;
 
-	if (data + sizeof(struct ethhdr) + sizeof(struct iphdr) + sizeof(struct tcphdr) > end)
+	if ((void *)(ip + 1) + sizeof(struct tcphdr) > end)
 		return 0;
-	if (h->eth.h_proto != bpf_htons(ETH_P_IP) || *(__u8 *)&h->ip != 0x45 || h->ip.protocol != IPPROTO_TCP ||
-	    (h->ip.frag_off & bpf_htons(IP_MF_BIT | IP_OFFSET_MASK)))
+	if (*eth_proto != bpf_htons(ETH_P_IP) || *(__u8 *)ip != 0x45 || ip->protocol != IPPROTO_TCP ||
+	    (ip->frag_off & bpf_htons(IP_MF_BIT | IP_OFFSET_MASK)))
 		return 0;
-	tot = bpf_ntohs(h->ip.tot_len);
+	tot = bpf_ntohs(ip->tot_len);
 	if (tot < sizeof(struct iphdr) + sizeof(struct tcphdr) || sizeof(struct ethhdr) + tot > pkt->frame_len)
 		return 0;
 	pkt->flow.family = XDPLB_FAMILY_V4;
-	set_v4(pkt->flow.src, h->ip.saddr);
-	set_v4(pkt->flow.dst, h->ip.daddr);
-	pkt->flow.sport = h->ports.source;
-	pkt->flow.dport = h->ports.dest;
+	set_v4(pkt->flow.src, ip->saddr);
+	set_v4(pkt->flow.dst, ip->daddr);
+	pkt->flow.sport = ports->source;
+	pkt->flow.dport = ports->dest;
 	pkt->flow.proto = IPPROTO_TCP;
 	pkt->l4_proto = IPPROTO_TCP;
 	pkt->ip_len = tot;
-	pkt->ip_id = h->ip.id;
-	pkt->tos = h->ip.tos;
-	pkt->df = !!(h->ip.frag_off & bpf_htons(IP_DF_BIT));
+	pkt->ip_id = ip->id;
+	pkt->tos = ip->tos;
+	pkt->df = !!(ip->frag_off & bpf_htons(IP_DF_BIT));
 	pkt->l2_len = sizeof(struct ethhdr);
 	pkt->l3_off = sizeof(struct ethhdr);
 	pkt->l4_off = sizeof(struct ethhdr) + sizeof(struct iphdr);
