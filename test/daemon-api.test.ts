@@ -43,6 +43,35 @@ function serviceKeys(bpffs: string): string[] {
   }
 }
 
+/**
+ * The services as xdplb_svc_by_id holds them, and as the service maps do
+ * (their ids and flags; VIP entries left out): the two must always agree.
+ */
+function servicesById(bpffs: string): { byId: string[]; byKey: string[] } {
+  const byIdMap = bpf.mapFromPin(path.join(bpffs, L.MAP_NAMES.servicesById));
+  const maps = [L.MAP_NAMES.services4, L.MAP_NAMES.services].map((name) => bpf.mapFromPin(path.join(bpffs, name)));
+  try {
+    const dump = byIdMap.dump();
+    const size = L.LAYOUT.xdplb_service_def.size;
+    const byId: string[] = [];
+    for (let i = 0; i < dump.count; i++) {
+      const d = L.decodeServiceDef(dump.values.subarray(i * size, (i + 1) * size));
+      if (d) byId.push(`${dump.keys.readUInt32LE(i * 4)}: ${d.vip} ${d.port} ${d.proto} id ${d.id} flags ${d.flags}`);
+    }
+    const byKey = maps.flatMap((m) =>
+      [...m.keys()].flatMap((k) => {
+        const key = L.decodeServiceMapKey(k);
+        const v = L.decodeService(m.lookup(k) as Buffer);
+        return key.proto === L.IPPROTO_ICMP || key.proto === L.IPPROTO_ICMPV6 ? [] : [`${v.id}: ${key.vip} ${key.port} ${key.proto} id ${v.id} flags ${v.flags}`];
+      }),
+    );
+    return { byId: byId.sort(), byKey: byKey.sort() };
+  } finally {
+    byIdMap.close();
+    for (const m of maps) m.close();
+  }
+}
+
 t.test('the daemon attaches, serves the file services and refuses to change them', needsRoot, async (t) => {
   const d = await daemonFixture(t, { servicesYaml: FILE_SERVICES });
   await d.start();
@@ -143,9 +172,13 @@ t.test('services through the API: every error names the field and changes nothin
   t.match(e6?.details, /1100 backends.*1021/);
   t.notOk(serviceKeys(d.bpffs).some((k) => k.startsWith('2001:db8:100::99')), 'and nothing of it reached the datapath');
 
+  const withApi1 = servicesById(d.bpffs);
+  t.equal(withApi1.byId.length, 1, 'xdplb_svc_by_id holds the service');
+  t.same(withApi1.byId, withApi1.byKey, 'as the service map names it');
   const [e5] = await rpc(c, 'DeleteService', { name: 'api1' });
   t.error(e5);
   t.same(serviceKeys(d.bpffs), [], 'the service and its VIP entry are gone from the map');
+  t.same(servicesById(d.bpffs).byId, [], 'and from xdplb_svc_by_id');
 });
 
 t.test('API-owned services and the datapath survive a SIGKILL and restart', needsRoot, async (t) => {
@@ -157,7 +190,15 @@ t.test('API-owned services and the datapath survive a SIGKILL and restart', need
   });
   t.error(e1);
   const progBefore = bpf.withNetns(d.topo.lbNs, () => bpf.queryXdp(bpf.ifIndex('lb0')).progId);
+  const defsBefore = servicesById(d.bpffs);
+  t.equal(defsBefore.byId.length, 2);
+  t.same(defsBefore.byId, defsBefore.byKey, 'xdplb_svc_by_id agrees with the service maps');
   await d.signal('SIGKILL');
+  // derived state a crash could have left half written: the next daemon rewrites it
+  const byId = bpf.mapFromPin(path.join(d.bpffs, L.MAP_NAMES.servicesById));
+  for (const line of defsBefore.byId) byId.update(L.u32(Number(line.split(':')[0])), L.encodeServiceDef(undefined));
+  byId.update(L.u32(4000), L.encodeServiceDef({ vip: '203.0.113.99', port: 1, proto: L.IPPROTO_TCP, id: 4000, flags: 0 }));
+  byId.close();
   t.equal(bpf.withNetns(d.topo.lbNs, () => bpf.queryXdp(bpf.ifIndex('lb0')).progId), progBefore, 'the program stays attached while no daemon runs');
   await d.start();
   c = d.client();
@@ -167,6 +208,7 @@ t.test('API-owned services and the datapath survive a SIGKILL and restart', need
   const progAfter = bpf.withNetns(d.topo.lbNs, () => bpf.queryXdp(bpf.ifIndex('lb0')).progId);
   t.not(progAfter, progBefore, 'the restarted daemon swapped in its own program');
   t.ok(d.logs.some((l) => l.includes('adopted pinned datapath state') && l.includes('"services":2')), 'it adopted both services');
+  t.same(servicesById(d.bpffs).byId, defsBefore.byId, 'xdplb_svc_by_id rewritten from the adopted services, the stray entry gone');
 });
 
 t.test('SIGHUP applies a valid file and keeps the running state on an invalid one', needsRoot, async (t) => {

@@ -8,7 +8,7 @@ import { flowHash, outerSource, type Flow } from '../src/datapath/flowhash';
 import { buildTable, type MaglevBackend } from '../src/maglev';
 import * as P from './helpers/packets';
 import { world, decap, VIP4, VIP6, type World } from './helpers/datapath';
-import { needsRoot } from './helpers/fixtures';
+import { needsRoot, type Teardown } from './helpers/fixtures';
 
 const TCP = L.IPPROTO_TCP;
 const UDP = L.IPPROTO_UDP;
@@ -290,3 +290,93 @@ t.test('a connection-table entry of another service (a reused id) is ignored', n
   t.equal(outerDst(w.run(packet(f)).data), '198.51.100.2', 'an entry of this service is followed');
   t.end();
 });
+
+// Established flows find their service through the connection table (by id,
+// in xdplb_svc_by_id), not through the service lookup: each case below is one
+// way an entry's service can stop serving the flow.
+for (const v6 of [false, true]) {
+  const fam = v6 ? 'IPv6' : 'IPv4';
+  const vip = v6 ? VIP6 : VIP4;
+  const other = v6 ? '2001:db8:ffff::12' : '203.0.113.12';
+  const addr = (id: number) => (v6 ? `2001:db8:100::${id}` : `198.51.100.${id}`);
+  const ctOf = (w: World, f: Flow) => {
+    const { map, key } = L.conntrackKey({ src: f.src, dst: f.dst, sport: f.sport, dport: f.dport, proto: f.proto });
+    const v = w.lb.maps[map].lookup(key);
+    return v && L.decodeCtEntry(v);
+  };
+  const setup = (t: Teardown) => {
+    const w = world(t, { maglevM: 7 });
+    for (const id of [1, 2, 3]) {
+      w.lb.backend({ id, address: addr(id) });
+      w.lb.maglev(id, new Uint32Array(7).fill(id));
+    }
+    return w;
+  };
+  const flow = (dport: number, dst = vip): Flow => ({ src: v6 ? '2001:db8::5' : '192.0.2.5', dst, sport: 4242, dport, proto: TCP });
+
+  t.test(`${fam}: a connection-table entry counts only while its service still serves the flow`, needsRoot, (t) => {
+    t.test('an exact-port service added next to the all-ports one takes the flow over', (t) => {
+      const w = setup(t);
+      w.lb.service({ vip, port: 0, proto: TCP, id: 2 });
+      const f = flow(80);
+      t.equal(outerDst(w.run(packet(f)).data), addr(2), 'first packet: the all-ports service');
+      t.same(ctOf(w, f), { backendId: 2, serviceId: 2 });
+      t.equal(outerDst(w.run(packet(f, P.TCP_ACK)).data), addr(2), 'established: the entry');
+      w.lb.service({ vip, port: 80, proto: TCP, id: 1 });
+      t.equal(outerDst(w.run(packet(f, P.TCP_ACK)).data), addr(1), 'port 80 has its own service now');
+      t.same(ctOf(w, f), { backendId: 1, serviceId: 1 }, 'entry replaced');
+      const g = flow(81);
+      w.run(packet(g));
+      t.equal(outerDst(w.run(packet(g, P.TCP_ACK)).data), addr(2), 'another port stays with the all-ports service');
+      t.end();
+    });
+    t.test('a removed service forwards nothing, whatever the table holds', (t) => {
+      const w = setup(t);
+      w.lb.service({ vip, port: 80, proto: TCP, id: 1 });
+      const f = flow(80);
+      const syn = packet(f);
+      t.equal(outerDst(w.run(syn).data), addr(1));
+      w.lb.deleteService({ vip, port: 80, proto: TCP });
+      t.ok(ctOf(w, f), 'the entry is still there');
+      const r = w.run(packet(f, P.TCP_ACK));
+      t.equal(r.retval, bpf.XDP_PASS, 'passed to the kernel');
+      t.equal(w.lb.reason('pass_not_vip'), 1n, 'as not for a VIP');
+      t.end();
+    });
+    t.test('an id reused by a service of another VIP does not carry old flows', (t) => {
+      const w = setup(t);
+      w.lb.service({ vip, port: 80, proto: TCP, id: 3 });
+      const f = flow(80);
+      t.equal(outerDst(w.run(packet(f)).data), addr(3));
+      w.lb.deleteService({ vip, port: 80, proto: TCP });
+      w.lb.service({ vip: other, port: 80, proto: TCP, id: 3 });
+      t.equal(w.run(packet(f, P.TCP_ACK)).retval, bpf.XDP_PASS, 'the old VIP is no VIP any more');
+      const g = flow(80, other);
+      t.equal(outerDst(w.run(packet(g)).data), addr(3), 'the new VIP is served');
+      t.end();
+    });
+    t.test('the same id for another port or protocol of the VIP does not carry old flows', (t) => {
+      const w = setup(t);
+      w.lb.service({ vip, port: 80, proto: TCP, id: 3 });
+      w.lb.service({ vip, port: 0, proto: TCP, id: 1 });
+      const f = flow(80);
+      t.equal(outerDst(w.run(packet(f)).data), addr(3));
+      w.lb.deleteService({ vip, port: 80, proto: TCP });
+      w.lb.service({ vip, port: 80, proto: UDP, id: 3 });
+      t.equal(outerDst(w.run(packet(f, P.TCP_ACK)).data), addr(1), 'TCP port 80: the all-ports service now');
+      t.end();
+    });
+    t.test('a service switched to connection-table bypass follows its table', (t) => {
+      const w = setup(t);
+      w.lb.service({ vip, port: 80, proto: TCP, id: 1 });
+      const f = flow(80);
+      t.equal(outerDst(w.run(packet(f)).data), addr(1));
+      w.lb.maglev(1, new Uint32Array(7).fill(2));
+      t.equal(outerDst(w.run(packet(f, P.TCP_ACK)).data), addr(1), 'with the connection table: its entry');
+      w.lb.service({ vip, port: 80, proto: TCP, id: 1, flags: L.SVC_F_CT_BYPASS });
+      t.equal(outerDst(w.run(packet(f, P.TCP_ACK)).data), addr(2), 'bypass: the table');
+      t.end();
+    });
+    t.end();
+  });
+}

@@ -24,7 +24,7 @@ export const needsRoot = {
  */
 function sweepLeftovers(): void {
   const dead = (name: string) => {
-    const m = /^xdplbt[a-z](\d+)x\d+$/.exec(name);
+    const m = /^xdplbt[a-z](\d+)x[0-9a-z]+$/.exec(name);
     return m !== null && Number(m[1]) !== process.pid % 100000 && !fs.existsSync(`/proc/${m[1]}`);
   };
   try {
@@ -44,9 +44,10 @@ function sweepLeftovers(): void {
 if (process.getuid?.() === 0) sweepLeftovers();
 
 let serial = 0;
+/** At most 15 characters (IFNAMSIZ - 1): the serial in base 36 fits 1,295 names per process in two. */
 function uniqueName(kind: string): string {
   serial++;
-  return `xdplbt${kind}${process.pid % 100000}x${serial}`;
+  return `xdplbt${kind}${process.pid % 100000}x${serial.toString(36)}`;
 }
 
 /** Runs a command, returns stdout; throws with stderr on failure. */
