@@ -36,6 +36,19 @@
  * cost extra lookups. 16384 x 56 bytes = 896 KiB per CPU. */
 #define XDPLB_NEXTHOP_SLOTS	16384
 
+/* Flow cache (flowcache.h): per CPU, direct-mapped, in front of the
+ * connection table. A connection-table lookup is a hash-map lookup, a kernel
+ * function call of about 25 ns on these machines; an array slot is read
+ * inline. Slots: a power of two; 8192 x 64 bytes = 512 KiB per CPU. An entry
+ * is trusted for XDPLB_FLOW_CACHE_JIFFIES jiffies after it was written
+ * (0.1 s at HZ=1000, 1 s at HZ=100): every active flow still looks up, and
+ * keeps fresh in the LRU, its connection-table entry at least that often,
+ * and a change made to the connection table from user space reaches it
+ * within that bound. Counting jiffies (an inlined load) rather than reading
+ * the clock (a helper call) keeps both the hit and the fill cheap. */
+#define XDPLB_FLOW_CACHE_SLOTS		8192
+#define XDPLB_FLOW_CACHE_JIFFIES	100
+
 /* IPv6 extension headers walked before giving up (XDP_PASS, ipv6_ext_limit) */
 #define XDPLB_IPV6_EXT_MAX	6
 

@@ -118,6 +118,18 @@ struct xdplb_ct_entry {
 	__u32 service_id;	/* 4: xdplb_svc_by_id index; ignored unless that service still serves the flow */
 };				/* 8 */
 
+/* xdplb_flow_cache value (per CPU), indexed by flow_cache_slot() (flowcache.h):
+ * a connection-table answer as this CPU last used it. Written only by the
+ * datapath; an entry of another flow (flow.family 0: never written) or older
+ * than XDPLB_FLOW_CACHE_JIFFIES is not used. */
+struct xdplb_flow_cache_entry {
+	struct xdplb_flow_key flow;	/* 0: the flow it answers for */
+	__u32 backend_id;		/* 40: as struct xdplb_ct_entry */
+	__u32 service_id;		/* 44 */
+	__u64 filled_jiffies;		/* 48: bpf_jiffies64() when written */
+	__u64 pad;			/* 56: 0; one entry per cache line */
+};				/* 64 */
+
 /* xdplb_svc_stats, xdplb_be_stats, xdplb_reasons: per-CPU values */
 struct xdplb_counter {
 	__u64 packets;		/* 0 */
@@ -190,6 +202,7 @@ _Static_assert(sizeof(struct xdplb_config) == 32, "config");
 _Static_assert(sizeof(struct xdplb_flow_key) == 40, "flow key");
 _Static_assert(sizeof(struct xdplb_flow4_key) == 16, "IPv4 flow key");
 _Static_assert(sizeof(struct xdplb_ct_entry) == 8, "ct entry");
+_Static_assert(sizeof(struct xdplb_flow_cache_entry) == 64, "flow cache entry: one cache line");
 _Static_assert(sizeof(struct xdplb_counter) == 16, "counter");
 _Static_assert(sizeof(struct xdplb_devmap_val) == 8, "devmap value");
 _Static_assert(sizeof(struct xdplb_rec_key) == 40, "recorder key");

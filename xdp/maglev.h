@@ -12,6 +12,7 @@
 #include "layout.h"
 #include "maps.h"
 #include "parse.h"
+#include "flowcache.h"
 
 /* ---- Linux jhash2 (include/linux/jhash.h, Bob Jenkins' lookup3) ---- */
 #define JHASH_INITVAL 0xdeadbeefU
@@ -195,32 +196,43 @@ static __always_inline int service_serves(const struct xdplb_service_def *d, con
 	return d->port == 0 && !lookup_service_key(f, f->proto, f->dport);
 }
 
-/* Steps 3 and 4 for an established flow, in one hash lookup: the connection
- * table names the service (by id, an array) and the backend. The entry counts
- * only while that service still serves the flow, keeps using the connection
- * table, and the backend is active or draining. Returns 1 with *out set, or 0:
- * then the service lookup and Maglev decide (choose_backend()). */
+/* Steps 3 and 4 for an established flow, in one lookup: the flow cache
+ * (flowcache.h) or the connection table names the service (by id, an array)
+ * and the backend. The answer counts only while that service still serves
+ * the flow, keeps using the connection table, and the backend is active or
+ * draining. Returns 1 with *out set, or 0: then the service lookup and
+ * Maglev decide (choose_backend()). */
 static __always_inline int choose_established(const struct packet *pkt, struct backend_choice *out)
 {
+	struct xdplb_flow_cache_entry *slot = flow_cache_slot(&pkt->flow);
+	struct xdplb_flow_cache_entry *cached = flow_cache_get(slot, &pkt->flow);
 	struct xdplb_service_def *d;
 	struct xdplb_ct_entry *ct;
 	struct xdplb_backend *be;
-	__u32 id;
+	__u32 sid, bid;
 
-	ct = ct_lookup(&pkt->flow);
-	if (!ct)
-		return 0;
-	id = ct->service_id;
-	d = bpf_map_lookup_elem(&xdplb_svc_by_id, &id);
+	if (cached) {
+		sid = cached->service_id;
+		bid = cached->backend_id;
+	} else {
+		ct = ct_lookup(&pkt->flow);
+		if (!ct)
+			return 0;
+		sid = ct->service_id;
+		bid = ct->backend_id;
+		/* cached before it is checked: if the check fails, choose_backend()
+		 * overwrites both, or a later packet fails the same check */
+		flow_cache_put(slot, &pkt->flow, bid, sid);
+	}
+	d = bpf_map_lookup_elem(&xdplb_svc_by_id, &sid);
 	if (!d || !service_serves(d, &pkt->flow) || (d->svc.flags & XDPLB_SVC_F_CT_BYPASS))
 		return 0;
-	id = ct->backend_id;
-	be = bpf_map_lookup_elem(&xdplb_backends, &id);
+	be = bpf_map_lookup_elem(&xdplb_backends, &bid);
 	if (!be || (be->state != XDPLB_BACKEND_ACTIVE && be->state != XDPLB_BACKEND_DRAINING))
 		return 0;
 	out->svc = d->svc;
 	out->be = be;
-	out->id = id;
+	out->id = bid;
 	return 1;
 }
 
@@ -256,6 +268,7 @@ static __always_inline int choose_backend(struct packet *pkt, const struct xdplb
 		struct xdplb_ct_entry e = { .backend_id = id, .service_id = svc->id };
 
 		ct_update(&pkt->flow, &e);
+		flow_cache_put(flow_cache_slot(&pkt->flow), &pkt->flow, id, svc->id);
 	}
 	out->be = be;
 	out->id = id;

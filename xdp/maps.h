@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* The maps of lb.bpf.c. Every map but the devmap is pinned by name
- * (LIBBPF_PIN_BY_NAME) so a restarted daemon adopts them, and the program keeps
- * forwarding meanwhile. */
+/* The maps of lb.bpf.c. Every map but the devmap and the flow cache is pinned
+ * by name (LIBBPF_PIN_BY_NAME) so a restarted daemon adopts them, and the
+ * program keeps forwarding meanwhile. */
 #ifndef XDPLB_MAPS_H
 #define XDPLB_MAPS_H
 
@@ -115,6 +115,16 @@ struct {
 	__type(key, struct xdplb_flow4_key);
 	__type(value, struct xdplb_ct_entry);
 } xdplb_conntrack4 SEC(".maps");
+
+/* flow_cache_slot() -> the connection-table answer this CPU last used
+ * (flowcache.h). Not pinned: a cache, rebuilt from the connection table by
+ * the first packet of each flow that misses it; a new program starts empty. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XDPLB_FLOW_CACHE_SLOTS);
+	__type(key, __u32);
+	__type(value, struct xdplb_flow_cache_entry);
+} xdplb_flow_cache SEC(".maps");
 
 /* service id -> packets/bytes forwarded */
 struct {

@@ -20,6 +20,8 @@ export const NO_BACKEND = 0xffffffff;
 export const FLOW_HASH_SEED = 0x7864706c;
 export const NEXTHOP_TTL_MS = 1000;
 export const NEXTHOP_SLOTS = 16384;
+export const FLOW_CACHE_SLOTS = 8192;
+export const FLOW_CACHE_JIFFIES = 100;
 export const IPV6_EXT_MAX = 6;
 export const ICMP4_QUOTE_MAX = 576 - 20 - 8;
 export const ICMP6_QUOTE_MAX = 1280 - 40 - 8;
@@ -78,6 +80,8 @@ export const MAP_NAMES = {
   backendStats: 'xdplb_be_stats',
   reasons: 'xdplb_reasons',
   devmap: 'xdplb_devmap',
+  /** per CPU, not pinned: connection-table answers as each CPU last used them */
+  flowCache: 'xdplb_flow_cache',
 } as const;
 
 /**
@@ -191,6 +195,16 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
     size: 8,
     fields: { backend_id: { offset: 0, size: 4 }, service_id: { offset: 4, size: 4 } },
   },
+  xdplb_flow_cache_entry: {
+    size: 64,
+    fields: {
+      flow: { offset: 0, size: 40 },
+      backend_id: { offset: 40, size: 4 },
+      service_id: { offset: 44, size: 4 },
+      filled_jiffies: { offset: 48, size: 8 },
+      pad: { offset: 56, size: 8 },
+    },
+  },
   xdplb_counter: {
     size: 16,
     fields: { packets: { offset: 0, size: 8 }, bytes: { offset: 8, size: 8 } },
@@ -248,6 +262,7 @@ export const MAP_LAYOUT: Readonly<Record<string, { key: string; value: string }>
   xdplb_config: { key: 'u32', value: 'xdplb_config' },
   xdplb_conntrack: { key: 'xdplb_flow_key', value: 'xdplb_ct_entry' },
   xdplb_conntrack4: { key: 'xdplb_flow4_key', value: 'xdplb_ct_entry' },
+  xdplb_flow_cache: { key: 'u32', value: 'xdplb_flow_cache_entry' },
   xdplb_svc_stats: { key: 'u32', value: 'xdplb_counter' },
   xdplb_be_stats: { key: 'u32', value: 'xdplb_counter' },
   xdplb_reasons: { key: 'u32', value: 'xdplb_counter' },

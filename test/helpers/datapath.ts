@@ -68,6 +68,18 @@ export class Lb {
     this.maps[L.serviceMapOf(k)].update(k, L.encodeService({ id: 0, flags: echo ? L.SVC_F_ICMP_ECHO : 0 }));
   }
 
+  /**
+   * Empties the flow cache on every CPU: what a test writes into the connection
+   * table then counts at once, not only after the cache's bound.
+   */
+  flushFlowCache(): void {
+    const n = this.maps.flowCache.maxEntries;
+    const keys = Buffer.alloc(4 * n);
+    for (let i = 0; i < n; i++) keys.writeUInt32LE(i, 4 * i);
+    const size = L.LAYOUT.xdplb_flow_cache_entry.size * bpf.possibleCpus();
+    this.maps.flowCache.batchUpdatePacked(keys, Buffer.alloc(size * n), n);
+  }
+
   backend(b: BackendSpec): void {
     this.maps.backends.update(L.u32(b.id), L.encodeBackend({ address: b.address, port: b.port ?? 0, state: b.state ?? L.BACKEND_ACTIVE }));
   }

@@ -1,0 +1,140 @@
+// The flow cache (xdp/flowcache.h): a per-CPU, direct-mapped copy of
+// connection-table answers in front of the connection table. These tests make
+// it observable: an answer forged into every CPU's slot is followed, for at
+// most XDPLB_FLOW_CACHE_JIFFIES; flows sharing a slot stay correct; what it
+// answers is checked like a connection-table entry.
+import t from 'tap';
+import * as bpf from '../src/datapath/bpf';
+import * as L from '../src/datapath/layout';
+import type { Flow } from '../src/datapath/flowhash';
+import * as P from './helpers/packets';
+import { world, decap, VIP4, VIP6, type World } from './helpers/datapath';
+import { needsRoot, type Teardown } from './helpers/fixtures';
+import { seededRandom } from './helpers/random';
+
+const TCP = L.IPPROTO_TCP;
+const ENTRY = L.LAYOUT.xdplb_flow_cache_entry;
+
+/** flowcache.h flow_cache_slot(): the words of struct xdplb_flow_key, folded, times the golden ratio. */
+function slotOf(f: Flow): number {
+  const k = L.encodeFlowKey(f);
+  const w = (i: number) => k.readUInt32LE(4 * i);
+  let x = (w(0) ^ w(1) ^ w(2) ^ w(3)) >>> 0;
+  x = (x ^ Math.imul(w(4) ^ w(5) ^ w(6) ^ w(7), 0x85ebca6b)) >>> 0;
+  x = (x ^ Math.imul(w(8), 0xc2b2ae35) ^ w(9)) >>> 0;
+  return Math.imul(x, 0x9e3779b1) >>> (32 - Math.log2(L.FLOW_CACHE_SLOTS));
+}
+
+/** The slot's entry on every CPU. */
+function entries(w: World, slot: number): Array<{ flow: Buffer; backendId: number; serviceId: number; filledJiffies: bigint }> {
+  return (w.lb.maps.flowCache.lookupPerCpu(L.u32(slot)) ?? []).map((b) => ({
+    flow: b.subarray(ENTRY.fields.flow.offset, ENTRY.fields.flow.offset + 40),
+    backendId: b.readUInt32LE(ENTRY.fields.backend_id.offset),
+    serviceId: b.readUInt32LE(ENTRY.fields.service_id.offset),
+    filledJiffies: b.readBigUInt64LE(ENTRY.fields.filled_jiffies.offset),
+  }));
+}
+
+function packet(f: Flow, flags = P.TCP_ACK): Buffer {
+  const l4 = P.tcp({ sport: f.sport, dport: f.dport, flags });
+  return P.ether(L.familyOf(f.src) === 6 ? P.ipv6({ src: f.src, dst: f.dst }, l4) : P.ipv4({ src: f.src, dst: f.dst }, l4));
+}
+
+function outerDst(frame: Buffer): string {
+  const e = decap(frame);
+  return e.outer4 ? e.outer4.dst : L.addressText(e.outer6!.dst, 6);
+}
+
+for (const v6 of [false, true]) {
+  const fam = v6 ? 'IPv6' : 'IPv4';
+  const vip = v6 ? VIP6 : VIP4;
+  const addr = (id: number) => (v6 ? `2001:db8:100::${id}` : `198.51.100.${id}`);
+  const client = (i: number) => (v6 ? `2001:db8::${(0x100 + i).toString(16)}` : `192.0.2.${100 + (i % 100)}`);
+  const setup = (t: Teardown) => {
+    const w = world(t, { maglevM: 7 });
+    w.lb.service({ vip, port: 80, proto: TCP, id: 1 });
+    for (const id of [1, 2, 3]) w.lb.backend({ id, address: addr(id) });
+    w.lb.maglev(1, new Uint32Array(7).fill(1));
+    return w;
+  };
+
+  t.test(`${fam}: a connection-table answer is cached in the flow's slot, used, and trusted only for a bounded time`, needsRoot, async (t) => {
+    const w = setup(t);
+    const f: Flow = { src: client(1), dst: vip, sport: 4321, dport: 80, proto: TCP };
+    const slot = slotOf(f);
+    t.equal(outerDst(w.run(packet(f, P.TCP_SYN)).data), addr(1));
+    const filled = entries(w, slot).filter((e) => e.flow.equals(L.encodeFlowKey(f)));
+    t.equal(filled.length, 1, 'one CPU cached the flow, in the slot TypeScript computes');
+    t.same([filled[0].backendId, filled[0].serviceId], [1, 1], 'with the backend and service the connection table holds');
+
+    // the flow's answer with backend 3, stamped as recently as the freshest
+    // copy, on every CPU: the next packet must take it
+    const forge = (backendId: number) => {
+      const mine = entries(w, slot).filter((e) => e.flow.equals(L.encodeFlowKey(f)));
+      const b = Buffer.alloc(ENTRY.size);
+      L.encodeFlowKey(f).copy(b, ENTRY.fields.flow.offset);
+      b.writeUInt32LE(backendId, ENTRY.fields.backend_id.offset);
+      b.writeUInt32LE(1, ENTRY.fields.service_id.offset);
+      b.writeBigUInt64LE(mine.reduce((m, e) => (e.filledJiffies > m ? e.filledJiffies : m), 0n), ENTRY.fields.filled_jiffies.offset);
+      w.lb.maps.flowCache.updatePerCpu(L.u32(slot), b);
+    };
+    forge(3);
+    t.equal(outerDst(w.run(packet(f)).data), addr(3), 'an established packet follows the cache, not the connection table');
+
+    // checked like a connection-table entry: a backend that is down is not used
+    w.lb.backend({ id: 3, address: addr(3), state: L.BACKEND_DOWN });
+    t.equal(outerDst(w.run(packet(f)).data), addr(1), 'backend down: the table again');
+    w.lb.backend({ id: 3, address: addr(3) });
+    forge(3);
+    t.equal(outerDst(w.run(packet(f)).data), addr(3));
+
+    // 100 jiffies are at most 1 s (HZ >= 100)
+    await new Promise((r) => setTimeout(r, 1100));
+    t.equal(outerDst(w.run(packet(f)).data), addr(1), 'after its bound the connection table answers again');
+    t.same(L.decodeCtEntry(w.lb.maps[L.conntrackKey(f).map].lookup(L.conntrackKey(f).key)!), { backendId: 1, serviceId: 1 }, 'which the cache never changed');
+  });
+
+  t.test(`${fam}: flows sharing a slot take turns in it and each keeps its own backend`, needsRoot, (t) => {
+    const w = setup(t);
+    const r = seededRandom(v6 ? 66 : 44);
+    const bySlot = new Map<number, Flow>();
+    let pair: [Flow, Flow] | undefined;
+    for (let i = 0; !pair && i < 100000; i++) {
+      const f: Flow = { src: client(i), dst: vip, sport: 1024 + Math.floor(r() * 60000), dport: 80, proto: TCP };
+      const other = bySlot.get(slotOf(f));
+      if (other && other.src !== f.src) pair = [other, f];
+      else bySlot.set(slotOf(f), f);
+    }
+    t.ok(pair, 'two flows with one slot');
+    const [a, b] = pair!;
+    t.equal(outerDst(w.run(packet(a, P.TCP_SYN)).data), addr(1));
+    w.lb.maglev(1, new Uint32Array(7).fill(2));
+    t.equal(outerDst(w.run(packet(b, P.TCP_SYN)).data), addr(2), 'b: the new table');
+    for (let i = 0; i < 4; i++) {
+      t.equal(outerDst(w.run(packet(a)).data), addr(1), 'a keeps backend 1');
+      t.equal(outerDst(w.run(packet(b)).data), addr(2), 'b keeps backend 2');
+    }
+    const holders = entries(w, slotOf(a)).filter((e) => e.flow.equals(L.encodeFlowKey(a)) || e.flow.equals(L.encodeFlowKey(b)));
+    t.ok(holders.length >= 1, 'the slot holds one of them');
+    t.end();
+  });
+}
+
+t.test('a cached answer is not used for another service of the same flow tuple', needsRoot, (t) => {
+  // the exact-port service replaces the all-ports one: the cached answer names
+  // the old service, which no longer serves the flow
+  const w = world(t, { maglevM: 7 });
+  w.lb.service({ vip: VIP4, port: 0, proto: TCP, id: 2 });
+  w.lb.backend({ id: 1, address: '198.51.100.1' });
+  w.lb.backend({ id: 2, address: '198.51.100.2' });
+  w.lb.maglev(1, new Uint32Array(7).fill(1));
+  w.lb.maglev(2, new Uint32Array(7).fill(2));
+  const f: Flow = { src: '192.0.2.7', dst: VIP4, sport: 777, dport: 80, proto: TCP };
+  t.equal(outerDst(w.run(packet(f, P.TCP_SYN)).data), '198.51.100.2');
+  t.equal(outerDst(w.run(packet(f)).data), '198.51.100.2', 'cached');
+  w.lb.service({ vip: VIP4, port: 80, proto: TCP, id: 1 });
+  const r = w.run(packet(f));
+  t.equal(r.retval, bpf.XDP_TX);
+  t.equal(outerDst(r.data), '198.51.100.1', 'the new service, at once');
+  t.end();
+});

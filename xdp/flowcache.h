@@ -1,0 +1,64 @@
+/* SPDX-License-Identifier: Apache-2.0 */
+/* Step 4, established flows: a per-CPU, direct-mapped cache of
+ * connection-table answers (xdplb_flow_cache), read inline where the
+ * connection table costs a kernel call. What it holds is checked exactly as a
+ * connection-table entry is (maglev.h: choose_established()), so it only
+ * saves the lookup; an entry is written when the connection table answered
+ * or a new flow was placed, and trusted for XDPLB_FLOW_CACHE_JIFFIES. Two
+ * flows sharing a slot only cost each other lookups. */
+#ifndef XDPLB_FLOWCACHE_H
+#define XDPLB_FLOWCACHE_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+#include "consts.h"
+#include "layout.h"
+#include "maps.h"
+
+_Static_assert((XDPLB_FLOW_CACHE_SLOTS & (XDPLB_FLOW_CACHE_SLOTS - 1)) == 0, "flow cache slots: a power of two");
+_Static_assert(sizeof(struct xdplb_flow_key) == 40, "the flow key as five 8-byte words");
+
+/* The flow's slot: its ten words folded, then a multiplicative hash (the top
+ * bits of the product). Not the flow hash: that is a jhash, which an IPv4
+ * connection-table hit does not otherwise need. */
+static __always_inline struct xdplb_flow_cache_entry *flow_cache_slot(const struct xdplb_flow_key *f)
+{
+	const __u32 *w = (const __u32 *)f;
+	__u32 x, slot;
+
+	x = w[0] ^ w[1] ^ w[2] ^ w[3];
+	x ^= (w[4] ^ w[5] ^ w[6] ^ w[7]) * 0x85ebca6bU;
+	x ^= w[8] * 0xc2b2ae35U ^ w[9];
+	slot = (x * 0x9e3779b1U) >> (32 - __builtin_ctz(XDPLB_FLOW_CACHE_SLOTS));
+	return bpf_map_lookup_elem(&xdplb_flow_cache, &slot);
+}
+
+static __always_inline int flow_equal(const struct xdplb_flow_key *a, const struct xdplb_flow_key *b)
+{
+	const __u64 *x = (const __u64 *)a, *y = (const __u64 *)b;
+
+	return !((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4]));
+}
+
+/* The cached answer for f, or NULL. */
+static __always_inline struct xdplb_flow_cache_entry *flow_cache_get(struct xdplb_flow_cache_entry *c,
+								     const struct xdplb_flow_key *f)
+{
+	if (!c || !flow_equal(&c->flow, f) || bpf_jiffies64() - c->filled_jiffies >= XDPLB_FLOW_CACHE_JIFFIES)
+		return NULL;
+	return c;
+}
+
+/* Remembers (backend, service) for f in its slot. */
+static __always_inline void flow_cache_put(struct xdplb_flow_cache_entry *c, const struct xdplb_flow_key *f,
+					   __u32 backend_id, __u32 service_id)
+{
+	if (!c)
+		return;
+	__builtin_memcpy(&c->flow, f, sizeof(*f));
+	c->backend_id = backend_id;
+	c->service_id = service_id;
+	c->filled_jiffies = bpf_jiffies64();
+}
+
+#endif /* XDPLB_FLOWCACHE_H */
