@@ -268,7 +268,9 @@ function openWorld(c: Cleanup, services: number, ctSize?: number): World {
     const tables: Array<readonly [number, Uint32Array]> = [];
     const ids: Buffer[] = [];
     const defs: Buffer[] = [];
+    const vips: string[] = [];
     const add = (s: { vip: string; port: number; id: number; flags: number }) => {
+      vips.push(s.vip);
       keys.push(L.serviceMapKey({ vip: s.vip, port: s.port, proto: L.IPPROTO_TCP }));
       values.push(L.encodeService({ id: s.id, flags: s.flags }));
       ids.push(L.u32(s.id));
@@ -287,6 +289,8 @@ function openWorld(c: Cleanup, services: number, ctSize?: number): World {
     lb.maps.backends.batchUpdate(bkeys, bvalues);
     w.tables.installMany(lb, tables);
     lb.maps.servicesById.batchUpdate(ids, defs);
+    const filter = L.vipFilterWords(vips);
+    lb.maps.vipFilter.batchUpdate([...filter.keys()].map((i) => L.u32(i)), [...filter].map((w) => L.u64(w)));
     for (const map of ['services4', 'services'] as const) {
       const i = keys.flatMap((k, j) => (L.serviceMapOf(k) === map ? [j] : []));
       lb.maps[map].batchUpdate(i.map((j) => keys[j]), i.map((j) => values[j]));
@@ -525,7 +529,7 @@ function table(rows: Row[]): string {
 
 const STEP_LABELS: Record<string, string> = {
   bench_upto_parse: '1 parse (Ethernet, IP, TCP)',
-  bench_upto_conntrack: 'config + connection-table lookup (hit)',
+  bench_upto_conntrack: 'config + flow-cache lookup (hit)',
   bench_upto_backend: '3/4 service by id (array) + its check + backend (+ flow hash where needed: IPv6)',
   bench_upto_route: '6a/8a/7 outer-header plan + next hop (cache hit) + PMTU check',
   bench_upto_encap: '5/6 DNAT (if on) + adjust_head + outer header',

@@ -72,6 +72,25 @@ function servicesById(bpffs: string): { byId: string[]; byKey: string[] } {
   }
 }
 
+/** The bits set in xdplb_vip_filter, and those the VIPs of the service maps need. */
+function vipFilter(bpffs: string): { set: number[]; needed: number[] } {
+  const filter = bpf.mapFromPin(path.join(bpffs, L.MAP_NAMES.vipFilter));
+  const maps = [L.MAP_NAMES.services4, L.MAP_NAMES.services].map((name) => bpf.mapFromPin(path.join(bpffs, name)));
+  try {
+    const dump = filter.dump();
+    const set: number[] = [];
+    for (let i = 0; i < dump.count; i++) {
+      const word = dump.values.readBigUInt64LE(i * 8);
+      for (let b = 0; b < 64; b++) if ((word >> BigInt(b)) & 1n) set.push(dump.keys.readUInt32LE(i * 4) * 64 + b);
+    }
+    const vips = maps.flatMap((m) => [...m.keys()].map((k) => L.decodeServiceMapKey(k)).filter((k) => k.proto !== L.IPPROTO_ICMP && k.proto !== L.IPPROTO_ICMPV6).map((k) => k.vip));
+    return { set: set.sort((a, b) => a - b), needed: [...new Set(vips.map(L.vipFilterBit))].sort((a, b) => a - b) };
+  } finally {
+    filter.close();
+    for (const m of maps) m.close();
+  }
+}
+
 t.test('the daemon attaches, serves the file services and refuses to change them', needsRoot, async (t) => {
   const d = await daemonFixture(t, { servicesYaml: FILE_SERVICES });
   await d.start();
@@ -175,10 +194,14 @@ t.test('services through the API: every error names the field and changes nothin
   const withApi1 = servicesById(d.bpffs);
   t.equal(withApi1.byId.length, 1, 'xdplb_svc_by_id holds the service');
   t.same(withApi1.byId, withApi1.byKey, 'as the service map names it');
+  const filterWithApi1 = vipFilter(d.bpffs);
+  t.equal(filterWithApi1.needed.length, 1);
+  t.same(filterWithApi1.set, filterWithApi1.needed, "the VIP filter has the VIP's bit, and only that");
   const [e5] = await rpc(c, 'DeleteService', { name: 'api1' });
   t.error(e5);
   t.same(serviceKeys(d.bpffs), [], 'the service and its VIP entry are gone from the map');
   t.same(servicesById(d.bpffs).byId, [], 'and from xdplb_svc_by_id');
+  t.same(vipFilter(d.bpffs).set, [], 'and its VIP filter bit is cleared');
 });
 
 t.test('API-owned services and the datapath survive a SIGKILL and restart', needsRoot, async (t) => {
@@ -199,6 +222,9 @@ t.test('API-owned services and the datapath survive a SIGKILL and restart', need
   for (const line of defsBefore.byId) byId.update(L.u32(Number(line.split(':')[0])), L.encodeServiceDef(undefined));
   byId.update(L.u32(4000), L.encodeServiceDef({ vip: '203.0.113.99', port: 1, proto: L.IPPROTO_TCP, id: 4000, flags: 0 }));
   byId.close();
+  const filter = bpf.mapFromPin(path.join(d.bpffs, L.MAP_NAMES.vipFilter));
+  for (let i = 0; i < L.VIP_FILTER_WORDS; i++) filter.update(L.u32(i), L.u64(i % 2 ? 0n : 0xffn));
+  filter.close();
   t.equal(bpf.withNetns(d.topo.lbNs, () => bpf.queryXdp(bpf.ifIndex('lb0')).progId), progBefore, 'the program stays attached while no daemon runs');
   await d.start();
   c = d.client();
@@ -209,6 +235,9 @@ t.test('API-owned services and the datapath survive a SIGKILL and restart', need
   t.not(progAfter, progBefore, 'the restarted daemon swapped in its own program');
   t.ok(d.logs.some((l) => l.includes('adopted pinned datapath state') && l.includes('"services":2')), 'it adopted both services');
   t.same(servicesById(d.bpffs).byId, defsBefore.byId, 'xdplb_svc_by_id rewritten from the adopted services, the stray entry gone');
+  const filterAfter = vipFilter(d.bpffs);
+  t.equal(filterAfter.needed.length, 1, 'one VIP (two services)');
+  t.same(filterAfter.set, filterAfter.needed, 'the VIP filter rewritten too: their bits, no others');
 });
 
 t.test('SIGHUP applies a valid file and keeps the running state on an invalid one', needsRoot, async (t) => {

@@ -160,6 +160,8 @@ t.test('the loaded maps have the names, types, key/value sizes and capacities la
   const expect: Record<string, [string, number]> = {
     xdplb_services: ['hash', L.MAX_SERVICES],
     xdplb_services4: ['hash', L.MAX_SERVICES],
+    xdplb_svc_by_id: ['array', L.MAX_SERVICES],
+    xdplb_vip_filter: ['array', L.VIP_FILTER_WORDS],
     xdplb_backends: ['array', L.MAX_BACKENDS],
     xdplb_nexthops: ['percpu_array', L.NEXTHOP_SLOTS],
     xdplb_nexthop_refreshes: ['percpu_array', 1],

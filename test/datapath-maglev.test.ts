@@ -233,6 +233,27 @@ t.test('the exact-port service wins over the all-ports service; anything else is
   t.end();
 });
 
+t.test('the VIP filter: a destination whose bit is clear is no VIP, the bit TypeScript computes', needsRoot, (t) => {
+  const w = world(t, { maglevM: 7 });
+  for (const [vip, id] of [[VIP4, 1], [VIP6, 2]] as const) {
+    w.lb.service({ vip, port: 80, proto: TCP, id });
+    w.lb.backend({ id, address: vip === VIP4 ? '198.51.100.1' : '2001:db8:100::1' });
+    w.lb.maglev(id, new Uint32Array(7).fill(id));
+    const f = (sport: number): Flow => ({ src: vip === VIP4 ? '192.0.2.5' : '2001:db8::5', dst: vip, sport, dport: 80, proto: TCP });
+    t.equal(w.run(packet(f(1))).retval, bpf.XDP_TX, `${vip}: forwarded`);
+    w.lb.vipFilterBit(vip, false);
+    const before = w.lb.reason('pass_not_vip');
+    const frame = packet(f(2));
+    const r = w.run(frame);
+    t.equal(r.retval, bpf.XDP_PASS, `${vip}: bit ${L.vipFilterBit(vip)} clear: passed`);
+    t.same(r.data, frame, 'unchanged');
+    t.equal(w.lb.reason('pass_not_vip'), before + 1n, 'as not for a VIP');
+    w.lb.vipFilterBit(vip, true);
+    t.equal(w.run(packet(f(3))).retval, bpf.XDP_TX, `${vip}: bit set again: forwarded`);
+  }
+  t.end();
+});
+
 t.test('no table, an empty entry, a table smaller than M: dropped and counted as no backend', needsRoot, (t) => {
   const w = world(t, { maglevM: 13 });
   w.lb.service({ vip: VIP4, port: 1, proto: TCP, id: 1 });

@@ -13,6 +13,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "flowcache.h"
+#include "vipfilter.h"
 
 /* ---- Linux jhash2 (include/linux/jhash.h, Bob Jenkins' lookup3) ---- */
 #define JHASH_INITVAL 0xdeadbeefU
@@ -200,8 +201,9 @@ static __always_inline int service_serves(const struct xdplb_service_def *d, con
  * (flowcache.h) or the connection table names the service (by id, an array)
  * and the backend. The answer counts only while that service still serves
  * the flow, keeps using the connection table, and the backend is active or
- * draining. Returns 1 with *out set, or 0: then the service lookup and
- * Maglev decide (choose_backend()). */
+ * draining. Returns XDPLB_CONTINUE with *out set; XDPLB_NEW_FLOW: the service
+ * lookup and Maglev decide (choose_backend()); or XDPLB_R_PASS_NOT_VIP when
+ * the VIP filter says so, before any hash lookup. */
 static __always_inline int choose_established(const struct packet *pkt, struct backend_choice *out)
 {
 	struct xdplb_flow_cache_entry *slot = flow_cache_slot(&pkt->flow);
@@ -215,9 +217,11 @@ static __always_inline int choose_established(const struct packet *pkt, struct b
 		sid = cached->service_id;
 		bid = cached->backend_id;
 	} else {
+		if (!vip_maybe(&pkt->flow))
+			return XDPLB_R_PASS_NOT_VIP;
 		ct = ct_lookup(&pkt->flow);
 		if (!ct)
-			return 0;
+			return XDPLB_NEW_FLOW;
 		sid = ct->service_id;
 		bid = ct->backend_id;
 		/* cached before it is checked: if the check fails, choose_backend()
@@ -226,14 +230,14 @@ static __always_inline int choose_established(const struct packet *pkt, struct b
 	}
 	d = bpf_map_lookup_elem(&xdplb_svc_by_id, &sid);
 	if (!d || !service_serves(d, &pkt->flow) || (d->svc.flags & XDPLB_SVC_F_CT_BYPASS))
-		return 0;
+		return XDPLB_NEW_FLOW;
 	be = bpf_map_lookup_elem(&xdplb_backends, &bid);
 	if (!be || (be->state != XDPLB_BACKEND_ACTIVE && be->state != XDPLB_BACKEND_DRAINING))
-		return 0;
+		return XDPLB_NEW_FLOW;
 	out->svc = d->svc;
 	out->be = be;
 	out->id = bid;
-	return 1;
+	return XDPLB_CONTINUE;
 }
 
 /* Step 4 for a flow without a usable connection-table entry: the Maglev

@@ -37,6 +37,15 @@ struct {
 	__type(value, struct xdplb_service_def);
 } xdplb_svc_by_id SEC(".maps");
 
+/* word -> 64 bits of the VIP filter (vipfilter.h), written by the daemon */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XDPLB_VIP_FILTER_WORDS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, __u64);
+} xdplb_vip_filter SEC(".maps");
+
 /* backend id -> backend */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -22,6 +22,7 @@ export const NEXTHOP_TTL_MS = 1000;
 export const NEXTHOP_SLOTS = 16384;
 export const FLOW_CACHE_SLOTS = 8192;
 export const FLOW_CACHE_JIFFIES = 100;
+export const VIP_FILTER_WORDS = 1024;
 export const IPV6_EXT_MAX = 6;
 export const ICMP4_QUOTE_MAX = 576 - 20 - 8;
 export const ICMP6_QUOTE_MAX = 1280 - 40 - 8;
@@ -67,6 +68,8 @@ export const MAP_NAMES = {
   services4: 'xdplb_services4',
   /** service id -> the service (struct xdplb_service_def), for connection-table hits */
   servicesById: 'xdplb_svc_by_id',
+  /** word -> 64 bits: a bit per VIP address hash (vipFilterBit) */
+  vipFilter: 'xdplb_vip_filter',
   backends: 'xdplb_backends',
   nexthops: 'xdplb_nexthops',
   nexthopRefreshes: 'xdplb_nexthop_refreshes',
@@ -256,6 +259,7 @@ export const MAP_LAYOUT: Readonly<Record<string, { key: string; value: string }>
   xdplb_services: { key: 'xdplb_service_key', value: 'xdplb_service' },
   xdplb_services4: { key: 'xdplb_service4_key', value: 'xdplb_service' },
   xdplb_svc_by_id: { key: 'u32', value: 'xdplb_service_def' },
+  xdplb_vip_filter: { key: 'u32', value: 'u64' },
   xdplb_backends: { key: 'u32', value: 'xdplb_backend' },
   xdplb_nexthops: { key: 'u32', value: 'xdplb_nexthop' },
   xdplb_nexthop_refreshes: { key: 'u32', value: 'u64' },
@@ -321,6 +325,27 @@ export function address16(address: string): Buffer {
   return b;
 }
 
+/**
+ * The bit of xdp/vipfilter.h vip_maybe() for an address: its four
+ * little-endian words (IPv4: one, then zeros) folded, times the golden
+ * ratio, the top 16 bits of the product.
+ */
+export function vipFilterBit(address: string): number {
+  const a = address16(address);
+  const x = a.readUInt32LE(0) ^ a.readUInt32LE(4) ^ a.readUInt32LE(8) ^ a.readUInt32LE(12);
+  return Math.imul(x, 0x9e3779b1) >>> 16;
+}
+
+/** The filter words with the bits of the given VIPs set. */
+export function vipFilterWords(vips: Iterable<string>): BigUint64Array {
+  const words = new BigUint64Array(VIP_FILTER_WORDS);
+  for (const vip of vips) {
+    const bit = vipFilterBit(vip);
+    words[bit >>> 6] |= 1n << BigInt(bit & 63);
+  }
+  return words;
+}
+
 /** Text form of an address field: 4 or 16 bytes used according to family. */
 export function addressText(bytes: Buffer, family: Family): string {
   if (family === 4) return `${bytes[0]}.${bytes[1]}.${bytes[2]}.${bytes[3]}`;
@@ -356,6 +381,12 @@ function familyByte(f: number): Family {
 export function u32(n: number): Buffer {
   const b = Buffer.alloc(4);
   b.writeUInt32LE(n >>> 0);
+  return b;
+}
+
+export function u64(n: bigint): Buffer {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64LE(n);
   return b;
 }
 

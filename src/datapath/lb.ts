@@ -106,6 +106,8 @@ export class LbDatapath implements DatapathSink {
   private readonly installed = new Map<string, InstalledService>();
   private readonly serviceIds = new IdPool(L.MAX_SERVICES);
   private readonly backendIds = new IdPool(L.MAX_BACKENDS);
+  /** xdplb_vip_filter as written */
+  private vipFilter: BigUint64Array = new BigUint64Array(L.VIP_FILTER_WORDS);
   /** VIP entries (ICMP echo) as installed: key hex -> flags */
   private readonly vipEntries = new Map<string, number>();
   private attached = new Map<string, { ifindex: number; mode: bpf.XdpMode }>();
@@ -180,6 +182,9 @@ export class LbDatapath implements DatapathSink {
       this.serviceIds.take(v.id);
     }
     this.writeServicesById();
+    const filter = this.maps.vipFilter.dump();
+    for (let i = 0; i < filter.count; i++) this.vipFilter[filter.keys.readUInt32LE(i * 4)] = filter.values.readBigUInt64LE(i * 8);
+    this.writeVipFilter();
     const owners = this.owner.dump();
     for (let i = 0; i < owners.count; i++) {
       const id = owners.keys.readUInt32LE(i * 4);
@@ -213,6 +218,22 @@ export class LbDatapath implements DatapathSink {
     for (let i = 0; i < n; i++) keys.writeUInt32LE(i, 4 * i);
     for (const s of this.installed.values()) serviceDef(s).copy(values, size * s.id);
     this.maps.servicesById.batchUpdatePacked(keys, values, n);
+  }
+
+  /**
+   * The VIP filter for the installed services, only the words that differ.
+   * A set bit too many costs a lookup; a bit missing would pass a VIP's
+   * traffic to the kernel, so bits are set before services appear and
+   * cleared only after they are gone.
+   */
+  private writeVipFilter(): void {
+    const words = L.vipFilterWords([...this.installed.values()].map((s) => L.decodeServiceMapKey(Buffer.from(s.keyHex, 'hex')).vip));
+    const changed = [...words.keys()].filter((i) => words[i] !== this.vipFilter[i]);
+    this.maps.vipFilter.batchUpdate(
+      changed.map((i) => L.u32(i)),
+      changed.map((i) => L.u64(words[i])),
+    );
+    this.vipFilter = words;
   }
 
   private writeConfig(): void {
@@ -445,6 +466,7 @@ export class LbDatapath implements DatapathSink {
     // By id before the service maps: a connection-table entry can name a new
     // service only after the service map has led a packet to it.
     this.maps.servicesById.batchUpdate(defIds, defValues);
+    this.writeVipFilter();
     // Services only once their tables are in place.
     for (const map of ['services4', 'services'] as const) {
       const i = serviceKeys.flatMap((k, j) => (L.serviceMapOf(k) === map ? [j] : []));
@@ -472,6 +494,7 @@ export class LbDatapath implements DatapathSink {
         this.installed.delete(s.keyHex);
         this.currentSpecs.delete(s.keyHex);
       }
+      this.writeVipFilter();
     }
     this.writeVipEntries(services);
   }

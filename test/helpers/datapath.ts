@@ -46,12 +46,26 @@ export class Lb {
     this.maps.config.update(L.u32(0), L.encodeConfig(full));
   }
 
-  /** A service as the daemon writes it: by id first, then its service map. */
+  /**
+   * A service as the daemon writes it: by id and its VIP's filter bit first,
+   * then its service map. (The bit stays set when the service goes: a bit
+   * too many only costs lookups.)
+   */
   service(s: ServiceSpec): void {
     const k = L.serviceMapKey(s);
     const flags = s.flags ?? 0;
     this.maps.servicesById.update(L.u32(s.id), L.encodeServiceDef({ ...s, flags }));
+    this.vipFilterBit(s.vip, true);
     this.maps[L.serviceMapOf(k)].update(k, L.encodeService({ id: s.id, flags }));
+  }
+
+  /** Sets or clears the VIP filter bit of an address. */
+  vipFilterBit(vip: string, on: boolean): void {
+    const bit = L.vipFilterBit(vip);
+    const key = L.u32(bit >>> 6);
+    const word = this.maps.vipFilter.lookup(key)!.readBigUInt64LE(0);
+    const mask = 1n << BigInt(bit & 63);
+    this.maps.vipFilter.update(key, L.u64(on ? word | mask : word & ~mask));
   }
 
   deleteService(s: { vip: string; port: number; proto: number }): void {
