@@ -28,7 +28,7 @@
 import * as os from 'node:os';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
-import { flowHash, maglevIndex } from '../src/datapath/flowhash';
+import { flowCacheSlot, flowHash, maglevIndex, vipFilterWords } from '../src/datapath/flowhash';
 import { buildTable } from '../src/maglev';
 import { CLIENT4, CLIENT6, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, VIP6, decap, fibNamespace, openLb, Lb as LbFixture, type FibNs, type Lb } from '../test/helpers/datapath';
 import { pinDir } from '../test/helpers/fixtures';
@@ -45,6 +45,7 @@ const M_ONE = L.MAGLEV_DEFAULT_M;
 const M_MANY = 1021;
 const DOWN_BACKEND = 60_000;
 const BENCH_F_NEW_FLOW = 1;
+const BENCH_F_FLOW_CACHE_MISS = 2;
 const FIRST_FLOW_SEQ = 0x10000; // high half never 0: no generated flow is the original one
 
 // ---- the cases ----
@@ -69,6 +70,8 @@ interface Case {
   ctSize?: number;
   /** empty the connection table before every round (and use a repeat that cannot fill it) */
   clearConntrack?: boolean;
+  /** established: the wrapper clears the flow's flow-cache slot before every iteration */
+  flowCacheMiss?: boolean;
   repeat?: number;
 }
 
@@ -116,7 +119,12 @@ const CASES: Case[] = [
   },
   vipCase('IPv4 TCP SYN to a VIP, new flow', 4, 'new', 1, 80),
   vipCase('IPv6 TCP SYN to a VIP, new flow', 6, 'new', 3, 80),
-  // diagnostics: where the new-flow time goes
+  // diagnostics: an established flow without the flow cache's help, and where the new-flow time goes
+  {
+    ...vipCase('IPv4 TCP to a VIP, established flow, flow-cache miss on every packet (connection-table hit)', 4, 'established', 9, 85),
+    diagnostic: true,
+    flowCacheMiss: true,
+  },
   { ...vipCase('IPv4 TCP SYN, new flow, connection-table bypass (Maglev only, no insert)', 4, 'new', 6, 82, L.SVC_F_CT_BYPASS), diagnostic: true },
   {
     ...vipCase('IPv4 TCP SYN, new flow, connection table emptied before each round (never full)', 4, 'new', 7, 83),
@@ -289,7 +297,7 @@ function openWorld(c: Cleanup, services: number, ctSize?: number): World {
     lb.maps.backends.batchUpdate(bkeys, bvalues);
     w.tables.installMany(lb, tables);
     lb.maps.servicesById.batchUpdate(ids, defs);
-    const filter = L.vipFilterWords(vips);
+    const filter = vipFilterWords(vips);
     lb.maps.vipFilter.batchUpdate([...filter.keys()].map((i) => L.u32(i)), [...filter].map((w) => L.u64(w)));
     for (const map of ['services4', 'services'] as const) {
       const i = keys.flatMap((k, j) => (L.serviceMapOf(k) === map ? [j] : []));
@@ -404,10 +412,11 @@ function prepare(w: World, fib: FibNs, c: Case): () => void {
   }
   validate(w, fib, c);
   const off = flowOffsets(c.family);
-  w.benchConfig.update(L.u32(0), benchConfig(c.kind === 'new' ? BENCH_F_NEW_FLOW : 0, off.sport, off.src));
+  const flow = { src: c.client, dst: c.dst, sport: SPORT, dport: c.dport, proto: L.IPPROTO_TCP };
+  const flags = (c.kind === 'new' ? BENCH_F_NEW_FLOW : 0) | (c.flowCacheMiss ? BENCH_F_FLOW_CACHE_MISS : 0);
+  w.benchConfig.update(L.u32(0), benchConfig(flags, off.sport, off.src, flowCacheSlot(flow)));
   if (c.kind === 'established') {
     // the run above created the entry; from now on only that entry can forward the flow
-    const flow = { src: c.client, dst: c.dst, sport: SPORT, dport: c.dport, proto: L.IPPROTO_TCP };
     const e = ctEntry(w, flow);
     const want = expectedBackend(w, c, flow);
     if (!e || e.backendId !== want || e.serviceId !== c.service!.id) throw new Error(`${c.label}: no connection-table entry after the first packet`);
@@ -418,11 +427,12 @@ function prepare(w: World, fib: FibNs, c: Case): () => void {
   return () => undo.reverse().forEach((f) => f());
 }
 
-function benchConfig(flags: number, sportOff: number, srcOff: number): Buffer {
-  const b = Buffer.alloc(8);
+function benchConfig(flags: number, sportOff: number, srcOff: number, cacheSlot: number): Buffer {
+  const b = Buffer.alloc(12);
   b.writeUInt32LE(flags, 0);
   b.writeUInt16LE(sportOff, 4);
   b.writeUInt16LE(srcOff, 6);
+  b.writeUInt32LE(cacheSlot, 8);
   return b;
 }
 

@@ -8,6 +8,7 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
+import { vipFilterBit } from '../src/datapath/flowhash';
 import { daemonFixture, reflectedServices, rpc } from './helpers/daemon';
 import { needsRoot } from './helpers/fixtures';
 
@@ -84,7 +85,7 @@ function vipFilter(bpffs: string): { set: number[]; needed: number[] } {
       for (let b = 0; b < 64; b++) if ((word >> BigInt(b)) & 1n) set.push(dump.keys.readUInt32LE(i * 4) * 64 + b);
     }
     const vips = maps.flatMap((m) => [...m.keys()].map((k) => L.decodeServiceMapKey(k)).filter((k) => k.proto !== L.IPPROTO_ICMP && k.proto !== L.IPPROTO_ICMPV6).map((k) => k.vip));
-    return { set: set.sort((a, b) => a - b), needed: [...new Set(vips.map(L.vipFilterBit))].sort((a, b) => a - b) };
+    return { set: set.sort((a, b) => a - b), needed: [...new Set(vips.map(vipFilterBit))].sort((a, b) => a - b) };
   } finally {
     filter.close();
     for (const m of maps) m.close();

@@ -6,7 +6,7 @@
 import t from 'tap';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
-import type { Flow } from '../src/datapath/flowhash';
+import { flowCacheSlot as slotOf, type Flow } from '../src/datapath/flowhash';
 import * as P from './helpers/packets';
 import { world, decap, VIP4, VIP6, type World } from './helpers/datapath';
 import { needsRoot, type Teardown } from './helpers/fixtures';
@@ -14,16 +14,6 @@ import { seededRandom } from './helpers/random';
 
 const TCP = L.IPPROTO_TCP;
 const ENTRY = L.LAYOUT.xdplb_flow_cache_entry;
-
-/** flowcache.h flow_cache_slot(): the words of struct xdplb_flow_key, folded, times the golden ratio. */
-function slotOf(f: Flow): number {
-  const k = L.encodeFlowKey(f);
-  const w = (i: number) => k.readUInt32LE(4 * i);
-  let x = (w(0) ^ w(1) ^ w(2) ^ w(3)) >>> 0;
-  x = (x ^ Math.imul(w(4) ^ w(5) ^ w(6) ^ w(7), 0x85ebca6b)) >>> 0;
-  x = (x ^ Math.imul(w(8), 0xc2b2ae35) ^ w(9)) >>> 0;
-  return Math.imul(x, 0x9e3779b1) >>> (32 - Math.log2(L.FLOW_CACHE_SLOTS));
-}
 
 /** The slot's entry on every CPU. */
 function entries(w: World, slot: number): Array<{ flow: Buffer; backendId: number; serviceId: number; filledJiffies: bigint }> {

@@ -118,8 +118,6 @@ enum xdplb_reason {
 
 /* Internal: "no verdict yet, go on with the next step". Never counted. */
 #define XDPLB_CONTINUE	(-1)
-/* Internal: no usable connection-table answer: the flow is placed anew. */
-#define XDPLB_NEW_FLOW	(-3)
 
 /* Where the recorder hooks sit (recorder.h). */
 #define XDPLB_CAPTURE_IN	1	/* step 2: as received, before any change */

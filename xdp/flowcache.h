@@ -1,9 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* Step 4, established flows: a per-CPU, direct-mapped cache of
  * connection-table answers (xdplb_flow_cache), read inline where the
- * connection table costs a kernel call. What it holds is checked exactly as a
- * connection-table entry is (maglev.h: choose_established()), so it only
- * saves the lookup; an entry is written when the connection table answered
+ * service lookup and the connection table cost two kernel calls. What it
+ * holds is checked against the service it names and the backend's state
+ * (maglev.h: choose_cached()), so it only saves the lookups; an entry is written when the connection table answered
  * or a new flow was placed, and trusted for XDPLB_FLOW_CACHE_JIFFIES. Two
  * flows sharing a slot only cost each other lookups. */
 #ifndef XDPLB_FLOWCACHE_H

@@ -10,11 +10,11 @@
  *    because step 7 needs its MTU and because a packet that cannot be
  *    forwarded (FIB miss, too big) must reach the kernel, or be quoted in the
  *    ICMP error, exactly as it arrived.
- *  - For established flows step 4's connection table (behind a per-CPU flow
- *    cache) comes first and names the service too (by id, in an array): at
- *    most one hash lookup per packet instead of two, none on a cache hit.
- *    Before the connection table, a bit per VIP address hash (vipfilter.h)
- *    sends traffic that is no VIP's to the kernel without any hash lookup.
+ *  - For a flow this CPU has seen lately step 4 comes first: its per-CPU
+ *    flow-cache entry names the service too (by id, in an array), and no
+ *    hash lookup is made. Before the service lookup of every other packet,
+ *    a bit per VIP address hash (vipfilter.h) sends traffic that is no VIP's
+ *    to the kernel without any hash lookup either.
  *
  * Choices worth knowing (each counted under its own reason, consts.h):
  *  - Echo: an echo request to a VIP is answered when the VIP entry (service
@@ -43,6 +43,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "recorder.h"
+#include "vipfilter.h"
 #include "maglev.h"
 #include "encap.h"
 #include "icmp.h"
@@ -103,18 +104,19 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 			return finish(&pkt, XDPLB_R_PASS_ICMP_ECHO_OFF);
 		return finish(&pkt, icmp_echo_reply(ctx, &pkt, cfg));
 	}
-	/* 3 + 4. An established flow: the flow cache or the connection table
-	 * names service and backend. Otherwise the service lookup, then Maglev
-	 * (which hashes the flow and remembers the choice) */
-	r = choose_established(&pkt, &choice);
-	if (r == XDPLB_NEW_FLOW) {
+	/* 3 + 4. An established flow this CPU has seen lately: the flow cache
+	 * names service and backend. Otherwise the VIP filter, the service
+	 * lookup, then the connection table or Maglev */
+	if (!choose_cached(&pkt, &choice)) {
+		if (!vip_maybe(&pkt.flow))
+			return finish(&pkt, XDPLB_R_PASS_NOT_VIP);
 		svc = lookup_service(&pkt.flow);
 		if (!svc)
 			return finish(&pkt, XDPLB_R_PASS_NOT_VIP);
 		r = choose_backend(&pkt, svc, cfg, &choice);
+		if (r != XDPLB_CONTINUE)
+			return finish(&pkt, r);
 	}
-	if (r != XDPLB_CONTINUE)
-		return finish(&pkt, r);
 	if (choice.be->family != pkt.flow.family)
 		return finish(&pkt, XDPLB_R_DROP_FAMILY_MISMATCH);
 	/* an IPv4 connection-table hit with a fixed outer source needs no hash

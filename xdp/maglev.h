@@ -13,7 +13,6 @@
 #include "maps.h"
 #include "parse.h"
 #include "flowcache.h"
-#include "vipfilter.h"
 
 /* ---- Linux jhash2 (include/linux/jhash.h, Bob Jenkins' lookup3) ---- */
 #define JHASH_INITVAL 0xdeadbeefU
@@ -197,62 +196,65 @@ static __always_inline int service_serves(const struct xdplb_service_def *d, con
 	return d->port == 0 && !lookup_service_key(f, f->proto, f->dport);
 }
 
-/* Steps 3 and 4 for an established flow, in one lookup: the flow cache
- * (flowcache.h) or the connection table names the service (by id, an array)
- * and the backend. The answer counts only while that service still serves
- * the flow, keeps using the connection table, and the backend is active or
- * draining. Returns XDPLB_CONTINUE with *out set; XDPLB_NEW_FLOW: the service
- * lookup and Maglev decide (choose_backend()); or XDPLB_R_PASS_NOT_VIP when
- * the VIP filter says so, before any hash lookup. */
-static __always_inline int choose_established(const struct packet *pkt, struct backend_choice *out)
+/* Steps 3 and 4 for an established flow this CPU has seen lately, without
+ * a hash lookup: its flow-cache entry (flowcache.h) names the service (by
+ * id, an array) and the backend. The answer counts only while that service
+ * still serves the flow and keeps using the connection table, and the backend
+ * is active or draining. Returns 1 with *out set, or 0: then the service
+ * lookup and choose_backend() decide. */
+static __always_inline int choose_cached(const struct packet *pkt, struct backend_choice *out)
 {
-	struct xdplb_flow_cache_entry *slot = flow_cache_slot(&pkt->flow);
-	struct xdplb_flow_cache_entry *cached = flow_cache_get(slot, &pkt->flow);
+	struct xdplb_flow_cache_entry *c = flow_cache_get(flow_cache_slot(&pkt->flow), &pkt->flow);
 	struct xdplb_service_def *d;
-	struct xdplb_ct_entry *ct;
 	struct xdplb_backend *be;
 	__u32 sid, bid;
 
-	if (cached) {
-		sid = cached->service_id;
-		bid = cached->backend_id;
-	} else {
-		if (!vip_maybe(&pkt->flow))
-			return XDPLB_R_PASS_NOT_VIP;
-		ct = ct_lookup(&pkt->flow);
-		if (!ct)
-			return XDPLB_NEW_FLOW;
-		sid = ct->service_id;
-		bid = ct->backend_id;
-		/* cached before it is checked: if the check fails, choose_backend()
-		 * overwrites both, or a later packet fails the same check */
-		flow_cache_put(slot, &pkt->flow, bid, sid);
-	}
+	if (!c)
+		return 0;
+	sid = c->service_id;
+	bid = c->backend_id;
 	d = bpf_map_lookup_elem(&xdplb_svc_by_id, &sid);
 	if (!d || !service_serves(d, &pkt->flow) || (d->svc.flags & XDPLB_SVC_F_CT_BYPASS))
-		return XDPLB_NEW_FLOW;
+		return 0;
 	be = bpf_map_lookup_elem(&xdplb_backends, &bid);
 	if (!be || (be->state != XDPLB_BACKEND_ACTIVE && be->state != XDPLB_BACKEND_DRAINING))
-		return XDPLB_NEW_FLOW;
+		return 0;
 	out->svc = d->svc;
 	out->be = be;
 	out->id = bid;
-	return XDPLB_CONTINUE;
+	return 1;
 }
 
-/* Step 4 for a flow without a usable connection-table entry: the Maglev
- * table of its service at flow hash % M, which must name an active backend.
- * The choice is then remembered (unless the service bypasses the connection
- * table; never for ICMP errors: they follow flows, never start them).
- * Returns XDPLB_CONTINUE or a drop reason. */
+/* Step 4 for the rest. The connection table first (unless bypassed): an
+ * entry of this service whose backend is active or draining keeps the flow
+ * there. Otherwise the Maglev table at flow hash % M, which must name an
+ * active backend; the choice is then remembered (not for ICMP errors: they
+ * follow flows, never start them). Either way a flow of the connection table
+ * goes into the flow cache. Returns XDPLB_CONTINUE or a drop reason. */
 static __always_inline int choose_backend(struct packet *pkt, const struct xdplb_service *svc,
 					  const struct xdplb_config *cfg, struct backend_choice *out)
 {
+	int use_ct = !(svc->flags & XDPLB_SVC_F_CT_BYPASS);
+	struct xdplb_ct_entry *ct;
 	struct xdplb_backend *be;
 	__u32 m, idx, id, *idp;
 	void *table;
 
 	out->svc = *svc;
+	if (use_ct) {
+		ct = ct_lookup(&pkt->flow);
+		if (ct && ct->service_id == svc->id) {
+			id = ct->backend_id;
+			be = bpf_map_lookup_elem(&xdplb_backends, &id);
+			if (be && (be->state == XDPLB_BACKEND_ACTIVE || be->state == XDPLB_BACKEND_DRAINING)) {
+				flow_cache_put(flow_cache_slot(&pkt->flow), &pkt->flow, id, svc->id);
+				out->be = be;
+				out->id = id;
+				return XDPLB_CONTINUE;
+			}
+		}
+	}
+
 	pkt->hash = flow_hash(&pkt->flow, svc->flags & XDPLB_SVC_F_SRC_HASH);
 	out->hashed = 1;
 	table = bpf_map_lookup_elem(&xdplb_maglev, &svc->id);
@@ -268,7 +270,7 @@ static __always_inline int choose_backend(struct packet *pkt, const struct xdplb
 	if (!be || be->state != XDPLB_BACKEND_ACTIVE)
 		return XDPLB_R_DROP_NO_BACKEND;
 
-	if (!(svc->flags & XDPLB_SVC_F_CT_BYPASS) && pkt->kind == PKT_FLOW) {
+	if (use_ct && pkt->kind == PKT_FLOW) {
 		struct xdplb_ct_entry e = { .backend_id = id, .service_id = svc->id };
 
 		ct_update(&pkt->flow, &e);

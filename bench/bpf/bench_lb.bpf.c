@@ -11,7 +11,9 @@
  *   2. optionally make the flow new: write a running 32-bit sequence number
  *      into the TCP/UDP source port (low 16 bits) and XOR its high 16 bits
  *      into the last two bytes of the client address, so no iteration ever
- *      meets the connection-table entry an earlier one created;
+ *      meets the connection-table entry an earlier one created; or make the
+ *      flow cache miss: clear the flow's slot, so every iteration looks the
+ *      connection table up;
  *   3. xdplb_process(), the load balancer exactly as xdplb_main runs it;
  *   4. move the head back by the difference in length, with the same helper
  *      call when there is none (the no-op), and write the saved bytes back
@@ -34,6 +36,7 @@
 
 /* bench_config.flags */
 #define BENCH_F_NEW_FLOW (1U << 0)
+#define BENCH_F_FLOW_CACHE_MISS (1U << 1)
 
 /* Verdict slots: XDP_ABORTED..XDP_REDIRECT, then anything else. */
 #define BENCH_VERDICT_SLOTS 6
@@ -42,6 +45,7 @@ struct bench_config {
 	__u32 flags;		/* BENCH_F_* */
 	__u16 sport_off;	/* offset of the TCP/UDP source port in the frame */
 	__u16 src_off;		/* offset of the last two bytes of the client address */
+	__u32 cache_slot;	/* BENCH_F_FLOW_CACHE_MISS: the flow's slot in xdplb_flow_cache */
 };
 
 struct bench_frame {
@@ -154,15 +158,15 @@ static __always_inline int bench_upto(struct xdp_md *ctx, const int upto)
 		asm volatile("" : : "r"(c));
 		return XDP_TX;
 	}
-	r = choose_established(&pkt, &choice);
-	if (r == XDPLB_NEW_FLOW) {
+	if (!choose_cached(&pkt, &choice)) {
+		if (!vip_maybe(&pkt.flow))
+			return XDP_ABORTED;
 		svc = lookup_service(&pkt.flow);
 		if (!svc)
 			return XDP_ABORTED;
-		r = choose_backend(&pkt, svc, cfg, &choice);
+		if (choose_backend(&pkt, svc, cfg, &choice) != XDPLB_CONTINUE)
+			return XDP_ABORTED;
 	}
-	if (r != XDPLB_CONTINUE)
-		return XDP_ABORTED;
 	if (choice.be->family != pkt.flow.family)
 		return XDP_ABORTED;
 	if (!choice.hashed && encap_uses_hash(&pkt, cfg))
@@ -203,6 +207,13 @@ static __always_inline int bench_run(struct xdp_md *ctx, const int mode)
 		goto abort;
 	if ((cfg->flags & BENCH_F_NEW_FLOW) && bench_new_flow(ctx, cfg))
 		goto abort;
+	if (cfg->flags & BENCH_F_FLOW_CACHE_MISS) {
+		__u32 slot = cfg->cache_slot;
+		struct xdplb_flow_cache_entry *c = bpf_map_lookup_elem(&xdplb_flow_cache, &slot);
+
+		if (c)
+			c->flow.family = 0;
+	}
 
 	if (mode == BENCH_LB) {
 		verdict = xdplb_process(ctx);

@@ -1,9 +1,11 @@
-// The datapath's flow hash, bit for bit (xdp/maglev.h), and what follows from
-// it: the Maglev entry of a flow and its outer source address (xdp/encap.h).
-// Node-independent by design: every load balancer of a fleet, and every tool
+// The datapath's hashes, bit for bit: the flow hash (xdp/maglev.h) and what
+// follows from it, the Maglev entry of a flow and its outer source address
+// (xdp/encap.h); the VIP filter's bit of an address (xdp/vipfilter.h); the
+// flow-cache slot of a flow (xdp/flowcache.h). The flow hash is
+// node-independent by design: every load balancer of a fleet, and every tool
 // that predicts where a flow goes, computes the same numbers.
 
-import { addressBytes, addressText, familyOf, FLOW_HASH_SEED, MAGLEV_DEFAULT_M, type Family } from './layout';
+import { address16, addressBytes, addressText, encodeFlowKey, familyOf, FLOW_CACHE_SLOTS, FLOW_HASH_SEED, MAGLEV_DEFAULT_M, VIP_FILTER_WORDS, type Family } from './layout';
 
 const JHASH_INITVAL = 0xdeadbeef;
 
@@ -104,4 +106,35 @@ export function outerSource(address: string, prefixLen: number, hash: number): s
 /** IPv6 outer flow label: the low 20 bits of the flow hash. */
 export function flowLabel(hash: number): number {
   return hash & 0xfffff;
+}
+
+/**
+ * The bit of xdp/vipfilter.h vip_maybe() for an address: its four
+ * little-endian words (IPv4: one, then zeros) folded, times the golden
+ * ratio, the top 16 bits of the product.
+ */
+export function vipFilterBit(address: string): number {
+  const a = address16(address);
+  const x = a.readUInt32LE(0) ^ a.readUInt32LE(4) ^ a.readUInt32LE(8) ^ a.readUInt32LE(12);
+  return Math.imul(x, 0x9e3779b1) >>> 16;
+}
+
+/** The filter words (xdplb_vip_filter) with the bits of the given VIPs set. */
+export function vipFilterWords(vips: Iterable<string>): BigUint64Array {
+  const words = new BigUint64Array(VIP_FILTER_WORDS);
+  for (const vip of vips) {
+    const bit = vipFilterBit(vip);
+    words[bit >>> 6] |= 1n << BigInt(bit & 63);
+  }
+  return words;
+}
+
+/** xdp/flowcache.h flow_cache_slot(): the ten words of the flow key folded, times the golden ratio. */
+export function flowCacheSlot(f: Flow): number {
+  const k = encodeFlowKey(f);
+  const w = (i: number) => k.readUInt32LE(4 * i);
+  let x = (w(0) ^ w(1) ^ w(2) ^ w(3)) >>> 0;
+  x = (x ^ Math.imul(w(4) ^ w(5) ^ w(6) ^ w(7), 0x85ebca6b)) >>> 0;
+  x = (x ^ Math.imul(w(8), 0xc2b2ae35) ^ w(9)) >>> 0;
+  return Math.imul(x, 0x9e3779b1) >>> (32 - Math.log2(FLOW_CACHE_SLOTS));
 }

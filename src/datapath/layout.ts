@@ -325,27 +325,6 @@ export function address16(address: string): Buffer {
   return b;
 }
 
-/**
- * The bit of xdp/vipfilter.h vip_maybe() for an address: its four
- * little-endian words (IPv4: one, then zeros) folded, times the golden
- * ratio, the top 16 bits of the product.
- */
-export function vipFilterBit(address: string): number {
-  const a = address16(address);
-  const x = a.readUInt32LE(0) ^ a.readUInt32LE(4) ^ a.readUInt32LE(8) ^ a.readUInt32LE(12);
-  return Math.imul(x, 0x9e3779b1) >>> 16;
-}
-
-/** The filter words with the bits of the given VIPs set. */
-export function vipFilterWords(vips: Iterable<string>): BigUint64Array {
-  const words = new BigUint64Array(VIP_FILTER_WORDS);
-  for (const vip of vips) {
-    const bit = vipFilterBit(vip);
-    words[bit >>> 6] |= 1n << BigInt(bit & 63);
-  }
-  return words;
-}
-
 /** Text form of an address field: 4 or 16 bytes used according to family. */
 export function addressText(bytes: Buffer, family: Family): string {
   if (family === 4) return `${bytes[0]}.${bytes[1]}.${bytes[2]}.${bytes[3]}`;

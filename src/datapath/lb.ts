@@ -12,6 +12,7 @@ import * as path from 'node:path';
 import type { Logger } from 'pino';
 import * as bpf from './bpf';
 import * as L from './layout';
+import { vipFilterWords } from './flowhash';
 import { REASONS } from './reasons';
 import { buildTable, diffTables, NO_BACKEND } from '../maglev';
 import type { DatapathSink } from '../control/controller';
@@ -227,7 +228,7 @@ export class LbDatapath implements DatapathSink {
    * cleared only after they are gone.
    */
   private writeVipFilter(): void {
-    const words = L.vipFilterWords([...this.installed.values()].map((s) => L.decodeServiceMapKey(Buffer.from(s.keyHex, 'hex')).vip));
+    const words = vipFilterWords([...this.installed.values()].map((s) => L.decodeServiceMapKey(Buffer.from(s.keyHex, 'hex')).vip));
     const changed = [...words.keys()].filter((i) => words[i] !== this.vipFilter[i]);
     this.maps.vipFilter.batchUpdate(
       changed.map((i) => L.u32(i)),

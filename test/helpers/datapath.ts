@@ -7,6 +7,7 @@ import * as os from 'node:os';
 import * as fs from 'node:fs';
 import * as bpf from '../../src/datapath/bpf';
 import * as L from '../../src/datapath/layout';
+import { vipFilterBit } from '../../src/datapath/flowhash';
 import { REASONS, REASON } from '../../src/datapath/reasons';
 import { netns, pinDir, sh, veth, ifindexIn, type Teardown } from './fixtures';
 import { CHECK_FIELDS, macText, readIpv4, readIpv6, tsharkFields, tsharkVerbose } from './packets';
@@ -61,7 +62,7 @@ export class Lb {
 
   /** Sets or clears the VIP filter bit of an address. */
   vipFilterBit(vip: string, on: boolean): void {
-    const bit = L.vipFilterBit(vip);
+    const bit = vipFilterBit(vip);
     const key = L.u32(bit >>> 6);
     const word = this.maps.vipFilter.lookup(key)!.readBigUInt64LE(0);
     const mask = 1n << BigInt(bit & 63);
