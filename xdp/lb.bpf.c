@@ -10,11 +10,11 @@
  *    because step 7 needs its MTU and because a packet that cannot be
  *    forwarded (FIB miss, too big) must reach the kernel, or be quoted in the
  *    ICMP error, exactly as it arrived.
- *  - For a flow this CPU has seen lately step 4 comes first: its per-CPU
+ *  - Step 3 starts with a bit per VIP address hash (vipfilter.h): traffic
+ *    that is no VIP's goes to the kernel without any hash lookup. For a flow
+ *    this CPU has seen lately step 4 then comes first: its per-CPU
  *    flow-cache entry names the service too (by id, in an array), and no
- *    hash lookup is made. Before the service lookup of every other packet,
- *    a bit per VIP address hash (vipfilter.h) sends traffic that is no VIP's
- *    to the kernel without any hash lookup either.
+ *    hash lookup is made at all.
  *
  * Choices worth knowing (each counted under its own reason, consts.h):
  *  - Echo: an echo request to a VIP is answered when the VIP entry (service
@@ -95,6 +95,11 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 	if (!cfg)
 		return finish(&pkt, XDPLB_R_PASS_NOT_VIP);
 
+	/* 3. Not for a VIP: to the kernel after one bit (vipfilter.h), before
+	 * any other lookup */
+	if (!vip_maybe(&pkt.flow))
+		return finish(&pkt, XDPLB_R_PASS_NOT_VIP);
+
 	/* 3. Service lookup (echo requests: the VIP entry, answered here) */
 	if (pkt.kind == PKT_ICMP_ECHO) {
 		svc = lookup_vip_entry(&pkt.flow);
@@ -105,11 +110,9 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 		return finish(&pkt, icmp_echo_reply(ctx, &pkt, cfg));
 	}
 	/* 3 + 4. An established flow this CPU has seen lately: the flow cache
-	 * names service and backend. Otherwise the VIP filter, the service
-	 * lookup, then the connection table or Maglev */
+	 * names service and backend. Otherwise the service lookup, then the
+	 * connection table or Maglev */
 	if (!choose_cached(&pkt, &choice)) {
-		if (!vip_maybe(&pkt.flow))
-			return finish(&pkt, XDPLB_R_PASS_NOT_VIP);
 		svc = lookup_service(&pkt.flow);
 		if (!svc)
 			return finish(&pkt, XDPLB_R_PASS_NOT_VIP);

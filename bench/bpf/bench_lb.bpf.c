@@ -123,7 +123,7 @@ enum bench_mode {
 	BENCH_NOOP = 0,
 	BENCH_LB,		/* xdplb_process(): the whole packet path */
 	BENCH_UPTO_PARSE,	/* step 1 */
-	BENCH_UPTO_CONNTRACK,	/* + config and flow-cache lookup (the established flow's: a hit) */
+	BENCH_UPTO_CONNTRACK,	/* + config, VIP filter and flow-cache lookup (the established flow's: a hit) */
 	BENCH_UPTO_BACKEND,	/* + the service (by id, or its lookup) and the backend (steps 3, 4) */
 	BENCH_UPTO_ROUTE,	/* + outer header plan and next hop (steps 6a, 8a, 7) */
 	BENCH_UPTO_ENCAP,	/* + L4 DNAT and encapsulation (steps 5, 6) */
@@ -150,6 +150,8 @@ static __always_inline int bench_upto(struct xdp_md *ctx, const int upto)
 	cfg = bpf_map_lookup_elem(&xdplb_config, &zero);
 	if (!cfg)
 		return XDP_ABORTED;
+	if (!vip_maybe(&pkt.flow))
+		return XDP_ABORTED;
 	if (upto == BENCH_UPTO_CONNTRACK) {
 		/* a hit after the first iteration on this CPU: the cut has no
 		 * connection-table lookup that would fill the slot */
@@ -159,8 +161,6 @@ static __always_inline int bench_upto(struct xdp_md *ctx, const int upto)
 		return XDP_TX;
 	}
 	if (!choose_cached(&pkt, &choice)) {
-		if (!vip_maybe(&pkt.flow))
-			return XDP_ABORTED;
 		svc = lookup_service(&pkt.flow);
 		if (!svc)
 			return XDP_ABORTED;

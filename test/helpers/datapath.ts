@@ -77,8 +77,9 @@ export class Lb {
     if (v) this.maps.servicesById.update(L.u32(L.decodeService(v).id), L.encodeServiceDef(undefined));
   }
 
-  /** The VIP entry: whether the VIP answers ICMP echo. */
+  /** The VIP entry: whether the VIP answers ICMP echo (the daemon writes one for a VIP with services, so its filter bit is set). */
   vipEntry(vip: string, echo: boolean): void {
+    this.vipFilterBit(vip, true);
     const k = L.vipEntryKey(vip);
     this.maps[L.serviceMapOf(k)].update(k, L.encodeService({ id: 0, flags: echo ? L.SVC_F_ICMP_ECHO : 0 }));
   }
