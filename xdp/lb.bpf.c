@@ -35,7 +35,11 @@
  *    inner one; the outer IPv6 header copies the traffic class and takes the
  *    flow label from the flow hash.
  *  - The IPv4 header checksum of received packets is not verified: a
- *    corrupted header reaches the backend, whose stack drops it. */
+ *    corrupted header reaches the backend, whose stack drops it.
+ *  - What the daemon changes (services, backends, their states) reaches
+ *    flows in the flow cache with the next packet: it is checked on every
+ *    one. A connection-table entry written from user space (the daemon
+ *    writes none) reaches a flow cached on a CPU within 100 jiffies. */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "consts.h"
