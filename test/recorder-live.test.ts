@@ -129,7 +129,12 @@ t.test('a live stream through the CLI into tshark; Ctrl-C ends it with a valid c
     let pid: number | undefined;
     await until(() => {
       const children = fs.readFileSync(`/proc/${shell.pid}/task/${shell.pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
-      pid = children.find((c) => fs.readFileSync(`/proc/${c}/cmdline`, 'utf8').includes('main.js'));
+      // the node process itself: before its exec a forked child of the shell
+      // still shows the shell's command line, which names main.js too
+      pid = children.find((c) => {
+        const argv = fs.readFileSync(`/proc/${c}/cmdline`, 'utf8').split('\0');
+        return argv[0] === process.execPath && argv.some((a) => a.endsWith('main.js'));
+      });
       return pid !== undefined;
     }, 5000, 'the CLI process');
     return pid!;
