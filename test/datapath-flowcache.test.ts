@@ -13,6 +13,8 @@ import { needsRoot, type Teardown } from './helpers/fixtures';
 import { seededRandom } from './helpers/random';
 
 const TCP = L.IPPROTO_TCP;
+/** A flow hash no flow of these tests has: seen in the flow label only if read from the cache. */
+const FORGED_HASH = 0x5a5a5;
 const ENTRY = L.LAYOUT.xdplb_flow_cache_entry;
 
 /** The slot's entry on every CPU. */
@@ -66,10 +68,14 @@ for (const v6 of [false, true]) {
       b.writeUInt32LE(backendId, ENTRY.fields.backend_id.offset);
       b.writeUInt32LE(1, ENTRY.fields.service_id.offset);
       b.writeBigUInt64LE(mine.reduce((m, e) => (e.filledJiffies > m ? e.filledJiffies : m), 0n), ENTRY.fields.filled_jiffies.offset);
+      b.writeUInt32LE(FORGED_HASH, ENTRY.fields.hash.offset);
+      b.writeUInt32LE(1, ENTRY.fields.hashed.offset);
       w.lb.maps.flowCache.updatePerCpu(L.u32(slot), b);
     };
     forge(3);
-    t.equal(outerDst(w.run(packet(f)).data), addr(3), 'an established packet follows the cache, not the connection table');
+    const hit = decap(w.run(packet(f)).data);
+    t.equal(hit.outer4?.dst ?? L.addressText(hit.outer6!.dst, 6), addr(3), 'an established packet follows the cache, not the connection table');
+    if (v6) t.equal(hit.outer6!.flowLabel, FORGED_HASH & 0xfffff, "and takes the flow hash from it: the outer flow label is the forged hash's");
 
     // checked like a connection-table entry: a backend that is down is not used
     w.lb.backend({ id: 3, address: addr(3), state: L.BACKEND_DOWN });

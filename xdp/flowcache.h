@@ -3,9 +3,11 @@
  * connection-table answers (xdplb_flow_cache), read inline where the
  * service lookup and the connection table cost two kernel calls. What it
  * holds is checked against the service it names and the backend's state
- * (maglev.h: choose_cached()), so it only saves the lookups; an entry is written when the connection table answered
- * or a new flow was placed, and trusted for XDPLB_FLOW_CACHE_JIFFIES. Two
- * flows sharing a slot only cost each other lookups. */
+ * (maglev.h: choose_cached()), so it only saves the lookups (and the flow
+ * hash, when the flow needs one); an entry is written when the connection
+ * table answered or a new flow was placed, and trusted for
+ * XDPLB_FLOW_CACHE_JIFFIES. Two flows sharing a slot only cost each other
+ * lookups. */
 #ifndef XDPLB_FLOWCACHE_H
 #define XDPLB_FLOWCACHE_H
 
@@ -49,9 +51,10 @@ static __always_inline struct xdplb_flow_cache_entry *flow_cache_get(struct xdpl
 	return c;
 }
 
-/* Remembers (backend, service) for f in its slot. */
+/* Remembers (backend, service) for f in its slot, and the flow hash when
+ * the packet needed it: a hit then spares the jhash too (10 words for IPv6). */
 static __always_inline void flow_cache_put(struct xdplb_flow_cache_entry *c, const struct xdplb_flow_key *f,
-					   __u32 backend_id, __u32 service_id)
+					   __u32 backend_id, __u32 service_id, __u32 hash, __u32 hashed)
 {
 	if (!c)
 		return;
@@ -59,6 +62,8 @@ static __always_inline void flow_cache_put(struct xdplb_flow_cache_entry *c, con
 	c->backend_id = backend_id;
 	c->service_id = service_id;
 	c->filled_jiffies = bpf_jiffies64();
+	c->hash = hash;
+	c->hashed = hashed;
 }
 
 #endif /* XDPLB_FLOWCACHE_H */

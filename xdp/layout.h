@@ -127,8 +127,9 @@ struct xdplb_flow_cache_entry {
 	__u32 backend_id;		/* 40: as struct xdplb_ct_entry */
 	__u32 service_id;		/* 44 */
 	__u64 filled_jiffies;		/* 48: bpf_jiffies64() when written */
-	__u64 pad;			/* 56: 0; one entry per cache line */
-};				/* 64 */
+	__u32 hash;			/* 56: the flow hash, when hashed */
+	__u32 hashed;			/* 60: 1: hash is set (the flow needed it: Maglev, IPv6, an outer source prefix) */
+};				/* 64: one entry per cache line */
 
 /* xdplb_svc_stats, xdplb_be_stats, xdplb_reasons: per-CPU values */
 struct xdplb_counter {

@@ -38,8 +38,10 @@
  *    corrupted header reaches the backend, whose stack drops it.
  *  - What the daemon changes (services, backends, their states) reaches
  *    flows in the flow cache with the next packet: it is checked on every
- *    one. A connection-table entry written from user space (the daemon
- *    writes none) reaches a flow cached on a CPU within 100 jiffies. */
+ *    one. Two things reach a flow cached on a CPU only within 100 jiffies:
+ *    a connection-table entry written from user space (the daemon writes
+ *    none), and a service's source-hash flag, for the outer source bits and
+ *    flow label of its established flows (the cache keeps their hash). */
 #include <linux/bpf.h>
 #include <bpf/bpf_helpers.h>
 #include "consts.h"
@@ -127,9 +129,13 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 	if (choice.be->family != pkt.flow.family)
 		return finish(&pkt, XDPLB_R_DROP_FAMILY_MISMATCH);
 	/* an IPv4 connection-table hit with a fixed outer source needs no hash
-	 * at all (a jhash, about 8 ns) */
-	if (!choice.hashed && encap_uses_hash(&pkt, cfg))
+	 * at all (a jhash, about 8 ns); a flow-cache hit has it if it needs it */
+	if (!choice.hashed && encap_uses_hash(&pkt, cfg)) {
 		pkt.hash = flow_hash(&pkt.flow, choice.svc.flags & XDPLB_SVC_F_SRC_HASH);
+		choice.hashed = 1;
+	}
+	if (choice.remember)
+		flow_cache_put(flow_cache_slot(&pkt.flow), &pkt.flow, choice.id, choice.svc.id, pkt.hash, choice.hashed);
 
 	/* 6a. The outer header to be: source, destination, length */
 	r = plan_encap(&pkt, cfg, choice.be, &plan);

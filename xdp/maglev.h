@@ -179,6 +179,7 @@ struct backend_choice {
 	struct xdplb_backend *be;
 	__u32 id;
 	__u32 hashed;		/* pkt->hash set: the Maglev path needs it, a connection-table hit does not */
+	__u32 remember;		/* an answer of the connection table (or a new entry): worth a flow-cache entry */
 };
 
 /* Whether d is the service of flow f: its VIP, protocol and port, or its
@@ -202,7 +203,7 @@ static __always_inline int service_serves(const struct xdplb_service_def *d, con
  * still serves the flow and keeps using the connection table, and the backend
  * is active or draining. Returns 1 with *out set, or 0: then the service
  * lookup and choose_backend() decide. */
-static __always_inline int choose_cached(const struct packet *pkt, struct backend_choice *out)
+static __always_inline int choose_cached(struct packet *pkt, struct backend_choice *out)
 {
 	struct xdplb_flow_cache_entry *c = flow_cache_get(flow_cache_slot(&pkt->flow), &pkt->flow);
 	struct xdplb_service_def *d;
@@ -222,6 +223,8 @@ static __always_inline int choose_cached(const struct packet *pkt, struct backen
 	out->svc = d->svc;
 	out->be = be;
 	out->id = bid;
+	out->hashed = c->hashed;
+	pkt->hash = c->hash;
 	return 1;
 }
 
@@ -230,7 +233,9 @@ static __always_inline int choose_cached(const struct packet *pkt, struct backen
  * there. Otherwise the Maglev table at flow hash % M, which must name an
  * active backend; the choice is then remembered (not for ICMP errors: they
  * follow flows, never start them). Either way a flow of the connection table
- * goes into the flow cache. Returns XDPLB_CONTINUE or a drop reason. */
+ * is marked for the flow cache (xdplb_process() writes it once the flow hash
+ * is known or known not to be needed). Returns XDPLB_CONTINUE or a drop
+ * reason. */
 static __always_inline int choose_backend(struct packet *pkt, const struct xdplb_service *svc,
 					  const struct xdplb_config *cfg, struct backend_choice *out)
 {
@@ -247,7 +252,7 @@ static __always_inline int choose_backend(struct packet *pkt, const struct xdplb
 			id = ct->backend_id;
 			be = bpf_map_lookup_elem(&xdplb_backends, &id);
 			if (be && (be->state == XDPLB_BACKEND_ACTIVE || be->state == XDPLB_BACKEND_DRAINING)) {
-				flow_cache_put(flow_cache_slot(&pkt->flow), &pkt->flow, id, svc->id);
+				out->remember = 1;
 				out->be = be;
 				out->id = id;
 				return XDPLB_CONTINUE;
@@ -274,7 +279,7 @@ static __always_inline int choose_backend(struct packet *pkt, const struct xdplb
 		struct xdplb_ct_entry e = { .backend_id = id, .service_id = svc->id };
 
 		ct_update(&pkt->flow, &e);
-		flow_cache_put(flow_cache_slot(&pkt->flow), &pkt->flow, id, svc->id);
+		out->remember = 1;
 	}
 	out->be = be;
 	out->id = id;

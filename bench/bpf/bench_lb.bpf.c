@@ -169,8 +169,12 @@ static __always_inline int bench_upto(struct xdp_md *ctx, const int upto)
 	}
 	if (choice.be->family != pkt.flow.family)
 		return XDP_ABORTED;
-	if (!choice.hashed && encap_uses_hash(&pkt, cfg))
+	if (!choice.hashed && encap_uses_hash(&pkt, cfg)) {
 		pkt.hash = flow_hash(&pkt.flow, choice.svc.flags & XDPLB_SVC_F_SRC_HASH);
+		choice.hashed = 1;
+	}
+	if (choice.remember)
+		flow_cache_put(flow_cache_slot(&pkt.flow), &pkt.flow, choice.id, choice.svc.id, pkt.hash, choice.hashed);
 	if (upto == BENCH_UPTO_BACKEND)
 		return XDP_TX;
 	if (plan_encap(&pkt, cfg, choice.be, &plan) != XDPLB_CONTINUE)

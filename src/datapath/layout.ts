@@ -205,7 +205,8 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
       backend_id: { offset: 40, size: 4 },
       service_id: { offset: 44, size: 4 },
       filled_jiffies: { offset: 48, size: 8 },
-      pad: { offset: 56, size: 8 },
+      hash: { offset: 56, size: 4 },
+      hashed: { offset: 60, size: 4 },
     },
   },
   xdplb_counter: {
