@@ -178,7 +178,7 @@ struct backend_choice {
 	struct xdplb_service svc;	/* the flow's service, copied: the same scalars whichever map it came from */
 	struct xdplb_backend *be;
 	__u32 id;
-	__u32 hashed;		/* pkt->hash set: the Maglev path needs it, a connection-table hit does not */
+	__u32 hashed;		/* pkt->hash set: by Maglev, which needs it, or from a flow-cache entry that has it */
 	__u32 remember;		/* an answer of the connection table (or a new entry): worth a flow-cache entry */
 };
 
