@@ -54,7 +54,9 @@ for (const v6 of [false, true]) {
     const w = setup(t);
     const f: Flow = { src: client(1), dst: vip, sport: 4321, dport: 80, proto: TCP };
     const slot = slotOf(f);
+    const fills = () => L.sumU64(w.lb.maps.flowCacheFills.lookupPerCpu(L.u32(0)));
     t.equal(outerDst(w.run(packet(f, P.TCP_SYN)).data), addr(1));
+    t.equal(fills(), 1n, 'one fill counted');
     const filled = entries(w, slot).filter((e) => e.flow.equals(L.encodeFlowKey(f)));
     t.equal(filled.length, 1, 'one CPU cached the flow, in the slot TypeScript computes');
     t.same([filled[0].backendId, filled[0].serviceId], [1, 1], 'with the backend and service the connection table holds');
@@ -75,6 +77,7 @@ for (const v6 of [false, true]) {
     forge(3);
     const hit = decap(w.run(packet(f)).data);
     t.equal(hit.outer4?.dst ?? L.addressText(hit.outer6!.dst, 6), addr(3), 'an established packet follows the cache, not the connection table');
+    t.equal(fills(), 1n, 'a hit is no fill');
     if (v6) t.equal(hit.outer6!.flowLabel, FORGED_HASH & 0xfffff, "and takes the flow hash from it: the outer flow label is the forged hash's");
 
     // checked like a connection-table entry: a backend that is down is not used

@@ -170,6 +170,7 @@ t.test('the loaded maps have the names, types, key/value sizes and capacities la
     xdplb_conntrack: ['lru_hash', L.CT_SIZE],
     xdplb_conntrack4: ['lru_hash', L.CT_SIZE],
     xdplb_flow_cache: ['percpu_array', L.FLOW_CACHE_SLOTS],
+    xdplb_fc_fills: ['percpu_array', 1],
     xdplb_svc_stats: ['percpu_array', L.MAX_SERVICES],
     xdplb_be_stats: ['percpu_array', L.MAX_BACKENDS],
     xdplb_reasons: ['percpu_array', REASON_COUNT],

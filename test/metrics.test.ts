@@ -77,6 +77,7 @@ const COUNTERS: CountersSnapshot = {
   verdicts: { XDP_TX: 30, XDP_PASS: 4 },
   reasons: { forward_tx: 30, pass_not_ip: 4 },
   nexthopLookups: 2,
+  flowCacheFills: 3,
 };
 
 const STATUS: NodeStatusSnapshot = {
@@ -128,6 +129,7 @@ t.test('exposition from fixed sources: every series, right values, promtool clea
   for (const r of REASONS) t.ok(s.has(`xdplb_packets_total{verdict="${r.verdict}",reason="${r.name}"}`), `reason ${r.name} has a series`);
   t.equal(value(s, 'xdplb_packets_total{verdict="XDP_TX",reason="forward_tx"}'), 30);
   t.equal(value(s, 'xdplb_nexthop_lookups_total'), 2);
+  t.equal(value(s, 'xdplb_flow_cache_fills_total'), 3);
   t.equal(value(s, 'xdplb_packets_total{verdict="XDP_DROP",reason="drop_no_backend"}'), 0);
   t.equal(value(s, 'xdplb_map_entries{map="xdplb_conntrack"}'), 12);
   t.equal(value(s, 'xdplb_map_capacity{map="xdplb_conntrack"}'), 1048576);
@@ -222,6 +224,8 @@ t.test('scraped over HTTP in the daemon namespace after real frames: counters ag
   t.equal(forwarded, 120, 'forward reasons count them');
   const lookups = value(s, 'xdplb_nexthop_lookups_total') ?? 0;
   t.ok(lookups >= 1 && lookups < 120 / 4, `${lookups} next-hop lookups for 120 packets to 3 backends: cached, not one per packet`);
+  const fills = value(s, 'xdplb_flow_cache_fills_total') ?? 0;
+  t.ok(fills >= 12 && fills < 120, `${fills} flow-cache fills for 120 packets of 12 flows: at least one per flow, not one per packet`);
   t.ok((value(s, 'xdplb_packets_total{verdict="XDP_PASS",reason="pass_not_vip"}') ?? 0) >= 5, 'the 5 packets to another address passed as not_vip');
   t.ok((value(s, 'xdplb_map_entries{map="xdplb_conntrack"}') ?? 0) >= 12, 'connection table fill: the 12 flows');
   t.ok((value(s, 'xdplb_map_capacity{map="xdplb_conntrack"}') ?? 0) > 0);

@@ -135,6 +135,17 @@ struct {
 	__type(value, struct xdplb_flow_cache_entry);
 } xdplb_flow_cache SEC(".maps");
 
+/* [0] -> flow-cache entries written (flowcache.h): one per packet that did
+ * not find its flow there and was answered by the connection table or
+ * placed anew, so against the forwarded packets it is the cache's miss rate */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, __u64);
+} xdplb_fc_fills SEC(".maps");
+
 /* service id -> packets/bytes forwarded */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

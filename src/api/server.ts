@@ -42,6 +42,7 @@ export interface CountersSnapshot {
   verdicts: Record<string, number>;
   reasons: Record<string, number>;
   nexthopLookups: number;
+  flowCacheFills: number;
 }
 
 export interface NodeStatusSnapshot {

@@ -277,6 +277,7 @@ interface Counters {
   verdicts: Record<string, number>;
   reasons: Record<string, number>;
   nexthopLookups: number | string;
+  flowCacheFills: number | string;
 }
 
 function countersTable(s: Counters): string {
@@ -294,6 +295,7 @@ function countersTable(s: Counters): string {
     table(['REASON', 'PACKETS'], nonzero(s.reasons)),
     '',
     `next-hop lookups (FIB, to refresh the per-backend cache): ${s.nexthopLookups}`,
+    `flow-cache fills (packets that missed the per-CPU flow cache): ${s.flowCacheFills}`,
   ].join('\n');
 }
 

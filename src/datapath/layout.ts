@@ -85,6 +85,8 @@ export const MAP_NAMES = {
   devmap: 'xdplb_devmap',
   /** per CPU, not pinned: connection-table answers as each CPU last used them */
   flowCache: 'xdplb_flow_cache',
+  /** [0] -> flow-cache entries written (per CPU) */
+  flowCacheFills: 'xdplb_fc_fills',
 } as const;
 
 /**
@@ -268,6 +270,7 @@ export const MAP_LAYOUT: Readonly<Record<string, { key: string; value: string }>
   xdplb_conntrack: { key: 'xdplb_flow_key', value: 'xdplb_ct_entry' },
   xdplb_conntrack4: { key: 'xdplb_flow4_key', value: 'xdplb_ct_entry' },
   xdplb_flow_cache: { key: 'u32', value: 'xdplb_flow_cache_entry' },
+  xdplb_fc_fills: { key: 'u32', value: 'u64' },
   xdplb_svc_stats: { key: 'u32', value: 'xdplb_counter' },
   xdplb_be_stats: { key: 'u32', value: 'xdplb_counter' },
   xdplb_reasons: { key: 'u32', value: 'xdplb_counter' },

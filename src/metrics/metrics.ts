@@ -142,6 +142,15 @@ export class Metrics {
         this.inc(snap()?.counters.nexthopLookups ?? 0);
       },
     });
+    new Counter({
+      name: 'xdplb_flow_cache_fills_total',
+      help: 'Flow-cache entries written: packets that missed the per-CPU flow cache and were answered by the connection table or placed anew (against forwarded packets: the miss rate)',
+      registers,
+      collect() {
+        this.reset();
+        this.inc(snap()?.counters.flowCacheFills ?? 0);
+      },
+    });
     new Gauge({
       name: 'xdplb_map_entries',
       help: 'Entries in a datapath map (xdplb_conntrack: the connection table fill, IPv4 flows of xdplb_conntrack4 included)',
