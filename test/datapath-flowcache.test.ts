@@ -54,7 +54,7 @@ for (const v6 of [false, true]) {
     const w = setup(t);
     const f: Flow = { src: client(1), dst: vip, sport: 4321, dport: 80, proto: TCP };
     const slot = slotOf(f);
-    const fills = () => L.sumU64(w.lb.maps.flowCacheFills.lookupPerCpu(L.u32(0)));
+    const fills = () => L.sumU64(w.lb.maps.cacheStats.lookupPerCpu(L.u32(L.CACHE_STAT_FLOW_FILLS)));
     t.equal(outerDst(w.run(packet(f, P.TCP_SYN)).data), addr(1));
     t.equal(fills(), 1n, 'one fill counted');
     const filled = entries(w, slot).filter((e) => e.flow.equals(L.encodeFlowKey(f)));

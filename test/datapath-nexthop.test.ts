@@ -22,7 +22,7 @@ const frame4 = (sport: number, payload = 0) => P.ether(P.ipv4({ src: CLIENT4, ds
 const frame6 = (sport: number) => P.ether(P.ipv6({ src: CLIENT6, dst: VIP6 }, P.tcp({ sport, dport: 80 })));
 
 function refreshes(w: World): bigint {
-  return (w.lb.maps.nexthopRefreshes.lookupPerCpu(L.u32(0)) ?? []).reduce((a, b) => a + b.readBigUInt64LE(0), 0n);
+  return L.sumU64(w.lb.maps.cacheStats.lookupPerCpu(L.u32(L.CACHE_STAT_NEXTHOP_LOOKUPS)));
 }
 
 function entries(w: World, id: number): L.Nexthop[] {

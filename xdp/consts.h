@@ -49,6 +49,14 @@
 #define XDPLB_FLOW_CACHE_SLOTS		8192
 #define XDPLB_FLOW_CACHE_JIFFIES	100
 
+/* xdplb_cache_stats indices: per-CPU __u64 counters of cache fills */
+#define XDPLB_CACHE_STAT_NEXTHOP_LOOKUPS	0	/* next hops looked up in the FIB and stored (fib.h) */
+#define XDPLB_CACHE_STAT_FLOW_FILLS		1	/* flow-cache entries written (flowcache.h): packets
+							 * that missed it and were answered by the connection
+							 * table or placed anew; against the forwarded
+							 * packets, the cache's miss rate */
+#define XDPLB_CACHE_STAT_MAX			2
+
 /* VIP filter (vipfilter.h): one bit per hash of a VIP address, set by the
  * daemon for every VIP with a service. A packet whose destination's bit is
  * clear is no VIP's: passed without the connection-table and service

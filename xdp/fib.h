@@ -106,8 +106,7 @@ static __always_inline int nexthop_resolve(struct xdp_md *ctx, const struct xdpl
 {
 	__u64 ttl_ms = cfg->nexthop_ttl_ms ? cfg->nexthop_ttl_ms : XDPLB_NEXTHOP_TTL_MS;
 	struct bpf_fib_lookup fib;
-	__u32 route_mtu = 0xffff, zero = 0;
-	__u64 *refreshes;
+	__u32 route_mtu = 0xffff;
 	long rc;
 
 	fib_request(ctx, cfg, be, 0xffff, &fib);
@@ -139,9 +138,7 @@ static __always_inline int nexthop_resolve(struct xdp_md *ctx, const struct xdpl
 	nh->iif = ctx->ingress_ifindex;
 	nh->expires_ns = bpf_ktime_get_coarse_ns() + ttl_ms * 1000000;
 	nh->checked_jiffies = bpf_jiffies64();
-	refreshes = bpf_map_lookup_elem(&xdplb_nexthop_refreshes, &zero);
-	if (refreshes)
-		*refreshes += 1;
+	cache_stat_inc(XDPLB_CACHE_STAT_NEXTHOP_LOOKUPS);
 	return XDPLB_CONTINUE;
 }
 

@@ -56,9 +56,6 @@ static __always_inline struct xdplb_flow_cache_entry *flow_cache_get(struct xdpl
 static __always_inline void flow_cache_put(struct xdplb_flow_cache_entry *c, const struct xdplb_flow_key *f,
 					   __u32 backend_id, __u32 service_id, __u32 hash, __u32 hashed)
 {
-	__u32 zero = 0;
-	__u64 *fills;
-
 	if (!c)
 		return;
 	__builtin_memcpy(&c->flow, f, sizeof(*f));
@@ -67,9 +64,7 @@ static __always_inline void flow_cache_put(struct xdplb_flow_cache_entry *c, con
 	c->filled_jiffies = bpf_jiffies64();
 	c->hash = hash;
 	c->hashed = hashed;
-	fills = bpf_map_lookup_elem(&xdplb_fc_fills, &zero);
-	if (fills)
-		*fills += 1;
+	cache_stat_inc(XDPLB_CACHE_STAT_FLOW_FILLS);
 }
 
 #endif /* XDPLB_FLOWCACHE_H */

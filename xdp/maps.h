@@ -65,14 +65,15 @@ struct {
 	__type(value, struct xdplb_nexthop);
 } xdplb_nexthops SEC(".maps");
 
-/* [0] -> next-hop lookups done (fib.h: refreshes stored in xdplb_nexthops) */
+/* XDPLB_CACHE_STAT_* -> per-CPU count: how often the per-CPU caches
+ * (next hops, flows) were filled */
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
+	__uint(max_entries, XDPLB_CACHE_STAT_MAX);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 	__type(key, __u32);
 	__type(value, __u64);
-} xdplb_nexthop_refreshes SEC(".maps");
+} xdplb_cache_stats SEC(".maps");
 
 /* Maglev table template: entry i = backend id for flow_hash % M == i.
  * BPF_F_INNER_MAP: replacement tables may have another max_entries (M);
@@ -134,17 +135,6 @@ struct {
 	__type(key, __u32);
 	__type(value, struct xdplb_flow_cache_entry);
 } xdplb_flow_cache SEC(".maps");
-
-/* [0] -> flow-cache entries written (flowcache.h): one per packet that did
- * not find its flow there and was answered by the connection table or
- * placed anew, so against the forwarded packets it is the cache's miss rate */
-struct {
-	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-	__uint(max_entries, 1);
-	__uint(pinning, LIBBPF_PIN_BY_NAME);
-	__type(key, __u32);
-	__type(value, __u64);
-} xdplb_fc_fills SEC(".maps");
 
 /* service id -> packets/bytes forwarded */
 struct {
@@ -232,5 +222,14 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } xdplb_rec_stats SEC(".maps");
+
+/* One more XDPLB_CACHE_STAT_* event on this CPU. */
+static __always_inline void cache_stat_inc(__u32 stat)
+{
+	__u64 *n = bpf_map_lookup_elem(&xdplb_cache_stats, &stat);
+
+	if (n)
+		*n += 1;
+}
 
 #endif /* XDPLB_MAPS_H */

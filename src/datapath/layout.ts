@@ -55,6 +55,11 @@ export const REC_STAT_SAMPLES = 0;
 export const REC_STAT_OUTPUT_FAILED = 1;
 export const REC_STAT_MAX = 2;
 
+/** xdplb_cache_stats indices */
+export const CACHE_STAT_NEXTHOP_LOOKUPS = 0;
+export const CACHE_STAT_FLOW_FILLS = 1;
+export const CACHE_STAT_MAX = 2;
+
 export const IPPROTO_ICMP = 1;
 export const IPPROTO_TCP = 6;
 export const IPPROTO_UDP = 17;
@@ -72,7 +77,8 @@ export const MAP_NAMES = {
   vipFilter: 'xdplb_vip_filter',
   backends: 'xdplb_backends',
   nexthops: 'xdplb_nexthops',
-  nexthopRefreshes: 'xdplb_nexthop_refreshes',
+  /** CACHE_STAT_* -> per-CPU count of cache fills */
+  cacheStats: 'xdplb_cache_stats',
   maglev: 'xdplb_maglev',
   config: 'xdplb_config',
   /** IPv6 flows (struct xdplb_flow_key) */
@@ -85,8 +91,6 @@ export const MAP_NAMES = {
   devmap: 'xdplb_devmap',
   /** per CPU, not pinned: connection-table answers as each CPU last used them */
   flowCache: 'xdplb_flow_cache',
-  /** [0] -> flow-cache entries written (per CPU) */
-  flowCacheFills: 'xdplb_fc_fills',
 } as const;
 
 /**
@@ -265,12 +269,11 @@ export const MAP_LAYOUT: Readonly<Record<string, { key: string; value: string }>
   xdplb_vip_filter: { key: 'u32', value: 'u64' },
   xdplb_backends: { key: 'u32', value: 'xdplb_backend' },
   xdplb_nexthops: { key: 'u32', value: 'xdplb_nexthop' },
-  xdplb_nexthop_refreshes: { key: 'u32', value: 'u64' },
+  xdplb_cache_stats: { key: 'u32', value: 'u64' },
   xdplb_config: { key: 'u32', value: 'xdplb_config' },
   xdplb_conntrack: { key: 'xdplb_flow_key', value: 'xdplb_ct_entry' },
   xdplb_conntrack4: { key: 'xdplb_flow4_key', value: 'xdplb_ct_entry' },
   xdplb_flow_cache: { key: 'u32', value: 'xdplb_flow_cache_entry' },
-  xdplb_fc_fills: { key: 'u32', value: 'u64' },
   xdplb_svc_stats: { key: 'u32', value: 'xdplb_counter' },
   xdplb_be_stats: { key: 'u32', value: 'xdplb_counter' },
   xdplb_reasons: { key: 'u32', value: 'xdplb_counter' },

@@ -570,19 +570,18 @@ export class LbDatapath implements DatapathSink {
       return s ? [{ spec, id: s.id, backendIds: spec.backends.map((b) => s.backends.get(backendKey(b.address, b.port))) }] : [];
     });
     const backendIds = picked.flatMap((p) => p.backendIds.filter((id): id is number => id !== undefined));
-    const [svcValues, beValues, reasonValues, nexthop, fills] = await Promise.all([
+    const [svcValues, beValues, reasonValues, cacheStats] = await Promise.all([
       this.maps.serviceStats.lookupManyPerCpu(picked.map((p) => L.u32(p.id))),
       this.maps.backendStats.lookupManyPerCpu(backendIds.map((id) => L.u32(id))),
       this.maps.reasons.lookupManyPerCpu(REASONS.map((_, i) => L.u32(i))),
-      this.maps.nexthopRefreshes.lookupManyPerCpu([L.u32(0)]),
-      this.maps.flowCacheFills.lookupManyPerCpu([L.u32(0)]),
+      this.maps.cacheStats.lookupManyPerCpu([L.u32(L.CACHE_STAT_NEXTHOP_LOOKUPS), L.u32(L.CACHE_STAT_FLOW_FILLS)]),
     ]);
     const traffic = (perCpu: Buffer[] | undefined) => {
       const c = L.sumCounters(perCpu ?? null);
       return { packets: Number(c.packets), bytes: Number(c.bytes) };
     };
     const byBackend = new Map(backendIds.map((id, i) => [id, beValues[i]]));
-    const out: CountersSnapshot = { timestamp: Date.now() / 1000, services: [], verdicts: {}, reasons: {}, nexthopLookups: Number(L.sumU64(nexthop[0])), flowCacheFills: Number(L.sumU64(fills[0])) };
+    const out: CountersSnapshot = { timestamp: Date.now() / 1000, services: [], verdicts: {}, reasons: {}, nexthopLookups: Number(L.sumU64(cacheStats[0])), flowCacheFills: Number(L.sumU64(cacheStats[1])) };
     picked.forEach((p, i) =>
       out.services.push({
         name: p.spec.name,
