@@ -72,6 +72,8 @@ interface Case {
   clearConntrack?: boolean;
   /** established: the wrapper clears the flow's flow-cache slot before every iteration */
   flowCacheMiss?: boolean;
+  /** new: the wrapper's flows repeat, this many in turn (all established after the warm-up round) */
+  flowMod?: number;
   repeat?: number;
 }
 
@@ -125,6 +127,11 @@ const CASES: Case[] = [
     diagnostic: true,
     flowCacheMiss: true,
   },
+  ...[1000, 8192, 65536].map((n, i) => ({
+    ...vipCase(`IPv4 TCP to a VIP, ${n.toLocaleString('en-US')} established flows in turn`, 4, 'new', 10 + i, 86 + i),
+    diagnostic: true,
+    flowMod: n,
+  })),
   { ...vipCase('IPv4 TCP SYN, new flow, connection-table bypass (Maglev only, no insert)', 4, 'new', 6, 82, L.SVC_F_CT_BYPASS), diagnostic: true },
   {
     ...vipCase('IPv4 TCP SYN, new flow, connection table emptied before each round (never full)', 4, 'new', 7, 83),
@@ -414,7 +421,7 @@ function prepare(w: World, fib: FibNs, c: Case): () => void {
   const off = flowOffsets(c.family);
   const flow = { src: c.client, dst: c.dst, sport: SPORT, dport: c.dport, proto: L.IPPROTO_TCP };
   const flags = (c.kind === 'new' ? BENCH_F_NEW_FLOW : 0) | (c.flowCacheMiss ? BENCH_F_FLOW_CACHE_MISS : 0);
-  w.benchConfig.update(L.u32(0), benchConfig(flags, off.sport, off.src, flowCacheSlot(flow)));
+  w.benchConfig.update(L.u32(0), benchConfig(flags, off.sport, off.src, flowCacheSlot(flow), c.flowMod ?? 0));
   if (c.kind === 'established') {
     // the run above created the entry; from now on only that entry can forward the flow
     const e = ctEntry(w, flow);
@@ -427,12 +434,14 @@ function prepare(w: World, fib: FibNs, c: Case): () => void {
   return () => undo.reverse().forEach((f) => f());
 }
 
-function benchConfig(flags: number, sportOff: number, srcOff: number, cacheSlot: number): Buffer {
-  const b = Buffer.alloc(12);
+function benchConfig(flags: number, sportOff: number, srcOff: number, cacheSlot: number, flowMod: number): Buffer {
+  const b = Buffer.alloc(20);
   b.writeUInt32LE(flags, 0);
   b.writeUInt16LE(sportOff, 4);
   b.writeUInt16LE(srcOff, 6);
   b.writeUInt32LE(cacheSlot, 8);
+  b.writeUInt32LE(flowMod, 12);
+  b.writeUInt32LE(FIRST_FLOW_SEQ, 16);
   return b;
 }
 
@@ -442,7 +451,7 @@ function benchConfig(flags: number, sportOff: number, srcOff: number, cacheSlot:
  */
 function checkNewFlows(w: World, c: Case): void {
   const next = w.flowSeq.lookup(L.u32(0))!.readUInt32LE(0);
-  const flow = generatedFlow(c, next - 1);
+  const flow = generatedFlow(c, c.flowMod ? FIRST_FLOW_SEQ + ((next - 1) % c.flowMod) : next - 1);
   const e = ctEntry(w, flow);
   if (c.service!.flags & L.SVC_F_CT_BYPASS) {
     if (e) throw new Error(`${c.label}: a bypassing service stored a connection`);
@@ -483,6 +492,8 @@ interface Row {
   directNs?: number;
   /** profile: step -> median ns of the path cut after it, wrapper overhead taken off */
   upto?: Record<string, number>;
+  /** flow-cache fills per bench_lb iteration over the measured rounds: its miss rate */
+  fillsPerPacket: number;
 }
 
 const PROFILE_STEPS = ['bench_upto_parse', 'bench_upto_conntrack', 'bench_upto_backend', 'bench_upto_route', 'bench_upto_encap'];
@@ -492,10 +503,15 @@ function runCase(w: World, fib: FibNs, c: Case, profile: boolean): Row {
   try {
     const progs = ['bench_empty', 'bench_noop', 'bench_lb', ...(profile ? PROFILE_STEPS : [])];
     const rounds: Array<Record<string, number>> = [];
+    let fills = 0n;
     for (let r = 0; r < WARMUP_ROUNDS + RUNS; r++) {
       if (c.clearConntrack) clearConntrack(w);
       const ns: Record<string, number> = {};
-      for (const p of progs) ns[p] = measure(w, fib, c, p);
+      for (const p of progs) {
+        const before = sumPerCpu(w.lb.maps.cacheStats, L.CACHE_STAT_FLOW_FILLS);
+        ns[p] = measure(w, fib, c, p);
+        if (p === 'bench_lb' && r >= WARMUP_ROUNDS) fills += sumPerCpu(w.lb.maps.cacheStats, L.CACHE_STAT_FLOW_FILLS) - before;
+      }
       if (c.kind === 'pass') ns.direct = measureDirect(w, fib, c);
       if (r >= WARMUP_ROUNDS) rounds.push(ns);
     }
@@ -518,6 +534,7 @@ function runCase(w: World, fib: FibNs, c: Case, profile: boolean): Row {
       ratioMax: Math.max(...ratios),
       directNs: c.kind === 'pass' ? median(rounds.map((x) => x.direct)) : undefined,
       upto: profile ? Object.fromEntries([...PROFILE_STEPS, 'bench_lb'].map((p) => [p, median(self(p))])) : undefined,
+      fillsPerPacket: Number(fills) / (RUNS * (c.repeat ?? REPEAT)),
     };
   } finally {
     undo();
@@ -559,6 +576,13 @@ function profileTable(rows: Row[]): string {
     });
     lines.push(`| ${STEP_LABELS[p]} | ${cells.join(' | ')} |`);
   });
+  return lines.join('\n');
+}
+
+/** How often each case's packets missed the flow cache (bench_lb's fills, measured rounds). */
+function fillsTable(rows: Row[]): string {
+  const lines = ['| case | services | flow-cache fills per packet (miss rate) | LB ns/pkt |', '|---|---:|---:|---:|'];
+  for (const r of rows) lines.push(`| ${r.c.label} | ${r.services.toLocaleString('en-US')} | ${r.fillsPerPacket.toFixed(4)} | ${r.lbNs} |`);
   return lines.join('\n');
 }
 
@@ -662,6 +686,8 @@ async function main(): Promise<void> {
     out.push(profileTable(rows));
     out.push('');
     out.push(table(rows.filter((r) => r.c.diagnostic)));
+    out.push('');
+    out.push(fillsTable(rows));
     out.push('');
     out.push(fibTable);
     out.push('');

@@ -11,7 +11,8 @@
  *   2. optionally make the flow new: write a running 32-bit sequence number
  *      into the TCP/UDP source port (low 16 bits) and XOR its high 16 bits
  *      into the last two bytes of the client address, so no iteration ever
- *      meets the connection-table entry an earlier one created; or make the
+ *      meets the connection-table entry an earlier one created (or, with
+ *      flow_mod, N flows in turn: established after their first round); or make the
  *      flow cache miss: clear the flow's slot, so every iteration looks the
  *      connection table up;
  *   3. xdplb_process(), the load balancer exactly as xdplb_main runs it;
@@ -46,6 +47,8 @@ struct bench_config {
 	__u16 sport_off;	/* offset of the TCP/UDP source port in the frame */
 	__u16 src_off;		/* offset of the last two bytes of the client address */
 	__u32 cache_slot;	/* BENCH_F_FLOW_CACHE_MISS: the flow's slot in xdplb_flow_cache */
+	__u32 flow_mod;		/* BENCH_F_NEW_FLOW: 0, or this many flows in turn (flow_base + n % flow_mod) */
+	__u32 flow_base;
 };
 
 struct bench_frame {
@@ -107,6 +110,8 @@ static __always_inline int bench_new_flow(struct xdp_md *ctx, const struct bench
 		return -1;
 	n = *seq;
 	*seq = n + 1;
+	if (cfg->flow_mod)
+		n = cfg->flow_base + n % cfg->flow_mod;
 	sport_off = cfg->sport_off & (BENCH_MAX_FRAME - 1);
 	src_off = cfg->src_off & (BENCH_MAX_FRAME - 1);
 	sport = data + sport_off;
