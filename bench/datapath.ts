@@ -74,6 +74,8 @@ interface Case {
   flowCacheMiss?: boolean;
   /** new: the wrapper's flows repeat, this many in turn (all established after the warm-up round) */
   flowMod?: number;
+  /** the node's flow cache off (flow_cache: false) for this case */
+  flowCacheOff?: boolean;
   repeat?: number;
 }
 
@@ -127,11 +129,14 @@ const CASES: Case[] = [
     diagnostic: true,
     flowCacheMiss: true,
   },
-  ...[1000, 8192, 65536].map((n, i) => ({
-    ...vipCase(`IPv4 TCP to a VIP, ${n.toLocaleString('en-US')} established flows in turn`, 4, 'new', 10 + i, 86 + i),
-    diagnostic: true,
-    flowMod: n,
-  })),
+  ...[1000, 8192, 65536].flatMap((n, i) =>
+    [false, true].map((off) => ({
+      ...vipCase(`IPv4 TCP to a VIP, ${n.toLocaleString('en-US')} established flows in turn${off ? ', flow cache off' : ''}`, 4, 'new', 10 + 2 * i + (off ? 1 : 0), 86 + 2 * i + (off ? 1 : 0)),
+      diagnostic: true,
+      flowMod: n,
+      flowCacheOff: off,
+    })),
+  ),
   { ...vipCase('IPv4 TCP SYN, new flow, connection-table bypass (Maglev only, no insert)', 4, 'new', 6, 82, L.SVC_F_CT_BYPASS), diagnostic: true },
   {
     ...vipCase('IPv4 TCP SYN, new flow, connection table emptied before each round (never full)', 4, 'new', 7, 83),
@@ -235,6 +240,10 @@ interface World {
   flowSeq: bpf.BpfMap;
 }
 
+function nodeConfig(m: number, flags: number): Partial<L.NodeConfig> {
+  return { src4: LB_SRC4, src6: LB_SRC6, ttl: OUTER_TTL, maglevM: m, flags };
+}
+
 function openWorld(c: Cleanup, services: number, ctSize?: number): World {
   const m = services > 1 ? M_MANY : M_ONE;
   let lb: Lb;
@@ -245,7 +254,7 @@ function openWorld(c: Cleanup, services: number, ctSize?: number): World {
   } else {
     lb = openLb(c);
   }
-  lb.config({ src4: LB_SRC4, src6: LB_SRC6, ttl: OUTER_TTL, maglevM: m });
+  lb.config(nodeConfig(m, 0));
   // The bench object declares the same pinned maps: it adopts lb's, so both
   // programs see one set of services, tables and connections.
   const obj = bpf.openObject(bpf.testObjectPath('bench_lb'), { pinRoot: lb.pinRoot, maxEntries: ctSize ? { [L.MAP_NAMES.conntrack]: ctSize, [L.MAP_NAMES.conntrack4]: ctSize } : {} });
@@ -416,6 +425,10 @@ function prepare(w: World, fib: FibNs, c: Case): () => void {
   if (w.services === 1 && installed) {
     w.lb.service({ ...installed, proto: L.IPPROTO_TCP });
     undo.push(() => w.lb.deleteService({ vip: installed.vip, port: installed.port, proto: L.IPPROTO_TCP }));
+  }
+  if (c.flowCacheOff) {
+    w.lb.config(nodeConfig(w.m, L.CFG_F_NO_FLOW_CACHE));
+    undo.push(() => w.lb.config(nodeConfig(w.m, 0)));
   }
   validate(w, fib, c);
   const off = flowOffsets(c.family);

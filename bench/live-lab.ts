@@ -89,6 +89,7 @@ export function liveNode(o: { bpffs: string; dir: string; maglevSize: number }):
     outerSource: { ipv4: { address: '192.0.2.64', prefixLength: 28 }, ipv6: { address: '2001:db8:300::', prefixLength: 120 } },
     ttl: 64,
     mtu: 0,
+    flowCache: true,
     bpffs: o.bpffs,
     api: { socket: `${o.dir}/unused.sock` },
     stateDir: `${o.dir}/state`,

@@ -150,6 +150,7 @@ outer_source:
   ipv6: 2001:DB8:300:0::1
 ttl: 32
 mtu: 1500
+flow_cache: false
 bpffs: /sys/fs/bpf/t
 state_dir: /var/lib/t
 recorder_dir: /var/lib/t/rec
@@ -175,6 +176,7 @@ services:
       outerSource: { ipv4: { address: '192.0.2.0', prefixLength: 24 }, ipv6: { address: '2001:db8:300::1', prefixLength: 128 } },
       ttl: 32,
       mtu: 1500,
+      flowCache: false,
       bpffs: '/sys/fs/bpf/t',
       api: { socket: '/run/t.sock', tcp: '192.0.2.1:50051', tls: { cert: '/etc/t/c.pem', key: '/etc/t/k.pem', ca: '/etc/t/ca.pem' } },
       stateDir: '/var/lib/t',
@@ -344,6 +346,8 @@ t.test('semantic errors are placed too, with the file\'s snake_case field names'
   );
   const ttl = edit(3, 'maglev_size: 16381\nttl: 0');
   refuses(t, ttl, 'INVALID_ARGUMENT', 'config/test.yaml:4:6: ttl: must be >= 1, got 0', { line: 4, column: 6 });
+  const flowCache = edit(3, 'maglev_size: 16381\nflow_cache: sometimes');
+  refuses(t, flowCache, 'INVALID_ARGUMENT', 'config/test.yaml:4:13: flow_cache: must be true or false, got "sometimes"', { line: 4, column: 13 });
   const prefix = edit(5, '  ipv4: {address: 192.0.2.64, prefix_length: 33}');
   refuses(t, prefix, 'INVALID_ARGUMENT', 'config/test.yaml:5:46: outer_source.ipv4.prefix_length: must be <= 32, got 33', { line: 5, column: 46 });
   const tcp = edit(8, '  socket: /run/xdplb-test/xdplb.sock\n  tcp: 0.0.0.0:50051');

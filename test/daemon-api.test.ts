@@ -258,6 +258,19 @@ t.test('SIGHUP applies a valid file and keeps the running state on an invalid on
   t.ok(d.logs.some((l) => l.includes('reload rejected') && l.includes('services[0].port')), 'the rejection is logged with the field');
 });
 
+t.test('flow_cache in the node settings reaches the datapath, at start and on SIGHUP', needsRoot, async (t) => {
+  const d = await daemonFixture(t, { servicesYaml: FILE_SERVICES, extraYaml: 'flow_cache: false' });
+  await d.start();
+  const config = bpf.mapFromPin(path.join(d.bpffs, L.MAP_NAMES.config));
+  t.teardown(() => config.close());
+  const flags = () => L.decodeConfig(config.lookup(L.u32(0))!).flags;
+  t.equal(flags(), L.CFG_F_NO_FLOW_CACHE, 'off: the flag is set');
+  d.writeConfig({ servicesYaml: FILE_SERVICES });
+  d.proc?.kill('SIGHUP');
+  await new Promise((r) => setTimeout(r, 700));
+  t.equal(flags(), 0, 'on again (the default) after a reload');
+});
+
 t.test('a bad config keeps the daemon from starting, with file, line, column and field', needsRoot, async (t) => {
   const d = await daemonFixture(t, { servicesYaml: FILE_SERVICES.replace('protocol: tcp', 'protocol: sctp') });
   const r = await d.runToExit();

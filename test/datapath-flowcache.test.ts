@@ -8,7 +8,7 @@ import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import { flowCacheSlot as slotOf, type Flow } from '../src/datapath/flowhash';
 import * as P from './helpers/packets';
-import { world, decap, VIP4, VIP6, type World } from './helpers/datapath';
+import { world, decap, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, VIP6, type World } from './helpers/datapath';
 import { needsRoot, type Teardown } from './helpers/fixtures';
 import { seededRandom } from './helpers/random';
 
@@ -118,6 +118,36 @@ for (const v6 of [false, true]) {
     t.end();
   });
 }
+
+t.test('flow cache off (node config): never read, never written; flows still keep their backends', needsRoot, (t) => {
+  const w = world(t, { maglevM: 7 });
+  w.lb.service({ vip: VIP4, port: 80, proto: TCP, id: 1 });
+  for (const id of [1, 2, 3]) w.lb.backend({ id, address: `198.51.100.${id}` });
+  w.lb.maglev(1, new Uint32Array(7).fill(1));
+  const f: Flow = { src: '192.0.2.9', dst: VIP4, sport: 999, dport: 80, proto: TCP };
+  const fills = () => L.sumU64(w.lb.maps.cacheStats.lookupPerCpu(L.u32(L.CACHE_STAT_FLOW_FILLS)));
+  // on: the first packet fills the slot, stamped with the current jiffies
+  t.equal(outerDst(w.run(packet(f, P.TCP_SYN)).data), '198.51.100.1');
+  const filled = entries(w, slotOf(f)).find((e) => e.flow.equals(L.encodeFlowKey(f)));
+  t.ok(filled, 'cache on: the flow was cached');
+  // off, at run time; the same entry, fresh, with backend 3, on every CPU
+  w.lb.config({ src4: LB_SRC4, src6: LB_SRC6, ttl: OUTER_TTL, maglevM: 7, flags: L.CFG_F_NO_FLOW_CACHE });
+  const forged = Buffer.alloc(ENTRY.size);
+  L.encodeFlowKey(f).copy(forged, ENTRY.fields.flow.offset);
+  forged.writeUInt32LE(3, ENTRY.fields.backend_id.offset);
+  forged.writeUInt32LE(1, ENTRY.fields.service_id.offset);
+  forged.writeBigUInt64LE(filled!.filledJiffies, ENTRY.fields.filled_jiffies.offset);
+  w.lb.maps.flowCache.updatePerCpu(L.u32(slotOf(f)), forged);
+  const before = fills();
+  w.lb.maglev(1, new Uint32Array(7).fill(2));
+  t.equal(outerDst(w.run(packet(f)).data), '198.51.100.1', 'off: the forged entry is not read; the connection table answers');
+  const g: Flow = { ...f, sport: 1000 };
+  t.equal(outerDst(w.run(packet(g, P.TCP_SYN)).data), '198.51.100.2', 'a new flow: Maglev');
+  t.equal(outerDst(w.run(packet(g)).data), '198.51.100.2', 'and its next packet: the connection table');
+  t.equal(fills(), before, 'nothing written into the cache');
+  t.ok(entries(w, slotOf(g)).every((e) => !e.flow.equals(L.encodeFlowKey(g))), "the new flow's slot does not hold it");
+  t.end();
+});
 
 t.test('a cached answer is not used for another service of the same flow tuple', needsRoot, (t) => {
   // the exact-port service replaces the all-ports one: the cached answer names

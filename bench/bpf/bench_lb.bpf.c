@@ -165,7 +165,7 @@ static __always_inline int bench_upto(struct xdp_md *ctx, const int upto)
 		asm volatile("" : : "r"(c));
 		return XDP_TX;
 	}
-	if (!choose_cached(&pkt, &choice)) {
+	if ((cfg->flags & XDPLB_CFG_F_NO_FLOW_CACHE) || !choose_cached(&pkt, &choice)) {
 		svc = lookup_service(&pkt.flow);
 		if (!svc)
 			return XDP_ABORTED;
@@ -178,7 +178,7 @@ static __always_inline int bench_upto(struct xdp_md *ctx, const int upto)
 		pkt.hash = flow_hash(&pkt.flow, choice.svc.flags & XDPLB_SVC_F_SRC_HASH);
 		choice.hashed = 1;
 	}
-	if (choice.remember)
+	if (choice.remember && !(cfg->flags & XDPLB_CFG_F_NO_FLOW_CACHE))
 		flow_cache_put(flow_cache_slot(&pkt.flow), &pkt.flow, choice.id, choice.svc.id, pkt.hash, choice.hashed);
 	if (upto == BENCH_UPTO_BACKEND)
 		return XDP_TX;

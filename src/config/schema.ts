@@ -166,6 +166,7 @@ export const CONFIG_SCHEMA: JsonSchema = {
       ),
       ttl: integer(MIN_TTL, MAX_TTL, 'TTL / hop limit of the outer header', DEFAULT_NODE.ttl),
       mtu: integer(0, MAX_MTU, 'egress MTU: 0 (from the route/device) or 576..65535; IPv6 needs 1280', DEFAULT_NODE.mtu),
+      flow_cache: flag('per-CPU flow cache in front of the connection table: faster established flows while each CPU carries up to a few thousand active ones; off for many more (BENCHMARKS.md)', DEFAULT_NODE.flowCache),
       bpffs: path('bpffs directory where maps and links are pinned', DEFAULT_NODE.bpffs),
       api: object(
         {

@@ -114,6 +114,8 @@ export interface NodeSettings {
   ttl: number;
   /** egress MTU override (0: from the route/device) */
   mtu: number;
+  /** the datapath's per-CPU flow cache in front of the connection table */
+  flowCache: boolean;
   bpffs: string;
   api: ApiSettings;
   stateDir: string;
@@ -136,6 +138,7 @@ export const DEFAULT_NODE: NodeSettings = {
   outerSource: {},
   ttl: 64,
   mtu: 0,
+  flowCache: true,
   bpffs: '/sys/fs/bpf/xdplb',
   api: { socket: '/run/xdplb/xdplb.sock' },
   stateDir: '/var/lib/xdplb',

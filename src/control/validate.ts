@@ -566,6 +566,7 @@ export function validateNode(input: unknown, field = ''): NodeSettings {
     outerSource,
     ttl: optional(o, 'ttl', DEFAULT_NODE.ttl, (x) => integer(x, f('ttl'), MIN_TTL, MAX_TTL)),
     mtu,
+    flowCache: optional(o, 'flowCache', DEFAULT_NODE.flowCache, (x) => boolean(x, f('flowCache'))),
     bpffs: optional(o, 'bpffs', DEFAULT_NODE.bpffs, (x) => absolutePath(x, f('bpffs'))),
     api: optional(o, 'api', { ...DEFAULT_NODE.api }, (x) => validateApi(x, f('api'))),
     stateDir: optional(o, 'stateDir', DEFAULT_NODE.stateDir, (x) => absolutePath(x, f('stateDir'))),

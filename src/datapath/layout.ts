@@ -37,6 +37,9 @@ export const SVC_F_SRC_HASH = 1 << 1;
 export const SVC_F_CT_BYPASS = 1 << 2;
 export const SVC_F_ICMP_ECHO = 1 << 3;
 
+/** struct xdplb_config.flags */
+export const CFG_F_NO_FLOW_CACHE = 1 << 0;
+
 export const BACKEND_NONE = 0;
 export const BACKEND_ACTIVE = 1;
 export const BACKEND_DRAINING = 2;

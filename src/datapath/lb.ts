@@ -68,7 +68,7 @@ function nodeConfig(node: NodeSettings): L.NodeConfig {
     src6: node.outerSource.ipv6?.address ?? '',
     src6PrefixLen: node.outerSource.ipv6?.prefixLength ?? 0,
     ttl: node.ttl,
-    flags: 0,
+    flags: node.flowCache ? 0 : L.CFG_F_NO_FLOW_CACHE,
     mtu: node.mtu,
     nexthopTtlMs: 0,
     maglevM: node.maglevSize,
