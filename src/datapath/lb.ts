@@ -464,8 +464,9 @@ export class LbDatapath implements DatapathSink {
       this.currentSpecs.set(keyHex, spec);
     }
     this.swapTables(swaps);
-    // By id before the service maps: a connection-table entry can name a new
-    // service only after the service map has led a packet to it.
+    // By id and the VIP filter before the service maps: a flow-cache entry
+    // names a new service only after the service map has led a packet to it,
+    // and no packet reaches the service map past a clear filter bit.
     this.maps.servicesById.batchUpdate(defIds, defValues);
     this.writeVipFilter();
     // Services only once their tables are in place.
