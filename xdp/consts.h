@@ -74,6 +74,9 @@
 
 #define XDPLB_DEFAULT_TTL	64
 
+/* ---- node flags (struct xdplb_config.flags) ---- */
+#define XDPLB_CFG_F_NO_FLOW_CACHE	(1U << 0)	/* the flow cache neither read nor written */
+
 /* ---- address families as stored in maps (not AF_*) ---- */
 #define XDPLB_FAMILY_V4		4
 #define XDPLB_FAMILY_V6		6

@@ -82,7 +82,7 @@ struct xdplb_config {
 	__u8 src4_prefix_len;	/* 20: 0 or 32 = exactly src4; 1..31 = host bits from the flow hash */
 	__u8 src6_prefix_len;	/* 21: 0 or 128 = exactly src6; else last min(32, 128-len) bits from the flow hash */
 	__u8 ttl;		/* 22: outer TTL / hop limit, and of LB-made replies; 0 = 64 */
-	__u8 flags;		/* 23: none defined yet, 0 */
+	__u8 flags;		/* 23: XDPLB_CFG_F_* */
 	__u16 mtu;		/* 24: egress MTU override (lowers the FIB's); 0 = the FIB's only */
 	__u16 nexthop_ttl_ms;	/* 26: next-hop cache bound (fib.h), for entries looked up from now on; 0 = XDPLB_NEXTHOP_TTL_MS */
 	__u32 maglev_m;		/* 28: size M of every Maglev table (prime); 0 = XDPLB_MAGLEV_DEFAULT_M */

@@ -118,7 +118,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 	/* 3 + 4. An established flow this CPU has seen lately: the flow cache
 	 * names service and backend. Otherwise the service lookup, then the
 	 * connection table or Maglev */
-	if (!choose_cached(&pkt, &choice)) {
+	if ((cfg->flags & XDPLB_CFG_F_NO_FLOW_CACHE) || !choose_cached(&pkt, &choice)) {
 		svc = lookup_service(&pkt.flow);
 		if (!svc)
 			return finish(&pkt, XDPLB_R_PASS_NOT_VIP);
@@ -134,7 +134,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 		pkt.hash = flow_hash(&pkt.flow, choice.svc.flags & XDPLB_SVC_F_SRC_HASH);
 		choice.hashed = 1;
 	}
-	if (choice.remember)
+	if (choice.remember && !(cfg->flags & XDPLB_CFG_F_NO_FLOW_CACHE))
 		flow_cache_put(flow_cache_slot(&pkt.flow), &pkt.flow, choice.id, choice.svc.id, pkt.hash, choice.hashed);
 
 	/* 6a. The outer header to be: source, destination, length */
