@@ -250,7 +250,9 @@ export class Lab {
     for (;;) {
       const text = fs.readFileSync(this.daemonLog, 'utf8').slice(start);
       if (text.includes('"msg":"ready"')) break;
-      if (livePid(this.daemonPidFile, this.daemonMarker) === null) throw new Error(`the daemon exited; ${this.daemonLog}:\n${text.split('\n').slice(-15).join('\n')}`);
+      // by its pid, not livePid(): until nsenter has exec'd, the child's command
+      // line is still this process's own
+      if (!isAlive(pid)) throw new Error(`the daemon exited; ${this.daemonLog}:\n${text.split('\n').slice(-15).join('\n')}`);
       if (Date.now() > deadline) throw new Error(`the daemon is not ready after 20 s; see ${this.daemonLog}`);
       await sleep(50);
     }

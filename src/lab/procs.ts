@@ -58,14 +58,7 @@ export function livePid(pidFile: string, marker: string): number | null {
   if (!Number.isInteger(pid) || pid <= 1) return null;
   const cl = cmdline(pid);
   if (cl === null || !cl.includes(marker)) return null;
-  // a zombie (exited, not yet reaped by its parent) is not alive
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    if (/\) Z /.test(stat)) return null;
-  } catch {
-    return null;
-  }
-  return pid;
+  return alive(pid) ? pid : null;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
