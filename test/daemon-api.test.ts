@@ -32,16 +32,20 @@ interface Svc {
   backends: Array<{ address: string; port: number; weight: number; state: string }>;
 }
 
-function serviceKeys(bpffs: string): string[] {
+/** Every entry of both pinned service maps (IPv4 and IPv6 VIPs), decoded. */
+function serviceMapEntries(bpffs: string): Array<L.ServiceKey & L.Service> {
   const maps = [L.MAP_NAMES.services4, L.MAP_NAMES.services].map((name) => bpf.mapFromPin(path.join(bpffs, name)));
   try {
-    return maps.flatMap((m) => [...m.keys()]).map((k) => {
-      const d = L.decodeServiceMapKey(k);
-      return `${d.vip} ${d.port} ${d.proto}`;
-    }).sort();
+    return maps.flatMap((m) => [...m.keys()].map((k) => ({ ...L.decodeServiceMapKey(k), ...L.decodeService(m.lookup(k) as Buffer) })));
   } finally {
     for (const m of maps) m.close();
   }
+}
+
+const isVipEntry = (e: L.ServiceKey) => e.proto === L.IPPROTO_ICMP || e.proto === L.IPPROTO_ICMPV6;
+
+function serviceKeys(bpffs: string): string[] {
+  return serviceMapEntries(bpffs).map((e) => `${e.vip} ${e.port} ${e.proto}`).sort();
 }
 
 /**
@@ -50,7 +54,6 @@ function serviceKeys(bpffs: string): string[] {
  */
 function servicesById(bpffs: string): { byId: string[]; byKey: string[] } {
   const byIdMap = bpf.mapFromPin(path.join(bpffs, L.MAP_NAMES.servicesById));
-  const maps = [L.MAP_NAMES.services4, L.MAP_NAMES.services].map((name) => bpf.mapFromPin(path.join(bpffs, name)));
   try {
     const dump = byIdMap.dump();
     const size = L.LAYOUT.xdplb_service_def.size;
@@ -59,24 +62,18 @@ function servicesById(bpffs: string): { byId: string[]; byKey: string[] } {
       const d = L.decodeServiceDef(dump.values.subarray(i * size, (i + 1) * size));
       if (d) byId.push(`${dump.keys.readUInt32LE(i * 4)}: ${d.vip} ${d.port} ${d.proto} id ${d.id} flags ${d.flags}`);
     }
-    const byKey = maps.flatMap((m) =>
-      [...m.keys()].flatMap((k) => {
-        const key = L.decodeServiceMapKey(k);
-        const v = L.decodeService(m.lookup(k) as Buffer);
-        return key.proto === L.IPPROTO_ICMP || key.proto === L.IPPROTO_ICMPV6 ? [] : [`${v.id}: ${key.vip} ${key.port} ${key.proto} id ${v.id} flags ${v.flags}`];
-      }),
-    );
+    const byKey = serviceMapEntries(bpffs)
+      .filter((e) => !isVipEntry(e))
+      .map((e) => `${e.id}: ${e.vip} ${e.port} ${e.proto} id ${e.id} flags ${e.flags}`);
     return { byId: byId.sort(), byKey: byKey.sort() };
   } finally {
     byIdMap.close();
-    for (const m of maps) m.close();
   }
 }
 
 /** The bits set in xdplb_vip_filter, and those the VIPs of the service maps need. */
 function vipFilter(bpffs: string): { set: number[]; needed: number[] } {
   const filter = bpf.mapFromPin(path.join(bpffs, L.MAP_NAMES.vipFilter));
-  const maps = [L.MAP_NAMES.services4, L.MAP_NAMES.services].map((name) => bpf.mapFromPin(path.join(bpffs, name)));
   try {
     const dump = filter.dump();
     const set: number[] = [];
@@ -84,11 +81,10 @@ function vipFilter(bpffs: string): { set: number[]; needed: number[] } {
       const word = dump.values.readBigUInt64LE(i * 8);
       for (let b = 0; b < 64; b++) if ((word >> BigInt(b)) & 1n) set.push(dump.keys.readUInt32LE(i * 4) * 64 + b);
     }
-    const vips = maps.flatMap((m) => [...m.keys()].map((k) => L.decodeServiceMapKey(k)).filter((k) => k.proto !== L.IPPROTO_ICMP && k.proto !== L.IPPROTO_ICMPV6).map((k) => k.vip));
-    return { set: set.sort((a, b) => a - b), needed: [...new Set(vips.map(vipFilterBit))].sort((a, b) => a - b) };
+    const needed = new Set(serviceMapEntries(bpffs).filter((e) => !isVipEntry(e)).map((e) => vipFilterBit(e.vip)));
+    return { set: set.sort((a, b) => a - b), needed: [...needed].sort((a, b) => a - b) };
   } finally {
     filter.close();
-    for (const m of maps) m.close();
   }
 }
 
