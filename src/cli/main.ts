@@ -9,6 +9,7 @@ import { OUTPUT_FORMATS, render, table, type OutputFormat } from './output';
 import { DEFAULT_NODE } from '../control/model';
 import { labCommand } from '../lab/command';
 import { recordCommand } from './record';
+import { decapCommand } from './decap';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { version } = require('../../../package.json') as { version: string };
@@ -265,6 +266,7 @@ export function buildCli(): Command {
 
   // packet captures (src/cli/record.ts)
   program.addCommand(recordCommand());
+  program.addCommand(decapCommand());
 
   // the namespace lab (src/lab)
   program.addCommand(labCommand());

@@ -201,12 +201,13 @@ export function syncPinnedRevNat(pinRoot: string, rules: readonly RevNat[]): { w
 }
 
 /**
- * Attaches the pinned xdplb_revnat program to `ifname`'s egress in namespace
- * `ns` with tc (clsact qdisc, direct action). nsenter keeps bpffs visible.
+ * Attaches the pinned xdplb_revnat program to `ifname`'s egress with tc (clsact
+ * qdisc, direct action), in namespace `ns` when given: nsenter, unlike
+ * `ip netns exec`, keeps bpffs visible.
  */
-export function attachRevNatIn(ns: string, ifname: string, pinRoot: string): void {
-  const nsenter = ['nsenter', `--net=/var/run/netns/${ns}`];
-  const run = (...args: string[]) => execFileSync(nsenter[0], [...nsenter.slice(1), 'tc', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+export function attachRevNatIn(ns: string | undefined, ifname: string, pinRoot: string): void {
+  const argv = ns ? ['nsenter', `--net=/var/run/netns/${ns}`, 'tc'] : ['tc'];
+  const run = (...args: string[]) => execFileSync(argv[0], [...argv.slice(1), ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   try {
     run('qdisc', 'add', 'dev', ifname, 'clsact');
   } catch {
@@ -215,7 +216,7 @@ export function attachRevNatIn(ns: string, ifname: string, pinRoot: string): voi
   try {
     run('filter', 'replace', 'dev', ifname, 'egress', 'pref', '1', 'handle', '1', 'bpf', 'direct-action', 'object-pinned', path.join(pinRoot, REVNAT_PROG_PIN));
   } catch (e) {
-    throw new Error(`tc egress on ${ifname} in ${ns}: ${String((e as { stderr?: Buffer }).stderr ?? e).trim()}`);
+    throw new Error(`tc egress on ${ifname}${ns ? ` in ${ns}` : ''}: ${String((e as { stderr?: Buffer }).stderr ?? e).trim()}`);
   }
 }
 
