@@ -32,7 +32,7 @@ function fail(e: unknown): never {
 /** "198.51.100.11", "2001:db8:200::11" or "any" (every tunnel packet). */
 export function parseLocalAddress(text: string): string | 'any' {
   if (text === 'any') return text;
-  if (!isIP(text)) throw new Error(`--address ${text}: expected an IPv4 or IPv6 address, or "any"`);
+  if (!isIP(text)) throw new Error(`--local ${text}: expected an IPv4 or IPv6 address, or "any"`);
   return text;
 }
 
@@ -93,7 +93,7 @@ export interface AttachOptions {
  */
 export function decapAttach(o: AttachOptions): { dir: string; progId: number } {
   checkIfname(o.ifname);
-  if (o.addresses.length === 0) throw new Error('--address: at least one of the backend\'s own addresses (or "any") is needed');
+  if (o.addresses.length === 0) throw new Error('--local: at least one of the backend\'s own addresses (or "any") is needed');
   const ifindex = ifIndexOf(o.ifname);
   const dir = path.join(o.pinRoot, o.ifname);
   const attached = bpf.queryXdp(ifindex);
@@ -230,18 +230,18 @@ export function decapCommand(): Command {
   cmd
     .command('attach <interface>')
     .description('load the decapsulator for <interface>, set its addresses and reverse-DNAT ports, attach it (re-running replaces both lists)')
-    .option('--address <addr|any>', "an address of this backend that tunnel packets are sent to (repeatable); \"any\" decapsulates every tunnel packet", collect, [])
+    .option('--local <addr|any>', "an address of this backend that tunnel packets are sent to (repeatable); \"any\" decapsulates every tunnel packet", collect, [])
     .option('--dnat <proto/vip:port=backend_port>', 'for services with l4_dnat: replies from VIP:BACKEND_PORT leave from VIP:PORT (repeatable), e.g. tcp/203.0.113.10:80=8080', collect, [])
     .addOption(new Option('--mode <mode>', 'XDP attach mode: native (driver) or generic (skb)').choices(['native', 'generic']).default('native'))
     .addOption(pinRootOption())
     .addHelpText('after', `
 Examples:
-  xdplb decap attach eth0 --address 198.51.100.11 --address 2001:db8:200::11
-  xdplb decap attach eth0 --address 198.51.100.11 --dnat tcp/203.0.113.10:80=8080
+  xdplb decap attach eth0 --local 198.51.100.11 --local 2001:db8:200::11
+  xdplb decap attach eth0 --local 198.51.100.11 --dnat tcp/203.0.113.10:80=8080
 ${LOCAL_NOTE}`)
-    .action((ifname: string, f: { address: string[]; dnat: string[]; mode: bpf.XdpMode; pinRoot: string }) => {
+    .action((ifname: string, f: { local: string[]; dnat: string[]; mode: bpf.XdpMode; pinRoot: string }) => {
       try {
-        const r = decapAttach({ ifname, addresses: f.address.map(parseLocalAddress), dnat: f.dnat.map(parseDnat), mode: f.mode, pinRoot: f.pinRoot });
+        const r = decapAttach({ ifname, addresses: f.local.map(parseLocalAddress), dnat: f.dnat.map(parseDnat), mode: f.mode, pinRoot: f.pinRoot });
         process.stdout.write(`decapsulator attached to ${ifname} (program id ${r.progId}, pins in ${r.dir})\n`);
       } catch (e) {
         fail(e);
