@@ -83,6 +83,8 @@ export interface AttachOptions {
   dnat: RevNat[];
   mode: bpf.XdpMode;
   pinRoot: string;
+  /** no addresses: every frame passes (a veth peer's program, see docs/virtual-networks.md) */
+  passThrough?: boolean;
   objectFile?: string;
 }
 
@@ -93,7 +95,8 @@ export interface AttachOptions {
  */
 export function decapAttach(o: AttachOptions): { dir: string; progId: number } {
   checkIfname(o.ifname);
-  if (o.addresses.length === 0) throw new Error('--local: at least one of the backend\'s own addresses (or "any") is needed');
+  if (o.addresses.length === 0 && !o.passThrough) throw new Error('--local: at least one of the backend\'s own addresses (or "any") is needed, or --pass-through');
+  if (o.addresses.length > 0 && o.passThrough) throw new Error('--pass-through decapsulates nothing: give it no --local');
   const ifindex = ifIndexOf(o.ifname);
   const dir = path.join(o.pinRoot, o.ifname);
   const attached = bpf.queryXdp(ifindex);
@@ -232,6 +235,7 @@ export function decapCommand(): Command {
     .description('load the decapsulator for <interface>, set its addresses and reverse-DNAT ports, attach it (re-running replaces both lists)')
     .option('--local <addr|any>', "an address of this backend that tunnel packets are sent to (repeatable); \"any\" decapsulates every tunnel packet", collect, [])
     .option('--dnat <proto/vip:port=backend_port>', 'for services with l4_dnat: replies from VIP:BACKEND_PORT leave from VIP:PORT (repeatable), e.g. tcp/203.0.113.10:80=8080', collect, [])
+    .option('--pass-through', 'no addresses: decapsulate nothing, pass every frame (a veth peer needs an XDP program to receive XDP_TX frames)')
     .addOption(new Option('--mode <mode>', 'XDP attach mode: native (driver) or generic (skb)').choices(['native', 'generic']).default('native'))
     .addOption(pinRootOption())
     .addHelpText('after', `
@@ -239,9 +243,9 @@ Examples:
   xdplb decap attach eth0 --local 198.51.100.11 --local 2001:db8:200::11
   xdplb decap attach eth0 --local 198.51.100.11 --dnat tcp/203.0.113.10:80=8080
 ${LOCAL_NOTE}`)
-    .action((ifname: string, f: { local: string[]; dnat: string[]; mode: bpf.XdpMode; pinRoot: string }) => {
+    .action((ifname: string, f: { local: string[]; dnat: string[]; passThrough?: boolean; mode: bpf.XdpMode; pinRoot: string }) => {
       try {
-        const r = decapAttach({ ifname, addresses: f.local.map(parseLocalAddress), dnat: f.dnat.map(parseDnat), mode: f.mode, pinRoot: f.pinRoot });
+        const r = decapAttach({ ifname, addresses: f.local.map(parseLocalAddress), dnat: f.dnat.map(parseDnat), mode: f.mode, pinRoot: f.pinRoot, passThrough: f.passThrough });
         process.stdout.write(`decapsulator attached to ${ifname} (program id ${r.progId}, pins in ${r.dir})\n`);
       } catch (e) {
         fail(e);
