@@ -164,10 +164,10 @@ t.test('an edge node and two backends set up only from the docs serve curl over 
     await waitFor(() => sh('ip', 'netns', 'exec', ns, 'ss', '-Hltn', 'sport = :80').trim() !== '', `http.server on ${name}`, server, log);
   }
 
-  for (const [family, url] of [['IPv4', 'http://203.0.113.10/'], ['IPv6', 'http://[2001:db8:100::10]/']]) {
+  for (const [family, url, firstPort] of [['IPv4', 'http://203.0.113.10/', 41000], ['IPv6', 'http://[2001:db8:100::10]/', 42000]] as const) {
     const answers: string[] = [];
     for (let i = 0; i < 16; i++) {
-      const r = spawnSync('ip', ['netns', 'exec', client, 'curl', '-sS', '--max-time', '5', '--local-port', String(41000 + i), url], { encoding: 'utf8' });
+      const r = spawnSync('ip', ['netns', 'exec', client, 'curl', '-sS', '--max-time', '5', '--local-port', String(firstPort + i), url], { encoding: 'utf8' });
       answers.push(r.status === 0 ? r.stdout.trim() : `curl exit ${r.status}: ${r.stderr.trim()}`);
     }
     t.ok(answers.every((a) => a === 'be1' || a === 'be2'), `${family}: curl got every page from a backend (${answers.join(' ')})`);
@@ -203,7 +203,7 @@ t.test("the README's tshark filters select each capture point of a real recordin
   const [pcapng, pcap] = files;
   t.equal(tsharkRows(pcapng, ['frame.number']).length, 2 * N, `the pcapng file holds ${2 * N} packets: an inbound and an outbound copy of each`);
   const protos = (line: string): string[] => {
-    const cmd = line.replace(/#.*$/, '').replace('web.pcapng', pcapng).replace('web.pcap', pcap);
+    const cmd = line.replace(/#.*$/, '').replace(/\bweb\.pcap(ng)?\b/, (m) => (m.endsWith('ng') ? pcapng : pcap));
     const r = spawnSync('sh', ['-c', `${cmd} -T fields -e ip.proto -E occurrence=a -E aggregator=,`], { encoding: 'utf8' });
     if (r.status !== 0) throw new Error(`${cmd}: ${r.stderr}`);
     return r.stdout.split('\n').filter((l) => l !== '');
