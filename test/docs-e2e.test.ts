@@ -202,6 +202,8 @@ t.test("the README's tshark filters select each capture point of a real recordin
   }
   const [pcapng, pcap] = files;
   t.equal(tsharkRows(pcapng, ['frame.number']).length, 2 * N, `the pcapng file holds ${2 * N} packets: an inbound and an outbound copy of each`);
+  const flagged = spawnSync('tshark', ['-r', pcapng, '-Y', 'tcp.analysis.retransmission || tcp.analysis.duplicate_ack', '-T', 'fields', '-e', 'frame.interface_name'], { encoding: 'utf8' });
+  t.same(flagged.stdout.split('\n').filter((l) => l !== ''), Array(N).fill('xdplb-out'), 'unfiltered, Wireshark takes each outbound copy for a retransmission, as the README warns');
   const protos = (line: string): string[] => {
     const cmd = line.replace(/#.*$/, '').replace(/\bweb\.pcap(ng)?\b/, (m) => (m.endsWith('ng') ? pcapng : pcap));
     const r = spawnSync('sh', ['-c', `${cmd} -T fields -e ip.proto -E occurrence=a -E aggregator=,`], { encoding: 'utf8' });
