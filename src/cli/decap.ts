@@ -134,11 +134,14 @@ export function decapDetach(ifname: string, pinRoot: string): boolean {
   if (ifindex) {
     const q = bpf.queryXdp(ifindex);
     if (ours && q.progId === ours && (q.mode === 'native' || q.mode === 'generic')) bpf.detachXdp(ifindex, q.mode);
+    let filters = '';
     try {
-      execFileSync('tc', ['filter', 'del', 'dev', ifname, 'egress', 'pref', '1', 'handle', '1', 'bpf'], { stdio: 'ignore' });
+      filters = execFileSync('tc', ['filter', 'show', 'dev', ifname, 'egress', 'pref', '1'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] });
     } catch {
-      // no reverse-DNAT filter was attached
+      // no clsact qdisc: no reverse-DNAT filter either
     }
+    // only the filter attach put there, not another one at the same preference
+    if (filters.includes('xdplb_revnat')) execFileSync('tc', ['filter', 'del', 'dev', ifname, 'egress', 'pref', '1', 'handle', '1', 'bpf'], { stdio: 'ignore' });
   }
   fs.rmSync(dir, { recursive: true, force: true });
   return true;
@@ -199,7 +202,7 @@ export function decapStatus(pinRoot: string): DecapInstance[] {
       }
       const c = pinnedDecapCounters(dir);
       const decapsulated = c ? Number(c.decap_ipip.packets + c.decap_ip6ip6.packets) : 0;
-      const total = c ? Object.values(c).reduce((s, v) => s + Number(v.packets), 0) : 0;
+      const passed = c ? Object.entries(c).reduce((s, [k, v]) => s + (k.startsWith('pass_') ? Number(v.packets) : 0), 0) : 0;
       return {
         interface: ifname,
         dir,
@@ -208,7 +211,7 @@ export function decapStatus(pinRoot: string): DecapInstance[] {
         addresses: pinnedKeys(path.join(dir, DECAP_LOCAL_MAP)).map(decodeAddress).sort(),
         dnat: dnat.sort(),
         decapsulated,
-        passed: total - decapsulated - (c ? Number(c.revnat_port.packets) : 0),
+        passed,
       };
     });
 }
