@@ -1,6 +1,6 @@
 #!/usr/bin/env node
-// The xdplb command line: the daemon itself, and a gRPC client of it for
-// everything else.
+// The xdplb command line: the daemon itself, a gRPC client of it for
+// everything else, and the backend's decapsulator (local, no daemon).
 import { Command, Option } from 'commander';
 import { checkDatapath, formatCheck } from './check';
 import { call, connect, type Client, type ConnectOptions } from './client';
