@@ -12,6 +12,7 @@ import { startApi, SERVICE_NAME, type ApiServer } from '../api/server';
 import { LbDatapath } from '../datapath/lb';
 import { sdNotify } from '../datapath/bpf';
 import { createLogger } from './log';
+import { lockDaemon } from './lock';
 // Operations (issue 8): metrics, health checks.
 import type { DatapathSink } from '../control/controller';
 import { HealthChecker } from '../health/checker';
@@ -47,6 +48,9 @@ function fixedSettingsChanged(a: Config['node'], b: Config['node']): string[] {
 export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   let config = loadConfigFile(opts.configPath);
   const log = createLogger(config.node.logLevel);
+  // Before anything is touched: a second daemon must leave the first one's
+  // program, maps, recordings, socket and metrics port alone.
+  const lock = lockDaemon(config.node);
   const started = Date.now();
   const datapath = LbDatapath.open(config.node, log);
   const store = new ServiceStore(config.node.stateDir);
@@ -147,6 +151,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
       datapath.close();
       log.info('stopped; the datapath stays attached and keeps forwarding');
     }
+    lock.release();
   };
 
   return { controller, datapath, api, log, health, metrics, recorder, reload, stop };
