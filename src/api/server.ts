@@ -12,6 +12,7 @@ import type { Controller } from '../control/controller';
 import { XdplbError, type ErrorCode } from '../control/errors';
 import type { ApiSettings } from '../control/model';
 import type { Recorder } from '../recorder/recordings';
+import type { NextHopStatus } from '../daemon/neighbours';
 import { recorderHandlers } from './recorder';
 import { backendFromPb, serviceFromPb, serviceToPb, type PbBackend, type PbService } from './convert';
 
@@ -57,6 +58,10 @@ export interface NodeStatusSnapshot {
   backends: number;
   bpffs: string;
   uptimeSeconds: number;
+  /** every backend's next hop and whether the kernel has resolved it (the daemon's neighbour keeper) */
+  nextHops?: NextHopStatus[];
+  nextHopsResolved?: number;
+  nextHopsUnresolved?: number;
 }
 
 export interface ApiDeps {

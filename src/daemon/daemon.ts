@@ -13,6 +13,7 @@ import { LbDatapath } from '../datapath/lb';
 import { sdNotify } from '../datapath/bpf';
 import { createLogger } from './log';
 import { lockDaemon } from './lock';
+import { NeighbourKeeper } from './neighbours';
 // Operations (issue 8): metrics, health checks.
 import type { DatapathSink } from '../control/controller';
 import { HealthChecker } from '../health/checker';
@@ -56,10 +57,21 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   const store = new ServiceStore(config.node.stateDir);
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const metrics = new Metrics((require('../../../package.json') as { version: string }).version);
-  const controller = new Controller(timedSink(datapath, metrics), store, validateService, log);
+  const neighbours = new NeighbourKeeper({
+    log,
+    backends: () => controller.list().flatMap((s) => s.backends.map((b) => b.address)),
+    noNeighCount: () => datapath.reasonPackets('pass_fib_no_neigh'),
+  });
+  const controller = new Controller(followedBy(timedSink(datapath, metrics), () => void neighbours.sync()), store, validateService, log);
   await controller.restore(config.services, await store.load());
+  neighbours.start();
   // Recordings do not survive a restart: whatever rules a previous daemon left
   // in the recorder maps are cleared before the API can start new ones.
+  const status = async () => {
+    const [s, nextHops] = await Promise.all([datapath.status(controller.list(), (Date.now() - started) / 1000), neighbours.snapshot()]);
+    const resolved = nextHops.filter((n) => n.resolved).length;
+    return { ...s, nextHops, nextHopsResolved: resolved, nextHopsUnresolved: nextHops.length - resolved };
+  };
   const recorderMaps = RecorderMaps.open(config.node.bpffs);
   recorderMaps?.reset();
   if (!recorderMaps) log.warn('the datapath has no recorder maps: recording is not available');
@@ -68,7 +80,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     recorder,
     controller,
     counters: (service) => datapath.counters(controller.list(), service),
-    status: () => datapath.status(controller.list(), (Date.now() - started) / 1000),
+    status,
     log: meteredApiLogger(log, metrics),
   });
   // --- operations: health checks and the metrics endpoint (issue 8) ---
@@ -92,7 +104,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   health.start();
   metrics.bind({
     counters: () => datapath.counters(controller.list()),
-    status: () => datapath.status(controller.list(), (Date.now() - started) / 1000),
+    status,
     services: () => controller.list(),
     health: () => health.snapshot(),
     allDown: () => health.allDown(),
@@ -138,6 +150,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     sdNotify('STOPPING=1');
     api.health.setStatus('', 'NOT_SERVING');
     health.stop();
+    await neighbours.stop();
     await metricsServer?.close();
     // Recordings end first: their files are completed and their streams get
     // the final chunk before the API waits for open calls.
@@ -189,6 +202,16 @@ function timedSink(datapath: DatapathSink, metrics: Metrics): DatapathSink {
         throw e;
       }
       metrics.observeRebuild(Number(process.hrtime.bigint() - t0) / 1e9, true);
+    },
+  };
+}
+
+/** A sink that runs `after` once a change reached the datapath. */
+function followedBy(sink: DatapathSink, after: () => void): DatapathSink {
+  return {
+    apply(services) {
+      sink.apply(services);
+      after();
     },
   };
 }
