@@ -98,6 +98,16 @@ t.test('every request succeeds with every neighbour flushed, both families, both
   const managed = JSON.parse(ipIn(lb, '-j', 'neigh', 'show')) as Array<{ dst: string; dev: string; managed?: null }>;
   t.equal(managed.filter((n) => 'managed' in n).length, 6, 'one kernel-managed entry per next hop');
 
+  // A route change: be3's IPv4 route moves on-link to lb1, where nothing has
+  // resolved it; the daemon follows the route, not the flush.
+  const be3 = plan.backends[2];
+  ipIn(lb, 'route', 'add', `${be3.v4}/32`, 'dev', 'lb1');
+  const moved = await f.lab.requests({ targets: [{ proto: 'tcp', vip: VIP4, port: 80, count: 30, sources: plan.client.v4 }], timeoutMs: 5000 });
+  t.same(moved.filter((r) => r.error), [], 'every request succeeds after the route change');
+  t.ok(moved.some((r) => r.backend === be3.name), `${be3.name} answered through its new next hop`);
+  const after = (await f.lab.nodeStatus()) as unknown as { nextHops: NextHopStatus[] };
+  t.ok(after.nextHops.some((n) => n.address === be3.v4 && n.interface === 'lb1' && n.resolved), `${be3.v4} on lb1 is a resolved next hop`);
+
   // A backend removed: the daemon's entry for its on-link next hop goes with it.
   f.cli('service', 'delete', 'web4');
   f.cli('service', 'create', 'web4', '--vip', VIP4, '--port', '80', '--protocol', 'tcp', '--backend', `${be1.v4}:80`);
