@@ -10,10 +10,11 @@
 // route change and neighbour deletion (`ip monitor route neigh`, so a flush or
 // a new route is followed at once, not at the next poll), at once when the
 // datapath's pass_fib_no_neigh counter moves (checked every second: one
-// per-CPU lookup), and every 30 s as a net under all of these. Only entries
-// the daemon created are ever changed or removed: permanent or learned entries
-// an operator or the kernel made stay as they are, and an entry the daemon
-// made is deleted when no backend needs it any more. All work is spawned `ip`
+// per-CPU lookup), and every 30 s as a net under all of these. A permanent
+// entry an operator made stays as it is; a learned entry for a next hop becomes
+// managed (the kernel then keeps it); a managed entry for a next hop it needs
+// is adopted (a previous daemon made it). Only entries the daemon made or
+// adopted are removed, once no backend needs them any more. All work is spawned `ip`
 // processes (async); the event loop never waits for them. `ip` runs in the
 // daemon's own network namespace, which is the datapath's.
 import { spawn } from 'node:child_process';
@@ -104,7 +105,6 @@ export class NeighbourKeeper {
   constructor(private readonly o: NeighbourOptions) {}
 
   start(): void {
-    this.lastNoNeigh = this.o.noNeighCount();
     this.timers.push(
       setInterval(() => this.watchCounter(), this.o.counterPollMs ?? 1000).unref(),
       setInterval(() => this.sync(), this.o.recheckMs ?? 30000).unref(),
@@ -202,9 +202,9 @@ export class NeighbourKeeper {
     const replaces: string[] = [];
     for (const [k, w] of wanted) {
       const e = existing.get(k);
-      // an entry somebody else keeps (permanent, or managed by another owner) stays theirs
-      const foreign = e && !this.created.has(k) && (e.state?.includes('PERMANENT') || e.state?.includes('NOARP') || e.managed !== undefined);
-      if (foreign) continue;
+      // A static entry an operator keeps stays theirs; a managed one for a next
+      // hop we need is adopted (a previous daemon made it).
+      if (e && !this.created.has(k) && e.managed === undefined && (e.state?.includes('PERMANENT') || e.state?.includes('NOARP'))) continue;
       if (!e || e.managed === undefined || e.state?.includes('FAILED')) replaces.push(`neigh replace ${w.address} dev ${w.dev} managed`);
       this.created.add(k);
     }
