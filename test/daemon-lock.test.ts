@@ -6,6 +6,8 @@ import t from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
+import * as net from 'node:net';
+import { daemonFixture } from './helpers/daemon';
 import { needsRoot } from './helpers/fixtures';
 import { recorderRig, rpc, until, VIP4 } from './helpers/recorder';
 
@@ -47,6 +49,26 @@ t.test('a second daemon on the same config exits non-zero and leaves the first o
   const [e2] = await rpc(d.client(), 'GetNodeStatus', {});
   t.error(e2, 'after a SIGKILL a new daemon starts and serves');
   t.equal(fs.readFileSync(path.join(d.stateDir, 'daemon.lock'), 'utf8').trim(), String(d.proc!.pid), 'the lock file names the new holder');
+});
+
+t.test('a daemon leaves an API socket alone while something listens on it', needsRoot, async (t) => {
+  const d = await daemonFixture(t);
+  fs.mkdirSync(path.dirname(d.socket), { recursive: true });
+  // the daemon's probe connects and hangs up at once: a reset, not a failure
+  const server = net.createServer((c) => c.on('error', () => {}).end('still here\n'));
+  await new Promise<void>((resolve) => server.listen(d.socket, resolve));
+  t.teardown(() => new Promise<void>((resolve) => server.close(() => resolve())));
+  const r = await runBounded(d.daemonArgv());
+  t.not(r.code, 0, 'the daemon exits non-zero');
+  t.match(r.output, new RegExp(`xdplb: api\\.socket: ${d.socket}: another process listens on this socket`), r.output);
+  const answer = await new Promise<string>((resolve, reject) => {
+    const c = net.connect(d.socket);
+    let got = '';
+    c.on('data', (b) => (got += b.toString()));
+    c.on('end', () => resolve(got));
+    c.on('error', reject);
+  });
+  t.equal(answer, 'still here\n', 'the listener keeps its socket');
 });
 
 /** Runs a daemon to its exit; one that is still running after 20 s is killed (and has failed). */
