@@ -65,13 +65,13 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   const controller = new Controller(followedBy(timedSink(datapath, metrics), () => void neighbours.sync()), store, validateService, log);
   await controller.restore(config.services, await store.load());
   neighbours.start();
-  // Recordings do not survive a restart: whatever rules a previous daemon left
-  // in the recorder maps are cleared before the API can start new ones.
   const status = async () => {
     const [s, nextHops] = await Promise.all([datapath.status(controller.list(), (Date.now() - started) / 1000), neighbours.snapshot()]);
     const resolved = nextHops.filter((n) => n.resolved).length;
     return { ...s, nextHops, nextHopsResolved: resolved, nextHopsUnresolved: nextHops.length - resolved };
   };
+  // Recordings do not survive a restart: whatever rules a previous daemon left
+  // in the recorder maps are cleared before the API can start new ones.
   const recorderMaps = RecorderMaps.open(config.node.bpffs);
   recorderMaps?.reset();
   if (!recorderMaps) log.warn('the datapath has no recorder maps: recording is not available');

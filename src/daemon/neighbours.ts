@@ -134,10 +134,11 @@ export class NeighbourKeeper {
 
   /** Every next hop with the kernel's state of its entry now. */
   async snapshot(): Promise<NextHopStatus[]> {
-    const now = this.wanted.length ? await this.neighbours() : new Map<string, NeighEntry>();
+    // status must answer even when `ip` cannot: every state then reads "unknown"
+    const now = this.wanted.length ? await this.neighbours().catch(() => undefined) : new Map<string, NeighEntry>();
     return [
       ...this.wanted.map((w) => {
-        const state = now.get(key(w.address, w.dev))?.state ?? [];
+        const state = now ? (now.get(key(w.address, w.dev))?.state ?? []) : ['unknown'];
         return { address: w.address, interface: w.dev, resolved: state.some((x) => RESOLVED.has(x)), state: state.join(',') || 'none', backends: w.backends };
       }),
       ...this.unrouted.map((u) => ({ ...u })),
@@ -177,9 +178,13 @@ export class NeighbourKeeper {
       // (and our own replaces would wake us again); a deletion is what matters.
       if (lines.some((l) => l.startsWith('[ROUTE]') || (l.startsWith('[NEIGH]') && l.includes('Deleted')))) void this.sync();
     });
-    m.once('error', (e) => this.o.log.warn({ error: e.message }, 'ip monitor not started; next hops follow the periodic check'));
-    m.once('exit', () => {
-      if (!this.stopped) setTimeout(() => this.startMonitor(), 1000).unref();
+    let failed = false;
+    m.once('error', (e) => {
+      failed = true;
+      this.o.log.warn({ error: e.message }, 'ip monitor not started; next hops follow the counter and the periodic check');
+    });
+    m.once('close', () => {
+      if (!this.stopped && !failed) setTimeout(() => this.startMonitor(), 1000).unref();
     });
   }
 
