@@ -1,6 +1,7 @@
 // The gRPC server: xdplb.v1.LoadBalancer, xdplb.v1.Recorder, the standard health service and server
 // reflection. A unix socket (mode 0600) by default; TCP only with mutual TLS.
 import * as fs from 'node:fs';
+import * as net from 'node:net';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
@@ -11,6 +12,7 @@ import type { Controller } from '../control/controller';
 import { XdplbError, type ErrorCode } from '../control/errors';
 import type { ApiSettings } from '../control/model';
 import type { Recorder } from '../recorder/recordings';
+import type { NextHopStatus } from '../daemon/neighbours';
 import { recorderHandlers } from './recorder';
 import { backendFromPb, serviceFromPb, serviceToPb, type PbBackend, type PbService } from './convert';
 
@@ -56,6 +58,10 @@ export interface NodeStatusSnapshot {
   backends: number;
   bpffs: string;
   uptimeSeconds: number;
+  /** every backend's next hop and whether the kernel has resolved it (the daemon's neighbour keeper) */
+  nextHops?: NextHopStatus[];
+  nextHopsResolved?: number;
+  nextHopsUnresolved?: number;
 }
 
 export interface ApiDeps {
@@ -202,8 +208,11 @@ export interface ApiServer {
   close(): Promise<void>;
 }
 
-/** Removes a leftover socket file, refusing to touch anything that is not a socket. */
-function clearStaleSocket(socket: string): void {
+/**
+ * Removes a leftover socket file, refusing to touch anything that is not a
+ * socket or a socket somebody still listens on (another daemon's API).
+ */
+async function clearStaleSocket(socket: string): Promise<void> {
   let st: fs.Stats;
   try {
     st = fs.lstatSync(socket);
@@ -211,6 +220,15 @@ function clearStaleSocket(socket: string): void {
     return;
   }
   if (!st.isSocket()) throw XdplbError.invalid('api.socket', `${socket} exists and is not a socket`);
+  const listening = await new Promise<boolean>((resolve) => {
+    const c = net.connect(socket);
+    c.once('connect', () => {
+      c.destroy();
+      resolve(true);
+    });
+    c.once('error', () => resolve(false));
+  });
+  if (listening) throw XdplbError.failedPrecondition(`${socket}: another process listens on this socket`, 'api.socket');
   fs.unlinkSync(socket);
 }
 
@@ -233,7 +251,7 @@ export async function startApi(settings: ApiSettings, deps: ApiDeps): Promise<Ap
 
   const endpoints: string[] = [];
   fs.mkdirSync(path.dirname(settings.socket), { recursive: true, mode: 0o755 });
-  clearStaleSocket(settings.socket);
+  await clearStaleSocket(settings.socket);
   // The socket is created with the umask; tighten it before anyone can connect.
   const oldMask = process.umask(0o177);
   try {

@@ -227,7 +227,7 @@ export function buildCli(): Command {
     .addHelpText('after', '\nExample:\n  xdplb status -o json')
     .action((_f, cmd: Command) =>
       withClient(cmd, async (c, o) => {
-        const s = await call<Record<string, unknown> & { attachments: Array<Record<string, unknown>>; maps: Array<Record<string, number | string>> }>(c, 'GetNodeStatus', {});
+        const s = await call<Record<string, unknown> & { attachments: Array<Record<string, unknown>>; maps: Array<Record<string, number | string>>; nextHops?: Array<Record<string, unknown>> }>(c, 'GetNodeStatus', {});
         process.stdout.write(
           render(o.output, s, () =>
             [
@@ -237,6 +237,9 @@ export function buildCli(): Command {
               table(['INTERFACE', 'IFINDEX', 'MODE', 'PROGRAM'], s.attachments.map((a) => [String(a.interface), String(a.ifindex), String(a.mode), String(a.programId)])),
               '',
               table(['MAP', 'ENTRIES', 'CAPACITY'], s.maps.map((m) => [String(m.name), String(m.entries), String(m.capacity)])),
+              '',
+              `next hops: ${s.nextHopsResolved ?? 0} resolved, ${s.nextHopsUnresolved ?? 0} unresolved`,
+              table(['NEXT HOP', 'INTERFACE', 'STATE', 'BACKENDS'], (s.nextHops ?? []).map((n) => [String(n.address), String(n.interface || '-'), `${n.resolved ? 'resolved' : 'unresolved'} (${String(n.state)})`, String(n.backends)])),
             ].join('\n'),
           ) + '\n',
         );

@@ -12,6 +12,8 @@ import { startApi, SERVICE_NAME, type ApiServer } from '../api/server';
 import { LbDatapath } from '../datapath/lb';
 import { sdNotify } from '../datapath/bpf';
 import { createLogger } from './log';
+import { lockDaemon } from './lock';
+import { NeighbourKeeper } from './neighbours';
 // Operations (issue 8): metrics, health checks.
 import type { DatapathSink } from '../control/controller';
 import { HealthChecker } from '../health/checker';
@@ -47,13 +49,27 @@ function fixedSettingsChanged(a: Config['node'], b: Config['node']): string[] {
 export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   let config = loadConfigFile(opts.configPath);
   const log = createLogger(config.node.logLevel);
+  // Before anything is touched: a second daemon must leave the first one's
+  // program, maps, recordings, socket and metrics port alone.
+  const lock = lockDaemon(config.node);
   const started = Date.now();
   const datapath = LbDatapath.open(config.node, log);
   const store = new ServiceStore(config.node.stateDir);
   // eslint-disable-next-line @typescript-eslint/no-require-imports
   const metrics = new Metrics((require('../../../package.json') as { version: string }).version);
-  const controller = new Controller(timedSink(datapath, metrics), store, validateService, log);
+  const neighbours = new NeighbourKeeper({
+    log,
+    backends: () => controller.list().flatMap((s) => s.backends.map((b) => b.address)),
+    noNeighCount: () => datapath.reasonPackets('pass_fib_no_neigh'),
+  });
+  const controller = new Controller(followedBy(timedSink(datapath, metrics), () => void neighbours.sync()), store, validateService, log);
   await controller.restore(config.services, await store.load());
+  neighbours.start();
+  const status = async () => {
+    const [s, nextHops] = await Promise.all([datapath.status(controller.list(), (Date.now() - started) / 1000), neighbours.snapshot()]);
+    const resolved = nextHops.filter((n) => n.resolved).length;
+    return { ...s, nextHops, nextHopsResolved: resolved, nextHopsUnresolved: nextHops.length - resolved };
+  };
   // Recordings do not survive a restart: whatever rules a previous daemon left
   // in the recorder maps are cleared before the API can start new ones.
   const recorderMaps = RecorderMaps.open(config.node.bpffs);
@@ -64,7 +80,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     recorder,
     controller,
     counters: (service) => datapath.counters(controller.list(), service),
-    status: () => datapath.status(controller.list(), (Date.now() - started) / 1000),
+    status,
     log: meteredApiLogger(log, metrics),
   });
   // --- operations: health checks and the metrics endpoint (issue 8) ---
@@ -88,7 +104,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   health.start();
   metrics.bind({
     counters: () => datapath.counters(controller.list()),
-    status: () => datapath.status(controller.list(), (Date.now() - started) / 1000),
+    status,
     services: () => controller.list(),
     health: () => health.snapshot(),
     allDown: () => health.allDown(),
@@ -134,6 +150,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     sdNotify('STOPPING=1');
     api.health.setStatus('', 'NOT_SERVING');
     health.stop();
+    await neighbours.stop();
     await metricsServer?.close();
     // Recordings end first: their files are completed and their streams get
     // the final chunk before the API waits for open calls.
@@ -147,6 +164,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
       datapath.close();
       log.info('stopped; the datapath stays attached and keeps forwarding');
     }
+    lock.release();
   };
 
   return { controller, datapath, api, log, health, metrics, recorder, reload, stop };
@@ -184,6 +202,16 @@ function timedSink(datapath: DatapathSink, metrics: Metrics): DatapathSink {
         throw e;
       }
       metrics.observeRebuild(Number(process.hrtime.bigint() - t0) / 1e9, true);
+    },
+  };
+}
+
+/** A sink that runs `after` once a change reached the datapath. */
+function followedBy(sink: DatapathSink, after: () => void): DatapathSink {
+  return {
+    apply(services) {
+      sink.apply(services);
+      after();
     },
   };
 }

@@ -96,6 +96,7 @@ interface Native {
   ifIndex(name: string): number;
   possibleCpus(): number;
   sdNotify(state: string): boolean;
+  flockExclusive(fd: number): boolean;
   XDP_FLAGS: { UPDATE_IF_NOEXIST: number; SKB_MODE: number; DRV_MODE: number; REPLACE: number };
   XDP_ATTACHED: { NONE: number; DRV: number; SKB: number; HW: number; MULTI: number };
 }
@@ -562,4 +563,9 @@ export function possibleCpus(): number {
 /** sd_notify(3): false when not started by systemd with a notify socket. */
 export function sdNotify(state: string): boolean {
   return native().sdNotify(state);
+}
+
+/** flock(fd, LOCK_EX | LOCK_NB): false when another open file holds the lock. */
+export function flockExclusive(fd: number): boolean {
+  return native().flockExclusive(fd);
 }

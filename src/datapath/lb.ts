@@ -13,7 +13,7 @@ import type { Logger } from 'pino';
 import * as bpf from './bpf';
 import * as L from './layout';
 import { vipFilterWords } from './flowhash';
-import { REASONS } from './reasons';
+import { REASON, REASONS } from './reasons';
 import { buildTable, diffTables, NO_BACKEND } from '../maglev';
 import type { DatapathSink } from '../control/controller';
 import { XdplbError } from '../control/errors';
@@ -599,6 +599,11 @@ export class LbDatapath implements DatapathSink {
       out.verdicts[r.verdict] = (out.verdicts[r.verdict] ?? 0) + c.packets;
     });
     return out;
+  }
+
+  /** Packets counted under one reason, summed over CPUs: one lookup, cheap enough to poll. */
+  reasonPackets(name: string): number {
+    return Number(L.sumCounters(this.maps.reasons.lookupPerCpu(L.u32(REASON[name]))).packets);
   }
 
   async status(services: readonly ServiceSpec[], uptimeSeconds: number): Promise<NodeStatusSnapshot> {

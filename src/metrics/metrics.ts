@@ -172,6 +172,18 @@ export class Metrics {
       },
     });
     new Gauge({
+      name: 'xdplb_nexthops',
+      help: "Backends' next hops (gateway, or the backend when on-link) by neighbour state: resolved (the kernel holds a link-layer address) or unresolved (packets to them are passed as pass_fib_no_neigh)",
+      labelNames: ['state'],
+      registers,
+      collect() {
+        const s = snap();
+        if (!s) return;
+        this.set({ state: 'resolved' }, s.status.nextHopsResolved ?? 0);
+        this.set({ state: 'unresolved' }, s.status.nextHopsUnresolved ?? 0);
+      },
+    });
+    new Gauge({
       name: 'xdplb_attached_interfaces',
       help: 'Interfaces the XDP program is attached to',
       registers,

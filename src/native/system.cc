@@ -1,10 +1,11 @@
 // Small syscalls Node.js does not offer: entering a network namespace on the
 // calling thread, interface index lookup inside it, the number of possible CPUs,
-// and systemd's sd_notify datagram.
+// systemd's sd_notify datagram, and flock(2) for the one-daemon-per-node lock.
 #include <bpf/libbpf.h>
 #include <fcntl.h>
 #include <net/if.h>
 #include <sched.h>
+#include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -85,6 +86,16 @@ Napi::Value SdNotify(const Napi::CallbackInfo &info) {
   return Napi::Boolean::New(env, true);
 }
 
+// flockExclusive(fd) -> false when another open file holds the lock. The kernel
+// drops the lock with the last descriptor, so a SIGKILLed holder never leaves it.
+Napi::Value FlockExclusive(const Napi::CallbackInfo &info) {
+  Napi::Env env = info.Env();
+  int fd = static_cast<int>(U32Arg(info, 0, "fd"));
+  if (flock(fd, LOCK_EX | LOCK_NB) == 0) return Napi::Boolean::New(env, true);
+  if (errno == EWOULDBLOCK) return Napi::Boolean::New(env, false);
+  throw SysError(env, errno, "flock", "fd " + std::to_string(fd));
+}
+
 }  // namespace
 
 void InitSystem(Napi::Env env, Napi::Object exports) {
@@ -93,6 +104,7 @@ void InitSystem(Napi::Env env, Napi::Object exports) {
   exports.Set("ifIndex", Napi::Function::New<IfIndex>(env, "ifIndex"));
   exports.Set("possibleCpus", Napi::Function::New<PossibleCpus>(env, "possibleCpus"));
   exports.Set("sdNotify", Napi::Function::New<SdNotify>(env, "sdNotify"));
+  exports.Set("flockExclusive", Napi::Function::New<FlockExclusive>(env, "flockExclusive"));
 }
 
 }  // namespace xdplb
