@@ -122,10 +122,8 @@ t.test('an edge node and two backends set up only from the docs serve curl over 
   ]);
   ipBatch(client, [`addr add 192.0.2.130/26 dev ${ifs.client}`, `addr add 2001:db8:1::2/64 dev ${ifs.client} nodad`, 'route add default via 192.0.2.129', 'route add default via 2001:db8:1::1']);
   ipBatch(lb, [`addr add 192.0.2.66/26 dev ${ifs.lb}`, `addr add 2001:db8:2::2/64 dev ${ifs.lb} nodad`, 'route add default via 192.0.2.65', 'route add default via 2001:db8:2::1']);
-  // The router's address on the node's link, resolved: the daemon's own
-  // resolution of next hops is not what this test is about.
-  const routerMac = (JSON.parse(sh('ip', '-n', router, '-j', 'link', 'show', 'dev', ifs.routerLb)) as Array<{ address: string }>)[0].address;
-  ipBatch(lb, [`neigh replace 192.0.2.65 lladdr ${routerMac} dev ${ifs.lb} nud permanent`, `neigh replace 2001:db8:2::1 lladdr ${routerMac} dev ${ifs.lb} nud permanent`]);
+  // No neighbour entry is made for the router here: the daemon resolves
+  // its next hops itself (README, "Next-hop neighbours"), as on a fresh node.
   for (const [ns, own4, own6, dev] of [[be1, '198.51.100.11', '2001:db8:200::11', ifs.be1], [be2, '198.51.100.12', '2001:db8:200::12', ifs.be2]]) {
     ipBatch(ns, [`addr add ${own4}/24 dev ${dev}`, `addr add ${own6}/64 dev ${dev} nodad`, 'route add default via 198.51.100.1', 'route add default via 2001:db8:200::1']);
   }
