@@ -54,6 +54,7 @@
 #include "encap.h"
 #include "icmp.h"
 #include "fib.h"
+#include "pmtu.h"
 #include "stats.h"
 
 /* Step 10 for everything that is not forwarded: count the reason, return
@@ -77,6 +78,31 @@ static __always_inline int too_big(struct xdp_md *ctx, const struct packet *pkt,
 	return icmp_too_big_reply(ctx, pkt, cfg, mtu);
 }
 
+/* A parse failure to the kernel, unless addressed to the outer source
+ * prefix (pmtu.h): nothing may loop between the node and a router. */
+static __always_inline int parse_failed(const struct packet *pkt, int reason)
+{
+	__u32 zero = 0;
+	struct xdplb_config *cfg;
+
+	if (!pkt->flow.family)
+		return reason;
+	cfg = bpf_map_lookup_elem(&xdplb_config, &zero);
+	return cfg && in_outer_prefix(cfg, pkt->flow.family, pkt->flow.dst) ? XDPLB_R_DROP_OUTER_SOURCE : reason;
+}
+
+/* An ICMP error about a tunnel packet (pmtu.h), sent on or counted. */
+static __always_inline int tunnel_error(struct xdp_md *ctx, const struct packet *pkt, const struct xdplb_config *cfg)
+{
+	__u32 ifindex = 0;
+	int r = pmtu_relay(ctx, pkt, cfg, &ifindex);
+
+	if (r != XDPLB_R_PMTU_RELAY_REDIRECT)
+		return finish(pkt, r);
+	count_reason(r, pkt->frame_len);
+	return bpf_redirect_map(&xdplb_devmap, ifindex, 0);
+}
+
 static __always_inline int xdplb_process(struct xdp_md *ctx)
 {
 	struct packet pkt = {};
@@ -92,7 +118,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 	/* 1. Parse: anything not parseable goes to the kernel untouched */
 	r = parse_packet(ctx, &pkt);
 	if (r != XDPLB_CONTINUE)
-		return finish(&pkt, r);
+		return finish(&pkt, parse_failed(&pkt, r));
 
 	/* 2. Recorder, inbound point */
 	xdplb_record(ctx, &pkt, &rec, XDPLB_CAPTURE_IN, XDPLB_NO_BACKEND);
@@ -101,16 +127,20 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 	if (!cfg)
 		return finish(&pkt, XDPLB_R_PASS_NOT_VIP);
 
+	/* ICMP errors about the node's own tunnel packets (pmtu.h) */
+	if (pkt.kind == PKT_ICMP_TUNNEL)
+		return tunnel_error(ctx, &pkt, cfg);
+
 	/* 3. Not for a VIP: to the kernel after one bit (vipfilter.h), before
-	 * any other lookup */
+	 * any other lookup (or dropped: to the outer source prefix) */
 	if (!vip_maybe(&pkt.flow))
-		return finish(&pkt, XDPLB_R_PASS_NOT_VIP);
+		return finish(&pkt, not_vip(&pkt, cfg));
 
 	/* 3. Service lookup (echo requests: the VIP entry, answered here) */
 	if (pkt.kind == PKT_ICMP_ECHO) {
 		svc = lookup_vip_entry(&pkt.flow);
 		if (!svc)
-			return finish(&pkt, XDPLB_R_PASS_NOT_VIP);
+			return finish(&pkt, not_vip(&pkt, cfg));
 		if (!(svc->flags & XDPLB_SVC_F_ICMP_ECHO))
 			return finish(&pkt, XDPLB_R_PASS_ICMP_ECHO_OFF);
 		return finish(&pkt, icmp_echo_reply(ctx, &pkt, cfg));
@@ -121,7 +151,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 	if ((cfg->flags & XDPLB_CFG_F_NO_FLOW_CACHE) || !choose_cached(&pkt, &choice)) {
 		svc = lookup_service(&pkt.flow);
 		if (!svc)
-			return finish(&pkt, XDPLB_R_PASS_NOT_VIP);
+			return finish(&pkt, not_vip(&pkt, cfg));
 		r = choose_backend(&pkt, svc, cfg, &choice);
 		if (r != XDPLB_CONTINUE)
 			return finish(&pkt, r);
