@@ -117,7 +117,7 @@ static __always_inline int pmtu_relay(struct xdp_md *ctx, const struct packet *p
 	__u32 l4 = pkt->l4_off, in = pkt->inner_off, ip_end = pkt->l3_off + pkt->ip_len;
 	__u8 ttl = cfg->ttl ? cfg->ttl : XDPLB_DEFAULT_TTL;
 	struct bpf_fib_lookup fib;
-	__u32 mtu, q, need, shrink;
+	__u32 mtu, q, need, shrink; /* need: inner IP header + 8 bytes, inside the error (not padding) */
 	__u8 *icmp;
 	struct ethhdr *eth;
 	int r;
@@ -150,6 +150,8 @@ static __always_inline int pmtu_relay(struct xdp_md *ctx, const struct packet *p
 		if (ih->version != 4 || hl < sizeof(*ih) || (ih->protocol != IPPROTO_TCP && ih->protocol != IPPROTO_UDP))
 			return XDPLB_R_DROP_TUNNEL_ICMP;
 		need = hl + 8;
+		if (in + need > ip_end || data + in + need > end)
+			return XDPLB_R_DROP_TUNNEL_ICMP;
 		pmtu_record(XDPLB_FAMILY_V4, &o->daddr, mtu);
 		fib.family = AF_INET;
 		fib.l4_protocol = IPPROTO_ICMP;
@@ -164,15 +166,14 @@ static __always_inline int pmtu_relay(struct xdp_md *ctx, const struct packet *p
 		if (ih->version != 6 || (ih->nexthdr != IPPROTO_TCP && ih->nexthdr != IPPROTO_UDP))
 			return XDPLB_R_DROP_TUNNEL_ICMP;
 		need = sizeof(*ih) + 8;
+		if (in + need > ip_end || data + in + need > end)
+			return XDPLB_R_DROP_TUNNEL_ICMP;
 		pmtu_record(XDPLB_FAMILY_V6, &o->daddr, mtu);
 		fib.family = AF_INET6;
 		fib.l4_protocol = IPPROTO_ICMPV6;
 		__builtin_memcpy(fib.ipv6_src, &ih->daddr, 16);
 		__builtin_memcpy(fib.ipv6_dst, &ih->saddr, 16);
 	}
-	/* the inner flow must be named by bytes of the error, not Ethernet padding */
-	if (in + need > ip_end || data + in + need > end)
-		return XDPLB_R_DROP_TUNNEL_ICMP;
 	q = ip_end - in < qmax ? ip_end - in : qmax;
 	fib.tot_len = hdr + 8 + q;
 	if (bpf_fib_lookup(ctx, &fib, sizeof(fib), 0) != BPF_FIB_LKUP_RET_SUCCESS)
