@@ -226,7 +226,14 @@ export function buildCli(): Command {
     .addHelpText('after', '\nExample:\n  xdplb status -o json')
     .action((_f, cmd: Command) =>
       withClient(cmd, async (c, o) => {
-        const s = await call<Record<string, unknown> & { attachments: Array<Record<string, unknown>>; maps: Array<Record<string, number | string>> }>(c, 'GetNodeStatus', {});
+        const s = await call<
+          Record<string, unknown> & {
+            attachments: Array<Record<string, unknown>>;
+            maps: Array<Record<string, number | string>>;
+            pathMtus?: Array<{ backend: string; mtu: number; expiresInSeconds: number }>;
+            routeWarnings?: string[];
+          }
+        >(c, 'GetNodeStatus', {});
         process.stdout.write(
           render(o.output, s, () =>
             [
@@ -236,6 +243,10 @@ export function buildCli(): Command {
               table(['INTERFACE', 'IFINDEX', 'MODE', 'PROGRAM'], s.attachments.map((a) => [String(a.interface), String(a.ifindex), String(a.mode), String(a.programId)])),
               '',
               table(['MAP', 'ENTRIES', 'CAPACITY'], s.maps.map((m) => [String(m.name), String(m.entries), String(m.capacity)])),
+              ...(s.pathMtus?.length
+                ? ['', table(['BACKEND', 'PATH MTU', 'EXPIRES IN'], s.pathMtus.map((p) => [p.backend, String(p.mtu), `${Math.round(Number(p.expiresInSeconds))} s`]))]
+                : []),
+              ...(s.routeWarnings ?? []).map((w) => `warning: ${w}`),
             ].join('\n'),
           ) + '\n',
         );

@@ -14,6 +14,8 @@ import * as bpf from './bpf';
 import * as L from './layout';
 import { vipFilterWords } from './flowhash';
 import { REASONS } from './reasons';
+import { agePathMtus } from './pmtu';
+import { routeWarnings, type RouteCheck } from './routes';
 import { buildTable, diffTables, NO_BACKEND } from '../maglev';
 import type { DatapathSink } from '../control/controller';
 import { XdplbError } from '../control/errors';
@@ -627,7 +629,19 @@ export class LbDatapath implements DatapathSink {
       backends,
       bpffs: this.node.bpffs,
       uptimeSeconds,
+      pathMtus: agePathMtus(this.maps.pmtu),
+      routeWarnings: await routeWarnings(this.routeChecks(services)),
     };
+  }
+
+  /** The addresses whose packets the kernel must not forward: outer sources and VIPs. */
+  private routeChecks(services: readonly ServiceSpec[]): RouteCheck[] {
+    const checks: RouteCheck[] = [];
+    for (const o of [this.node.outerSource.ipv4, this.node.outerSource.ipv6]) {
+      if (o) checks.push({ what: 'outer source', prefix: o.prefixLength ? `${o.address}/${o.prefixLength}` : o.address, address: o.address });
+    }
+    for (const vip of new Set(services.map((s) => s.vip))) checks.push({ what: 'VIP', prefix: vip, address: vip });
+    return checks;
   }
 
   /** Daemon exit: handles closed; the program stays attached, the pins stay. */
