@@ -28,7 +28,15 @@
  *    are never DNATed, and are dropped rather than answered when too big.
  *  - PMTU: IPv4 without DF that does not fit once encapsulated is dropped
  *    (XDP cannot fragment; the kernel would route it to the VIP, not to a
- *    backend). The node's MTU override can only lower the FIB's MTU.
+ *    backend). The node's MTU override can only lower the FIB's MTU, and so
+ *    does a path MTU a router past the node reported (pmtu.h).
+ *  - ICMP errors about the node's own tunnel packets, and everything else
+ *    addressed to an outer source prefix: pmtu.h.
+ *  - ICMP errors from clients' side addressed to a VIP about a DNAT
+ *    service's flow quote the VIP port (the client's view), so they find
+ *    the flow's backend; they travel unchanged, and the backend's stack
+ *    matches them against its own, translated, socket only if its reverse
+ *    translation rewrites ICMP quotes too.
  *  - Frames arriving with a VLAN tag leave encapsulated untagged (the FIB
  *    names the egress device); LB-made replies keep the tag.
  *  - The outer IPv4 header copies DSCP/ECN, DF and the identification of the
