@@ -240,8 +240,9 @@ static __always_inline void set_v6(__u8 *dst16, const struct in6_addr *a)
  * packet). The error's own tuple stays in pkt->flow. */
 static __always_inline int icmp_tunnel_quote(struct hdr_cursor *c, void *data, struct packet *pkt, __u32 outer_hl)
 {
-	__u32 off = c->pos + outer_hl - data;
+	long off = c->pos - data; /* a scalar first: 32-bit pointer arithmetic is refused */
 
+	off += outer_hl;
 	if (off > XDPLB_MAX_OFF)
 		return XDPLB_R_PASS_ICMP_QUOTE;
 	pkt->kind = PKT_ICMP_TUNNEL;
