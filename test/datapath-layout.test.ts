@@ -177,6 +177,7 @@ t.test('the loaded maps have the names, types, key/value sizes and capacities la
     xdplb_nexthops: ['percpu_array', L.NEXTHOP_SLOTS],
     xdplb_cache_stats: ['percpu_array', L.CACHE_STAT_MAX],
     xdplb_pmtu: ['lru_hash', L.PMTU_SLOTS],
+    xdplb_revnat: ['hash', L.MAX_SERVICES],
     xdplb_maglev: ['array_of_maps', L.MAX_SERVICES],
     xdplb_config: ['array', 1],
     xdplb_conntrack: ['lru_hash', L.CT_SIZE],

@@ -276,3 +276,34 @@ t.test('VIP traffic and ICMP errors about VIP flows are untouched by the outer s
   t.equal(w.lb.reason('drop_outer_source') + w.lb.reason('drop_tunnel_icmp'), 0n);
   t.end();
 });
+
+t.test('L4 DNAT: the relayed error quotes the client\'s packet as sent, service port and L4 checksum restored', needsRoot, (t) => {
+  const frames: Buffer[] = [];
+  for (const [v6, proto, cut] of [[false, TCP, undefined], [true, TCP, undefined], [false, UDP, undefined], [true, UDP, undefined], [false, TCP, 20 + 20 + 8]] as const) {
+    const w = world(t);
+    clientOnLb0(w);
+    const vip = v6 ? VIP6 : VIP4;
+    const client = v6 ? CLIENT6 : CLIENT4;
+    const hdr = v6 ? 40 : 20;
+    oneBackend(w, { vip, port: 8000, proto, id: 1, flags: L.SVC_F_L4_DNAT }, { id: 1, address: v6 ? '2001:db8:100::1' : '198.51.100.10', port: 8080 });
+    // as the daemon writes it for a DNAT service (lb.ts writeRevNat)
+    w.lb.maps.revnat.update(L.encodeRevNatKey({ vip, proto, backendPort: 8080 }), L.encodeRevNat(8000));
+    const inner = clientPacket(v6, client, 1450, proto, 8000);
+    const fwd = w.run(P.ether(inner));
+    t.equal(fwd.retval, bpf.XDP_TX);
+    const sent = decap(fwd.data).inner;
+    t.equal(sent.readUInt16BE(hdr + 2), 8080, 'the backend got its own port');
+    const r = w.run(routerError(tunnelPacket(fwd.data), { mtu: 1400, cut }));
+    t.equal(r.retval, bpf.XDP_TX, `${v6 ? 'IPv6' : 'IPv4'} ${proto === TCP ? 'TCP' : 'UDP'}${cut ? ', 8 bytes of TCP quoted' : ''}: relayed`);
+    const ip = r.data.subarray(14);
+    const quote = ip.subarray(hdr + 8);
+    const q = cut ? cut - 20 : Math.min((v6 ? 1280 - 48 : 576 - 28) - hdr, v6 ? L.ICMP6_QUOTE_MAX : L.ICMP4_QUOTE_MAX);
+    t.equal(quote.length, q);
+    t.same(quote, inner.subarray(0, q), 'the quote is the client\'s packet byte for byte: port 8000 and its checksum');
+    t.equal(P.checksum(ip.subarray(hdr), v6 ? P.pseudoSum(vip, client, 58, ip.length - hdr) : 0), 0, 'ICMP checksum valid over the restored quote');
+    frames.push(r.data);
+  }
+  const rows = tsharkCheck(t, scratch(t, 'dnat-relay.pcap'), frames, ['tcp.dstport', 'udp.dstport'], { quotes: true });
+  t.same(rows.map((r) => r.extra.join('')), ['8000', '8000', '8000', '8000', '8000'], 'tshark: the quoted packets go to the service port');
+  t.end();
+});

@@ -75,6 +75,17 @@ struct xdplb_nexthop {
 	__u64 checked_jiffies;	/* 48: jiffies of the last look at the clock (fib.h: nexthop_stale()) */
 };				/* 56 */
 
+/* xdplb_revnat value, keyed by struct xdplb_service_key with the backend
+ * port in `port` (IPv4 VIPs too): the service port an L4 DNAT service
+ * translates to that backend port, for the quotes of relayed ICMP errors
+ * (pmtu.h). Written by the daemon for every DNAT service and backend port
+ * that differs from the service's; two services sending a VIP's port to the
+ * same backend port leave the first one's. */
+struct xdplb_revnat {
+	__be16 port;		/* 0: the service port (network order) */
+	__u16 pad;		/* 2: 0 */
+};				/* 4 */
+
 /* xdplb_pmtu key: a backend a router reported a smaller path MTU for */
 struct xdplb_pmtu_key {
 	__u8 addr[16];		/* 0: backend address (the outer destination), IPv4 in addr[0..3] */
@@ -214,6 +225,7 @@ _Static_assert(sizeof(struct xdplb_nexthop) == 56, "next hop");
 _Static_assert(__builtin_offsetof(struct xdplb_nexthop, dmac) % 8 == 0 &&
 	       __builtin_offsetof(struct xdplb_nexthop, smac) == __builtin_offsetof(struct xdplb_nexthop, dmac) + 6,
 	       "next-hop MACs: as in an Ethernet header, copied as 8 + 4 bytes (fib.h)");
+_Static_assert(sizeof(struct xdplb_revnat) == 4, "reverse DNAT");
 _Static_assert(sizeof(struct xdplb_pmtu_key) == 20, "path MTU key");
 _Static_assert(sizeof(struct xdplb_pmtu) == 16, "path MTU");
 _Static_assert(sizeof(struct xdplb_config) == 32, "config");

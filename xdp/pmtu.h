@@ -32,6 +32,7 @@
 #include "maps.h"
 #include "parse.h"
 #include "encap.h"
+#include "csum.h"
 #include "icmp.h"
 #include "fib.h"
 
@@ -98,11 +99,35 @@ static __always_inline void pmtu_record(__u8 family, const void *backend, __u32 
 	bpf_map_update_elem(&xdplb_pmtu, &k, &v, BPF_ANY);
 }
 
+/* The quoted inner packet as the client sent it: for an L4 DNAT service the
+ * router quoted the backend port, and the client's stack would match the
+ * error to no socket. The destination port goes back to the service port
+ * (xdplb_revnat), the L4 checksum with it when the quote holds it (room:
+ * quoted L4 bytes; a UDP checksum 0 over IPv4 means none). */
+static __always_inline void quote_unnat(__u8 family, __u8 proto, const void *vip, struct l4_ports *ports,
+					void *end, __u32 room)
+{
+	struct xdplb_service_key k = { .family = family, .proto = proto, .port = ports->dest };
+	__u32 check_off = proto == IPPROTO_TCP ? 16 : 6;
+	struct xdplb_revnat *v;
+	__u16 *check;
+
+	__builtin_memcpy(k.vip, vip, family == XDPLB_FAMILY_V4 ? 4 : 16);
+	v = bpf_map_lookup_elem(&xdplb_revnat, &k);
+	if (!v)
+		return;
+	check = (void *)ports + check_off;
+	if (room >= check_off + 2 && (void *)(check + 1) <= end && (proto == IPPROTO_TCP || *check))
+		csum_replace2(check, ports->dest, v->port);
+	ports->dest = v->port;
+}
+
 /* An ICMP error quoting an IPIP / IP6IP6 packet from the address it is
  * addressed to (parse.h: PKT_ICMP_TUNNEL). When that address is an outer
  * source of this node and the error is a frag needed / packet too big
  * quoting the inner IP header and 8 bytes of TCP/UDP: the path MTU is
- * recorded and the frame becomes the error to the client (icmp.h), with
+ * recorded and the frame becomes the error to the client (icmp.h), quoting
+ * the client's packet as the client sent it (quote_unnat()), with
  * MACs and egress interface from the FIB (the client may be behind another
  * interface than the router); *ifindex is set for XDP_REDIRECT. */
 static __always_inline int pmtu_relay(struct xdp_md *ctx, const struct packet *pkt,
@@ -119,6 +144,7 @@ static __always_inline int pmtu_relay(struct xdp_md *ctx, const struct packet *p
 	struct bpf_fib_lookup fib;
 	__u32 mtu, q, need, shrink; /* need: inner IP header + 8 bytes, inside the error (not padding) */
 	__u8 *icmp;
+	struct l4_ports *ports;
 	struct ethhdr *eth;
 	int r;
 
@@ -153,6 +179,10 @@ static __always_inline int pmtu_relay(struct xdp_md *ctx, const struct packet *p
 		if (in + need > ip_end || data + in + need > end)
 			return XDPLB_R_DROP_TUNNEL_ICMP;
 		pmtu_record(XDPLB_FAMILY_V4, &o->daddr, mtu);
+		ports = (void *)ih + hl;
+		if ((void *)(ports + 1) > end)
+			return XDPLB_R_DROP_TUNNEL_ICMP;
+		quote_unnat(XDPLB_FAMILY_V4, ih->protocol, &ih->daddr, ports, end, ip_end - in - hl);
 		fib.family = AF_INET;
 		fib.l4_protocol = IPPROTO_ICMP;
 		fib.ipv4_src = ih->daddr;
@@ -169,6 +199,10 @@ static __always_inline int pmtu_relay(struct xdp_md *ctx, const struct packet *p
 		if (in + need > ip_end || data + in + need > end)
 			return XDPLB_R_DROP_TUNNEL_ICMP;
 		pmtu_record(XDPLB_FAMILY_V6, &o->daddr, mtu);
+		ports = (void *)(ih + 1);
+		if ((void *)(ports + 1) > end)
+			return XDPLB_R_DROP_TUNNEL_ICMP;
+		quote_unnat(XDPLB_FAMILY_V6, ih->nexthdr, &ih->daddr, ports, end, ip_end - in - sizeof(*ih));
 		fib.family = AF_INET6;
 		fib.l4_protocol = IPPROTO_ICMPV6;
 		__builtin_memcpy(fib.ipv6_src, &ih->daddr, 16);

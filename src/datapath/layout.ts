@@ -86,6 +86,8 @@ export const MAP_NAMES = {
   nexthops: 'xdplb_nexthops',
   /** CACHE_STAT_* -> per-CPU count of cache fills */
   cacheStats: 'xdplb_cache_stats',
+  /** (VIP, protocol, backend port) as struct xdplb_service_key -> service port of an L4 DNAT service (struct xdplb_revnat) */
+  revnat: 'xdplb_revnat',
   /** backend (struct xdplb_pmtu_key) -> path MTU a router past the node reported (struct xdplb_pmtu) */
   pmtu: 'xdplb_pmtu',
   maglev: 'xdplb_maglev',
@@ -171,6 +173,10 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
       expires_ns: { offset: 40, size: 8 },
       checked_jiffies: { offset: 48, size: 8 },
     },
+  },
+  xdplb_revnat: {
+    size: 4,
+    fields: { port: { offset: 0, size: 2 }, pad: { offset: 2, size: 2 } },
   },
   xdplb_pmtu_key: {
     size: 20,
@@ -288,6 +294,7 @@ export const MAP_LAYOUT: Readonly<Record<string, { key: string; value: string }>
   xdplb_nexthops: { key: 'u32', value: 'xdplb_nexthop' },
   xdplb_cache_stats: { key: 'u32', value: 'u64' },
   xdplb_pmtu: { key: 'xdplb_pmtu_key', value: 'xdplb_pmtu' },
+  xdplb_revnat: { key: 'xdplb_service_key', value: 'xdplb_revnat' },
   xdplb_config: { key: 'u32', value: 'xdplb_config' },
   xdplb_conntrack: { key: 'xdplb_flow_key', value: 'xdplb_ct_entry' },
   xdplb_conntrack4: { key: 'xdplb_flow4_key', value: 'xdplb_ct_entry' },
@@ -564,6 +571,17 @@ export function decodeNexthop(b: Buffer): Nexthop {
     expiresNs: b.readBigUInt64LE(F('xdplb_nexthop', 'expires_ns')),
     checkedJiffies: b.readBigUInt64LE(F('xdplb_nexthop', 'checked_jiffies')),
   };
+}
+
+// ---- xdplb_revnat: struct xdplb_service_key (port: the backend's) -> struct xdplb_revnat ----
+export function encodeRevNatKey(k: { vip: string; proto: number; backendPort: number }): Buffer {
+  return encodeServiceKey({ vip: k.vip, proto: k.proto, port: k.backendPort });
+}
+
+export function encodeRevNat(servicePort: number): Buffer {
+  const b = Buffer.alloc(LAYOUT.xdplb_revnat.size);
+  b.writeUInt16BE(servicePort, F('xdplb_revnat', 'port'));
+  return b;
 }
 
 // ---- struct xdplb_pmtu_key / struct xdplb_pmtu (written by the datapath; the daemon reads and expires them) ----

@@ -113,6 +113,8 @@ export class LbDatapath implements DatapathSink {
   private vipFilter: BigUint64Array = new BigUint64Array(L.VIP_FILTER_WORDS);
   /** VIP entries (ICMP echo) as installed: key hex -> flags */
   private readonly vipEntries = new Map<string, number>();
+  /** xdplb_revnat as written: key hex -> service port; undefined until read from the pinned map */
+  private revNat?: Map<string, number>;
   private attached = new Map<string, { ifindex: number; mode: bpf.XdpMode }>();
 
   private constructor(
@@ -501,6 +503,38 @@ export class LbDatapath implements DatapathSink {
       this.writeVipFilter();
     }
     this.writeVipEntries(services);
+    this.writeRevNat(services);
+  }
+
+  /**
+   * (VIP, protocol, backend port) -> service port for every L4 DNAT service,
+   * so that relayed ICMP errors quote what the client sent (xdp/pmtu.h). Two
+   * services sending a VIP's port to the same backend port: the first wins.
+   */
+  private writeRevNat(services: readonly ServiceSpec[]): void {
+    if (!this.revNat) {
+      this.revNat = new Map();
+      for (const k of this.maps.revnat.keys()) this.revNat.set(k.toString('hex'), this.maps.revnat.lookup(k)?.readUInt16BE(0) ?? 0);
+    }
+    const wanted = new Map<string, number>();
+    for (const s of services) {
+      if (!s.flags.l4Dnat || s.port === 0) continue;
+      for (const b of s.backends) {
+        if (b.port === s.port) continue;
+        const k = L.encodeRevNatKey({ vip: s.vip, proto: PROTO[s.protocol], backendPort: b.port }).toString('hex');
+        if (!wanted.has(k)) wanted.set(k, s.port);
+      }
+    }
+    for (const [k, port] of wanted) {
+      if (this.revNat.get(k) === port) continue;
+      this.maps.revnat.update(Buffer.from(k, 'hex'), L.encodeRevNat(port));
+      this.revNat.set(k, port);
+    }
+    for (const k of [...this.revNat.keys()]) {
+      if (wanted.has(k)) continue;
+      this.maps.revnat.delete(Buffer.from(k, 'hex'));
+      this.revNat.delete(k);
+    }
   }
 
   /** New backends get ids; changed ones (port, state) are rewritten in place. */
