@@ -95,7 +95,7 @@ t.test('reasons.ts mirrors enum xdplb_reason in consts.h: names, order, count', 
   t.same(REASONS.map((r) => r.name), names.slice(0, -1).map((n) => n.toLowerCase()));
   t.equal(REASON_COUNT, names.length - 1);
   for (const r of REASONS) {
-    const want = r.name.startsWith('pass_') ? 'XDP_PASS' : r.name.startsWith('drop_') ? 'XDP_DROP' : r.name === 'forward_redirect' ? 'XDP_REDIRECT' : 'XDP_TX';
+    const want = r.name.startsWith('pass_') ? 'XDP_PASS' : r.name.startsWith('drop_') ? 'XDP_DROP' : r.name.endsWith('_redirect') ? 'XDP_REDIRECT' : 'XDP_TX';
     t.equal(r.verdict, want, `${r.name} implies ${want}`);
   }
   t.end();
@@ -123,6 +123,10 @@ t.test('constants in layout.ts equal the #defines of consts.h', (t) => {
     ['XDPLB_ICMP4_QUOTE_MAX', L.ICMP4_QUOTE_MAX],
     ['XDPLB_ICMP6_QUOTE_MAX', L.ICMP6_QUOTE_MAX],
     ['XDPLB_DEFAULT_TTL', L.DEFAULT_TTL],
+    ['XDPLB_PMTU_EXPIRES_S', L.PMTU_EXPIRES_S],
+    ['XDPLB_PMTU_MIN4', L.PMTU_MIN4],
+    ['XDPLB_PMTU_MIN6', L.PMTU_MIN6],
+    ['XDPLB_PMTU_SLOTS', L.PMTU_SLOTS],
     ['XDPLB_FAMILY_V4', L.FAMILY_V4],
     ['XDPLB_FAMILY_V6', L.FAMILY_V6],
     ['XDPLB_SVC_F_L4_DNAT', L.SVC_F_L4_DNAT],
@@ -172,6 +176,8 @@ t.test('the loaded maps have the names, types, key/value sizes and capacities la
     xdplb_backends: ['array', L.MAX_BACKENDS],
     xdplb_nexthops: ['percpu_array', L.NEXTHOP_SLOTS],
     xdplb_cache_stats: ['percpu_array', L.CACHE_STAT_MAX],
+    xdplb_pmtu: ['lru_hash', L.PMTU_SLOTS],
+    xdplb_revnat: ['hash', L.MAX_SERVICES],
     xdplb_maglev: ['array_of_maps', L.MAX_SERVICES],
     xdplb_config: ['array', 1],
     xdplb_conntrack: ['lru_hash', L.CT_SIZE],

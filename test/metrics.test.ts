@@ -94,6 +94,8 @@ const STATUS: NodeStatusSnapshot = {
   backends: 3,
   bpffs: '/sys/fs/bpf/xdplb',
   uptimeSeconds: 1,
+  pathMtus: [],
+  routeWarnings: [],
 };
 
 t.test('exposition from fixed sources: every series, right values, promtool clean', async (t) => {

@@ -74,6 +74,17 @@
 
 #define XDPLB_DEFAULT_TTL	64
 
+/* Path MTU past the load balancer (pmtu.h): what a router reports about a
+ * tunnel packet to a backend is kept XDPLB_PMTU_EXPIRES_S, as the kernel
+ * keeps a learnt PMTU (net.ipv4.route.mtu_expires, net.ipv6.route.mtu_expires).
+ * A report below the protocol's floor counts as the floor, as in the kernel
+ * (net.ipv4.route.min_pmtu 552; IPv6 1280, RFC 8201). XDPLB_PMTU_SLOTS:
+ * backends one node sends to (an LRU: forged reports cannot fill it up). */
+#define XDPLB_PMTU_EXPIRES_S	600
+#define XDPLB_PMTU_MIN4		552
+#define XDPLB_PMTU_MIN6		1280
+#define XDPLB_PMTU_SLOTS	16384
+
 /* ---- node flags (struct xdplb_config.flags) ---- */
 #define XDPLB_CFG_F_NO_FLOW_CACHE	(1U << 0)	/* the flow cache neither read nor written */
 
@@ -95,7 +106,7 @@
 
 /* ---- reasons: why a packet got its verdict; one per-CPU counter each ----
  * Every reason implies exactly one verdict (the prefix says which; the first
- * four are XDP_TX/XDP_REDIRECT). Keep in sync with src/datapath/reasons.ts:
+ * four and the two pmtu_relay ones are XDP_TX/XDP_REDIRECT). Keep in sync with src/datapath/reasons.ts:
  * same order, same names in snake_case without the XDPLB_R_ prefix. */
 enum xdplb_reason {
 	XDPLB_R_FORWARD_TX = 0,		/* XDP_TX: encapsulated to a backend, out the ingress interface */
@@ -124,6 +135,11 @@ enum xdplb_reason {
 	XDPLB_R_DROP_FRAG_NEEDED_NO_DF,	/* XDP_DROP: IPv4 without DF too big once encapsulated */
 	XDPLB_R_DROP_TOO_BIG_ICMP,	/* XDP_DROP: ICMP error too big once encapsulated (no error about an error) */
 	XDPLB_R_DROP_ADJUST_FAILED,	/* XDP_DROP: bpf_xdp_adjust_head/tail refused */
+	XDPLB_R_PMTU_RELAY_TX,		/* XDP_TX: frag needed / packet too big about a tunnel packet, recorded and relayed to the client */
+	XDPLB_R_PMTU_RELAY_REDIRECT,	/* XDP_REDIRECT: the same, the client behind another interface */
+	XDPLB_R_DROP_OUTER_SOURCE,	/* XDP_DROP: addressed to an outer source prefix and not an ICMP error about a tunnel packet */
+	XDPLB_R_DROP_TUNNEL_ICMP,	/* XDP_DROP: ICMP error about a tunnel packet other than frag needed / packet too big, or quoting too little */
+	XDPLB_R_DROP_RELAY_NO_ROUTE,	/* XDP_DROP: path MTU recorded, but no route, neighbour or egress device towards the client */
 	XDPLB_R_MAX
 };
 

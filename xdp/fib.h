@@ -35,8 +35,9 @@
  *    (a CPU serving one backend from two interfaces in turn looks it up each
  *    time the interface changes);
  *  - it expires after the bound (XDPLB_NEXTHOP_TTL_MS or the config's), so a
- *    route, neighbour or MTU change takes effect within it (and at most one
- *    jiffy, see nexthop_stale());
+ *    route, neighbour or MTU change, or a path MTU reported by a router past
+ *    the node (pmtu.h), takes effect within it (and at most one jiffy, see
+ *    nexthop_stale());
  *  - only a complete answer is stored: a FIB miss, a missing neighbour or
  *    forwarding off is passed and counted on every packet, as without cache.
  * The request is the same for every flow to a backend: the node's configured
@@ -94,6 +95,22 @@ static __always_inline __u32 egress_mtu(const struct xdplb_config *cfg, __u32 ro
 	return cfg->mtu && cfg->mtu < route_mtu ? cfg->mtu : route_mtu;
 }
 
+/* The route MTU lowered by the path MTU a router past the node reported
+ * for this backend (pmtu.h), while that report lasts. Read here, when a next
+ * hop is resolved, and never on the cached path: a report reaches every CPU
+ * within the next-hop bound. */
+static __always_inline __u32 path_mtu(const struct xdplb_backend *be, __u32 route_mtu)
+{
+	struct xdplb_pmtu_key k = { .family = be->family };
+	struct xdplb_pmtu *p;
+
+	__builtin_memcpy(k.addr, be->addr, 16);
+	p = bpf_map_lookup_elem(&xdplb_pmtu, &k);
+	if (!p || p->mtu >= route_mtu || bpf_ktime_get_coarse_ns() >= p->expires_ns)
+		return route_mtu;
+	return p->mtu;
+}
+
 /* A real lookup into *nh. The FIB reports a route's MTU only when a packet
  * exceeds it (FRAG_NEEDED, before the neighbour lookup), so the first request
  * claims the largest length: the answer is the route MTU, or success when the
@@ -120,7 +137,7 @@ static __always_inline int nexthop_resolve(struct xdp_md *ctx, const struct xdpl
 	case BPF_FIB_LKUP_RET_SUCCESS:
 		break;
 	case BPF_FIB_LKUP_RET_FRAG_NEEDED:
-		*mtu = egress_mtu(cfg, fib.mtu_result);
+		*mtu = egress_mtu(cfg, path_mtu(be, fib.mtu_result));
 		return XDPLB_TOO_BIG;
 	case BPF_FIB_LKUP_RET_NO_NEIGH:
 		return XDPLB_R_PASS_FIB_NO_NEIGH;
@@ -132,7 +149,7 @@ static __always_inline int nexthop_resolve(struct xdp_md *ctx, const struct xdpl
 	__builtin_memcpy(nh->addr, be->addr, 16);
 	__builtin_memcpy(nh->dmac, fib.dmac, ETH_ALEN);
 	__builtin_memcpy(nh->smac, fib.smac, ETH_ALEN);
-	nh->mtu = route_mtu;
+	nh->mtu = path_mtu(be, route_mtu);
 	nh->family = be->family;
 	nh->ifindex = fib.ifindex;
 	nh->iif = ctx->ingress_ifindex;

@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* ICMP made by the load balancer itself: echo replies from a VIP, and the
  * "fragmentation needed" / "packet too big" errors of step 7. Both go back
- * out of the ingress interface (XDP_TX) with the MACs swapped. ICMP errors
+ * out of the ingress interface (XDP_TX) with the MACs swapped (pmtu.h makes
+ * the same error from a router's, towards the client by the FIB). ICMP errors
  * from the network about VIP flows are not handled here: parse.h turns them
  * into their flow and they are forwarded like the flow's packets. */
 #ifndef XDPLB_ICMP_H
@@ -79,48 +80,21 @@ static __always_inline int icmp_echo_reply(struct xdp_md *ctx, const struct pack
 	return XDPLB_R_ICMP_ECHO_REPLY;
 }
 
-/* Step 7: the packet would not fit the egress MTU once encapsulated. Turns
- * the frame into an ICMP "fragmentation needed" (IPv4, type 3 code 4, RFC
- * 1191) or ICMPv6 "packet too big" (RFC 4443) from the VIP to the client,
- * advertising mtu minus the outer header, and quoting the original IP packet:
- * up to 548 bytes (IPv4: the reply stays within 576) or 1232 bytes (ICMPv6:
- * the reply stays within 1280). Frame: client's MACs swapped, VLAN tag kept. */
-static __always_inline int icmp_too_big_reply(struct xdp_md *ctx, const struct packet *pkt,
-					      const struct xdplb_config *cfg, __u32 mtu)
+/* The IP and ICMP headers of a "fragmentation needed" (IPv4, type 3 code 4,
+ * RFC 1191) or "packet too big" (ICMPv6, RFC 4443) at data + l2, the quoted
+ * packet (q bytes) already behind them: from the quote's destination to its
+ * source, advertising mtu minus the outer header (20 / 40), checksums
+ * computed. The frame ends with the quote. */
+static __always_inline int icmp_too_big_fill(struct xdp_md *ctx, __u32 l2, int v4, __u32 q, __u32 mtu, __u8 ttl)
 {
-	int v4 = pkt->flow.family == XDPLB_FAMILY_V4;
-	__u32 add = v4 ? sizeof(struct iphdr) + 8 : sizeof(struct ipv6hdr) + 8;
-	__u32 qmax = v4 ? XDPLB_ICMP4_QUOTE_MAX : XDPLB_ICMP6_QUOTE_MAX;
-	__u32 q = pkt->ip_len < qmax ? pkt->ip_len : qmax;
-	__u32 l2 = pkt->l2_len;
-	__u32 cur = add + pkt->frame_len, want = l2 + add + q;
-	__u8 ttl = cfg->ttl ? cfg->ttl : XDPLB_DEFAULT_TTL;
-	void *data, *end, *ip;
-	struct ethhdr *eth, *old_eth;
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+	void *ip;
 	__u8 *icmp;
 	__u64 sum;
 
 	if (l2 > 18)
 		return XDPLB_R_DROP_ADJUST_FAILED;
-	if (bpf_xdp_adjust_head(ctx, -(int)add))
-		return XDPLB_R_DROP_ADJUST_FAILED;
-	if (cur > want && bpf_xdp_adjust_tail(ctx, -(int)(cur - want)))
-		return XDPLB_R_DROP_ADJUST_FAILED;
-	data = (void *)(long)ctx->data;
-	end = (void *)(long)ctx->data_end;
-
-	/* the old Ethernet header (and tag) is at data + add; it moves to the
-	 * front with the MACs swapped (no overlap: add >= 28 > 18 >= l2) */
-	eth = data;
-	old_eth = data + add;
-	if ((void *)old_eth + 18 > end)
-		return XDPLB_R_DROP_ADJUST_FAILED;
-	__builtin_memcpy(eth->h_dest, old_eth->h_source, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, old_eth->h_dest, ETH_ALEN);
-	eth->h_proto = old_eth->h_proto;
-	if (l2 == 18)
-		*(__u32 *)(eth + 1) = *(__u32 *)(old_eth + 1);
-
 	ip = data + l2;
 	if (v4) {
 		struct iphdr *iph = ip;
@@ -132,7 +106,7 @@ static __always_inline int icmp_too_big_reply(struct xdp_md *ctx, const struct p
 
 		*(__u8 *)iph = 0x45;
 		iph->tos = 0;
-		iph->tot_len = bpf_htons(add + q);
+		iph->tot_len = bpf_htons(sizeof(struct iphdr) + 8 + q);
 		iph->id = 0;
 		iph->frag_off = 0;
 		iph->ttl = ttl;
@@ -178,7 +152,51 @@ static __always_inline int icmp_too_big_reply(struct xdp_md *ctx, const struct p
 		sum += csum_packet_bytes(icmp, end, XDPLB_ICMP6_QUOTE_MAX / CSUM_CHUNK + 1);
 	}
 	*(__u16 *)(icmp + 2) = csum_fold(sum);
-	return XDPLB_R_PMTU_REPLY;
+	return XDPLB_CONTINUE;
+}
+
+/* Step 7: the packet would not fit the egress MTU once encapsulated. Turns
+ * the frame into the ICMP error of icmp_too_big_fill() from the VIP to the
+ * client, quoting the original IP packet: up to 548 bytes (IPv4: the reply
+ * stays within 576) or 1232 bytes (ICMPv6: the reply stays within 1280).
+ * Frame: client's MACs swapped, VLAN tag kept. */
+static __always_inline int icmp_too_big_reply(struct xdp_md *ctx, const struct packet *pkt,
+					      const struct xdplb_config *cfg, __u32 mtu)
+{
+	int v4 = pkt->flow.family == XDPLB_FAMILY_V4;
+	__u32 add = v4 ? sizeof(struct iphdr) + 8 : sizeof(struct ipv6hdr) + 8;
+	__u32 qmax = v4 ? XDPLB_ICMP4_QUOTE_MAX : XDPLB_ICMP6_QUOTE_MAX;
+	__u32 q = pkt->ip_len < qmax ? pkt->ip_len : qmax;
+	__u32 l2 = pkt->l2_len;
+	__u32 cur = add + pkt->frame_len, want = l2 + add + q;
+	__u8 ttl = cfg->ttl ? cfg->ttl : XDPLB_DEFAULT_TTL;
+	void *data, *end;
+	struct ethhdr *eth, *old_eth;
+	int r;
+
+	if (l2 > 18)
+		return XDPLB_R_DROP_ADJUST_FAILED;
+	if (bpf_xdp_adjust_head(ctx, -(int)add))
+		return XDPLB_R_DROP_ADJUST_FAILED;
+	if (cur > want && bpf_xdp_adjust_tail(ctx, -(int)(cur - want)))
+		return XDPLB_R_DROP_ADJUST_FAILED;
+	data = (void *)(long)ctx->data;
+	end = (void *)(long)ctx->data_end;
+
+	/* the old Ethernet header (and tag) is at data + add; it moves to the
+	 * front with the MACs swapped (no overlap: add >= 28 > 18 >= l2) */
+	eth = data;
+	old_eth = data + add;
+	if ((void *)old_eth + 18 > end)
+		return XDPLB_R_DROP_ADJUST_FAILED;
+	__builtin_memcpy(eth->h_dest, old_eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, old_eth->h_dest, ETH_ALEN);
+	eth->h_proto = old_eth->h_proto;
+	if (l2 == 18)
+		*(__u32 *)(eth + 1) = *(__u32 *)(old_eth + 1);
+
+	r = icmp_too_big_fill(ctx, l2, v4, q, mtu, ttl);
+	return r == XDPLB_CONTINUE ? XDPLB_R_PMTU_REPLY : r;
 }
 
 #endif /* XDPLB_ICMP_H */

@@ -75,6 +75,32 @@ struct xdplb_nexthop {
 	__u64 checked_jiffies;	/* 48: jiffies of the last look at the clock (fib.h: nexthop_stale()) */
 };				/* 56 */
 
+/* xdplb_revnat value, keyed by struct xdplb_service_key with the backend
+ * port in `port` (IPv4 VIPs too): the service port an L4 DNAT service
+ * translates to that backend port, for the quotes of relayed ICMP errors
+ * (pmtu.h). Written by the daemon for every DNAT service and backend port
+ * that differs from the service's; two services sending a VIP's port to the
+ * same backend port leave the first one's. */
+struct xdplb_revnat {
+	__be16 port;		/* 0: the service port (network order) */
+	__u16 pad;		/* 2: 0 */
+};				/* 4 */
+
+/* xdplb_pmtu key: a backend a router reported a smaller path MTU for */
+struct xdplb_pmtu_key {
+	__u8 addr[16];		/* 0: backend address (the outer destination), IPv4 in addr[0..3] */
+	__u8 family;		/* 16: XDPLB_FAMILY_V4/V6 */
+	__u8 pad[3];		/* 17: 0 */
+};				/* 20 */
+
+/* xdplb_pmtu value: written by the datapath (pmtu.h), read by fib.h when it
+ * resolves a next hop, deleted by the daemon once expired */
+struct xdplb_pmtu {
+	__u64 expires_ns;	/* 0: bpf_ktime_get_coarse_ns() (CLOCK_MONOTONIC) from which it no longer counts */
+	__u32 mtu;		/* 8: largest outer packet the path takes */
+	__u32 pad;		/* 12: 0 */
+};				/* 16 */
+
 /* xdplb_config[0]: this node's settings */
 struct xdplb_config {
 	__u8 src4[4];		/* 0: outer IPv4 source */
@@ -199,6 +225,9 @@ _Static_assert(sizeof(struct xdplb_nexthop) == 56, "next hop");
 _Static_assert(__builtin_offsetof(struct xdplb_nexthop, dmac) % 8 == 0 &&
 	       __builtin_offsetof(struct xdplb_nexthop, smac) == __builtin_offsetof(struct xdplb_nexthop, dmac) + 6,
 	       "next-hop MACs: as in an Ethernet header, copied as 8 + 4 bytes (fib.h)");
+_Static_assert(sizeof(struct xdplb_revnat) == 4, "reverse DNAT");
+_Static_assert(sizeof(struct xdplb_pmtu_key) == 20, "path MTU key");
+_Static_assert(sizeof(struct xdplb_pmtu) == 16, "path MTU");
 _Static_assert(sizeof(struct xdplb_config) == 32, "config");
 _Static_assert(sizeof(struct xdplb_flow_key) == 40, "flow key");
 _Static_assert(sizeof(struct xdplb_flow4_key) == 16, "IPv4 flow key");

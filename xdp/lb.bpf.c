@@ -28,7 +28,15 @@
  *    are never DNATed, and are dropped rather than answered when too big.
  *  - PMTU: IPv4 without DF that does not fit once encapsulated is dropped
  *    (XDP cannot fragment; the kernel would route it to the VIP, not to a
- *    backend). The node's MTU override can only lower the FIB's MTU.
+ *    backend). The node's MTU override can only lower the FIB's MTU, and so
+ *    does a path MTU a router past the node reported (pmtu.h).
+ *  - ICMP errors about the node's own tunnel packets, and everything else
+ *    addressed to an outer source prefix: pmtu.h.
+ *  - ICMP errors from clients' side addressed to a VIP about a DNAT
+ *    service's flow quote the VIP port (the client's view), so they find
+ *    the flow's backend; they travel unchanged, and the backend's stack
+ *    matches them against its own, translated, socket only if its reverse
+ *    translation rewrites ICMP quotes too.
  *  - Frames arriving with a VLAN tag leave encapsulated untagged (the FIB
  *    names the egress device); LB-made replies keep the tag.
  *  - The outer IPv4 header copies DSCP/ECN, DF and the identification of the
@@ -54,6 +62,7 @@
 #include "encap.h"
 #include "icmp.h"
 #include "fib.h"
+#include "pmtu.h"
 #include "stats.h"
 
 /* Step 10 for everything that is not forwarded: count the reason, return
@@ -77,6 +86,31 @@ static __always_inline int too_big(struct xdp_md *ctx, const struct packet *pkt,
 	return icmp_too_big_reply(ctx, pkt, cfg, mtu);
 }
 
+/* A parse failure to the kernel, unless addressed to the outer source
+ * prefix (pmtu.h): nothing may loop between the node and a router. */
+static __always_inline int parse_failed(const struct packet *pkt, int reason)
+{
+	__u32 zero = 0;
+	struct xdplb_config *cfg;
+
+	if (!pkt->flow.family)
+		return reason;
+	cfg = bpf_map_lookup_elem(&xdplb_config, &zero);
+	return cfg && in_outer_prefix(cfg, pkt->flow.family, pkt->flow.dst) ? XDPLB_R_DROP_OUTER_SOURCE : reason;
+}
+
+/* An ICMP error about a tunnel packet (pmtu.h), sent on or counted. */
+static __always_inline int tunnel_error(struct xdp_md *ctx, const struct packet *pkt, const struct xdplb_config *cfg)
+{
+	__u32 ifindex = 0;
+	int r = pmtu_relay(ctx, pkt, cfg, &ifindex);
+
+	if (r != XDPLB_R_PMTU_RELAY_REDIRECT)
+		return finish(pkt, r);
+	count_reason(r, pkt->frame_len);
+	return bpf_redirect_map(&xdplb_devmap, ifindex, 0);
+}
+
 static __always_inline int xdplb_process(struct xdp_md *ctx)
 {
 	struct packet pkt = {};
@@ -92,7 +126,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 	/* 1. Parse: anything not parseable goes to the kernel untouched */
 	r = parse_packet(ctx, &pkt);
 	if (r != XDPLB_CONTINUE)
-		return finish(&pkt, r);
+		return finish(&pkt, parse_failed(&pkt, r));
 
 	/* 2. Recorder, inbound point */
 	xdplb_record(ctx, &pkt, &rec, XDPLB_CAPTURE_IN, XDPLB_NO_BACKEND);
@@ -101,16 +135,20 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 	if (!cfg)
 		return finish(&pkt, XDPLB_R_PASS_NOT_VIP);
 
+	/* ICMP errors about the node's own tunnel packets (pmtu.h) */
+	if (pkt.kind == PKT_ICMP_TUNNEL)
+		return tunnel_error(ctx, &pkt, cfg);
+
 	/* 3. Not for a VIP: to the kernel after one bit (vipfilter.h), before
-	 * any other lookup */
+	 * any other lookup (or dropped: to the outer source prefix) */
 	if (!vip_maybe(&pkt.flow))
-		return finish(&pkt, XDPLB_R_PASS_NOT_VIP);
+		return finish(&pkt, not_vip(&pkt, cfg));
 
 	/* 3. Service lookup (echo requests: the VIP entry, answered here) */
 	if (pkt.kind == PKT_ICMP_ECHO) {
 		svc = lookup_vip_entry(&pkt.flow);
 		if (!svc)
-			return finish(&pkt, XDPLB_R_PASS_NOT_VIP);
+			return finish(&pkt, not_vip(&pkt, cfg));
 		if (!(svc->flags & XDPLB_SVC_F_ICMP_ECHO))
 			return finish(&pkt, XDPLB_R_PASS_ICMP_ECHO_OFF);
 		return finish(&pkt, icmp_echo_reply(ctx, &pkt, cfg));
@@ -121,7 +159,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 	if ((cfg->flags & XDPLB_CFG_F_NO_FLOW_CACHE) || !choose_cached(&pkt, &choice)) {
 		svc = lookup_service(&pkt.flow);
 		if (!svc)
-			return finish(&pkt, XDPLB_R_PASS_NOT_VIP);
+			return finish(&pkt, not_vip(&pkt, cfg));
 		r = choose_backend(&pkt, svc, cfg, &choice);
 		if (r != XDPLB_CONTINUE)
 			return finish(&pkt, r);

@@ -65,6 +65,25 @@ struct {
 	__type(value, struct xdplb_nexthop);
 } xdplb_nexthops SEC(".maps");
 
+/* (VIP, protocol, backend port) -> service port of an L4 DNAT service (pmtu.h) */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, XDPLB_MAX_SERVICES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, struct xdplb_service_key);
+	__type(value, struct xdplb_revnat);
+} xdplb_revnat SEC(".maps");
+
+/* backend -> path MTU a router past the node reported (pmtu.h); read when
+ * a next hop is resolved (fib.h) */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, XDPLB_PMTU_SLOTS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, struct xdplb_pmtu_key);
+	__type(value, struct xdplb_pmtu);
+} xdplb_pmtu SEC(".maps");
+
 /* XDPLB_CACHE_STAT_* -> per-CPU count: how often the per-CPU caches
  * (next hops, flows) were filled */
 struct {

@@ -56,6 +56,8 @@ enum pkt_kind {
 	PKT_FLOW = 0,		/* TCP/UDP to (maybe) a VIP: balance it */
 	PKT_ICMP_ECHO,		/* echo request: answer it if the VIP allows */
 	PKT_ICMP_ERROR,		/* ICMP error quoting a flow: flow = the quoted tuple reversed */
+	PKT_ICMP_TUNNEL,	/* ICMP error quoting an IPIP/IP6IP6 packet from its destination
+				 * (pmtu.h): flow = the error's own tuple, inner_off set */
 };
 
 struct packet {
@@ -71,7 +73,8 @@ struct packet {
 	__u8 l4_proto;			/* transport of the packet itself (ICMP for ICMP errors) */
 	__u8 tos;			/* IPv4 TOS / IPv6 traffic class: DSCP + ECN */
 	__u8 df;			/* IPv4 DF set (IPv6: 1, it never fragments on path) */
-	__u8 pad[3];
+	__u8 pad;
+	__u16 inner_off;		/* PKT_ICMP_TUNNEL: offset of the quoted inner IP header */
 };
 
 static __always_inline int parse_ethhdr(struct hdr_cursor *c, void *end, __u16 *proto, __u8 *l2_len)
@@ -231,6 +234,22 @@ static __always_inline void set_v6(__u8 *dst16, const struct in6_addr *a)
 	__builtin_memcpy(dst16, a, 16);
 }
 
+/* An ICMP error about a packet sent from the address it is addressed to,
+ * and that packet an IPIP / IP6IP6 one (a tunnel packet of this node, if the
+ * address is one of its outer sources: pmtu.h decides and checks the inner
+ * packet). The error's own tuple stays in pkt->flow. */
+static __always_inline int icmp_tunnel_quote(struct hdr_cursor *c, void *data, struct packet *pkt, __u32 outer_hl)
+{
+	long off = c->pos - data; /* a scalar first: 32-bit pointer arithmetic is refused */
+
+	off += outer_hl;
+	if (off > XDPLB_MAX_OFF)
+		return XDPLB_R_PASS_ICMP_QUOTE;
+	pkt->kind = PKT_ICMP_TUNNEL;
+	pkt->inner_off = off;
+	return XDPLB_CONTINUE;
+}
+
 /* The packet quoted by an ICMP error, at the cursor: its tuple reversed is
  * the client -> VIP flow it belongs to. Only TCP/UDP quotes with their ports,
  * and only of a packet sent from the address the error is addressed to. */
@@ -249,6 +268,8 @@ static __always_inline int parse_icmp_quote(struct hdr_cursor *c, void *data, vo
 			return XDPLB_R_PASS_ICMP_QUOTE;
 		if (q->frag_off & bpf_htons(IP_OFFSET_MASK))
 			return XDPLB_R_PASS_ICMP_QUOTE; /* a later fragment quotes no ports */
+		if (q->protocol == IPPROTO_IPIP && q->saddr == *(__be32 *)pkt->flow.dst)
+			return icmp_tunnel_quote(c, data, pkt, hl);
 		if (q->protocol != IPPROTO_TCP && q->protocol != IPPROTO_UDP)
 			return XDPLB_R_PASS_ICMP_QUOTE;
 		ports = c->pos + hl;
@@ -266,13 +287,15 @@ static __always_inline int parse_icmp_quote(struct hdr_cursor *c, void *data, vo
 			return XDPLB_R_PASS_ICMP_QUOTE;
 		if (q->version != 6)
 			return XDPLB_R_PASS_ICMP_QUOTE;
+		if (*(__u64 *)&q->saddr != *(__u64 *)pkt->flow.dst ||
+		    *((__u64 *)&q->saddr + 1) != *(__u64 *)(pkt->flow.dst + 8))
+			return XDPLB_R_PASS_ICMP_QUOTE;
+		if (q->nexthdr == IPPROTO_IPV6)
+			return icmp_tunnel_quote(c, data, pkt, sizeof(*q));
 		if (q->nexthdr != IPPROTO_TCP && q->nexthdr != IPPROTO_UDP)
 			return XDPLB_R_PASS_ICMP_QUOTE;
 		ports = (void *)(q + 1);
 		if ((void *)(ports + 1) > end)
-			return XDPLB_R_PASS_ICMP_QUOTE;
-		if (*(__u64 *)&q->saddr != *(__u64 *)pkt->flow.dst ||
-		    *((__u64 *)&q->saddr + 1) != *(__u64 *)(pkt->flow.dst + 8))
 			return XDPLB_R_PASS_ICMP_QUOTE;
 		set_v6(pkt->flow.src, &q->daddr);
 		set_v6(pkt->flow.dst, &q->saddr);

@@ -22,9 +22,9 @@ static __always_inline void counter_add(void *map, __u32 key, __u32 bytes)
 /* The verdict every reason implies (see enum xdplb_reason). */
 static __always_inline int reason_verdict(int reason)
 {
-	if (reason == XDPLB_R_FORWARD_REDIRECT)
+	if (reason == XDPLB_R_FORWARD_REDIRECT || reason == XDPLB_R_PMTU_RELAY_REDIRECT)
 		return XDP_REDIRECT;
-	if (reason <= XDPLB_R_PMTU_REPLY)
+	if (reason <= XDPLB_R_PMTU_REPLY || reason == XDPLB_R_PMTU_RELAY_TX)
 		return XDP_TX;
 	if (reason < XDPLB_R_DROP_NO_BACKEND)
 		return XDP_PASS;

@@ -62,6 +62,10 @@ export interface NodeStatusSnapshot {
   nextHops?: NextHopStatus[];
   nextHopsResolved?: number;
   nextHopsUnresolved?: number;
+  /** path MTUs routers past the node reported, in force (src/datapath/pmtu.ts) */
+  pathMtus: Array<{ backend: string; mtu: number; expiresInSeconds: number }>;
+  /** routes missing for the outer sources and VIPs (src/datapath/routes.ts) */
+  routeWarnings: string[];
 }
 
 export interface ApiDeps {

@@ -227,7 +227,15 @@ export function buildCli(): Command {
     .addHelpText('after', '\nExample:\n  xdplb status -o json')
     .action((_f, cmd: Command) =>
       withClient(cmd, async (c, o) => {
-        const s = await call<Record<string, unknown> & { attachments: Array<Record<string, unknown>>; maps: Array<Record<string, number | string>>; nextHops?: Array<Record<string, unknown>> }>(c, 'GetNodeStatus', {});
+        const s = await call<
+          Record<string, unknown> & {
+            attachments: Array<Record<string, unknown>>;
+            maps: Array<Record<string, number | string>>;
+            nextHops?: Array<Record<string, unknown>>;
+            pathMtus?: Array<{ backend: string; mtu: number; expiresInSeconds: number }>;
+            routeWarnings?: string[];
+          }
+        >(c, 'GetNodeStatus', {});
         process.stdout.write(
           render(o.output, s, () =>
             [
@@ -240,6 +248,10 @@ export function buildCli(): Command {
               '',
               `next hops: ${s.nextHopsResolved ?? 0} resolved, ${s.nextHopsUnresolved ?? 0} unresolved`,
               table(['NEXT HOP', 'INTERFACE', 'STATE', 'BACKENDS'], (s.nextHops ?? []).map((n) => [String(n.address), String(n.interface || '-'), `${n.resolved ? 'resolved' : 'unresolved'} (${String(n.state)})`, String(n.backends)])),
+              ...(s.pathMtus?.length
+                ? ['', table(['BACKEND', 'PATH MTU', 'EXPIRES IN'], s.pathMtus.map((p) => [p.backend, String(p.mtu), `${Math.round(Number(p.expiresInSeconds))} s`]))]
+                : []),
+              ...(s.routeWarnings ?? []).map((w) => `warning: ${w}`),
             ].join('\n'),
           ) + '\n',
         );

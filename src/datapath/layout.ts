@@ -27,6 +27,10 @@ export const IPV6_EXT_MAX = 6;
 export const ICMP4_QUOTE_MAX = 576 - 20 - 8;
 export const ICMP6_QUOTE_MAX = 1280 - 40 - 8;
 export const DEFAULT_TTL = 64;
+export const PMTU_EXPIRES_S = 600;
+export const PMTU_MIN4 = 552;
+export const PMTU_MIN6 = 1280;
+export const PMTU_SLOTS = 16384;
 
 export const FAMILY_V4 = 4;
 export const FAMILY_V6 = 6;
@@ -82,6 +86,10 @@ export const MAP_NAMES = {
   nexthops: 'xdplb_nexthops',
   /** CACHE_STAT_* -> per-CPU count of cache fills */
   cacheStats: 'xdplb_cache_stats',
+  /** (VIP, protocol, backend port) as struct xdplb_service_key -> service port of an L4 DNAT service (struct xdplb_revnat) */
+  revnat: 'xdplb_revnat',
+  /** backend (struct xdplb_pmtu_key) -> path MTU a router past the node reported (struct xdplb_pmtu) */
+  pmtu: 'xdplb_pmtu',
   maglev: 'xdplb_maglev',
   config: 'xdplb_config',
   /** IPv6 flows (struct xdplb_flow_key) */
@@ -165,6 +173,18 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
       expires_ns: { offset: 40, size: 8 },
       checked_jiffies: { offset: 48, size: 8 },
     },
+  },
+  xdplb_revnat: {
+    size: 4,
+    fields: { port: { offset: 0, size: 2 }, pad: { offset: 2, size: 2 } },
+  },
+  xdplb_pmtu_key: {
+    size: 20,
+    fields: { addr: { offset: 0, size: 16 }, family: { offset: 16, size: 1 }, pad: { offset: 17, size: 3 } },
+  },
+  xdplb_pmtu: {
+    size: 16,
+    fields: { expires_ns: { offset: 0, size: 8 }, mtu: { offset: 8, size: 4 }, pad: { offset: 12, size: 4 } },
   },
   xdplb_config: {
     size: 32,
@@ -273,6 +293,8 @@ export const MAP_LAYOUT: Readonly<Record<string, { key: string; value: string }>
   xdplb_backends: { key: 'u32', value: 'xdplb_backend' },
   xdplb_nexthops: { key: 'u32', value: 'xdplb_nexthop' },
   xdplb_cache_stats: { key: 'u32', value: 'u64' },
+  xdplb_pmtu: { key: 'xdplb_pmtu_key', value: 'xdplb_pmtu' },
+  xdplb_revnat: { key: 'xdplb_service_key', value: 'xdplb_revnat' },
   xdplb_config: { key: 'u32', value: 'xdplb_config' },
   xdplb_conntrack: { key: 'xdplb_flow_key', value: 'xdplb_ct_entry' },
   xdplb_conntrack4: { key: 'xdplb_flow4_key', value: 'xdplb_ct_entry' },
@@ -548,6 +570,50 @@ export function decodeNexthop(b: Buffer): Nexthop {
     iif: b.readUInt32LE(F('xdplb_nexthop', 'iif')),
     expiresNs: b.readBigUInt64LE(F('xdplb_nexthop', 'expires_ns')),
     checkedJiffies: b.readBigUInt64LE(F('xdplb_nexthop', 'checked_jiffies')),
+  };
+}
+
+// ---- xdplb_revnat: struct xdplb_service_key (port: the backend's) -> struct xdplb_revnat ----
+export function encodeRevNatKey(k: { vip: string; proto: number; backendPort: number }): Buffer {
+  return encodeServiceKey({ vip: k.vip, proto: k.proto, port: k.backendPort });
+}
+
+export function encodeRevNat(servicePort: number): Buffer {
+  const b = Buffer.alloc(LAYOUT.xdplb_revnat.size);
+  b.writeUInt16BE(servicePort, F('xdplb_revnat', 'port'));
+  return b;
+}
+
+// ---- struct xdplb_pmtu_key / struct xdplb_pmtu (written by the datapath; the daemon reads and expires them) ----
+export interface PathMtu {
+  /** the backend the path leads to */
+  address: string;
+  /** largest outer packet the path takes */
+  mtu: number;
+  /** CLOCK_MONOTONIC ns from which it no longer counts */
+  expiresNs: bigint;
+}
+
+export function encodePmtuKey(address: string): Buffer {
+  const b = Buffer.alloc(LAYOUT.xdplb_pmtu_key.size);
+  const f = familyOf(address);
+  addressBytes(address).copy(b, F('xdplb_pmtu_key', 'addr'));
+  b.writeUInt8(f, F('xdplb_pmtu_key', 'family'));
+  return b;
+}
+
+export function encodePmtu(v: { mtu: number; expiresNs: bigint }): Buffer {
+  const b = Buffer.alloc(LAYOUT.xdplb_pmtu.size);
+  b.writeBigUInt64LE(v.expiresNs, F('xdplb_pmtu', 'expires_ns'));
+  b.writeUInt32LE(v.mtu, F('xdplb_pmtu', 'mtu'));
+  return b;
+}
+
+export function decodePmtu(key: Buffer, value: Buffer): PathMtu {
+  return {
+    address: addressText(key.subarray(F('xdplb_pmtu_key', 'addr')), familyByte(key.readUInt8(F('xdplb_pmtu_key', 'family')))),
+    mtu: value.readUInt32LE(F('xdplb_pmtu', 'mtu')),
+    expiresNs: value.readBigUInt64LE(F('xdplb_pmtu', 'expires_ns')),
   };
 }
 

@@ -14,6 +14,8 @@ import * as bpf from './bpf';
 import * as L from './layout';
 import { vipFilterWords } from './flowhash';
 import { REASON, REASONS } from './reasons';
+import { agePathMtus } from './pmtu';
+import { routeWarnings, type RouteCheck } from './routes';
 import { buildTable, diffTables, NO_BACKEND } from '../maglev';
 import type { DatapathSink } from '../control/controller';
 import { XdplbError } from '../control/errors';
@@ -111,6 +113,8 @@ export class LbDatapath implements DatapathSink {
   private vipFilter: BigUint64Array = new BigUint64Array(L.VIP_FILTER_WORDS);
   /** VIP entries (ICMP echo) as installed: key hex -> flags */
   private readonly vipEntries = new Map<string, number>();
+  /** xdplb_revnat as written: key hex -> service port; undefined until read from the pinned map */
+  private revNat?: Map<string, number>;
   private attached = new Map<string, { ifindex: number; mode: bpf.XdpMode }>();
 
   private constructor(
@@ -499,6 +503,38 @@ export class LbDatapath implements DatapathSink {
       this.writeVipFilter();
     }
     this.writeVipEntries(services);
+    this.writeRevNat(services);
+  }
+
+  /**
+   * (VIP, protocol, backend port) -> service port for every L4 DNAT service,
+   * so that relayed ICMP errors quote what the client sent (xdp/pmtu.h). Two
+   * services sending a VIP's port to the same backend port: the first wins.
+   */
+  private writeRevNat(services: readonly ServiceSpec[]): void {
+    if (!this.revNat) {
+      this.revNat = new Map();
+      for (const k of this.maps.revnat.keys()) this.revNat.set(k.toString('hex'), this.maps.revnat.lookup(k)?.readUInt16BE(0) ?? 0);
+    }
+    const wanted = new Map<string, number>();
+    for (const s of services) {
+      if (!s.flags.l4Dnat || s.port === 0) continue;
+      for (const b of s.backends) {
+        if (b.port === s.port) continue;
+        const k = L.encodeRevNatKey({ vip: s.vip, proto: PROTO[s.protocol], backendPort: b.port }).toString('hex');
+        if (!wanted.has(k)) wanted.set(k, s.port);
+      }
+    }
+    for (const [k, port] of wanted) {
+      if (this.revNat.get(k) === port) continue;
+      this.maps.revnat.update(Buffer.from(k, 'hex'), L.encodeRevNat(port));
+      this.revNat.set(k, port);
+    }
+    for (const k of [...this.revNat.keys()]) {
+      if (wanted.has(k)) continue;
+      this.maps.revnat.delete(Buffer.from(k, 'hex'));
+      this.revNat.delete(k);
+    }
   }
 
   /** New backends get ids; changed ones (port, state) are rewritten in place. */
@@ -632,7 +668,19 @@ export class LbDatapath implements DatapathSink {
       backends,
       bpffs: this.node.bpffs,
       uptimeSeconds,
+      pathMtus: agePathMtus(this.maps.pmtu),
+      routeWarnings: await routeWarnings(this.routeChecks(services)),
     };
+  }
+
+  /** The addresses whose packets the kernel must not forward: outer sources and VIPs. */
+  private routeChecks(services: readonly ServiceSpec[]): RouteCheck[] {
+    const checks: RouteCheck[] = [];
+    for (const o of [this.node.outerSource.ipv4, this.node.outerSource.ipv6]) {
+      if (o) checks.push({ what: 'outer source', prefix: o.prefixLength ? `${o.address}/${o.prefixLength}` : o.address, address: o.address });
+    }
+    for (const vip of new Set(services.map((s) => s.vip))) checks.push({ what: 'VIP', prefix: vip, address: vip });
+    return checks;
   }
 
   /** Daemon exit: handles closed; the program stays attached, the pins stay. */

@@ -38,6 +38,11 @@ export const REASONS: readonly ReasonInfo[] = [
   { name: 'drop_frag_needed_no_df', verdict: 'XDP_DROP', description: 'IPv4 without DF too big once encapsulated (XDP cannot fragment)' },
   { name: 'drop_too_big_icmp', verdict: 'XDP_DROP', description: 'ICMP error too big once encapsulated (no error about an error)' },
   { name: 'drop_adjust_failed', verdict: 'XDP_DROP', description: 'the kernel refused to grow or shrink the frame' },
+  { name: 'pmtu_relay_tx', verdict: 'XDP_TX', description: 'a router\'s fragmentation needed / packet too big about a tunnel packet: path MTU recorded, relayed to the client' },
+  { name: 'pmtu_relay_redirect', verdict: 'XDP_REDIRECT', description: 'the same, the client behind another interface' },
+  { name: 'drop_outer_source', verdict: 'XDP_DROP', description: 'addressed to the outer source prefix and not an ICMP error about a tunnel packet' },
+  { name: 'drop_tunnel_icmp', verdict: 'XDP_DROP', description: 'ICMP error about a tunnel packet other than fragmentation needed / packet too big, or quoting too little of it' },
+  { name: 'drop_relay_no_route', verdict: 'XDP_DROP', description: 'path MTU recorded, but no route, neighbour or egress device towards the client' },
 ];
 
 /** Number of reasons: max_entries of xdplb_reasons (XDPLB_R_MAX). */
