@@ -233,10 +233,10 @@ t.test('encoders write the documented bytes and decoders read them back', (t) =>
   t.throws(() => L.encodeService4Key({ vip: '2001:db8::10', port: 0, proto: 17 }), RangeError, 'no IPv6 VIP in the IPv4 key');
 
   t.equal(L.encodeService({ id: 7, flags: L.SVC_F_L4_DNAT | L.SVC_F_ICMP_ECHO }).toString('hex'), '07000000' + '09000000');
-  const be = L.encodeBackend({ address: '198.51.100.7', port: 8080, state: L.BACKEND_DRAINING });
-  t.equal(be.toString('hex'), 'c6336407' + '00'.repeat(12) + '1f90' + '04' + '02');
-  t.same(L.decodeBackend(be), { address: '198.51.100.7', port: 8080, state: L.BACKEND_DRAINING });
-  t.same(L.decodeBackend(L.encodeBackend({ address: '', port: 0, state: L.BACKEND_NONE })), { address: '', port: 0, state: 0 });
+  const be = L.encodeBackend({ address: '198.51.100.7', port: 8080, state: L.BACKEND_DRAINING, serviceId: 0x10203 });
+  t.equal(be.toString('hex'), 'c6336407' + '00'.repeat(12) + '1f90' + '04' + '02' + '03020100');
+  t.same(L.decodeBackend(be), { address: '198.51.100.7', port: 8080, state: L.BACKEND_DRAINING, serviceId: 0x10203 });
+  t.same(L.decodeBackend(L.encodeBackend({ address: '', port: 0, state: L.BACKEND_NONE, serviceId: 0 })), { address: '', port: 0, state: 0, serviceId: 0 });
 
   const cfg: L.NodeConfig = { src4: '192.0.2.2', src4PrefixLen: 24, src6: '2001:db8::2', src6PrefixLen: 64, ttl: 60, flags: 0, mtu: 1450, nexthopTtlMs: 250, maglevM: 65537 };
   const c = L.encodeConfig(cfg);

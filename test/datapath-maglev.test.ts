@@ -301,7 +301,7 @@ t.test('a connection-table entry of another service (a reused id) is ignored', n
   const w = world(t, { maglevM: 7 });
   w.lb.service({ vip: VIP4, port: 80, proto: TCP, id: 1 });
   w.lb.backend({ id: 1, address: '198.51.100.1' });
-  w.lb.backend({ id: 2, address: '198.51.100.2' });
+  w.lb.backend({ id: 2, address: '198.51.100.2', service: 1 });
   w.lb.maglev(1, new Uint32Array(7).fill(1));
   const f: Flow = { src: '192.0.2.5', dst: VIP4, sport: 999, dport: 80, proto: TCP };
   w.lb.maps.conntrack4.update(L.encodeFlow4Key(f), L.encodeCtEntry({ backendId: 2, serviceId: 77 }));

@@ -95,7 +95,8 @@
 
 /* ---- reasons: why a packet got its verdict; one per-CPU counter each ----
  * Every reason implies exactly one verdict (the prefix says which; the first
- * four are XDP_TX/XDP_REDIRECT). Keep in sync with src/datapath/reasons.ts:
+ * four are XDP_TX/XDP_REDIRECT). New reasons go at the end, whatever their
+ * verdict: the counters are indexed by them. Keep in sync with src/datapath/reasons.ts:
  * same order, same names in snake_case without the XDPLB_R_ prefix. */
 enum xdplb_reason {
 	XDPLB_R_FORWARD_TX = 0,		/* XDP_TX: encapsulated to a backend, out the ingress interface */
@@ -124,6 +125,7 @@ enum xdplb_reason {
 	XDPLB_R_DROP_FRAG_NEEDED_NO_DF,	/* XDP_DROP: IPv4 without DF too big once encapsulated */
 	XDPLB_R_DROP_TOO_BIG_ICMP,	/* XDP_DROP: ICMP error too big once encapsulated (no error about an error) */
 	XDPLB_R_DROP_ADJUST_FAILED,	/* XDP_DROP: bpf_xdp_adjust_head/tail refused */
+	XDPLB_R_PASS_BAD_L4_HEADER,	/* XDP_PASS: TCP data offset < 5 or past the IP payload, UDP length < 8 or past it */
 	XDPLB_R_MAX
 };
 

@@ -50,13 +50,18 @@ struct xdplb_service_def {
 	struct xdplb_service svc; /* 20: the same as its service-map value */
 };				/* 28 */
 
-/* xdplb_backends value, indexed by backend id (the ids in Maglev tables) */
+/* xdplb_backends value, indexed by backend id (the ids in Maglev tables).
+ * service_id: the service the id was handed to. A connection-table or
+ * flow-cache entry names a backend by id; it counts only for that service,
+ * so an id freed and handed to another service's backend never receives
+ * the old service's flows. */
 struct xdplb_backend {
 	__u8 addr[16];		/* 0: IPv4 in addr[0..3] */
 	__be16 port;		/* 16: network order; the L4 DNAT destination port */
 	__u8 family;		/* 18: XDPLB_FAMILY_V4/V6; 0 = empty slot */
 	__u8 state;		/* 19: XDPLB_BACKEND_* */
-};				/* 20 */
+	__u32 service_id;	/* 20: the owning service (xdplb_svc_by_id index) */
+};				/* 24 */
 
 /* xdplb_nexthops value (per CPU), indexed by backend id: the route to the
  * backend as bpf_fib_lookup() last resolved it on this CPU (fib.h). Written
@@ -194,7 +199,7 @@ _Static_assert(sizeof(struct xdplb_service_key) == 20, "service key");
 _Static_assert(sizeof(struct xdplb_service4_key) == 8, "IPv4 service key");
 _Static_assert(sizeof(struct xdplb_service) == 8, "service");
 _Static_assert(sizeof(struct xdplb_service_def) == 28, "service by id");
-_Static_assert(sizeof(struct xdplb_backend) == 20, "backend");
+_Static_assert(sizeof(struct xdplb_backend) == 24, "backend");
 _Static_assert(sizeof(struct xdplb_nexthop) == 56, "next hop");
 _Static_assert(__builtin_offsetof(struct xdplb_nexthop, dmac) % 8 == 0 &&
 	       __builtin_offsetof(struct xdplb_nexthop, smac) == __builtin_offsetof(struct xdplb_nexthop, dmac) + 6,

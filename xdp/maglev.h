@@ -182,6 +182,30 @@ struct backend_choice {
 	__u32 remember;		/* an answer of the connection table (or a new entry): worth a flow-cache entry */
 };
 
+/* A TCP segment that opens a connection: SYN without ACK. */
+static __always_inline int opens_connection(const struct packet *pkt)
+{
+	return (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}
+
+/* Whether a connection-table or flow-cache entry of service sid that names
+ * be still decides where pkt goes. The backend must still be that
+ * service's (an id freed and handed to another service names someone else)
+ * and take the flow: active, or draining for a flow it already has. A SYN
+ * is a new connection even on an old 5-tuple (client port reuse, NAT), so
+ * only an active backend keeps it: a retransmitted SYN then reaches the
+ * backend the first one did, and a SYN never lands on a draining backend.
+ * A down backend keeps nothing: its flows move to a live backend, which
+ * resets them at once rather than leaving them to time out. */
+static __always_inline int entry_holds(const struct xdplb_backend *be, __u32 sid, const struct packet *pkt)
+{
+	if (!be || be->service_id != sid)
+		return 0;
+	if (be->state == XDPLB_BACKEND_ACTIVE)
+		return 1;
+	return be->state == XDPLB_BACKEND_DRAINING && !opens_connection(pkt);
+}
+
 /* Whether d is the service of flow f: its VIP, protocol and port, or its
  * VIP's all-ports service while the flow's port has no service of its own
  * (as lookup_service() would find it). Addresses of either family compare as
@@ -200,9 +224,9 @@ static __always_inline int service_serves(const struct xdplb_service_def *d, con
 /* Steps 3 and 4 for an established flow this CPU has seen lately, without
  * a hash lookup: its flow-cache entry (flowcache.h) names the service (by
  * id, an array) and the backend. The answer counts only while that service
- * still serves the flow and keeps using the connection table, and the backend
- * is active or draining. Returns 1 with *out set, or 0: then the service
- * lookup and choose_backend() decide. */
+ * still serves the flow and keeps using the connection table, and the entry
+ * still holds (entry_holds()). Returns 1 with *out set, or 0: then the
+ * service lookup and choose_backend() decide. */
 static __always_inline int choose_cached(struct packet *pkt, struct backend_choice *out)
 {
 	struct xdplb_flow_cache_entry *c = flow_cache_get(flow_cache_slot(&pkt->flow), &pkt->flow);
@@ -218,7 +242,7 @@ static __always_inline int choose_cached(struct packet *pkt, struct backend_choi
 	if (!d || !service_serves(d, &pkt->flow) || (d->svc.flags & XDPLB_SVC_F_CT_BYPASS))
 		return 0;
 	be = bpf_map_lookup_elem(&xdplb_backends, &bid);
-	if (!be || (be->state != XDPLB_BACKEND_ACTIVE && be->state != XDPLB_BACKEND_DRAINING))
+	if (!entry_holds(be, sid, pkt))
 		return 0;
 	out->svc = d->svc;
 	out->be = be;
@@ -229,7 +253,7 @@ static __always_inline int choose_cached(struct packet *pkt, struct backend_choi
 }
 
 /* Step 4 for the rest. The connection table first (unless bypassed): an
- * entry of this service whose backend is active or draining keeps the flow
+ * entry of this service that still holds (entry_holds()) keeps the flow
  * there. Otherwise the Maglev table at flow hash % M, which must name an
  * active backend; the choice is then remembered (not for ICMP errors: they
  * follow flows, never start them). Either way a flow of the connection table
@@ -251,7 +275,7 @@ static __always_inline int choose_backend(struct packet *pkt, const struct xdplb
 		if (ct && ct->service_id == svc->id) {
 			id = ct->backend_id;
 			be = bpf_map_lookup_elem(&xdplb_backends, &id);
-			if (be && (be->state == XDPLB_BACKEND_ACTIVE || be->state == XDPLB_BACKEND_DRAINING)) {
+			if (entry_holds(be, svc->id, pkt)) {
 				out->remember = 1;
 				out->be = be;
 				out->id = id;

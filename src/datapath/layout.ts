@@ -148,8 +148,8 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
     },
   },
   xdplb_backend: {
-    size: 20,
-    fields: { addr: { offset: 0, size: 16 }, port: { offset: 16, size: 2 }, family: { offset: 18, size: 1 }, state: { offset: 19, size: 1 } },
+    size: 24,
+    fields: { addr: { offset: 0, size: 16 }, port: { offset: 16, size: 2 }, family: { offset: 18, size: 1 }, state: { offset: 19, size: 1 }, service_id: { offset: 20, size: 4 } },
   },
   xdplb_nexthop: {
     size: 56,
@@ -498,6 +498,8 @@ export interface Backend {
   port: number;
   /** BACKEND_* */
   state: number;
+  /** the owning service's id: connection-table and flow-cache entries of other services ignore the backend */
+  serviceId: number;
 }
 
 export function encodeBackend(be: Backend): Buffer {
@@ -508,6 +510,7 @@ export function encodeBackend(be: Backend): Buffer {
   }
   b.writeUInt16BE(be.port, F('xdplb_backend', 'port'));
   b.writeUInt8(be.state, F('xdplb_backend', 'state'));
+  b.writeUInt32LE(be.serviceId, F('xdplb_backend', 'service_id'));
   return b;
 }
 
@@ -517,6 +520,7 @@ export function decodeBackend(b: Buffer): Backend {
     address: f ? addressText(b.subarray(F('xdplb_backend', 'addr')), familyByte(f)) : '',
     port: b.readUInt16BE(F('xdplb_backend', 'port')),
     state: b.readUInt8(F('xdplb_backend', 'state')),
+    serviceId: b.readUInt32LE(F('xdplb_backend', 'service_id')),
   };
 }
 

@@ -512,7 +512,7 @@ export class LbDatapath implements DatapathSink {
         this.maps.backendStats.updatePerCpu(L.u32(id), Buffer.alloc(16));
         this.owner.update(L.u32(id), L.u32(s.id + 1));
       }
-      const value = L.encodeBackend({ address: b.address, port: b.port, state: STATE[b.state] });
+      const value = L.encodeBackend({ address: b.address, port: b.port, state: STATE[b.state], serviceId: s.id });
       if (s.backendValues.get(id) !== value.toString('hex')) {
         this.maps.backends.update(L.u32(id), value);
         s.backendValues.set(id, value.toString('hex'));
@@ -525,7 +525,7 @@ export class LbDatapath implements DatapathSink {
     const keep = new Set((spec?.backends ?? []).map((b) => backendKey(b.address, b.port)));
     for (const [k, id] of s.backends) {
       if (keep.has(k)) continue;
-      this.maps.backends.update(L.u32(id), L.encodeBackend({ address: '', port: 0, state: L.BACKEND_NONE }));
+      this.maps.backends.update(L.u32(id), L.encodeBackend({ address: '', port: 0, state: L.BACKEND_NONE, serviceId: 0 }));
       this.owner.update(L.u32(id), L.u32(FREE));
       this.backendIds.free(id);
       s.backends.delete(k);

@@ -38,6 +38,7 @@ export const REASONS: readonly ReasonInfo[] = [
   { name: 'drop_frag_needed_no_df', verdict: 'XDP_DROP', description: 'IPv4 without DF too big once encapsulated (XDP cannot fragment)' },
   { name: 'drop_too_big_icmp', verdict: 'XDP_DROP', description: 'ICMP error too big once encapsulated (no error about an error)' },
   { name: 'drop_adjust_failed', verdict: 'XDP_DROP', description: 'the kernel refused to grow or shrink the frame' },
+  { name: 'pass_bad_l4_header', verdict: 'XDP_PASS', description: 'TCP data offset below 5 or past the IP payload, or UDP length below 8 or past it' },
 ];
 
 /** Number of reasons: max_entries of xdplb_reasons (XDPLB_R_MAX). */
