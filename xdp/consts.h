@@ -90,8 +90,8 @@
 /* ---- backend states (struct xdplb_backend.state) ---- */
 #define XDPLB_BACKEND_NONE	0	/* slot unused or deleted: never chosen */
 #define XDPLB_BACKEND_ACTIVE	1	/* new and established flows */
-#define XDPLB_BACKEND_DRAINING	2	/* established flows (connection table) only */
-#define XDPLB_BACKEND_DOWN	3	/* never chosen */
+#define XDPLB_BACKEND_DRAINING	2	/* established flows (connection table) only; no SYN */
+#define XDPLB_BACKEND_DOWN	3	/* never chosen: its flows move to the table's backends */
 
 /* ---- reasons: why a packet got its verdict; one per-CPU counter each ----
  * Every reason implies exactly one verdict (the prefix says which; the first
