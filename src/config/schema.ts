@@ -91,7 +91,7 @@ const backend = object(
     address: ipAddress('backend address, same family as the VIP'),
     port: integer(1, MAX_PORT, "backend port (the DNAT target with l4_dnat); default: the service's port, required when that is 0"),
     weight: integer(0, MAX_BACKEND_WEIGHT, 'Maglev weight, relative to the other backends; 0 takes no new flows', 1),
-    state: { enum: [...BACKEND_STATES], description: 'draining and down take no new flows; down also drops existing ones', default: 'active' },
+    state: { enum: [...BACKEND_STATES], description: 'draining: keeps its established flows, takes no new ones (a SYN reusing an old 5-tuple is a new one); down: takes nothing, its established flows move to live backends, which reset them', default: 'active' },
   },
   'a backend: the service forwards to it in an IPIP/IP6IP6 tunnel, and it replies to the client directly',
   ['address'],
