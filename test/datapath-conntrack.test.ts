@@ -55,7 +55,7 @@ for (const v6 of [false, true]) {
       w.lb.backend({ id: 1, address: addr(1), state: L.BACKEND_DRAINING });
       t.equal(go(t, w, P.TCP_ACK | P.TCP_PSH), addr(1), 'draining: the established flow stays');
       t.equal(go(t, w, P.TCP_SYN), addr(2), 'a new connection on the same 5-tuple: not the draining backend, the table');
-      t.same(entry(w), { backendId: 2, serviceId: 1 }, 'and the entry names the new backend');
+      t.match(entry(w), { backendId: 2, serviceId: 1 }, 'and the entry names the new backend');
       t.equal(go(t, w, P.TCP_ACK), addr(2), 'the new connection stays there');
       t.equal(go(t, w, P.TCP_SYN), addr(2), 'its retransmitted SYN as well');
       w.lb.maglev(1, only(3));
@@ -71,7 +71,7 @@ for (const v6 of [false, true]) {
       w.lb.maglev(1, only(2));
       w.lb.backend({ id: 1, address: addr(1), state: L.BACKEND_DOWN });
       t.equal(go(t, w, P.TCP_ACK), addr(2), 'the established flow moves to the table’s backend');
-      t.same(entry(w), { backendId: 2, serviceId: 1 }, 'the entry names it');
+      t.match(entry(w), { backendId: 2, serviceId: 1 }, 'the entry names it');
       w.lb.backend({ id: 1, address: addr(1) });
       t.equal(go(t, w, P.TCP_ACK), addr(2), 'and stays there when the old backend comes back');
       t.end();
@@ -87,7 +87,7 @@ for (const v6 of [false, true]) {
       w.lb.backend({ id: 1, address: addr(91), service: 2 });
       w.lb.maglev(2, only(1));
       t.equal(go(t, w, P.TCP_ACK), addr(2), "the flow goes to its own service's table, not to the other service's backend");
-      t.same(entry(w), { backendId: 2, serviceId: 1 }, 'the entry is rewritten');
+      t.match(entry(w), { backendId: 2, serviceId: 1 }, 'the entry is rewritten');
       t.end();
     });
   }

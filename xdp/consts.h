@@ -49,6 +49,23 @@
 #define XDPLB_FLOW_CACHE_SLOTS		8192
 #define XDPLB_FLOW_CACHE_JIFFIES	100
 
+/* Connection-table lifetimes (maglev.h), when the node config gives none:
+ * an entry idle for this long is absent, and the next packet of its flow is
+ * placed by Maglev again. Between IPVS (TCP 15 min, UDP 5 min) and Cilium
+ * (TCP 6 h, UDP 1 min, closing 10 s). A FIN or RST shortens the entry to
+ * the closing lifetime, so a drain ends and the 5-tuple is free soon after
+ * the connection. An entry's expiry moves forward at most once per
+ * XDPLB_CT_REFRESH_JIFFIES (the clock is a helper call and the write
+ * dirties the LRU value's cache line); within that many jiffies of the last
+ * move a lookup trusts it without the clock. The daemon keeps every
+ * lifetime at least XDPLB_CT_MIN_S, far above that step (1 s at HZ=100),
+ * so a flow-cache entry (trusted as long) never outlives its entry. */
+#define XDPLB_CT_TCP_S			3600
+#define XDPLB_CT_UDP_S			120
+#define XDPLB_CT_CLOSING_S		10
+#define XDPLB_CT_MIN_S			5
+#define XDPLB_CT_REFRESH_JIFFIES	100	/* = XDPLB_FLOW_CACHE_JIFFIES */
+
 /* xdplb_cache_stats indices: per-CPU __u64 counters of cache fills */
 #define XDPLB_CACHE_STAT_NEXTHOP_LOOKUPS	0	/* next hops looked up in the FIB and stored (fib.h) */
 #define XDPLB_CACHE_STAT_FLOW_FILLS		1	/* flow-cache entries written (flowcache.h): packets

@@ -167,6 +167,14 @@ export const CONFIG_SCHEMA: JsonSchema = {
       ttl: integer(MIN_TTL, MAX_TTL, 'TTL / hop limit of the outer header', DEFAULT_NODE.ttl),
       mtu: integer(0, MAX_MTU, 'egress MTU: 0 (from the route/device) or 576..65535; IPv6 needs 1280', DEFAULT_NODE.mtu),
       flow_cache: flag('per-CPU flow cache in front of the connection table: faster established flows while each CPU carries up to a few thousand active ones; off for many more (BENCHMARKS.md)', DEFAULT_NODE.flowCache),
+      conntrack: object(
+        {
+          tcp_timeout: duration('idle lifetime of a TCP connection-table entry, whole seconds from 5s to a week', `${DEFAULT_NODE.conntrack.tcpTimeout}s`),
+          udp_timeout: duration('idle lifetime of a UDP connection-table entry', `${DEFAULT_NODE.conntrack.udpTimeout}s`),
+          closing_timeout: duration('lifetime of a TCP entry after a FIN or RST', `${DEFAULT_NODE.conntrack.closingTimeout}s`),
+        },
+        'connection-table lifetimes: an expired entry is absent, and Maglev places the flow again',
+      ),
       bpffs: path('bpffs directory where maps and links are pinned', DEFAULT_NODE.bpffs),
       api: object(
         {

@@ -72,6 +72,9 @@ function nodeConfig(node: NodeSettings): L.NodeConfig {
     mtu: node.mtu,
     nexthopTtlMs: 0,
     maglevM: node.maglevSize,
+    ctTcpS: node.conntrack.tcpTimeout,
+    ctUdpS: node.conntrack.udpTimeout,
+    ctClosingS: node.conntrack.closingTimeout,
   };
 }
 

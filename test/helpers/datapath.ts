@@ -48,7 +48,7 @@ export class Lb {
   }
 
   config(c: Partial<L.NodeConfig>): void {
-    const full: L.NodeConfig = { src4: '', src4PrefixLen: 0, src6: '', src6PrefixLen: 0, ttl: 0, flags: 0, mtu: 0, nexthopTtlMs: 0, maglevM: 0, ...c };
+    const full: L.NodeConfig = { src4: '', src4PrefixLen: 0, src6: '', src6PrefixLen: 0, ttl: 0, flags: 0, mtu: 0, nexthopTtlMs: 0, maglevM: 0, ctTcpS: 0, ctUdpS: 0, ctClosingS: 0, ...c };
     this.maps.config.update(L.u32(0), L.encodeConfig(full));
   }
 
