@@ -92,3 +92,103 @@ for (const v6 of [false, true]) {
     });
   }
 }
+
+/** Seconds of CLOCK_MONOTONIC, the clock of struct xdplb_ct_entry.expires_s (libuv's hrtime reads it too). */
+const monoS = () => Number(process.hrtime.bigint() / 1_000_000_000n);
+
+for (const v6 of [false, true]) {
+  const name = v6 ? 'IPv6' : 'IPv4';
+  const vip = v6 ? VIP6 : VIP4;
+  const addr = (id: number) => (v6 ? `2001:db8:100::${id}` : `198.51.100.${id}`);
+  const flow = (proto: number, sport = 40000): Flow => ({ src: v6 ? '2001:db8::78' : '192.0.2.78', dst: vip, sport, dport: 80, proto });
+  const frame = (f: Flow, flags = P.TCP_ACK) => {
+    const l4 = f.proto === TCP ? P.tcp({ sport: f.sport, dport: f.dport, flags }) : P.udp({ sport: f.sport, dport: f.dport, payload: Buffer.from('q') });
+    return P.ether(v6 ? P.ipv6({ src: f.src, dst: f.dst }, l4) : P.ipv4({ src: f.src, dst: f.dst }, l4));
+  };
+  const setup = (t: Teardown, config: Partial<L.NodeConfig> = {}): World => {
+    const w = world(t, { maglevM: M, config: { src4: LB_SRC4, src6: LB_SRC6, ttl: OUTER_TTL, ...config } });
+    w.lb.service({ vip, port: 80, proto: TCP, id: 1 });
+    w.lb.service({ vip, port: 80, proto: L.IPPROTO_UDP, id: 2 });
+    for (const id of [1, 2]) w.lb.backend({ id, address: addr(id), service: 1 });
+    w.lb.backend({ id: 3, address: addr(3), service: 2 });
+    w.lb.maglev(1, only(1));
+    w.lb.maglev(2, only(3));
+    return w;
+  };
+  const ctKey = (f: Flow) => L.conntrackKey(f);
+  const entry = (w: World, f: Flow) => L.decodeCtEntry(w.lb.maps[ctKey(f).map].lookup(ctKey(f).key)!);
+  const forge = (w: World, f: Flow, e: Parameters<typeof L.encodeCtEntry>[0]) => {
+    w.lb.maps[ctKey(f).map].update(ctKey(f).key, L.encodeCtEntry(e));
+    w.lb.flushFlowCache();
+  };
+  const to = (t: Test, w: World, f: Flow, flags?: number) => {
+    const r = w.run(frame(f, flags));
+    t.ok(r.retval === bpf.XDP_TX || r.retval === bpf.XDP_REDIRECT, 'forwarded');
+    return outerDst(r.data);
+  };
+  /** expires_s lies within [lo, hi] of the clock around the packet */
+  const expiresIn = (t: Test, w: World, f: Flow, lifetime: number, before: number, what: string) =>
+    t.ok(entry(w, f).expiresS >= before + lifetime && entry(w, f).expiresS <= monoS() + lifetime, `${what}: expires ${lifetime} s from now`);
+
+  t.test(`${name}: an expired entry is absent: Maglev places the flow and the entry is written afresh; a live one is followed and its expiry moves`, needsRoot, (t) => {
+    const w = setup(t);
+    const f = flow(TCP);
+    forge(w, f, { backendId: 2, serviceId: 1, expiresS: monoS() - 1 });
+    let before = monoS();
+    t.equal(to(t, w, f), addr(1), 'expired: the table, not the entry');
+    t.match(entry(w, f), { backendId: 1, serviceId: 1, closing: false }, 'the entry names the table’s backend');
+    expiresIn(t, w, f, L.CT_TCP_S, before, 'TCP default');
+
+    forge(w, f, { backendId: 2, serviceId: 1, expiresS: monoS() + 30 });
+    before = monoS();
+    t.equal(to(t, w, f), addr(2), 'live: the entry');
+    expiresIn(t, w, f, L.CT_TCP_S, before, 'refreshed by the packet');
+
+    const u = flow(L.IPPROTO_UDP);
+    before = monoS();
+    t.equal(to(t, w, u), addr(3));
+    expiresIn(t, w, u, L.CT_UDP_S, before, 'UDP default');
+    t.end();
+  });
+
+  t.test(`${name}: lifetimes from the node config`, needsRoot, (t) => {
+    const w = setup(t, { ctTcpS: 600, ctUdpS: 30, ctClosingS: 7 });
+    const f = flow(TCP);
+    const u = flow(L.IPPROTO_UDP);
+    const before = monoS();
+    to(t, w, f, P.TCP_SYN);
+    to(t, w, u);
+    expiresIn(t, w, f, 600, before, 'TCP');
+    expiresIn(t, w, u, 30, before, 'UDP');
+    to(t, w, f, P.TCP_FIN | P.TCP_ACK);
+    expiresIn(t, w, f, 7, before, 'after a FIN');
+    t.end();
+  });
+
+  for (const cache of [true, false]) {
+    t.test(`${name}, flow cache ${cache ? 'on' : 'off'}: FIN and RST shorten the entry to the closing lifetime; a SYN on the 5-tuple opens it again`, needsRoot, (t) => {
+      const w = setup(t, { flags: cache ? 0 : L.CFG_F_NO_FLOW_CACHE });
+      for (const [i, close] of [P.TCP_FIN | P.TCP_ACK, P.TCP_RST, P.TCP_RST | P.TCP_ACK].entries()) {
+        const f = flow(TCP, 41000 + i);
+        let before = monoS();
+        t.equal(to(t, w, f, P.TCP_SYN), addr(1));
+        t.equal(to(t, w, f), addr(1), 'established, maybe from the flow cache');
+        expiresIn(t, w, f, L.CT_TCP_S, before, 'open');
+        before = monoS();
+        t.equal(to(t, w, f, close), addr(1), 'the closing segment reaches the backend');
+        t.match(entry(w, f), { backendId: 1, closing: true }, 'closing');
+        expiresIn(t, w, f, L.CT_CLOSING_S, before, 'closing');
+        // expired by now: the next segment is placed again (the table moved meanwhile)
+        w.lb.maglev(1, only(2));
+        forge(w, f, { ...entry(w, f), expiresS: monoS() - 1, checkedJiffies: 0 });
+        t.equal(to(t, w, f), addr(2), 'after the closing lifetime the flow is new');
+        w.lb.maglev(1, only(1));
+        before = monoS();
+        t.equal(to(t, w, f, P.TCP_SYN), addr(2), 'a SYN to the active backend of the entry follows it');
+        t.match(entry(w, f), { backendId: 2, closing: false }, 'and opens the entry again');
+        expiresIn(t, w, f, L.CT_TCP_S, before, 'open again');
+      }
+      t.end();
+    });
+  }
+}
