@@ -135,6 +135,8 @@ const CASES: Case[] = [
       diagnostic: true,
       flowMod: n,
       flowCacheOff: off,
+      // the segments of established connections: a SYN goes past the flow cache to the connection table
+      frame: frameOf(4, CLIENT4, VIP4, 86 + 2 * i + (off ? 1 : 0), 'established'),
     })),
   ),
   { ...vipCase('IPv4 TCP SYN, new flow, connection-table bypass (Maglev only, no insert)', 4, 'new', 6, 82, L.SVC_F_CT_BYPASS), diagnostic: true },
