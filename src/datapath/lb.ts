@@ -405,7 +405,7 @@ export class LbDatapath implements DatapathSink {
     }
     // A new M: growing, tables first (a new M must never index past a table);
     // shrinking, M first. Every entry stays a valid backend throughout.
-    const grow = node.maglevSize > L.decodeConfig(this.maps.config.lookup(L.u32(0)) ?? Buffer.alloc(32)).maglevM;
+    const grow = node.maglevSize > L.decodeConfig(this.maps.config.lookup(L.u32(0)) ?? Buffer.alloc(L.LAYOUT.xdplb_config.size)).maglevM;
     if (!grow) this.writeConfig();
     this.swapTables([...this.installed.values()].map((s) => [s, this.tableFor(s, this.currentSpecs.get(s.keyHex))]));
     if (grow) this.writeConfig();
