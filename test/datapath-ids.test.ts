@@ -1,7 +1,8 @@
-// Backend ids as the daemon hands them out (src/datapath/lb.ts): a removed
-// backend's id rests for as long as connection-table entries naming it may
-// live, across a daemon restart too, and every backend carries its service's
-// id for the datapath to compare with an entry.
+// What the daemon's side of the datapath (src/datapath/lb.ts) keeps for the
+// connection table: a removed backend's id rests for as long as entries naming
+// it may live, across a daemon restart too; every backend carries its
+// service's id for the datapath to compare with an entry; the node's
+// connection-table lifetimes reach the datapath's config.
 import t from 'tap';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -50,5 +51,18 @@ t.test("a removed backend's id rests across a restart: another service's new bac
   t.match(L.decodeBackend(backends.lookup(L.u32(bIds[0]))!), { address: '198.51.100.3', serviceId: dp.ids(b)!.service }, "a backend names its service's id");
   t.match(L.decodeBackend(backends.lookup(L.u32(dp.ids(a1)!.backends.get('198.51.100.1|80')!))!), { serviceId: aId });
   t.match(L.decodeBackend(backends.lookup(L.u32(removed))!), { address: '', state: L.BACKEND_NONE }, 'the freed slot stays empty');
+  t.end();
+});
+
+t.test('the conntrack lifetimes of the node settings reach the datapath, at start and on reconfigure (SIGHUP)', needsRoot, (t) => {
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'xdplb-ct-'));
+  t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+  const node: NodeSettings = { ...DEFAULT_NODE, interfaces: [], maglevSize: 251, bpffs: path.join(pinDir(t), 'lb'), stateDir };
+  const dp = LbDatapath.open(node, silent);
+  t.teardown(() => dp.uninstall());
+  const config = () => L.decodeConfig(dp['maps'].config.lookup(L.u32(0))!);
+  t.match(config(), { ctTcpS: 3600, ctUdpS: 120, ctClosingS: 10 }, 'the defaults');
+  dp.reconfigure({ ...node, conntrack: { tcpTimeout: 900, udpTimeout: 30, closingTimeout: 5 } });
+  t.match(config(), { ctTcpS: 900, ctUdpS: 30, ctClosingS: 5, maglevM: 251 }, 'changed in place');
   t.end();
 });
