@@ -21,7 +21,8 @@ function liveBackends(bpffs: string): Set<string> {
     const d = m.dump();
     const out = new Set<string>();
     for (let i = 0; i < d.count; i++) {
-      const b = L.decodeBackend(d.values.subarray(i * 20, i * 20 + 20));
+      const size = L.LAYOUT.xdplb_backend.size;
+      const b = L.decodeBackend(d.values.subarray(i * size, i * size + size));
       if (b.state !== L.BACKEND_NONE) out.add(`${b.address}:${b.port}`);
     }
     return out;

@@ -135,6 +135,8 @@ const CASES: Case[] = [
       diagnostic: true,
       flowMod: n,
       flowCacheOff: off,
+      // the segments of established connections: a SYN goes past the flow cache to the connection table
+      frame: frameOf(4, CLIENT4, VIP4, 86 + 2 * i + (off ? 1 : 0), 'established'),
     })),
   ),
   { ...vipCase('IPv4 TCP SYN, new flow, connection-table bypass (Maglev only, no insert)', 4, 'new', 6, 82, L.SVC_F_CT_BYPASS), diagnostic: true },
@@ -279,7 +281,7 @@ function openWorld(c: Cleanup, services: number, ctSize?: number): World {
   // the case services' backends and tables, and the down backend of the swapped tables
   const caseServices = CASES.flatMap((k) => (k.service ? [k.service] : []));
   for (const s of caseServices) {
-    for (const id of backendIds(s.id)) lb.backend({ id, address: backendAddress(familyOfCase(s.id), id), port: 80 });
+    for (const id of backendIds(s.id)) lb.backend({ id, address: backendAddress(familyOfCase(s.id), id), port: 80, service: s.id });
   }
   w.tables.installMany(lb, caseServices.map((s) => [s.id, w.tables.forService(s.id)] as const));
   lb.backend({ id: DOWN_BACKEND, address: backendAddress(4, 0), state: L.BACKEND_DOWN });
@@ -306,7 +308,7 @@ function openWorld(c: Cleanup, services: number, ctSize?: number): World {
       add({ ...f, flags: 0 });
       for (const id of backendIds(f.id)) {
         bkeys.push(L.u32(id));
-        bvalues.push(L.encodeBackend({ address: backendAddress(f.family, id), port: 80, state: L.BACKEND_ACTIVE }));
+        bvalues.push(L.encodeBackend({ address: backendAddress(f.family, id), port: 80, state: L.BACKEND_ACTIVE, serviceId: f.id }));
       }
       tables.push([f.id, w.tables.forService(f.id)]);
     }

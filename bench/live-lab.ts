@@ -10,7 +10,7 @@
 import pino, { type Logger } from 'pino';
 import * as bpf from '../src/datapath/bpf';
 import { LbDatapath } from '../src/datapath/lb';
-import type { NodeSettings } from '../src/control/model';
+import { DEFAULT_NODE, type NodeSettings } from '../src/control/model';
 import { netns, pinDir, sh, veth } from '../test/helpers/fixtures';
 import { Decap, detachIn } from '../src/lab/decap';
 import type { Cleanup } from './cleanup';
@@ -90,6 +90,7 @@ export function liveNode(o: { bpffs: string; dir: string; maglevSize: number }):
     ttl: 64,
     mtu: 0,
     flowCache: true,
+    conntrack: { ...DEFAULT_NODE.conntrack },
     bpffs: o.bpffs,
     api: { socket: `${o.dir}/unused.sock` },
     stateDir: `${o.dir}/state`,

@@ -151,6 +151,7 @@ outer_source:
 ttl: 32
 mtu: 1500
 flow_cache: false
+conntrack: {tcp_timeout: 7200s, closing_timeout: 30000ms}
 bpffs: /sys/fs/bpf/t
 state_dir: /var/lib/t
 recorder_dir: /var/lib/t/rec
@@ -177,6 +178,7 @@ services:
       ttl: 32,
       mtu: 1500,
       flowCache: false,
+      conntrack: { tcpTimeout: 7200, udpTimeout: 120, closingTimeout: 30 },
       bpffs: '/sys/fs/bpf/t',
       api: { socket: '/run/t.sock', tcp: '192.0.2.1:50051', tls: { cert: '/etc/t/c.pem', key: '/etc/t/k.pem', ca: '/etc/t/ca.pem' } },
       stateDir: '/var/lib/t',
@@ -348,6 +350,12 @@ t.test('semantic errors are placed too, with the file\'s snake_case field names'
   refuses(t, ttl, 'INVALID_ARGUMENT', 'config/test.yaml:4:6: ttl: must be >= 1, got 0', { line: 4, column: 6 });
   const flowCache = edit(3, 'maglev_size: 16381\nflow_cache: sometimes');
   refuses(t, flowCache, 'INVALID_ARGUMENT', 'config/test.yaml:4:13: flow_cache: must be true or false, got "sometimes"', { line: 4, column: 13 });
+  const short = edit(3, 'maglev_size: 16381\nconntrack:\n  udp_timeout: 1s');
+  refuses(t, short, 'INVALID_ARGUMENT', 'config/test.yaml:5:16: conntrack.udp_timeout: must be at least 5000 ms, got "1s"', { line: 5, column: 16, field: 'conntrack.udp_timeout' });
+  const fraction = edit(3, 'maglev_size: 16381\nconntrack:\n  closing_timeout: 10.5s');
+  refuses(t, fraction, 'INVALID_ARGUMENT', 'config/test.yaml:5:20: conntrack.closing_timeout: must be whole seconds, got "10.5s"', { line: 5, column: 20 });
+  const long = edit(3, 'maglev_size: 16381\nconntrack:\n  tcp_timeout: 604801s');
+  refuses(t, long, 'INVALID_ARGUMENT', 'config/test.yaml:5:16: conntrack.tcp_timeout: must be at most 604800000 ms, got "604801s"', { line: 5, column: 16 });
   const prefix = edit(5, '  ipv4: {address: 192.0.2.64, prefix_length: 33}');
   refuses(t, prefix, 'INVALID_ARGUMENT', 'config/test.yaml:5:46: outer_source.ipv4.prefix_length: must be <= 32, got 33', { line: 5, column: 46 });
   const tcp = edit(8, '  socket: /run/xdplb-test/xdplb.sock\n  tcp: 0.0.0.0:50051');

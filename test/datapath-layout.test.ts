@@ -115,6 +115,11 @@ t.test('constants in layout.ts equal the #defines of consts.h', (t) => {
     ['XDPLB_NEXTHOP_SLOTS', L.NEXTHOP_SLOTS],
     ['XDPLB_FLOW_CACHE_SLOTS', L.FLOW_CACHE_SLOTS],
     ['XDPLB_FLOW_CACHE_JIFFIES', L.FLOW_CACHE_JIFFIES],
+    ['XDPLB_CT_TCP_S', L.CT_TCP_S],
+    ['XDPLB_CT_UDP_S', L.CT_UDP_S],
+    ['XDPLB_CT_CLOSING_S', L.CT_CLOSING_S],
+    ['XDPLB_CT_MIN_S', L.CT_MIN_S],
+    ['XDPLB_CT_REFRESH_JIFFIES', L.CT_REFRESH_JIFFIES],
     ['XDPLB_VIP_FILTER_WORDS', L.VIP_FILTER_WORDS],
     ['XDPLB_CACHE_STAT_NEXTHOP_LOOKUPS', L.CACHE_STAT_NEXTHOP_LOOKUPS],
     ['XDPLB_CACHE_STAT_FLOW_FILLS', L.CACHE_STAT_FLOW_FILLS],
@@ -239,19 +244,20 @@ t.test('encoders write the documented bytes and decoders read them back', (t) =>
   t.throws(() => L.encodeService4Key({ vip: '2001:db8::10', port: 0, proto: 17 }), RangeError, 'no IPv6 VIP in the IPv4 key');
 
   t.equal(L.encodeService({ id: 7, flags: L.SVC_F_L4_DNAT | L.SVC_F_ICMP_ECHO }).toString('hex'), '07000000' + '09000000');
-  const be = L.encodeBackend({ address: '198.51.100.7', port: 8080, state: L.BACKEND_DRAINING });
-  t.equal(be.toString('hex'), 'c6336407' + '00'.repeat(12) + '1f90' + '04' + '02');
-  t.same(L.decodeBackend(be), { address: '198.51.100.7', port: 8080, state: L.BACKEND_DRAINING });
-  t.same(L.decodeBackend(L.encodeBackend({ address: '', port: 0, state: L.BACKEND_NONE })), { address: '', port: 0, state: 0 });
+  const be = L.encodeBackend({ address: '198.51.100.7', port: 8080, state: L.BACKEND_DRAINING, serviceId: 0x10203 });
+  t.equal(be.toString('hex'), 'c6336407' + '00'.repeat(12) + '1f90' + '04' + '02' + '03020100');
+  t.same(L.decodeBackend(be), { address: '198.51.100.7', port: 8080, state: L.BACKEND_DRAINING, serviceId: 0x10203 });
+  t.same(L.decodeBackend(L.encodeBackend({ address: '', port: 0, state: L.BACKEND_NONE, serviceId: 0 })), { address: '', port: 0, state: 0, serviceId: 0 });
 
-  const cfg: L.NodeConfig = { src4: '192.0.2.2', src4PrefixLen: 24, src6: '2001:db8::2', src6PrefixLen: 64, ttl: 60, flags: 0, mtu: 1450, nexthopTtlMs: 250, maglevM: 65537 };
+  const cfg: L.NodeConfig = { src4: '192.0.2.2', src4PrefixLen: 24, src6: '2001:db8::2', src6PrefixLen: 64, ttl: 60, flags: 0, mtu: 1450, nexthopTtlMs: 250, maglevM: 65537, ctTcpS: 7200, ctUdpS: 60, ctClosingS: 15 };
   const c = L.encodeConfig(cfg);
-  t.equal(c.length, 32);
+  t.equal(c.length, 48);
   t.equal(c.subarray(0, 4).toString('hex'), 'c0000202');
   t.equal(c[20], 24);
   t.equal(c.readUInt16LE(24), 1450);
   t.equal(c.readUInt16LE(26), 250);
   t.equal(c.readUInt32LE(28), 65537);
+  t.same([c.readUInt32LE(32), c.readUInt32LE(36), c.readUInt32LE(40), c.readUInt32LE(44)], [7200, 60, 15, 0], 'connection-table lifetimes, then padding');
   t.same(L.decodeConfig(c), cfg);
 
   const fk: L.FlowKey = { src: '2001:db8::1', dst: '2001:db8::10', sport: 1, dport: 2, proto: 17 };
@@ -265,7 +271,9 @@ t.test('encoders write the documented bytes and decoders read them back', (t) =>
   t.same(L.conntrackKey(fk4), { map: 'conntrack4', key: f4 }, 'IPv4 flows: xdplb_conntrack4');
   t.same(L.conntrackKey(fk), { map: 'conntrack', key: f }, 'IPv6 flows: xdplb_conntrack');
   t.throws(() => L.encodeFlow4Key(fk), RangeError, 'no IPv6 flow in the IPv4 key');
-  t.same(L.decodeCtEntry(L.encodeCtEntry({ backendId: 3, serviceId: 9 })), { backendId: 3, serviceId: 9 });
+  const ce = L.encodeCtEntry({ backendId: 3, serviceId: 9, expiresS: 0x01020304, checkedJiffies: 0xfffffffe, closing: true });
+  t.equal(ce.toString('hex'), '03000000' + '09000000' + '04030201' + 'feffffff' + '01' + '000000');
+  t.same(L.decodeCtEntry(ce), { backendId: 3, serviceId: 9, expiresS: 0x01020304, checkedJiffies: 0xfffffffe, closing: true });
   t.same(L.decodeCounter(L.encodeCounter({ packets: 5n, bytes: 1n << 40n })), { packets: 5n, bytes: 1n << 40n });
   const nh = Buffer.from('c6336407' + '00'.repeat(12) + '020000000101' + '0a0000000002' + '7805' + '04' + '00' + '03000000' + '02000000' + '0094357700000000' + '2a00000001000000', 'hex');
   t.same(L.decodeNexthop(nh), { address: '198.51.100.7', dmac: '02:00:00:00:01:01', smac: '0a:00:00:00:00:02', mtu: 1400, ifindex: 3, iif: 2, expiresNs: 2_000_000_000n, checkedJiffies: 0x10000002an });

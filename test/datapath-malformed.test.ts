@@ -8,7 +8,7 @@ import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import { REASONS } from '../src/datapath/reasons';
 import * as P from './helpers/packets';
-import { world, decap, scratch, VIP4, VIP6, CLIENT4, CLIENT6, type World } from './helpers/datapath';
+import { world, decap, ipPacket, scratch, VIP4, VIP6, CLIENT4, CLIENT6, type World } from './helpers/datapath';
 import { needsRoot } from './helpers/fixtures';
 
 const TCP = L.IPPROTO_TCP;
@@ -185,6 +185,49 @@ t.test('bad IP headers: IHL below 5, wrong version, lengths that lie', needsRoot
   // a header checksum the datapath does not check: balanced (the backend's stack judges it)
   const bad = w.run(v4({ badChecksum: true })).retval;
   t.ok(bad === bpf.XDP_TX || bad === bpf.XDP_REDIRECT, 'a bad IPv4 header checksum is not checked here: balanced');
+  t.end();
+});
+
+t.test('transport headers that lie: TCP data offset below 5 or past the IP payload, UDP length below 8 or past it', needsRoot, (t) => {
+  const w = setup(t);
+  const cases: Array<[Buffer, string, string]> = [];
+  // the frame of an l4 header, with byte `at` of the transport header set by `edit`
+  const mk = (v6: boolean, l4: P.L4, edit: (l4hdr: Buffer) => void, vlan = false) => {
+    const f = P.ether(v6 ? P.ipv6({ src: CLIENT6, dst: VIP6 }, l4) : P.ipv4({ src: CLIENT4, dst: VIP4 }, l4), { vlans: vlan ? [7] : [] });
+    edit(f.subarray((vlan ? 18 : 14) + (v6 ? 40 : 20)));
+    return f;
+  };
+  const doff = (n: number) => (h: Buffer) => (h[12] = (n << 4) | (h[12] & 0x0f));
+  const udpLen = (n: number) => (h: Buffer) => h.writeUInt16BE(n, 4);
+  for (const v6 of [false, true]) {
+    for (const vlan of [false, true]) {
+      const fam = `${v6 ? 'IPv6' : 'IPv4'}${vlan ? ', VLAN' : ''}`;
+      for (let n = 0; n < 5; n++) cases.push([mk(v6, P.tcp({ sport: 1, dport: 80, payload: Buffer.alloc(40) }), doff(n), vlan), 'pass_bad_l4_header', `${fam}: TCP data offset ${n}`]);
+      cases.push([mk(v6, P.tcp({ sport: 1, dport: 80, payload: Buffer.alloc(8) }), doff(8), vlan), 'pass_bad_l4_header', `${fam}: TCP header of 32 bytes in 28`]);
+      cases.push([mk(v6, P.tcp({ sport: 1, dport: 80 }), doff(15), vlan), 'pass_bad_l4_header', `${fam}: TCP data offset 15, no payload`]);
+      for (const n of [0, 1, 7]) cases.push([mk(v6, P.udp({ sport: 1, dport: 80, payload: Buffer.alloc(10) }), udpLen(n), vlan), 'pass_bad_l4_header', `${fam}: UDP length ${n}`]);
+      cases.push([mk(v6, P.udp({ sport: 1, dport: 80, payload: Buffer.alloc(10) }), udpLen(19), vlan), 'pass_bad_l4_header', `${fam}: UDP length one past the IP payload`]);
+      cases.push([mk(v6, P.udp({ sport: 1, dport: 80, payload: Buffer.alloc(10) }), udpLen(0xffff), vlan), 'pass_bad_l4_header', `${fam}: UDP length 65535`]);
+    }
+  }
+  // a TCP header whose options would lie in Ethernet padding: IPv4 length 20 + 20, the frame 60 bytes
+  cases.push([Buffer.concat([mk(false, P.tcp({ sport: 1, dport: 80 }), doff(6)), Buffer.alloc(6)]), 'pass_bad_l4_header', 'TCP options in Ethernet padding']);
+  expectPass(t, w, cases);
+
+  // the limits themselves are fine: a data offset that ends at the IP payload's
+  // end, a UDP length shorter than the payload (trailing bytes), both forwarded
+  // with the inner packet as it came
+  const fine = [
+    mk(false, P.tcp({ sport: 1, dport: 80, payload: Buffer.alloc(4) }), doff(6)),
+    mk(true, P.tcp({ sport: 1, dport: 80, payload: Buffer.alloc(4) }), doff(6), true),
+    mk(false, P.udp({ sport: 1, dport: 80, payload: Buffer.alloc(10) }), udpLen(8)),
+    mk(false, P.udp({ sport: 1, dport: 80, payload: Buffer.alloc(10) }), udpLen(12), true),
+  ];
+  for (const [i, f] of fine.entries()) {
+    const r = w.run(f);
+    t.ok(r.retval === bpf.XDP_TX || r.retval === bpf.XDP_REDIRECT, `limit case ${i}: forwarded`);
+    t.same(decap(r.data).inner, ipPacket(f), `limit case ${i}: the inner packet as it came`);
+  }
   t.end();
 });
 

@@ -102,11 +102,20 @@ t.test('every request succeeds with every neighbour flushed, both families, both
   // resolved it; the daemon follows the route, not the flush.
   const be3 = plan.backends[2];
   ipIn(lb, 'route', 'add', `${be3.v4}/32`, 'dev', 'lb1');
+  // Until the daemon has resolved it, a packet to the new next hop is passed to
+  // the kernel, which answers it with ICMP unreachable (the VIP route): the
+  // requests start once the daemon reports it resolved (bounded: 5 s).
+  const onLb1 = (n: NextHopStatus) => n.address === be3.v4 && n.interface === 'lb1' && n.resolved;
+  for (let i = 0; i < 50; i++) {
+    const st = (await f.lab.nodeStatus()) as unknown as { nextHops: NextHopStatus[] };
+    if (st.nextHops.some(onLb1)) break;
+    await new Promise((r) => setTimeout(r, 100));
+  }
   const moved = await f.lab.requests({ targets: [{ proto: 'tcp', vip: VIP4, port: 80, count: 30, sources: plan.client.v4 }], timeoutMs: 5000 });
   t.same(moved.filter((r) => r.error), [], 'every request succeeds after the route change');
   t.ok(moved.some((r) => r.backend === be3.name), `${be3.name} answered through its new next hop`);
   const after = (await f.lab.nodeStatus()) as unknown as { nextHops: NextHopStatus[] };
-  t.ok(after.nextHops.some((n) => n.address === be3.v4 && n.interface === 'lb1' && n.resolved), `${be3.v4} on lb1 is a resolved next hop`);
+  t.ok(after.nextHops.some(onLb1), `${be3.v4} on lb1 is a resolved next hop`);
 
   // A backend removed: the daemon's entry for its on-link next hop goes with it.
   f.cli('service', 'delete', 'web4');

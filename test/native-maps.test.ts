@@ -2,6 +2,7 @@
 import t from 'tap';
 import * as fs from 'node:fs';
 import * as bpf from '../src/datapath/bpf';
+import * as L from '../src/datapath/layout';
 import { needsRoot, pinDir } from './helpers/fixtures';
 
 const OBJ = bpf.testObjectPath('native_test');
@@ -143,7 +144,7 @@ t.test('count() counts entries on a worker thread while the event loop turns', n
     k[37] = 4;
     return k;
   });
-  for (let i = 0; i < n; i += 10_000) ct.batchUpdate(flows.slice(i, i + 10_000), flows.slice(i, i + 10_000).map(() => Buffer.alloc(8)));
+  for (let i = 0; i < n; i += 10_000) ct.batchUpdate(flows.slice(i, i + 10_000), flows.slice(i, i + 10_000).map(() => Buffer.alloc(L.LAYOUT.xdplb_ct_entry.size)));
   let turned = false;
   setImmediate(() => (turned = true));
   const counting = ct.count();

@@ -49,6 +49,23 @@
 #define XDPLB_FLOW_CACHE_SLOTS		8192
 #define XDPLB_FLOW_CACHE_JIFFIES	100
 
+/* Connection-table lifetimes (maglev.h), when the node config gives none:
+ * an entry idle for this long is absent, and the next packet of its flow is
+ * placed by Maglev again. Between IPVS (TCP 15 min, UDP 5 min) and Cilium
+ * (TCP 6 h, UDP 1 min, closing 10 s). A FIN or RST shortens the entry to
+ * the closing lifetime, so a drain ends and the 5-tuple is free soon after
+ * the connection. An entry's expiry moves forward at most once per
+ * XDPLB_CT_REFRESH_JIFFIES (the clock is a helper call and the write
+ * dirties the LRU value's cache line); within that many jiffies of the last
+ * move a lookup trusts it without the clock. The daemon keeps every
+ * lifetime at least XDPLB_CT_MIN_S, far above that step (1 s at HZ=100),
+ * so a flow-cache entry (trusted as long) never outlives its entry. */
+#define XDPLB_CT_TCP_S			3600
+#define XDPLB_CT_UDP_S			120
+#define XDPLB_CT_CLOSING_S		10
+#define XDPLB_CT_MIN_S			5
+#define XDPLB_CT_REFRESH_JIFFIES	100	/* = XDPLB_FLOW_CACHE_JIFFIES */
+
 /* xdplb_cache_stats indices: per-CPU __u64 counters of cache fills */
 #define XDPLB_CACHE_STAT_NEXTHOP_LOOKUPS	0	/* next hops looked up in the FIB and stored (fib.h) */
 #define XDPLB_CACHE_STAT_FLOW_FILLS		1	/* flow-cache entries written (flowcache.h): packets
@@ -101,12 +118,13 @@
 /* ---- backend states (struct xdplb_backend.state) ---- */
 #define XDPLB_BACKEND_NONE	0	/* slot unused or deleted: never chosen */
 #define XDPLB_BACKEND_ACTIVE	1	/* new and established flows */
-#define XDPLB_BACKEND_DRAINING	2	/* established flows (connection table) only */
-#define XDPLB_BACKEND_DOWN	3	/* never chosen */
+#define XDPLB_BACKEND_DRAINING	2	/* established flows (connection table) only; no SYN */
+#define XDPLB_BACKEND_DOWN	3	/* never chosen: its flows move to the table's backends */
 
 /* ---- reasons: why a packet got its verdict; one per-CPU counter each ----
  * Every reason implies exactly one verdict (the prefix says which; the first
- * four and the two pmtu_relay ones are XDP_TX/XDP_REDIRECT). Keep in sync with src/datapath/reasons.ts:
+ * four and the two pmtu_relay ones are XDP_TX/XDP_REDIRECT). New reasons go at the end,
+ * whatever their verdict: the counters are indexed by them. Keep in sync with src/datapath/reasons.ts:
  * same order, same names in snake_case without the XDPLB_R_ prefix. */
 enum xdplb_reason {
 	XDPLB_R_FORWARD_TX = 0,		/* XDP_TX: encapsulated to a backend, out the ingress interface */
@@ -140,6 +158,7 @@ enum xdplb_reason {
 	XDPLB_R_DROP_OUTER_SOURCE,	/* XDP_DROP: addressed to an outer source prefix and not an ICMP error about a tunnel packet */
 	XDPLB_R_DROP_TUNNEL_ICMP,	/* XDP_DROP: ICMP error about a tunnel packet other than frag needed / packet too big, or quoting too little */
 	XDPLB_R_DROP_RELAY_NO_ROUTE,	/* XDP_DROP: path MTU recorded, but no route, neighbour or egress device towards the client */
+	XDPLB_R_PASS_BAD_L4_HEADER,	/* XDP_PASS: TCP data offset < 5 or past the IP payload, UDP length < 8 or past it */
 	XDPLB_R_MAX
 };
 

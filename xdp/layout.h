@@ -50,13 +50,18 @@ struct xdplb_service_def {
 	struct xdplb_service svc; /* 20: the same as its service-map value */
 };				/* 28 */
 
-/* xdplb_backends value, indexed by backend id (the ids in Maglev tables) */
+/* xdplb_backends value, indexed by backend id (the ids in Maglev tables).
+ * service_id: the service the id was handed to. A connection-table or
+ * flow-cache entry names a backend by id; it counts only for that service,
+ * so an id freed and handed to another service's backend never receives
+ * the old service's flows. */
 struct xdplb_backend {
 	__u8 addr[16];		/* 0: IPv4 in addr[0..3] */
 	__be16 port;		/* 16: network order; the L4 DNAT destination port */
 	__u8 family;		/* 18: XDPLB_FAMILY_V4/V6; 0 = empty slot */
 	__u8 state;		/* 19: XDPLB_BACKEND_* */
-};				/* 20 */
+	__u32 service_id;	/* 20: the owning service (xdplb_svc_by_id index) */
+};				/* 24 */
 
 /* xdplb_nexthops value (per CPU), indexed by backend id: the route to the
  * backend as bpf_fib_lookup() last resolved it on this CPU (fib.h). Written
@@ -112,7 +117,11 @@ struct xdplb_config {
 	__u16 mtu;		/* 24: egress MTU override (lowers the FIB's); 0 = the FIB's only */
 	__u16 nexthop_ttl_ms;	/* 26: next-hop cache bound (fib.h), for entries looked up from now on; 0 = XDPLB_NEXTHOP_TTL_MS */
 	__u32 maglev_m;		/* 28: size M of every Maglev table (prime); 0 = XDPLB_MAGLEV_DEFAULT_M */
-};				/* 32 */
+	__u32 ct_tcp_s;		/* 32: idle lifetime of a TCP connection-table entry, seconds; 0 = XDPLB_CT_TCP_S */
+	__u32 ct_udp_s;		/* 36: the same for UDP; 0 = XDPLB_CT_UDP_S */
+	__u32 ct_closing_s;	/* 40: after a FIN or RST; 0 = XDPLB_CT_CLOSING_S */
+	__u32 pad;		/* 44: 0 */
+};				/* 48 */
 
 /* xdplb_conntrack key: an IPv6 flow as the client sent it (and the tuple
  * of every packet, struct packet in parse.h, for either family) */
@@ -138,11 +147,16 @@ struct xdplb_flow4_key {
 	__u8 pad[3];		/* 13: 0 */
 };				/* 16 */
 
-/* xdplb_conntrack and xdplb_conntrack4 value */
+/* xdplb_conntrack and xdplb_conntrack4 value. An entry is absent once
+ * bpf_ktime_get_coarse_ns() / 1e9 reaches expires_s (maglev.h: ct_alive()). */
 struct xdplb_ct_entry {
 	__u32 backend_id;	/* 0 */
 	__u32 service_id;	/* 4: xdplb_svc_by_id index; ignored unless that service still serves the flow */
-};				/* 8 */
+	__u32 expires_s;	/* 8: monotonic seconds from which the entry counts as absent */
+	__u32 checked_jiffies;	/* 12: low 32 bits of bpf_jiffies64() when expires_s was last set */
+	__u8 closing;		/* 16: 1: a FIN or RST was seen; the closing lifetime applies */
+	__u8 pad[3];		/* 17: 0 */
+};				/* 20 */
 
 /* xdplb_flow_cache value (per CPU), indexed by flow_cache_slot() (flowcache.h):
  * a connection-table answer as this CPU last used it. Written only by the
@@ -220,7 +234,7 @@ _Static_assert(sizeof(struct xdplb_service_key) == 20, "service key");
 _Static_assert(sizeof(struct xdplb_service4_key) == 8, "IPv4 service key");
 _Static_assert(sizeof(struct xdplb_service) == 8, "service");
 _Static_assert(sizeof(struct xdplb_service_def) == 28, "service by id");
-_Static_assert(sizeof(struct xdplb_backend) == 20, "backend");
+_Static_assert(sizeof(struct xdplb_backend) == 24, "backend");
 _Static_assert(sizeof(struct xdplb_nexthop) == 56, "next hop");
 _Static_assert(__builtin_offsetof(struct xdplb_nexthop, dmac) % 8 == 0 &&
 	       __builtin_offsetof(struct xdplb_nexthop, smac) == __builtin_offsetof(struct xdplb_nexthop, dmac) + 6,
@@ -228,10 +242,10 @@ _Static_assert(__builtin_offsetof(struct xdplb_nexthop, dmac) % 8 == 0 &&
 _Static_assert(sizeof(struct xdplb_revnat) == 4, "reverse DNAT");
 _Static_assert(sizeof(struct xdplb_pmtu_key) == 20, "path MTU key");
 _Static_assert(sizeof(struct xdplb_pmtu) == 16, "path MTU");
-_Static_assert(sizeof(struct xdplb_config) == 32, "config");
+_Static_assert(sizeof(struct xdplb_config) == 48, "config");
 _Static_assert(sizeof(struct xdplb_flow_key) == 40, "flow key");
 _Static_assert(sizeof(struct xdplb_flow4_key) == 16, "IPv4 flow key");
-_Static_assert(sizeof(struct xdplb_ct_entry) == 8, "ct entry");
+_Static_assert(sizeof(struct xdplb_ct_entry) == 20, "ct entry");
 _Static_assert(sizeof(struct xdplb_flow_cache_entry) == 64, "flow cache entry: one cache line");
 _Static_assert(sizeof(struct xdplb_counter) == 16, "counter");
 _Static_assert(sizeof(struct xdplb_devmap_val) == 8, "devmap value");

@@ -174,6 +174,61 @@ static __always_inline void ct_update(const struct xdplb_flow_key *f, const stru
 	bpf_map_update_elem(&xdplb_conntrack, f, e, BPF_ANY);
 }
 
+/* A TCP segment that opens a connection: SYN without ACK. */
+static __always_inline int opens_connection(const struct packet *pkt)
+{
+	return (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN;
+}
+
+/* The lifetime an entry gets from now: closing (after a FIN or RST), or
+ * idle TCP or UDP, from the node config or its default. */
+static __always_inline __u32 ct_lifetime(const struct xdplb_config *cfg, __u8 proto, __u8 closing)
+{
+	if (closing)
+		return cfg->ct_closing_s ? cfg->ct_closing_s : XDPLB_CT_CLOSING_S;
+	if (proto == IPPROTO_TCP)
+		return cfg->ct_tcp_s ? cfg->ct_tcp_s : XDPLB_CT_TCP_S;
+	return cfg->ct_udp_s ? cfg->ct_udp_s : XDPLB_CT_UDP_S;
+}
+
+/* Whether entry e is closing once pkt has passed: a FIN or RST closes it, a
+ * SYN (a new connection on the 5-tuple) opens it again. */
+static __always_inline __u8 ct_closing_after(const struct xdplb_ct_entry *e, const struct packet *pkt)
+{
+	if (pkt->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST))
+		return 1;
+	return opens_connection(pkt) ? 0 : e->closing;
+}
+
+static __always_inline void ct_stamp(struct xdplb_ct_entry *e, const struct packet *pkt, const struct xdplb_config *cfg,
+				     __u8 closing, __u32 jiffies)
+{
+	__u32 now = bpf_ktime_get_coarse_ns() / 1000000000ULL;
+
+	e->closing = closing;
+	e->expires_s = now + ct_lifetime(cfg, pkt->flow.proto, closing);
+	e->checked_jiffies = jiffies;
+}
+
+/* Whether connection-table entry e still exists for pkt; a flow's packet
+ * also moves its expiry forward. Within XDPLB_CT_REFRESH_JIFFIES of the last
+ * move, and with nothing to change (no FIN, RST or reopening SYN), the entry
+ * is alive without reading the clock or writing it (consts.h). An expired
+ * entry is left as it is: the caller places the flow and overwrites it. */
+static __always_inline int ct_alive(struct xdplb_ct_entry *e, const struct packet *pkt, const struct xdplb_config *cfg)
+{
+	__u32 jiffies = bpf_jiffies64();
+	__u8 closing = ct_closing_after(e, pkt);
+
+	if (jiffies - e->checked_jiffies < XDPLB_CT_REFRESH_JIFFIES && closing == e->closing)
+		return 1;
+	if (bpf_ktime_get_coarse_ns() / 1000000000ULL >= e->expires_s)
+		return 0;
+	if (pkt->kind == PKT_FLOW)
+		ct_stamp(e, pkt, cfg, closing, jiffies);
+	return 1;
+}
+
 struct backend_choice {
 	struct xdplb_service svc;	/* the flow's service, copied: the same scalars whichever map it came from */
 	struct xdplb_backend *be;
@@ -181,6 +236,24 @@ struct backend_choice {
 	__u32 hashed;		/* pkt->hash set: by Maglev, which needs it, or from a flow-cache entry that has it */
 	__u32 remember;		/* an answer of the connection table (or a new entry): worth a flow-cache entry */
 };
+
+/* Whether a connection-table or flow-cache entry of service sid that names
+ * be still decides where pkt goes. The backend must still be that
+ * service's (an id freed and handed to another service names someone else)
+ * and take the flow: active, or draining for a flow it already has. A SYN
+ * is a new connection even on an old 5-tuple (client port reuse, NAT), so
+ * only an active backend keeps it: a retransmitted SYN then reaches the
+ * backend the first one did, and a SYN never lands on a draining backend.
+ * A down backend keeps nothing: its flows move to a live backend, which
+ * resets them at once rather than leaving them to time out. */
+static __always_inline int entry_holds(const struct xdplb_backend *be, __u32 sid, const struct packet *pkt)
+{
+	if (!be || be->service_id != sid)
+		return 0;
+	if (be->state == XDPLB_BACKEND_ACTIVE)
+		return 1;
+	return be->state == XDPLB_BACKEND_DRAINING && !opens_connection(pkt);
+}
 
 /* Whether d is the service of flow f: its VIP, protocol and port, or its
  * VIP's all-ports service while the flow's port has no service of its own
@@ -200,9 +273,10 @@ static __always_inline int service_serves(const struct xdplb_service_def *d, con
 /* Steps 3 and 4 for an established flow this CPU has seen lately, without
  * a hash lookup: its flow-cache entry (flowcache.h) names the service (by
  * id, an array) and the backend. The answer counts only while that service
- * still serves the flow and keeps using the connection table, and the backend
- * is active or draining. Returns 1 with *out set, or 0: then the service
- * lookup and choose_backend() decide. */
+ * still serves the flow and keeps using the connection table, and the entry
+ * still holds (entry_holds()); a SYN, FIN or RST goes to the connection
+ * table, whose entry it changes. Returns 1 with *out set, or 0: then the
+ * service lookup and choose_backend() decide. */
 static __always_inline int choose_cached(struct packet *pkt, struct backend_choice *out)
 {
 	struct xdplb_flow_cache_entry *c = flow_cache_get(flow_cache_slot(&pkt->flow), &pkt->flow);
@@ -212,13 +286,16 @@ static __always_inline int choose_cached(struct packet *pkt, struct backend_choi
 
 	if (!c)
 		return 0;
+	/* what changes the connection-table entry (SYN, FIN, RST) goes to it */
+	if (pkt->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_FIN | TCP_FLAG_RST))
+		return 0;
 	sid = c->service_id;
 	bid = c->backend_id;
 	d = bpf_map_lookup_elem(&xdplb_svc_by_id, &sid);
 	if (!d || !service_serves(d, &pkt->flow) || (d->svc.flags & XDPLB_SVC_F_CT_BYPASS))
 		return 0;
 	be = bpf_map_lookup_elem(&xdplb_backends, &bid);
-	if (!be || (be->state != XDPLB_BACKEND_ACTIVE && be->state != XDPLB_BACKEND_DRAINING))
+	if (!entry_holds(be, sid, pkt))
 		return 0;
 	out->svc = d->svc;
 	out->be = be;
@@ -229,8 +306,8 @@ static __always_inline int choose_cached(struct packet *pkt, struct backend_choi
 }
 
 /* Step 4 for the rest. The connection table first (unless bypassed): an
- * entry of this service whose backend is active or draining keeps the flow
- * there. Otherwise the Maglev table at flow hash % M, which must name an
+ * entry of this service that has not expired (ct_alive()) and still holds
+ * (entry_holds()) keeps the flow there. Otherwise the Maglev table at flow hash % M, which must name an
  * active backend; the choice is then remembered (not for ICMP errors: they
  * follow flows, never start them). Either way a flow of the connection table
  * is marked for the flow cache (xdplb_process() writes it once the flow hash
@@ -248,10 +325,10 @@ static __always_inline int choose_backend(struct packet *pkt, const struct xdplb
 	out->svc = *svc;
 	if (use_ct) {
 		ct = ct_lookup(&pkt->flow);
-		if (ct && ct->service_id == svc->id) {
+		if (ct && ct->service_id == svc->id && ct_alive(ct, pkt, cfg)) {
 			id = ct->backend_id;
 			be = bpf_map_lookup_elem(&xdplb_backends, &id);
-			if (be && (be->state == XDPLB_BACKEND_ACTIVE || be->state == XDPLB_BACKEND_DRAINING)) {
+			if (entry_holds(be, svc->id, pkt)) {
 				out->remember = 1;
 				out->be = be;
 				out->id = id;
@@ -278,6 +355,7 @@ static __always_inline int choose_backend(struct packet *pkt, const struct xdplb
 	if (use_ct && pkt->kind == PKT_FLOW) {
 		struct xdplb_ct_entry e = { .backend_id = id, .service_id = svc->id };
 
+		ct_stamp(&e, pkt, cfg, !!(pkt->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)), bpf_jiffies64());
 		ct_update(&pkt->flow, &e);
 		out->remember = 1;
 	}

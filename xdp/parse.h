@@ -73,9 +73,17 @@ struct packet {
 	__u8 l4_proto;			/* transport of the packet itself (ICMP for ICMP errors) */
 	__u8 tos;			/* IPv4 TOS / IPv6 traffic class: DSCP + ECN */
 	__u8 df;			/* IPv4 DF set (IPv6: 1, it never fragments on path) */
-	__u8 pad;
+	__u8 tcp_flags;			/* byte 13 of the TCP header (TCP_FLAG_*); 0 for anything else */
 	__u16 inner_off;		/* PKT_ICMP_TUNNEL: offset of the quoted inner IP header */
 };
+
+/* Bits of struct packet.tcp_flags: read as one byte, not through the
+ * bitfields of struct tcphdr, which clang loads and masks one by one. */
+#define TCP_FLAG_FIN	0x01
+#define TCP_FLAG_SYN	0x02
+#define TCP_FLAG_RST	0x04
+#define TCP_FLAG_ACK	0x10
+#define TCP_FLAGS_OFF	13
 
 static __always_inline int parse_ethhdr(struct hdr_cursor *c, void *end, __u16 *proto, __u8 *l2_len)
 {
@@ -224,6 +232,36 @@ static __always_inline int parse_l4(struct hdr_cursor *c, void *end, __u8 proto,
 	return XDPLB_CONTINUE;
 }
 
+/* What parse_l4() could not check without the IP payload length: a TCP
+ * header that claims fewer than 20 bytes or more than the payload, a UDP
+ * length below its header or beyond the payload. Such a packet would be
+ * forwarded as garbage the backend's stack drops, or worse, parsed there
+ * differently than here. Sets the TCP flags. */
+static __always_inline int check_l4(void *l4, void *end, __u8 proto, __u32 payload, struct packet *pkt)
+{
+	if (proto == IPPROTO_TCP) {
+		struct tcphdr *th = l4;
+		__u32 doff;
+
+		if ((void *)(th + 1) > end)
+			return XDPLB_R_PASS_TRUNCATED;
+		doff = th->doff;
+		if (doff < 5 || doff * 4 > payload)
+			return XDPLB_R_PASS_BAD_L4_HEADER;
+		pkt->tcp_flags = *((__u8 *)th + TCP_FLAGS_OFF);
+	} else if (proto == IPPROTO_UDP) {
+		struct udphdr *uh = l4;
+		__u32 len;
+
+		if ((void *)(uh + 1) > end)
+			return XDPLB_R_PASS_TRUNCATED;
+		len = bpf_ntohs(uh->len);
+		if (len < sizeof(struct udphdr) || len > payload)
+			return XDPLB_R_PASS_BAD_L4_HEADER;
+	}
+	return XDPLB_CONTINUE;
+}
+
 static __always_inline void set_v4(__u8 *dst16, __be32 a)
 {
 	*(__be32 *)dst16 = a;
@@ -350,6 +388,7 @@ static __always_inline int parse_fast_v4_tcp(void *data, void *end, struct packe
 	__be16 *eth_proto = data + offsetof(struct ethhdr, h_proto);
 	struct iphdr *ip = data + sizeof(struct ethhdr);
 	struct l4_ports *ports = (void *)(ip + 1);
+	struct tcphdr *th = (void *)(ip + 1);
 	__u32 tot;
 
 	if ((void *)(ip + 1) + sizeof(struct tcphdr) > end)
@@ -358,7 +397,8 @@ static __always_inline int parse_fast_v4_tcp(void *data, void *end, struct packe
 	    (ip->frag_off & bpf_htons(IP_MF_BIT | IP_OFFSET_MASK)))
 		return 0;
 	tot = bpf_ntohs(ip->tot_len);
-	if (tot < sizeof(struct iphdr) + sizeof(struct tcphdr) || sizeof(struct ethhdr) + tot > pkt->frame_len)
+	if (tot < sizeof(struct iphdr) + sizeof(struct tcphdr) || sizeof(struct ethhdr) + tot > pkt->frame_len ||
+	    th->doff < 5 || sizeof(struct iphdr) + th->doff * 4 > tot)
 		return 0;
 	pkt->flow.family = XDPLB_FAMILY_V4;
 	set_v4(pkt->flow.src, ip->saddr);
@@ -374,6 +414,7 @@ static __always_inline int parse_fast_v4_tcp(void *data, void *end, struct packe
 	pkt->l2_len = sizeof(struct ethhdr);
 	pkt->l3_off = sizeof(struct ethhdr);
 	pkt->l4_off = sizeof(struct ethhdr) + sizeof(struct iphdr);
+	pkt->tcp_flags = *((__u8 *)th + TCP_FLAGS_OFF);
 	pkt->kind = PKT_FLOW;
 	return 1;
 }
@@ -443,6 +484,9 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 	 * transport header must lie inside the IP packet */
 	if (pkt->l4_off + l4_hlen > pkt->l3_off + pkt->ip_len)
 		return XDPLB_R_PASS_TRUNCATED;
+	r = check_l4(c.pos, end, l4, pkt->l3_off + pkt->ip_len - pkt->l4_off, pkt);
+	if (r != XDPLB_CONTINUE)
+		return r;
 	pkt->l4_proto = l4;
 	pkt->flow.proto = l4;
 	pkt->flow.sport = ports.source;

@@ -91,7 +91,7 @@ const backend = object(
     address: ipAddress('backend address, same family as the VIP'),
     port: integer(1, MAX_PORT, "backend port (the DNAT target with l4_dnat); default: the service's port, required when that is 0"),
     weight: integer(0, MAX_BACKEND_WEIGHT, 'Maglev weight, relative to the other backends; 0 takes no new flows', 1),
-    state: { enum: [...BACKEND_STATES], description: 'draining and down take no new flows; down also drops existing ones', default: 'active' },
+    state: { enum: [...BACKEND_STATES], description: 'draining: keeps its established flows, takes no new ones (a SYN reusing an old 5-tuple is a new one); down: takes nothing, its established flows move to live backends, which reset them', default: 'active' },
   },
   'a backend: the service forwards to it in an IPIP/IP6IP6 tunnel, and it replies to the client directly',
   ['address'],
@@ -167,6 +167,14 @@ export const CONFIG_SCHEMA: JsonSchema = {
       ttl: integer(MIN_TTL, MAX_TTL, 'TTL / hop limit of the outer header', DEFAULT_NODE.ttl),
       mtu: integer(0, MAX_MTU, 'egress MTU: 0 (from the route/device) or 576..65535; IPv6 needs 1280', DEFAULT_NODE.mtu),
       flow_cache: flag('per-CPU flow cache in front of the connection table: faster established flows while each CPU carries up to a few thousand active ones; off for many more (BENCHMARKS.md)', DEFAULT_NODE.flowCache),
+      conntrack: object(
+        {
+          tcp_timeout: duration('idle lifetime of a TCP connection-table entry, whole seconds from 5s to a week', `${DEFAULT_NODE.conntrack.tcpTimeout}s`),
+          udp_timeout: duration('idle lifetime of a UDP connection-table entry', `${DEFAULT_NODE.conntrack.udpTimeout}s`),
+          closing_timeout: duration('lifetime of a TCP entry after a FIN or RST', `${DEFAULT_NODE.conntrack.closingTimeout}s`),
+        },
+        'connection-table lifetimes: an expired entry is absent, and Maglev places the flow again',
+      ),
       bpffs: path('bpffs directory where maps and links are pinned', DEFAULT_NODE.bpffs),
       api: object(
         {

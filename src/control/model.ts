@@ -116,6 +116,8 @@ export interface NodeSettings {
   mtu: number;
   /** the datapath's per-CPU flow cache in front of the connection table */
   flowCache: boolean;
+  /** connection-table lifetimes */
+  conntrack: ConntrackSettings;
   bpffs: string;
   api: ApiSettings;
   stateDir: string;
@@ -123,6 +125,19 @@ export interface NodeSettings {
   logLevel: LogLevel;
   /** Prometheus listen address host:port; absent: metrics off */
   metrics?: string;
+}
+
+/**
+ * How long a connection-table entry outlives its flow's last packet, in whole
+ * seconds. After it the flow is new again: Maglev places its next packet.
+ */
+export interface ConntrackSettings {
+  /** idle TCP connection */
+  tcpTimeout: number;
+  /** idle UDP flow */
+  udpTimeout: number;
+  /** after a FIN or RST: a drained backend's closed connections end, and their 5-tuples are free, this soon */
+  closingTimeout: number;
 }
 
 export interface Config {
@@ -139,6 +154,7 @@ export const DEFAULT_NODE: NodeSettings = {
   ttl: 64,
   mtu: 0,
   flowCache: true,
+  conntrack: { tcpTimeout: 3600, udpTimeout: 120, closingTimeout: 10 },
   bpffs: '/sys/fs/bpf/xdplb',
   api: { socket: '/run/xdplb/xdplb.sock' },
   stateDir: '/var/lib/xdplb',

@@ -40,6 +40,7 @@ import {
   type BackendSpec,
   type BackendState,
   type Config,
+  type ConntrackSettings,
   type Family,
   type HealthCheckSpec,
   type HealthCheckType,
@@ -523,6 +524,21 @@ function validateApi(v: unknown, field: string): ApiSettings {
   return api;
 }
 
+/** Connection-table lifetimes: whole seconds, from CT_MIN_S (the datapath trusts an entry that long between clock reads) to a week. */
+export const MIN_CT_TIMEOUT_S = 5;
+export const MAX_CT_TIMEOUT_S = 7 * 86400;
+
+function validateConntrack(input: unknown, field: string): ConntrackSettings {
+  const o = record(input, field);
+  const lifetime = (key: keyof ConntrackSettings) =>
+    optional(o, key, DEFAULT_NODE.conntrack[key], (x) => {
+      const ms = parseDuration(x, sub(field, key), MIN_CT_TIMEOUT_S * 1000, MAX_CT_TIMEOUT_S * 1000);
+      if (ms % 1000) throw XdplbError.invalid(sub(field, key), `must be whole seconds, got ${describeValue(x)}`);
+      return ms / 1000;
+    });
+  return { tcpTimeout: lifetime('tcpTimeout'), udpTimeout: lifetime('udpTimeout'), closingTimeout: lifetime('closingTimeout') };
+}
+
 /**
  * The node settings; `field` prefixes field names ('' in the config file, where
  * they are top-level keys). Absent settings take DEFAULT_NODE's values.
@@ -567,6 +583,7 @@ export function validateNode(input: unknown, field = ''): NodeSettings {
     ttl: optional(o, 'ttl', DEFAULT_NODE.ttl, (x) => integer(x, f('ttl'), MIN_TTL, MAX_TTL)),
     mtu,
     flowCache: optional(o, 'flowCache', DEFAULT_NODE.flowCache, (x) => boolean(x, f('flowCache'))),
+    conntrack: optional(o, 'conntrack', { ...DEFAULT_NODE.conntrack }, (x) => validateConntrack(x, f('conntrack'))),
     bpffs: optional(o, 'bpffs', DEFAULT_NODE.bpffs, (x) => absolutePath(x, f('bpffs'))),
     api: optional(o, 'api', { ...DEFAULT_NODE.api }, (x) => validateApi(x, f('api'))),
     stateDir: optional(o, 'stateDir', DEFAULT_NODE.stateDir, (x) => absolutePath(x, f('stateDir'))),

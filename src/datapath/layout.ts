@@ -22,6 +22,12 @@ export const NEXTHOP_TTL_MS = 1000;
 export const NEXTHOP_SLOTS = 16384;
 export const FLOW_CACHE_SLOTS = 8192;
 export const FLOW_CACHE_JIFFIES = 100;
+/** connection-table lifetimes when the node config gives none (seconds), and the least the daemon sets */
+export const CT_TCP_S = 3600;
+export const CT_UDP_S = 120;
+export const CT_CLOSING_S = 10;
+export const CT_MIN_S = 5;
+export const CT_REFRESH_JIFFIES = 100;
 export const VIP_FILTER_WORDS = 1024;
 export const IPV6_EXT_MAX = 6;
 export const ICMP4_QUOTE_MAX = 576 - 20 - 8;
@@ -156,8 +162,8 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
     },
   },
   xdplb_backend: {
-    size: 20,
-    fields: { addr: { offset: 0, size: 16 }, port: { offset: 16, size: 2 }, family: { offset: 18, size: 1 }, state: { offset: 19, size: 1 } },
+    size: 24,
+    fields: { addr: { offset: 0, size: 16 }, port: { offset: 16, size: 2 }, family: { offset: 18, size: 1 }, state: { offset: 19, size: 1 }, service_id: { offset: 20, size: 4 } },
   },
   xdplb_nexthop: {
     size: 56,
@@ -187,7 +193,7 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
     fields: { expires_ns: { offset: 0, size: 8 }, mtu: { offset: 8, size: 4 }, pad: { offset: 12, size: 4 } },
   },
   xdplb_config: {
-    size: 32,
+    size: 48,
     fields: {
       src4: { offset: 0, size: 4 },
       src6: { offset: 4, size: 16 },
@@ -198,6 +204,10 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
       mtu: { offset: 24, size: 2 },
       nexthop_ttl_ms: { offset: 26, size: 2 },
       maglev_m: { offset: 28, size: 4 },
+      ct_tcp_s: { offset: 32, size: 4 },
+      ct_udp_s: { offset: 36, size: 4 },
+      ct_closing_s: { offset: 40, size: 4 },
+      pad: { offset: 44, size: 4 },
     },
   },
   xdplb_flow_key: {
@@ -224,8 +234,15 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
     },
   },
   xdplb_ct_entry: {
-    size: 8,
-    fields: { backend_id: { offset: 0, size: 4 }, service_id: { offset: 4, size: 4 } },
+    size: 20,
+    fields: {
+      backend_id: { offset: 0, size: 4 },
+      service_id: { offset: 4, size: 4 },
+      expires_s: { offset: 8, size: 4 },
+      checked_jiffies: { offset: 12, size: 4 },
+      closing: { offset: 16, size: 1 },
+      pad: { offset: 17, size: 3 },
+    },
   },
   xdplb_flow_cache_entry: {
     size: 64,
@@ -520,6 +537,8 @@ export interface Backend {
   port: number;
   /** BACKEND_* */
   state: number;
+  /** the owning service's id: connection-table and flow-cache entries of other services ignore the backend */
+  serviceId: number;
 }
 
 export function encodeBackend(be: Backend): Buffer {
@@ -530,6 +549,7 @@ export function encodeBackend(be: Backend): Buffer {
   }
   b.writeUInt16BE(be.port, F('xdplb_backend', 'port'));
   b.writeUInt8(be.state, F('xdplb_backend', 'state'));
+  b.writeUInt32LE(be.serviceId, F('xdplb_backend', 'service_id'));
   return b;
 }
 
@@ -539,6 +559,7 @@ export function decodeBackend(b: Buffer): Backend {
     address: f ? addressText(b.subarray(F('xdplb_backend', 'addr')), familyByte(f)) : '',
     port: b.readUInt16BE(F('xdplb_backend', 'port')),
     state: b.readUInt8(F('xdplb_backend', 'state')),
+    serviceId: b.readUInt32LE(F('xdplb_backend', 'service_id')),
   };
 }
 
@@ -635,6 +656,10 @@ export interface NodeConfig {
   nexthopTtlMs: number;
   /** 0 = MAGLEV_DEFAULT_M */
   maglevM: number;
+  /** connection-table lifetimes in seconds: idle TCP, idle UDP, after FIN/RST; 0 = CT_TCP_S, CT_UDP_S, CT_CLOSING_S */
+  ctTcpS: number;
+  ctUdpS: number;
+  ctClosingS: number;
 }
 
 export function encodeConfig(c: NodeConfig): Buffer {
@@ -654,6 +679,9 @@ export function encodeConfig(c: NodeConfig): Buffer {
   b.writeUInt16LE(c.mtu, F('xdplb_config', 'mtu'));
   b.writeUInt16LE(c.nexthopTtlMs, F('xdplb_config', 'nexthop_ttl_ms'));
   b.writeUInt32LE(c.maglevM, F('xdplb_config', 'maglev_m'));
+  b.writeUInt32LE(c.ctTcpS, F('xdplb_config', 'ct_tcp_s'));
+  b.writeUInt32LE(c.ctUdpS, F('xdplb_config', 'ct_udp_s'));
+  b.writeUInt32LE(c.ctClosingS, F('xdplb_config', 'ct_closing_s'));
   return b;
 }
 
@@ -670,6 +698,9 @@ export function decodeConfig(b: Buffer): NodeConfig {
     mtu: b.readUInt16LE(F('xdplb_config', 'mtu')),
     nexthopTtlMs: b.readUInt16LE(F('xdplb_config', 'nexthop_ttl_ms')),
     maglevM: b.readUInt32LE(F('xdplb_config', 'maglev_m')),
+    ctTcpS: b.readUInt32LE(F('xdplb_config', 'ct_tcp_s')),
+    ctUdpS: b.readUInt32LE(F('xdplb_config', 'ct_udp_s')),
+    ctClosingS: b.readUInt32LE(F('xdplb_config', 'ct_closing_s')),
   };
 }
 
@@ -739,17 +770,33 @@ export function conntrackKey(k: FlowKey): { map: 'conntrack' | 'conntrack4'; key
 export interface CtEntry {
   backendId: number;
   serviceId: number;
+  /** monotonic seconds (CLOCK_MONOTONIC) from which the entry counts as absent */
+  expiresS: number;
+  /** low 32 bits of the jiffies when expiresS was last set */
+  checkedJiffies: number;
+  /** a FIN or RST was seen: the closing lifetime applies */
+  closing: boolean;
 }
 
-export function encodeCtEntry(e: CtEntry): Buffer {
+/** An entry as the datapath writes it; unset age fields are 0 (an entry that has expired). */
+export function encodeCtEntry(e: Pick<CtEntry, 'backendId' | 'serviceId'> & Partial<CtEntry>): Buffer {
   const b = Buffer.alloc(LAYOUT.xdplb_ct_entry.size);
   b.writeUInt32LE(e.backendId >>> 0, F('xdplb_ct_entry', 'backend_id'));
   b.writeUInt32LE(e.serviceId >>> 0, F('xdplb_ct_entry', 'service_id'));
+  b.writeUInt32LE((e.expiresS ?? 0) >>> 0, F('xdplb_ct_entry', 'expires_s'));
+  b.writeUInt32LE((e.checkedJiffies ?? 0) >>> 0, F('xdplb_ct_entry', 'checked_jiffies'));
+  b.writeUInt8(e.closing ? 1 : 0, F('xdplb_ct_entry', 'closing'));
   return b;
 }
 
 export function decodeCtEntry(b: Buffer): CtEntry {
-  return { backendId: b.readUInt32LE(F('xdplb_ct_entry', 'backend_id')), serviceId: b.readUInt32LE(F('xdplb_ct_entry', 'service_id')) };
+  return {
+    backendId: b.readUInt32LE(F('xdplb_ct_entry', 'backend_id')),
+    serviceId: b.readUInt32LE(F('xdplb_ct_entry', 'service_id')),
+    expiresS: b.readUInt32LE(F('xdplb_ct_entry', 'expires_s')),
+    checkedJiffies: b.readUInt32LE(F('xdplb_ct_entry', 'checked_jiffies')),
+    closing: b.readUInt8(F('xdplb_ct_entry', 'closing')) !== 0,
+  };
 }
 
 // ---- struct xdplb_counter ----

@@ -7,6 +7,13 @@
 // (xdplb_svc_by_id is derived from them), backend ownership is the
 // daemon's own pinned map xdplb_be_owner, and every Maglev table is pinned as
 // maglev/<service id> so a restarted daemon can diff against it.
+//
+// A freed backend id rests before it is handed out again: connection-table
+// entries may name it for as long as they live (node conntrack lifetimes). The
+// datapath already ignores an entry whose backend now belongs to another
+// service (xdplb_backend.service_id); the rest keeps even the same service's
+// old flows off a new backend. The end of the rest is kept in xdplb_be_owner,
+// so a restart does not forget it.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
@@ -25,8 +32,16 @@ import type { CountersSnapshot, NodeStatusSnapshot } from '../api/server';
 const PROG_PIN = 'prog_xdplb_main';
 const OWNER_MAP = 'xdplb_be_owner';
 const ATTACHED_FILE = 'attached.json';
-/** xdplb_be_owner value for a free backend slot; otherwise service id + 1 */
+/**
+ * xdplb_be_owner values: FREE for a free backend slot, RESTING | s for an id
+ * freed that may be handed out from monotonic second s on, otherwise the
+ * owning service's id + 1.
+ */
 const FREE = 0;
+const RESTING = 0x80000000;
+
+/** CLOCK_MONOTONIC seconds: the clock of the datapath's connection-table expiries (bpffs pins do not outlive a boot, nor does it). */
+const monotonicS = (): number => Number(process.hrtime.bigint() / 1_000_000_000n);
 
 const PROTO: Record<string, number> = { tcp: L.IPPROTO_TCP, udp: L.IPPROTO_UDP };
 const STATE: Record<BackendSpec['state'], number> = {
@@ -74,32 +89,54 @@ function nodeConfig(node: NodeSettings): L.NodeConfig {
     mtu: node.mtu,
     nexthopTtlMs: 0,
     maglevM: node.maglevSize,
+    ctTcpS: node.conntrack.tcpTimeout,
+    ctUdpS: node.conntrack.udpTimeout,
+    ctClosingS: node.conntrack.closingTimeout,
   };
 }
 
-/** Ids 0..n-1, handing out the lowest free one. */
+/**
+ * Ids 0..n-1, handed out in turn from after the last one. A freed id may rest
+ * until a given second: it is handed out only when no other is free, the one
+ * whose rest ends first (at capacity an id is better reused than refused).
+ */
 class IdPool {
   private readonly used: Uint8Array;
   private next = 0;
+  /** id -> monotonic second from which it may be handed out */
+  private readonly resting = new Map<number, number>();
   constructor(readonly size: number) {
     this.used = new Uint8Array(size);
   }
   take(id: number): void {
     this.used[id] = 1;
   }
+  rest(id: number, untilS: number): void {
+    this.resting.set(id, untilS);
+  }
   alloc(what: string): number {
+    const now = monotonicS();
     for (let n = 0; n < this.size; n++) {
       const id = (this.next + n) % this.size;
-      if (!this.used[id]) {
-        this.used[id] = 1;
-        this.next = (id + 1) % this.size;
-        return id;
-      }
+      if (this.used[id]) continue;
+      const until = this.resting.get(id);
+      if (until !== undefined && until > now) continue;
+      return this.hand(id);
     }
+    let first: number | undefined;
+    for (const [id, until] of this.resting) if (first === undefined || until < (this.resting.get(first) as number)) first = id;
+    if (first !== undefined) return this.hand(first);
     throw XdplbError.exhausted(`no free ${what} slot (capacity ${this.size})`);
   }
-  free(id: number): void {
+  private hand(id: number): number {
+    this.used[id] = 1;
+    this.resting.delete(id);
+    this.next = (id + 1) % this.size;
+    return id;
+  }
+  free(id: number, restUntilS?: number): void {
     this.used[id] = 0;
+    if (restUntilS !== undefined) this.resting.set(id, restUntilS);
   }
 }
 
@@ -195,6 +232,12 @@ export class LbDatapath implements DatapathSink {
       const id = owners.keys.readUInt32LE(i * 4);
       const o = owners.values.readUInt32LE(i * 4);
       if (o === FREE) continue;
+      if (o & RESTING) {
+        const until = o & ~RESTING;
+        if (until > monotonicS()) this.backendIds.rest(id, until);
+        else this.owner.update(L.u32(id), L.u32(FREE));
+        continue;
+      }
       const s = byService.get(o - 1);
       const raw = this.maps.backends.lookup(L.u32(id));
       if (!s || !raw) {
@@ -366,7 +409,7 @@ export class LbDatapath implements DatapathSink {
     }
     // A new M: growing, tables first (a new M must never index past a table);
     // shrinking, M first. Every entry stays a valid backend throughout.
-    const grow = node.maglevSize > L.decodeConfig(this.maps.config.lookup(L.u32(0)) ?? Buffer.alloc(32)).maglevM;
+    const grow = node.maglevSize > L.decodeConfig(this.maps.config.lookup(L.u32(0)) ?? Buffer.alloc(L.LAYOUT.xdplb_config.size)).maglevM;
     if (!grow) this.writeConfig();
     this.swapTables([...this.installed.values()].map((s) => [s, this.tableFor(s, this.currentSpecs.get(s.keyHex))]));
     if (grow) this.writeConfig();
@@ -548,7 +591,7 @@ export class LbDatapath implements DatapathSink {
         this.maps.backendStats.updatePerCpu(L.u32(id), Buffer.alloc(16));
         this.owner.update(L.u32(id), L.u32(s.id + 1));
       }
-      const value = L.encodeBackend({ address: b.address, port: b.port, state: STATE[b.state] });
+      const value = L.encodeBackend({ address: b.address, port: b.port, state: STATE[b.state], serviceId: s.id });
       if (s.backendValues.get(id) !== value.toString('hex')) {
         this.maps.backends.update(L.u32(id), value);
         s.backendValues.set(id, value.toString('hex'));
@@ -556,14 +599,20 @@ export class LbDatapath implements DatapathSink {
     }
   }
 
-  /** Backends no longer in the spec: cleared only after no table points at them. */
+  /**
+   * Backends no longer in the spec: cleared only after no table points at them,
+   * their ids resting for as long as a connection-table entry naming them may live.
+   */
   private releaseBackends(s: InstalledService, spec: ServiceSpec | undefined): void {
     const keep = new Set((spec?.backends ?? []).map((b) => backendKey(b.address, b.port)));
+    const ct = this.node.conntrack;
+    // + 1: the datapath stamps entries in whole seconds of a coarse clock
+    const until = monotonicS() + Math.max(ct.tcpTimeout, ct.udpTimeout, ct.closingTimeout) + 1;
     for (const [k, id] of s.backends) {
       if (keep.has(k)) continue;
-      this.maps.backends.update(L.u32(id), L.encodeBackend({ address: '', port: 0, state: L.BACKEND_NONE }));
-      this.owner.update(L.u32(id), L.u32(FREE));
-      this.backendIds.free(id);
+      this.maps.backends.update(L.u32(id), L.encodeBackend({ address: '', port: 0, state: L.BACKEND_NONE, serviceId: 0 }));
+      this.owner.update(L.u32(id), L.u32(RESTING | until));
+      this.backendIds.free(id, until);
       s.backends.delete(k);
       s.backendValues.delete(id);
     }

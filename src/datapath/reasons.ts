@@ -43,6 +43,7 @@ export const REASONS: readonly ReasonInfo[] = [
   { name: 'drop_outer_source', verdict: 'XDP_DROP', description: 'addressed to the outer source prefix and not an ICMP error about a tunnel packet' },
   { name: 'drop_tunnel_icmp', verdict: 'XDP_DROP', description: 'ICMP error about a tunnel packet other than fragmentation needed / packet too big, or quoting too little of it' },
   { name: 'drop_relay_no_route', verdict: 'XDP_DROP', description: 'path MTU recorded, but no route, neighbour or egress device towards the client' },
+  { name: 'pass_bad_l4_header', verdict: 'XDP_PASS', description: 'TCP data offset below 5 or past the IP payload, or UDP length below 8 or past it' },
 ];
 
 /** Number of reasons: max_entries of xdplb_reasons (XDPLB_R_MAX). */

@@ -25,12 +25,17 @@ export interface BackendSpec {
   address: string;
   port?: number;
   state?: number;
+  /** the owning service's id; by default the one given before for this id, else the service whose Maglev table (maglev()) first named it */
+  service?: number;
 }
 
 export class Lb {
   readonly prog: bpf.BpfProgram;
   readonly maps: Record<keyof typeof L.MAP_NAMES, bpf.BpfMap>;
   private readonly inner: bpf.BpfMap[] = [];
+  /** backend id -> owning service, from the first Maglev table that named it */
+  private readonly owners = new Map<number, number>();
+  private readonly backendSpecs = new Map<number, BackendSpec>();
 
   constructor(
     readonly obj: bpf.BpfObject,
@@ -43,7 +48,7 @@ export class Lb {
   }
 
   config(c: Partial<L.NodeConfig>): void {
-    const full: L.NodeConfig = { src4: '', src4PrefixLen: 0, src6: '', src6PrefixLen: 0, ttl: 0, flags: 0, mtu: 0, nexthopTtlMs: 0, maglevM: 0, ...c };
+    const full: L.NodeConfig = { src4: '', src4PrefixLen: 0, src6: '', src6PrefixLen: 0, ttl: 0, flags: 0, mtu: 0, nexthopTtlMs: 0, maglevM: 0, ctTcpS: 0, ctUdpS: 0, ctClosingS: 0, ...c };
     this.maps.config.update(L.u32(0), L.encodeConfig(full));
   }
 
@@ -97,15 +102,28 @@ export class Lb {
   }
 
   backend(b: BackendSpec): void {
-    this.maps.backends.update(L.u32(b.id), L.encodeBackend({ address: b.address, port: b.port ?? 0, state: b.state ?? L.BACKEND_ACTIVE }));
+    const serviceId = b.service ?? this.backendSpecs.get(b.id)?.service ?? this.owners.get(b.id) ?? 0;
+    this.backendSpecs.set(b.id, { ...b, service: b.service ?? this.backendSpecs.get(b.id)?.service });
+    this.maps.backends.update(L.u32(b.id), L.encodeBackend({ address: b.address, port: b.port ?? 0, state: b.state ?? L.BACKEND_ACTIVE, serviceId }));
   }
 
   deleteBackend(id: number): void {
-    this.maps.backends.update(L.u32(id), L.encodeBackend({ address: '', port: 0, state: L.BACKEND_NONE }));
+    this.backendSpecs.delete(id);
+    this.maps.backends.update(L.u32(id), L.encodeBackend({ address: '', port: 0, state: L.BACKEND_NONE, serviceId: 0 }));
   }
 
-  /** Installs a whole Maglev table for a service (a new inner map, swapped in atomically). */
+  /**
+   * Installs a whole Maglev table for a service (a new inner map, swapped in
+   * atomically). The backends it names become the service's, unless a test
+   * gave them another owner.
+   */
   maglev(serviceId: number, table: Uint32Array): void {
+    for (const id of new Set(table)) {
+      if (id === L.NO_BACKEND || this.owners.has(id)) continue;
+      this.owners.set(id, serviceId);
+      const b = this.backendSpecs.get(id);
+      if (b && b.service === undefined) this.backend(b);
+    }
     const inner = bpf.createMap({
       type: 'array',
       keySize: 4,
