@@ -93,7 +93,7 @@ t.test('SIGKILL and restart of the daemon under traffic: zero loss, flows keep t
   const forwarded = reason('forward_tx') - fwdStart;
   t.ok(rounds >= 5, `${rounds} rounds (${sent - sentStart} frames) sent across the kill and restart`);
   t.equal(forwarded, BigInt(sent - sentStart), 'every frame sent was forwarded');
-  for (const r of ['pass_not_vip', 'drop_no_backend', 'pass_fib_miss', 'pass_fib_no_neigh', 'pass_no_egress_dev', 'pass_fib_fwd_disabled'])
+  for (const r of ['pass_not_vip', 'drop_no_backend', 'pass_fib_miss', 'drop_fib_no_neigh', 'pass_no_egress_dev', 'pass_fib_fwd_disabled'])
     t.equal(reason(r), 0n, `nothing counted as ${r}`);
   t.same(flowBackends(), owners, 'every flow kept its backend');
   const beMid = perBackend();

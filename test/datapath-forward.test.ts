@@ -207,7 +207,7 @@ t.test('a backend behind another interface is reached with XDP_REDIRECT; missing
   t.end();
 });
 
-t.test('no route, no neighbour, forwarding off: the packet goes to the kernel unchanged and the reason is counted', needsRoot, (t) => {
+t.test('no route or forwarding off: the packet goes to the kernel unchanged; no neighbour: dropped; each reason counted', needsRoot, (t) => {
   const w = world(t);
   oneBackend(w, { vip: VIP4, port: 1, proto: TCP, id: 1 }, { id: 1, address: '203.0.113.250' });
   oneBackend(w, { vip: VIP4, port: 2, proto: TCP, id: 2 }, { id: 2, address: '198.51.100.140' });
@@ -215,12 +215,14 @@ t.test('no route, no neighbour, forwarding off: the packet goes to the kernel un
   oneBackend(w, { vip: VIP6, port: 2, proto: TCP, id: 4 }, { id: 4, address: '2001:db8:200::ff' });
   const f = (v6: boolean, dport: number) =>
     P.ether(v6 ? P.ipv6({ src: CLIENT6, dst: VIP6 }, P.tcp({ sport: 999, dport })) : P.ipv4({ src: CLIENT4, dst: VIP4 }, P.tcp({ sport: 999, dport })));
-  for (const [v6, port, reason] of [[false, 1, 'pass_fib_miss'], [false, 2, 'pass_fib_no_neigh'], [true, 1, 'pass_fib_miss'], [true, 2, 'pass_fib_no_neigh']] as const) {
+  for (const [v6, port, reason] of [[false, 1, 'pass_fib_miss'], [false, 2, 'drop_fib_no_neigh'], [true, 1, 'pass_fib_miss'], [true, 2, 'drop_fib_no_neigh']] as const) {
     const before = w.lb.reason(reason);
     const frame = f(v6, port);
     const r = w.run(frame);
-    t.equal(r.retval, bpf.XDP_PASS, `${v6 ? 'IPv6' : 'IPv4'} ${reason}: XDP_PASS`);
-    t.same(r.data, frame, 'unchanged');
+    // no neighbour: dropped, so the client retransmits while the daemon resolves it
+    const drop = reason === 'drop_fib_no_neigh';
+    t.equal(r.retval, drop ? bpf.XDP_DROP : bpf.XDP_PASS, `${v6 ? 'IPv6' : 'IPv4'} ${reason}: ${drop ? 'XDP_DROP' : 'XDP_PASS'}`);
+    if (!drop) t.same(r.data, frame, 'unchanged');
     t.equal(w.lb.reason(reason) - before, 1n, `${reason} counted`);
   }
   oneBackend(w, { vip: VIP4, port: 3, proto: TCP, id: 5 }, { id: 5, address: '198.51.100.10' });

@@ -144,7 +144,10 @@ enum xdplb_reason {
 	XDPLB_R_PASS_ICMP_ECHO_OFF,	/* XDP_PASS: echo request to a VIP whose echo flag is off */
 	XDPLB_R_PASS_ICMP_QUOTE,	/* XDP_PASS: ICMP error not quoting a TCP/UDP packet sent from the address it is sent to */
 	XDPLB_R_PASS_FIB_MISS,		/* XDP_PASS: no route to the backend (blackhole, unreachable, ...) */
-	XDPLB_R_PASS_FIB_NO_NEIGH,	/* XDP_PASS: route but no neighbour entry for the next hop */
+	XDPLB_R_DROP_FIB_NO_NEIGH,	/* XDP_DROP: route but no neighbour entry for the next hop (a drop, though among
+				 * the pass reasons: passed, the packet meets the VIP's unreachable route and
+				 * the client's connect fails; dropped, it is retransmitted once the daemon
+				 * has resolved the neighbour) */
 	XDPLB_R_PASS_FIB_FWD_DISABLED,	/* XDP_PASS: forwarding disabled on the ingress interface */
 	XDPLB_R_PASS_NO_EGRESS_DEV,	/* XDP_PASS: egress interface is not in the devmap */
 	XDPLB_R_DROP_NO_BACKEND,	/* XDP_DROP: no table, empty entry, or backend not active */

@@ -38,8 +38,9 @@
  *    route, neighbour or MTU change, or a path MTU reported by a router past
  *    the node (pmtu.h), takes effect within it (and at most one jiffy, see
  *    nexthop_stale());
- *  - only a complete answer is stored: a FIB miss, a missing neighbour or
- *    forwarding off is passed and counted on every packet, as without cache.
+ *  - only a complete answer is stored: a FIB miss or forwarding off is
+ *    passed, a missing neighbour dropped (the daemon resolves it; consts.h),
+ *    and counted on every packet, as without cache.
  * The request is the same for every flow to a backend: the node's configured
  * outer source (not the flow's bits of a source prefix) and TOS / flow label 0,
  * so all flows to a backend share one next hop (no per-flow multipath or TOS
@@ -140,7 +141,7 @@ static __always_inline int nexthop_resolve(struct xdp_md *ctx, const struct xdpl
 		*mtu = egress_mtu(cfg, path_mtu(be, fib.mtu_result));
 		return XDPLB_TOO_BIG;
 	case BPF_FIB_LKUP_RET_NO_NEIGH:
-		return XDPLB_R_PASS_FIB_NO_NEIGH;
+		return XDPLB_R_DROP_FIB_NO_NEIGH;
 	case BPF_FIB_LKUP_RET_FWD_DISABLED:
 		return XDPLB_R_PASS_FIB_FWD_DISABLED;
 	default:

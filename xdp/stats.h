@@ -26,6 +26,8 @@ static __always_inline int reason_verdict(int reason)
 		return XDP_REDIRECT;
 	if (reason <= XDPLB_R_PMTU_REPLY || reason == XDPLB_R_PMTU_RELAY_TX)
 		return XDP_TX;
+	if (reason == XDPLB_R_DROP_FIB_NO_NEIGH)
+		return XDP_DROP;
 	if (reason < XDPLB_R_DROP_NO_BACKEND || reason == XDPLB_R_PASS_BAD_L4_HEADER)
 		return XDP_PASS;
 	return XDP_DROP;

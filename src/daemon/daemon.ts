@@ -60,7 +60,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   const neighbours = new NeighbourKeeper({
     log,
     backends: () => controller.list().flatMap((s) => s.backends.map((b) => b.address)),
-    noNeighCount: () => datapath.reasonPackets('pass_fib_no_neigh'),
+    noNeighCount: () => datapath.reasonPackets('drop_fib_no_neigh'),
   });
   const controller = new Controller(followedBy(timedSink(datapath, metrics), () => void neighbours.sync()), store, validateService, log);
   await controller.restore(config.services, await store.load());

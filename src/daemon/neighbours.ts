@@ -1,6 +1,7 @@
 // Next-hop neighbours. bpf_fib_lookup never resolves a neighbour itself: with
-// no ARP/ND entry for a backend's next hop it answers NO_NEIGH, the packet goes
-// to the kernel (pass_fib_no_neigh) and, on a link nothing else talks through,
+// no ARP/ND entry for a backend's next hop it answers NO_NEIGH, the packet is dropped
+// (drop_fib_no_neigh: passed, it would meet the VIP's unreachable route and
+// the client's connect would fail) and, on a link nothing else talks through,
 // nothing ever resolves it. So the daemon keeps one kernel-managed entry
 // (NTF_MANAGED, kernel >= 5.16: the kernel resolves it and keeps it resolved)
 // for every backend's next hop, as `ip route get` names it: the gateway, or the
@@ -9,7 +10,7 @@
 // When it re-evaluates: at start, after every change of the services, on every
 // route change and neighbour deletion (`ip monitor route neigh`, so a flush or
 // a new route is followed at once, not at the next poll), at once when the
-// datapath's pass_fib_no_neigh counter moves (checked every second: one
+// datapath's drop_fib_no_neigh counter moves (checked every second: one
 // per-CPU lookup), and every 30 s as a net under all of these. A permanent
 // entry an operator made stays as it is; a learned entry for a next hop becomes
 // managed (the kernel then keeps it); a managed entry for a next hop it needs
@@ -36,7 +37,7 @@ export interface NeighbourOptions {
   log: Logger;
   /** addresses of every configured backend (both families) */
   backends(): string[];
-  /** the datapath's pass_fib_no_neigh count, summed over CPUs */
+  /** the datapath's drop_fib_no_neigh count, summed over CPUs */
   noNeighCount(): number;
   counterPollMs?: number;
   recheckMs?: number;

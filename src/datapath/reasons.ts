@@ -29,7 +29,7 @@ export const REASONS: readonly ReasonInfo[] = [
   { name: 'pass_icmp_echo_off', verdict: 'XDP_PASS', description: 'echo request to a VIP that does not answer echo' },
   { name: 'pass_icmp_quote', verdict: 'XDP_PASS', description: 'ICMP error that does not quote a TCP/UDP packet sent from the address it is addressed to' },
   { name: 'pass_fib_miss', verdict: 'XDP_PASS', description: 'no route to the backend' },
-  { name: 'pass_fib_no_neigh', verdict: 'XDP_PASS', description: 'no neighbour entry for the next hop to the backend' },
+  { name: 'drop_fib_no_neigh', verdict: 'XDP_DROP', description: 'no neighbour entry for the next hop to the backend: dropped (the client retransmits) while the daemon resolves it' },
   { name: 'pass_fib_fwd_disabled', verdict: 'XDP_PASS', description: 'IP forwarding disabled on the ingress interface' },
   { name: 'pass_no_egress_dev', verdict: 'XDP_PASS', description: 'egress interface missing from the devmap' },
   { name: 'drop_no_backend', verdict: 'XDP_DROP', description: 'no Maglev table, empty entry, or backend not active' },

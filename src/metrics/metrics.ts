@@ -173,7 +173,7 @@ export class Metrics {
     });
     new Gauge({
       name: 'xdplb_nexthops',
-      help: "Backends' next hops (gateway, or the backend when on-link) by neighbour state: resolved (the kernel holds a link-layer address) or unresolved (packets to them are passed as pass_fib_no_neigh)",
+      help: "Backends' next hops (gateway, or the backend when on-link) by neighbour state: resolved (the kernel holds a link-layer address) or unresolved (packets to them are dropped as drop_fib_no_neigh until it resolves them)",
       labelNames: ['state'],
       registers,
       collect() {
