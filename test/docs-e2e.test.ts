@@ -98,6 +98,12 @@ t.test('an edge node and two backends set up only from the docs serve curl over 
   const ifs = { client: `dc${tag}`, lb: `dl${tag}`, routerLb: `dr${tag}`, be1: `db${tag}a`, be2: `db${tag}b` };
   t.teardown(() => {
     for (const i of [ifs.routerLb, ifs.be1, ifs.be2]) fs.rmSync(path.join(DECAP_PIN_ROOT, i), { recursive: true, force: true });
+    // the docs' default pin root, once empty: no other decapsulator's pins are in it
+    try {
+      fs.rmdirSync(DECAP_PIN_ROOT);
+    } catch {
+      // another decapsulator's pins are there, or it is gone already
+    }
   });
   veth(client, router, ifs.client, 'to-client');
   veth(lb, router, ifs.lb, ifs.routerLb);

@@ -3,10 +3,9 @@
 // for every outer source prefix or VIP the kernel would forward, asked of the
 // kernel itself (`ip -j route get`) in a namespace the test builds.
 import t from 'tap';
-import { execFile } from 'node:child_process';
 import * as L from '../src/datapath/layout';
 import { agePathMtus } from '../src/datapath/pmtu';
-import { routeWarnings, type RouteGet } from '../src/datapath/routes';
+import { routeWarnings } from '../src/datapath/routes';
 import { openLb } from './helpers/datapath';
 import { needsRoot, netns, veth, sh } from './helpers/fixtures';
 
@@ -37,10 +36,7 @@ t.test('a warning for each outer source or VIP the kernel would forward, none fo
   ip('route', 'add', 'unreachable', '198.51.100.192/26');
   ip('-6', 'route', 'add', 'blackhole', '2001:db8:5::/64');
   ip('route', 'add', 'prohibit', '198.51.100.128/26');
-  const get: RouteGet = (address) =>
-    new Promise((resolve) => {
-      execFile('ip', ['-n', ns, '-j', 'route', 'get', address], (err, stdout, stderr) => resolve([err ? 1 : 0, stdout, stderr]));
-    });
+  const get = ['-n', ns];
   const ok = await routeWarnings(
     [
       { what: 'outer source', prefix: '198.51.100.192/26', address: '198.51.100.192' },

@@ -20,6 +20,7 @@
 // daemon's own network namespace, which is the datapath's.
 import { spawn } from 'node:child_process';
 import type { Logger } from 'pino';
+import { ip, routeGet } from '../net/iproute';
 
 export interface NextHopStatus {
   /** the neighbour: a gateway, or the backend itself when on-link */
@@ -53,42 +54,12 @@ interface NeighEntry {
   managed?: unknown;
 }
 
-interface RouteAnswer {
-  type?: string;
-  dst: string;
-  gateway?: string;
-  dev?: string;
-}
-
-/** Runs `ip ARGS` with optional stdin; resolves with its stdout, or with the error text. */
-function ip(args: string[], input?: string): Promise<{ ok: boolean; out: string; err: string }> {
-  return new Promise((resolve) => {
-    const p = spawn('ip', args, { stdio: [input === undefined ? 'ignore' : 'pipe', 'pipe', 'pipe'] });
-    let out = '';
-    let err = '';
-    p.stdout!.on('data', (b: Buffer) => (out += b.toString()));
-    p.stderr!.on('data', (b: Buffer) => (err += b.toString()));
-    p.once('error', (e) => resolve({ ok: false, out, err: e.message }));
-    p.once('close', (code) => resolve({ ok: code === 0, out, err: err.trim() }));
-    if (input !== undefined) p.stdin!.end(input);
-  });
-}
-
 const key = (address: string, dev: string) => `${address}%${dev}`;
 
-/**
- * Each backend's next hop, from one `ip -batch` of route lookups. `ip -j` with
- * -batch prints one JSON array per command; with -force a backend without a
- * route does not stop the others and simply has no answer.
- */
+/** Each backend's next hop: its route's gateway, or itself when on-link; undefined without a route. */
 async function routeNextHops(backends: string[]): Promise<Map<string, { address: string; dev: string } | undefined>> {
-  const out = new Map<string, { address: string; dev: string } | undefined>(backends.map((b) => [b, undefined]));
-  if (!backends.length) return out;
-  const r = await ip(['-j', '-force', '-batch', '-'], backends.map((b) => `route get ${b}`).join('\n') + '\n');
-  for (const line of r.out.split('\n')) {
-    if (!line.startsWith('[')) continue;
-    for (const a of JSON.parse(line) as RouteAnswer[]) if (a.dev && a.type !== 'local' && out.has(a.dst)) out.set(a.dst, { address: a.gateway ?? a.dst, dev: a.dev });
-  }
+  const out = new Map<string, { address: string; dev: string } | undefined>();
+  for (const [b, a] of await routeGet(backends)) out.set(b, a?.dev && a.type !== 'local' ? { address: a.gateway ?? b, dev: a.dev } : undefined);
   return out;
 }
 
