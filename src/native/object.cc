@@ -1,6 +1,6 @@
 // Object: a BPF ELF object opened and loaded by libbpf. Maps declared with
-// LIBBPF_PIN_BY_NAME are pinned under pinRoot, and an existing compatible pin is
-// reused instead of creating a new map: that is how the daemon keeps its state
+// LIBBPF_PIN_BY_NAME are pinned under pinRoot (or not at all without one), and
+// an existing compatible pin is reused instead of creating a new map: that is how the daemon keeps its state
 // across restarts. Map and Program handles taken from an Object own a dup of the
 // fd, so they outlive the Object.
 #include <bpf/bpf.h>
@@ -34,6 +34,13 @@ class Object : public Napi::ObjectWrap<Object> {
     LIBBPF_OPTS(bpf_object_open_opts, opts, .pin_root_path = pinRoot.empty() ? nullptr : pinRoot.c_str());
     obj_ = bpf_object__open_file(path_.c_str(), &opts);
     if (!obj_) throw SysError(env, errno, "open object", path_);
+    // Without a pin root, libbpf would pin LIBBPF_PIN_BY_NAME maps under
+    // /sys/fs/bpf and reuse whatever another loader left there: such an object
+    // gets private maps instead.
+    if (pinRoot.empty()) {
+      struct bpf_map *m;
+      bpf_object__for_each_map(m, obj_) bpf_map__set_pin_path(m, nullptr);
+    }
     if (info.Length() > 2 && info[2].IsObject()) {
       Napi::Object sizes = info[2].As<Napi::Object>();
       Napi::Array names = sizes.GetPropertyNames();
