@@ -57,6 +57,39 @@ interface Chunk {
   recording?: ReturnType<typeof recordingToPb>;
 }
 
+/** A server stream's call refused before its first message: the status, logged as unary calls are. */
+function refuse(call: grpc.ServerWritableStream<unknown, unknown>, log: Logger, method: string, e: unknown): void {
+  const err = toServiceError(e);
+  log.info({ method, code: grpc.status[err.code ?? grpc.status.INTERNAL], error: err.details }, 'api call refused');
+  call.emit('error', err);
+}
+
+/** WatchRecording: the recording now, its statistics from time to time, its final summary, the end. */
+function watch(recorder: Recorder, log: Logger) {
+  return (call: grpc.ServerWritableStream<{ id: string }, ReturnType<typeof recordingToPb>>) => {
+    const id = call.request.id;
+    let now: RecordingView;
+    try {
+      if (!id) throw XdplbError.invalid('id', 'is required');
+      now = recorder.get(id);
+    } catch (e) {
+      refuse(call, log, 'WatchRecording', e);
+      return;
+    }
+    call.write(recordingToPb(now));
+    const timer = setInterval(() => {
+      if (call.writableLength === 0) call.write(recordingToPb(recorder.get(id)));
+    }, STATS_EVERY_MS);
+    call.on('cancelled', () => clearInterval(timer));
+    void recorder.whenStopped(id).then((final) => {
+      clearInterval(timer);
+      if (call.cancelled) return;
+      if (now.state === 'running') call.write(recordingToPb(final));
+      call.end();
+    });
+  };
+}
+
 /** Record: the capture file's bytes as chunks, the recording on the first, from time to time, and on the last. */
 function record(recorder: Recorder, log: Logger) {
   return (call: grpc.ServerWritableStream<PbRecord, Chunk>) => {
@@ -86,9 +119,7 @@ function record(recorder: Recorder, log: Logger) {
       id = recorder.startStream(spec, stream, target).id;
     } catch (e) {
       ended = true;
-      const err = toServiceError(e);
-      log.info({ method: 'Record', code: grpc.status[err.code ?? grpc.status.INTERNAL], error: err.details }, 'api call refused');
-      call.emit('error', err);
+      refuse(call, log, 'Record', e);
       return;
     }
     timer = setInterval(() => {
@@ -116,5 +147,6 @@ export function recorderHandlers(recorder: Recorder, log: Logger): grpc.UntypedS
       recordings: recorder.list(r.includeStopped).map(recordingToPb),
     })),
     Record: record(recorder, log),
+    WatchRecording: watch(recorder, log),
   };
 }

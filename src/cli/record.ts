@@ -5,6 +5,10 @@
 //   -w NAME  a file recording (StartRecording) in the daemon's recording
 //            directory: NAME.pcap (a plain name only; never a path); the full
 //            path is printed, and the command waits until the recording stops
+//            (WatchRecording), also when the daemon stops: it ends recordings
+//            first and sends their summary
+//   -w ''    the same with the name left to the daemon, as an empty file_name
+//            is in the API: xdplb_<start>_<id>_0.pcap
 //
 // Ctrl-C stops the recording through StopRecording, so the file or the stream
 // ends after a whole packet and the daemon's final statistics are printed (on
@@ -96,6 +100,7 @@ function summary(r: PbRecording): string {
     `recording ${r.id} ${short(r.state, 'RECORDING_STATE_')} (${short(r.stopReason, 'STOP_REASON_')})${r.error ? `: ${r.error}` : ''}: ${s.packetsWritten} packets, ${s.bytesWritten} bytes written; ${s.lostInRing} lost in the ring, ${s.droppedSlowClient} dropped (slow reader), ${s.droppedWriteError} not written (write error)`,
   ];
   for (const f of r.files) lines.push(`  ${f.path}  ${f.packets} packets, ${f.sizeBytes} bytes${f.deleted ? ' (deleted by rotation)' : ''}`);
+  if (r.stopReason === 'STOP_REASON_SHUTDOWN') lines.push('the daemon stopped and ended the recording first: its files are complete');
   const last = r.files.filter((f) => !f.deleted).at(-1);
   if (last) lines.push(`open it: wireshark ${last.path}   or   tshark -r ${last.path}`);
   return lines.join('\n');
@@ -174,7 +179,7 @@ async function fileRecording(f: RecordFlags, o: GlobalOpts, name: string): Promi
     if (o.output !== 'table') process.stdout.write(render(o.output, started, () => '') + '\n');
     else process.stdout.write(`recording ${started.id}: ${path}${f.detach ? `\nstop it with: xdplb record stop ${started.id}` : '  (Ctrl-C stops it)'}\n`);
     if (f.detach) return;
-    const final = await waitForStop(client, started.id);
+    const final = await waitForStop(client, started);
     if (o.output === 'table') process.stdout.write(`${summary(final)}\n`);
     else process.stdout.write(render(o.output, final, () => '') + '\n');
   } finally {
@@ -182,31 +187,37 @@ async function fileRecording(f: RecordFlags, o: GlobalOpts, name: string): Promi
   }
 }
 
-/** Until the recording stops by itself, or Ctrl-C stops it. */
-async function waitForStop(client: Client, id: string): Promise<PbRecording> {
-  let stopping: Promise<PbRecording> | undefined;
-  let giveUp: (() => void) | undefined;
+/**
+ * Follows the recording (WatchRecording) until it stops by itself, Ctrl-C
+ * stops it, or the daemon stops, which ends it first and sends its summary.
+ * A daemon gone without one is an error that says where the files are.
+ */
+async function waitForStop(client: Client, started: PbRecording): Promise<PbRecording> {
+  const { id } = started;
+  const watch = (client.WatchRecording as (r: unknown) => grpc.ClientReadableStream<PbRecording>)({ id });
+  let last = started;
+  let settle: { resolve(r: PbRecording): void; reject(e: Error): void } | undefined;
+  const done = new Promise<PbRecording>((resolve, reject) => (settle = { resolve, reject }));
   const off = onInterrupt(
-    () => (stopping = call<PbRecording>(client, 'StopRecording', { id })),
-    () => giveUp?.(),
+    () => call<PbRecording>(client, 'StopRecording', { id }).then(settle!.resolve, settle!.reject),
+    () => settle!.reject(new Error(`stopped waiting; recording ${id} may still be running (xdplb record list)`)),
   );
+  watch.on('data', (r: PbRecording) => {
+    last = r;
+    if (r.state !== 'RECORDING_STATE_RUNNING') settle!.resolve(r);
+  });
+  watch.on('end', () => settle!.resolve(last));
+  watch.on('error', (e: grpc.ServiceError) => {
+    const files = last.files.filter((f) => !f.deleted).map((f) => f.path);
+    settle!.reject(new Error(`lost the daemon before recording ${id} ended (${e.details || grpc.status[e.code]}); the daemon stopped or went away. Its files so far: ${files.join(' ') || 'none'}`));
+  });
   try {
-    for (;;) {
-      if (stopping) return await stopping;
-      const { recordings } = await call<{ recordings: PbRecording[] }>(client, 'ListRecordings', { includeStopped: true });
-      const r = recordings.find((x) => x.id === id);
-      if (!r) throw new Error(`recording ${id} is no longer known to the daemon`);
-      if (r.state !== 'RECORDING_STATE_RUNNING') return r;
-      await new Promise<void>((resolve) => {
-        const timer = setTimeout(resolve, 250);
-        giveUp = () => {
-          clearTimeout(timer);
-          fail(`stopped waiting; recording ${id} may still be running (xdplb record list)`);
-        };
-      });
-    }
+    const final = await done;
+    if (final.state === 'RECORDING_STATE_RUNNING') throw new Error(`the daemon ended the watch of recording ${id} while it still runs (xdplb record list)`);
+    return final;
   } finally {
     off();
+    watch.cancel();
   }
 }
 
@@ -221,6 +232,8 @@ function withRecorder(cmd: Command, fn: (client: Client, o: GlobalOpts) => Promi
     },
   );
 }
+
+const WRITE_HELP = '"-w -" streams PCAP to stdout; "-w NAME" records into NAME.pcap in the daemon\'s recording directory; "-w \'\'" (an empty name) lets the daemon name the file: xdplb_<start unix time>_<recording id>_0.pcap';
 
 const EXAMPLES = `
 The filter is matched on the client -> VIP tuple, at both capture points: "in"
@@ -241,7 +254,7 @@ export function recordCommand(): Command {
   const cmd = new Command('record')
     .description('capture the packets that match filters, at the load balancer, into a PCAP/pcapng file or a live stream')
     .option('--filter <text>', "filter, e.g. 'src=10.0.0.0/8 dst=192.0.2.10/32 dport=80 proto=tcp' (repeatable)", (v: string, prev: string[]) => [...prev, v], [])
-    .option('-w, --write <NAME|->', '"-": PCAP stream to stdout; NAME: a file NAME.pcap in the daemon\'s recording directory')
+    .option('-w, --write <NAME|->', WRITE_HELP)
     .option('--caplen <bytes>', 'bytes of each frame to keep (0: whole frames)', '0')
     .option('--count <packets>', 'stop after this many packets (a packet seen at both points counts twice)')
     .option('--bytes <bytes>', 'stop after this many captured bytes')
@@ -258,7 +271,7 @@ export function recordCommand(): Command {
     .action(async (f: RecordFlags, c: Command) => {
       const o = c.optsWithGlobals() as GlobalOpts;
       try {
-        if (!f.write) throw new Error('-w is required: "-w -" streams to stdout, "-w NAME" records into the daemon\'s recording directory');
+        if (f.write === undefined) throw new Error(`-w is required: ${WRITE_HELP}`);
         if (f.write === '-') {
           if (f.detach) throw new Error('--detach needs a file (-w NAME): a stream lives as long as this command');
           if (process.stdout.isTTY) throw new Error('-w - writes a binary capture: pipe it (| tshark -r -, | wireshark -k -i -) or give a file name');

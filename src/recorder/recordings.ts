@@ -32,7 +32,7 @@ import { XdplbError, isXdplbError } from '../control/errors';
 import { compileFilters, MAX_RULES, type CompiledFilters, type Filter, type RuleFilters } from './filter';
 import { KernelClock, PcapEncoder, packetComment, snaplenFor, type CaptureFormat } from './pcap';
 import { recorderUnavailable, type RecorderDatapath, type Sample, type SampleBatch } from './datapath';
-import { FileSink } from './sink-file';
+import { FileSink, fileSet, recordingDir, sharedFile, type FileNaming, type FileSet } from './sink-file';
 import { StreamSink, type StreamTarget } from './sink-stream';
 import type { RecordingFile, Sink } from './sink';
 import type { FileSpec, RecordingSpec, StopConditions, StreamSpec } from './request';
@@ -223,19 +223,32 @@ export class Recorder {
     this.compiled = next;
   }
 
-  /** Starts a recording into files; returns it RUNNING. */
+  /**
+   * Starts a recording into files; returns it RUNNING. Its files may not
+   * overlap those a running recording may still write (fileSet in
+   * sink-file.ts): FAILED_PRECONDITION naming that recording.
+   */
   startFile(spec: RecordingSpec, file: FileSpec): RecordingView {
-    const rec = this.begin(spec, file, (encoder, id, onError) =>
-      FileSink.open({
-        dir: this.dir,
-        naming: file.fileName ? { kind: 'name', name: file.fileName, overwrite: file.overwrite } : { kind: 'prefix', prefix: file.prefix, startSec: Math.floor(Date.now() / 1000), id },
-        extension: encoder.extension,
-        header: encoder.header(),
-        rotation: file.rotation,
-        onError,
-      }),
-    );
+    const rec = this.begin(spec, file, (encoder, id, onError) => {
+      const naming: FileNaming = file.fileName ? { kind: 'name', name: file.fileName } : { kind: 'prefix', prefix: file.prefix, startSec: Math.floor(Date.now() / 1000), id };
+      const files = fileSet(recordingDir(this.dir), naming, encoder.extension, file.rotation);
+      this.refuseOverlap(files, file.fileName ? 'file_sink.file_name' : 'file_sink.file_prefix');
+      return FileSink.open({ files, overwrite: file.overwrite, header: encoder.header(), onError });
+    });
     return rec.view();
+  }
+
+  private refuseOverlap(files: FileSet, field: string): void {
+    for (const other of this.recordings.values()) {
+      if (!(other.sink instanceof FileSink)) continue;
+      const shared = sharedFile(files, other.sink.fileSet);
+      if (shared === undefined) continue;
+      const who = `recording ${other.id}${other.spec.name ? ` (${JSON.stringify(other.spec.name)})` : ''}`;
+      throw XdplbError.failedPrecondition(
+        `${files.describe()} and the files of running ${who} (${other.sink.fileSet.describe()}) would share ${shared}; stop it first or choose another name`,
+        field,
+      );
+    }
   }
 
   /**
@@ -391,6 +404,13 @@ export class Recorder {
   async stop(id: string, reason: StopReason = 'requested'): Promise<RecordingView> {
     const rec = this.find(id);
     await this.finish(rec, reason);
+    await rec.done;
+    return rec.view();
+  }
+
+  /** Its final view, once it has stopped (at once for a stopped one). */
+  async whenStopped(id: string): Promise<RecordingView> {
+    const rec = this.find(id);
     await rec.done;
     return rec.view();
   }

@@ -128,6 +128,8 @@ export function startRequest(r: PbStartRecording): { spec: RecordingSpec; file: 
   const fs = r.fileSink ?? {};
   const prefix = fs.filePrefix || DEFAULT_PREFIX;
   if (!PREFIX_PATTERN.test(prefix)) throw XdplbError.invalid('file_sink.file_prefix', `${JSON.stringify(prefix)} must match ${PREFIX_PATTERN.source} (a prefix, not a path)`);
+  // The one rule for an empty name (recorder.proto's FileSink; the CLI's -w ''
+  // sends it as is): the daemon makes the names up from the prefix.
   let fileName: string | undefined;
   if (fs.fileName) {
     const why = checkFileName(fs.fileName);
@@ -136,7 +138,6 @@ export function startRequest(r: PbStartRecording): { spec: RecordingSpec; file: 
   }
   const fmt = format(fs.format, 'file_sink.format');
   if (fileName) fileName = fileName.replace(fmt === 'pcap' ? /\.pcap$/ : /\.pcapng$/, '');
-  if (fileName === '') throw XdplbError.invalid('file_sink.file_name', 'is only an extension');
   const rot = fs.rotation ?? {};
   const rotation: FileRotation = {
     maxBytes: count(rot.maxFileBytes, 'file_sink.rotation.max_file_bytes'),

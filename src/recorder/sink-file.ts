@@ -6,9 +6,9 @@
 // plain file name (see checkFileName), and every file is opened with
 // O_NOFOLLOW and, unless the caller asked to overwrite, O_EXCL — so no name can
 // leave the directory, follow a link placed in it, or replace a file silently.
-//
-//   prefix "web":        web_<start unix s>_<id>_0.pcap, web_<...>_1.pcap, ...
-//   file name "trace":   trace.pcap, then trace.1.pcap, trace.2.pcap, ...
+// Which files a recording may write is one rule, fileSet(): the existence
+// check, overwrite and the refusal of a name that overlaps a running
+// recording's files all ask it.
 //
 // Rotation by age happens at the first packet after the age is reached (as
 // tcpdump -G does): an idle recording does not make empty files.
@@ -32,16 +32,91 @@ export const NO_ROTATION: FileRotation = { maxBytes: 0, maxPackets: 0, maxDurati
 
 export type FileNaming =
   | { kind: 'prefix'; prefix: string; startSec: number; id: string }
-  | { kind: 'name'; name: string; overwrite: boolean };
+  | { kind: 'name'; name: string };
+
+/**
+ * The files one recording may ever write in its directory, and nothing else:
+ *
+ *   file name "t", no rotation:   t.pcap
+ *   file name "t", rotating:      t.pcap, t.1.pcap, t.2.pcap, ...
+ *   prefix "web", no rotation:    web_<start unix s>_<id>_0.pcap
+ *   prefix "web", rotating:       web_<start unix s>_<id>_0.pcap, ..._1.pcap, ...
+ *
+ * A recording that does not rotate writes its first file only, so "t" and
+ * "t.1" can record side by side unless "t" rotates. The extension is the
+ * format's (".pcap", ".pcapng"); there is no compression suffix.
+ */
+export interface FileSet {
+  /** the recording directory, resolved (realpath) */
+  readonly dir: string;
+  readonly naming: FileNaming;
+  readonly rotation: FileRotation;
+  /** the name of the file with this sequence number (0: the first) */
+  nameOf(seq: number): string;
+  /** whether this recording may write the file of this name in `dir` */
+  owns(file: string): boolean;
+  /** the set for people: "t.pcap, t.1.pcap, t.2.pcap, …" */
+  describe(): string;
+}
+
+const SEQ = /^(0|[1-9]\d*)$/;
+
+/** The sequence number of `file` read as head + digits + ext. */
+function seqOf(file: string, head: string, ext: string): number | undefined {
+  if (file.length <= head.length + ext.length || !file.startsWith(head) || !file.endsWith(ext)) return undefined;
+  const digits = file.slice(head.length, file.length - ext.length);
+  return SEQ.test(digits) ? Number(digits) : undefined;
+}
+
+function rotates(r: FileRotation): boolean {
+  return r.maxBytes > 0 || r.maxPackets > 0 || r.maxDurationMs > 0;
+}
+
+export function fileSet(dir: string, naming: FileNaming, extension: string, rotation: FileRotation): FileSet {
+  const many = rotates(rotation);
+  const head = naming.kind === 'prefix' ? `${naming.prefix}_${naming.startSec}_${naming.id}_` : `${naming.name}.`;
+  const nameOf = (seq: number) => (naming.kind === 'name' && seq === 0 ? `${naming.name}${extension}` : `${head}${seq}${extension}`);
+  return {
+    dir,
+    naming,
+    rotation,
+    nameOf,
+    owns(file) {
+      if (file === nameOf(0)) return true;
+      const seq = many ? seqOf(file, head, extension) : undefined;
+      return seq !== undefined && (naming.kind === 'prefix' || seq > 0);
+    },
+    describe: () => (many ? `${nameOf(0)}, ${nameOf(1)}, ${nameOf(2)}, …` : nameOf(0)),
+  };
+}
+
+/**
+ * A file both sets may write, if any. Every name is a stem, at most one
+ * separator ("." or "_") with digits, and the extension; when two sets share a
+ * file, the set with the longer stem shares its first file (the part after the
+ * shorter stem holds one separator at most, so the longer stem's own sequence
+ * part is empty or it is the same stem). So the first files decide.
+ */
+export function sharedFile(a: FileSet, b: FileSet): string | undefined {
+  if (a.dir !== b.dir) return undefined;
+  if (a.owns(b.nameOf(0))) return b.nameOf(0);
+  if (b.owns(a.nameOf(0))) return a.nameOf(0);
+  return undefined;
+}
+
+/** The recording directory, made if missing, as the path FileSet compares. */
+export function recordingDir(dir: string): string {
+  fs.mkdirSync(dir, { recursive: true, mode: 0o750 });
+  return fs.realpathSync(dir);
+}
 
 export interface FileSinkOptions {
-  dir: string;
-  naming: FileNaming;
-  /** ".pcap" or ".pcapng" */
-  extension: string;
+  /** from fileSet() on recordingDir() */
+  files: FileSet;
+  /** with a file name: replace that name's files (never another running recording's: the caller refused overlaps) */
+  overwrite: boolean;
   /** the capture file header, written at the start of every file */
   header: Buffer;
-  rotation: FileRotation;
   /** bytes queued for the disk before records are refused (default 16 MiB) */
   maxQueued?: number;
   /** a write or rotation failed: the sink refuses everything after it */
@@ -75,57 +150,53 @@ interface OpenFile extends RecordingFile {
 
 export class FileSink implements Sink {
   private readonly files: OpenFile[] = [];
-  private readonly dir: string;
   private written = 0;
   private failed = false;
   private closing = false;
 
-  private constructor(private readonly o: FileSinkOptions) {
-    this.dir = o.dir;
-  }
+  private constructor(private readonly o: FileSinkOptions) {}
 
   /** Opens the first file (synchronously, so a bad name fails the start). Throws XdplbError. */
   static open(o: FileSinkOptions): FileSink {
-    fs.mkdirSync(o.dir, { recursive: true, mode: 0o750 });
-    const sink = new FileSink({ ...o, dir: fs.realpathSync(o.dir) });
-    if (o.naming.kind === 'name') sink.checkExisting(o.naming);
+    const sink = new FileSink(o);
+    sink.checkExisting();
     sink.openNext();
     return sink;
   }
 
-  private field(): string {
-    return this.o.naming.kind === 'name' ? 'file_sink.file_name' : 'file_sink.file_prefix';
+  /** The files this sink may write. */
+  get fileSet(): FileSet {
+    return this.o.files;
   }
 
-  private nameOf(seq: number): string {
-    const n = this.o.naming;
-    const ext = this.o.extension;
-    if (n.kind === 'prefix') return `${n.prefix}_${n.startSec}_${n.id}_${seq}${ext}`;
-    return seq === 0 ? `${n.name}${ext}` : `${n.name}.${seq}${ext}`;
+  private field(): string {
+    return this.o.files.naming.kind === 'name' ? 'file_sink.file_name' : 'file_sink.file_prefix';
+  }
+
+  private get overwrite(): boolean {
+    return this.o.overwrite && this.o.files.naming.kind === 'name';
   }
 
   /**
-   * The files a named recording would write (NAME.ext, NAME.N.ext): a link or
+   * The files of this recording's set already in the directory: a link or
    * anything but a plain file among them is refused; plain files only with
    * overwrite, which removes them all so the directory then holds this
    * recording's files only.
    */
-  private checkExisting(n: { name: string; overwrite: boolean }): void {
-    const esc = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-    const re = new RegExp(`^${esc(n.name)}(\\.\\d+)?${esc(this.o.extension)}$`);
-    const existing = fs.readdirSync(this.dir).filter((f) => re.test(f));
+  private checkExisting(): void {
+    const { dir } = this.o.files;
+    const existing = fs.readdirSync(dir).filter((f) => this.o.files.owns(f));
     for (const f of existing) {
-      const st = fs.lstatSync(path.join(this.dir, f));
-      if (!st.isFile()) throw XdplbError.invalid('file_sink.file_name', `${f} in the recording directory is ${st.isSymbolicLink() ? 'a symbolic link' : 'not a plain file'}; refusing to write there`);
+      const st = fs.lstatSync(path.join(dir, f));
+      if (!st.isFile()) throw XdplbError.invalid(this.field(), `${f} in the recording directory is ${st.isSymbolicLink() ? 'a symbolic link' : 'not a plain file'}; refusing to write there`);
     }
-    if (existing.length && !n.overwrite) throw new XdplbError('ALREADY_EXISTS', `${existing.sort().join(', ')} exists in the recording directory ${this.dir}; choose another name or set overwrite`, { field: 'file_sink.file_name' });
-    for (const f of existing) fs.unlinkSync(path.join(this.dir, f));
+    if (existing.length && !this.overwrite) throw new XdplbError('ALREADY_EXISTS', `${existing.sort().join(', ')} exists in the recording directory ${dir}; choose another name or set overwrite`, { field: this.field() });
+    for (const f of existing) fs.unlinkSync(path.join(dir, f));
   }
 
   private openNext(): void {
-    const seq = this.files.length;
-    const p = path.join(this.dir, this.nameOf(seq));
-    const overwrite = this.o.naming.kind === 'name' && this.o.naming.overwrite;
+    const p = path.join(this.o.files.dir, this.o.files.nameOf(this.files.length));
+    const overwrite = this.overwrite;
     const C = fs.constants;
     let fd: number;
     try {
@@ -189,7 +260,7 @@ export class FileSink implements Sink {
 
   /** A ring of files: the oldest goes once it is closed. */
   private pruneFiles(): void {
-    const max = this.o.rotation.maxFiles;
+    const max = this.o.files.rotation.maxFiles;
     if (!max) return;
     const live = this.files.filter((f) => !f.deleted);
     for (const f of live.slice(0, Math.max(0, live.length - max))) {
@@ -203,7 +274,7 @@ export class FileSink implements Sink {
   }
 
   private dueForRotation(cur: OpenFile, recordLen: number): boolean {
-    const r = this.o.rotation;
+    const r = this.o.files.rotation;
     if (cur.packets === 0) return false;
     if (r.maxPackets && cur.packets >= r.maxPackets) return true;
     if (r.maxBytes && cur.sizeBytes + recordLen > r.maxBytes) return true;
