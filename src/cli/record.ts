@@ -100,7 +100,7 @@ function summary(r: PbRecording): string {
     `recording ${r.id} ${short(r.state, 'RECORDING_STATE_')} (${short(r.stopReason, 'STOP_REASON_')})${r.error ? `: ${r.error}` : ''}: ${s.packetsWritten} packets, ${s.bytesWritten} bytes written; ${s.lostInRing} lost in the ring, ${s.droppedSlowClient} dropped (slow reader), ${s.droppedWriteError} not written (write error)`,
   ];
   for (const f of r.files) lines.push(`  ${f.path}  ${f.packets} packets, ${f.sizeBytes} bytes${f.deleted ? ' (deleted by rotation)' : ''}`);
-  if (r.stopReason === 'STOP_REASON_SHUTDOWN') lines.push('the daemon stopped and ended the recording first: its files are complete');
+  if (r.stopReason === 'STOP_REASON_SHUTDOWN') lines.push(`the daemon stopped and ended the recording first: ${r.files.length ? 'its files are' : 'the stream is'} complete`);
   const last = r.files.filter((f) => !f.deleted).at(-1);
   if (last) lines.push(`open it: wireshark ${last.path}   or   tshark -r ${last.path}`);
   return lines.join('\n');
