@@ -367,6 +367,7 @@ export class LbDatapath implements DatapathSink {
         const off = confs.filter((c) => c.forwarding === false).map((c) => `net.${c.family === 'inet6' ? 'ipv6' : 'ipv4'}.conf.${name}.forwarding`);
         if (off.length)
           this.log.warn({ interface: name, sysctls: off }, 'forwarding is off: the datapath passes VIP traffic to the kernel until it is on (sysctl -w ...=1)');
+        else this.log.debug({ interface: name }, 'forwarding is on');
       },
       (e: Error) => this.log.warn({ interface: name, error: e.message }, 'forwarding could not be checked: if it is off, the datapath passes VIP traffic to the kernel'),
     );
