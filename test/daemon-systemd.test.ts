@@ -178,6 +178,7 @@ t.test('under ProcSubset=pid: forwarding off is still reported (netlink), and a 
   const checked = JSON.parse(await logLine(d, (l) => l.includes('"msg":"forwarding is on"'))) as { interface: string };
   t.equal(checked.interface, 'lb0', 'forwarding on: checked, no warning');
   t.notOk(d.logs.some((l) => l.includes('forwarding is off')));
+  await logLine(d, (l) => l.includes('"msg":"ready"'));
   again.kill('SIGTERM');
   t.equal(await again.exited, 0);
 });
