@@ -38,7 +38,7 @@ async function reload(t: Test, d: DaemonFixture, nth: number): Promise<void> {
 t.test('the notify socket removed under a running daemon: SIGHUP reloads, SIGTERM closes the recording and exits 0, one warning', needsRoot, async (t) => {
   const d = await daemonFixture(t, { servicesYaml: SERVICES });
   const n = await notifyListener(t, d);
-  spawnDaemon(d, { env: { NOTIFY_SOCKET: n.address } });
+  const proc = spawnDaemon(d, { env: { NOTIFY_SOCKET: n.address } });
   await n.next((m) => fields(m).READY === '1');
 
   const rec = d.client('Recorder');
@@ -48,6 +48,7 @@ t.test('the notify socket removed under a running daemon: SIGHUP reloads, SIGTER
   const peer = peerSender(t, d);
   const frames = Array.from({ length: 5 }, (_, i) => ether(ipv4({ src: '192.0.2.100', dst: VIP4 }, tcp({ sport: 41000 + i, dport: 80, flags: TCP_ACK, payload: Buffer.alloc(32) })), { dst: peer.lbMac, src: PEER_MAC }));
   peer.send(frames);
+  await n.next((m) => /; 1 recording$/.test(fields(m).STATUS ?? ''));
 
   n.close();
   fs.unlinkSync(n.address);
@@ -59,7 +60,7 @@ t.test('the notify socket removed under a running daemon: SIGHUP reloads, SIGTER
   t.equal(warnings.length, 1, 'four failed notifications, one warning');
   t.match(warnings[0], { level: 'warn', socket: n.address, notification: 'RELOADING=1', error: /ENOENT/ }, 'it names the socket, the message and the errno');
 
-  t.equal(await d.signal('SIGTERM'), 0, 'SIGTERM: exit 0');
+  t.equal(await proc.stop(), 0, 'SIGTERM: exit 0');
   t.match(logged(d, 'recording stopped'), [{ recording: recording.id, reason: 'shutdown' }], 'the recording was stopped by the shutdown');
   const rows = tsharkRows(file, ['ip.dst', 'tcp.srcport']);
   t.same(rows.filter((r) => r[0] === VIP4).map((r) => r[1]).sort(), ['41000', '41001', '41002', '41003', '41004'], 'tshark reads every recorded frame from the closed file');
@@ -76,10 +77,10 @@ t.test('a notify socket that never existed, or one out of reach: the daemon star
   ] as const) {
     await t.test(what, async (t) => {
       d.logs = [];
-      spawnDaemon(d, { env: { NOTIFY_SOCKET: socket } });
+      const proc = spawnDaemon(d, { env: { NOTIFY_SOCKET: socket } });
       await logLine(d, (l) => l.includes('"msg":"ready"'));
       await reload(t, d, 1);
-      t.equal(await d.signal('SIGTERM'), 0, 'SIGTERM: exit 0');
+      t.equal(await proc.stop(), 0, 'SIGTERM: exit 0');
       const warnings = logged(d, NOT_DELIVERED);
       t.equal(warnings.length, 1, 'READY=1, RELOADING=1, READY=1, STOPPING=1 failed: one warning');
       t.match(warnings[0], { socket, notification: 'READY=1', error: errno });
@@ -95,7 +96,7 @@ const status = (m: Notification) => fields(m).STATUS;
 t.test('STATUS= follows services, backends down and draining, recordings; a burst is rate-limited; nothing after STOPPING=1', needsRoot, async (t) => {
   const d = await daemonFixture(t, { servicesYaml: SERVICES });
   const n = await notifyListener(t, d, { abstract: 'daemon' });
-  spawnDaemon(d, { env: { NOTIFY_SOCKET: n.address } });
+  const proc = spawnDaemon(d, { env: { NOTIFY_SOCKET: n.address } });
   const ready = await n.next((m) => fields(m).READY === '1');
   t.equal(status(ready), 'serving 1 service, 2 backends (0 down, 0 draining); 0 recordings', 'READY=1 carries the first STATUS= (abstract socket)');
 
@@ -122,9 +123,9 @@ t.test('STATUS= follows services, backends down and draining, recordings; a burs
   const burst = n.messages.slice(before).filter((m) => status(m) !== undefined).length;
   t.ok(burst < BURST, `${BURST} changes in a burst, ${burst} STATUS= updates`);
 
-  t.equal(await d.signal('SIGTERM'), 0);
-  const stopping = await n.next((m) => fields(m).STOPPING === '1');
-  t.equal(n.messages.at(-1), stopping, 'STOPPING=1 is the last message');
+  t.equal(await proc.stop(), 0);
+  await n.flush();
+  t.equal(n.messages.findIndex((m) => fields(m).STOPPING === '1'), n.messages.length - 1, 'STOPPING=1 is the last message');
 });
 
 t.test('without one of the capabilities the unit grants, the daemon names it and why, and touches nothing', needsRoot, async (t) => {
@@ -148,8 +149,7 @@ t.test('without one of the capabilities the unit grants, the daemon names it and
   const proc = spawnDaemon(d, { setpriv: ['--bounding-set', '-all,+sys_admin,+net_admin', '--inh-caps', '-all'] });
   await logLine(d, (l) => l.includes('"msg":"ready"'));
   t.pass('CAP_SYS_ADMIN stands in for CAP_BPF and CAP_PERFMON, as the kernel lets it');
-  proc.kill('SIGTERM');
-  t.equal(await proc.exited, 0);
+  t.equal(await proc.stop(), 0);
 });
 
 t.test('under ProcSubset=pid: forwarding off is still reported (netlink), and a second daemon still refuses to start', needsRoot, async (t) => {
@@ -169,8 +169,7 @@ t.test('under ProcSubset=pid: forwarding off is still reported (netlink), and a 
   const second = inNs(...PROC_SUBSET_PID, ...d.daemonArgv().slice(1));
   t.equal(second.status, 1, 'a second daemon exits 1');
   t.match(second.stderr, /^xdplb: another xdplb daemon \(pid unknown\) holds .*daemon\.lock: one daemon per node/, 'with the lock message, the holder unnamed (/proc/locks is hidden)');
-  first.kill('SIGTERM');
-  t.equal(await first.exited, 0);
+  t.equal(await first.stop(), 0);
 
   sh('ip', 'netns', 'exec', d.topo.lbNs, 'sysctl', '-qw', 'net.ipv4.conf.lb0.forwarding=1', 'net.ipv6.conf.lb0.forwarding=1');
   d.logs = [];
@@ -179,8 +178,7 @@ t.test('under ProcSubset=pid: forwarding off is still reported (netlink), and a 
   t.equal(checked.interface, 'lb0', 'forwarding on: checked, no warning');
   t.notOk(d.logs.some((l) => l.includes('forwarding is off')));
   await logLine(d, (l) => l.includes('"msg":"ready"'));
-  again.kill('SIGTERM');
-  t.equal(await again.exited, 0);
+  t.equal(await again.stop(), 0);
 });
 
 t.test('a fresh start says there was no pinned state; a restart says what it adopted', needsRoot, async (t) => {

@@ -10,7 +10,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { daemonFixture, MAIN, rpc } from './helpers/daemon';
 import { needsRoot } from './helpers/fixtures';
-import { notifyListener, spawnDaemon, unitCapabilities } from './helpers/systemd';
+import { logLine, notifyListener, spawnDaemon, unitCapabilities } from './helpers/systemd';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const UNIT = path.join(ROOT, 'systemd', 'xdplb.service');
@@ -106,7 +106,8 @@ t.test('notify protocol: READY=1 once the API answers, RELOADING=1/READY=1 on SI
   const reloading = await n.next((m) => m.msg.split('\n').includes('RELOADING=1'));
   t.match(reloading.msg, /MONOTONIC_USEC=\d+/, 'RELOADING=1 carries MONOTONIC_USEC');
   await n.next((m) => m.msg.split('\n').includes('READY=1'));
-  t.ok(d.logs.some((l) => l.includes('configuration reloaded')), 'the reload happened between RELOADING=1 and READY=1');
+  // the daemon logs before it sends READY=1, but its stdout and the listener's reach the test by separate pipes
+  t.ok(await logLine(d, (l) => l.includes('configuration reloaded')), 'the reload happened between RELOADING=1 and READY=1');
 
   proc.kill('SIGTERM');
   await n.next((m) => m.msg.split('\n').includes('STOPPING=1'));

@@ -2,7 +2,7 @@
 // test owns (python3 binds it: Node.js cannot bind a unix datagram socket),
 // the daemon spawned with the unit's capability set or less, and /proc mounted
 // as the unit's ProcSubset=pid / ProtectProc=invisible mount it.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { DaemonFixture } from './daemon';
@@ -48,6 +48,8 @@ export interface NotifyListener {
   messages: Notification[];
   /** the next message (after those already returned) for which pred holds */
   next(pred: (n: Notification) => boolean, ms?: number): Promise<Notification>;
+  /** resolves once every message sent before the call is in `messages` (a marker sent after them has arrived) */
+  flush(): Promise<void>;
   /** stops listening; the socket file stays until the test removes it */
   close(): void;
 }
@@ -95,7 +97,20 @@ export async function notifyListener(t: Teardown, d: DaemonFixture, o: { abstrac
       await new Promise((r) => setTimeout(r, 20));
     }
   };
-  return { address, messages, next, close };
+  const flush = async () => {
+    const marker = `FLUSH=${messages.length}-${Date.now()}`;
+    const send = ['/usr/bin/python3', '-c', 'import socket, sys; a = sys.argv[1]; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(sys.argv[2].encode(), "\\0" + a[1:] if a.startswith("@") else a)', address, marker];
+    const r = o.abstract === 'daemon' ? spawnSync('nsenter', [`--net=/var/run/netns/${d.topo.lbNs}`, ...send]) : spawnSync(send[0], send.slice(1));
+    if (r.status !== 0) throw new Error(`flush marker not sent: ${r.stderr}`);
+    const deadline = Date.now() + 15000;
+    while (!messages.some((m) => m.msg === marker)) {
+      if (Date.now() > deadline) throw new Error('flush marker not received');
+      await new Promise((res) => setTimeout(res, 20));
+    }
+    messages.splice(messages.findIndex((m) => m.msg === marker), 1);
+    seen = Math.min(seen, messages.length);
+  };
+  return { address, messages, next, close, flush };
 }
 
 export interface SpawnOptions {
@@ -110,7 +125,7 @@ export interface SpawnOptions {
 export const PROC_SUBSET_PID = ['unshare', '--mount', '--propagation', 'private', 'sh', '-c', 'mount -t proc -o subset=pid,hidepid=invisible proc /proc && exec "$@"', 'sh'];
 
 /** The daemon in the fixture's namespace, spawned by the test; the fixture kills it at teardown. */
-export function spawnDaemon(d: DaemonFixture, o: SpawnOptions = {}): ChildProcess & { exited: Promise<number> } {
+export function spawnDaemon(d: DaemonFixture, o: SpawnOptions = {}): ChildProcess & { exited: Promise<number>; stop(): Promise<number> } {
   const argv = d.daemonArgv();
   const i = argv.indexOf('setpriv');
   argv.splice(i + 1, 0, ...(o.setpriv ?? []));
@@ -120,8 +135,14 @@ export function spawnDaemon(d: DaemonFixture, o: SpawnOptions = {}): ChildProces
   proc.stdout.on('data', collect);
   proc.stderr.on('data', collect);
   d.proc = proc;
-  const exited = new Promise<number>((r) => proc.once('exit', (code, sig) => r(code ?? (sig ? 128 : -1))));
-  return Object.assign(proc, { exited });
+  // 'close', not 'exit': the daemon's last log lines may still be in the pipes at its exit
+  const exited = new Promise<number>((r) => proc.once('close', (code, sig) => r(code ?? (sig ? 128 : -1))));
+  /** SIGTERM; resolves with the exit code once every log line is in */
+  const stop = () => {
+    proc.kill('SIGTERM');
+    return exited;
+  };
+  return Object.assign(proc, { exited, stop });
 }
 
 /** Waits for a log line for which pred holds; throws with the logs when the daemon exits first or after ms. */
