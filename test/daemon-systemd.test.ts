@@ -93,7 +93,7 @@ t.test('a notify socket that never existed, or one out of reach: the daemon star
 /** STATUS= of a notification, or undefined. */
 const status = (m: Notification) => fields(m).STATUS;
 
-t.test('STATUS= follows services, backends down and draining, recordings; a burst is rate-limited; nothing after STOPPING=1', needsRoot, async (t) => {
+t.test('STATUS= follows services, backends down (by the API or a health check) and draining, recordings; a burst is rate-limited; nothing after STOPPING=1', needsRoot, async (t) => {
   const d = await daemonFixture(t, { servicesYaml: SERVICES });
   const n = await notifyListener(t, d, { abstract: 'daemon' });
   const proc = spawnDaemon(d, { env: { NOTIFY_SOCKET: n.address } });
@@ -115,11 +115,28 @@ t.test('STATUS= follows services, backends down and draining, recordings; a burs
   t.error((await rpc(rec, 'StopRecording', { id: recording.id }))[0]);
   await next('serving 2 services, 4 backends (1 down, 1 draining); 0 recordings');
 
+  // A service added by a reload whose backends answer no health probe: nothing listens behind peer0.
+  d.writeConfig({
+    servicesYaml: `${SERVICES}
+  - name: checked
+    vip: 203.0.113.40
+    port: 80
+    protocol: tcp
+    health_check: { type: tcp, interval: 300ms, timeout: 100ms, fall: 2, rise: 2 }
+    backends:
+      - address: 198.51.100.41
+      - address: 198.51.100.42
+`,
+  });
+  proc.kill('SIGHUP');
+  await next('serving 3 services, 6 backends (3 down, 1 draining); 0 recordings');
+  t.pass('backends down by health check are counted');
+
   const before = n.messages.length;
   const BURST = 15;
   for (let i = 0; i < BURST; i++)
     t.error((await rpc(lb, 'CreateService', { service: { name: `b${i}`, vip: '203.0.113.30', port: 1000 + i, protocol: 'PROTOCOL_TCP', backends: [{ address: '198.51.100.31', port: 443 }] } }))[0]);
-  await next(`serving ${2 + BURST} services, ${4 + BURST} backends (1 down, 1 draining); 0 recordings`);
+  await next(`serving ${3 + BURST} services, ${6 + BURST} backends (3 down, 1 draining); 0 recordings`);
   const burst = n.messages.slice(before).filter((m) => status(m) !== undefined).length;
   t.ok(burst < BURST, `${BURST} changes in a burst, ${burst} STATUS= updates`);
 

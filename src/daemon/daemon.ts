@@ -72,6 +72,8 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     facts: () => ({ services: controller.list(), recordings: recorder.totals().active }),
     send: (line) => notifier.notify(`STATUS=${line}`),
   });
+  // Every change of the services reaches the datapath here, a health check's
+  // hold on a backend included: the one place STATUS= needs to hear of it.
   const controller = new Controller(
     followedBy(timedSink(datapath, metrics), () => {
       void neighbours.sync();
@@ -107,7 +109,6 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
       probe: (type, ok, seconds) => metrics.observeProbe(type, ok, seconds),
       transition: (service, backend, _from, to) => {
         metrics.observeTransition(service, backend, to);
-        statusReporter.changed();
       },
     },
   });
