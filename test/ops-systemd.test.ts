@@ -4,12 +4,13 @@
 // is doing over $NOTIFY_SOCKET (READY=1 only once the API answers,
 // RELOADING=1 then READY=1 on SIGHUP, STOPPING=1 on SIGTERM).
 import t from 'tap';
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { daemonFixture, MAIN, rpc, type DaemonFixture } from './helpers/daemon';
-import { needsRoot, type Teardown } from './helpers/fixtures';
+import { daemonFixture, MAIN, rpc } from './helpers/daemon';
+import { needsRoot } from './helpers/fixtures';
+import { logLine, notifyListener, spawnDaemon, unitCapabilities } from './helpers/systemd';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const UNIT = path.join(ROOT, 'systemd', 'xdplb.service');
@@ -73,80 +74,7 @@ t.test('exposure score below 4.0 (systemd-analyze security --offline)', needsAna
 
 /** Capabilities named in the unit, as setpriv wants them: "-all,+bpf,+net_admin,...". */
 function boundingSetArg(): string {
-  const caps = unitValues('CapabilityBoundingSet')[0].split(/\s+/).map((c) => c.replace(/^CAP_/, '').toLowerCase());
-  return ['-all', ...caps.map((c) => `+${c}`)].join(',');
-}
-
-const NOTIFY_LISTENER = `
-import json, socket, sys, time
-path, api = sys.argv[1], sys.argv[2]
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-s.bind(path)
-print(json.dumps({"listening": True}), flush=True)
-while True:
-    data = s.recv(65536)
-    up = False
-    try:
-        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        c.connect(api)
-        c.close()
-        up = True
-    except OSError:
-        pass
-    print(json.dumps({"msg": data.decode(), "apiListening": up, "t": time.monotonic()}), flush=True)
-`;
-
-interface Notification {
-  msg: string;
-  apiListening: boolean;
-}
-
-/** A unix datagram socket that collects what is sent to it (Node.js cannot bind one itself). */
-async function notifyListener(t: Teardown, d: DaemonFixture): Promise<{ path: string; messages: Notification[]; next(pred: (n: Notification) => boolean, ms?: number): Promise<Notification> }> {
-  const sock = path.join(d.dir, 'notify.sock');
-  const py = spawn('/usr/bin/python3', ['-c', NOTIFY_LISTENER, sock, d.socket], { stdio: ['ignore', 'pipe', 'inherit'] });
-  t.teardown(() => void py.kill('SIGKILL'));
-  const messages: Notification[] = [];
-  let buf = '';
-  let listening!: () => void;
-  const ready = new Promise<void>((r) => (listening = r));
-  py.stdout.on('data', (chunk: Buffer) => {
-    buf += chunk.toString();
-    let nl;
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const o = JSON.parse(buf.slice(0, nl)) as Notification & { listening?: boolean };
-      buf = buf.slice(nl + 1);
-      if (o.listening) listening();
-      else messages.push(o);
-    }
-  });
-  await ready;
-  let seen = 0;
-  const next = async (pred: (n: Notification) => boolean, ms = 15000) => {
-    const deadline = Date.now() + ms;
-    for (;;) {
-      while (seen < messages.length) {
-        const n = messages[seen++];
-        if (pred(n)) return n;
-      }
-      if (Date.now() > deadline) throw new Error(`no matching notification in ${ms} ms; got ${JSON.stringify(messages)}\n${d.logs.join('\n')}`);
-      await new Promise((r) => setTimeout(r, 20));
-    }
-  };
-  return { path: sock, messages, next };
-}
-
-/** The daemon in the fixture's namespace, spawned by the test with extra setpriv options and environment. */
-function spawnDaemon(d: DaemonFixture, setprivArgs: string[], env: NodeJS.ProcessEnv): ChildProcess {
-  const argv = d.daemonArgv();
-  const i = argv.indexOf('setpriv') + 1;
-  argv.splice(i, 0, ...setprivArgs);
-  const proc = spawn('nsenter', argv, { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, ...env } });
-  const collect = (c: Buffer) => d.logs.push(...c.toString().split('\n').filter(Boolean));
-  proc.stdout?.on('data', collect);
-  proc.stderr?.on('data', collect);
-  d.proc = proc; // the fixture kills it at teardown
-  return proc;
+  return ['-all', ...unitCapabilities().map((c) => `+${c}`)].join(',');
 }
 
 const SERVICES = `
@@ -162,12 +90,12 @@ const SERVICES = `
 t.test('notify protocol: READY=1 once the API answers, RELOADING=1/READY=1 on SIGHUP, STOPPING=1 on SIGTERM', needsRoot, async (t) => {
   const d = await daemonFixture(t, { servicesYaml: SERVICES });
   const n = await notifyListener(t, d);
-  const proc = spawnDaemon(d, [], { NOTIFY_SOCKET: n.path });
-  const exited = new Promise<number>((r) => proc.once('exit', (code) => r(code ?? -1)));
+  const proc = spawnDaemon(d, { env: { NOTIFY_SOCKET: n.address } });
+  const exited = proc.exited;
 
   const ready = await n.next((m) => m.msg.split('\n').includes('READY=1'));
   t.ok(ready.apiListening, 'the API socket accepted a connection when READY=1 arrived');
-  t.match(ready.msg, /STATUS=serving 1 services/, 'STATUS= says what it serves');
+  t.match(ready.msg, /STATUS=serving 1 service, 2 backends/, 'STATUS= says what it serves');
   t.equal(n.messages.indexOf(ready), 0, 'READY=1 is the first notification');
   const c = d.client();
   const [e, status] = await rpc<{ services: number }>(c, 'GetNodeStatus', {});
@@ -178,15 +106,16 @@ t.test('notify protocol: READY=1 once the API answers, RELOADING=1/READY=1 on SI
   const reloading = await n.next((m) => m.msg.split('\n').includes('RELOADING=1'));
   t.match(reloading.msg, /MONOTONIC_USEC=\d+/, 'RELOADING=1 carries MONOTONIC_USEC');
   await n.next((m) => m.msg.split('\n').includes('READY=1'));
-  t.ok(d.logs.some((l) => l.includes('configuration reloaded')), 'the reload happened between RELOADING=1 and READY=1');
+  // the daemon logs before it sends READY=1, but its stdout and the listener's reach the test by separate pipes
+  t.ok(await logLine(d, (l) => l.includes('configuration reloaded')), 'the reload happened between RELOADING=1 and READY=1');
 
   proc.kill('SIGTERM');
   await n.next((m) => m.msg.split('\n').includes('STOPPING=1'));
   t.equal(await exited, 0, 'exit code 0 after SIGTERM');
   t.same(
-    n.messages.map((m) => m.msg.split('\n')[0]),
+    n.messages.map((m) => m.msg.split('\n')[0]).filter((l) => !l.startsWith('STATUS=')),
     ['READY=1', 'RELOADING=1', 'READY=1', 'STOPPING=1'],
-    'notifications in order, nothing else',
+    'notifications in order, nothing else but STATUS= updates',
   );
 });
 
@@ -195,8 +124,8 @@ t.test("the daemon needs no capability beyond the unit's bounding set", needsRoo
   const setpriv = ['--bounding-set', boundingSetArg(), '--inh-caps', '-all'];
   t.comment(`setpriv ${setpriv.join(' ')}`);
   for (const round of ['fresh start', 'restart adopting the pins']) {
-    const proc = spawnDaemon(d, setpriv, {});
-    const exited = new Promise<number>((r) => proc.once('exit', (code) => r(code ?? -1)));
+    const proc = spawnDaemon(d, { setpriv });
+    const exited = proc.exited;
     const deadline = Date.now() + 15000;
     while (!d.logs.some((l) => l.includes('"msg":"ready"'))) {
       if (proc.exitCode !== null || Date.now() > deadline) break;

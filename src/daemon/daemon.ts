@@ -10,10 +10,12 @@ import { ServiceStore } from '../control/store';
 import { validateService } from '../control/validate';
 import { startApi, SERVICE_NAME, type ApiServer } from '../api/server';
 import { LbDatapath } from '../datapath/lb';
-import { sdNotify } from '../datapath/bpf';
+import { checkCapabilities } from './capabilities';
 import { createLogger } from './log';
 import { lockDaemon } from './lock';
 import { NeighbourKeeper } from './neighbours';
+import { Notifier } from './notify';
+import { StatusReporter } from './status';
 // Operations (issue 8): metrics, health checks.
 import type { DatapathSink } from '../control/controller';
 import { HealthChecker } from '../health/checker';
@@ -37,6 +39,8 @@ export interface Daemon {
   health: HealthChecker;
   metrics: Metrics;
   recorder: Recorder;
+  /** READY=1 to systemd, with the first STATUS=; updates follow from then on */
+  ready(): void;
   reload(): Promise<void>;
   stop(): Promise<void>;
 }
@@ -49,6 +53,8 @@ function fixedSettingsChanged(a: Config['node'], b: Config['node']): string[] {
 export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   let config = loadConfigFile(opts.configPath);
   const log = createLogger(config.node.logLevel);
+  checkCapabilities(log);
+  const notifier = new Notifier(log);
   // Before anything is touched: a second daemon must leave the first one's
   // program, maps, recordings, socket and metrics port alone.
   const lock = lockDaemon(config.node);
@@ -62,7 +68,21 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     backends: () => controller.list().flatMap((s) => s.backends.map((b) => b.address)),
     noNeighCount: () => datapath.reasonPackets('drop_fib_no_neigh'),
   });
-  const controller = new Controller(followedBy(timedSink(datapath, metrics), () => void neighbours.sync()), store, validateService, log);
+  const statusReporter = new StatusReporter({
+    facts: () => ({ services: controller.list(), recordings: recorder.totals().active }),
+    send: (line) => notifier.notify(`STATUS=${line}`),
+  });
+  // Every change of the services reaches the datapath here, a health check's
+  // hold on a backend included: the one place STATUS= needs to hear of it.
+  const controller = new Controller(
+    followedBy(timedSink(datapath, metrics), () => {
+      void neighbours.sync();
+      statusReporter.changed();
+    }),
+    store,
+    validateService,
+    log,
+  );
   await controller.restore(config.services, await store.load());
   neighbours.start();
   const status = async () => {
@@ -89,19 +109,20 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
       probe: (type, ok, seconds) => metrics.observeProbe(type, ok, seconds),
       transition: (service, backend, _from, to) => {
         metrics.observeTransition(service, backend, to);
-        notifyHealth();
       },
     },
   });
-  const notifyHealth = () => {
-    const down = health.snapshot().filter((h) => h.status === 'down').length;
-    try {
-      sdNotify(`STATUS=serving ${controller.list().length} services; ${down} backends down by health check`);
-    } catch (e) {
-      log.debug({ error: (e as Error).message }, 'status notification not sent');
-    }
-  };
   health.start();
+  // Recordings start through the API and stop by themselves (a count, a
+  // duration, a client gone): their number is polled, one integer a second.
+  let recordings = 0;
+  const recordingsWatch = setInterval(() => {
+    const n = recorder.totals().active;
+    if (n !== recordings) {
+      recordings = n;
+      statusReporter.changed();
+    }
+  }, 1000).unref();
   metrics.bind({
     counters: () => datapath.counters(controller.list()),
     status,
@@ -117,8 +138,12 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   api.health.setStatus(SERVICE_NAME, 'SERVING');
   log.info({ endpoints: api.endpoints, services: controller.list().length }, 'ready');
 
+  const ready = () => {
+    notifier.notify(`READY=1\nSTATUS=${statusReporter.ready()}`);
+  };
+
   const reload = async () => {
-    sdNotify(`RELOADING=1\nMONOTONIC_USEC=${process.hrtime.bigint() / 1000n}`);
+    notifier.notify(`RELOADING=1\nMONOTONIC_USEC=${process.hrtime.bigint() / 1000n}`);
     try {
       const next = loadConfigFile(opts.configPath);
       const fixed = fixedSettingsChanged(config.node, next.node);
@@ -142,20 +167,22 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     } catch (e) {
       log.error({ error: (e as Error).message }, 'reload rejected; running state unchanged');
     } finally {
-      sdNotify('READY=1');
+      notifier.notify('READY=1');
     }
   };
 
   const stop = async () => {
-    sdNotify('STOPPING=1');
+    statusReporter.stop();
+    clearInterval(recordingsWatch);
+    notifier.notify('STOPPING=1\nSTATUS=stopping: closing recordings and the API');
     api.health.setStatus('', 'NOT_SERVING');
     health.stop();
-    await neighbours.stop();
-    await metricsServer?.close();
     // Recordings end first: their files are completed and their streams get
     // the final chunk before the API waits for open calls.
     await recorder.close();
     recorderMaps?.close();
+    await neighbours.stop();
+    await metricsServer?.close();
     await api.close();
     if (opts.detachOnExit) {
       datapath.uninstall();
@@ -167,7 +194,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     lock.release();
   };
 
-  return { controller, datapath, api, log, health, metrics, recorder, reload, stop };
+  return { controller, datapath, api, log, health, metrics, recorder, ready, reload, stop };
 }
 
 /** Backend id -> address, for pcapng packet comments; rebuilt at most once a second. */
@@ -219,10 +246,9 @@ function followedBy(sink: DatapathSink, after: () => void): DatapathSink {
 /** `xdplb daemon`: runs until SIGTERM/SIGINT. */
 export async function runDaemon(opts: DaemonOptions): Promise<void> {
   const d = await startDaemon(opts);
-  sdNotify(`READY=1\nSTATUS=serving ${d.controller.list().length} services`);
   let reloading = Promise.resolve();
   process.on('SIGHUP', () => {
-    reloading = reloading.then(d.reload);
+    reloading = reloading.then(d.reload).catch((e: Error) => d.log.error({ error: e.message }, 'reload failed'));
   });
   let stopping = false;
   const onSignal = (sig: string) => {
@@ -239,4 +265,5 @@ export async function runDaemon(opts: DaemonOptions): Promise<void> {
   };
   process.on('SIGTERM', () => onSignal('SIGTERM'));
   process.on('SIGINT', () => onSignal('SIGINT'));
+  d.ready();
 }

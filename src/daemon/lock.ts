@@ -41,7 +41,12 @@ function lockOne(target: string, what: string): number {
   if (flockExclusive(fd)) return fd;
   const st = fs.fstatSync(fd);
   fs.closeSync(fd);
-  const pid = lockHolder(st);
+  let pid: number | undefined;
+  try {
+    pid = lockHolder(st);
+  } catch {
+    // /proc/locks is hidden under the unit's ProcSubset=pid: the holder stays unnamed
+  }
   throw XdplbError.failedPrecondition(
     `another xdplb daemon (pid ${pid ?? 'unknown'}) holds ${target}: one daemon per node; stop it first (${what})`,
   );

@@ -23,6 +23,7 @@ import { vipFilterWords } from './flowhash';
 import { REASON, REASONS } from './reasons';
 import { agePathMtus } from './pmtu';
 import { routeWarnings, type RouteCheck } from './routes';
+import { netconf } from '../net/iproute';
 import { buildTable, diffTables, NO_BACKEND } from '../maglev';
 import type { DatapathSink } from '../control/controller';
 import { XdplbError } from '../control/errors';
@@ -249,7 +250,11 @@ export class LbDatapath implements DatapathSink {
       s.backendValues.set(id, raw.toString('hex'));
       this.backendIds.take(id);
     }
-    this.log.info({ services: this.installed.size, backends: [...byService.values()].reduce((n, s) => n + s.backends.size, 0) }, 'adopted pinned datapath state');
+    const backends = [...byService.values()].reduce((n, s) => n + s.backends.size, 0);
+    // The program's pin is written last by a daemon that attached: without it
+    // and without services, nothing was adopted.
+    if (!this.installed.size && !fs.existsSync(path.join(this.node.bpffs, PROG_PIN))) this.log.info({ bpffs: this.node.bpffs }, 'no pinned datapath state: starting with a fresh datapath');
+    else this.log.info({ services: this.installed.size, backends }, 'adopted pinned datapath state');
   }
 
   /**
@@ -352,18 +357,20 @@ export class LbDatapath implements DatapathSink {
 
   /**
    * bpf_fib_lookup answers only where the kernel itself would forward: without
-   * forwarding every packet to a VIP is passed (pass_fib_fwd_disabled).
+   * forwarding on the receiving interface (both families check the device's
+   * own setting) every packet to a VIP is passed (pass_fib_fwd_disabled).
+   * Asked over rtnetlink: the unit's ProcSubset=pid hides /proc/sys.
    */
   private warnForwarding(name: string): void {
-    const off = [`/proc/sys/net/ipv4/conf/${name}/forwarding`, '/proc/sys/net/ipv6/conf/all/forwarding'].filter((f) => {
-      try {
-        return fs.readFileSync(f, 'utf8').trim() === '0';
-      } catch {
-        return false;
-      }
-    });
-    if (off.length)
-      this.log.warn({ interface: name, sysctls: off }, 'forwarding is off: the datapath passes VIP traffic to the kernel until it is on (sysctl -w ...=1)');
+    netconf(name).then(
+      (confs) => {
+        const off = confs.filter((c) => c.forwarding === false).map((c) => `net.${c.family === 'inet6' ? 'ipv6' : 'ipv4'}.conf.${name}.forwarding`);
+        if (off.length)
+          this.log.warn({ interface: name, sysctls: off }, 'forwarding is off: the datapath passes VIP traffic to the kernel until it is on (sysctl -w ...=1)');
+        else this.log.debug({ interface: name }, 'forwarding is on');
+      },
+      (e: Error) => this.log.warn({ interface: name, error: e.message }, 'forwarding could not be checked: if it is off, the datapath passes VIP traffic to the kernel'),
+    );
   }
 
   private detachOne(name: string, mode: bpf.XdpMode, expected?: bpf.BpfProgram): void {

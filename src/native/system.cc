@@ -65,6 +65,8 @@ Napi::Value PossibleCpus(const Napi::CallbackInfo &info) {
 }
 
 // sdNotify(state) -> false when $NOTIFY_SOCKET is unset (not under systemd).
+// MSG_DONTWAIT: a receiver that stopped reading fills its queue, and a blocking
+// send would then stall the daemon's event loop; EAGAIN is reported instead.
 Napi::Value SdNotify(const Napi::CallbackInfo &info) {
   Napi::Env env = info.Env();
   std::string state = StringArg(info, 0, "state");
@@ -78,7 +80,7 @@ Napi::Value SdNotify(const Napi::CallbackInfo &info) {
   if (addr.sun_path[0] == '@') addr.sun_path[0] = '\0';
   int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
   if (fd < 0) throw SysError(env, errno, "sd_notify socket", sock);
-  ssize_t n = sendto(fd, state.data(), state.size(), MSG_NOSIGNAL, reinterpret_cast<struct sockaddr *>(&addr),
+  ssize_t n = sendto(fd, state.data(), state.size(), MSG_NOSIGNAL | MSG_DONTWAIT, reinterpret_cast<struct sockaddr *>(&addr),
                      static_cast<socklen_t>(offsetof(struct sockaddr_un, sun_path) + len));
   int err = errno;
   close(fd);

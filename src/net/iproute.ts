@@ -47,3 +47,21 @@ export async function routeGet(addresses: readonly string[], opts: readonly stri
   }
   return out;
 }
+
+/** One answer of `ip -j netconf show`: the per-family settings of an interface. */
+export interface NetconfAnswer {
+  family: 'inet' | 'inet6';
+  interface: string;
+  forwarding?: boolean;
+}
+
+/**
+ * An interface's IPv4 and IPv6 settings, over rtnetlink (RTM_GETNETCONF), so
+ * it answers where /proc/sys is hidden (systemd's ProcSubset=pid). Throws when
+ * `ip` cannot run or the kernel refuses.
+ */
+export async function netconf(dev: string, opts: readonly string[] = []): Promise<NetconfAnswer[]> {
+  const r = await ip([...opts, '-j', 'netconf', 'show', 'dev', dev]);
+  if (!r.ok) throw new Error(`ip netconf show dev ${dev}: ${r.err}`);
+  return JSON.parse(r.out || '[]') as NetconfAnswer[];
+}
