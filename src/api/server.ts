@@ -7,18 +7,23 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
+import { FileDescriptorProto, FileDescriptorSet } from 'protobufjs/ext/descriptor';
 import type { Logger } from 'pino';
 import type { Controller } from '../control/controller';
 import { XdplbError, type ErrorCode } from '../control/errors';
 import type { ApiSettings } from '../control/model';
 import type { Recorder } from '../recorder/recordings';
 import type { NextHopStatus } from '../daemon/neighbours';
-import { recorderHandlers } from './recorder';
+import { RECORDER_SERVICE_NAME, recorderHandlers } from './recorder';
 import { backendFromPb, serviceFromPb, serviceToPb, type PbBackend, type PbService } from './convert';
 
 export const PROTO_DIR = path.resolve(__dirname, '..', '..', '..', 'proto');
 export const PROTO_FILES = ['xdplb/v1/loadbalancer.proto', 'xdplb/v1/recorder.proto'];
 export const SERVICE_NAME = 'xdplb.v1.LoadBalancer';
+/** protoc's descriptors of proto/, their imports and the health and reflection protos (CMakeLists.txt builds it). */
+export const DESCRIPTOR_SET = path.resolve(__dirname, '..', '..', '..', 'build', 'proto', 'xdplb.binpb');
+const HEALTH_SERVICE_NAME = 'grpc.health.v1.Health';
+const REFLECTION_SERVICE_NAMES = ['grpc.reflection.v1.ServerReflection', 'grpc.reflection.v1alpha.ServerReflection'];
 
 export const LOADER_OPTIONS: protoLoader.Options = {
   keepCase: false,
@@ -31,6 +36,27 @@ export const LOADER_OPTIONS: protoLoader.Options = {
 
 export function loadProto(): protoLoader.PackageDefinition {
   return protoLoader.loadSync(PROTO_FILES, LOADER_OPTIONS);
+}
+
+/**
+ * Server reflection over protoc's descriptors: the original file names, field
+ * names, map entries, proto3 optionals and imports, as a strict client (grpcurl,
+ * Python's descriptor pool) expects them. Given proto-loader's package
+ * definition, @grpc/reflection would hand out what protobufjs rebuilds from it:
+ * one made-up file per package, camelCase fields, no imports. It reads nothing
+ * but the fileDescriptorProtos of the definitions it is given, so one entry
+ * carrying protoc's files is all it needs.
+ */
+function reflectionService(services: string[]): ReflectionService {
+  let set: Buffer;
+  try {
+    set = fs.readFileSync(DESCRIPTOR_SET);
+  } catch (e) {
+    throw XdplbError.unavailable(`${DESCRIPTOR_SET}: ${(e as Error).message} (scripts/bootstrap.sh builds it)`, e);
+  }
+  const files = (FileDescriptorSet.decode(set) as unknown as { file: object[] }).file.map((f) => FileDescriptorProto.encode(f).finish());
+  const descriptors = { descriptors: { fileDescriptorProtos: files } } as unknown as protoLoader.PackageDefinition;
+  return new ReflectionService(descriptors, { services });
 }
 
 export interface Traffic {
@@ -247,11 +273,15 @@ export async function startApi(settings: ApiSettings, deps: ApiDeps): Promise<Ap
     xdplb: { v1: { LoadBalancer: grpc.ServiceClientConstructor; Recorder: grpc.ServiceClientConstructor } };
   };
   const server = new grpc.Server();
+  const served = [SERVICE_NAME, HEALTH_SERVICE_NAME, ...REFLECTION_SERVICE_NAMES];
   server.addService(proto.xdplb.v1.LoadBalancer.service, loadBalancerHandlers(deps));
-  if (deps.recorder) server.addService(proto.xdplb.v1.Recorder.service, recorderHandlers(deps.recorder, deps.log));
+  if (deps.recorder) {
+    server.addService(proto.xdplb.v1.Recorder.service, recorderHandlers(deps.recorder, deps.log));
+    served.push(RECORDER_SERVICE_NAME);
+  }
   const health = new HealthImplementation({ '': 'NOT_SERVING', [SERVICE_NAME]: 'NOT_SERVING' });
   health.addToServer(server);
-  new ReflectionService(pkg).addToServer(server);
+  reflectionService(served).addToServer(server);
 
   const endpoints: string[] = [];
   fs.mkdirSync(path.dirname(settings.socket), { recursive: true, mode: 0o755 });
