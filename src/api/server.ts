@@ -12,6 +12,7 @@ import type { Logger } from 'pino';
 import type { Controller } from '../control/controller';
 import { XdplbError, type ErrorCode } from '../control/errors';
 import type { ApiSettings } from '../control/model';
+import { validateServiceName } from '../control/validate';
 import type { Recorder } from '../recorder/recordings';
 import type { NextHopStatus } from '../daemon/neighbours';
 import { RECORDER_SERVICE_NAME, recorderHandlers } from './recorder';
@@ -113,9 +114,30 @@ const STATUS: Record<ErrorCode, grpc.status> = {
   INTERNAL: grpc.status.INTERNAL,
 };
 
+/**
+ * grpc-message travels percent-encoded (a non-ASCII byte takes three) in at most
+ * 8 KB of metadata; a longer message turns the status into RESOURCE_EXHAUSTED at
+ * the client. Values are quoted short (quote()); this bounds whatever else a
+ * message repeats.
+ */
+const MAX_DETAILS_BYTES = 1536;
+
+function bounded(message: string): string {
+  const total = Buffer.byteLength(message);
+  if (total <= MAX_DETAILS_BYTES) return message;
+  let kept = '';
+  let bytes = 0;
+  for (const ch of message) {
+    bytes += Buffer.byteLength(ch);
+    if (bytes > MAX_DETAILS_BYTES) break;
+    kept += ch;
+  }
+  return `${kept}… (${total} bytes)`;
+}
+
 export function toServiceError(e: unknown): Partial<grpc.ServiceError> {
-  if (e instanceof XdplbError) return { code: STATUS[e.code] ?? grpc.status.INTERNAL, details: e.message };
-  return { code: grpc.status.INTERNAL, details: e instanceof Error ? e.message : String(e) };
+  if (e instanceof XdplbError) return { code: STATUS[e.code] ?? grpc.status.INTERNAL, details: bounded(e.message) };
+  return { code: grpc.status.INTERNAL, details: bounded(e instanceof Error ? e.message : String(e)) };
 }
 
 type Unary<Req, Res> = (req: Req) => Res | Promise<Res>;
@@ -164,27 +186,30 @@ export function loadBalancerHandlers(deps: ApiDeps): grpc.UntypedServiceImplemen
     CreateService: unary(log, 'CreateService', (r: { service?: PbService }) =>
       svc(c.create(serviceFromPb(requireField(r.service, 'service')))),
     ),
-    GetService: unary(log, 'GetService', (r: NameReq) => serviceToPb(c.get(r.name))),
+    GetService: unary(log, 'GetService', (r: NameReq) => serviceToPb(c.get(validateServiceName(r.name, 'name')))),
     ListServices: unary(log, 'ListServices', () => ({ services: c.list().map(serviceToPb) })),
     UpdateService: unary(log, 'UpdateService', (r: { service?: PbService }) =>
       svc(c.update(serviceFromPb(requireField(r.service, 'service')))),
     ),
-    DeleteService: unary(log, 'DeleteService', (r: NameReq) => c.delete(r.name).then(() => ({}))),
+    DeleteService: unary(log, 'DeleteService', (r: NameReq) => c.delete(validateServiceName(r.name, 'name')).then(() => ({}))),
     SetBackends: unary(log, 'SetBackends', (r: { service: string; backends: PbBackend[] }) =>
-      svc(c.setBackends(r.service, r.backends.map(backendFromPb))),
+      // The backends are checked as the service's list, which is the request's list.
+      svc(c.setBackends(validateServiceName(r.service, 'service'), r.backends.map(backendFromPb))).catch((e: unknown) => {
+        throw e instanceof XdplbError ? e.renamed('service.backends', 'backends') : e;
+      }),
     ),
     AddBackend: unary(log, 'AddBackend', (r: BackendReq) =>
-      svc(c.addBackend(r.service, backendFromPb(requireField(r.backend, 'backend')))),
+      svc(c.addBackend(validateServiceName(r.service, 'service'), backendFromPb(requireField(r.backend, 'backend')))),
     ),
     RemoveBackend: unary(log, 'RemoveBackend', (r: BackendRefReq) =>
-      svc(c.removeBackend(r.service, requireField(r.backend, 'backend'))),
+      svc(c.removeBackend(validateServiceName(r.service, 'service'), requireField(r.backend, 'backend'))),
     ),
     DrainBackend: unary(log, 'DrainBackend', (r: BackendRefReq) =>
-      svc(c.drainBackend(r.service, requireField(r.backend, 'backend'))),
+      svc(c.drainBackend(validateServiceName(r.service, 'service'), requireField(r.backend, 'backend'))),
     ),
     GetNodeStatus: unary(log, 'GetNodeStatus', () => deps.status()),
     GetCounters: unary(log, 'GetCounters', (r: { service: string }) => {
-      if (r.service) c.get(r.service);
+      if (r.service) c.get(validateServiceName(r.service, 'service'));
       return deps.counters(r.service || undefined);
     }),
     WatchCounters: (call: grpc.ServerWritableStream<{ service: string; intervalMs: number }, CountersSnapshot>) => {
@@ -196,7 +221,7 @@ export function loadBalancerHandlers(deps: ApiDeps): grpc.UntypedServiceImplemen
         return;
       }
       try {
-        if (service) c.get(service);
+        if (service) c.get(validateServiceName(service, 'service'));
       } catch (e) {
         fail(toServiceError(e));
         return;
@@ -207,6 +232,8 @@ export function loadBalancerHandlers(deps: ApiDeps): grpc.UntypedServiceImplemen
         if (reading || call.writableLength !== 0) return;
         reading = true;
         try {
+          // A watched service that is deleted ends the stream (NOT_FOUND) rather than streaming empty lists.
+          if (service) c.get(service);
           const snapshot = await deps.counters(service || undefined);
           if (!call.cancelled && !ended) call.write(snapshot);
         } catch (e) {
