@@ -53,7 +53,7 @@ function reflectionService(services: string[]): ReflectionService {
   try {
     set = fs.readFileSync(DESCRIPTOR_SET);
   } catch (e) {
-    throw XdplbError.unavailable(`${DESCRIPTOR_SET}: ${(e as Error).message} (scripts/bootstrap.sh builds it)`, e);
+    throw XdplbError.failedPrecondition(`server reflection: ${(e as Error).message} (scripts/bootstrap.sh builds it)`);
   }
   const files = (FileDescriptorSet.decode(set) as unknown as { file: object[] }).file.map((f) => FileDescriptorProto.encode(f).finish());
   const descriptors = { descriptors: { fileDescriptorProtos: files } } as unknown as protoLoader.PackageDefinition;
