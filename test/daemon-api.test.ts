@@ -147,7 +147,7 @@ t.test('services through the API: every error names the field and changes nothin
     ['CreateService', {}, grpc.status.INVALID_ARGUMENT, /service/],
     ['GetService', { name: 'nope' }, grpc.status.NOT_FOUND, /nope/],
     ['DeleteService', { name: 'nope' }, grpc.status.NOT_FOUND, /nope/],
-    ['AddBackend', { service: 'api1', backend: { address: '2001:db8:200::11', port: 8443 } }, grpc.status.ALREADY_EXISTS, /backends/],
+    ['AddBackend', { service: 'api1', backend: { address: '2001:db8:200::11', port: 8443 } }, grpc.status.ALREADY_EXISTS, /^backend: backend 2001:db8:200::11 port 8443 is already in service api1$/],
     ['AddBackend', { service: 'api1', backend: { address: '2001:db8:200::13', port: 8443, weight: 70000 } }, grpc.status.INVALID_ARGUMENT, /weight/],
     ['RemoveBackend', { service: 'api1', backend: { address: '2001:db8:200::99', port: 8443 } }, grpc.status.NOT_FOUND, /2001:db8:200::99/],
     ['DrainBackend', { service: 'nope', backend: { address: '2001:db8:200::11', port: 8443 } }, grpc.status.NOT_FOUND, /nope/],

@@ -2,12 +2,13 @@
 // refuses with the exact field named, and what passes comes out normalised.
 // Pure functions, no root needed.
 import t from 'tap';
-import { ERROR_CODES, XdplbError, isXdplbError, type ErrorCode } from '../src/control/errors';
+import { ERROR_CODES, QUOTE_MAX, XdplbError, isXdplbError, quote, type ErrorCode } from '../src/control/errors';
 import { DEFAULT_FLAGS, DEFAULT_NODE } from '../src/control/model';
 import {
   MAX_BACKENDS_PER_SERVICE,
   canonicalAddress,
   validateBackend,
+  validateBackendRef,
   validateConfig,
   validateNode,
   validateOuterSource,
@@ -87,6 +88,35 @@ t.test('errors: one line naming the field, a code named after the gRPC status', 
   t.notOk(isXdplbError(new Error('x')));
 });
 
+t.test('errors: a long value is shown cut short, with its length', async (t) => {
+  t.equal(quote('web'), '"web"');
+  t.equal(quote('a'.repeat(QUOTE_MAX)), JSON.stringify('a'.repeat(QUOTE_MAX)), 'up to QUOTE_MAX characters in full');
+  t.equal(quote('a'.repeat(100 * 1024)), `"${'a'.repeat(QUOTE_MAX)}…" (102400 characters)`);
+  t.equal(quote('😀'.repeat(QUOTE_MAX + 1)), `"${'😀'.repeat(QUOTE_MAX)}…" (${QUOTE_MAX + 1} characters)`, 'never half a character');
+  const big = `10.0.0.${'9'.repeat(50_000)}`;
+  refuses(t, () => validateService(svc({ vip: big }), 'service'), 'INVALID_ARGUMENT', `service.vip: "${big.slice(0, QUOTE_MAX)}…" (${big.length} characters) is not an IPv4 or IPv6 address`);
+  refuses(t, () => validateService(svc({ name: big }), 'service'), 'INVALID_ARGUMENT', `service.name: "${big.slice(0, QUOTE_MAX)}…" (${big.length} characters) is not an RFC 1123 label (lowercase letters, digits and "-", at most 63, starting and ending with a letter or digit)`);
+  refuses(t, () => validateService(svc({ protocol: big }), 'service'), 'INVALID_ARGUMENT', `service.protocol: must be one of tcp, udp, got "${big.slice(0, QUOTE_MAX)}…" (${big.length} characters)`);
+});
+
+t.test("errors: renamed puts a field path in the request's own terms", async (t) => {
+  const e = XdplbError.invalid('service.backends[2].address', 'bad');
+  t.equal(e.renamed('service.backends', 'backends').message, 'backends[2].address: bad');
+  t.equal(XdplbError.exhausted('too many', 'service.backends').renamed('service.backends', 'backend').message, 'backend: too many');
+  t.equal(e.renamed('service.backend', 'x'), e, 'a path that only starts with the same letters is kept');
+  t.equal(e.renamed('service.name', 'name'), e);
+  const placed = e.at({ file: 'f.yaml', line: 3, column: 5 }).renamed('service', 'services[0]');
+  t.equal(placed.message, 'f.yaml:3:5: services[0].backends[2].address: bad', 'keeps the location');
+});
+
+t.test('a backend reference: an address in canonical text and a port 1..65535', async (t) => {
+  t.same(validateBackendRef({ address: '2001:DB8::0:1', port: 80 }, 'backend'), { address: '2001:db8::1', port: 80 });
+  refuses(t, () => validateBackendRef({ address: '198.51.100.300', port: 80 }, 'backend'), 'INVALID_ARGUMENT', 'backend.address: "198.51.100.300" is not an IPv4 or IPv6 address');
+  refuses(t, () => validateBackendRef({ address: '198.51.100.3', port: 0 }, 'backend'), 'INVALID_ARGUMENT', 'backend.port: must be >= 1, got 0');
+  refuses(t, () => validateBackendRef({ address: '198.51.100.3' }, 'backend'), 'INVALID_ARGUMENT', 'backend.port: is required');
+  refuses(t, () => validateBackendRef(null, 'backend'), 'INVALID_ARGUMENT', 'backend: must be a mapping, got null');
+});
+
 // ---- services -----------------------------------------------------------------
 
 t.test('a service comes out with defaults filled in and nothing shared with the input', async (t) => {
@@ -143,7 +173,8 @@ t.test('service name: an RFC 1123 label of at most 63 characters', async (t) => 
   const label = 'an RFC 1123 label (lowercase letters, digits and "-", at most 63, starting and ending with a letter or digit)';
   refuses(t, () => validateService(svc({ name: undefined }), 'services[2]'), 'INVALID_ARGUMENT', 'services[2].name: is required');
   refuses(t, () => validateService(svc({ name: 7 }), 'services[2]'), 'INVALID_ARGUMENT', 'services[2].name: must be a string, got 7');
-  for (const bad of ['Web', 'web_1', '-web', 'web-', '', 'a'.repeat(64), 'wéb'])
+  refuses(t, () => validateService(svc({ name: '' }), 'services[2]'), 'INVALID_ARGUMENT', 'services[2].name: is required');
+  for (const bad of ['Web', 'web_1', '-web', 'web-', 'a'.repeat(64), 'wéb'])
     refuses(t, () => validateService(svc({ name: bad }), 'services[2]'), 'INVALID_ARGUMENT', `services[2].name: ${JSON.stringify(bad)} is not ${label}`);
   for (const good of ['a', '7', 'web-1', 'a'.repeat(63), '0day']) t.equal(validateService(svc({ name: good })).name, good);
 });

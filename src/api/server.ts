@@ -7,18 +7,24 @@ import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
+import { FileDescriptorProto, FileDescriptorSet } from 'protobufjs/ext/descriptor';
 import type { Logger } from 'pino';
 import type { Controller } from '../control/controller';
 import { XdplbError, type ErrorCode } from '../control/errors';
 import type { ApiSettings } from '../control/model';
+import { validateServiceName } from '../control/validate';
 import type { Recorder } from '../recorder/recordings';
 import type { NextHopStatus } from '../daemon/neighbours';
-import { recorderHandlers } from './recorder';
+import { RECORDER_SERVICE_NAME, recorderHandlers } from './recorder';
 import { backendFromPb, serviceFromPb, serviceToPb, type PbBackend, type PbService } from './convert';
 
 export const PROTO_DIR = path.resolve(__dirname, '..', '..', '..', 'proto');
 export const PROTO_FILES = ['xdplb/v1/loadbalancer.proto', 'xdplb/v1/recorder.proto'];
 export const SERVICE_NAME = 'xdplb.v1.LoadBalancer';
+/** protoc's descriptors of proto/, their imports and the health and reflection protos (CMakeLists.txt builds it). */
+export const DESCRIPTOR_SET = path.resolve(__dirname, '..', '..', '..', 'build', 'proto', 'xdplb.binpb');
+const HEALTH_SERVICE_NAME = 'grpc.health.v1.Health';
+const REFLECTION_SERVICE_NAMES = ['grpc.reflection.v1.ServerReflection', 'grpc.reflection.v1alpha.ServerReflection'];
 
 export const LOADER_OPTIONS: protoLoader.Options = {
   keepCase: false,
@@ -31,6 +37,27 @@ export const LOADER_OPTIONS: protoLoader.Options = {
 
 export function loadProto(): protoLoader.PackageDefinition {
   return protoLoader.loadSync(PROTO_FILES, LOADER_OPTIONS);
+}
+
+/**
+ * Server reflection over protoc's descriptors: the original file names, field
+ * names, map entries, proto3 optionals and imports, as a strict client (grpcurl,
+ * Python's descriptor pool) expects them. Given proto-loader's package
+ * definition, @grpc/reflection would hand out what protobufjs rebuilds from it:
+ * one made-up file per package, camelCase fields, no imports. It reads nothing
+ * but the fileDescriptorProtos of the definitions it is given, so one entry
+ * carrying protoc's files is all it needs.
+ */
+function reflectionService(services: string[]): ReflectionService {
+  let set: Buffer;
+  try {
+    set = fs.readFileSync(DESCRIPTOR_SET);
+  } catch (e) {
+    throw XdplbError.failedPrecondition(`server reflection: ${(e as Error).message} (scripts/bootstrap.sh builds it)`);
+  }
+  const files = (FileDescriptorSet.decode(set) as unknown as { file: object[] }).file.map((f) => FileDescriptorProto.encode(f).finish());
+  const descriptors = { descriptors: { fileDescriptorProtos: files } } as unknown as protoLoader.PackageDefinition;
+  return new ReflectionService(descriptors, { services });
 }
 
 export interface Traffic {
@@ -87,9 +114,30 @@ const STATUS: Record<ErrorCode, grpc.status> = {
   INTERNAL: grpc.status.INTERNAL,
 };
 
+/**
+ * grpc-message travels percent-encoded (a non-ASCII byte takes three) in at most
+ * 8 KB of metadata; a longer message turns the status into RESOURCE_EXHAUSTED at
+ * the client. Values are quoted short (quote()); this bounds whatever else a
+ * message repeats.
+ */
+const MAX_DETAILS_BYTES = 1536;
+
+function bounded(message: string): string {
+  const total = Buffer.byteLength(message);
+  if (total <= MAX_DETAILS_BYTES) return message;
+  let kept = '';
+  let bytes = 0;
+  for (const ch of message) {
+    bytes += Buffer.byteLength(ch);
+    if (bytes > MAX_DETAILS_BYTES) break;
+    kept += ch;
+  }
+  return `${kept}… (${total} bytes)`;
+}
+
 export function toServiceError(e: unknown): Partial<grpc.ServiceError> {
-  if (e instanceof XdplbError) return { code: STATUS[e.code] ?? grpc.status.INTERNAL, details: e.message };
-  return { code: grpc.status.INTERNAL, details: e instanceof Error ? e.message : String(e) };
+  if (e instanceof XdplbError) return { code: STATUS[e.code] ?? grpc.status.INTERNAL, details: bounded(e.message) };
+  return { code: grpc.status.INTERNAL, details: bounded(e instanceof Error ? e.message : String(e)) };
 }
 
 type Unary<Req, Res> = (req: Req) => Res | Promise<Res>;
@@ -138,27 +186,30 @@ export function loadBalancerHandlers(deps: ApiDeps): grpc.UntypedServiceImplemen
     CreateService: unary(log, 'CreateService', (r: { service?: PbService }) =>
       svc(c.create(serviceFromPb(requireField(r.service, 'service')))),
     ),
-    GetService: unary(log, 'GetService', (r: NameReq) => serviceToPb(c.get(r.name))),
+    GetService: unary(log, 'GetService', (r: NameReq) => serviceToPb(c.get(validateServiceName(r.name, 'name')))),
     ListServices: unary(log, 'ListServices', () => ({ services: c.list().map(serviceToPb) })),
     UpdateService: unary(log, 'UpdateService', (r: { service?: PbService }) =>
       svc(c.update(serviceFromPb(requireField(r.service, 'service')))),
     ),
-    DeleteService: unary(log, 'DeleteService', (r: NameReq) => c.delete(r.name).then(() => ({}))),
+    DeleteService: unary(log, 'DeleteService', (r: NameReq) => c.delete(validateServiceName(r.name, 'name')).then(() => ({}))),
     SetBackends: unary(log, 'SetBackends', (r: { service: string; backends: PbBackend[] }) =>
-      svc(c.setBackends(r.service, r.backends.map(backendFromPb))),
+      // The backends are checked as the service's list, which is the request's list.
+      svc(c.setBackends(validateServiceName(r.service, 'service'), r.backends.map(backendFromPb))).catch((e: unknown) => {
+        throw e instanceof XdplbError ? e.renamed('service.backends', 'backends') : e;
+      }),
     ),
     AddBackend: unary(log, 'AddBackend', (r: BackendReq) =>
-      svc(c.addBackend(r.service, backendFromPb(requireField(r.backend, 'backend')))),
+      svc(c.addBackend(validateServiceName(r.service, 'service'), backendFromPb(requireField(r.backend, 'backend')))),
     ),
     RemoveBackend: unary(log, 'RemoveBackend', (r: BackendRefReq) =>
-      svc(c.removeBackend(r.service, requireField(r.backend, 'backend'))),
+      svc(c.removeBackend(validateServiceName(r.service, 'service'), requireField(r.backend, 'backend'))),
     ),
     DrainBackend: unary(log, 'DrainBackend', (r: BackendRefReq) =>
-      svc(c.drainBackend(r.service, requireField(r.backend, 'backend'))),
+      svc(c.drainBackend(validateServiceName(r.service, 'service'), requireField(r.backend, 'backend'))),
     ),
     GetNodeStatus: unary(log, 'GetNodeStatus', () => deps.status()),
     GetCounters: unary(log, 'GetCounters', (r: { service: string }) => {
-      if (r.service) c.get(r.service);
+      if (r.service) c.get(validateServiceName(r.service, 'service'));
       return deps.counters(r.service || undefined);
     }),
     WatchCounters: (call: grpc.ServerWritableStream<{ service: string; intervalMs: number }, CountersSnapshot>) => {
@@ -170,7 +221,7 @@ export function loadBalancerHandlers(deps: ApiDeps): grpc.UntypedServiceImplemen
         return;
       }
       try {
-        if (service) c.get(service);
+        if (service) c.get(validateServiceName(service, 'service'));
       } catch (e) {
         fail(toServiceError(e));
         return;
@@ -181,6 +232,8 @@ export function loadBalancerHandlers(deps: ApiDeps): grpc.UntypedServiceImplemen
         if (reading || call.writableLength !== 0) return;
         reading = true;
         try {
+          // A watched service that is deleted ends the stream (NOT_FOUND) rather than streaming empty lists.
+          if (service) c.get(service);
           const snapshot = await deps.counters(service || undefined);
           if (!call.cancelled && !ended) call.write(snapshot);
         } catch (e) {
@@ -247,11 +300,15 @@ export async function startApi(settings: ApiSettings, deps: ApiDeps): Promise<Ap
     xdplb: { v1: { LoadBalancer: grpc.ServiceClientConstructor; Recorder: grpc.ServiceClientConstructor } };
   };
   const server = new grpc.Server();
+  const served = [SERVICE_NAME, HEALTH_SERVICE_NAME, ...REFLECTION_SERVICE_NAMES];
   server.addService(proto.xdplb.v1.LoadBalancer.service, loadBalancerHandlers(deps));
-  if (deps.recorder) server.addService(proto.xdplb.v1.Recorder.service, recorderHandlers(deps.recorder, deps.log));
+  if (deps.recorder) {
+    server.addService(proto.xdplb.v1.Recorder.service, recorderHandlers(deps.recorder, deps.log));
+    served.push(RECORDER_SERVICE_NAME);
+  }
   const health = new HealthImplementation({ '': 'NOT_SERVING', [SERVICE_NAME]: 'NOT_SERVING' });
   health.addToServer(server);
-  new ReflectionService(pkg).addToServer(server);
+  reflectionService(served).addToServer(server);
 
   const endpoints: string[] = [];
   fs.mkdirSync(path.dirname(settings.socket), { recursive: true, mode: 0o755 });

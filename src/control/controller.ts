@@ -2,11 +2,12 @@
 // order in which changes happen. A change is one transaction: validated, written
 // to the datapath, persisted (API-owned services), then made current — or, when
 // any step fails, none of it is visible and the datapath is put back.
+import { isIP } from 'node:net';
 import type { Logger } from 'pino';
 import type { BackendSpec, OwnedService, Owner, ServiceSpec } from './model';
 import { ServiceStore } from './store';
 import { XdplbError } from './errors';
-import { canonicalAddress } from './validate';
+import { validateBackend, validateBackendRef } from './validate';
 
 /** Where the desired state goes: the datapath programmer implements this. */
 export interface DatapathSink {
@@ -99,21 +100,30 @@ export class Controller {
     return this.mutate(name, (next, cur) => this.replaceSpec(next, { ...cur, backends: backends as BackendSpec[] }));
   }
 
-  addBackend(name: string, backend: unknown): Promise<OwnedService> {
+  addBackend(name: string, input: unknown): Promise<OwnedService> {
     return this.mutate(name, (next, cur) => {
-      // Validated as part of the whole service, which also refuses duplicates.
-      this.replaceSpec(next, { ...cur, backends: [...cur.backends, backend as BackendSpec] });
+      // Checked alone first, so errors name the request's field ("backend.address"), not the service's list.
+      const backend = validateBackend(input, isIP(cur.vip) === 6 ? 6 : 4, cur.port, 'backend');
+      if (cur.backends.some((b) => b.address === backend.address && b.port === backend.port))
+        throw XdplbError.duplicate('backend', `backend ${backend.address} port ${backend.port} is already in service ${cur.name}`);
+      try {
+        this.replaceSpec(next, { ...cur, backends: [...cur.backends, backend] });
+      } catch (e) {
+        throw e instanceof XdplbError ? e.renamed('service.backends', 'backend') : e;
+      }
     });
   }
 
-  removeBackend(name: string, ref: BackendRef): Promise<OwnedService> {
+  removeBackend(name: string, input: unknown): Promise<OwnedService> {
+    const ref = validateBackendRef(input, 'backend');
     return this.mutate(name, (next, cur) => {
       const i = this.findBackend(cur, ref);
       this.replaceSpec(next, { ...cur, backends: cur.backends.filter((_, j) => j !== i) });
     });
   }
 
-  drainBackend(name: string, ref: BackendRef): Promise<OwnedService> {
+  drainBackend(name: string, input: unknown): Promise<OwnedService> {
+    const ref = validateBackendRef(input, 'backend');
     return this.mutate(name, (next, cur) => {
       const i = this.findBackend(cur, ref);
       const backends = cur.backends.map((b, j) => (j === i ? { ...b, state: 'draining' as const } : b));
@@ -121,10 +131,10 @@ export class Controller {
     });
   }
 
+  /** `ref` as validateBackendRef returns it: the address in canonical text. */
   private findBackend(s: ServiceSpec, ref: BackendRef): number {
-    const address = canonicalAddress(ref?.address ?? '') ?? ref?.address;
-    const i = s.backends.findIndex((b) => b.address === address && b.port === ref?.port);
-    if (i < 0) throw XdplbError.notFound('backend', `${ref?.address} port ${ref?.port} in service ${s.name}`);
+    const i = s.backends.findIndex((b) => b.address === ref.address && b.port === ref.port);
+    if (i < 0) throw XdplbError.notFound('backend', `${ref.address} port ${ref.port} in service ${s.name}`);
     return i;
   }
 

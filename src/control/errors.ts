@@ -6,7 +6,10 @@
 //   services[2].backends[0].address: "10.0.0.300" is not an IPv4 or IPv6 address
 //   config/edge.yaml:14:9: services[0].backends[1].weight: must be <= 65535, got 70000
 //
-// A message is always one line: "[file:line:column: ][field: ]reason".
+// A message is always one line: "[file:line:column: ][field: ]reason". A value
+// the input gave is shown with quote(), which cuts it short: a message repeating
+// a 100 KB value would not fit a gRPC status (8 KB of metadata), and the client
+// would get RESOURCE_EXHAUSTED instead of the error.
 
 export const ERROR_CODES = [
   'INVALID_ARGUMENT',
@@ -19,6 +22,16 @@ export const ERROR_CODES = [
 ] as const;
 
 export type ErrorCode = (typeof ERROR_CODES)[number];
+
+/** Characters of a quoted value shown before it is cut. */
+export const QUOTE_MAX = 64;
+
+/** A string from the input as a message shows it: JSON-quoted, cut after QUOTE_MAX characters with its length. */
+export function quote(value: string): string {
+  const chars = Array.from(value);
+  if (chars.length <= QUOTE_MAX) return JSON.stringify(value);
+  return `${JSON.stringify(`${chars.slice(0, QUOTE_MAX).join('')}…`)} (${chars.length} characters)`;
+}
 
 /** Where in a file the error is: 1-based line and column. */
 export interface SourceLocation {
@@ -61,6 +74,17 @@ export class XdplbError extends Error {
   /** The same error, placed in a file (and, optionally, renamed to the file's spelling of the field). */
   at(location: SourceLocation, field: string | undefined = this.field): XdplbError {
     return new XdplbError(this.code, this.reason, { field, location, cause: this.cause });
+  }
+
+  /**
+   * The same error with the field path `from` (or a path under it) renamed to
+   * `to`: a check made on a whole service, reported in the request's own terms.
+   */
+  renamed(from: string, to: string): XdplbError {
+    const f = this.field;
+    if (f === undefined || !(f === from || f.startsWith(`${from}.`) || f.startsWith(`${from}[`))) return this;
+    const location = this.file === undefined ? undefined : ({ file: this.file, line: this.line, column: this.column } as SourceLocation);
+    return new XdplbError(this.code, this.reason, { field: to + f.slice(from.length), location, cause: this.cause });
   }
 
   /** The input is wrong: `field` names what, `reason` says why (and shows the value). */

@@ -31,7 +31,7 @@
 //     more than MAX_BACKENDS_PER_SERVICE backends is RESOURCE_EXHAUSTED.
 import { isIP } from 'node:net';
 import { isPrime, MAX_M, MAX_WEIGHT } from '../maglev';
-import { XdplbError } from './errors';
+import { quote, XdplbError } from './errors';
 import {
   DEFAULT_FLAGS,
   DEFAULT_NODE,
@@ -109,11 +109,11 @@ const NOUNS: Record<string, string> = {
   null: 'null',
 };
 
-/** How a value is shown in a message: strings quoted, containers by kind. */
+/** How a value is shown in a message: strings quoted (and cut short), containers by kind. */
 export function describeValue(v: unknown): string {
   if (v === undefined) return 'nothing';
   if (v === null) return 'null';
-  if (typeof v === 'string') return JSON.stringify(v);
+  if (typeof v === 'string') return quote(v);
   if (Array.isArray(v)) return 'a list';
   if (typeof v === 'object') return 'a mapping';
   return String(v);
@@ -255,13 +255,13 @@ function v6Text(b: Uint8Array): string {
 
 /** Parses an IP address, or returns the reason it is not one we accept. */
 export function parseAddress(text: string): ParsedAddress | string {
-  if (text.includes('%')) return `${JSON.stringify(text)} has a zone index; write the address without it`;
+  if (text.includes('%')) return `${quote(text)} has a zone index; write the address without it`;
   const family = isIP(text);
   if (family === 4) return { family: 4, bytes: v4Bytes(text), text };
-  if (family !== 6) return `${JSON.stringify(text)} is not an IPv4 or IPv6 address`;
+  if (family !== 6) return `${quote(text)} is not an IPv4 or IPv6 address`;
   const bytes = v6Bytes(text);
   if (bytes.subarray(0, 10).every((x) => x === 0) && bytes[10] === 0xff && bytes[11] === 0xff)
-    return `${JSON.stringify(text)} is an IPv4-mapped IPv6 address; write the IPv4 address ${bytes.subarray(12).join('.')}`;
+    return `${quote(text)} is an IPv4-mapped IPv6 address; write the IPv4 address ${bytes.subarray(12).join('.')}`;
   return { family: 6, bytes, text: v6Text(bytes) };
 }
 
@@ -273,7 +273,7 @@ export function canonicalAddress(text: string): string | undefined {
 
 /** Why `a` is not a unicast address, or undefined when it is. */
 function notUnicast(a: ParsedAddress, shown: string): string | undefined {
-  const q = JSON.stringify(shown);
+  const q = quote(shown);
   if (a.bytes.every((x) => x === 0)) return `${q} is the unspecified address`;
   if (a.family === 4) {
     if ((a.bytes[0] & 0xf0) === 0xe0) return `${q} is a multicast address`;
@@ -316,7 +316,7 @@ export function validateBackend(input: unknown, family: Family, servicePort: num
   const addrField = sub(field, 'address');
   const a = unicastAddress(required(o, 'address', field), addrField);
   if (a.family !== family)
-    throw XdplbError.invalid(addrField, `${JSON.stringify(o.address)} is ${familyName(a.family)} but the service's VIP is ${familyName(family)}`);
+    throw XdplbError.invalid(addrField, `${quote(o.address as string)} is ${familyName(a.family)} but the service's VIP is ${familyName(family)}`);
   const port =
     o.port === undefined && servicePort !== 0
       ? servicePort
@@ -329,14 +329,28 @@ export function validateBackend(input: unknown, family: Family, servicePort: num
   };
 }
 
+/** A service's name, or a request's reference to a service by name: required, and a name a service can have. */
+export function validateServiceName(v: unknown, field: string): string {
+  const name = string(v, field);
+  if (name === '') throw XdplbError.invalid(field, reasons.required());
+  if (!NAME_RE.test(name)) throw XdplbError.invalid(field, reasons.pattern(NAME_DESCRIPTION, name));
+  return name;
+}
+
+/** A backend named by address and port (RemoveBackend, DrainBackend), the address in canonical text. */
+export function validateBackendRef(input: unknown, field: string): { address: string; port: number } {
+  const o = record(input, field);
+  const a = address(required(o, 'address', field), sub(field, 'address'));
+  return { address: a.text, port: integer(required(o, 'port', field), sub(field, 'port'), 1, MAX_PORT) };
+}
+
 /**
  * One service, from the config file ("services[2]"), the API ("service") or the
  * state directory. Returns the normalised spec (see the header for defaults).
  */
 export function validateService(input: unknown, field = 'service'): ServiceSpec {
   const o = record(input, field);
-  const name = string(required(o, 'name', field), sub(field, 'name'));
-  if (!NAME_RE.test(name)) throw XdplbError.invalid(sub(field, 'name'), reasons.pattern(NAME_DESCRIPTION, name));
+  const name = validateServiceName(required(o, 'name', field), sub(field, 'name'));
   const vip = unicastAddress(required(o, 'vip', field), sub(field, 'vip'));
   const port = integer(required(o, 'port', field), sub(field, 'port'), 0, MAX_PORT);
   const protocol = oneOf(required(o, 'protocol', field), sub(field, 'protocol'), PROTOCOLS);
@@ -467,7 +481,7 @@ export function validateOuterSource(v: unknown, family: Family, field: string): 
   if (typeof v === 'string') {
     const [a, p, ...rest] = v.split('/');
     if (rest.length || (p !== undefined && !/^[0-9]{1,3}$/.test(p)))
-      throw XdplbError.invalid(field, `${JSON.stringify(v)} is not an address or address/prefix-length`);
+      throw XdplbError.invalid(field, `${quote(v)} is not an address or address/prefix-length`);
     addrText = a;
     addrField = field;
     prefixLength = p === undefined ? bits : Number(p);
@@ -478,7 +492,7 @@ export function validateOuterSource(v: unknown, family: Family, field: string): 
     prefixLength = optional(o, 'prefixLength', bits, (x) => integer(x, sub(field, 'prefixLength'), 0, bits));
   }
   const a = address(addrText, addrField);
-  if (a.family !== family) throw XdplbError.invalid(addrField, `${JSON.stringify(addrText)} is not an ${familyName(family)} address`);
+  if (a.family !== family) throw XdplbError.invalid(addrField, `${quote(addrText as string)} is not an ${familyName(family)} address`);
   if (prefixLength > bits) throw XdplbError.invalid(field, `prefix length must be <= ${bits}, got ${prefixLength}`);
   if (prefixLength === bits) {
     const why = notUnicast(a, addrText as string);

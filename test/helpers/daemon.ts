@@ -166,10 +166,10 @@ export async function daemonFixture(t: Teardown, o: DaemonOptions = {}, topo?: T
 }
 
 /** Unary call on a grpc client returning [error, response]. */
-export function rpc<T = unknown>(client: Client, method: string, req: unknown): Promise<[grpc.ServiceError | null, T]> {
+export function rpc<T = unknown>(client: Client, method: string, req: unknown, options: grpc.CallOptions = {}): Promise<[grpc.ServiceError | null, T]> {
   return new Promise((resolve) => {
-    const fn = client[method] as (r: unknown, cb: (e: grpc.ServiceError | null, res: T) => void) => void;
-    fn.call(client, req, (e, res) => resolve([e, res]));
+    const fn = client[method] as (r: unknown, o: grpc.CallOptions, cb: (e: grpc.ServiceError | null, res: T) => void) => void;
+    fn.call(client, req, options, (e, res) => resolve([e, res]));
   });
 }
 
