@@ -95,7 +95,13 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   const recorderMaps = RecorderMaps.open(config.node.bpffs);
   recorderMaps?.reset();
   if (!recorderMaps) log.warn('the datapath has no recorder maps: recording is not available');
-  const recorder = new Recorder({ datapath: recorderMaps, dir: config.node.recorderDir, log, backendName: backendNames(controller, datapath) });
+  const recorder = new Recorder({
+    datapath: recorderMaps,
+    dir: config.node.recorderDir,
+    log,
+    backendName: backendNames(controller, datapath),
+    onChange: () => statusReporter.changed(),
+  });
   const api = await startApi(config.node.api, {
     recorder,
     controller,
@@ -113,16 +119,6 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     },
   });
   health.start();
-  // Recordings start through the API and stop by themselves (a count, a
-  // duration, a client gone): their number is polled, one integer a second.
-  let recordings = 0;
-  const recordingsWatch = setInterval(() => {
-    const n = recorder.totals().active;
-    if (n !== recordings) {
-      recordings = n;
-      statusReporter.changed();
-    }
-  }, 1000).unref();
   metrics.bind({
     counters: () => datapath.counters(controller.list()),
     status,
@@ -173,7 +169,6 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
 
   const stop = async () => {
     statusReporter.stop();
-    clearInterval(recordingsWatch);
     notifier.notify('STOPPING=1\nSTATUS=stopping: closing recordings and the API');
     api.health.setStatus('', 'NOT_SERVING');
     health.stop();

@@ -79,6 +79,8 @@ export interface RecorderOptions {
   backendName?(id: number): string | undefined;
   /** stopped recordings kept for ListRecordings (default 16) */
   keepStopped?: number;
+  /** a recording started or stopped */
+  onChange?(): void;
 }
 
 /** How long samples wait to be put in time order across CPUs. */
@@ -285,6 +287,7 @@ export class Recorder {
       throw e;
     }
     this.recordings.set(id, rec);
+    this.o.onChange?.();
     if (spec.stop.durationMs) rec.timer = setTimeout(() => void this.finish(rec, 'duration'), spec.stop.durationMs);
     this.o.log.info({ recording: id, rule: ruleId, name: spec.name, filters: spec.filters.length, sink: file ? 'file' : 'stream', masks: next.maskSlots, entries: next.entries.length }, 'recording started');
     return rec;
@@ -391,6 +394,7 @@ export class Recorder {
     this.stopped.push(rec);
     this.stopped = this.stopped.slice(-(this.o.keepStopped ?? 16));
     this.o.log.info({ recording: rec.id, reason, error, ...rec.view().stats }, 'recording stopped');
+    this.o.onChange?.();
     rec.resolveDone();
   }
 
