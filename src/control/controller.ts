@@ -8,14 +8,21 @@ import { ServiceStore } from './store';
 import { XdplbError } from './errors';
 import { canonicalAddress } from './validate';
 
+/** A change the datapath holds, until it is made final or put back exactly. */
+export interface DatapathChange {
+  commit(): void;
+  rollback(): void;
+}
+
 /** Where the desired state goes: the datapath programmer implements this. */
 export interface DatapathSink {
   /**
    * Makes the datapath hold exactly these services, writing only what differs.
-   * Throws XdplbError RESOURCE_EXHAUSTED when a map is full, leaving the
-   * datapath as it was.
+   * Rejects (XdplbError RESOURCE_EXHAUSTED when a map is full) leaving the
+   * datapath exactly as it was; no other change starts until the one it
+   * resolves with is committed or rolled back.
    */
-  apply(services: readonly ServiceSpec[]): void;
+  apply(services: readonly ServiceSpec[]): Promise<DatapathChange>;
 }
 
 export type ServiceValidator = (input: unknown, field: string) => ServiceSpec;
@@ -171,20 +178,17 @@ export class Controller {
       const next = new Map(this.services);
       const result = fn(next);
       const specs = [...next.values()];
-      try {
-        this.datapath.apply(this.forDatapath(specs));
-      } catch (e) {
-        // Put back exactly what was there: the datapath writes only differences.
-        this.datapath.apply(this.forDatapath([...this.services.values()]));
-        throw e;
-      }
+      const planned = this.forDatapath(specs);
+      const change = await this.datapath.apply(planned.specs);
       try {
         await this.store.save(specs.filter((s) => s.owner === 'api').map(({ owner: _owner, ...spec }) => spec));
       } catch (e) {
-        this.datapath.apply(this.forDatapath([...this.services.values()]));
+        change.rollback();
         throw XdplbError.unavailable(`state directory ${this.store.dir}: ${(e as Error).message}`);
       }
+      change.commit();
       this.services = next;
+      this.lastServing = planned.lastServing;
       this.pruneHealth();
       this.log.info({ change: what, services: next.size }, 'state changed');
       return result;
@@ -247,10 +251,11 @@ export class Controller {
       if (held.size) this.healthDown.set(name, held);
       else this.healthDown.delete(name);
       try {
-        this.datapath.apply(this.forDatapath([...this.services.values()]));
+        const planned = this.forDatapath([...this.services.values()]);
+        (await this.datapath.apply(planned.specs)).commit();
+        this.lastServing = planned.lastServing;
       } catch (e) {
         this.healthDown = before;
-        this.datapath.apply(this.forDatapath([...this.services.values()]));
         throw e;
       }
       this.log.info({ change: `health ${down ? 'down' : 'up'}`, service: name, backend: `${ref.address} port ${ref.port}` }, 'state changed');
@@ -263,21 +268,30 @@ export class Controller {
     return { ...s, backends: s.backends.map((b) => (held.has(`${b.address}|${b.port}`) && b.state !== 'down' ? { ...b, state: 'down' as const } : b)) };
   }
 
-  /** What the datapath gets: the effective states, except that a service with every active backend held down keeps its last table. */
-  private forDatapath(specs: readonly OwnedService[]): OwnedService[] {
-    return specs.map((spec) => {
+  /**
+   * What the datapath gets: the effective states, except that a service with
+   * every active backend held down keeps its last table; and what each table
+   * will serve, to become lastServing once the change is made (a service
+   * without health overrides has no entry: its table serves what it declares).
+   */
+  private forDatapath(specs: readonly OwnedService[]): { specs: OwnedService[]; lastServing: Map<string, Set<string>> } {
+    const lastServing = new Map<string, Set<string>>();
+    const serving = (x: ServiceSpec) => new Set(x.backends.filter((b) => b.state === 'active' && b.weight > 0).map((b) => `${b.address}|${b.port}`));
+    const out = specs.map((spec) => {
       const s = this.withHealth(spec);
-      const serving = (x: ServiceSpec) => new Set(x.backends.filter((b) => b.state === 'active' && b.weight > 0).map((b) => `${b.address}|${b.port}`));
+      if (s === spec) return s;
       const now = serving(s);
-      if (s === spec || now.size || !serving(spec).size) {
-        this.lastServing.set(s.name, now);
+      const declared = serving(spec);
+      if (now.size || !declared.size) {
+        lastServing.set(s.name, now);
         return s;
       }
-      const declared = serving(spec);
-      const last = [...(this.lastServing.get(s.name) ?? [])].filter((k) => declared.has(k));
+      const last = [...(this.lastServing.get(s.name) ?? declared)].filter((k) => declared.has(k));
       const keep = last.length ? new Set(last) : declared;
+      lastServing.set(s.name, keep);
       return { ...s, backends: s.backends.map((b, i) => (keep.has(`${b.address}|${b.port}`) ? spec.backends[i] : b)) };
     });
+    return { specs: out, lastServing };
   }
 
   /** Overrides of services and backends that no longer exist. */
