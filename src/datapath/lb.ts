@@ -133,17 +133,14 @@ function nodeConfig(node: NodeSettings): L.NodeConfig {
 class UndoLog {
   private readonly undo: Array<() => void> = [];
   private readonly atCommit: Array<() => void> = [];
-  private writes = 0;
-  constructor(private readonly failAt: number | undefined) {}
 
   /**
    * A map or bpffs write. Its undo is logged before it runs: a failed batch
    * may have written part of itself, and putting back what was not changed
    * is harmless.
    */
-  write(what: string, write: () => void, undo: () => void): void {
+  write(write: () => void, undo: () => void): void {
     this.undo.push(undo);
-    if (++this.writes === this.failAt) throw XdplbError.internal(`injected failure at write ${this.writes} (${what})`);
     write();
   }
 
@@ -178,13 +175,13 @@ class UndoLog {
 function put(tx: UndoLog, map: bpf.BpfMap, keys: Buffer[], values: Buffer[]): void {
   if (!keys.length) return;
   const old = keys.map((k) => map.lookup(k));
-  tx.write(`update ${map.name}`, () => map.batchUpdate(keys, values), () => restore(map, keys, old));
+  tx.write(() => map.batchUpdate(keys, values), () => restore(map, keys, old));
 }
 
 function remove(tx: UndoLog, map: bpf.BpfMap, keys: Buffer[]): void {
   if (!keys.length) return;
   const old = keys.map((k) => map.lookup(k));
-  tx.write(`delete ${map.name}`, () => map.batchDelete(keys), () => restore(map, keys, old));
+  tx.write(() => map.batchDelete(keys), () => restore(map, keys, old));
 }
 
 /** Per-CPU counters of new ids start at zero on every CPU. */
@@ -192,7 +189,7 @@ function zeroCounters(tx: UndoLog, map: bpf.BpfMap, ids: number[]): void {
   const keys = ids.map((id) => L.u32(id));
   const old = keys.map((k) => map.lookup(k));
   if (!keys.length) return;
-  tx.write(`update ${map.name}`, () => map.batchUpdate(keys, old.map((o) => Buffer.alloc(o?.length ?? 0))), () => restore(map, keys, old));
+  tx.write(() => map.batchUpdate(keys, old.map((o) => Buffer.alloc(o?.length ?? 0))), () => restore(map, keys, old));
 }
 
 function restore(map: bpf.BpfMap, keys: Buffer[], old: Array<Buffer | null>): void {
@@ -327,8 +324,6 @@ export class LbDatapath implements DatapathSink {
   private attached = new Map<string, { ifindex: number; mode: bpf.XdpMode }>();
   /** apply() and reconfigure(), one at a time: a change holds it until committed or rolled back */
   private tail: Promise<void> = Promise.resolve();
-  /** Test hook: the n-th map or pin write of every apply fails, and the apply is rolled back. */
-  failWriteAt?: number;
 
   private constructor(
     private node: NodeSettings,
@@ -406,7 +401,7 @@ export class LbDatapath implements DatapathSink {
     this.writeServicesById();
     const filter = this.maps.vipFilter.dump();
     for (let i = 0; i < filter.count; i++) this.vipFilter[filter.keys.readUInt32LE(i * 4)] = filter.values.readBigUInt64LE(i * 8);
-    const tx = new UndoLog(undefined);
+    const tx = new UndoLog();
     this.countVips([...this.installed.values()], 1, tx, true);
     tx.commit();
     const owners = this.owner.dump();
@@ -653,7 +648,7 @@ export class LbDatapath implements DatapathSink {
     );
     // A new M: growing, tables first (a new M must never index past a table);
     // shrinking, M first. Every entry stays a valid backend throughout.
-    const tx = new UndoLog(undefined);
+    const tx = new UndoLog();
     try {
       const grow = node.maglevSize > L.decodeConfig(this.maps.config.lookup(L.u32(0)) ?? Buffer.alloc(L.LAYOUT.xdplb_config.size)).maglevM;
       if (!grow) this.writeConfig(tx);
@@ -694,18 +689,16 @@ export class LbDatapath implements DatapathSink {
     if (!swaps.length) return;
     const inners: bpf.BpfMap[] = [];
     tx.note(() => inners.forEach((m) => m.close()));
-    for (const [s, table] of swaps) tx.write(`new table for service ${s.id}`, () => inners.push(this.newInner(s.id, table)), () => undefined);
+    for (const [s, table] of swaps) inners.push(this.newInner(s.id, table));
     const old = swaps.map(([s]) => s.inner);
     const ids = swaps.map(([s]) => L.u32(s.id));
     tx.write(
-      `update ${this.maps.maglev.name}`,
       () => this.maps.maglev.batchUpdate(ids, inners.map((m) => L.u32(m.fd))),
       () => ids.forEach((k, i) => (old[i] ? this.maps.maglev.update(k, L.u32((old[i] as bpf.BpfMap).fd)) : this.maps.maglev.delete(k))),
     );
     swaps.forEach(([s, table], i) => {
       const pin = this.innerPin(s.id);
       tx.write(
-        `pin ${pin}`,
         () => {
           fs.rmSync(pin, { force: true });
           inners[i].pin(pin);
@@ -731,7 +724,6 @@ export class LbDatapath implements DatapathSink {
       indices.forEach((j, i) => (before[i] = s.table[j]));
       const packed = (a: Uint32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
       tx.write(
-        `update table of service ${s.id}`,
         () => inner.batchUpdatePacked(packed(indices), packed(values), indices.length),
         () => inner.batchUpdatePacked(packed(indices), packed(before), indices.length),
       );
@@ -764,7 +756,7 @@ export class LbDatapath implements DatapathSink {
         plan.changed.map((c) => c.set),
         this.node.maglevSize,
       );
-      tx = new UndoLog(this.failWriteAt);
+      tx = new UndoLog();
       this.write(plan, tables, services, tx);
     } catch (e) {
       if (tx) this.undo(tx);
@@ -914,7 +906,6 @@ export class LbDatapath implements DatapathSink {
       for (const s of removed) {
         const inner = s.inner;
         tx.write(
-          `delete ${this.maps.maglev.name}`,
           () => this.maps.maglev.delete(L.u32(s.id)),
           () => inner && this.maps.maglev.update(L.u32(s.id), L.u32(inner.fd)),
         );
@@ -923,7 +914,6 @@ export class LbDatapath implements DatapathSink {
         const pin = this.innerPin(s.id);
         const inner = s.inner;
         tx.write(
-          `unpin ${pin}`,
           () => fs.rmSync(pin, { force: true }),
           () => {
             fs.rmSync(pin, { force: true });
