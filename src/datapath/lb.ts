@@ -237,7 +237,12 @@ class IdPool {
       return this.hand(id, tx);
     }
     let first: number | undefined;
-    for (const [id, until] of this.resting) if (first === undefined || until < (this.resting.get(first) as number)) first = id;
+    let end = 0;
+    for (const [id, until] of this.resting)
+      if (first === undefined || until < end || (until === end && id < first)) {
+        first = id;
+        end = until;
+      }
     if (first !== undefined) return this.hand(first, tx);
     throw XdplbError.exhausted(`no free ${what} slot (capacity ${this.size})`);
   }
