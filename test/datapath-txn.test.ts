@@ -164,7 +164,7 @@ t.test('a change put back exactly whichever of its writes fails', needsRoot, asy
   await w.c.create({ ...c, name: 'd', vip: '203.0.113.30' });
 });
 
-t.test('at full capacity a change that cannot fit is refused and changes nothing; replacing a backend fits', needsRoot, async (t) => {
+t.test('at full capacity a change that cannot fit is refused and changes nothing', needsRoot, async (t) => {
   const w = await world(t, 8);
   await w.c.create({ name: 'a', vip: '203.0.113.10', port: 80, protocol: 'tcp', backends: be(11, 12, 13, 14) });
   await w.c.create({ name: 'b', vip: '203.0.113.20', port: 80, protocol: 'tcp', backends: be(21, 22, 23, 24) });
@@ -179,7 +179,12 @@ t.test('at full capacity a change that cannot fit is refused and changes nothing
   t.same(snapshot(w), before, 'one backend too many changes nothing');
   await w.c.create({ name: 'empty', vip: '203.0.113.30', port: 80, protocol: 'tcp' });
   await w.c.delete('empty');
+});
 
+t.test("at full capacity a backend replaced by another takes the id its service frees; a removed service's ids go to the next change", needsRoot, async (t) => {
+  const w = await world(t, 8);
+  await w.c.create({ name: 'a', vip: '203.0.113.10', port: 80, protocol: 'tcp', backends: be(11, 12, 13, 14) });
+  await w.c.create({ name: 'b', vip: '203.0.113.20', port: 80, protocol: 'tcp', backends: be(21, 22, 23, 24) });
   const ids = w.dp.ids(w.c.get('a'))?.backends as Map<string, number>;
   await w.c.setBackends('a', be(11, 12, 13, 15));
   const after = w.dp.ids(w.c.get('a'))?.backends as Map<string, number>;
