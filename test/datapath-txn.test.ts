@@ -79,7 +79,7 @@ function snapshot(w: World): Record<string, string> {
     const p = w.dp[pool] as unknown as { used: Uint8Array; next: number; resting: Map<number, number> };
     out[pool] = JSON.stringify({ used: digest(Buffer.from(p.used)), next: p.next, resting: [...p.resting].sort((a, b) => a[0] - b[0]) });
   }
-  out.stateFile = fs.existsSync(w.store.file) ? digest(fs.readFileSync(w.store.file)) : 'none';
+  if (fs.existsSync(w.store.dir)) for (const f of fs.readdirSync(w.store.dir).sort()) out[`state ${f}`] = digest(fs.readFileSync(path.join(w.store.dir, f)));
   return out;
 }
 

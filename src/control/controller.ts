@@ -38,6 +38,9 @@ function sameTuple(a: ServiceSpec, b: ServiceSpec): boolean {
 
 export class Controller {
   private services = new Map<string, OwnedService>();
+  private readonly storedSpecs = new WeakMap<OwnedService, ServiceSpec>();
+  /** list()'s order, kept until the services change */
+  private sorted?: OwnedService[];
   private queue: Promise<unknown> = Promise.resolve();
 
   constructor(
@@ -49,7 +52,7 @@ export class Controller {
 
   /** Every service as it is in force: a backend held down by its health check shows 'down'. */
   list(): OwnedService[] {
-    return [...this.services.values()].sort((a, b) => a.name.localeCompare(b.name)).map((s) => this.withHealth(s));
+    return this.declared().map((s) => this.withHealth(s));
   }
 
   get(name: string): OwnedService {
@@ -181,19 +184,31 @@ export class Controller {
       const planned = this.forDatapath(specs);
       const change = await this.datapath.apply(planned.specs);
       try {
-        await this.store.save(specs.filter((s) => s.owner === 'api').map(({ owner: _owner, ...spec }) => spec));
+        await this.store.save(specs.filter((s) => s.owner === 'api').map((s) => this.stored(s)));
       } catch (e) {
         change.rollback();
         throw XdplbError.unavailable(`state directory ${this.store.dir}: ${(e as Error).message}`);
       }
       change.commit();
       this.services = next;
+      this.sorted = undefined;
       this.lastServing = planned.lastServing;
       this.pruneHealth();
       this.log.info({ change: what, services: next.size }, 'state changed');
       return result;
     };
     return this.enqueue(run);
+  }
+
+  /** The spec as the state directory keeps it, one object per service object: the store writes only those that changed. */
+  private stored(s: OwnedService): ServiceSpec {
+    let spec = this.storedSpecs.get(s);
+    if (!spec) {
+      const { owner: _owner, ...rest } = s;
+      spec = rest;
+      this.storedSpecs.set(s, spec);
+    }
+    return spec;
   }
 
   private enqueue<T>(run: () => Promise<T>): Promise<T> {
@@ -223,7 +238,8 @@ export class Controller {
 
   /** Every service as declared (file or API), without health overrides. */
   declared(): OwnedService[] {
-    return [...this.services.values()].sort((a, b) => a.name.localeCompare(b.name));
+    this.sorted ??= [...this.services.values()].sort((a, b) => a.name.localeCompare(b.name));
+    return [...this.sorted];
   }
 
   /** Whether a backend is held down by its health check. */
