@@ -199,3 +199,43 @@ t.test("at full capacity a backend replaced by another takes the id its service 
   const c = w.dp.ids(w.c.get('c'));
   for (const id of c?.backends.values() ?? []) t.match(L.decodeBackend(backends.lookup(L.u32(id)) as Buffer), { serviceId: c?.service }, `backend id ${id} names its new service`);
 });
+
+t.test('a change builds the Maglev tables of the services it changes, and no other', needsRoot, async (t) => {
+  const w = await world(t, 256);
+  // the module object itself (not a namespace copy): lb.ts's builds call through it
+  // eslint-disable-next-line @typescript-eslint/no-require-imports
+  const table = require('../src/maglev/table') as { buildTable: (...a: unknown[]) => Uint32Array };
+  const build = table.buildTable;
+  let built = 0;
+  table.buildTable = (...a: unknown[]) => {
+    built++;
+    return build(...a);
+  };
+  t.teardown(() => void (table.buildTable = build));
+  await w.c.restore(
+    Array.from({ length: 20 }, (_, i) => fileService(i + 1)),
+    [],
+  );
+  await w.c.create({ name: 'a', vip: '203.0.113.10', port: 80, protocol: 'tcp', backends: be(11, 12) });
+  built = 0;
+  await w.c.setBackends('a', be(11, 13));
+  t.equal(built, 1, 'one service changed: one table built');
+  built = 0;
+  await w.c.create({ name: 'b', vip: '203.0.113.11', port: 80, protocol: 'tcp', backends: be(11, 12) });
+  await w.c.delete('b');
+  t.equal(built, 1, 'a create builds its own table, a delete none');
+});
+
+t.test('many large tables are built off the event loop: it turns while they are', needsRoot, async (t) => {
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'xdplb-txn-'));
+  t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+  const node: NodeSettings = { ...DEFAULT_NODE, interfaces: [], maglevSize: 65537, bpffs: path.join(pinDir(t), 'lb'), stateDir };
+  const dp = LbDatapath.open(node, silent);
+  t.teardown(() => dp.uninstall());
+  let turned = false;
+  const applied = Promise.resolve(dp.apply(Array.from({ length: 30 }, (_, i) => fileService(i + 1))) as unknown);
+  setImmediate(() => (turned = true));
+  const change = (await applied) as { commit(): void } | undefined;
+  change?.commit();
+  t.ok(turned, 'the event loop turned before the 30 tables of 65537 entries were in place');
+});
