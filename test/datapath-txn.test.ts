@@ -239,3 +239,22 @@ t.test('many large tables are built off the event loop: it turns while they are'
   change?.commit();
   t.ok(turned, 'the event loop turned before the 30 tables of 65537 entries were in place');
 });
+
+t.test('a restarted daemon removes a pinned Maglev table that no service names', needsRoot, async (t) => {
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'xdplb-txn-'));
+  t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+  const bpffs = path.join(pinDir(t), 'lb');
+  const node: NodeSettings = { ...DEFAULT_NODE, interfaces: [], maglevSize: 251, bpffs, stateDir };
+  let dp = LbDatapath.open(node, silent);
+  t.teardown(() => dp.uninstall());
+  const c = new Controller(dp, new ServiceStore(path.join(stateDir, 'state')), validateService, silent);
+  await c.create({ name: 'a', vip: '203.0.113.10', port: 80, protocol: 'tcp', backends: be(11) });
+  const id = dp.ids(c.get('a'))?.service as number;
+  // what a daemon that failed between two writes left behind
+  const stray = bpf.createMap({ type: 'array', keySize: 4, valueSize: 4, maxEntries: 251, name: 'xdplb_mg77' });
+  stray.pin(path.join(bpffs, 'maglev', '77'));
+  stray.close();
+  dp.close();
+  dp = LbDatapath.open(node, silent);
+  t.same(fs.readdirSync(path.join(bpffs, 'maglev')), [String(id)], "only service a's table stays pinned");
+});

@@ -404,6 +404,13 @@ export class LbDatapath implements DatapathSink {
       this.serviceIds.take(v.id);
     }
     this.writeServicesById();
+    // A table no service names (a daemon that failed between two writes left
+    // one): its id is free, and the next service to take it swaps in its own.
+    for (const f of fs.readdirSync(path.join(this.node.bpffs, 'maglev')))
+      if (!byService.has(Number(f))) {
+        this.log.warn({ pin: this.innerPin(Number(f)) }, 'removed a Maglev table no service uses');
+        fs.rmSync(path.join(this.node.bpffs, 'maglev', f), { force: true });
+      }
     const filter = this.maps.vipFilter.dump();
     for (let i = 0; i < filter.count; i++) this.vipFilter[filter.keys.readUInt32LE(i * 4)] = filter.values.readBigUInt64LE(i * 8);
     const tx = new UndoLog();
@@ -624,7 +631,8 @@ export class LbDatapath implements DatapathSink {
   }
 
   private async reconfigureNow(node: NodeSettings): Promise<void> {
-    const mChanged = node.maglevSize !== this.node.maglevSize;
+    const previous = this.node;
+    const mChanged = node.maglevSize !== previous.maglevSize;
     const removed = [...this.attached.keys()].filter((n) => !node.interfaces.some((i) => i.name === n));
     this.node = node;
     for (const name of removed) this.detachOne(name, this.attached.get(name)?.mode ?? 'native');
@@ -647,14 +655,14 @@ export class LbDatapath implements DatapathSink {
     // until the first apply, which swaps in one of the new size.
     const services = [...this.installed.values()].filter((s): s is InstalledService & { spec: ServiceSpec } => s.spec !== undefined);
     const plans = services.map((s) => tableMembers(s.spec));
-    const tables = await buildTables(
-      plans.map((p) => p.set),
-      node.maglevSize,
-    );
     // A new M: growing, tables first (a new M must never index past a table);
     // shrinking, M first. Every entry stays a valid backend throughout.
     const tx = new UndoLog();
     try {
+      const tables = await buildTables(
+        plans.map((p) => p.set),
+        node.maglevSize,
+      );
       const grow = node.maglevSize > L.decodeConfig(this.maps.config.lookup(L.u32(0)) ?? Buffer.alloc(L.LAYOUT.xdplb_config.size)).maglevM;
       if (!grow) this.writeConfig(tx);
       for (const s of services) this.keep(s, tx);
@@ -665,6 +673,8 @@ export class LbDatapath implements DatapathSink {
       if (grow) this.writeConfig(tx);
     } catch (e) {
       this.undo(tx);
+      // the config map is as it was: so are the settings it was written from
+      this.node = previous;
       throw e;
     }
     tx.commit();
