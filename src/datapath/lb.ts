@@ -944,7 +944,8 @@ export class LbDatapath implements DatapathSink {
       }
       this.countVips(removed, -1, tx);
     }
-    const vips = this.sweep ? undefined : new Set([...plan.changed.map((c) => c.spec.vip), ...removed.map((s) => s.vip)]);
+    // VIPs as the specs spell them: `services` is filtered by that text
+    const vips = this.sweep ? undefined : new Set([...plan.changed.map((c) => c.spec.vip), ...removed.map((s) => s.spec?.vip ?? s.vip)]);
     const touched = vips ? services.filter((s) => vips.has(s.vip)) : services;
     this.writeVipEntries(touched, vips, tx);
     this.writeRevNat(touched, vips, tx);
