@@ -3,8 +3,11 @@
 //      hold it (the daemon answers only after writing them; each answer is then
 //      checked against the pinned maps), p50/p99 over 1000 changes;
 //   2. time to apply 10,000 services × 10 backends from a config file (start to
-//      ready), and the daemon's resident memory at that size.
-// Run: node dist/bench/control.js
+//      ready), and the daemon's resident memory at that size;
+//   3. creating and updating one service with 0, 1,000 and 10,000 API services
+//      already there (M=16381), p50/p99, and how long a read (GetService)
+//      takes while one of those writes runs.
+// Run: node dist/bench/control.js [scale [OPS]] (scale: only 3, OPS changes per size)
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as bpf from '../src/datapath/bpf';
@@ -86,8 +89,71 @@ async function bulkApply(services: number, backends: number, m: number): Promise
   }
 }
 
+const since = (t0: bigint) => Number(process.hrtime.bigint() - t0) / 1e6;
+
+/** Creates and updates with `existing` API services in the state directory, and reads while each runs. */
+async function scale(existing: number, ops: number): Promise<string[]> {
+  const c = new Cleanup();
+  try {
+    const d = await daemonFixture(c);
+    fs.writeFileSync(d.configPath, fs.readFileSync(d.configPath, 'utf8').replace('maglev_size: 1021', 'maglev_size: 16381').replace('log_level: debug', 'log_level: info'));
+    const backend = (address: string) => ({ address, port: 80, weight: 1, state: 'active' });
+    const flags = { l4Dnat: false, sourceHash: false, conntrackBypass: false, icmpEcho: false };
+    const services = Array.from({ length: existing }, (_, s) => ({
+      name: `s${s}`,
+      vip: `10.${(s >> 8) & 255}.${s & 255}.1`,
+      port: 80,
+      protocol: 'tcp',
+      flags,
+      backends: [backend(`198.51.100.${(s % 250) + 1}`), backend(`198.51.101.${(s % 250) + 1}`)],
+    }));
+    fs.mkdirSync(d.stateDir, { recursive: true });
+    fs.writeFileSync(path.join(d.stateDir, 'services.json'), JSON.stringify({ format: 1, services }));
+    await d.start(1_800_000);
+    const client = d.client();
+    const bench = (i: number, b: number) => ({ name: `bench${i}`, vip: `203.0.113.${i % 250}`, port: 1000 + i, protocol: 'PROTOCOL_TCP', backends: [{ address: `198.51.100.${b}` }, { address: '198.51.100.250' }] });
+    const [e0] = await rpc(client, 'CreateService', { service: { ...bench(0, 1), name: 'reader' } });
+    if (e0) throw e0;
+    const reads: number[] = [];
+    /** One write, with GetService calls one after another until it is answered. */
+    const timed = async (method: string, req: unknown): Promise<number> => {
+      let answered = false;
+      const t0 = process.hrtime.bigint();
+      const write = rpc(client, method, req).then(([e]) => {
+        answered = true;
+        if (e) throw e;
+        return since(t0);
+      });
+      while (!answered) {
+        const r0 = process.hrtime.bigint();
+        const [e] = await rpc(client, 'GetService', { name: 'reader' });
+        if (e) throw e;
+        reads.push(since(r0));
+      }
+      return write;
+    };
+    const creates: number[] = [];
+    const updates: number[] = [];
+    for (let i = 1; i <= ops; i++) creates.push(await timed('CreateService', { service: bench(i, 1) }));
+    for (let i = 1; i <= ops; i++) updates.push(await timed('UpdateService', { service: bench(i, 2) }));
+    const row = (what: string, v: number[]) => {
+      v.sort((a, b) => a - b);
+      return `| ${what}, ${existing.toLocaleString('en')} API services there (2 backends each, M=16381) | ${v.length} | ${pct(v, 50).toFixed(1)} ms | ${pct(v, 99).toFixed(1)} ms | |`;
+    };
+    return [row('create a service', creates), row('update a service (one backend replaced)', updates), row('GetService while one of those writes runs', reads)];
+  } finally {
+    await c.run();
+  }
+}
+
 async function main(): Promise<void> {
   const rows = ['| what | runs | p50 / time | p99 | notes |', '|---|---:|---:|---:|---|'];
+  if (process.argv[2] === 'scale') {
+    const ops = Number(process.argv[3] ?? 50);
+    for (const existing of [0, 1000, 10000]) rows.push(...(await scale(existing, ops)));
+    process.stdout.write(`Control plane at scale (node ${process.version}, ${new Date().toISOString().slice(0, 10)})\n\n${rows.join('\n')}\n`);
+    return;
+  }
   rows.push(await changeLatency());
   rows.push(await bulkApply(10000, 10, 1021));
   rows.push(await bulkApply(10000, 10, 16381));

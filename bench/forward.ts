@@ -147,7 +147,7 @@ async function main(): Promise<void> {
       const tApply = Date.now();
       const { dp, close: detach } = openLiveDatapath(cleanup, lab, node, log);
       const specs = w.count === 1 ? [...services(4, 1), ...services(6, 1)] : services('both', w.count);
-      dp.apply(specs);
+      (await dp.apply(specs)).commit();
       process.stderr.write(`${specs.length} services applied in ${Date.now() - tApply} ms (M=${w.m})\n`);
       const reasonsMap = bpf.mapFromPin(path.join(bpffs, L.MAP_NAMES.reasons));
       cleanup.teardown(() => reasonsMap.close());

@@ -107,7 +107,7 @@ async function main(): Promise<void> {
       flags: { l4Dnat: false, sourceHash: false, conntrackBypass: false, icmpEcho: true },
       backends: [11, 12, 13, 14].map((i) => ({ address: `198.51.100.${i}`, port: 80, weight: 1, state: 'active' as const })),
     };
-    dp.apply([svc]);
+    (await dp.apply([svc])).commit();
     const maps = RecorderMaps.open(bpffs);
     if (!maps) throw new Error('lb.bpf.o has no recorder maps');
     cleanup.teardown(() => maps.close());

@@ -24,7 +24,7 @@ const service = (name: string, vip: string, backends: string[]): ServiceSpec => 
   backends: backends.map((address) => ({ address, port: 80, weight: 1, state: 'active' })),
 });
 
-t.test("a removed backend's id rests across a restart: another service's new backend gets another id", needsRoot, (t) => {
+t.test("a removed backend's id rests across a restart: another service's new backend gets another id", needsRoot, async (t) => {
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'xdplb-ids-'));
   t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
   const node: NodeSettings = { ...DEFAULT_NODE, interfaces: [], maglevSize: 251, bpffs: path.join(pinDir(t), 'lb'), stateDir };
@@ -32,17 +32,17 @@ t.test("a removed backend's id rests across a restart: another service's new bac
   t.teardown(() => dp.uninstall());
 
   const a = service('a', '203.0.113.10', ['198.51.100.1', '198.51.100.2']);
-  dp.apply([a]);
+  (await dp.apply([a])).commit();
   const removed = dp.ids(a)!.backends.get('198.51.100.2|80')!;
   const aId = dp.ids(a)!.service;
   const a1 = service('a', '203.0.113.10', ['198.51.100.1']);
-  dp.apply([a1]);
+  (await dp.apply([a1])).commit();
 
   // the daemon restarts: a new process adopts the pins
   dp.close();
   dp = LbDatapath.open(node, silent);
   const b = service('b', '203.0.113.20', ['198.51.100.3', '198.51.100.4']);
-  dp.apply([a1, b]);
+  (await dp.apply([a1, b])).commit();
   const bIds = [...dp.ids(b)!.backends.values()];
   t.notOk(bIds.includes(removed), `the freed id ${removed} is not handed out again (got ${bIds.join(', ')})`);
   t.same([...dp.ids(a1)!.backends.values()], [dp.ids(a)?.backends.get('198.51.100.1|80')], 'the kept backend keeps its id');
@@ -51,10 +51,9 @@ t.test("a removed backend's id rests across a restart: another service's new bac
   t.match(L.decodeBackend(backends.lookup(L.u32(bIds[0]))!), { address: '198.51.100.3', serviceId: dp.ids(b)!.service }, "a backend names its service's id");
   t.match(L.decodeBackend(backends.lookup(L.u32(dp.ids(a1)!.backends.get('198.51.100.1|80')!))!), { serviceId: aId });
   t.match(L.decodeBackend(backends.lookup(L.u32(removed))!), { address: '', state: L.BACKEND_NONE }, 'the freed slot stays empty');
-  t.end();
 });
 
-t.test('the conntrack lifetimes of the node settings reach the datapath, at start and on reconfigure (SIGHUP)', needsRoot, (t) => {
+t.test('the conntrack lifetimes of the node settings reach the datapath, at start and on reconfigure (SIGHUP)', needsRoot, async (t) => {
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'xdplb-ct-'));
   t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
   const node: NodeSettings = { ...DEFAULT_NODE, interfaces: [], maglevSize: 251, bpffs: path.join(pinDir(t), 'lb'), stateDir };
@@ -62,7 +61,6 @@ t.test('the conntrack lifetimes of the node settings reach the datapath, at star
   t.teardown(() => dp.uninstall());
   const config = () => L.decodeConfig(dp['maps'].config.lookup(L.u32(0))!);
   t.match(config(), { ctTcpS: 3600, ctUdpS: 120, ctClosingS: 10 }, 'the defaults');
-  dp.reconfigure({ ...node, conntrack: { tcpTimeout: 900, udpTimeout: 30, closingTimeout: 5 } });
+  await dp.reconfigure({ ...node, conntrack: { tcpTimeout: 900, udpTimeout: 30, closingTimeout: 5 } });
   t.match(config(), { ctTcpS: 900, ctUdpS: 30, ctClosingS: 5, maglevM: 251 }, 'changed in place');
-  t.end();
 });

@@ -11,7 +11,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import pino from 'pino';
 import { parseConfig } from '../src/config';
-import { Controller, type DatapathSink } from '../src/control/controller';
+import { Controller, type DatapathChange, type DatapathSink } from '../src/control/controller';
 import { XdplbError } from '../src/control/errors';
 import type { HealthCheckSpec, ServiceSpec } from '../src/control/model';
 import { ServiceStore } from '../src/control/store';
@@ -122,8 +122,9 @@ t.test('health_check in the configuration: defaults, durations, and fields of th
 
 class RecordingSink implements DatapathSink {
   applied: ServiceSpec[][] = [];
-  apply(services: readonly ServiceSpec[]): void {
+  apply(services: readonly ServiceSpec[]): Promise<DatapathChange> {
     this.applied.push(JSON.parse(JSON.stringify(services)) as ServiceSpec[]);
+    return Promise.resolve({ commit: () => undefined, rollback: () => undefined });
   }
   last(name: string): ServiceSpec {
     return this.applied[this.applied.length - 1].find((s) => s.name === name) as ServiceSpec;

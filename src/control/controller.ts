@@ -9,14 +9,21 @@ import { ServiceStore } from './store';
 import { XdplbError } from './errors';
 import { validateBackend, validateBackendRef } from './validate';
 
+/** A change the datapath holds, until it is made final or put back exactly. */
+export interface DatapathChange {
+  commit(): void;
+  rollback(): void;
+}
+
 /** Where the desired state goes: the datapath programmer implements this. */
 export interface DatapathSink {
   /**
    * Makes the datapath hold exactly these services, writing only what differs.
-   * Throws XdplbError RESOURCE_EXHAUSTED when a map is full, leaving the
-   * datapath as it was.
+   * Rejects (XdplbError RESOURCE_EXHAUSTED when a map is full) leaving the
+   * datapath exactly as it was; no other change starts until the one it
+   * resolves with is committed or rolled back.
    */
-  apply(services: readonly ServiceSpec[]): void;
+  apply(services: readonly ServiceSpec[]): Promise<DatapathChange>;
 }
 
 export type ServiceValidator = (input: unknown, field: string) => ServiceSpec;
@@ -32,6 +39,9 @@ function sameTuple(a: ServiceSpec, b: ServiceSpec): boolean {
 
 export class Controller {
   private services = new Map<string, OwnedService>();
+  private readonly storedSpecs = new WeakMap<OwnedService, ServiceSpec>();
+  /** list()'s order, kept until the services change */
+  private sorted?: OwnedService[];
   private queue: Promise<unknown> = Promise.resolve();
 
   constructor(
@@ -43,7 +53,7 @@ export class Controller {
 
   /** Every service as it is in force: a backend held down by its health check shows 'down'. */
   list(): OwnedService[] {
-    return [...this.services.values()].sort((a, b) => a.name.localeCompare(b.name)).map((s) => this.withHealth(s));
+    return this.declared().map((s) => this.withHealth(s));
   }
 
   get(name: string): OwnedService {
@@ -181,25 +191,34 @@ export class Controller {
       const next = new Map(this.services);
       const result = fn(next);
       const specs = [...next.values()];
+      const planned = this.forDatapath(specs);
+      const change = await this.datapath.apply(planned.specs);
       try {
-        this.datapath.apply(this.forDatapath(specs));
+        await this.store.save(specs.filter((s) => s.owner === 'api').map((s) => this.stored(s)));
       } catch (e) {
-        // Put back exactly what was there: the datapath writes only differences.
-        this.datapath.apply(this.forDatapath([...this.services.values()]));
-        throw e;
-      }
-      try {
-        await this.store.save(specs.filter((s) => s.owner === 'api').map(({ owner: _owner, ...spec }) => spec));
-      } catch (e) {
-        this.datapath.apply(this.forDatapath([...this.services.values()]));
+        change.rollback();
         throw XdplbError.unavailable(`state directory ${this.store.dir}: ${(e as Error).message}`);
       }
+      change.commit();
       this.services = next;
+      this.sorted = undefined;
+      this.lastServing = planned.lastServing;
       this.pruneHealth();
       this.log.info({ change: what, services: next.size }, 'state changed');
       return result;
     };
     return this.enqueue(run);
+  }
+
+  /** The spec as the state directory keeps it, one object per service object: the store writes only those that changed. */
+  private stored(s: OwnedService): ServiceSpec {
+    let spec = this.storedSpecs.get(s);
+    if (!spec) {
+      const { owner: _owner, ...rest } = s;
+      spec = rest;
+      this.storedSpecs.set(s, spec);
+    }
+    return spec;
   }
 
   private enqueue<T>(run: () => Promise<T>): Promise<T> {
@@ -229,7 +248,8 @@ export class Controller {
 
   /** Every service as declared (file or API), without health overrides. */
   declared(): OwnedService[] {
-    return [...this.services.values()].sort((a, b) => a.name.localeCompare(b.name));
+    this.sorted ??= [...this.services.values()].sort((a, b) => a.name.localeCompare(b.name));
+    return [...this.sorted];
   }
 
   /** Whether a backend is held down by its health check. */
@@ -257,10 +277,11 @@ export class Controller {
       if (held.size) this.healthDown.set(name, held);
       else this.healthDown.delete(name);
       try {
-        this.datapath.apply(this.forDatapath([...this.services.values()]));
+        const planned = this.forDatapath([...this.services.values()]);
+        (await this.datapath.apply(planned.specs)).commit();
+        this.lastServing = planned.lastServing;
       } catch (e) {
         this.healthDown = before;
-        this.datapath.apply(this.forDatapath([...this.services.values()]));
         throw e;
       }
       this.log.info({ change: `health ${down ? 'down' : 'up'}`, service: name, backend: `${ref.address} port ${ref.port}` }, 'state changed');
@@ -273,21 +294,30 @@ export class Controller {
     return { ...s, backends: s.backends.map((b) => (held.has(`${b.address}|${b.port}`) && b.state !== 'down' ? { ...b, state: 'down' as const } : b)) };
   }
 
-  /** What the datapath gets: the effective states, except that a service with every active backend held down keeps its last table. */
-  private forDatapath(specs: readonly OwnedService[]): OwnedService[] {
-    return specs.map((spec) => {
+  /**
+   * What the datapath gets: the effective states, except that a service with
+   * every active backend held down keeps its last table; and what each table
+   * will serve, to become lastServing once the change is made (a service
+   * without health overrides has no entry: its table serves what it declares).
+   */
+  private forDatapath(specs: readonly OwnedService[]): { specs: OwnedService[]; lastServing: Map<string, Set<string>> } {
+    const lastServing = new Map<string, Set<string>>();
+    const serving = (x: ServiceSpec) => new Set(x.backends.filter((b) => b.state === 'active' && b.weight > 0).map((b) => `${b.address}|${b.port}`));
+    const out = specs.map((spec) => {
       const s = this.withHealth(spec);
-      const serving = (x: ServiceSpec) => new Set(x.backends.filter((b) => b.state === 'active' && b.weight > 0).map((b) => `${b.address}|${b.port}`));
+      if (s === spec) return s;
       const now = serving(s);
-      if (s === spec || now.size || !serving(spec).size) {
-        this.lastServing.set(s.name, now);
+      const declared = serving(spec);
+      if (now.size || !declared.size) {
+        lastServing.set(s.name, now);
         return s;
       }
-      const declared = serving(spec);
-      const last = [...(this.lastServing.get(s.name) ?? [])].filter((k) => declared.has(k));
+      const last = [...(this.lastServing.get(s.name) ?? declared)].filter((k) => declared.has(k));
       const keep = last.length ? new Set(last) : declared;
+      lastServing.set(s.name, keep);
       return { ...s, backends: s.backends.map((b, i) => (keep.has(`${b.address}|${b.port}`) ? spec.backends[i] : b)) };
     });
+    return { specs: out, lastServing };
   }
 
   /** Overrides of services and backends that no longer exist. */

@@ -144,7 +144,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
       const next = loadConfigFile(opts.configPath);
       const fixed = fixedSettingsChanged(config.node, next.node);
       if (fixed.length) log.warn({ settings: fixed }, 'these settings change only on restart; keeping the running values');
-      datapath.reconfigure({ ...next.node, bpffs: config.node.bpffs, stateDir: config.node.stateDir, api: config.node.api });
+      await datapath.reconfigure({ ...next.node, bpffs: config.node.bpffs, stateDir: config.node.stateDir, api: config.node.api });
       recorder.setDir(next.node.recorderDir);
       await controller.replaceOwned('file', next.services);
       health.sync();
@@ -215,25 +215,32 @@ function backendNames(controller: Controller, datapath: LbDatapath): (id: number
 /** The datapath as the controller sees it, with every update timed for the metrics. */
 function timedSink(datapath: DatapathSink, metrics: Metrics): DatapathSink {
   return {
-    apply(services) {
+    async apply(services) {
       const t0 = process.hrtime.bigint();
       try {
-        datapath.apply(services);
+        const change = await datapath.apply(services);
+        metrics.observeRebuild(Number(process.hrtime.bigint() - t0) / 1e9, true);
+        return change;
       } catch (e) {
         metrics.observeRebuild(0, false);
         throw e;
       }
-      metrics.observeRebuild(Number(process.hrtime.bigint() - t0) / 1e9, true);
     },
   };
 }
 
-/** A sink that runs `after` once a change reached the datapath. */
+/** A sink that runs `after` once a change is committed. */
 function followedBy(sink: DatapathSink, after: () => void): DatapathSink {
   return {
-    apply(services) {
-      sink.apply(services);
-      after();
+    async apply(services) {
+      const change = await sink.apply(services);
+      return {
+        commit() {
+          change.commit();
+          after();
+        },
+        rollback: () => change.rollback(),
+      };
     },
   };
 }

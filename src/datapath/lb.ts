@@ -14,18 +14,25 @@
 // service (xdplb_backend.service_id); the rest keeps even the same service's
 // old flows off a new backend. The end of the rest is kept in xdplb_be_owner,
 // so a restart does not forget it.
+//
+// apply() is one transaction: every map write, pin and piece of bookkeeping it
+// changes is logged with how to put it back, and the log is replayed newest
+// first when any step fails (or when the caller rolls the change back because
+// the state directory could not be written). Capacity is counted before the
+// first write, so a change that cannot fit is refused without touching
+// anything.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import * as bpf from './bpf';
 import * as L from './layout';
-import { vipFilterWords } from './flowhash';
+import { vipFilterBit } from './flowhash';
 import { REASON, REASONS } from './reasons';
 import { agePathMtus } from './pmtu';
 import { routeWarnings, type RouteCheck } from './routes';
 import { netconf } from '../net/iproute';
-import { buildTable, diffTables, NO_BACKEND } from '../maglev';
-import type { DatapathSink } from '../control/controller';
+import { buildTables, diffTables, NO_BACKEND, type MaglevBackend } from '../maglev';
+import type { DatapathChange, DatapathSink } from '../control/controller';
 import { XdplbError } from '../control/errors';
 import type { BackendSpec, NodeSettings, ServiceSpec } from '../control/model';
 import type { CountersSnapshot, NodeStatusSnapshot } from '../api/server';
@@ -55,8 +62,28 @@ function serviceFlags(s: ServiceSpec): number {
   return (s.flags.l4Dnat ? L.SVC_F_L4_DNAT : 0) | (s.flags.sourceHash ? L.SVC_F_SRC_HASH : 0) | (s.flags.conntrackBypass ? L.SVC_F_CT_BYPASS : 0);
 }
 
-function tupleKey(s: { vip: string; port: number; protocol: string }): string {
-  return L.serviceMapKey({ vip: s.vip, port: s.port, proto: PROTO[s.protocol] }).toString('hex');
+/** Encoded once per spec object: the controller hands the same objects to every apply. */
+const tupleKeys = new WeakMap<ServiceSpec, string>();
+function tupleKey(s: ServiceSpec): string {
+  let k = tupleKeys.get(s);
+  if (k === undefined) {
+    k = L.serviceMapKey({ vip: s.vip, port: s.port, proto: PROTO[s.protocol] }).toString('hex');
+    tupleKeys.set(s, k);
+  }
+  return k;
+}
+
+/** Whether two specs of one tuple program the datapath alike (the name and health check do not reach it). */
+function sameDatapathSpec(a: ServiceSpec, b: ServiceSpec): boolean {
+  if (a === b) return true;
+  const f = a.flags;
+  const g = b.flags;
+  if (f.l4Dnat !== g.l4Dnat || f.sourceHash !== g.sourceHash || f.conntrackBypass !== g.conntrackBypass || f.icmpEcho !== g.icmpEcho) return false;
+  if (a.backends.length !== b.backends.length) return false;
+  return a.backends.every((x, i) => {
+    const y = b.backends[i];
+    return x.address === y.address && x.port === y.port && x.weight === y.weight && x.state === y.state;
+  });
 }
 
 const backendKey = (address: string, port: number) => `${address}|${port}`;
@@ -69,7 +96,10 @@ function serviceDef(s: InstalledService): Buffer {
 interface InstalledService {
   id: number;
   keyHex: string;
+  vip: string;
   flags: number;
+  /** the spec its maps hold; absent for a service adopted from the pins until the first apply */
+  spec?: ServiceSpec;
   /** backend key -> id */
   backends: Map<string, number>;
   /** backend id -> encoded xdplb_backend as installed */
@@ -97,63 +127,209 @@ function nodeConfig(node: NodeSettings): L.NodeConfig {
 }
 
 /**
+ * One transaction's undo log: how to put back every map entry, pin and piece
+ * of bookkeeping it changed, replayed newest first. What the change replaced
+ * and must let go (old Maglev tables) is let go only at commit.
+ */
+class UndoLog {
+  private readonly undo: Array<() => void> = [];
+  private readonly atCommit: Array<() => void> = [];
+
+  /**
+   * A map or bpffs write. Its undo is logged before it runs: a failed batch
+   * may have written part of itself, and putting back what was not changed
+   * is harmless.
+   */
+  write(write: () => void, undo: () => void): void {
+    this.undo.push(undo);
+    write();
+  }
+
+  /** A change of bookkeeping in memory. */
+  note(undo: () => void): void {
+    this.undo.push(undo);
+  }
+
+  onCommit(fn: () => void): void {
+    this.atCommit.push(fn);
+  }
+
+  commit(): void {
+    for (const fn of this.atCommit) fn();
+  }
+
+  /** Every step undone, even past one that fails; the failures are returned. */
+  rollback(): Error[] {
+    const errors: Error[] = [];
+    for (let u = this.undo.pop(); u; u = this.undo.pop()) {
+      try {
+        u();
+      } catch (e) {
+        errors.push(e as Error);
+      }
+    }
+    return errors;
+  }
+}
+
+/** Writes entries; their old values (or absence) are logged to be put back. */
+function put(tx: UndoLog, map: bpf.BpfMap, keys: Buffer[], values: Buffer[]): void {
+  if (!keys.length) return;
+  const old = keys.map((k) => map.lookup(k));
+  tx.write(() => map.batchUpdate(keys, values), () => restore(map, keys, old));
+}
+
+function remove(tx: UndoLog, map: bpf.BpfMap, keys: Buffer[]): void {
+  if (!keys.length) return;
+  const old = keys.map((k) => map.lookup(k));
+  tx.write(() => map.batchDelete(keys), () => restore(map, keys, old));
+}
+
+/** Per-CPU counters of new ids start at zero on every CPU. */
+function zeroCounters(tx: UndoLog, map: bpf.BpfMap, ids: number[]): void {
+  const keys = ids.map((id) => L.u32(id));
+  const old = keys.map((k) => map.lookup(k));
+  if (!keys.length) return;
+  tx.write(() => map.batchUpdate(keys, old.map((o) => Buffer.alloc(o?.length ?? 0))), () => restore(map, keys, old));
+}
+
+function restore(map: bpf.BpfMap, keys: Buffer[], old: Array<Buffer | null>): void {
+  keys.forEach((k, i) => {
+    const v = old[i];
+    if (v) map.update(k, v);
+    else map.delete(k);
+  });
+}
+
+/**
  * Ids 0..n-1, handed out in turn from after the last one. A freed id may rest
  * until a given second: it is handed out only when no other is free, the one
- * whose rest ends first (at capacity an id is better reused than refused).
+ * whose rest ends first (at capacity an id is better reused than refused: an
+ * entry naming it counts only for the service that freed it, see
+ * xdp/maglev.h entry_holds()).
  */
 class IdPool {
   private readonly used: Uint8Array;
   private next = 0;
+  private inUse = 0;
   /** id -> monotonic second from which it may be handed out */
   private readonly resting = new Map<number, number>();
   constructor(readonly size: number) {
     this.used = new Uint8Array(size);
   }
+  /** Ids not in use: free or resting. */
+  get available(): number {
+    return this.size - this.inUse;
+  }
   take(id: number): void {
+    if (!this.used[id]) this.inUse++;
     this.used[id] = 1;
   }
   rest(id: number, untilS: number): void {
     this.resting.set(id, untilS);
   }
-  alloc(what: string): number {
+  alloc(what: string, tx: UndoLog): number {
     const now = monotonicS();
     for (let n = 0; n < this.size; n++) {
       const id = (this.next + n) % this.size;
       if (this.used[id]) continue;
       const until = this.resting.get(id);
       if (until !== undefined && until > now) continue;
-      return this.hand(id);
+      return this.hand(id, tx);
     }
     let first: number | undefined;
-    for (const [id, until] of this.resting) if (first === undefined || until < (this.resting.get(first) as number)) first = id;
-    if (first !== undefined) return this.hand(first);
+    let end = 0;
+    for (const [id, until] of this.resting)
+      if (first === undefined || until < end || (until === end && id < first)) {
+        first = id;
+        end = until;
+      }
+    if (first !== undefined) return this.hand(first, tx);
     throw XdplbError.exhausted(`no free ${what} slot (capacity ${this.size})`);
   }
-  private hand(id: number): number {
-    this.used[id] = 1;
+  private hand(id: number, tx: UndoLog): number {
+    this.keep(id, tx);
+    this.take(id);
     this.resting.delete(id);
     this.next = (id + 1) % this.size;
     return id;
   }
-  free(id: number, restUntilS?: number): void {
+  free(id: number, restUntilS: number | undefined, tx: UndoLog): void {
+    this.keep(id, tx);
+    if (this.used[id]) this.inUse--;
     this.used[id] = 0;
     if (restUntilS !== undefined) this.resting.set(id, restUntilS);
   }
+  /** Logs how to put the id (and the cursor) back as they are now. */
+  private keep(id: number, tx: UndoLog): void {
+    const used = this.used[id];
+    const until = this.resting.get(id);
+    const next = this.next;
+    tx.note(() => {
+      this.inUse += used - this.used[id];
+      this.used[id] = used;
+      if (until === undefined) this.resting.delete(id);
+      else this.resting.set(id, until);
+      this.next = next;
+    });
+  }
+}
+
+/** A service whose maps must change, as planned before the first write. */
+interface Planned {
+  keyHex: string;
+  spec: ServiceSpec;
+  /** absent: a new service */
+  s?: InstalledService;
+  /** backend keys of the table's members: the table built from `set` holds indices into this */
+  members: string[];
+  set: MaglevBackend[];
+  /** how many of the ids this service frees its new backends take at once (at capacity) */
+  reuse: number;
+}
+
+interface Plan {
+  changed: Planned[];
+  /** equal to what is installed, as another object: only the bookkeeping follows */
+  same: Array<[InstalledService, ServiceSpec]>;
+  removed: InstalledService[];
+}
+
+/** What a table's members are: the backends that take new flows, by key. */
+function tableMembers(spec: ServiceSpec): { members: string[]; set: MaglevBackend[] } {
+  const live = spec.backends.filter((b) => b.state === 'active' && b.weight > 0);
+  return {
+    members: live.map((b) => backendKey(b.address, b.port)),
+    set: live.map((b, i) => ({ id: i, key: `${b.address}:${b.port}`, weight: b.weight })),
+  };
+}
+
+/** A table of member indices turned into one of backend ids, in place. */
+function toIds(table: Uint32Array, members: string[], s: InstalledService): Uint32Array {
+  const ids = members.map((k) => s.backends.get(k) as number);
+  for (let j = 0; j < table.length; j++) if (table[j] !== NO_BACKEND) table[j] = ids[table[j]];
+  return table;
 }
 
 export class LbDatapath implements DatapathSink {
   private readonly maps: Record<keyof typeof L.MAP_NAMES, bpf.BpfMap>;
   private readonly owner: bpf.BpfMap;
   private readonly installed = new Map<string, InstalledService>();
-  private readonly serviceIds = new IdPool(L.MAX_SERVICES);
-  private readonly backendIds = new IdPool(L.MAX_BACKENDS);
+  private readonly serviceIds: IdPool;
+  private readonly backendIds: IdPool;
   /** xdplb_vip_filter as written */
-  private vipFilter: BigUint64Array = new BigUint64Array(L.VIP_FILTER_WORDS);
+  private readonly vipFilter = new BigUint64Array(L.VIP_FILTER_WORDS);
+  /** installed services per VIP filter bit: a bit is set while its count is not 0 */
+  private readonly vipCount = new Uint32Array(L.VIP_FILTER_WORDS * 64);
   /** VIP entries (ICMP echo) as installed: key hex -> flags */
   private readonly vipEntries = new Map<string, number>();
-  /** xdplb_revnat as written: key hex -> service port; undefined until read from the pinned map */
-  private revNat?: Map<string, number>;
+  /** xdplb_revnat as written, by VIP: key hex -> service port; undefined until read from the pinned map */
+  private revNat?: Map<string, Map<string, number>>;
+  /** until the first apply: VIP entries and reverse NAT are swept whole (a previous daemon may have left any) */
+  private sweep = true;
   private attached = new Map<string, { ifindex: number; mode: bpf.XdpMode }>();
+  /** apply() and reconfigure(), one at a time: a change holds it until committed or rolled back */
+  private tail: Promise<void> = Promise.resolve();
 
   private constructor(
     private node: NodeSettings,
@@ -164,18 +340,22 @@ export class LbDatapath implements DatapathSink {
     const m = {} as Record<keyof typeof L.MAP_NAMES, bpf.BpfMap>;
     for (const [k, name] of Object.entries(L.MAP_NAMES)) m[k as keyof typeof L.MAP_NAMES] = obj.map(name);
     this.maps = m;
-    this.owner = LbDatapath.ownerMap(node.bpffs);
+    this.serviceIds = new IdPool(m.servicesById.maxEntries);
+    this.backendIds = new IdPool(m.backends.maxEntries);
+    this.owner = LbDatapath.ownerMap(node.bpffs, m.backends.maxEntries);
     fs.mkdirSync(path.join(node.bpffs, 'maglev'), { recursive: true });
   }
 
   /**
    * Loads lb.bpf.o, reusing the maps pinned under node.bpffs, adopts the state a
    * previous daemon left there, attaches (atomically replacing our previous
-   * program) and writes the node settings.
+   * program) and writes the node settings. `backends` shrinks the maps
+   * indexed by backend id (tests fill them).
    */
-  static open(node: NodeSettings, log: Logger, objectFile = bpf.objectPath('lb')): LbDatapath {
+  static open(node: NodeSettings, log: Logger, opts: { objectFile?: string; backends?: number } = {}): LbDatapath {
     fs.mkdirSync(node.bpffs, { recursive: true, mode: 0o700 });
-    const obj = bpf.openObject(objectFile, { pinRoot: node.bpffs });
+    const maxEntries = opts.backends ? { [L.MAP_NAMES.backends]: opts.backends, [L.MAP_NAMES.backendStats]: opts.backends } : undefined;
+    const obj = bpf.openObject(opts.objectFile ?? bpf.objectPath('lb'), { pinRoot: node.bpffs, maxEntries });
     const dp = new LbDatapath(node, obj, obj.program(L.PROGRAM_NAME), log);
     dp.adopt();
     dp.writeConfig();
@@ -183,10 +363,10 @@ export class LbDatapath implements DatapathSink {
     return dp;
   }
 
-  private static ownerMap(dir: string): bpf.BpfMap {
+  private static ownerMap(dir: string, size: number): bpf.BpfMap {
     const pin = path.join(dir, OWNER_MAP);
     if (fs.existsSync(pin)) return bpf.mapFromPin(pin);
-    const m = bpf.createMap({ type: 'array', keySize: 4, valueSize: 4, maxEntries: L.MAX_BACKENDS, name: OWNER_MAP });
+    const m = bpf.createMap({ type: 'array', keySize: 4, valueSize: 4, maxEntries: size, name: OWNER_MAP });
     m.pin(pin);
     return m;
   }
@@ -219,15 +399,24 @@ export class LbDatapath implements DatapathSink {
       const dump = inner.dump();
       const table = new Uint32Array(inner.maxEntries).fill(NO_BACKEND);
       for (let i = 0; i < dump.count; i++) table[dump.keys.readUInt32LE(i * 4)] = dump.values.readUInt32LE(i * 4);
-      const s: InstalledService = { id: v.id, keyHex: key.toString('hex'), flags: v.flags, backends: new Map(), backendValues: new Map(), table, inner };
+      const s: InstalledService = { id: v.id, keyHex: key.toString('hex'), vip: k.vip, flags: v.flags, backends: new Map(), backendValues: new Map(), table, inner };
       byService.set(v.id, s);
       this.installed.set(s.keyHex, s);
       this.serviceIds.take(v.id);
     }
     this.writeServicesById();
+    // A table no service names (a daemon that failed between two writes left
+    // one): its id is free, and the next service to take it swaps in its own.
+    for (const f of fs.readdirSync(path.join(this.node.bpffs, 'maglev')))
+      if (!byService.has(Number(f))) {
+        this.log.warn({ pin: this.innerPin(Number(f)) }, 'removed a Maglev table no service uses');
+        fs.rmSync(path.join(this.node.bpffs, 'maglev', f), { force: true });
+      }
     const filter = this.maps.vipFilter.dump();
     for (let i = 0; i < filter.count; i++) this.vipFilter[filter.keys.readUInt32LE(i * 4)] = filter.values.readBigUInt64LE(i * 8);
-    this.writeVipFilter();
+    const tx = new UndoLog();
+    this.countVips([...this.installed.values()], 1, tx, true);
+    tx.commit();
     const owners = this.owner.dump();
     for (let i = 0; i < owners.count; i++) {
       const id = owners.keys.readUInt32LE(i * 4);
@@ -274,23 +463,46 @@ export class LbDatapath implements DatapathSink {
   }
 
   /**
-   * The VIP filter for the installed services, only the words that differ.
-   * A set bit too many costs a lookup; a bit missing would pass a VIP's
-   * traffic to the kernel, so bits are set before services appear and
-   * cleared only after they are gone.
+   * Services counted in (or out of) the VIP filter, and the words whose bits
+   * that changes written (`all`: every word, after a restart). A set bit too
+   * many costs a lookup; a bit missing would pass a VIP's traffic to the
+   * kernel, so bits are set before services appear and cleared only after
+   * they are gone.
    */
-  private writeVipFilter(): void {
-    const words = vipFilterWords([...this.installed.values()].map((s) => L.decodeServiceMapKey(Buffer.from(s.keyHex, 'hex')).vip));
-    const changed = [...words.keys()].filter((i) => words[i] !== this.vipFilter[i]);
-    this.maps.vipFilter.batchUpdate(
-      changed.map((i) => L.u32(i)),
-      changed.map((i) => L.u64(words[i])),
+  private countVips(list: readonly InstalledService[], delta: 1 | -1, tx: UndoLog, all = false): void {
+    const words = new Set<number>();
+    for (const s of list) {
+      const bit = vipFilterBit(s.vip);
+      this.vipCount[bit] += delta;
+      words.add(bit >>> 6);
+    }
+    tx.note(() => {
+      for (const s of list) this.vipCount[vipFilterBit(s.vip)] -= delta;
+    });
+    const changed: number[] = [];
+    const values: bigint[] = [];
+    for (const w of all ? this.vipFilter.keys() : words) {
+      let v = 0n;
+      for (let b = 0; b < 64; b++) if (this.vipCount[w * 64 + b]) v |= 1n << BigInt(b);
+      if (v === this.vipFilter[w]) continue;
+      changed.push(w);
+      values.push(v);
+    }
+    if (!changed.length) return;
+    put(
+      tx,
+      this.maps.vipFilter,
+      changed.map((w) => L.u32(w)),
+      values.map((v) => L.u64(v)),
     );
-    this.vipFilter = words;
+    const before = changed.map((w) => this.vipFilter[w]);
+    changed.forEach((w, i) => (this.vipFilter[w] = values[i]));
+    tx.note(() => changed.forEach((w, i) => (this.vipFilter[w] = before[i])));
   }
 
-  private writeConfig(): void {
-    this.maps.config.update(L.u32(0), L.encodeConfig(nodeConfig(this.node)));
+  private writeConfig(tx?: UndoLog): void {
+    if (tx) put(tx, this.maps.config, [L.u32(0)], [L.encodeConfig(nodeConfig(this.node))]);
+    else this.maps.config.update(L.u32(0), L.encodeConfig(nodeConfig(this.node)));
   }
 
   private readAttached(): Record<string, { mode: bpf.XdpMode }> {
@@ -393,9 +605,41 @@ export class LbDatapath implements DatapathSink {
     }
   }
 
-  /** Node settings changed on reload: attachments and the config map. */
-  reconfigure(node: NodeSettings): void {
-    const mChanged = node.maglevSize !== this.node.maglevSize;
+  /** One change at a time: resolves with the release of the turn. */
+  private async turn(): Promise<() => void> {
+    const before = this.tail;
+    let release!: () => void;
+    this.tail = new Promise((r) => (release = r));
+    await before;
+    let done = false;
+    return () => {
+      if (done) return;
+      done = true;
+      release();
+    };
+  }
+
+  private undo(tx: UndoLog): void {
+    const errors = tx.rollback();
+    if (errors.length) this.log.error({ errors: errors.map((e) => e.message) }, 'rollback incomplete: the datapath may differ from the state before the change');
+  }
+
+  /**
+   * Node settings changed on reload: attachments and the config map. A new M
+   * rebuilds every table, on a worker thread when they are many.
+   */
+  async reconfigure(node: NodeSettings): Promise<void> {
+    const release = await this.turn();
+    try {
+      await this.reconfigureNow(node);
+    } finally {
+      release();
+    }
+  }
+
+  private async reconfigureNow(node: NodeSettings): Promise<void> {
+    const previous = this.node;
+    const mChanged = node.maglevSize !== previous.maglevSize;
     const removed = [...this.attached.keys()].filter((n) => !node.interfaces.some((i) => i.name === n));
     this.node = node;
     for (const name of removed) this.detachOne(name, this.attached.get(name)?.mode ?? 'native');
@@ -414,235 +658,461 @@ export class LbDatapath implements DatapathSink {
       this.writeConfig();
       return;
     }
+    // A service adopted from the pins and not yet applied keeps its table
+    // until the first apply, which swaps in one of the new size.
+    const services = [...this.installed.values()].filter((s): s is InstalledService & { spec: ServiceSpec } => s.spec !== undefined);
+    const plans = services.map((s) => tableMembers(s.spec));
     // A new M: growing, tables first (a new M must never index past a table);
     // shrinking, M first. Every entry stays a valid backend throughout.
-    const grow = node.maglevSize > L.decodeConfig(this.maps.config.lookup(L.u32(0)) ?? Buffer.alloc(L.LAYOUT.xdplb_config.size)).maglevM;
-    if (!grow) this.writeConfig();
-    this.swapTables([...this.installed.values()].map((s) => [s, this.tableFor(s, this.currentSpecs.get(s.keyHex))]));
-    if (grow) this.writeConfig();
-  }
-
-  private currentSpecs = new Map<string, ServiceSpec>();
-
-  private tableFor(s: InstalledService, spec: ServiceSpec | undefined): Uint32Array {
-    const members = (spec?.backends ?? [])
-      .filter((b) => b.state === 'active' && b.weight > 0)
-      .map((b) => ({ id: s.backends.get(backendKey(b.address, b.port)) as number, key: `${b.address}:${b.port}`, weight: b.weight }));
-    return buildTable(members, this.node.maglevSize);
+    const tx = new UndoLog();
+    try {
+      const tables = await buildTables(
+        plans.map((p) => p.set),
+        node.maglevSize,
+      );
+      const grow = node.maglevSize > L.decodeConfig(this.maps.config.lookup(L.u32(0)) ?? Buffer.alloc(L.LAYOUT.xdplb_config.size)).maglevM;
+      if (!grow) this.writeConfig(tx);
+      for (const s of services) this.keep(s, tx);
+      this.swapTables(
+        services.map((s, i): [InstalledService, Uint32Array] => [s, toIds(tables[i], plans[i].members, s)]),
+        tx,
+      );
+      if (grow) this.writeConfig(tx);
+    } catch (e) {
+      this.undo(tx);
+      // the config map is as it was: so are the settings it was written from
+      this.node = previous;
+      throw e;
+    }
+    tx.commit();
   }
 
   private newInner(id: number, table: Uint32Array): bpf.BpfMap {
     const inner = bpf.createMap({ type: 'array', keySize: 4, valueSize: 4, maxEntries: table.length, flags: L.MAGLEV_INNER_FLAGS, name: `xdplb_mg${id}` });
-    const keys = new Uint32Array(table.length);
-    for (let i = 0; i < keys.length; i++) keys[i] = i;
-    // u32 keys and values in host order, as the kernel reads them
-    inner.batchUpdatePacked(Buffer.from(keys.buffer), Buffer.from(table.buffer, table.byteOffset, table.byteLength), table.length);
+    try {
+      const keys = new Uint32Array(table.length);
+      for (let i = 0; i < keys.length; i++) keys[i] = i;
+      // u32 keys and values in host order, as the kernel reads them
+      inner.batchUpdatePacked(Buffer.from(keys.buffer), Buffer.from(table.buffer, table.byteOffset, table.byteLength), table.length);
+    } catch (e) {
+      inner.close();
+      throw e;
+    }
     return inner;
   }
 
   /**
    * Whole new tables, swapped in with one batched write to the outer map: each
    * map-in-map write waits for an RCU grace period, once per syscall, so a
-   * thousand tables cost one wait, not a thousand.
+   * thousand tables cost one wait, not a thousand. The tables they replace
+   * are closed at commit, kept open until then to be swapped back.
    */
-  private swapTables(swaps: ReadonlyArray<[InstalledService, Uint32Array]>): void {
+  private swapTables(swaps: ReadonlyArray<[InstalledService, Uint32Array]>, tx: UndoLog): void {
     if (!swaps.length) return;
-    const inners = swaps.map(([s, table]) => this.newInner(s.id, table));
-    try {
-      this.maps.maglev.batchUpdate(
-        swaps.map(([s]) => L.u32(s.id)),
-        inners.map((m) => L.u32(m.fd)),
-      );
-    } catch (e) {
-      for (const m of inners) m.close();
-      throw e;
-    }
+    const inners: bpf.BpfMap[] = [];
+    tx.note(() => inners.forEach((m) => m.close()));
+    for (const [s, table] of swaps) inners.push(this.newInner(s.id, table));
+    const old = swaps.map(([s]) => s.inner);
+    const ids = swaps.map(([s]) => L.u32(s.id));
+    tx.write(
+      () => this.maps.maglev.batchUpdate(ids, inners.map((m) => L.u32(m.fd))),
+      () => ids.forEach((k, i) => (old[i] ? this.maps.maglev.update(k, L.u32((old[i] as bpf.BpfMap).fd)) : this.maps.maglev.delete(k))),
+    );
     swaps.forEach(([s, table], i) => {
       const pin = this.innerPin(s.id);
-      fs.rmSync(pin, { force: true });
-      inners[i].pin(pin);
-      s.inner?.close();
+      tx.write(
+        () => {
+          fs.rmSync(pin, { force: true });
+          inners[i].pin(pin);
+        },
+        () => {
+          fs.rmSync(pin, { force: true });
+          old[i]?.pin(pin);
+        },
+      );
       s.inner = inners[i];
       s.table = table;
+      const replaced = old[i];
+      if (replaced) tx.onCommit(() => replaced.close());
     });
   }
 
   /** Only the entries that differ, written in one batch. */
-  private diffTable(s: InstalledService, table: Uint32Array): void {
+  private diffTable(s: InstalledService, table: Uint32Array, tx: UndoLog): void {
     const { indices, values } = diffTables(s.table, table);
-    if (indices.length) s.inner?.batchUpdatePacked(Buffer.from(indices.buffer, indices.byteOffset, indices.byteLength), Buffer.from(values.buffer, values.byteOffset, values.byteLength), indices.length);
+    const inner = s.inner as bpf.BpfMap;
+    if (indices.length) {
+      const before = new Uint32Array(indices.length);
+      indices.forEach((j, i) => (before[i] = s.table[j]));
+      const packed = (a: Uint32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
+      tx.write(
+        () => inner.batchUpdatePacked(packed(indices), packed(values), indices.length),
+        () => inner.batchUpdatePacked(packed(indices), packed(before), indices.length),
+      );
+    }
     s.table = table;
   }
 
-  /**
-   * Makes the maps hold exactly `services`. Order keeps every packet on a valid
-   * path: backends are written before tables point at them, tables before the
-   * services that use them; a removed service disappears from the service map
-   * before its table and backends are released.
-   */
-  apply(services: readonly ServiceSpec[]): void {
-    const wanted = new Map(services.map((s) => [tupleKey(s), s]));
-    const needBackends = [...wanted.values()].reduce((n, s) => n + s.backends.length, 0);
-    if (wanted.size > L.MAX_SERVICES) throw XdplbError.exhausted(`${wanted.size} services exceed the datapath capacity ${L.MAX_SERVICES}`);
-    if (needBackends > L.MAX_BACKENDS) throw XdplbError.exhausted(`${needBackends} backends exceed the datapath capacity ${L.MAX_BACKENDS}`);
+  /** Logs how to put a service's bookkeeping back as it is now. */
+  private keep(s: InstalledService, tx: UndoLog): void {
+    const saved = { ...s, backends: new Map(s.backends), backendValues: new Map(s.backendValues) };
+    tx.note(() => Object.assign(s, saved));
+  }
 
-    for (const spec of wanted.values())
+  /**
+   * Makes the maps hold exactly `services`, writing only what differs: a
+   * service whose spec did not change costs no table and no write. Order
+   * keeps every packet on a valid path: backends are written before tables
+   * point at them, tables before the services that use them; a removed service
+   * disappears from the service map before its table and backends are
+   * released. Resolves with the change, to be committed or rolled back; until
+   * then no other change starts. Rejects (RESOURCE_EXHAUSTED when it cannot
+   * fit) with the datapath exactly as it was.
+   */
+  async apply(services: readonly ServiceSpec[]): Promise<DatapathChange> {
+    const release = await this.turn();
+    let tx: UndoLog | undefined;
+    try {
+      const plan = this.plan(services);
+      const tables = await buildTables(
+        plan.changed.map((c) => c.set),
+        this.node.maglevSize,
+      );
+      tx = new UndoLog();
+      this.write(plan, tables, services, tx);
+    } catch (e) {
+      if (tx) this.undo(tx);
+      release();
+      throw bpf.isBpfError(e, 'E2BIG') || bpf.isBpfError(e, 'ENOSPC') ? XdplbError.exhausted(`${(e as Error).message}: the map is full`) : e;
+    }
+    const done = tx;
+    return {
+      commit: () => {
+        done.commit();
+        this.sweep = false;
+        release();
+      },
+      rollback: () => {
+        this.undo(done);
+        release();
+      },
+    };
+  }
+
+  /**
+   * What must change, and whether it fits, before anything is written. A new
+   * backend takes a free or resting id; at capacity it may take an id its own
+   * service frees in the same change (replacing a backend at full capacity):
+   * the connection-table entries naming that id are then its service's old
+   * flows, which reach the new backend of the same service, as they would
+   * through the Maglev table once their backend is gone. An id another
+   * service frees is not reused before the next change: that service's table
+   * still points at it until the end of this one.
+   */
+  private plan(services: readonly ServiceSpec[]): Plan {
+    const wanted = new Map<string, ServiceSpec>();
+    for (const spec of services) wanted.set(tupleKey(spec), spec);
+    if (wanted.size > this.serviceIds.size) throw XdplbError.exhausted(`${wanted.size} services exceed the datapath capacity ${this.serviceIds.size}`);
+    const plan: Plan = { changed: [], same: [], removed: [] };
+    for (const [keyHex, spec] of wanted) {
+      const s = this.installed.get(keyHex);
+      if (s?.spec && sameDatapathSpec(s.spec, spec)) {
+        if (s.spec !== spec) plan.same.push([s, spec]);
+        continue;
+      }
       if (spec.backends.length > this.node.maglevSize)
         throw XdplbError.exhausted(`service ${spec.name} has ${spec.backends.length} backends, more than the Maglev table size ${this.node.maglevSize}`);
+      plan.changed.push({ keyHex, spec, s, ...tableMembers(spec), reuse: 0 });
+    }
+    for (const s of this.installed.values()) if (!wanted.has(s.keyHex)) plan.removed.push(s);
 
+    const added = plan.changed.filter((c) => !c.s).length;
+    if (added > this.serviceIds.available)
+      throw XdplbError.exhausted(`no free service id: this change adds ${added} services and ${this.serviceIds.available} of ${this.serviceIds.size} ids are free`);
+    const counts = plan.changed.map((c) => {
+      const keys = new Set(c.spec.backends.map((b) => backendKey(b.address, b.port)));
+      const have = c.s?.backends ?? new Map<string, number>();
+      let need = 0;
+      for (const k of keys) if (!have.has(k)) need++;
+      let freed = 0;
+      for (const k of have.keys()) if (!keys.has(k)) freed++;
+      return { need, freed };
+    });
+    const need = counts.reduce((n, c) => n + c.need, 0);
+    let short = need - this.backendIds.available;
+    for (let i = 0; i < plan.changed.length && short > 0; i++) {
+      plan.changed[i].reuse = Math.min(counts[i].need, counts[i].freed, short);
+      short -= plan.changed[i].reuse;
+    }
+    if (short > 0) {
+      const own = counts.reduce((n, c) => n + Math.min(c.need, c.freed), 0);
+      const freedByRemoved = plan.removed.reduce((n, s) => n + s.backends.size, 0);
+      throw XdplbError.exhausted(
+        `no free backend id: this change adds ${need} backends; ${this.backendIds.available} of ${this.backendIds.size} ids are free or resting` +
+          (own ? `, and ${own} freed by the same services are reused` : '') +
+          (freedByRemoved ? `; the ${freedByRemoved} ids of removed services can be handed out from the next change on` : ''),
+      );
+    }
+    return plan;
+  }
+
+  private write(plan: Plan, tables: Uint32Array[], services: readonly ServiceSpec[], tx: UndoLog): void {
     const swaps: Array<[InstalledService, Uint32Array]> = [];
     const serviceKeys: Buffer[] = [];
     const serviceValues: Buffer[] = [];
     const defIds: Buffer[] = [];
     const defValues: Buffer[] = [];
-    for (const [keyHex, spec] of wanted) {
-      let s = this.installed.get(keyHex);
-      if (!s) {
-        const id = this.serviceIds.alloc('service');
-        this.maps.serviceStats.updatePerCpu(L.u32(id), Buffer.alloc(16));
-        s = { id, keyHex, flags: -1, backends: new Map(), backendValues: new Map(), table: new Uint32Array(0) };
-        this.installed.set(keyHex, s);
+    const added: InstalledService[] = [];
+    plan.changed.forEach((c, i) => {
+      let s = c.s;
+      if (s) this.keep(s, tx);
+      else {
+        s = this.addService(c.keyHex, tx);
+        added.push(s);
       }
-      this.writeBackends(s, spec);
-      const table = this.tableFor(s, spec);
+      this.writeBackends(s, c, tx);
+      const table = toIds(tables[i], c.members, s);
       if (!s.inner || s.table.length !== table.length) swaps.push([s, table]);
-      else this.diffTable(s, table);
-      const flags = serviceFlags(spec);
+      else this.diffTable(s, table, tx);
+      const flags = serviceFlags(c.spec);
       if (flags !== s.flags) {
         s.flags = flags;
-        serviceKeys.push(Buffer.from(keyHex, 'hex'));
+        serviceKeys.push(Buffer.from(c.keyHex, 'hex'));
         serviceValues.push(L.encodeService({ id: s.id, flags }));
         defIds.push(L.u32(s.id));
         defValues.push(serviceDef(s));
       }
-      this.currentSpecs.set(keyHex, spec);
+      s.spec = c.spec;
+    });
+    for (const [s, spec] of plan.same) {
+      const before = s.spec;
+      s.spec = spec;
+      tx.note(() => (s.spec = before));
     }
-    this.swapTables(swaps);
+    this.swapTables(swaps, tx);
     // By id and the VIP filter before the service maps: a flow-cache entry
     // names a new service only after the service map has led a packet to it,
     // and no packet reaches the service map past a clear filter bit.
-    this.maps.servicesById.batchUpdate(defIds, defValues);
-    this.writeVipFilter();
+    put(tx, this.maps.servicesById, defIds, defValues);
+    this.countVips(added, 1, tx);
     // Services only once their tables are in place.
     for (const map of ['services4', 'services'] as const) {
       const i = serviceKeys.flatMap((k, j) => (L.serviceMapOf(k) === map ? [j] : []));
-      this.maps[map].batchUpdate(i.map((j) => serviceKeys[j]), i.map((j) => serviceValues[j]));
+      put(
+        tx,
+        this.maps[map],
+        i.map((j) => serviceKeys[j]),
+        i.map((j) => serviceValues[j]),
+      );
     }
-    for (const [keyHex, spec] of wanted) this.releaseBackends(this.installed.get(keyHex) as InstalledService, spec);
+    for (const c of plan.changed) this.releaseBackends(this.installed.get(c.keyHex) as InstalledService, c.spec, tx);
 
-    const removed = [...this.installed].filter(([keyHex]) => !wanted.has(keyHex)).map(([, s]) => s);
+    const removed = plan.removed;
     if (removed.length) {
       // Unreachable first (service map), then the table, then its backends.
       const keys = removed.map((s) => Buffer.from(s.keyHex, 'hex'));
-      for (const map of ['services4', 'services'] as const) this.maps[map].batchDelete(keys.filter((k) => L.serviceMapOf(k) === map));
-      this.maps.servicesById.batchUpdate(
+      for (const map of ['services4', 'services'] as const)
+        remove(
+          tx,
+          this.maps[map],
+          keys.filter((k) => L.serviceMapOf(k) === map),
+        );
+      put(
+        tx,
+        this.maps.servicesById,
         removed.map((s) => L.u32(s.id)),
         removed.map(() => L.encodeServiceDef(undefined)),
       );
       // The kernel has no batched delete for map-in-map: one syscall (and one
       // RCU wait) per removed table.
-      for (const s of removed) this.maps.maglev.delete(L.u32(s.id));
       for (const s of removed) {
-        fs.rmSync(this.innerPin(s.id), { force: true });
-        s.inner?.close();
-        this.releaseBackends(s, undefined);
-        this.serviceIds.free(s.id);
-        this.installed.delete(s.keyHex);
-        this.currentSpecs.delete(s.keyHex);
+        const inner = s.inner;
+        tx.write(
+          () => this.maps.maglev.delete(L.u32(s.id)),
+          () => inner && this.maps.maglev.update(L.u32(s.id), L.u32(inner.fd)),
+        );
       }
-      this.writeVipFilter();
+      for (const s of removed) {
+        const pin = this.innerPin(s.id);
+        const inner = s.inner;
+        tx.write(
+          () => fs.rmSync(pin, { force: true }),
+          () => {
+            fs.rmSync(pin, { force: true });
+            inner?.pin(pin);
+          },
+        );
+        if (inner) tx.onCommit(() => inner.close());
+        this.keep(s, tx);
+        this.releaseBackends(s, undefined, tx);
+        this.serviceIds.free(s.id, undefined, tx);
+        this.installed.delete(s.keyHex);
+        tx.note(() => this.installed.set(s.keyHex, s));
+      }
+      this.countVips(removed, -1, tx);
     }
-    this.writeVipEntries(services);
-    this.writeRevNat(services);
+    // VIPs as the specs spell them: `services` is filtered by that text
+    const vips = this.sweep ? undefined : new Set([...plan.changed.map((c) => c.spec.vip), ...removed.map((s) => s.spec?.vip ?? s.vip)]);
+    const touched = vips ? services.filter((s) => vips.has(s.vip)) : services;
+    this.writeVipEntries(touched, vips, tx);
+    this.writeRevNat(touched, vips, tx);
+  }
+
+  private addService(keyHex: string, tx: UndoLog): InstalledService {
+    const id = this.serviceIds.alloc('service', tx);
+    zeroCounters(tx, this.maps.serviceStats, [id]);
+    const vip = L.decodeServiceMapKey(Buffer.from(keyHex, 'hex')).vip;
+    const s: InstalledService = { id, keyHex, vip, flags: -1, backends: new Map(), backendValues: new Map(), table: new Uint32Array(0) };
+    this.installed.set(keyHex, s);
+    tx.note(() => this.installed.delete(keyHex));
+    return s;
   }
 
   /**
    * (VIP, protocol, backend port) -> service port for every L4 DNAT service,
    * so that relayed ICMP errors quote what the client sent (xdp/pmtu.h). Two
    * services sending a VIP's port to the same backend port: the first wins.
+   * Only the VIPs in `vips` are rewritten (all of them when undefined), from
+   * `services`: every service of those VIPs.
    */
-  private writeRevNat(services: readonly ServiceSpec[]): void {
+  private writeRevNat(services: readonly ServiceSpec[], vips: Set<string> | undefined, tx: UndoLog): void {
     if (!this.revNat) {
       this.revNat = new Map();
-      for (const k of this.maps.revnat.keys()) this.revNat.set(k.toString('hex'), this.maps.revnat.lookup(k)?.readUInt16BE(0) ?? 0);
+      for (const k of this.maps.revnat.keys()) {
+        const vip = L.decodeServiceKey(k).vip;
+        const entries = this.revNat.get(vip) ?? new Map<string, number>();
+        entries.set(k.toString('hex'), this.maps.revnat.lookup(k)?.readUInt16BE(0) ?? 0);
+        this.revNat.set(vip, entries);
+      }
     }
-    const wanted = new Map<string, number>();
+    const revNat = this.revNat;
+    const wanted = new Map<string, Map<string, number>>();
+    for (const v of vips ?? revNat.keys()) wanted.set(v, new Map());
     for (const s of services) {
+      const entries = wanted.get(s.vip) ?? new Map<string, number>();
+      wanted.set(s.vip, entries);
       if (!s.flags.l4Dnat || s.port === 0) continue;
       for (const b of s.backends) {
         if (b.port === s.port) continue;
         const k = L.encodeRevNatKey({ vip: s.vip, proto: PROTO[s.protocol], backendPort: b.port }).toString('hex');
-        if (!wanted.has(k)) wanted.set(k, s.port);
+        if (!entries.has(k)) entries.set(k, s.port);
       }
     }
-    for (const [k, port] of wanted) {
-      if (this.revNat.get(k) === port) continue;
-      this.maps.revnat.update(Buffer.from(k, 'hex'), L.encodeRevNat(port));
-      this.revNat.set(k, port);
+    const keys: Buffer[] = [];
+    const values: Buffer[] = [];
+    const gone: Buffer[] = [];
+    for (const [vip, entries] of wanted) {
+      const now = revNat.get(vip);
+      for (const [k, port] of entries) if (now?.get(k) !== port) keys.push(Buffer.from(k, 'hex')), values.push(L.encodeRevNat(port));
+      for (const k of now?.keys() ?? []) if (!entries.has(k)) gone.push(Buffer.from(k, 'hex'));
+      if (entries.size === (now?.size ?? 0) && [...entries].every(([k, p]) => now?.get(k) === p)) continue;
+      tx.note(() => (now ? revNat.set(vip, now) : revNat.delete(vip)));
+      if (entries.size) revNat.set(vip, entries);
+      else revNat.delete(vip);
     }
-    for (const k of [...this.revNat.keys()]) {
-      if (wanted.has(k)) continue;
-      this.maps.revnat.delete(Buffer.from(k, 'hex'));
-      this.revNat.delete(k);
-    }
+    put(tx, this.maps.revnat, keys, values);
+    remove(tx, this.maps.revnat, gone);
   }
 
-  /** New backends get ids; changed ones (port, state) are rewritten in place. */
-  private writeBackends(s: InstalledService, spec: ServiceSpec): void {
-    for (const b of spec.backends) {
+  /**
+   * New backends get ids (at capacity, `c.reuse` of them the ids of the
+   * service's own removed backends); changed ones (port, state) are
+   * rewritten in place.
+   */
+  private writeBackends(s: InstalledService, c: Planned, tx: UndoLog): void {
+    const keep = new Set(c.spec.backends.map((b) => backendKey(b.address, b.port)));
+    const freed = [...s.backends].filter(([k]) => !keep.has(k)).slice(0, c.reuse);
+    const fresh: number[] = [];
+    const taken: number[] = [];
+    const keys: Buffer[] = [];
+    const values: Buffer[] = [];
+    for (const b of c.spec.backends) {
       const k = backendKey(b.address, b.port);
       let id = s.backends.get(k);
       if (id === undefined) {
-        id = this.backendIds.alloc('backend');
+        const reused = freed.shift();
+        if (reused) {
+          s.backends.delete(reused[0]);
+          s.backendValues.delete(reused[1]);
+          id = reused[1];
+        } else {
+          id = this.backendIds.alloc('backend', tx);
+          taken.push(id);
+        }
         s.backends.set(k, id);
-        this.maps.backendStats.updatePerCpu(L.u32(id), Buffer.alloc(16));
-        this.owner.update(L.u32(id), L.u32(s.id + 1));
+        fresh.push(id);
       }
       const value = L.encodeBackend({ address: b.address, port: b.port, state: STATE[b.state], serviceId: s.id });
       if (s.backendValues.get(id) !== value.toString('hex')) {
-        this.maps.backends.update(L.u32(id), value);
+        keys.push(L.u32(id));
+        values.push(value);
         s.backendValues.set(id, value.toString('hex'));
       }
     }
+    zeroCounters(tx, this.maps.backendStats, fresh);
+    put(
+      tx,
+      this.owner,
+      taken.map((id) => L.u32(id)),
+      taken.map(() => L.u32(s.id + 1)),
+    );
+    put(tx, this.maps.backends, keys, values);
   }
 
   /**
    * Backends no longer in the spec: cleared only after no table points at them,
    * their ids resting for as long as a connection-table entry naming them may live.
    */
-  private releaseBackends(s: InstalledService, spec: ServiceSpec | undefined): void {
+  private releaseBackends(s: InstalledService, spec: ServiceSpec | undefined, tx: UndoLog): void {
     const keep = new Set((spec?.backends ?? []).map((b) => backendKey(b.address, b.port)));
     const ct = this.node.conntrack;
     // + 1: the datapath stamps entries in whole seconds of a coarse clock
     const until = monotonicS() + Math.max(ct.tcpTimeout, ct.udpTimeout, ct.closingTimeout) + 1;
-    for (const [k, id] of s.backends) {
-      if (keep.has(k)) continue;
-      this.maps.backends.update(L.u32(id), L.encodeBackend({ address: '', port: 0, state: L.BACKEND_NONE, serviceId: 0 }));
-      this.owner.update(L.u32(id), L.u32(RESTING | until));
-      this.backendIds.free(id, until);
+    const ids = [...s.backends].filter(([k]) => !keep.has(k)).map(([k, id]) => {
       s.backends.delete(k);
       s.backendValues.delete(id);
-    }
+      this.backendIds.free(id, until, tx);
+      return L.u32(id);
+    });
+    put(
+      tx,
+      this.maps.backends,
+      ids,
+      ids.map(() => L.encodeBackend({ address: '', port: 0, state: L.BACKEND_NONE, serviceId: 0 })),
+    );
+    put(
+      tx,
+      this.owner,
+      ids,
+      ids.map(() => L.u32(RESTING | until)),
+    );
   }
 
-  /** One ICMP entry per VIP: echo answered when any service of the VIP allows it. */
-  private writeVipEntries(services: readonly ServiceSpec[]): void {
+  /**
+   * One ICMP entry per VIP: echo answered when any service of the VIP allows
+   * it. Only the VIPs in `vips` (all when undefined), from `services`.
+   */
+  private writeVipEntries(services: readonly ServiceSpec[], vips: Set<string> | undefined, tx: UndoLog): void {
     const wanted = new Map<string, number>();
+    for (const v of vips ?? []) wanted.set(L.vipEntryKey(v).toString('hex'), -1);
     for (const s of services) {
       const k = L.vipEntryKey(s.vip).toString('hex');
-      wanted.set(k, (wanted.get(k) ?? 0) | (s.flags.icmpEcho ? L.SVC_F_ICMP_ECHO : 0));
+      wanted.set(k, Math.max(0, wanted.get(k) ?? 0) | (s.flags.icmpEcho ? L.SVC_F_ICMP_ECHO : 0));
     }
+    if (!vips) for (const k of this.vipEntries.keys()) if (!wanted.has(k)) wanted.set(k, -1);
     for (const [k, flags] of wanted) {
-      if (this.vipEntries.get(k) === flags) continue;
+      const before = this.vipEntries.get(k);
+      if (before === flags || (before === undefined && flags < 0)) continue;
       const key = Buffer.from(k, 'hex');
-      this.maps[L.serviceMapOf(key)].update(key, L.encodeService({ id: 0, flags }));
-      this.vipEntries.set(k, flags);
-    }
-    for (const k of [...this.vipEntries.keys()]) {
-      if (wanted.has(k)) continue;
-      const key = Buffer.from(k, 'hex');
-      this.maps[L.serviceMapOf(key)].delete(key);
-      this.vipEntries.delete(k);
+      const map = this.maps[L.serviceMapOf(key)];
+      if (flags < 0) {
+        remove(tx, map, [key]);
+        this.vipEntries.delete(k);
+      } else {
+        put(tx, map, [key], [L.encodeService({ id: 0, flags })]);
+        this.vipEntries.set(k, flags);
+      }
+      tx.note(() => (before === undefined ? this.vipEntries.delete(k) : this.vipEntries.set(k, before)));
     }
   }
 

@@ -1,4 +1,5 @@
-// Maglev consistent hashing: pure table generation and diffing, no I/O.
+// Maglev consistent hashing: pure table generation and diffing, no I/O; many
+// tables at once on a worker thread.
 export {
   type MaglevBackend,
   NO_BACKEND,
@@ -10,3 +11,4 @@ export {
   buildTable,
   diffTables,
 } from './table';
+export { buildTables } from './build';

@@ -1,0 +1,87 @@
+// The state directory: a change appends what it changed to a journal instead
+// of rewriting every service; a restart reads services.json and its journal,
+// a line a crash cut short is no change, and the journal is folded into a new
+// services.json once it is as long as the set.
+import t, { type Test } from 'tap';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { ServiceStore } from '../src/control/store';
+import { DEFAULT_FLAGS, type ServiceSpec } from '../src/control/model';
+
+const spec = (name: string, backend = '198.51.100.1'): ServiceSpec => ({
+  name,
+  vip: '203.0.113.10',
+  port: 80,
+  protocol: 'tcp',
+  flags: { ...DEFAULT_FLAGS },
+  backends: [{ address: backend, port: 80, weight: 1, state: 'active' }],
+});
+
+function dir(t: Test): string {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'xdplb-store-'));
+  t.teardown(() => fs.rmSync(d, { recursive: true, force: true }));
+  return d;
+}
+
+const journals = (d: string) => fs.readdirSync(d).filter((f) => f.endsWith('.journal'));
+
+t.test('a change appends only the services it changed; a restart reads them back', async (t) => {
+  const d = dir(t);
+  const store = new ServiceStore(d);
+  const a = spec('a');
+  const b = spec('b');
+  await store.save([a, b]);
+  const file = fs.readFileSync(store.file, 'utf8');
+  const b2 = spec('b', '198.51.100.2');
+  const c = spec('c');
+  await store.save([a, b2, c]);
+  await store.save([b2, c]);
+  t.equal(fs.readFileSync(store.file, 'utf8'), file, 'services.json is not rewritten');
+  t.equal(journals(d).length, 1);
+  const lines = fs.readFileSync(path.join(d, journals(d)[0]), 'utf8').trim().split('\n');
+  t.same(
+    lines.map((l) => Object.keys(JSON.parse(l) as object)[0]),
+    ['put', 'put', 'delete'],
+    'b changed, c added, a deleted: three lines',
+  );
+  t.same(
+    (await new ServiceStore(d).load()).map((s) => `${s.name} ${s.backends[0].address}`).sort(),
+    ['b 198.51.100.2', 'c 198.51.100.1'],
+  );
+});
+
+t.test('a journal line a crash cut short is no change; a bad line before the last is an error', async (t) => {
+  const d = dir(t);
+  const store = new ServiceStore(d);
+  const a = spec('a');
+  await store.save([a]);
+  await store.save([a, spec('b')]);
+  const journal = path.join(d, journals(d)[0]);
+  fs.appendFileSync(journal, '{"put":{"name":"c"');
+  t.same(
+    (await new ServiceStore(d).load()).map((s) => s.name),
+    ['a', 'b'],
+  );
+  fs.appendFileSync(journal, '\n{"delete":"a"}\n');
+  await t.rejects(new ServiceStore(d).load(), { message: /services\.1\.journal:2: / });
+});
+
+t.test('the journal is folded into a new services.json once it is longer than the set', async (t) => {
+  const d = dir(t);
+  const store = new ServiceStore(d);
+  await store.save([spec('a')]);
+  for (let i = 0; i < 300; i++) await store.save([spec('a', `198.51.100.${(i % 200) + 1}`)]);
+  t.same(journals(d), ['services.2.journal'], 'folded once, the old journal removed');
+  const state = JSON.parse(fs.readFileSync(store.file, 'utf8')) as { journal: number; services: ServiceSpec[] };
+  t.equal(state.journal, 2);
+  t.same(
+    state.services.map((s) => s.backends[0].address),
+    ['198.51.100.57'],
+    'services.json holds the 257th change',
+  );
+  t.same(
+    (await new ServiceStore(d).load()).map((s) => `${s.name} ${s.backends[0].address}`),
+    ['a 198.51.100.100'],
+  );
+});
