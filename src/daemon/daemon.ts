@@ -76,7 +76,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   // hold on a backend included: the one place STATUS= needs to hear of it.
   const controller = new Controller(
     followedBy(timedSink(datapath, metrics), () => {
-      void neighbours.sync();
+      void neighbours.servicesChanged();
       statusReporter.changed();
     }),
     store,

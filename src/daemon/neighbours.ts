@@ -66,6 +66,8 @@ async function routeNextHops(backends: string[]): Promise<Map<string, { address:
 export class NeighbourKeeper {
   private readonly created = new Set<string>();
   private wanted: Array<{ address: string; dev: string; backends: number }> = [];
+  /** the backend addresses the last evaluation started from */
+  private evaluated = new Set<string>();
   private unrouted: NextHopStatus[] = [];
   private running: Promise<void> | undefined;
   private again = false;
@@ -83,6 +85,17 @@ export class NeighbourKeeper {
     );
     this.startMonitor();
     this.sync();
+  }
+
+  /**
+   * The services changed: next hops are re-evaluated only when the set of
+   * backend addresses did (a change elsewhere in 10,000 services must not cost
+   * a route lookup of every backend).
+   */
+  servicesChanged(): Promise<void> {
+    const now = new Set(this.o.backends());
+    if (now.size === this.evaluated.size && [...now].every((a) => this.evaluated.has(a))) return Promise.resolve();
+    return this.sync();
   }
 
   /** Re-evaluates every next hop; calls during a run coalesce into one more run. */
@@ -162,6 +175,7 @@ export class NeighbourKeeper {
 
   private async evaluate(): Promise<void> {
     const backends = [...new Set(this.o.backends())];
+    this.evaluated = new Set(backends);
     const routes = await routeNextHops(backends);
     const wanted = new Map<string, { address: string; dev: string; backends: number }>();
     const unrouted: NextHopStatus[] = [];
