@@ -148,6 +148,8 @@ t.test('constants in layout.ts equal the #defines of consts.h', (t) => {
     ['XDPLB_REC_MAX_MASKS', L.REC_MAX_MASKS],
     ['XDPLB_REC_MAX_ENTRIES', L.REC_MAX_ENTRIES],
     ['XDPLB_REC_MAX_RULES', L.REC_MAX_RULES],
+    ['XDPLB_REC_FILTER_BITS_LOG', L.REC_FILTER_BITS_LOG],
+    ['XDPLB_REC_FILTER_WORDS', L.REC_FILTER_WORDS],
     ['XDPLB_REC_STAT_SAMPLES', L.REC_STAT_SAMPLES],
     ['XDPLB_REC_STAT_OUTPUT_FAILED', L.REC_STAT_OUTPUT_FAILED],
     ['XDPLB_REC_STAT_MAX', L.REC_STAT_MAX],
@@ -195,6 +197,7 @@ t.test('the loaded maps have the names, types, key/value sizes and capacities la
     xdplb_rec_masks: ['array', L.REC_MAX_MASKS],
     xdplb_rec_entries: ['hash', L.REC_MAX_ENTRIES],
     xdplb_rec_config: ['array', 1],
+    xdplb_rec_filter: ['array', L.REC_FILTER_WORDS],
     xdplb_rec_ring: ['perf_event_array', bpf.possibleCpus()],
     xdplb_rec_stats: ['percpu_array', L.REC_STAT_MAX],
   };

@@ -214,6 +214,17 @@ struct {
 	__type(value, struct xdplb_rec_entry);
 } xdplb_rec_entries SEC(".maps");
 
+/* word -> 64 bits of the recorder's filter (recorder.h), written by the
+ * daemon: a bit is set before an entry that needs it is inserted, cleared
+ * after the last such entry is deleted */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, XDPLB_REC_FILTER_WORDS);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+	__type(key, __u32);
+	__type(value, __u64);
+} xdplb_rec_filter SEC(".maps");
+
 /* [0] -> mask count; 0 = recorder off */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);

@@ -15,6 +15,13 @@
  * tuple is the same, and a forwarded packet would otherwise pay every mask
  * lookup twice. So a recorder that is off costs one array lookup per packet,
  * and the outbound point of a packet that matched nothing costs a test.
+ * Before any hash lookup, the masked tuple of every mask is checked against
+ * xdplb_rec_filter, a bit per hash of an entry's key (rec_filter_bit): a mask
+ * whose bit is clear has no entry for this packet, so a packet that matches
+ * nothing pays array reads and arithmetic only, inline, without the call.
+ * The daemon sets an entry's bit before inserting it and clears it only
+ * after deleting the last entry that needs it: a set bit with no entry costs
+ * a lookup, never a wrong answer.
  * The match and the copy are global functions: the verifier checks each
  * once, however many paths reach the hooks, and the program carries one copy
  * of each (the copy's signature also puts struct xdplb_rec_meta in the BTF
@@ -43,6 +50,44 @@ union xdplb_rec_tuple {
 	struct xdplb_rec_key key;
 	__u64 w[sizeof(struct xdplb_rec_key) / 8];
 };
+
+_Static_assert(sizeof(union xdplb_rec_tuple) == 40, "recorder key: five 64-bit words");
+_Static_assert(XDPLB_REC_FILTER_WORDS * 64 == 1 << XDPLB_REC_FILTER_BITS_LOG, "recorder filter: a word per 64 bits");
+
+/* The flow tuple as the words of struct xdplb_rec_key (mask slot 0). Read
+ * with memcpy: the flow key may sit on a 4-byte boundary of the stack. */
+static __always_inline void rec_tuple(const struct xdplb_flow_key *f, __u64 t[5])
+{
+	__u32 ports;
+
+	__builtin_memcpy(&t[1], f->src, 8);
+	__builtin_memcpy(&t[2], f->src + 8, 8);
+	__builtin_memcpy(&t[3], f->dst, 8);
+	__builtin_memcpy(&t[4], f->dst + 8, 8);
+	__builtin_memcpy(&ports, &f->sport, 4);
+	t[0] = f->family | (__u64)f->proto << 8 | (__u64)ports << 16;
+}
+
+/* The filter's bit of a key (five words, its mask slot in byte 6): each word
+ * times its own odd constant, XORed, the top XDPLB_REC_FILTER_BITS_LOG bits.
+ * src/recorder/filter.ts recFilterBit() computes the same. */
+static __always_inline __u32 rec_filter_bit(const __u64 k[5])
+{
+	__u64 h = k[0] * 0x9e3779b97f4a7c15ULL ^ k[1] * 0xc2b2ae3d27d4eb4fULL ^ k[2] * 0x165667b19e3779f9ULL ^
+		  k[3] * 0x85ebca77c2b2ae63ULL ^ k[4] * 0x27d4eb2f165667c5ULL;
+
+	return h >> (64 - XDPLB_REC_FILTER_BITS_LOG);
+}
+
+/* The key of slot i: the tuple under mask m, the slot in byte 6. */
+static __always_inline void rec_masked(const __u64 t[5], const __u64 *m, __u32 i, __u64 k[5])
+{
+	k[0] = (t[0] & m[0]) | (__u64)i << 48;
+	k[1] = t[1] & m[1];
+	k[2] = t[2] & m[2];
+	k[3] = t[3] & m[3];
+	k[4] = t[4] & m[4];
+}
 
 static __always_inline void rec_count(__u32 stat)
 {
@@ -77,45 +122,63 @@ __noinline int xdplb_rec_emit(struct xdp_md *ctx, const struct rec_match *hit, s
 	return 1;
 }
 
-/* The inbound point: fills *hit from the first n_masks masks and, when any
- * rule matched, writes the sample (one call from the hook: one state after
- * it for the verifier, whatever happened inside). Returns 1 when a sample
- * was written. */
-__noinline int xdplb_rec_match(struct xdp_md *ctx, const struct xdplb_flow_key *flow, __u32 n_masks,
-			       struct rec_match *hit, struct xdplb_rec_meta *meta)
+/* The slots below n_masks whose key for this tuple has its filter bit set:
+ * the only masks with an entry this packet can hit. Branch-free per mask, so
+ * the verifier walks the loop once, not once per combination of bits. */
+static __always_inline __u32 rec_candidates(const struct xdplb_flow_key *flow, __u32 n_masks)
 {
-	union xdplb_rec_tuple t = {}, k;
-	struct xdplb_rec_entry *e;
-	__u32 want = 0, c;
-	__u64 rules = 0;
+	__u64 t[5], k[5], *bits;
+	__u32 cand = 0, bit;
 	const __u64 *m;
 
-	if (!flow || !hit || !meta)
-		return 0;
-	t.key.family = flow->family;
-	t.key.proto = flow->proto;
-	t.key.sport = flow->sport;
-	t.key.dport = flow->dport;
-	__builtin_memcpy(t.key.src, flow->src, sizeof(t.key.src));
-	__builtin_memcpy(t.key.dst, flow->dst, sizeof(t.key.dst));
-
+	rec_tuple(flow, t);
 	for (__u32 i = 0; i < XDPLB_REC_MAX_MASKS; i++) {
 		/* the array key in a full 8-byte stack slot: the verifier tracks
 		 * its value there (not in a 4-byte one), so it sees the loop end */
 		__u64 slot = i;
+		__u32 word;
 
 		if (i >= n_masks)
 			break;
 		m = bpf_map_lookup_elem(&xdplb_rec_masks, &slot);
 		if (!m)
 			break;
-		k.w[0] = t.w[0] & m[0];
-		k.w[1] = t.w[1] & m[1];
-		k.w[2] = t.w[2] & m[2];
-		k.w[3] = t.w[3] & m[3];
-		k.w[4] = t.w[4] & m[4];
-		k.key.mask = i;
-		k.key.pad = 0;
+		rec_masked(t, m, i, k);
+		bit = rec_filter_bit(k);
+		word = bit >> 6;
+		bits = bpf_map_lookup_elem(&xdplb_rec_filter, &word);
+		if (!bits)
+			break;
+		cand |= (__u32)((*bits >> (bit & 63)) & 1) << i;
+	}
+	return cand;
+}
+
+/* The inbound point: fills *hit from the slots in cand and, when any rule
+ * matched, writes the sample (one call from the hook: one state after it for
+ * the verifier, whatever happened inside). Returns 1 when a sample was
+ * written. */
+__noinline int xdplb_rec_match(struct xdp_md *ctx, const struct xdplb_flow_key *flow, __u32 cand,
+			       struct rec_match *hit, struct xdplb_rec_meta *meta)
+{
+	union xdplb_rec_tuple k;
+	struct xdplb_rec_entry *e;
+	__u32 want = 0, c;
+	__u64 rules = 0, t[5];
+	const __u64 *m;
+
+	if (!flow || !hit || !meta)
+		return 0;
+	rec_tuple(flow, t);
+	for (__u32 i = 0; i < XDPLB_REC_MAX_MASKS; i++) {
+		__u64 slot = i;
+
+		if (!((cand >> i) & 1))
+			continue;
+		m = bpf_map_lookup_elem(&xdplb_rec_masks, &slot);
+		if (!m)
+			break;
+		rec_masked(t, m, i, k.w);
 		e = bpf_map_lookup_elem(&xdplb_rec_entries, &k.key);
 		if (!e)
 			continue;
@@ -139,11 +202,14 @@ static __always_inline void xdplb_record(struct xdp_md *ctx, const struct packet
 					 int point, __u32 backend_id)
 {
 	struct xdplb_rec_config *rc;
-	__u32 zero = 0;
+	__u32 zero = 0, cand = 0;
 
 	if (point == XDPLB_CAPTURE_IN) {
 		rc = bpf_map_lookup_elem(&xdplb_rec_config, &zero);
 		if (!rc || !rc->n_masks)
+			return;
+		cand = rec_candidates(&pkt->flow, rc->n_masks);
+		if (!cand)
 			return;
 	} else if (!hit->rules) {
 		return;
@@ -151,7 +217,7 @@ static __always_inline void xdplb_record(struct xdp_md *ctx, const struct packet
 	struct xdplb_rec_meta meta = { .backend_id = backend_id, .point = point, .family = pkt->flow.family };
 
 	if (point == XDPLB_CAPTURE_IN)
-		xdplb_rec_match(ctx, &pkt->flow, rc->n_masks, hit, &meta);
+		xdplb_rec_match(ctx, &pkt->flow, cand, hit, &meta);
 	else
 		xdplb_rec_emit(ctx, hit, &meta);
 }

@@ -63,6 +63,9 @@ export const CAPTURE_OUT = 2;
 export const REC_MAX_MASKS = 32;
 export const REC_MAX_ENTRIES = 131072;
 export const REC_MAX_RULES = 64;
+/** the recorder's filter (xdplb_rec_filter): 2^REC_FILTER_BITS_LOG bits in REC_FILTER_WORDS words */
+export const REC_FILTER_BITS_LOG = 20;
+export const REC_FILTER_WORDS = 16384;
 /** xdplb_rec_stats indices */
 export const REC_STAT_SAMPLES = 0;
 export const REC_STAT_OUTPUT_FAILED = 1;
@@ -118,6 +121,8 @@ export const REC_MAP_NAMES = {
   masks: 'xdplb_rec_masks',
   entries: 'xdplb_rec_entries',
   config: 'xdplb_rec_config',
+  /** word -> 64 bits: a bit per entry key hash (filter.ts recFilterBit) */
+  filter: 'xdplb_rec_filter',
   ring: 'xdplb_rec_ring',
   stats: 'xdplb_rec_stats',
 } as const;
@@ -323,6 +328,7 @@ export const MAP_LAYOUT: Readonly<Record<string, { key: string; value: string }>
   xdplb_rec_masks: { key: 'u32', value: 'xdplb_rec_key' },
   xdplb_rec_entries: { key: 'xdplb_rec_key', value: 'xdplb_rec_entry' },
   xdplb_rec_config: { key: 'u32', value: 'xdplb_rec_config' },
+  xdplb_rec_filter: { key: 'u32', value: 'u64' },
   xdplb_rec_ring: { key: 'u32', value: 'u32' },
   xdplb_rec_stats: { key: 'u32', value: 'u64' },
 };

@@ -1,23 +1,26 @@
-// The recorder's side of the datapath: its five pinned maps, programmed from
+// The recorder's side of the datapath: its six pinned maps, programmed from
 // compiled filters, and the perf ring drained into decoded samples.
 //
 // Maps (xdp/maps.h, pinned by name under node.bpffs with the load balancer's):
 //   xdplb_rec_masks    ARRAY 32 x struct xdplb_rec_key       the mask of each slot
 //   xdplb_rec_entries  HASH key xdplb_rec_key -> xdplb_rec_entry { rules, caplen }
 //   xdplb_rec_config   ARRAY 1 x { n_masks }                 0 = recorder off
+//   xdplb_rec_filter   ARRAY 16384 x u64                      a bit per entry key hash
 //   xdplb_rec_ring     PERF_EVENT_ARRAY                       one ring per CPU
 //   xdplb_rec_stats    PERCPU_ARRAY [0] samples, [1] output failures
 //
 // Writes follow diffCompiled's order (entries that go, masks, n_masks, entries
 // that come), so a packet never matches a rule it matches under neither the old
 // nor the new set; an entry whose cap length changed is rewritten with the
-// upserts.
+// upserts. The filter's bits for the new set are added before its entries come
+// and the old set's other bits removed after its entries went: an entry never
+// sits behind a clear bit, where the datapath would not look it up.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as bpf from '../datapath/bpf';
 import * as L from '../datapath/layout';
 import { XdplbError } from '../control/errors';
-import { diffCompiled, entryKey, type CompiledFilters } from './filter';
+import { diffCompiled, entryKey, recFilterWords, type CompiledFilters } from './filter';
 import type { CapturePoint } from './pcap';
 
 /** One captured frame as the datapath sent it. */
@@ -84,13 +87,15 @@ const u32 = L.u32;
  * the reader's pace, decides how large a burst is captured whole.
  */
 export const RING_PAGES = 1024;
-const MAP_KEYS = ['masks', 'entries', 'config', 'ring', 'stats'] as const;
+const MAP_KEYS = ['masks', 'entries', 'config', 'filter', 'ring', 'stats'] as const;
 type MapKey = (typeof MAP_KEYS)[number];
 
 export class RecorderMaps implements RecorderDatapath {
   private current?: CompiledFilters;
   /** entry key (latin1) -> encoded value as written */
   private values = new Map<string, string>();
+  /** xdplb_rec_filter as written */
+  private readonly filterWords = new BigUint64Array(L.REC_FILTER_WORDS);
 
   private constructor(private readonly maps: Record<MapKey, bpf.BpfMap>) {}
 
@@ -117,8 +122,24 @@ export class RecorderMaps implements RecorderDatapath {
     if (keys.length) this.maps.entries.batchDelete(keys);
     const zero = Buffer.alloc(L.REC_KEY_LEN);
     for (let i = 0; i < this.maps.masks.maxEntries; i++) this.maps.masks.update(u32(i), zero);
+    const words = this.maps.filter.dump();
+    for (let i = 0; i < words.count; i++) this.filterWords[words.keys.readUInt32LE(i * 4)] = words.values.readBigUInt64LE(i * 8);
+    this.writeFilter(new BigUint64Array(L.REC_FILTER_WORDS));
     this.current = undefined;
     this.values.clear();
+  }
+
+  /** Writes the words of xdplb_rec_filter that differ from `want`. */
+  private writeFilter(want: BigUint64Array): void {
+    const keys: Buffer[] = [];
+    const values: Buffer[] = [];
+    for (let w = 0; w < want.length; w++) {
+      if (want[w] === this.filterWords[w]) continue;
+      keys.push(u32(w));
+      values.push(L.u64(want[w]));
+      this.filterWords[w] = want[w];
+    }
+    if (keys.length) this.maps.filter.batchUpdate(keys, values);
   }
 
   apply(next: CompiledFilters, capOf: (rule: number) => number): void {
@@ -127,6 +148,8 @@ export class RecorderMaps implements RecorderDatapath {
     for (const k of d.deleteEntries) this.values.delete(k.toString('latin1'));
     for (const m of d.masks) this.maps.masks.update(u32(m.index), m.mask);
     this.maps.config.update(u32(0), L.encodeRecConfig({ nMasks: d.maskSlots }));
+    const want = recFilterWords(next);
+    this.writeFilter(want.map((w, i) => w | this.filterWords[i]));
 
     const keys: Buffer[] = [];
     const values: Buffer[] = [];
@@ -142,6 +165,7 @@ export class RecorderMaps implements RecorderDatapath {
       this.values.set(k, v);
     }
     if (keys.length) this.maps.entries.batchUpdate(keys, values);
+    this.writeFilter(want);
     this.current = next;
   }
 

@@ -56,6 +56,7 @@
 
 import { XdplbError } from '../control/errors';
 import { parseAddress } from '../control/validate';
+import { REC_FILTER_BITS_LOG, REC_FILTER_WORDS } from '../datapath/layout';
 
 export type Family = 4 | 6;
 
@@ -701,6 +702,33 @@ export function diffCompiled(prev: CompiledFilters | undefined, next: CompiledFi
     if (!old || changed(e.maskIndex) || old.ruleMask !== e.ruleMask) upsertEntries.push({ key: Buffer.from(k, 'latin1'), ruleMask: e.ruleMask });
   }
   return { deleteEntries, masks, maskSlots: next.maskSlots, upsertEntries };
+}
+
+// ---- the filter in front of the hash -------------------------------------------------
+
+/** xdp/recorder.h rec_filter_bit()'s multipliers, one per 64-bit word of a key. */
+const FILTER_K = [0x9e3779b97f4a7c15n, 0xc2b2ae3d27d4eb4fn, 0x165667b19e3779f9n, 0x85ebca77c2b2ae63n, 0x27d4eb2f165667c5n];
+const FILTER_SHIFT = BigInt(64 - REC_FILTER_BITS_LOG);
+
+/**
+ * The bit of xdp/recorder.h rec_filter_bit() for an entry's key (struct
+ * xdplb_rec_key, its mask slot in byte 6): each little-endian 64-bit word
+ * times its own odd constant, XORed, the top REC_FILTER_BITS_LOG bits.
+ */
+export function recFilterBit(key: Buffer): number {
+  let h = 0n;
+  for (let i = 0; i < FILTER_K.length; i++) h ^= BigInt.asUintN(64, key.readBigUInt64LE(8 * i) * FILTER_K[i]);
+  return Number(h >> FILTER_SHIFT);
+}
+
+/** The filter words (xdplb_rec_filter) with the bit of every entry of `c` set. */
+export function recFilterWords(c: CompiledFilters): BigUint64Array {
+  const words = new BigUint64Array(REC_FILTER_WORDS);
+  for (const e of c.entries) {
+    const bit = recFilterBit(entryKey(e));
+    words[bit >>> 6] |= 1n << BigInt(bit & 63);
+  }
+  return words;
 }
 
 /** The value of an xdplb_rec_entries entry: the rule mask as a little-endian __u64. */

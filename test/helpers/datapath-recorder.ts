@@ -4,7 +4,7 @@
 // recorder benchmark.
 import * as bpf from '../../src/datapath/bpf';
 import * as L from '../../src/datapath/layout';
-import { encodeTuple, entryKey, type CompiledFilters } from '../../src/recorder/filter';
+import { encodeTuple, entryKey, recFilterWords, type CompiledFilters } from '../../src/recorder/filter';
 import type { Teardown } from './fixtures';
 
 export interface Sample {
@@ -29,6 +29,7 @@ export class RecorderMaps {
   readonly masks: bpf.BpfMap;
   readonly entries: bpf.BpfMap;
   readonly config: bpf.BpfMap;
+  readonly filter: bpf.BpfMap;
   readonly ring: bpf.BpfMap;
   readonly stats: bpf.BpfMap;
 
@@ -36,14 +37,15 @@ export class RecorderMaps {
     this.masks = obj.map(L.REC_MAP_NAMES.masks);
     this.entries = obj.map(L.REC_MAP_NAMES.entries);
     this.config = obj.map(L.REC_MAP_NAMES.config);
+    this.filter = obj.map(L.REC_MAP_NAMES.filter);
     this.ring = obj.map(L.REC_MAP_NAMES.ring);
     this.stats = obj.map(L.REC_MAP_NAMES.stats);
   }
 
   /**
    * Replaces whatever is programmed by `c`: every slot below maskSlots gets its
-   * mask (a zero mask when unused), every entry its rules and cap length.
-   * caplenOf: a rule's cap length, 0 = whole frame.
+   * mask (a zero mask when unused), every entry its rules and cap length and
+   * its bit in the filter. caplenOf: a rule's cap length, 0 = whole frame.
    */
   program(c: CompiledFilters, caplenOf: (rule: number) => number = () => 0): void {
     this.off();
@@ -59,8 +61,25 @@ export class RecorderMaps {
       keys.push(entryKey(e));
       values.push(L.encodeRecEntry({ rules: e.ruleMask, caplen: entryCaplen(e.ruleIds, caplenOf) }));
     }
+    this.setFilter(recFilterWords(c));
     for (let i = 0; i < keys.length; i += 10_000) this.entries.batchUpdate(keys.slice(i, i + 10_000), values.slice(i, i + 10_000));
     this.config.update(L.u32(0), L.encodeRecConfig({ nMasks: c.maskSlots }));
+  }
+
+  /** Writes every word of xdplb_rec_filter. */
+  setFilter(words: BigUint64Array): void {
+    this.filter.batchUpdate(
+      Array.from(words, (_, i) => L.u32(i)),
+      Array.from(words, (w) => L.u64(w)),
+    );
+  }
+
+  /** Sets or clears one bit of xdplb_rec_filter. */
+  filterBit(bit: number, on: boolean): void {
+    const key = L.u32(bit >>> 6);
+    const word = this.filter.lookup(key)!.readBigUInt64LE(0);
+    const mask = 1n << BigInt(bit & 63);
+    this.filter.update(key, L.u64(on ? word | mask : word & ~mask));
   }
 
   /** n_masks = 0: the recorder is off (entries stay). */
@@ -84,7 +103,7 @@ export class RecorderMaps {
   }
 
   close(): void {
-    for (const m of [this.masks, this.entries, this.config, this.ring, this.stats]) m.close();
+    for (const m of [this.masks, this.entries, this.config, this.filter, this.ring, this.stats]) m.close();
   }
 }
 
