@@ -5,7 +5,8 @@
 import t from 'tap';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
-import { compileFilters, matchCompiled, matches, parseFilter, ruleIdsOf, type Filter, type Prefix, type RuleFilters, type Tuple } from '../src/recorder/filter';
+import { compileFilters, entryKey, matchCompiled, matches, parseFilter, recFilterBits, recFilterWords, ruleIdsOf, type Filter, type Prefix, type RuleFilters, type Tuple } from '../src/recorder/filter';
+import { RecorderMaps as DaemonRecorderMaps } from '../src/recorder/datapath';
 import * as P from './helpers/packets';
 import { world, oneBackend, decap, ipPacket, tsharkCheck, scratch, VIP4, VIP6, CLIENT4, CLIENT6 } from './helpers/datapath';
 import { recorderMaps, collector, entryCaplen, type Sample } from './helpers/datapath-recorder';
@@ -149,6 +150,103 @@ t.test('rules of several matching entries, through different masks, are ORed; th
       t.equal(s.meta.capLen, c.caplen === 0 ? lens[i] : Math.min(c.caplen, lens[i]), `${c.what}: cap length at point ${s.meta.point}`);
     });
   }
+});
+
+for (const family of [4, 6] as const) {
+  t.test(`IPv${family}: the filter in front of the hash: an entry is looked up only through its two bits, the ones TypeScript computes`, needsRoot, async (t) => {
+    const { w, rec, ring } = recWorld(t);
+    const client = family === 4 ? CLIENT4 : CLIENT6;
+    const vip = family === 4 ? VIP4 : VIP6;
+    const host = family === 4 ? 32 : 128;
+    // two rules through two masks: the packet hits both
+    const c = compileFilters([
+      { ruleId: 2, filters: [parseFilter(`src=${client}/${host} dport=80 proto=tcp`)] },
+      { ruleId: 5, filters: [parseFilter(`dst=${vip}/${host}`)] },
+    ]);
+    t.equal(c.masks.length, 2);
+    rec.program(c);
+    const [a, b] = c.entries.map((e) => ({ rule: e.ruleMask, at: recFilterBits(entryKey(e)) }));
+    const rulesSeen = async () => {
+      t.equal(w.run(flowFrame(family)).retval, bpf.XDP_TX, 'forwarded');
+      const s = await ring.next(2, 1000);
+      return s.length ? s[0].meta.rules : 0n;
+    };
+    t.equal(await rulesSeen(), a.rule | b.rule, 'bits as programmed: both rules');
+
+    const only = (x: typeof a) => {
+      const words = new BigUint64Array(L.REC_FILTER_WORDS);
+      words[x.at.word] |= x.at.bits;
+      return words;
+    };
+    rec.setFilter(only(a));
+    t.equal(await rulesSeen(), a.rule, "every word clear but the first entry's two bits: only its rule (the datapath reads the word and bits TypeScript names)");
+    rec.setFilter(only(b));
+    t.equal(await rulesSeen(), b.rule, "only the second entry's bits: only its rule");
+    const lowest = b.at.bits & -b.at.bits;
+    if (lowest !== b.at.bits)
+      for (const kept of [lowest, b.at.bits ^ lowest]) {
+        rec.setFilter(only({ ...b, at: { word: b.at.word, bits: kept } }));
+        t.equal(await rulesSeen(), 0n, 'one of its two bits clear: not looked up, not recorded');
+      }
+    rec.setFilter(new BigUint64Array(L.REC_FILTER_WORDS));
+    t.equal(await rulesSeen(), 0n, 'every bit clear: entries there, none looked up, nothing recorded');
+
+    rec.setFilter(new BigUint64Array(L.REC_FILTER_WORDS).fill(~0n));
+    t.equal(await rulesSeen(), a.rule | b.rule, 'every bit set: both rules, as without a filter');
+    const other = family === 4 ? { src: '192.0.2.222', dst: '203.0.113.99' } : { src: '2001:db8::222', dst: '2001:db8::99' };
+    t.equal(w.run(flowFrame(family, other)).retval, bpf.XDP_PASS);
+    t.equal((await ring.next(1, 300)).length, 0, 'every bit set, a packet with no entry: looked up, still no sample');
+    t.same(rec.counts(), { samples: 8n, outputFailed: 0n });
+  });
+}
+
+t.test("the daemon's writes: filter bits set before their entries are inserted, cleared only after their entries are deleted", needsRoot, async (t) => {
+  const { w, rec, ring } = recWorld(t);
+  const maps = DaemonRecorderMaps.open(w.lb.pinRoot);
+  if (!maps) throw new Error('no recorder maps pinned');
+  t.teardown(() => maps.close());
+  maps.reset();
+  const words = () => {
+    const d = rec.filter.dump();
+    const out = new BigUint64Array(L.REC_FILTER_WORDS);
+    for (let i = 0; i < d.count; i++) out[d.keys.readUInt32LE(i * 4)] = d.values.readBigUInt64LE(i * 8);
+    return out;
+  };
+  const hasBits = (key: Buffer, now: BigUint64Array) => {
+    const { word, bits } = recFilterBits(key);
+    return (now[word] & bits) === bits;
+  };
+  // every insert and delete checks the kernel's filter at that moment
+  const inner = (maps as unknown as { maps: { entries: { batchUpdate: (k: Buffer[], v: Buffer[]) => void; batchDelete: (k: Buffer[]) => void } } }).maps.entries;
+  const update = inner.batchUpdate.bind(inner);
+  const del = inner.batchDelete.bind(inner);
+  let inserted = 0;
+  let deleted = 0;
+  inner.batchUpdate = (keys, values) => {
+    const now = words();
+    for (const k of keys) if (!hasBits(k, now)) t.fail(`inserted before its bits were set: ${k.toString('hex')}`);
+    inserted += keys.length;
+    update(keys, values);
+  };
+  inner.batchDelete = (keys) => {
+    const now = words();
+    for (const k of keys) if (!hasBits(k, now)) t.fail(`its bits were cleared before it was deleted: ${k.toString('hex')}`);
+    deleted += keys.length;
+    del(keys);
+  };
+  const rules = (n: number, from: number) =>
+    [{ ruleId: 0, filters: Array.from({ length: n }, (_, i) => parseFilter(`src=192.0.2.${from + i}/32 dport=80 proto=tcp`)) }];
+  const first = compileFilters(rules(200, 1));
+  maps.apply(first, () => 0);
+  t.same(words(), recFilterWords(first), 'after the first set: exactly its bits');
+  const second = compileFilters([...rules(50, 101), { ruleId: 1, filters: [parseFilter(`dst=${VIP4}/32`)] }], { previous: first });
+  maps.apply(second, () => 0);
+  t.same(words(), recFilterWords(second), "after the change: the second set's bits, the first's others gone");
+  t.ok(inserted >= 200 + 1 && deleted >= 150, `inserts (${inserted}) and deletes (${deleted}) were all checked`);
+  t.equal(w.run(flowFrame(4, { src: '192.0.2.120' })).retval, bpf.XDP_TX);
+  t.equal((await ring.next(2, 1000)).length, 2, 'a packet of the second set is recorded at both points');
+  maps.reset();
+  t.same(words(), new BigUint64Array(L.REC_FILTER_WORDS), 'reset: every bit clear');
 });
 
 t.test('packets that match nothing, or are not parsed, emit nothing', needsRoot, async (t) => {

@@ -176,14 +176,15 @@ enum xdplb_reason {
 #define XDPLB_REC_MAX_MASKS	32	/* mask slots: every packet pays up to this many lookups */
 #define XDPLB_REC_MAX_ENTRIES	131072	/* masked keys of every running recording's filters */
 #define XDPLB_REC_MAX_RULES	64	/* bits of struct xdplb_rec_entry.rules: running recordings */
-/* The recorder's filter (recorder.h): one bit per hash of an entry's key
- * (mask slot included), set by the daemon for every entry. A mask whose
- * masked tuple's bit is clear is not looked up in xdplb_rec_entries (a hash
- * lookup, about 30 ns here). 2^20 bits in 16,384 words (128 KiB): at
- * XDPLB_REC_MAX_ENTRIES one bit in nine is set, however the entries spread
- * over the masks (one shape may hold them all, so the bits are shared). */
-#define XDPLB_REC_FILTER_BITS_LOG	20
-#define XDPLB_REC_FILTER_WORDS		16384	/* 2^XDPLB_REC_FILTER_BITS_LOG / 64 */
+/* The recorder's filter (recorder.h): a blocked Bloom filter of the entries'
+ * keys (mask slot included): two bits in one word per key, set by the daemon
+ * for every entry. A mask whose key for a packet misses a bit is not looked
+ * up in xdplb_rec_entries (a hash lookup, about 30 ns here). 16,384 words
+ * (128 KiB, one array read per mask), shared by the masks since one shape
+ * may hold every entry: with 100,000 entries about one key in thirty that
+ * has no entry still looks up. */
+#define XDPLB_REC_FILTER_WORDS_LOG	14
+#define XDPLB_REC_FILTER_WORDS		16384	/* 2^XDPLB_REC_FILTER_WORDS_LOG */
 
 /* xdplb_rec_stats indices: per-CPU __u64 counters */
 #define XDPLB_REC_STAT_SAMPLES		0	/* samples written to the perf ring */

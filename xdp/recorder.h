@@ -52,7 +52,7 @@ union xdplb_rec_tuple {
 };
 
 _Static_assert(sizeof(union xdplb_rec_tuple) == 40, "recorder key: five 64-bit words");
-_Static_assert(XDPLB_REC_FILTER_WORDS * 64 == 1 << XDPLB_REC_FILTER_BITS_LOG, "recorder filter: a word per 64 bits");
+_Static_assert(XDPLB_REC_FILTER_WORDS == 1 << XDPLB_REC_FILTER_WORDS_LOG, "recorder filter: words indexed by the top bits of the hash");
 
 /* The flow tuple as the words of struct xdplb_rec_key (mask slot 0). Read
  * with memcpy: the flow key may sit on a 4-byte boundary of the stack. */
@@ -68,15 +68,14 @@ static __always_inline void rec_tuple(const struct xdplb_flow_key *f, __u64 t[5]
 	t[0] = f->family | (__u64)f->proto << 8 | (__u64)ports << 16;
 }
 
-/* The filter's bit of a key (five words, its mask slot in byte 6): each word
- * times its own odd constant, XORed, the top XDPLB_REC_FILTER_BITS_LOG bits.
- * src/recorder/filter.ts recFilterBit() computes the same. */
-static __always_inline __u32 rec_filter_bit(const __u64 k[5])
+/* The filter's hash of a key (five words, its mask slot in byte 6): each
+ * word times its own odd constant, XORed. Its top XDPLB_REC_FILTER_WORDS_LOG
+ * bits pick the word, the next two 6-bit fields the two bits in it.
+ * src/recorder/filter.ts recFilterBits() computes the same. */
+static __always_inline __u64 rec_filter_hash(const __u64 k[5])
 {
-	__u64 h = k[0] * 0x9e3779b97f4a7c15ULL ^ k[1] * 0xc2b2ae3d27d4eb4fULL ^ k[2] * 0x165667b19e3779f9ULL ^
-		  k[3] * 0x85ebca77c2b2ae63ULL ^ k[4] * 0x27d4eb2f165667c5ULL;
-
-	return h >> (64 - XDPLB_REC_FILTER_BITS_LOG);
+	return k[0] * 0x9e3779b97f4a7c15ULL ^ k[1] * 0xc2b2ae3d27d4eb4fULL ^ k[2] * 0x165667b19e3779f9ULL ^
+	       k[3] * 0x85ebca77c2b2ae63ULL ^ k[4] * 0x27d4eb2f165667c5ULL;
 }
 
 /* The key of slot i: the tuple under mask m, the slot in byte 6. */
@@ -122,13 +121,13 @@ __noinline int xdplb_rec_emit(struct xdp_md *ctx, const struct rec_match *hit, s
 	return 1;
 }
 
-/* The slots below n_masks whose key for this tuple has its filter bit set:
+/* The slots below n_masks whose key for this tuple has both filter bits set:
  * the only masks with an entry this packet can hit. Branch-free per mask, so
  * the verifier walks the loop once, not once per combination of bits. */
 static __always_inline __u32 rec_candidates(const struct xdplb_flow_key *flow, __u32 n_masks)
 {
-	__u64 t[5], k[5], *bits;
-	__u32 cand = 0, bit;
+	__u64 t[5], k[5], h, *bits;
+	__u32 cand = 0;
 	const __u64 *m;
 
 	rec_tuple(flow, t);
@@ -144,12 +143,12 @@ static __always_inline __u32 rec_candidates(const struct xdplb_flow_key *flow, _
 		if (!m)
 			break;
 		rec_masked(t, m, i, k);
-		bit = rec_filter_bit(k);
-		word = bit >> 6;
+		h = rec_filter_hash(k);
+		word = h >> (64 - XDPLB_REC_FILTER_WORDS_LOG);
 		bits = bpf_map_lookup_elem(&xdplb_rec_filter, &word);
 		if (!bits)
 			break;
-		cand |= (__u32)((*bits >> (bit & 63)) & 1) << i;
+		cand |= (__u32)((*bits >> ((h >> 44) & 63)) & (*bits >> ((h >> 38) & 63)) & 1) << i;
 	}
 	return cand;
 }

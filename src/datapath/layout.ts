@@ -63,8 +63,8 @@ export const CAPTURE_OUT = 2;
 export const REC_MAX_MASKS = 32;
 export const REC_MAX_ENTRIES = 131072;
 export const REC_MAX_RULES = 64;
-/** the recorder's filter (xdplb_rec_filter): 2^REC_FILTER_BITS_LOG bits in REC_FILTER_WORDS words */
-export const REC_FILTER_BITS_LOG = 20;
+/** the recorder's filter (xdplb_rec_filter): 2^REC_FILTER_WORDS_LOG words of 64 bits */
+export const REC_FILTER_WORDS_LOG = 14;
 export const REC_FILTER_WORDS = 16384;
 /** xdplb_rec_stats indices */
 export const REC_STAT_SAMPLES = 0;

@@ -56,7 +56,7 @@
 
 import { XdplbError } from '../control/errors';
 import { parseAddress } from '../control/validate';
-import { REC_FILTER_BITS_LOG, REC_FILTER_WORDS } from '../datapath/layout';
+import { REC_FILTER_WORDS, REC_FILTER_WORDS_LOG } from '../datapath/layout';
 
 export type Family = 4 | 6;
 
@@ -706,27 +706,28 @@ export function diffCompiled(prev: CompiledFilters | undefined, next: CompiledFi
 
 // ---- the filter in front of the hash -------------------------------------------------
 
-/** xdp/recorder.h rec_filter_bit()'s multipliers, one per 64-bit word of a key. */
+/** xdp/recorder.h rec_filter_hash()'s multipliers, one per 64-bit word of a key. */
 const FILTER_K = [0x9e3779b97f4a7c15n, 0xc2b2ae3d27d4eb4fn, 0x165667b19e3779f9n, 0x85ebca77c2b2ae63n, 0x27d4eb2f165667c5n];
-const FILTER_SHIFT = BigInt(64 - REC_FILTER_BITS_LOG);
+const WORD_SHIFT = BigInt(64 - REC_FILTER_WORDS_LOG);
 
 /**
- * The bit of xdp/recorder.h rec_filter_bit() for an entry's key (struct
- * xdplb_rec_key, its mask slot in byte 6): each little-endian 64-bit word
- * times its own odd constant, XORed, the top REC_FILTER_BITS_LOG bits.
+ * Where xdp/recorder.h looks for a key (struct xdplb_rec_key, its mask slot in
+ * byte 6) in xdplb_rec_filter: the hash is each little-endian 64-bit word
+ * times its own odd constant, XORed; its top REC_FILTER_WORDS_LOG bits pick the
+ * word, bits 44..49 and 38..43 the two bits of it (`bits`, one or two set).
  */
-export function recFilterBit(key: Buffer): number {
+export function recFilterBits(key: Buffer): { word: number; bits: bigint } {
   let h = 0n;
   for (let i = 0; i < FILTER_K.length; i++) h ^= BigInt.asUintN(64, key.readBigUInt64LE(8 * i) * FILTER_K[i]);
-  return Number(h >> FILTER_SHIFT);
+  return { word: Number(h >> WORD_SHIFT), bits: (1n << ((h >> 44n) & 63n)) | (1n << ((h >> 38n) & 63n)) };
 }
 
-/** The filter words (xdplb_rec_filter) with the bit of every entry of `c` set. */
+/** The filter words (xdplb_rec_filter) with the bits of every entry of `c` set. */
 export function recFilterWords(c: CompiledFilters): BigUint64Array {
   const words = new BigUint64Array(REC_FILTER_WORDS);
   for (const e of c.entries) {
-    const bit = recFilterBit(entryKey(e));
-    words[bit >>> 6] |= 1n << BigInt(bit & 63);
+    const { word, bits } = recFilterBits(entryKey(e));
+    words[word] |= bits;
   }
   return words;
 }

@@ -74,12 +74,11 @@ export class RecorderMaps {
     );
   }
 
-  /** Sets or clears one bit of xdplb_rec_filter. */
-  filterBit(bit: number, on: boolean): void {
-    const key = L.u32(bit >>> 6);
-    const word = this.filter.lookup(key)!.readBigUInt64LE(0);
-    const mask = 1n << BigInt(bit & 63);
-    this.filter.update(key, L.u64(on ? word | mask : word & ~mask));
+  /** Sets or clears bits of one word of xdplb_rec_filter. */
+  filterBits(word: number, bits: bigint, on: boolean): void {
+    const key = L.u32(word);
+    const was = this.filter.lookup(key)!.readBigUInt64LE(0);
+    this.filter.update(key, L.u64(on ? was | bits : was & ~bits));
   }
 
   /** n_masks = 0: the recorder is off (entries stay). */
