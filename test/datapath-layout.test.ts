@@ -150,6 +150,9 @@ t.test('constants in layout.ts equal the #defines of consts.h', (t) => {
     ['XDPLB_REC_MAX_RULES', L.REC_MAX_RULES],
     ['XDPLB_REC_FILTER_WORDS_LOG', L.REC_FILTER_WORDS_LOG],
     ['XDPLB_REC_FILTER_WORDS', L.REC_FILTER_WORDS],
+    ['XDPLB_REC_MEMO_SLOTS_LOG', L.REC_MEMO_SLOTS_LOG],
+    ['XDPLB_REC_MEMO_SLOTS', L.REC_MEMO_SLOTS],
+    ['XDPLB_REC_F_NO_MEMO', L.REC_F_NO_MEMO],
     ['XDPLB_REC_STAT_SAMPLES', L.REC_STAT_SAMPLES],
     ['XDPLB_REC_STAT_OUTPUT_FAILED', L.REC_STAT_OUTPUT_FAILED],
     ['XDPLB_REC_STAT_MAX', L.REC_STAT_MAX],
@@ -198,6 +201,7 @@ t.test('the loaded maps have the names, types, key/value sizes and capacities la
     xdplb_rec_entries: ['hash', L.REC_MAX_ENTRIES],
     xdplb_rec_config: ['array', 1],
     xdplb_rec_filter: ['array', L.REC_FILTER_WORDS],
+    xdplb_rec_memo: ['percpu_array', L.REC_MEMO_SLOTS],
     xdplb_rec_ring: ['perf_event_array', bpf.possibleCpus()],
     xdplb_rec_stats: ['percpu_array', L.REC_STAT_MAX],
   };
@@ -305,8 +309,9 @@ t.test('recorder encoders: keys as filter.ts writes them, entries, config, sampl
   t.same(e.subarray(0, 8), encodeRules((1n << 63n) | 5n), 'rules as filter.ts encodeRules writes them');
   t.same(L.decodeRecEntry(e), { rules: (1n << 63n) | 5n, caplen: 128 });
 
-  t.equal(L.encodeRecConfig({ nMasks: 32 }).toString('hex'), '20000000' + '00000000');
-  t.same(L.decodeRecConfig(L.encodeRecConfig({ nMasks: 7 })), { nMasks: 7 });
+  t.equal(L.encodeRecConfig({ nMasks: 32 }).toString('hex'), '20000000' + '00000000' + '00000000' + '00000000');
+  t.equal(L.encodeRecConfig({ nMasks: 1, gen: 0x01020304, flags: L.REC_F_NO_MEMO }).toString('hex'), '01000000' + '04030201' + '01000000' + '00000000');
+  t.same(L.decodeRecConfig(L.encodeRecConfig({ nMasks: 7, gen: 9 })), { nMasks: 7, gen: 9, flags: 0 });
   t.throws(() => L.encodeRecConfig({ nMasks: 33 }), RangeError, 'no more masks than slots');
 
   const meta: L.RecMeta = { tsNs: 123456789012n, rules: 6n, origLen: 1514, capLen: 64, ifindex: 9, backendId: L.NO_BACKEND, point: L.CAPTURE_IN, family: 6 };

@@ -200,6 +200,43 @@ for (const family of [4, 6] as const) {
   });
 }
 
+t.test("the memo: a tuple's match is reused until gen moves on, and not at all with REC_F_NO_MEMO", needsRoot, async (t) => {
+  const { w, rec, ring } = recWorld(t);
+  // three shapes; the packet hits the last one
+  const shapes = [parseFilter('dst=203.0.113.0/32 dport=1000'), parseFilter('dst=203.0.113.0/24')];
+  const c = compileFilters([...shapes, parseFilter(`src=${CLIENT4}/32 dport=80 proto=tcp`)]);
+  t.equal(c.maskSlots, 3);
+  rec.program(c);
+  const entry = c.entries[c.entries.length - 1];
+  const key = entryKey(entry);
+  const value = rec.entries.lookup(key)!;
+  const other = flowFrame(4, { src: '192.0.2.222' });
+  const otherEntry = compileFilters([...shapes, parseFilter(`src=${CLIENT4}/32 dport=80 proto=tcp`), parseFilter('src=192.0.2.222/32 dport=80 proto=tcp')]).entries.at(-1)!;
+  const samples = async (frame: Buffer) => {
+    t.equal(w.run(frame).retval, bpf.XDP_TX, 'forwarded');
+    return (await ring.next(2, 1000)).length;
+  };
+  t.equal(await samples(flowFrame(4)), 2, 'matched and memoized: recorded at both points');
+  t.equal(await samples(other), 0, 'another tuple: no match, memoized too');
+
+  // maps changed behind the memo's back (gen kept): the memo answers
+  rec.entries.delete(key);
+  rec.entries.update(entryKey(otherEntry), value);
+  const { word, bits } = recFilterBits(entryKey(otherEntry));
+  rec.filter.update(L.u32(word), L.u64(rec.filter.lookup(L.u32(word))!.readBigUInt64LE(0) | bits));
+  t.equal(await samples(flowFrame(4)), 2, 'entry gone, gen kept: still recorded (the memo, not the maps)');
+  t.equal(await samples(other), 0, 'entry added, gen kept: still not recorded');
+
+  rec.setConfig({ flags: L.REC_F_NO_MEMO });
+  t.equal(await samples(flowFrame(4)), 0, 'REC_F_NO_MEMO: the maps answer: no entry, not recorded');
+  t.equal(await samples(other), 2, 'REC_F_NO_MEMO: its new entry records it');
+  rec.setConfig({ flags: 0 });
+  t.equal(await samples(flowFrame(4)), 2, 'the memo again, gen still kept: the old answer');
+  rec.nextGen();
+  t.equal(await samples(flowFrame(4)), 0, 'gen moved on: the memo is not used; not recorded');
+  t.equal(await samples(other), 2, 'gen moved on: the new entry records the other tuple');
+});
+
 t.test("the daemon's writes: filter bits set before their entries are inserted, cleared only after their entries are deleted", needsRoot, async (t) => {
   const { w, rec, ring } = recWorld(t);
   const maps = DaemonRecorderMaps.open(w.lb.pinRoot);

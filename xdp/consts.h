@@ -185,6 +185,14 @@ enum xdplb_reason {
  * has no entry still looks up. */
 #define XDPLB_REC_FILTER_WORDS_LOG	14
 #define XDPLB_REC_FILTER_WORDS		16384	/* 2^XDPLB_REC_FILTER_WORDS_LOG */
+/* The recorder's memo (recorder.h): per CPU, a tuple's last match, used
+ * while the recorder maps are unchanged (xdplb_rec_config.gen) by the next
+ * packet of the tuple: one array read and a compare instead of a look at
+ * every mask. 1,024 slots of 56 bytes per CPU. */
+#define XDPLB_REC_MEMO_SLOTS_LOG	10
+#define XDPLB_REC_MEMO_SLOTS		1024	/* 2^XDPLB_REC_MEMO_SLOTS_LOG */
+/* xdplb_rec_config.flags */
+#define XDPLB_REC_F_NO_MEMO		(1U << 0)	/* match every packet afresh (benchmarks) */
 
 /* xdplb_rec_stats indices: per-CPU __u64 counters */
 #define XDPLB_REC_STAT_SAMPLES		0	/* samples written to the perf ring */

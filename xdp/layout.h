@@ -213,8 +213,19 @@ struct xdplb_rec_entry {
 /* xdplb_rec_config[0] */
 struct xdplb_rec_config {
 	__u32 n_masks;		/* 0: mask slots in use, from 0; 0 = recorder off (one lookup per packet) */
-	__u32 pad;		/* 4: 0 */
-};				/* 8 */
+	__u32 gen;		/* 4: changed by the daemon after every change of the other recorder maps:
+				 * memos (xdplb_rec_memo) of another gen are not used */
+	__u32 flags;		/* 8: XDPLB_REC_F_* */
+	__u32 pad;		/* 12: 0 */
+};				/* 16 */
+
+/* xdplb_rec_memo value: a tuple's last match on this CPU */
+struct xdplb_rec_memo {
+	__u64 tuple[5];		/* 0: the tuple as the words of struct xdplb_rec_key, mask slot 0 */
+	__u64 rules;		/* 40: as struct rec_match (recorder.h) */
+	__u32 caplen;		/* 48: likewise */
+	__u32 gen;		/* 52: xdplb_rec_config.gen it was matched under */
+};				/* 56 */
 
 /* The header of every xdplb_rec_ring sample; cap_len frame bytes follow it. */
 struct xdplb_rec_meta {
@@ -251,7 +262,8 @@ _Static_assert(sizeof(struct xdplb_counter) == 16, "counter");
 _Static_assert(sizeof(struct xdplb_devmap_val) == 8, "devmap value");
 _Static_assert(sizeof(struct xdplb_rec_key) == 40, "recorder key");
 _Static_assert(sizeof(struct xdplb_rec_entry) == 16, "recorder entry");
-_Static_assert(sizeof(struct xdplb_rec_config) == 8, "recorder config");
+_Static_assert(sizeof(struct xdplb_rec_config) == 16, "recorder config");
+_Static_assert(sizeof(struct xdplb_rec_memo) == 56, "recorder memo");
 _Static_assert(sizeof(struct xdplb_rec_meta) == 40, "recorder sample header");
 
 #endif /* XDPLB_LAYOUT_H */

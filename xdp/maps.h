@@ -225,7 +225,16 @@ struct {
 	__type(value, __u64);
 } xdplb_rec_filter SEC(".maps");
 
-/* [0] -> mask count; 0 = recorder off */
+/* slot -> a tuple's last match on this CPU (recorder.h). Not pinned: a new
+ * program starts empty and fills it from the other recorder maps. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, XDPLB_REC_MEMO_SLOTS);
+	__type(key, __u32);
+	__type(value, struct xdplb_rec_memo);
+} xdplb_rec_memo SEC(".maps");
+
+/* [0] -> mask count, gen, flags; 0 masks = recorder off */
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, 1);

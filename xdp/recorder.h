@@ -15,13 +15,19 @@
  * tuple is the same, and a forwarded packet would otherwise pay every mask
  * lookup twice. So a recorder that is off costs one array lookup per packet,
  * and the outbound point of a packet that matched nothing costs a test.
- * Before any hash lookup, the masked tuple of every mask is checked against
- * xdplb_rec_filter, a bit per hash of an entry's key (rec_filter_bit): a mask
- * whose bit is clear has no entry for this packet, so a packet that matches
- * nothing pays array reads and arithmetic only, inline, without the call.
- * The daemon sets an entry's bit before inserting it and clears it only
- * after deleting the last entry that needs it: a set bit with no entry costs
- * a lookup, never a wrong answer.
+ * Two things spare the hash lookups (about 30 ns each) of masks that have no
+ * entry for the packet:
+ *   - the memo (xdplb_rec_memo): per CPU, a tuple's last match under the
+ *     maps' current generation (xdplb_rec_config.gen, moved on by the
+ *     daemon after each change): the next packet of the flow pays one array
+ *     read and a compare, however many masks there are;
+ *   - otherwise the filter (xdplb_rec_filter): two bits per entry key hash
+ *     (rec_filter_hash): a mask whose key for the packet misses a bit has
+ *     no entry for it, so a packet that matches nothing pays array reads and
+ *     arithmetic per mask, and a lookup only where both bits are set. The
+ *     daemon sets an entry's bits before inserting it and clears them only
+ *     after deleting the last entry that needs them: a set bit with no entry
+ *     costs a lookup, never a wrong answer.
  * The match and the copy are global functions: the verifier checks each
  * once, however many paths reach the hooks, and the program carries one copy
  * of each (the copy's signature also puts struct xdplb_rec_meta in the BTF
@@ -42,7 +48,7 @@
 struct rec_match {
 	__u64 rules;		/* OR of the hits' rules; 0 = not recorded */
 	__u32 caplen;		/* largest cap length of the hits; ~0U = the whole frame */
-	__u32 pad;
+	__u32 cand;		/* the match's slots whose filter bits are set (see there) */
 };
 
 /* The tuple in the layout of the keys, as 64-bit words for the masking. */
@@ -72,10 +78,10 @@ static __always_inline void rec_tuple(const struct xdplb_flow_key *f, __u64 t[5]
  * word times its own odd constant, XORed. Its top XDPLB_REC_FILTER_WORDS_LOG
  * bits pick the word, the next two 6-bit fields the two bits in it.
  * src/recorder/filter.ts recFilterBits() computes the same. */
-static __always_inline __u64 rec_filter_hash(const __u64 k[5])
+static __always_inline __u64 rec_filter_hash(__u64 k0, __u64 k1, __u64 k2, __u64 k3, __u64 k4)
 {
-	return k[0] * 0x9e3779b97f4a7c15ULL ^ k[1] * 0xc2b2ae3d27d4eb4fULL ^ k[2] * 0x165667b19e3779f9ULL ^
-	       k[3] * 0x85ebca77c2b2ae63ULL ^ k[4] * 0x27d4eb2f165667c5ULL;
+	return k0 * 0x9e3779b97f4a7c15ULL ^ k1 * 0xc2b2ae3d27d4eb4fULL ^ k2 * 0x165667b19e3779f9ULL ^
+	       k3 * 0x85ebca77c2b2ae63ULL ^ k4 * 0x27d4eb2f165667c5ULL;
 }
 
 /* The key of slot i: the tuple under mask m, the slot in byte 6. */
@@ -121,16 +127,15 @@ __noinline int xdplb_rec_emit(struct xdp_md *ctx, const struct rec_match *hit, s
 	return 1;
 }
 
-/* The slots below n_masks whose key for this tuple has both filter bits set:
+/* The slots below n_masks whose key for tuple t has both filter bits set:
  * the only masks with an entry this packet can hit. Branch-free per mask, so
  * the verifier walks the loop once, not once per combination of bits. */
-static __always_inline __u32 rec_candidates(const struct xdplb_flow_key *flow, __u32 n_masks)
+static __always_inline __u32 rec_candidates(const __u64 t[5], __u32 n_masks)
 {
-	__u64 t[5], k[5], h, *bits;
+	__u64 h, *bits;
 	__u32 cand = 0;
 	const __u64 *m;
 
-	rec_tuple(flow, t);
 	for (__u32 i = 0; i < XDPLB_REC_MAX_MASKS; i++) {
 		/* the array key in a full 8-byte stack slot: the verifier tracks
 		 * its value there (not in a 4-byte one), so it sees the loop end */
@@ -142,8 +147,7 @@ static __always_inline __u32 rec_candidates(const struct xdplb_flow_key *flow, _
 		m = bpf_map_lookup_elem(&xdplb_rec_masks, &slot);
 		if (!m)
 			break;
-		rec_masked(t, m, i, k);
-		h = rec_filter_hash(k);
+		h = rec_filter_hash((t[0] & m[0]) | (__u64)i << 48, t[1] & m[1], t[2] & m[2], t[3] & m[3], t[4] & m[4]);
 		word = h >> (64 - XDPLB_REC_FILTER_WORDS_LOG);
 		bits = bpf_map_lookup_elem(&xdplb_rec_filter, &word);
 		if (!bits)
@@ -153,22 +157,56 @@ static __always_inline __u32 rec_candidates(const struct xdplb_flow_key *flow, _
 	return cand;
 }
 
-/* The inbound point: fills *hit from the slots in cand and, when any rule
- * matched, writes the sample (one call from the hook: one state after it for
- * the verifier, whatever happened inside). Returns 1 when a sample was
- * written. */
-__noinline int xdplb_rec_match(struct xdp_md *ctx, const struct xdplb_flow_key *flow, __u32 cand,
-			       struct rec_match *hit, struct xdplb_rec_meta *meta)
+/* The memo slot of tuple t on this CPU (the filter's hash of the tuple, mask
+ * slot 0, picks it). */
+static __always_inline struct xdplb_rec_memo *rec_memo_slot(const __u64 t[5])
 {
+	__u32 slot = rec_filter_hash(t[0], t[1], t[2], t[3], t[4]) >> (64 - XDPLB_REC_MEMO_SLOTS_LOG);
+
+	return bpf_map_lookup_elem(&xdplb_rec_memo, &slot);
+}
+
+/* Whether memo holds tuple t's match under gen. */
+static __always_inline int rec_memo_valid(const struct xdplb_rec_memo *memo, const __u64 t[5], __u32 gen)
+{
+	return memo->gen == gen && memo->tuple[0] == t[0] && memo->tuple[1] == t[1] && memo->tuple[2] == t[2] &&
+	       memo->tuple[3] == t[3] && memo->tuple[4] == t[4];
+}
+
+/* The inbound point: fills *hit and, when any rule matched, writes the
+ * sample (one call from the hook: one state after it for the verifier,
+ * whatever happened inside). The memo answers first (unless
+ * XDPLB_REC_F_NO_MEMO) when it holds the tuple under rc->gen, and learns the
+ * answer otherwise. Returns 1 when a sample was written. The memo and the
+ * filter are read here, not inline in the hook: inline, they deepened the
+ * hook's stack past the limit and made the verifier walk the rest of the
+ * program again. */
+__noinline int xdplb_rec_match(struct xdp_md *ctx, const struct xdplb_flow_key *flow,
+			       const struct xdplb_rec_config *rc, struct rec_match *hit, struct xdplb_rec_meta *meta)
+{
+	struct xdplb_rec_memo *memo = NULL;
 	union xdplb_rec_tuple k;
 	struct xdplb_rec_entry *e;
-	__u32 want = 0, c;
+	__u32 want = 0, c, cand, gen;
 	__u64 rules = 0, t[5];
 	const __u64 *m;
 
-	if (!flow || !hit || !meta)
+	if (!flow || !rc || !hit || !meta)
 		return 0;
 	rec_tuple(flow, t);
+	gen = rc->gen;
+	if (!(rc->flags & XDPLB_REC_F_NO_MEMO)) {
+		memo = rec_memo_slot(t);
+		if (memo && rec_memo_valid(memo, t, gen)) {
+			rules = memo->rules;
+			want = memo->caplen;
+			goto out;
+		}
+	}
+	/* through memory: the verifier then knows no bits of it, and walks
+	 * the lookups below once, not once per mask count */
+	*(volatile __u32 *)&hit->cand = rec_candidates(t, rc->n_masks);
+	cand = *(volatile __u32 *)&hit->cand;
 	for (__u32 i = 0; i < XDPLB_REC_MAX_MASKS; i++) {
 		__u64 slot = i;
 
@@ -187,6 +225,13 @@ __noinline int xdplb_rec_match(struct xdp_md *ctx, const struct xdplb_flow_key *
 		if (c > want)
 			want = c;
 	}
+	if (memo) {
+		__builtin_memcpy(memo->tuple, t, sizeof(memo->tuple));
+		memo->rules = rules;
+		memo->caplen = want;
+		memo->gen = gen;
+	}
+out:
 	hit->rules = rules;
 	hit->caplen = want;
 	if (!rules)
@@ -201,14 +246,11 @@ static __always_inline void xdplb_record(struct xdp_md *ctx, const struct packet
 					 int point, __u32 backend_id)
 {
 	struct xdplb_rec_config *rc;
-	__u32 zero = 0, cand = 0;
+	__u32 zero = 0;
 
 	if (point == XDPLB_CAPTURE_IN) {
 		rc = bpf_map_lookup_elem(&xdplb_rec_config, &zero);
 		if (!rc || !rc->n_masks)
-			return;
-		cand = rec_candidates(&pkt->flow, rc->n_masks);
-		if (!cand)
 			return;
 	} else if (!hit->rules) {
 		return;
@@ -216,7 +258,7 @@ static __always_inline void xdplb_record(struct xdp_md *ctx, const struct packet
 	struct xdplb_rec_meta meta = { .backend_id = backend_id, .point = point, .family = pkt->flow.family };
 
 	if (point == XDPLB_CAPTURE_IN)
-		xdplb_rec_match(ctx, &pkt->flow, cand, hit, &meta);
+		xdplb_rec_match(ctx, &pkt->flow, rc, hit, &meta);
 	else
 		xdplb_rec_emit(ctx, hit, &meta);
 }

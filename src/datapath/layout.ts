@@ -66,6 +66,11 @@ export const REC_MAX_RULES = 64;
 /** the recorder's filter (xdplb_rec_filter): 2^REC_FILTER_WORDS_LOG words of 64 bits */
 export const REC_FILTER_WORDS_LOG = 14;
 export const REC_FILTER_WORDS = 16384;
+/** the recorder's memo (xdplb_rec_memo): per-CPU slots */
+export const REC_MEMO_SLOTS_LOG = 10;
+export const REC_MEMO_SLOTS = 1024;
+/** struct xdplb_rec_config.flags */
+export const REC_F_NO_MEMO = 1 << 0;
 /** xdplb_rec_stats indices */
 export const REC_STAT_SAMPLES = 0;
 export const REC_STAT_OUTPUT_FAILED = 1;
@@ -123,6 +128,8 @@ export const REC_MAP_NAMES = {
   config: 'xdplb_rec_config',
   /** word -> 64 bits: a bit per entry key hash (filter.ts recFilterBit) */
   filter: 'xdplb_rec_filter',
+  /** per CPU, a tuple's last match (not pinned) */
+  memo: 'xdplb_rec_memo',
   ring: 'xdplb_rec_ring',
   stats: 'xdplb_rec_stats',
 } as const;
@@ -286,8 +293,12 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
     fields: { rules: { offset: 0, size: 8 }, caplen: { offset: 8, size: 4 }, pad: { offset: 12, size: 4 } },
   },
   xdplb_rec_config: {
-    size: 8,
-    fields: { n_masks: { offset: 0, size: 4 }, pad: { offset: 4, size: 4 } },
+    size: 16,
+    fields: { n_masks: { offset: 0, size: 4 }, gen: { offset: 4, size: 4 }, flags: { offset: 8, size: 4 }, pad: { offset: 12, size: 4 } },
+  },
+  xdplb_rec_memo: {
+    size: 56,
+    fields: { tuple: { offset: 0, size: 40 }, rules: { offset: 40, size: 8 }, caplen: { offset: 48, size: 4 }, gen: { offset: 52, size: 4 } },
   },
   xdplb_rec_meta: {
     size: 40,
@@ -329,6 +340,7 @@ export const MAP_LAYOUT: Readonly<Record<string, { key: string; value: string }>
   xdplb_rec_entries: { key: 'xdplb_rec_key', value: 'xdplb_rec_entry' },
   xdplb_rec_config: { key: 'u32', value: 'xdplb_rec_config' },
   xdplb_rec_filter: { key: 'u32', value: 'u64' },
+  xdplb_rec_memo: { key: 'u32', value: 'xdplb_rec_memo' },
   xdplb_rec_ring: { key: 'u32', value: 'u32' },
   xdplb_rec_stats: { key: 'u32', value: 'u64' },
 };
@@ -926,17 +938,27 @@ export function decodeRecEntry(b: Buffer): RecEntry {
 export interface RecConfig {
   /** mask slots in use; 0 = recorder off */
   nMasks: number;
+  /** changed after every change of the other recorder maps: older memos are not used (default 0) */
+  gen?: number;
+  /** REC_F_* (default 0) */
+  flags?: number;
 }
 
 export function encodeRecConfig(c: RecConfig): Buffer {
   if (!Number.isInteger(c.nMasks) || c.nMasks < 0 || c.nMasks > REC_MAX_MASKS) throw new RangeError(`n_masks ${c.nMasks} not in 0..${REC_MAX_MASKS}`);
   const b = Buffer.alloc(LAYOUT.xdplb_rec_config.size);
   b.writeUInt32LE(c.nMasks, F('xdplb_rec_config', 'n_masks'));
+  b.writeUInt32LE((c.gen ?? 0) >>> 0, F('xdplb_rec_config', 'gen'));
+  b.writeUInt32LE((c.flags ?? 0) >>> 0, F('xdplb_rec_config', 'flags'));
   return b;
 }
 
-export function decodeRecConfig(b: Buffer): RecConfig {
-  return { nMasks: b.readUInt32LE(F('xdplb_rec_config', 'n_masks')) };
+export function decodeRecConfig(b: Buffer): Required<RecConfig> {
+  return {
+    nMasks: b.readUInt32LE(F('xdplb_rec_config', 'n_masks')),
+    gen: b.readUInt32LE(F('xdplb_rec_config', 'gen')),
+    flags: b.readUInt32LE(F('xdplb_rec_config', 'flags')),
+  };
 }
 
 /** The header of a recorder sample; capLen frame bytes follow it. */

@@ -4,7 +4,7 @@
 // Maps (xdp/maps.h, pinned by name under node.bpffs with the load balancer's):
 //   xdplb_rec_masks    ARRAY 32 x struct xdplb_rec_key       the mask of each slot
 //   xdplb_rec_entries  HASH key xdplb_rec_key -> xdplb_rec_entry { rules, caplen }
-//   xdplb_rec_config   ARRAY 1 x { n_masks }                 0 = recorder off
+//   xdplb_rec_config   ARRAY 1 x { n_masks, gen, flags }     0 masks = recorder off
 //   xdplb_rec_filter   ARRAY 16384 x u64                      a bit per entry key hash
 //   xdplb_rec_ring     PERF_EVENT_ARRAY                       one ring per CPU
 //   xdplb_rec_stats    PERCPU_ARRAY [0] samples, [1] output failures
@@ -14,7 +14,10 @@
 // nor the new set; an entry whose cap length changed is rewritten with the
 // upserts. The filter's bits for the new set are added before its entries come
 // and the old set's other bits removed after its entries went: an entry never
-// sits behind a clear bit, where the datapath would not look it up.
+// sits behind a clear bit, where the datapath would not look it up. The last
+// write of every change moves xdplb_rec_config.gen on, so the datapath drops
+// the matches it memoized (per CPU, xdplb_rec_memo, not pinned) under the
+// maps before it.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as bpf from '../datapath/bpf';
@@ -96,6 +99,8 @@ export class RecorderMaps implements RecorderDatapath {
   private values = new Map<string, string>();
   /** xdplb_rec_filter as written */
   private readonly filterWords = new BigUint64Array(L.REC_FILTER_WORDS);
+  /** xdplb_rec_config.gen as written */
+  private gen = 0;
 
   private constructor(private readonly maps: Record<MapKey, bpf.BpfMap>) {}
 
@@ -117,7 +122,9 @@ export class RecorderMaps implements RecorderDatapath {
    * is cleared: the recorder off first, then its entries and masks.
    */
   reset(): void {
-    this.maps.config.update(u32(0), L.encodeRecConfig({ nMasks: 0 }));
+    const was = this.maps.config.lookup(u32(0));
+    this.gen = ((was ? L.decodeRecConfig(was).gen : 0) + 1) >>> 0;
+    this.maps.config.update(u32(0), L.encodeRecConfig({ nMasks: 0, gen: this.gen }));
     const keys = [...this.maps.entries.keys()];
     if (keys.length) this.maps.entries.batchDelete(keys);
     const zero = Buffer.alloc(L.REC_KEY_LEN);
@@ -147,7 +154,7 @@ export class RecorderMaps implements RecorderDatapath {
     if (d.deleteEntries.length) this.maps.entries.batchDelete(d.deleteEntries);
     for (const k of d.deleteEntries) this.values.delete(k.toString('latin1'));
     for (const m of d.masks) this.maps.masks.update(u32(m.index), m.mask);
-    this.maps.config.update(u32(0), L.encodeRecConfig({ nMasks: d.maskSlots }));
+    this.maps.config.update(u32(0), L.encodeRecConfig({ nMasks: d.maskSlots, gen: this.gen }));
     const want = recFilterWords(next);
     this.writeFilter(want.map((w, i) => w | this.filterWords[i]));
 
@@ -166,6 +173,8 @@ export class RecorderMaps implements RecorderDatapath {
     }
     if (keys.length) this.maps.entries.batchUpdate(keys, values);
     this.writeFilter(want);
+    this.gen = (this.gen + 1) >>> 0;
+    this.maps.config.update(u32(0), L.encodeRecConfig({ nMasks: d.maskSlots, gen: this.gen }));
     this.current = next;
   }
 

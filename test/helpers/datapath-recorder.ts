@@ -63,7 +63,19 @@ export class RecorderMaps {
     }
     this.setFilter(recFilterWords(c));
     for (let i = 0; i < keys.length; i += 10_000) this.entries.batchUpdate(keys.slice(i, i + 10_000), values.slice(i, i + 10_000));
-    this.config.update(L.u32(0), L.encodeRecConfig({ nMasks: c.maskSlots }));
+    this.nextGen();
+    this.setConfig({ nMasks: c.maskSlots });
+  }
+
+  /** Changes fields of xdplb_rec_config, the others kept. */
+  setConfig(change: Partial<L.RecConfig>): void {
+    const c = L.decodeRecConfig(this.config.lookup(L.u32(0))!);
+    this.config.update(L.u32(0), L.encodeRecConfig({ ...c, ...change }));
+  }
+
+  /** The config's gen moved on: the datapath's memos of the maps before are not used. */
+  nextGen(): void {
+    this.setConfig({ gen: (L.decodeRecConfig(this.config.lookup(L.u32(0))!).gen + 1) >>> 0 });
   }
 
   /** Writes every word of xdplb_rec_filter. */
@@ -72,6 +84,7 @@ export class RecorderMaps {
       Array.from(words, (_, i) => L.u32(i)),
       Array.from(words, (w) => L.u64(w)),
     );
+    this.nextGen();
   }
 
   /** Sets or clears bits of one word of xdplb_rec_filter. */
@@ -79,11 +92,12 @@ export class RecorderMaps {
     const key = L.u32(word);
     const was = this.filter.lookup(key)!.readBigUInt64LE(0);
     this.filter.update(key, L.u64(on ? was | bits : was & ~bits));
+    this.nextGen();
   }
 
-  /** n_masks = 0: the recorder is off (entries stay). */
+  /** n_masks = 0: the recorder is off (entries and gen stay). */
   off(): void {
-    this.config.update(L.u32(0), L.encodeRecConfig({ nMasks: 0 }));
+    this.setConfig({ nMasks: 0 });
   }
 
   clearEntries(): void {
