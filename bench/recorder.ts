@@ -12,8 +12,9 @@
 // src/recorder/filter.ts (shapes: IPv4 destination prefix /32 down to /(33 −
 // masks), exact source, ports and protocol), programmed once; then every
 // round measures, with n_masks 0 (off) and n_masks = masks (on):
-//   - a packet that matches nothing: the memo answers for it (the same tuple
-//     every iteration, as for the packets of an established flow);
+//   - a packet that matches nothing: with one mask, its filter bits; with
+//     more, the memo answers for it (the same tuple every iteration, as for
+//     the packets of an established flow);
 //   - the same with the memo off (REC_F_NO_MEMO): every mask's filter bits,
 //     and a hash lookup for each mask whose bits are set, as for the first
 //     packet of a flow or a tuple the memo lost;
@@ -262,7 +263,7 @@ async function main(): Promise<void> {
           note: note(rounds),
         });
       };
-      add('non-matching', 'miss', () => 'the memo answers');
+      add('non-matching', 'miss', () => (masks === 1 ? "the mask's filter bits, inline" : 'the memo answers'));
       add('non-matching, memo off', 'miss-no-memo', () => 'filter bits of each mask, a lookup where both are set');
       add('matching, reader draining', 'match', (rs) => {
         const f = rs.map((x) => x.failedFraction);

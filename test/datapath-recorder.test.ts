@@ -200,6 +200,25 @@ for (const family of [4, 6] as const) {
   });
 }
 
+t.test('one mask: its filter bits decide, read before the match (inline), as with more masks', needsRoot, async (t) => {
+  const { w, rec, ring } = recWorld(t);
+  const c = compileFilters([parseFilter(`src=${CLIENT4}/32 dport=80 proto=tcp`)]);
+  t.equal(c.maskSlots, 1);
+  rec.program(c);
+  const { word, bits } = recFilterBits(entryKey(c.entries[0]));
+  const samples = async () => {
+    t.equal(w.run(flowFrame(4)).retval, bpf.XDP_TX, 'forwarded');
+    return (await ring.next(2, 1000)).length;
+  };
+  t.equal(await samples(), 2, 'bits as programmed: recorded at both points');
+  rec.setFilter(new BigUint64Array(L.REC_FILTER_WORDS));
+  t.equal(await samples(), 0, 'every bit clear: not recorded');
+  const only = new BigUint64Array(L.REC_FILTER_WORDS);
+  only[word] = bits;
+  rec.setFilter(only);
+  t.equal(await samples(), 2, "only the entry's bits: recorded");
+});
+
 t.test("the memo: a tuple's match is reused until gen moves on, and not at all with REC_F_NO_MEMO", needsRoot, async (t) => {
   const { w, rec, ring } = recWorld(t);
   // three shapes; the packet hits the last one

@@ -21,7 +21,8 @@
  *     maps' current generation (xdplb_rec_config.gen, moved on by the
  *     daemon after each change): the next packet of the flow pays one array
  *     read and a compare, however many masks there are;
- *   - otherwise the filter (xdplb_rec_filter): two bits per entry key hash
+ *   - otherwise, and with a single mask before the memo, the filter
+ *     (xdplb_rec_filter): two bits per entry key hash
  *     (rec_filter_hash): a mask whose key for the packet misses a bit has
  *     no entry for it, so a packet that matches nothing pays array reads and
  *     arithmetic per mask, and a lookup only where both bits are set. The
@@ -157,6 +158,39 @@ static __always_inline __u32 rec_candidates(const __u64 t[5], __u32 n_masks)
 	return cand;
 }
 
+/* With one mask, whether its key for the flow has both filter bits set:
+ * inline, without the call, so that a packet matching nothing costs array
+ * reads only; the tuple is read into registers, not onto the stack, which
+ * the match's frame leaves no room for. */
+static __always_inline int rec_maybe1(const struct xdplb_flow_key *f)
+{
+	__u64 slot = 0, w1, w2, w3, w4, h, *bits;
+	__u32 lo, hi, ports, word;
+	const __u64 *m;
+
+	m = bpf_map_lookup_elem(&xdplb_rec_masks, &slot);
+	if (!m)
+		return 1;
+	__builtin_memcpy(&lo, f->src, 4);
+	__builtin_memcpy(&hi, f->src + 4, 4);
+	w1 = lo | (__u64)hi << 32;
+	__builtin_memcpy(&lo, f->src + 8, 4);
+	__builtin_memcpy(&hi, f->src + 12, 4);
+	w2 = lo | (__u64)hi << 32;
+	__builtin_memcpy(&lo, f->dst, 4);
+	__builtin_memcpy(&hi, f->dst + 4, 4);
+	w3 = lo | (__u64)hi << 32;
+	__builtin_memcpy(&lo, f->dst + 8, 4);
+	__builtin_memcpy(&hi, f->dst + 12, 4);
+	w4 = lo | (__u64)hi << 32;
+	__builtin_memcpy(&ports, &f->sport, 4);
+	h = rec_filter_hash((f->family | (__u64)f->proto << 8 | (__u64)ports << 16) & m[0], w1 & m[1], w2 & m[2],
+			    w3 & m[3], w4 & m[4]);
+	word = h >> (64 - XDPLB_REC_FILTER_WORDS_LOG);
+	bits = bpf_map_lookup_elem(&xdplb_rec_filter, &word);
+	return !bits || ((*bits >> ((h >> 44) & 63)) & (*bits >> ((h >> 38) & 63)) & 1);
+}
+
 /* The memo slot of tuple t on this CPU (the filter's hash of the tuple, mask
  * slot 0, picks it). */
 static __always_inline struct xdplb_rec_memo *rec_memo_slot(const __u64 t[5])
@@ -251,6 +285,8 @@ static __always_inline void xdplb_record(struct xdp_md *ctx, const struct packet
 	if (point == XDPLB_CAPTURE_IN) {
 		rc = bpf_map_lookup_elem(&xdplb_rec_config, &zero);
 		if (!rc || !rc->n_masks)
+			return;
+		if (rc->n_masks == 1 && !rec_maybe1(&pkt->flow))
 			return;
 	} else if (!hit->rules) {
 		return;
