@@ -43,7 +43,9 @@
 //   once, up to the largest cap length of its rules, with the 64-bit `rules`,
 //   and the daemon hands the copy to each recording whose bit is set. The mask
 //   index in the key keeps masks apart: without it, the key 10.0.0.0 made by a
-//   /8 mask would hit an entry 10.0.0.0 of a /16 mask.
+//   /8 mask would hit an entry 10.0.0.0 of a /16 mask. (The datapath spares the
+//   lookups no entry answers: a per-CPU memo of each tuple's last match, and a
+//   filter with two bits per entry key, recFilterBits() below; xdp/recorder.h.)
 //
 // Changing the set of recordings: compileFilters(..., { previous }) keeps the
 // slots of surviving shapes, and diffCompiled(prev, next) lists the map writes
