@@ -33,9 +33,14 @@
 // typed layer does from setImmediate: the loop turns between any two batches,
 // and the thread meanwhile fills the next batch from the rings.
 //
-// Back-pressure: at most kMaxInFlight batches wait for JavaScript; beyond that
-// the thread stops draining, the kernel rings fill, and the kernel counts what it
-// cannot store as lost samples, which we report. Nothing buffers without bound.
+// While a batch waits for JavaScript the thread goes on draining the rings into
+// the next one (a 4 MiB ring fills in milliseconds at line rate, far sooner than
+// JavaScript takes a batch), and hands it over as soon as the ack comes.
+//
+// Back-pressure: at most kMaxInFlight batches wait for JavaScript and the next
+// one grows to kMaxBatchBytes; beyond that the thread stops draining, the kernel
+// rings fill, and the kernel counts what it cannot store as lost samples, which
+// we report. Nothing buffers without bound.
 #include <bpf/libbpf.h>
 #include <linux/perf_event.h>
 #include <unistd.h>
@@ -62,7 +67,10 @@ namespace {
 
 constexpr int kMaxInFlight = 1;
 constexpr size_t kFlushBytes = 1 << 20;
+constexpr size_t kMaxBatchBytes = 16 << 20;
 constexpr int kPollMs = 50;
+// how soon a batch held back by the one in flight follows the ack
+constexpr int kHeldPollMs = 1;
 
 enum Format : uint32_t { kRaw = 0, kRecorder = 1 };
 
@@ -187,7 +195,8 @@ class PerfReader : public Napi::ObjectWrap<PerfReader> {
       memcpy(b.data() + off + 8, data, size);
       self->cur_.count++;
     }
-    if (self->cur_.bytes.size() >= kFlushBytes) self->Flush();
+    size_t batchBytes = self->cur_.bytes.size();
+    if (batchBytes >= kFlushBytes) self->Flush(batchBytes >= kMaxBatchBytes);
   }
 
   void AddSample(int cpu, const uint8_t *data, __u32 size) {
@@ -217,10 +226,13 @@ class PerfReader : public Napi::ObjectWrap<PerfReader> {
     self->lost_.fetch_add(cnt, std::memory_order_relaxed);
   }
 
-  void Flush() {
+  // Hands the current batch over; with the one before still in flight, waits
+  // for it only when `wait`, and otherwise keeps the batch to grow.
+  void Flush(bool wait) {
     if (cur_.records == 0 && cur_.count == 0 && cur_.lost == 0) return;
     {
       std::unique_lock<std::mutex> lock(mu_);
+      if (!wait && inFlight_ >= kMaxInFlight) return;
       cv_.wait(lock, [this]() { return inFlight_ < kMaxInFlight || stop_.load(); });
       if (stop_.load()) return;
       inFlight_++;
@@ -252,14 +264,15 @@ class PerfReader : public Napi::ObjectWrap<PerfReader> {
 
   void Loop() {
     while (!stop_.load()) {
-      int n = perf_buffer__poll(pb_, kPollMs);
+      bool held = cur_.records != 0 || cur_.lost != 0;
+      int n = perf_buffer__poll(pb_, held ? kHeldPollMs : kPollMs);
       if (n < 0 && n != -EINTR) {
         pollErrors_.fetch_add(1, std::memory_order_relaxed);
         std::this_thread::sleep_for(std::chrono::milliseconds(kPollMs));
       }
       // poll drained the rings that crossed the watermark; this, the others
       perf_buffer__consume(pb_);
-      Flush();
+      Flush(false);
     }
   }
 
