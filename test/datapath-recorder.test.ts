@@ -11,6 +11,7 @@ import * as P from './helpers/packets';
 import { world, oneBackend, decap, ipPacket, tsharkCheck, scratch, VIP4, VIP6, CLIENT4, CLIENT6 } from './helpers/datapath';
 import { recorderMaps, collector, entryCaplen, type Sample } from './helpers/datapath-recorder';
 import { needsRoot } from './helpers/fixtures';
+import { decodeSampleBatch, type Sample as RecordedSample, type SampleBatch } from '../src/recorder/datapath';
 import { seededRandom } from './helpers/random';
 
 const TCP = L.IPPROTO_TCP;
@@ -56,6 +57,36 @@ t.test('recorder off (n_masks 0, entries still there): no sample, frames and ver
     t.same(off[i].data, r.data, `frame ${i}: off changes no byte`);
   });
   t.same(rec.counts(), { samples: 5n, outputFailed: 0n });
+});
+
+t.test('the reader thread decodes the samples: in time order, every field and byte as the datapath wrote it', needsRoot, async (t) => {
+  const w = world(t);
+  oneBackend(w, { vip: VIP4, port: 80, proto: TCP, id: 1 }, { id: 4, address: BACKEND4 });
+  const rec = recorderMaps(t, w.lb.obj);
+  const batches: SampleBatch[] = [];
+  const reader = new bpf.RecorderSampleReader(rec.ring, (b) => batches.push(b));
+  t.teardown(() => reader.close());
+  rec.program(compileFilters([{ ruleId: 37, filters: [parseFilter(`dst=${VIP4}/32 dport=80`)] }]));
+  const frames = [0, 1, 2].map((i) => flowFrame(4, { payload: 100 + i * 301 }));
+  const t0 = process.hrtime.bigint();
+  const out = w.runAll(frames);
+  const t1 = process.hrtime.bigint();
+  const deadline = Date.now() + 5000;
+  while (batches.reduce((n, b) => n + b.records, 0) < 6 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  t.same(batches.map((b) => b.lost), batches.map(() => 0), 'nothing lost');
+  t.equal(batches.reduce((n, b) => n + b.count, 0), 6, 'six samples, all decoded');
+  const samples: RecordedSample[] = batches.flatMap(decodeSampleBatch);
+  for (const b of batches) {
+    const ts = decodeSampleBatch(b).map((s) => s.tsNs);
+    t.ok(ts.every((x, i) => i === 0 || x >= ts[i - 1]), 'a batch is in time order');
+  }
+  samples.sort((a, b) => (a.tsNs < b.tsNs ? -1 : a.tsNs > b.tsNs ? 1 : 0));
+  for (const s of samples) t.ok(s.tsNs >= t0 && s.tsNs <= t1, `ts ${s.tsNs} within the runs [${t0}, ${t1}]`);
+  frames.forEach((frame, i) => {
+    const [sin, sout] = [samples[2 * i], samples[2 * i + 1]];
+    t.same({ ...sin, tsNs: 0n, cpu: 0 }, { tsNs: 0n, rules: 1n << 37n, origLen: frame.length, point: 'in', ifindex: w.fib.lb0, backendId: undefined, family: 4, cpu: 0, data: frame }, `packet ${i} in: fields and the frame as received`);
+    t.same({ ...sout, tsNs: 0n, cpu: 0 }, { tsNs: 0n, rules: 1n << 37n, origLen: out[i].data.length, point: 'out', ifindex: w.fib.lb0, backendId: 4, family: 4, cpu: 0, data: out[i].data }, `packet ${i} out: fields and the frame as sent`);
+  });
 });
 
 for (const family of [4, 6] as const) {

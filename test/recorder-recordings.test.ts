@@ -11,7 +11,7 @@ import { Recorder } from '../src/recorder/recordings';
 import { KernelClock, PCAP_HEADER_LEN } from '../src/recorder/pcap';
 import { parseFilter, type CompiledFilters } from '../src/recorder/filter';
 import { NO_ROTATION, type FileRotation } from '../src/recorder/sink-file';
-import type { RecorderDatapath, Sample, SampleBatch } from '../src/recorder/datapath';
+import { encodeSampleBatch, type RecorderDatapath, type Sample, type SampleBatch } from '../src/recorder/datapath';
 import type { FileSpec, RecordingSpec } from '../src/recorder/request';
 import type { StreamTarget } from '../src/recorder/sink-stream';
 
@@ -44,7 +44,7 @@ class FakeDatapath implements RecorderDatapath {
     return { emitted: 0, outputFailures: 0 };
   }
   emit(samples: Sample[], lost = 0): void {
-    this.onBatch?.({ samples, records: samples.length, lost });
+    this.onBatch?.(encodeSampleBatch(samples, lost));
   }
   get current(): CompiledFilters | undefined {
     return this.applied.at(-1)?.compiled;
@@ -59,7 +59,7 @@ const SETTLE = 250;
 function sample(rules: bigint, o: { len?: number; point?: 'in' | 'out'; tsNs?: bigint; fill?: number } = {}): Sample {
   const len = o.len ?? 60;
   const tsNs = o.tsNs ?? KernelClock.nowNs();
-  return { tsNs, order: Number(tsNs), rules, origLen: len, point: o.point ?? 'in', ifindex: 2, family: 4, data: Buffer.alloc(len, o.fill ?? 0xab) };
+  return { tsNs, rules, origLen: len, point: o.point ?? 'in', ifindex: 2, family: 4, data: Buffer.alloc(len, o.fill ?? 0xab) };
 }
 
 function spec(o: Partial<RecordingSpec> = {}): RecordingSpec {

@@ -80,7 +80,8 @@ interface Native {
   PerfReader: new (
     mapFd: number,
     pageCount: number,
-    onBatch: (buf: Buffer, count: number, lost: number) => void,
+    onBatch: (buf: Buffer, count: number, lost: number, records: number) => void,
+    format?: number,
   ) => NativePerfReader;
   mapFromPin(path: string): NativeMap;
   createMap(type: string, keySize: number, valueSize: number, maxEntries: number, flags: number, name: string, innerFd?: number): NativeMap;
@@ -506,6 +507,25 @@ export interface PerfBatch {
   lost: number;
 }
 
+/** Record formats of the native reader (perf_reader.cc). */
+const PERF_FORMAT_RAW = 0;
+const PERF_FORMAT_RECORDER = 1;
+
+function openPerfReader(map: BpfMap, pageCount: number, format: number, onBatch: (buf: Buffer, count: number, lost: number, records: number) => void): NativePerfReader {
+  const handle: NativePerfReader = new (native().PerfReader)(
+    map.fd,
+    pageCount,
+    (buf, count, lost, records) => {
+      // Acknowledged on the next turn of the event loop, so that timers and
+      // I/O run between any two batches however fast the rings fill.
+      setImmediate(() => handle.ack());
+      onBatch(buf, count, lost, records);
+    },
+    format,
+  );
+  return handle;
+}
+
 /**
  * Drains a perf event array on a native thread; `onBatch` runs on the event loop
  * once per batch. Never keeps the process alive by itself.
@@ -513,10 +533,7 @@ export interface PerfBatch {
 export class PerfReader {
   private readonly handle: NativePerfReader;
   constructor(map: BpfMap, onBatch: (b: PerfBatch) => void, pageCount = 64) {
-    this.handle = new (native().PerfReader)(map.fd, pageCount, (buf, count, lost) => {
-      // Acknowledged on the next turn of the event loop, so that timers and
-      // I/O run between any two batches however fast the rings fill.
-      setImmediate(() => this.handle.ack());
+    this.handle = openPerfReader(map, pageCount, PERF_FORMAT_RAW, (buf, count, lost) => {
       const records: PerfRecord[] = new Array(count);
       let off = 0;
       for (let i = 0; i < count; i++) {
@@ -527,6 +544,31 @@ export class PerfReader {
       }
       onBatch({ records, lost });
     });
+  }
+  stats(): { received: number; lost: number; pollErrors: number } {
+    return this.handle.stats();
+  }
+  close(): void {
+    this.handle.close();
+  }
+}
+
+/** Recorder samples as the reader thread decoded them (src/recorder/datapath.ts reads `bytes`). */
+export interface RecorderSampleBatch {
+  /** `count` samples in time order, in the recorder format of perf_reader.cc */
+  bytes: Buffer;
+  count: number;
+  /** ring records taken, including any that were no sample */
+  records: number;
+  /** samples the kernel could not store since the previous batch */
+  lost: number;
+}
+
+/** A PerfReader over the recorder's ring whose thread decodes and orders the samples. */
+export class RecorderSampleReader {
+  private readonly handle: NativePerfReader;
+  constructor(map: BpfMap, onBatch: (b: RecorderSampleBatch) => void, pageCount = 64) {
+    this.handle = openPerfReader(map, pageCount, PERF_FORMAT_RECORDER, (bytes, count, lost, records) => onBatch({ bytes, count, records, lost }));
   }
   stats(): { received: number; lost: number; pollErrors: number } {
     return this.handle.stats();

@@ -1,5 +1,5 @@
 // The recorder's side of the datapath: its six pinned maps, programmed from
-// compiled filters, and the perf ring drained into decoded samples.
+// compiled filters, and the perf ring drained into batches of decoded samples.
 //
 // Maps (xdp/maps.h, pinned by name under node.bpffs with the load balancer's):
 //   xdplb_rec_masks    ARRAY 32 x struct xdplb_rec_key       the mask of each slot
@@ -26,12 +26,12 @@ import { XdplbError } from '../control/errors';
 import { diffCompiled, entryKey, recFilterWords, type CompiledFilters } from './filter';
 import type { CapturePoint } from './pcap';
 
-/** One captured frame as the datapath sent it. */
+const POINTS: Record<number, CapturePoint> = { [L.CAPTURE_IN]: 'in', [L.CAPTURE_OUT]: 'out' };
+
+/** One captured frame as the datapath sent it: the readable form of a batch's sample, for tests and tools. */
 export interface Sample {
   /** bpf_ktime_get_ns(): CLOCK_MONOTONIC */
   tsNs: bigint;
-  /** tsNs as a number, to sort by: exact for 104 days of uptime, then off by nanoseconds */
-  order: number;
   /** bit r set: the frame matched rule r */
   rules: bigint;
   origLen: number;
@@ -40,16 +40,83 @@ export interface Sample {
   /** backend chosen (outbound point), undefined at the inbound point */
   backendId?: number;
   family: number;
+  /** the CPU whose ring held it */
+  cpu?: number;
   /** cap_len bytes of the frame */
   data: Buffer;
 }
 
+/**
+ * Samples as the native reader thread hands them over (the recorder format of
+ * src/native/perf_reader.cc): in time order within the batch, each a
+ * SAMPLE_HEADER_LEN header (offsets in SAMPLE) and its frame, padded to 8
+ * bytes. Times are split into seconds and nanoseconds so that the event loop
+ * orders and stamps samples with plain numbers.
+ */
 export interface SampleBatch {
-  samples: Sample[];
+  bytes: Buffer;
+  /** samples in bytes */
+  count: number;
   /** records the reader handed over (samples, and any it could not decode) */
   records: number;
   /** samples the kernel could not store in a ring since the previous batch */
   lost: number;
+}
+
+export const SAMPLE_HEADER_LEN = 40;
+export const SAMPLE = { sec: 0, nsec: 4, rulesLo: 8, rulesHi: 12, origLen: 16, capLen: 20, ifindex: 24, backendId: 28, point: 32, family: 33, cpu: 36 } as const;
+
+/** The bytes from one sample's header to the next one's. */
+export const sampleSpan = (capLen: number): number => SAMPLE_HEADER_LEN + ((capLen + 7) & ~7);
+
+const NS_PER_S = 1_000_000_000n;
+
+/** A batch as the reader thread makes it, sorted by time as it sorts (ties keep their order): for tests and benchmarks. */
+export function encodeSampleBatch(samples: readonly Sample[], lost = 0, records = samples.length): SampleBatch {
+  const sorted = samples
+    .map((s, i) => ({ s, i }))
+    .sort((a, b) => (a.s.tsNs < b.s.tsNs ? -1 : a.s.tsNs > b.s.tsNs ? 1 : a.i - b.i))
+    .map((x) => x.s);
+  const bytes = Buffer.alloc(sorted.reduce((n, s) => n + sampleSpan(s.data.length), 0));
+  let off = 0;
+  for (const s of sorted) {
+    bytes.writeUInt32LE(Number(s.tsNs / NS_PER_S), off + SAMPLE.sec);
+    bytes.writeUInt32LE(Number(s.tsNs % NS_PER_S), off + SAMPLE.nsec);
+    bytes.writeBigUInt64LE(BigInt.asUintN(64, s.rules), off + SAMPLE.rulesLo);
+    bytes.writeUInt32LE(s.origLen, off + SAMPLE.origLen);
+    bytes.writeUInt32LE(s.data.length, off + SAMPLE.capLen);
+    bytes.writeUInt32LE(s.ifindex, off + SAMPLE.ifindex);
+    bytes.writeUInt32LE(s.backendId ?? L.NO_BACKEND, off + SAMPLE.backendId);
+    bytes.writeUInt8(s.point === 'in' ? L.CAPTURE_IN : L.CAPTURE_OUT, off + SAMPLE.point);
+    bytes.writeUInt8(s.family, off + SAMPLE.family);
+    bytes.writeUInt32LE(s.cpu ?? 0, off + SAMPLE.cpu);
+    s.data.copy(bytes, off + SAMPLE_HEADER_LEN);
+    off += sampleSpan(s.data.length);
+  }
+  return { bytes, count: sorted.length, records, lost };
+}
+
+/** The samples of a batch in its order (copies of their frames). */
+export function decodeSampleBatch(b: SampleBatch): Sample[] {
+  const out: Sample[] = [];
+  let off = 0;
+  for (let i = 0; i < b.count; i++) {
+    const capLen = b.bytes.readUInt32LE(off + SAMPLE.capLen);
+    const backendId = b.bytes.readUInt32LE(off + SAMPLE.backendId);
+    out.push({
+      tsNs: BigInt(b.bytes.readUInt32LE(off + SAMPLE.sec)) * NS_PER_S + BigInt(b.bytes.readUInt32LE(off + SAMPLE.nsec)),
+      rules: b.bytes.readBigUInt64LE(off + SAMPLE.rulesLo),
+      origLen: b.bytes.readUInt32LE(off + SAMPLE.origLen),
+      point: POINTS[b.bytes.readUInt8(off + SAMPLE.point)],
+      ifindex: b.bytes.readUInt32LE(off + SAMPLE.ifindex),
+      backendId: backendId === L.NO_BACKEND ? undefined : backendId,
+      family: b.bytes.readUInt8(off + SAMPLE.family),
+      cpu: b.bytes.readUInt32LE(off + SAMPLE.cpu),
+      data: Buffer.from(b.bytes.subarray(off + SAMPLE_HEADER_LEN, off + SAMPLE_HEADER_LEN + capLen)),
+    });
+    off += sampleSpan(capLen);
+  }
+  return out;
 }
 
 /** What the recorder needs of the datapath; RecorderMaps is the real one, tests pass fakes. */
@@ -60,27 +127,6 @@ export interface RecorderDatapath {
   read(onBatch: (b: SampleBatch) => void): () => void;
   /** Samples emitted and perf output failures, summed over CPUs. */
   stats(): { emitted: number; outputFailures: number };
-}
-
-const POINTS: Record<number, CapturePoint> = { [L.CAPTURE_IN]: 'in', [L.CAPTURE_OUT]: 'out' };
-
-/** struct xdplb_rec_meta, then cap_len frame bytes (the perf sample may carry padding after them). */
-export function decodeSample(raw: Buffer): Sample | undefined {
-  if (raw.length < L.REC_META_LEN) return undefined;
-  const m = L.decodeRecMeta(raw);
-  const point = POINTS[m.point];
-  if (!point || raw.length < L.REC_META_LEN + m.capLen) return undefined;
-  return {
-    tsNs: m.tsNs,
-    order: Number(m.tsNs),
-    rules: m.rules,
-    origLen: m.origLen,
-    point,
-    ifindex: m.ifindex,
-    backendId: m.backendId === L.NO_BACKEND ? undefined : m.backendId,
-    family: m.family,
-    data: raw.subarray(L.REC_META_LEN, L.REC_META_LEN + m.capLen),
-  };
 }
 
 const u32 = L.u32;
@@ -179,14 +225,7 @@ export class RecorderMaps implements RecorderDatapath {
   }
 
   read(onBatch: (b: SampleBatch) => void): () => void {
-    const reader = new bpf.PerfReader(this.maps.ring, (b) => {
-      const samples: Sample[] = [];
-      for (const r of b.records) {
-        const s = decodeSample(r.data);
-        if (s) samples.push(s);
-      }
-      onBatch({ samples, records: b.records.length, lost: b.lost });
-    }, RING_PAGES);
+    const reader = new bpf.RecorderSampleReader(this.maps.ring, onBatch, RING_PAGES);
     return () => reader.close();
   }
 

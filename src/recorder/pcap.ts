@@ -334,6 +334,30 @@ export class PcapEncoder {
     ]);
   }
 
+  /**
+   * One frame straight from a batch of samples: `capLen` bytes of `src` at
+   * `start`, at wall time `sec` s + `nsec` ns since the epoch. The same bytes as
+   * packet(); a PCAP record takes no BigInt and no intermediate buffer, which is
+   * the recorder's per-packet path.
+   */
+  packetFrom(sec: number, nsec: number, src: Buffer, start: number, capLen: number, origLen: number, point: CapturePoint, comment?: string): Buffer {
+    if (this.format === 'pcapng') {
+      const tsNs = BigInt(sec) * NS_PER_S + BigInt(nsec);
+      return this.packet({ tsNs, data: src.subarray(start, start + capLen), origLen, point, comment });
+    }
+    if (!Number.isInteger(origLen) || origLen < capLen || origLen > U32_MAX)
+      throw new RangeError(`original length must be an integer >= the captured length ${capLen}, got ${origLen}`);
+    if (!Number.isInteger(sec) || sec < 0 || sec > U32_MAX) throw new RangeError(`timestamp must be in 1970..2106, got ${sec} s`);
+    const len = Math.min(capLen, this.snaplen);
+    const b = Buffer.allocUnsafe(PCAP_RECORD_HEADER_LEN + len);
+    b.writeUInt32LE(sec, 0);
+    b.writeUInt32LE(nsec, 4);
+    b.writeUInt32LE(len, 8);
+    b.writeUInt32LE(origLen, 12);
+    src.copy(b, PCAP_RECORD_HEADER_LEN, start, start + len);
+    return b;
+  }
+
   /** One frame: a PCAP record, or a pcapng Enhanced Packet Block on its point's interface. */
   packet(p: CapturedPacket): Buffer {
     const origLen = p.origLen ?? p.data.length;

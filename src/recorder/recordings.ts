@@ -10,10 +10,13 @@
 // sample can find the ring without a reader) and closed after the last rule is
 // gone and the rings are drained.
 //
-// Order: the kernel's rings are per CPU, so a batch holds each CPU's samples in
-// order but not the CPUs interleaved. Samples wait in a reorder window until
-// they are REORDER_MS old (the reader drains every ring every 50 ms), then go
-// out sorted by time, so every file and stream has non-decreasing timestamps.
+// Order: the kernel's rings are per CPU; the reader thread decodes each batch
+// and sorts it by time, but a later batch may still hold older samples (a ring
+// drained after a batch was full). Batches wait in a reorder window until their
+// samples are REORDER_MS old (the reader drains every ring every 50 ms), then
+// their samples go out merged by time, so every file and stream has
+// non-decreasing timestamps. The event loop reads samples in place from the
+// batches: no object, no BigInt per sample.
 //
 // Stopping on request (or time, or shutdown): the rule leaves the maps, then
 // the recording still takes what the rings held — until the reader has handed
@@ -27,11 +30,12 @@
 // Recordings do not survive a daemon restart (their files are closed and their
 // streams end with the process): the daemon clears the maps at start.
 import { randomBytes } from 'node:crypto';
+import * as L from '../datapath/layout';
 import type { Logger } from 'pino';
 import { XdplbError, isXdplbError } from '../control/errors';
 import { compileFilters, MAX_RULES, type CompiledFilters, type Filter, type RuleFilters } from './filter';
 import { KernelClock, PcapEncoder, packetComment, snaplenFor, type CaptureFormat } from './pcap';
-import { recorderUnavailable, type RecorderDatapath, type Sample, type SampleBatch } from './datapath';
+import { recorderUnavailable, sampleSpan, SAMPLE, SAMPLE_HEADER_LEN, type RecorderDatapath, type SampleBatch } from './datapath';
 import { FileSink, fileSet, recordingDir, sharedFile, type FileNaming, type FileSet } from './sink-file';
 import { StreamSink, type StreamTarget } from './sink-stream';
 import type { RecordingFile, Sink } from './sink';
@@ -88,6 +92,7 @@ export const REORDER_MS = 100;
 /** The most a stop waits for the reader to hand over what the datapath emitted before the rule went. */
 export const DRAIN_TIMEOUT_MS = 2000;
 const TICK_MS = 25;
+const NS_PER_S = 1_000_000_000;
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 
 class Recording {
@@ -101,8 +106,15 @@ class Recording {
   stoppedAt?: number;
   readonly stats: RecordingStats = { packetsWritten: 0, bytesWritten: 0, bytesCaptured: 0, lostInRing: 0, droppedSlowClient: 0, droppedWriteError: 0 };
   readonly startedAt = Date.now();
-  /** its bit in a sample's rule mask */
-  readonly bit: bigint;
+  /** its bit in a sample's rule mask: which 32-bit half, and the bit in it */
+  readonly ruleWord: number;
+  readonly ruleBit: number;
+  /** startKtime split as the samples' times are */
+  readonly startSec: number;
+  readonly startNsec: number;
+  /** clock.offsetNs as whole seconds and the ns (0..1e9) beyond them */
+  readonly wallSec: number;
+  readonly wallNsec: number;
   timer?: NodeJS.Timeout;
   sink!: Sink;
   readonly done: Promise<void>;
@@ -119,7 +131,17 @@ class Recording {
     readonly file?: FileSpec,
   ) {
     this.done = new Promise((r) => (this.resolveDone = r));
-    this.bit = 1n << BigInt(ruleId);
+    this.ruleWord = ruleId >>> 5;
+    this.ruleBit = (1 << (ruleId & 31)) >>> 0;
+    [this.startSec, this.startNsec] = splitNs(startKtime);
+    [this.wallSec, this.wallNsec] = splitNs(clock.offsetNs);
+  }
+
+  /** Whether the sample at `off` of `b` is its own: it carries its rule and is not older than the recording. */
+  owns(b: Buffer, off: number, sec: number, nsec: number): boolean {
+    const word = b.readUInt32LE(off + (this.ruleWord ? SAMPLE.rulesHi : SAMPLE.rulesLo));
+    if ((word & this.ruleBit) === 0 || this.state !== 'running') return false;
+    return sec > this.startSec || (sec === this.startSec && nsec >= this.startNsec);
   }
 
   view(): RecordingView {
@@ -152,12 +174,14 @@ export class Recorder {
   private nextRule = 0;
   private stopReader?: () => void;
   private tick?: NodeJS.Timeout;
-  private pending: Sample[] = [];
+  /** batches in arrival order, each with the offset and time of its next sample */
+  private pending: PendingBatch[] = [];
+  /** release() is running; releaseAll: it hands out every pending sample */
+  private releasing = false;
+  private releaseAll = false;
   /** the datapath's emitted-samples count when the reader started, and the records the reader has handed over since */
   private emittedBase = 0;
   private seen = 0;
-  /** samples arrived since pending was last sorted */
-  private unsorted = false;
   private dir: string;
   private totalPackets = 0;
   private totalLost = 0;
@@ -317,8 +341,7 @@ export class Recorder {
       this.totalLost += b.lost;
       for (const r of this.byRule.values()) r.stats.lostInRing += b.lost;
     }
-    for (const s of b.samples) this.pending.push(s);
-    if (b.samples.length) this.unsorted = true;
+    if (b.count) this.pending.push(new PendingBatch(b.bytes, b.count));
     this.release(false);
   }
 
@@ -334,34 +357,58 @@ export class Recorder {
     await sleep(REORDER_MS + 2 * TICK_MS);
   }
 
-  /** Hands out the samples older than the reorder window (all of them with `all`), in time order. */
+  /** Hands out the samples older than the reorder window (all of them with `all`), merged by time across batches. */
   private release(all: boolean): void {
+    // A sample can stop a recording, and the last one to stop closes the
+    // reader, which asks for everything: the loop already running takes that.
+    if (this.releasing) {
+      this.releaseAll ||= all;
+      return;
+    }
     if (this.pending.length === 0) return;
-    if (this.unsorted) this.pending.sort((a, b) => a.order - b.order);
-    this.unsorted = false;
-    const cutoff = KernelClock.nowNs() - BigInt(REORDER_MS) * 1_000_000n;
-    let n = 0;
-    while (n < this.pending.length && (all || this.pending[n].tsNs <= cutoff)) n++;
-    if (n === 0) return;
-    const ready = this.pending.slice(0, n);
-    this.pending = this.pending.slice(n);
-    for (const s of ready) this.dispatch(s);
+    this.releasing = true;
+    this.releaseAll = all;
+    try {
+      const [cutSec, cutNsec] = splitNs(KernelClock.nowNs() - BigInt(REORDER_MS) * 1_000_000n);
+      for (;;) {
+        let next: PendingBatch | undefined;
+        for (const p of this.pending) if (!next || p.sec < next.sec || (p.sec === next.sec && p.nsec < next.nsec)) next = p;
+        if (!next || (!this.releaseAll && (next.sec > cutSec || (next.sec === cutSec && next.nsec > cutNsec)))) break;
+        this.dispatch(next.bytes, next.off, next.sec, next.nsec);
+        if (!next.advance()) this.pending.splice(this.pending.indexOf(next), 1);
+      }
+    } finally {
+      this.releasing = false;
+    }
   }
 
-  private dispatch(s: Sample): void {
-    for (const rec of this.byRule.values()) if (s.rules & rec.bit && rec.state === 'running' && s.tsNs >= rec.startKtime) this.take(rec, s);
+  private dispatch(b: Buffer, off: number, sec: number, nsec: number): void {
+    for (const rec of this.byRule.values()) if (rec.owns(b, off, sec, nsec)) this.take(rec, b, off, sec, nsec);
   }
 
-  private take(rec: Recording, s: Sample): void {
-    const comment = rec.spec.format === 'pcapng' ? packetComment({ id: rec.ruleId, name: rec.spec.name || undefined }, s.backendId === undefined ? undefined : this.o.backendName?.(s.backendId)) : undefined;
-    const record = rec.encoder.packet({ tsNs: rec.clock.toWallNs(s.tsNs), data: s.data, origLen: Math.max(s.origLen, s.data.length), point: s.point, comment });
+  private take(rec: Recording, b: Buffer, off: number, sec: number, nsec: number): void {
+    const capLen = b.readUInt32LE(off + SAMPLE.capLen);
+    const point = b[off + SAMPLE.point] === L.CAPTURE_IN ? 'in' : 'out';
+    let comment: string | undefined;
+    if (rec.spec.format === 'pcapng') {
+      const backendId = b.readUInt32LE(off + SAMPLE.backendId);
+      comment = packetComment({ id: rec.ruleId, name: rec.spec.name || undefined }, backendId === L.NO_BACKEND ? undefined : this.o.backendName?.(backendId));
+    }
+    let wallNsec = nsec + rec.wallNsec;
+    let wallSec = sec + rec.wallSec;
+    if (wallNsec >= NS_PER_S) {
+      wallNsec -= NS_PER_S;
+      wallSec++;
+    }
+    const origLen = Math.max(b.readUInt32LE(off + SAMPLE.origLen), capLen);
+    const record = rec.encoder.packetFrom(wallSec, wallNsec, b, off + SAMPLE_HEADER_LEN, capLen, origLen, point, comment);
     if (!rec.sink.write(record)) {
       if (rec.writeFailed) rec.stats.droppedWriteError++;
       else rec.stats.droppedSlowClient++;
       return;
     }
     rec.stats.packetsWritten++;
-    rec.stats.bytesCaptured += Math.min(s.data.length, rec.encoder.snaplen);
+    rec.stats.bytesCaptured += Math.min(capLen, rec.encoder.snaplen);
     this.totalPackets++;
     const stop = rec.spec.stop;
     if (stop.packets && rec.stats.packetsWritten >= stop.packets) void this.finish(rec, 'packets');
@@ -441,5 +488,34 @@ export class Recorder {
     this.closed = true;
     await Promise.all([...this.recordings.values()].map((r) => this.finish(r, 'shutdown')));
     await Promise.all([...this.recordings.values()].map((r) => r.done));
+  }
+}
+
+/** Seconds and nanoseconds (0..1e9) of a time in ns; floor division, so a negative time has a negative second. */
+function splitNs(ns: bigint): [number, number] {
+  const sub = ((ns % 1_000_000_000n) + 1_000_000_000n) % 1_000_000_000n;
+  return [Number((ns - sub) / 1_000_000_000n), Number(sub)];
+}
+
+/** A batch in the reorder window: the offset and time of its next sample. */
+class PendingBatch {
+  off = 0;
+  sec: number;
+  nsec: number;
+  constructor(
+    readonly bytes: Buffer,
+    private left: number,
+  ) {
+    this.sec = bytes.readUInt32LE(SAMPLE.sec);
+    this.nsec = bytes.readUInt32LE(SAMPLE.nsec);
+  }
+
+  /** Moves to the next sample; false once there is none. */
+  advance(): boolean {
+    if (--this.left === 0) return false;
+    this.off += sampleSpan(this.bytes.readUInt32LE(this.off + SAMPLE.capLen));
+    this.sec = this.bytes.readUInt32LE(this.off + SAMPLE.sec);
+    this.nsec = this.bytes.readUInt32LE(this.off + SAMPLE.nsec);
+    return true;
   }
 }
