@@ -66,8 +66,10 @@ interface Case {
   reason: string;
   /** diagnostic case: one-service world only, in its own table */
   diagnostic?: boolean;
-  /** run in a one-service world of its own whose connection table has this many entries */
+  /** run in a one-service world of its own whose connection tables have this many entries */
   ctSize?: number;
+  /** run in a one-service world of its own whose connection tables carry these map flags instead of maps.h's */
+  ctFlags?: number;
   /** empty the connection table before every round (and use a repeat that cannot fill it) */
   clearConntrack?: boolean;
   /** established: the wrapper clears the flow's flow-cache slot before every iteration */
@@ -104,6 +106,14 @@ function vipCase(label: string, family: 4 | 6, kind: Kind, id: number, port: num
   };
 }
 
+const BYPASS4 = 'IPv4 TCP SYN, new flow, connection-table bypass (Maglev only, no insert)';
+const BYPASS6 = 'IPv6 TCP SYN, new flow, connection-table bypass (Maglev only, no insert)';
+/** Connection-table kinds compared in one run: LRU hashes of the same size, flags as named. */
+const CT_KINDS: Array<[string, number]> = [
+  ['LRU hash with per-CPU LRU lists (BPF_F_NO_COMMON_LRU)', bpf.BPF_F_NO_COMMON_LRU],
+  ['LRU hash with the common LRU list (no flag)', 0],
+];
+
 // Established cases first: the new-flow cases fill the connection table (LRU)
 // and would only make an established entry's eviction more likely.
 const CASES: Case[] = [
@@ -139,7 +149,16 @@ const CASES: Case[] = [
       frame: frameOf(4, CLIENT4, VIP4, 86 + 2 * i + (off ? 1 : 0), 'established'),
     })),
   ),
-  { ...vipCase('IPv4 TCP SYN, new flow, connection-table bypass (Maglev only, no insert)', 4, 'new', 6, 82, L.SVC_F_CT_BYPASS), diagnostic: true },
+  { ...vipCase(BYPASS4, 4, 'new', 6, 82, L.SVC_F_CT_BYPASS), diagnostic: true },
+  { ...vipCase(BYPASS6, 6, 'new', 16, 82, L.SVC_F_CT_BYPASS), diagnostic: true },
+  // the connection tables' kinds side by side, each in a world of its own (full after the warm-up round)
+  ...CT_KINDS.flatMap(([kind, flags], i) =>
+    ([4, 6] as const).map((family) => ({
+      ...vipCase(`IPv${family} TCP SYN to a VIP, new flow, ${kind}`, family, 'new', 17 + 2 * i + (family === 6 ? 1 : 0), 92 + i),
+      diagnostic: true,
+      ctFlags: flags,
+    })),
+  ),
   {
     ...vipCase('IPv4 TCP SYN, new flow, connection table emptied before each round (never full)', 4, 'new', 7, 83),
     diagnostic: true,
@@ -246,12 +265,21 @@ function nodeConfig(m: number, flags: number): Partial<L.NodeConfig> {
   return { src4: LB_SRC4, src6: LB_SRC6, ttl: OUTER_TTL, maglevM: m, flags };
 }
 
-function openWorld(c: Cleanup, services: number, ctSize?: number): World {
+/** A world: how many services, and the connection tables' size and map flags where not maps.h's. */
+interface WorldKind {
+  services: number;
+  ctSize?: number;
+  ctFlags?: number;
+}
+
+function openWorld(c: Cleanup, { services, ctSize, ctFlags }: WorldKind): World {
   const m = services > 1 ? M_MANY : M_ONE;
+  const both = (v: number | undefined): Record<string, number> => (v === undefined ? {} : { [L.MAP_NAMES.conntrack]: v, [L.MAP_NAMES.conntrack4]: v });
+  const opts = { maxEntries: both(ctSize), mapFlags: both(ctFlags) };
   let lb: Lb;
-  if (ctSize) {
+  if (ctSize !== undefined || ctFlags !== undefined) {
     const dir = pinDir(c);
-    lb = new LbFixture(bpf.openObject(bpf.objectPath('lb'), { pinRoot: dir, maxEntries: { [L.MAP_NAMES.conntrack]: ctSize, [L.MAP_NAMES.conntrack4]: ctSize } }), dir);
+    lb = new LbFixture(bpf.openObject(bpf.objectPath('lb'), { pinRoot: dir, ...opts }), dir);
     c.teardown(() => lb.close());
   } else {
     lb = openLb(c);
@@ -259,7 +287,7 @@ function openWorld(c: Cleanup, services: number, ctSize?: number): World {
   lb.config(nodeConfig(m, 0));
   // The bench object declares the same pinned maps: it adopts lb's, so both
   // programs see one set of services, tables and connections.
-  const obj = bpf.openObject(bpf.testObjectPath('bench_lb'), { pinRoot: lb.pinRoot, maxEntries: ctSize ? { [L.MAP_NAMES.conntrack]: ctSize, [L.MAP_NAMES.conntrack4]: ctSize } : {} });
+  const obj = bpf.openObject(bpf.testObjectPath('bench_lb'), { pinRoot: lb.pinRoot, ...opts });
   const w: World = {
     services,
     m,
@@ -601,6 +629,23 @@ function fillsTable(rows: Row[]): string {
   return lines.join('\n');
 }
 
+/**
+ * New flow ÷ bypass, per family: the bypass row does everything a new flow does
+ * but the connection table (issue 17 §1), so the ratio isolates the table on
+ * any CPU. The connection-table kinds' rows are divided by the same bypass row.
+ */
+function newFlowRatios(rows: Row[]): string {
+  const lines = ['| new-flow case | services | LB ns/pkt | bypass ns/pkt (one service) | new flow ÷ bypass |', '|---|---:|---:|---:|---:|'];
+  for (const family of [4, 6] as const) {
+    const bypass = rows.find((r) => r.c.label === (family === 4 ? BYPASS4 : BYPASS6))!;
+    for (const r of rows) {
+      if (r.c.family !== family || r.c.kind !== 'new' || r === bypass || r.c.flowMod || r.c.clearConntrack || r.c.ctSize) continue;
+      lines.push(`| ${r.c.label} | ${r.services.toLocaleString('en-US')} | ${r.lbNs} | ${bypass.lbNs} | **${(r.lbNs / bypass.lbNs).toFixed(2)}×** |`);
+    }
+  }
+  return lines.join('\n');
+}
+
 // ---- bpf_fib_lookup alone ----
 
 const FIB_FLAGS: Array<[string, number]> = [
@@ -671,26 +716,28 @@ async function main(): Promise<void> {
     let info: bpf.ProgramInfo | undefined;
     let benchInfo: Record<string, bpf.ProgramInfo> = {};
     let fibTable = '';
-    const worlds: Array<{ services: number; ctSize?: number }> = [
+    const worlds: WorldKind[] = [
       { services: 1 },
       { services: MANY_SERVICES },
       ...[...new Set(CASES.flatMap((k) => (k.ctSize ? [k.ctSize] : [])))].map((ctSize) => ({ services: 1, ctSize })),
+      ...CT_KINDS.map(([, ctFlags]) => ({ services: 1, ctFlags })),
     ];
-    for (const { services, ctSize } of worlds) {
+    for (const world of worlds) {
+      const { services, ctSize, ctFlags } = world;
       await checkpoint();
       const t0 = Date.now();
-      const w = openWorld(c, services, ctSize);
+      const w = openWorld(c, world);
       info ??= w.lb.prog.info();
       if (!Object.keys(benchInfo).length) benchInfo = Object.fromEntries(Object.entries(w.progs).map(([n, p]) => [n, p.info()]));
-      process.stderr.write(`${services} service(s)${ctSize ? `, connection table ${ctSize}` : ''}: set up in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
+      process.stderr.write(`${services} service(s)${ctSize ? `, connection table ${ctSize}` : ''}${ctFlags !== undefined ? `, connection-table flags ${ctFlags}` : ''}: set up in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
       for (const k of CASES) {
-        if (k.ctSize !== ctSize || (k.diagnostic && services > 1)) continue;
+        if (k.ctSize !== ctSize || k.ctFlags !== ctFlags || (k.diagnostic && services > 1)) continue;
         await checkpoint();
         const row = runCase(w, fib, k, PROFILED(k, services));
         rows.push(row);
         process.stderr.write(`  ${k.label}: ${row.lbNs} ns, ${row.ratio.toFixed(2)}× (${((Date.now() - started) / 1000).toFixed(0)} s)\n`);
       }
-      if (services === 1 && !ctSize) fibTable = fibBench(w, fib);
+      if (services === 1 && ctSize === undefined && ctFlags === undefined) fibTable = fibBench(w, fib);
     }
     const date = new Date().toISOString().slice(0, 10);
     const out: string[] = [];
@@ -703,6 +750,8 @@ async function main(): Promise<void> {
     out.push(table(rows.filter((r) => r.c.diagnostic)));
     out.push('');
     out.push(fillsTable(rows));
+    out.push('');
+    out.push(newFlowRatios(rows));
     out.push('');
     out.push(fibTable);
     out.push('');
