@@ -17,7 +17,11 @@
 // (the original one), the connection table (established: the entry exists and
 // the service's Maglev table is swapped for one that only names a down
 // backend, so any iteration that missed the entry would be dropped; new flow:
-// the last flow's entry exists with the backend Maglev predicts).
+// the last flow's entry exists with the backend Maglev predicts, or for a SYN
+// its pending placement in the flow cache, and no entry).
+// New flows come as SYNs (placed, pending in the flow cache) and as ACKs that
+// open a flow the load balancer has not seen (the connection-table insert a
+// handshake's ACK makes); both are divided by the bypass row in the report.
 //
 // Times are the kernel's own mean per iteration (whole ns): a repeated XDP test
 // run costs tens of ms outside its timed loop here, so wall-clock time is no use.
@@ -66,8 +70,10 @@ interface Case {
   reason: string;
   /** diagnostic case: one-service world only, in its own table */
   diagnostic?: boolean;
-  /** run in a one-service world of its own whose connection table has this many entries */
+  /** run in a one-service world of its own whose connection tables have this many entries */
   ctSize?: number;
+  /** run in a one-service world of its own whose connection tables carry these map flags instead of maps.h's */
+  ctFlags?: number;
   /** empty the connection table before every round (and use a repeat that cannot fill it) */
   clearConntrack?: boolean;
   /** established: the wrapper clears the flow's flow-cache slot before every iteration */
@@ -104,6 +110,31 @@ function vipCase(label: string, family: 4 | 6, kind: Kind, id: number, port: num
   };
 }
 
+const BYPASS4 = 'IPv4 TCP SYN, new flow, connection-table bypass (Maglev only, no insert)';
+const BYPASS6 = 'IPv6 TCP SYN, new flow, connection-table bypass (Maglev only, no insert)';
+/** Connection-table kinds compared in one run: LRU hashes of the same size, flags as named. */
+const CT_KINDS: Array<{ kind: string; flags: number; size?: number }> = [
+  { kind: 'LRU hash with per-CPU LRU lists (BPF_F_NO_COMMON_LRU)', flags: bpf.BPF_F_NO_COMMON_LRU },
+  { kind: 'LRU hash with the common LRU list (no flag)', flags: 0 },
+  // A map per CPU (Katran's array of maps indexed by CPU), as one CPU sees it:
+  // a common-LRU map of its share of the entries (the outer array's lookup aside).
+  {
+    kind: `common-LRU hash of ${(L.CT_SIZE / os.cpus().length).toLocaleString('en-US')} entries (this CPU's map, were there one per CPU)`,
+    flags: 0,
+    size: L.CT_SIZE / os.cpus().length,
+  },
+];
+
+/** The case with an ACK segment: as a new flow, one the connection table gets at once. */
+function ackOpened(c: Case): Case {
+  return { ...c, frame: frameOf(c.family, c.client, c.dst, c.dport, 'established') };
+}
+
+/** Whether the case's segment opens a connection (a SYN). */
+function opens(c: Case): boolean {
+  return (c.frame[flowOffsets(c.family).sport + 13] & TCP_SYN) !== 0;
+}
+
 // Established cases first: the new-flow cases fill the connection table (LRU)
 // and would only make an established entry's eviction more likely.
 const CASES: Case[] = [
@@ -123,6 +154,8 @@ const CASES: Case[] = [
   },
   vipCase('IPv4 TCP SYN to a VIP, new flow', 4, 'new', 1, 80),
   vipCase('IPv6 TCP SYN to a VIP, new flow', 6, 'new', 3, 80),
+  ackOpened(vipCase('IPv4 TCP ACK opening a new flow (no pending SYN placement: the connection-table insert)', 4, 'new', 23, 95)),
+  ackOpened(vipCase('IPv6 TCP ACK opening a new flow (no pending SYN placement: the connection-table insert)', 6, 'new', 24, 95)),
   // diagnostics: an established flow without the flow cache's help, and where the new-flow time goes
   {
     ...vipCase('IPv4 TCP to a VIP, established flow, flow-cache miss on every packet (connection-table hit)', 4, 'established', 9, 85),
@@ -139,14 +172,24 @@ const CASES: Case[] = [
       frame: frameOf(4, CLIENT4, VIP4, 86 + 2 * i + (off ? 1 : 0), 'established'),
     })),
   ),
-  { ...vipCase('IPv4 TCP SYN, new flow, connection-table bypass (Maglev only, no insert)', 4, 'new', 6, 82, L.SVC_F_CT_BYPASS), diagnostic: true },
+  { ...vipCase(BYPASS4, 4, 'new', 6, 82, L.SVC_F_CT_BYPASS), diagnostic: true },
+  { ...vipCase(BYPASS6, 6, 'new', 16, 82, L.SVC_F_CT_BYPASS), diagnostic: true },
+  // the connection tables' kinds side by side, each in a world of its own (full after the warm-up round)
+  ...CT_KINDS.flatMap(({ kind, flags, size }, i) =>
+    ([4, 6] as const).map((family) => ({
+      ...ackOpened(vipCase(`IPv${family} TCP ACK opening a new flow, ${kind}`, family, 'new', 17 + 2 * i + (family === 6 ? 1 : 0), 92 + i)),
+      diagnostic: true,
+      ctFlags: flags,
+      ctSize: size,
+    })),
+  ),
   {
-    ...vipCase('IPv4 TCP SYN, new flow, connection table emptied before each round (never full)', 4, 'new', 7, 83),
+    ...ackOpened(vipCase('IPv4 TCP ACK opening a new flow, connection table emptied before each round (never full)', 4, 'new', 7, 83)),
     diagnostic: true,
     clearConntrack: true,
     repeat: 100_000,
   },
-  { ...vipCase('IPv4 TCP SYN, new flow, connection table of 4,096 entries (cache-resident, always evicting)', 4, 'new', 8, 84), diagnostic: true, ctSize: 4096 },
+  { ...ackOpened(vipCase('IPv4 TCP ACK opening a new flow, connection table of 4,096 entries (cache-resident, always evicting)', 4, 'new', 8, 84)), diagnostic: true, ctSize: 4096 },
 ];
 /** The one service installed with the non-VIP case in the one-service world. */
 const PASS_COMPANION = CASES.find((c) => c.kind === 'new' && c.family === 4)!;
@@ -240,18 +283,29 @@ interface World {
   benchConfigFib: bpf.BpfMap;
   verdicts: bpf.BpfMap;
   flowSeq: bpf.BpfMap;
+  /** the bench object's own flow cache (not pinned: not lb's) */
+  flowCache: bpf.BpfMap;
 }
 
 function nodeConfig(m: number, flags: number): Partial<L.NodeConfig> {
   return { src4: LB_SRC4, src6: LB_SRC6, ttl: OUTER_TTL, maglevM: m, flags };
 }
 
-function openWorld(c: Cleanup, services: number, ctSize?: number): World {
+/** A world: how many services, and the connection tables' size and map flags where not maps.h's. */
+interface WorldKind {
+  services: number;
+  ctSize?: number;
+  ctFlags?: number;
+}
+
+function openWorld(c: Cleanup, { services, ctSize, ctFlags }: WorldKind): World {
   const m = services > 1 ? M_MANY : M_ONE;
+  const both = (v: number | undefined): Record<string, number> => (v === undefined ? {} : { [L.MAP_NAMES.conntrack]: v, [L.MAP_NAMES.conntrack4]: v });
+  const opts = { maxEntries: both(ctSize), mapFlags: both(ctFlags) };
   let lb: Lb;
-  if (ctSize) {
+  if (ctSize !== undefined || ctFlags !== undefined) {
     const dir = pinDir(c);
-    lb = new LbFixture(bpf.openObject(bpf.objectPath('lb'), { pinRoot: dir, maxEntries: { [L.MAP_NAMES.conntrack]: ctSize, [L.MAP_NAMES.conntrack4]: ctSize } }), dir);
+    lb = new LbFixture(bpf.openObject(bpf.objectPath('lb'), { pinRoot: dir, ...opts }), dir);
     c.teardown(() => lb.close());
   } else {
     lb = openLb(c);
@@ -259,7 +313,7 @@ function openWorld(c: Cleanup, services: number, ctSize?: number): World {
   lb.config(nodeConfig(m, 0));
   // The bench object declares the same pinned maps: it adopts lb's, so both
   // programs see one set of services, tables and connections.
-  const obj = bpf.openObject(bpf.testObjectPath('bench_lb'), { pinRoot: lb.pinRoot, maxEntries: ctSize ? { [L.MAP_NAMES.conntrack]: ctSize, [L.MAP_NAMES.conntrack4]: ctSize } : {} });
+  const obj = bpf.openObject(bpf.testObjectPath('bench_lb'), { pinRoot: lb.pinRoot, ...opts });
   const w: World = {
     services,
     m,
@@ -270,10 +324,11 @@ function openWorld(c: Cleanup, services: number, ctSize?: number): World {
     benchConfigFib: obj.map('bench_fib_params'),
     verdicts: obj.map('bench_verdicts'),
     flowSeq: obj.map('bench_flow_seq'),
+    flowCache: obj.map(L.MAP_NAMES.flowCache),
   };
   c.teardown(() => {
     for (const p of Object.values(w.progs)) p.close();
-    for (const mp of [w.benchConfig, w.benchConfigFib, w.verdicts, w.flowSeq]) mp.close();
+    for (const mp of [w.benchConfig, w.benchConfigFib, w.verdicts, w.flowSeq, w.flowCache]) mp.close();
     obj.close();
   });
   w.flowSeq.update(L.u32(0), L.u32(FIRST_FLOW_SEQ));
@@ -473,6 +528,15 @@ function checkNewFlows(w: World, c: Case): void {
     return;
   }
   const want = expectedBackend(w, c, flow);
+  if (opens(c) && !c.flowCacheOff) {
+    if (e) throw new Error(`${c.label}: a SYN stored a connection`);
+    const E = L.LAYOUT.xdplb_flow_cache_entry.fields;
+    const pending = (w.flowCache.lookupPerCpu(L.u32(flowCacheSlot(flow))) ?? []).some(
+      (b) => b.subarray(0, 40).equals(L.encodeFlowKey(flow)) && b.readUInt16LE(E.pending.offset) === 1 && b.readUInt32LE(E.backend_id.offset) === want,
+    );
+    if (!pending) throw new Error(`${c.label}: the last generated flow (${flow.src}:${flow.sport}) has no pending placement on backend ${want}`);
+    return;
+  }
   if (!e || e.backendId !== want) throw new Error(`${c.label}: the last generated flow (${flow.src}:${flow.sport}) has no entry for backend ${want}`);
 }
 
@@ -513,47 +577,65 @@ interface Row {
 
 const PROFILE_STEPS = ['bench_upto_parse', 'bench_upto_conntrack', 'bench_upto_backend', 'bench_upto_route', 'bench_upto_encap'];
 
-function runCase(w: World, fib: FibNs, c: Case, profile: boolean): Row {
-  const undo = prepare(w, fib, c);
+interface Run {
+  w: World;
+  c: Case;
+  profile: boolean;
+}
+
+/**
+ * The cases' rounds, interleaved (round r of every case, then round r + 1):
+ * cases compared with each other then share whatever else loads the machine.
+ */
+function runCases(fib: FibNs, runs: Run[]): Row[] {
+  const undo: Array<() => void> = [];
   try {
-    const progs = ['bench_empty', 'bench_noop', 'bench_lb', ...(profile ? PROFILE_STEPS : [])];
-    const rounds: Array<Record<string, number>> = [];
-    let fills = 0n;
+    for (const { w, c } of runs) undo.push(prepare(w, fib, c));
+    const rounds: Array<Array<Record<string, number>>> = runs.map(() => []);
+    const fills = runs.map(() => 0n);
     for (let r = 0; r < WARMUP_ROUNDS + RUNS; r++) {
-      if (c.clearConntrack) clearConntrack(w);
-      const ns: Record<string, number> = {};
-      for (const p of progs) {
-        const before = sumPerCpu(w.lb.maps.cacheStats, L.CACHE_STAT_FLOW_FILLS);
-        ns[p] = measure(w, fib, c, p);
-        if (p === 'bench_lb' && r >= WARMUP_ROUNDS) fills += sumPerCpu(w.lb.maps.cacheStats, L.CACHE_STAT_FLOW_FILLS) - before;
-      }
-      if (c.kind === 'pass') ns.direct = measureDirect(w, fib, c);
-      if (r >= WARMUP_ROUNDS) rounds.push(ns);
+      runs.forEach(({ w, c, profile }, i) => {
+        if (c.clearConntrack) clearConntrack(w);
+        const ns: Record<string, number> = {};
+        for (const p of ['bench_empty', 'bench_noop', 'bench_lb', ...(profile ? PROFILE_STEPS : [])]) {
+          const before = sumPerCpu(w.lb.maps.cacheStats, L.CACHE_STAT_FLOW_FILLS);
+          ns[p] = measure(w, fib, c, p);
+          if (p === 'bench_lb' && r >= WARMUP_ROUNDS) fills[i] += sumPerCpu(w.lb.maps.cacheStats, L.CACHE_STAT_FLOW_FILLS) - before;
+        }
+        if (c.kind === 'pass') ns.direct = measureDirect(w, fib, c);
+        if (r >= WARMUP_ROUNDS) rounds[i].push(ns);
+      });
     }
-    if (c.kind === 'new') checkNewFlows(w, c);
-    // per round: the wrapper's cost is noop − empty; a wrapped program's own
-    // time is its time minus that
-    const overhead = rounds.map((x) => x.bench_noop - x.bench_empty);
-    const self = (p: string) => rounds.map((x, i) => x[p] - overhead[i]);
-    const ratios = rounds.map((x, i) => (x.bench_lb - overhead[i]) / x.bench_empty);
-    return {
-      c,
-      services: w.services,
-      m: w.m,
-      lbNs: median(self('bench_lb')),
-      rawNs: median(rounds.map((x) => x.bench_lb)),
-      emptyNs: median(rounds.map((x) => x.bench_empty)),
-      overheadNs: median(overhead),
-      ratio: median(ratios),
-      ratioMin: Math.min(...ratios),
-      ratioMax: Math.max(...ratios),
-      directNs: c.kind === 'pass' ? median(rounds.map((x) => x.direct)) : undefined,
-      upto: profile ? Object.fromEntries([...PROFILE_STEPS, 'bench_lb'].map((p) => [p, median(self(p))])) : undefined,
-      fillsPerPacket: Number(fills) / (RUNS * (c.repeat ?? REPEAT)),
-    };
+    return runs.map(({ w, c, profile }, i) => {
+      if (c.kind === 'new') checkNewFlows(w, c);
+      return row(w, c, profile, rounds[i], fills[i]);
+    });
   } finally {
-    undo();
+    undo.reverse().forEach((f) => f());
   }
+}
+
+function row(w: World, c: Case, profile: boolean, rounds: Array<Record<string, number>>, fills: bigint): Row {
+  // per round: the wrapper's cost is noop − empty; a wrapped program's own
+  // time is its time minus that
+  const overhead = rounds.map((x) => x.bench_noop - x.bench_empty);
+  const self = (p: string) => rounds.map((x, i) => x[p] - overhead[i]);
+  const ratios = rounds.map((x, i) => (x.bench_lb - overhead[i]) / x.bench_empty);
+  return {
+    c,
+    services: w.services,
+    m: w.m,
+    lbNs: median(self('bench_lb')),
+    rawNs: median(rounds.map((x) => x.bench_lb)),
+    emptyNs: median(rounds.map((x) => x.bench_empty)),
+    overheadNs: median(overhead),
+    ratio: median(ratios),
+    ratioMin: Math.min(...ratios),
+    ratioMax: Math.max(...ratios),
+    directNs: c.kind === 'pass' ? median(rounds.map((x) => x.direct)) : undefined,
+    upto: profile ? Object.fromEntries([...PROFILE_STEPS, 'bench_lb'].map((p) => [p, median(self(p))])) : undefined,
+    fillsPerPacket: Number(fills) / (RUNS * (c.repeat ?? REPEAT)),
+  };
 }
 
 function table(rows: Row[]): string {
@@ -598,6 +680,23 @@ function profileTable(rows: Row[]): string {
 function fillsTable(rows: Row[]): string {
   const lines = ['| case | services | flow-cache fills per packet (miss rate) | LB ns/pkt |', '|---|---:|---:|---:|'];
   for (const r of rows) lines.push(`| ${r.c.label} | ${r.services.toLocaleString('en-US')} | ${r.fillsPerPacket.toFixed(4)} | ${r.lbNs} |`);
+  return lines.join('\n');
+}
+
+/**
+ * New flow ÷ bypass, per family: the bypass row does everything a new flow does
+ * but the connection table (issue 17 §1), so the ratio isolates the table on
+ * any CPU. The connection-table kinds' rows are divided by the same bypass row.
+ */
+function newFlowRatios(rows: Row[]): string {
+  const lines = ['| new-flow case | services | LB ns/pkt | bypass ns/pkt (one service) | new flow ÷ bypass |', '|---|---:|---:|---:|---:|'];
+  for (const family of [4, 6] as const) {
+    const bypass = rows.find((r) => r.c.label === (family === 4 ? BYPASS4 : BYPASS6))!;
+    for (const r of rows) {
+      if (r.c.family !== family || r.c.kind !== 'new' || r === bypass || r.c.flowMod || r.c.clearConntrack || (r.c.ctSize && r.c.ctFlags === undefined)) continue;
+      lines.push(`| ${r.c.label} | ${r.services.toLocaleString('en-US')} | ${r.lbNs} | ${bypass.lbNs} | **${(r.lbNs / bypass.lbNs).toFixed(2)}×** |`);
+    }
+  }
   return lines.join('\n');
 }
 
@@ -671,26 +770,37 @@ async function main(): Promise<void> {
     let info: bpf.ProgramInfo | undefined;
     let benchInfo: Record<string, bpf.ProgramInfo> = {};
     let fibTable = '';
-    const worlds: Array<{ services: number; ctSize?: number }> = [
+    const worlds: WorldKind[] = [
       { services: 1 },
       { services: MANY_SERVICES },
-      ...[...new Set(CASES.flatMap((k) => (k.ctSize ? [k.ctSize] : [])))].map((ctSize) => ({ services: 1, ctSize })),
+      ...[...new Set(CASES.flatMap((k) => (k.ctSize && k.ctFlags === undefined ? [k.ctSize] : [])))].map((ctSize) => ({ services: 1, ctSize })),
     ];
-    for (const { services, ctSize } of worlds) {
+    for (const world of worlds) {
+      const { services, ctSize } = world;
       await checkpoint();
       const t0 = Date.now();
-      const w = openWorld(c, services, ctSize);
+      const w = openWorld(c, world);
       info ??= w.lb.prog.info();
       if (!Object.keys(benchInfo).length) benchInfo = Object.fromEntries(Object.entries(w.progs).map(([n, p]) => [n, p.info()]));
       process.stderr.write(`${services} service(s)${ctSize ? `, connection table ${ctSize}` : ''}: set up in ${((Date.now() - t0) / 1000).toFixed(1)} s\n`);
       for (const k of CASES) {
-        if (k.ctSize !== ctSize || (k.diagnostic && services > 1)) continue;
+        if (k.ctSize !== ctSize || k.ctFlags !== undefined || (k.diagnostic && services > 1)) continue;
         await checkpoint();
-        const row = runCase(w, fib, k, PROFILED(k, services));
+        const [row] = runCases(fib, [{ w, c: k, profile: PROFILED(k, services) }]);
         rows.push(row);
         process.stderr.write(`  ${k.label}: ${row.lbNs} ns, ${row.ratio.toFixed(2)}× (${((Date.now() - started) / 1000).toFixed(0)} s)\n`);
       }
       if (services === 1 && !ctSize) fibTable = fibBench(w, fib);
+    }
+    // the connection-table kinds: a world each, their rounds interleaved per family
+    const kindWorlds = CT_KINDS.map(({ flags, size }) => openWorld(c, { services: 1, ctFlags: flags, ctSize: size }));
+    for (const family of [4, 6] as const) {
+      await checkpoint();
+      const runs = CASES.filter((k) => k.ctFlags !== undefined && k.family === family).map((k, i) => ({ w: kindWorlds[i], c: k, profile: false }));
+      for (const row of runCases(fib, runs)) {
+        rows.push(row);
+        process.stderr.write(`  ${row.c.label}: ${row.lbNs} ns, ${row.ratio.toFixed(2)}× (${((Date.now() - started) / 1000).toFixed(0)} s)\n`);
+      }
     }
     const date = new Date().toISOString().slice(0, 10);
     const out: string[] = [];
@@ -703,6 +813,8 @@ async function main(): Promise<void> {
     out.push(table(rows.filter((r) => r.c.diagnostic)));
     out.push('');
     out.push(fillsTable(rows));
+    out.push('');
+    out.push(newFlowRatios(rows));
     out.push('');
     out.push(fibTable);
     out.push('');

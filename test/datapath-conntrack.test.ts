@@ -6,7 +6,7 @@
 import t, { type Test } from 'tap';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
-import type { Flow } from '../src/datapath/flowhash';
+import { flowCacheSlot, type Flow } from '../src/datapath/flowhash';
 import * as P from './helpers/packets';
 import { world, decap, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, VIP6, type World } from './helpers/datapath';
 import { needsRoot, type Teardown } from './helpers/fixtures';
@@ -44,6 +44,55 @@ for (const v6 of [false, true]) {
       return outerDst(r.data);
     };
     const entry = (w: World) => L.decodeCtEntry(w.lb.maps[L.conntrackKey(f).map].lookup(L.conntrackKey(f).key)!);
+    const stored = (w: World, g: Flow) => w.lb.maps[L.conntrackKey(g).map].lookup(L.conntrackKey(g).key) !== null;
+    const at = (t: Test, w: World, g: Flow, flags: number) => {
+      const r = w.run(packet(g, flags));
+      t.ok(r.retval === bpf.XDP_TX || r.retval === bpf.XDP_REDIRECT, 'forwarded');
+      return outerDst(r.data);
+    };
+
+    if (cache) {
+      t.test(`${name}: a SYN's placement stays out of the connection table, pending in its CPU's flow-cache slot; the handshake's ACK writes the entry with the SYN's backend though the table changed`, needsRoot, (t) => {
+        const w = setup(t);
+        t.equal(go(t, w, P.TCP_SYN), addr(1), 'SYN: Maglev, backend 1');
+        t.notOk(stored(w, f), 'no connection-table entry: a SYN flood cannot evict live connections');
+        const slot = () => (w.lb.maps.flowCache.lookupPerCpu(L.u32(flowCacheSlot(f))) ?? []).filter((b) => b.subarray(0, 40).equals(L.encodeFlowKey(f)));
+        const E = L.LAYOUT.xdplb_flow_cache_entry.fields;
+        t.same(slot().map((b) => [b.readUInt32LE(E.backend_id.offset), b.readUInt16LE(E.pending.offset)]), [[1, 1]], "one CPU's slot holds the placement, pending");
+        w.lb.maglev(1, only(2));
+        t.equal(go(t, w, P.TCP_SYN), addr(1), 'a retransmitted SYN on that CPU: the pending backend, not the new table');
+        t.notOk(stored(w, f), 'still no entry');
+        t.equal(go(t, w, P.TCP_ACK), addr(1), "the handshake's ACK: the pending backend");
+        t.match(entry(w), { backendId: 1, serviceId: 1, closing: false }, 'and it wrote the entry');
+        t.same(slot().map((b) => b.readUInt16LE(E.pending.offset)), [0], 'the slot now caches the entry, pending no more');
+        w.lb.flushFlowCache();
+        t.equal(go(t, w, P.TCP_ACK), addr(1), 'from any CPU (every slot emptied) the shared connection table keeps the flow on backend 1');
+        t.end();
+      });
+
+      t.test(`${name}: a pending placement lost (the ACK on another CPU, or another flow's SYN in the slot) leaves the flow to Maglev: the same backend unless the table changed in between`, needsRoot, (t) => {
+        const w = setup(t);
+        t.equal(go(t, w, P.TCP_SYN), addr(1));
+        w.lb.flushFlowCache();
+        t.equal(go(t, w, P.TCP_ACK), addr(1), 'same table: Maglev gives the same backend');
+        t.match(entry(w), { backendId: 1 }, 'the ACK wrote the entry');
+
+        const g: Flow = { ...f, sport: 40001 };
+        t.equal(at(t, w, g, P.TCP_SYN), addr(1));
+        w.lb.maglev(1, only(2));
+        w.lb.flushFlowCache();
+        t.equal(at(t, w, g, P.TCP_ACK), addr(2), 'table changed between SYN and ACK: the new table decides');
+        t.equal(go(t, w, P.TCP_ACK), addr(1), 'a flow with an entry keeps its backend across the change');
+        t.end();
+      });
+    } else {
+      t.test(`${name}: with the flow cache off a SYN writes the connection-table entry`, needsRoot, (t) => {
+        const w = setup(t);
+        t.equal(go(t, w, P.TCP_SYN), addr(1));
+        t.match(entry(w), { backendId: 1, serviceId: 1 });
+        t.end();
+      });
+    }
 
     t.test(`${name}: a SYN follows an entry only to an active backend; to a draining one it takes Maglev's choice and rewrites the entry`, needsRoot, (t) => {
       const w = setup(t);
@@ -159,6 +208,7 @@ for (const v6 of [false, true]) {
     const u = flow(L.IPPROTO_UDP);
     const before = monoS();
     to(t, w, f, P.TCP_SYN);
+    to(t, w, f);
     to(t, w, u);
     expiresIn(t, w, f, 600, before, 'TCP');
     expiresIn(t, w, u, 30, before, 'UDP');

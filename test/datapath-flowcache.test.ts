@@ -107,8 +107,10 @@ for (const v6 of [false, true]) {
     t.ok(pair, 'two flows with one slot');
     const [a, b] = pair!;
     t.equal(outerDst(w.run(packet(a, P.TCP_SYN)).data), addr(1));
+    t.equal(outerDst(w.run(packet(a)).data), addr(1), 'a: established (the ACK writes the connection-table entry)');
     w.lb.maglev(1, new Uint32Array(7).fill(2));
     t.equal(outerDst(w.run(packet(b, P.TCP_SYN)).data), addr(2), 'b: the new table');
+    t.equal(outerDst(w.run(packet(b)).data), addr(2), 'b: established');
     for (let i = 0; i < 4; i++) {
       t.equal(outerDst(w.run(packet(a)).data), addr(1), 'a keeps backend 1');
       t.equal(outerDst(w.run(packet(b)).data), addr(2), 'b keeps backend 2');
@@ -128,6 +130,7 @@ t.test('flow cache off (node config): never read, never written; flows still kee
   const fills = () => L.sumU64(w.lb.maps.cacheStats.lookupPerCpu(L.u32(L.CACHE_STAT_FLOW_FILLS)));
   // on: the first packet fills the slot, stamped with the current jiffies
   t.equal(outerDst(w.run(packet(f, P.TCP_SYN)).data), '198.51.100.1');
+  t.equal(outerDst(w.run(packet(f)).data), '198.51.100.1', 'the ACK writes the connection-table entry');
   const filled = entries(w, slotOf(f)).find((e) => e.flow.equals(L.encodeFlowKey(f)));
   t.ok(filled, 'cache on: the flow was cached');
   // off, at run time; the same entry, fresh, with backend 3, on every CPU

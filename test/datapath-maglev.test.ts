@@ -119,6 +119,8 @@ t.test('a flow keeps its backend after the backend set changes; new flows follow
   const flows = Array.from({ length: 400 }, () => randomFlow(r, false, VIP4, 80)).map((f) => ({ ...f, proto: TCP }));
   const chosen = w.runAll(flows.map((f) => packet(f))).map((x) => outerDst(x.data));
   t.same(chosen, flows.map((f) => p.address.get(before[flowHash(f) % 251])), 'first packets: the table');
+  // the handshakes' ACKs: a SYN's placement is only pending (flowcache.h), the ACK writes the entry
+  t.same(w.runAll(flows.map((f) => packet(f, P.TCP_ACK))).map((x) => outerDst(x.data)), chosen, 'established');
   // backend 3 leaves the table (still up: it is being drained), backend 6 joins
   const after = buildTable([...p.backends.slice(0, 2), ...p.backends.slice(3, 6)], 251);
   w.lb.maglev(1, after);
@@ -342,8 +344,8 @@ for (const v6 of [false, true]) {
       w.lb.service({ vip, port: 0, proto: TCP, id: 2 });
       const f = flow(80);
       t.equal(outerDst(w.run(packet(f)).data), addr(2), 'first packet: the all-ports service');
+      t.equal(outerDst(w.run(packet(f, P.TCP_ACK)).data), addr(2), 'established: the ACK writes the entry');
       t.match(ctOf(w, f), { backendId: 2, serviceId: 2 });
-      t.equal(outerDst(w.run(packet(f, P.TCP_ACK)).data), addr(2), 'established: the entry');
       w.lb.service({ vip, port: 80, proto: TCP, id: 1 });
       t.equal(outerDst(w.run(packet(f, P.TCP_ACK)).data), addr(1), 'port 80 has its own service now');
       t.match(ctOf(w, f), { backendId: 1, serviceId: 1 }, 'entry replaced');
@@ -358,6 +360,7 @@ for (const v6 of [false, true]) {
       const f = flow(80);
       const syn = packet(f);
       t.equal(outerDst(w.run(syn).data), addr(1));
+      t.equal(outerDst(w.run(packet(f, P.TCP_ACK)).data), addr(1), 'established');
       w.lb.deleteService({ vip, port: 80, proto: TCP });
       t.ok(ctOf(w, f), 'the entry is still there');
       const r = w.run(packet(f, P.TCP_ACK));

@@ -49,6 +49,11 @@
 #define XDPLB_FLOW_CACHE_SLOTS		8192
 #define XDPLB_FLOW_CACHE_JIFFIES	100
 
+/* How long a SYN's pending placement (flowcache.h) steers the flow's next
+ * packets: the handshake's round trip and the first SYN retransmission
+ * (1 s) at any HZ (3 s at HZ=1000, 30 s at HZ=100). */
+#define XDPLB_FLOW_PENDING_JIFFIES	3000
+
 /* Connection-table lifetimes (maglev.h), when the node config gives none:
  * an entry idle for this long is absent, and the next packet of its flow is
  * placed by Maglev again. Between IPVS (TCP 15 min, UDP 5 min) and Cilium

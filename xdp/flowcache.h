@@ -42,11 +42,30 @@ static __always_inline int flow_equal(const struct xdplb_flow_key *a, const stru
 	return !((x[0] ^ y[0]) | (x[1] ^ y[1]) | (x[2] ^ y[2]) | (x[3] ^ y[3]) | (x[4] ^ y[4]));
 }
 
-/* The cached answer for f, or NULL. */
+/* The cached answer for f, or NULL. A pending placement is no
+ * connection-table answer: the packet goes on to the connection table. */
 static __always_inline struct xdplb_flow_cache_entry *flow_cache_get(struct xdplb_flow_cache_entry *c,
 								     const struct xdplb_flow_key *f)
 {
-	if (!c || !flow_equal(&c->flow, f) || bpf_jiffies64() - c->filled_jiffies >= XDPLB_FLOW_CACHE_JIFFIES)
+	if (!c || c->pending || !flow_equal(&c->flow, f) || bpf_jiffies64() - c->filled_jiffies >= XDPLB_FLOW_CACHE_JIFFIES)
+		return NULL;
+	return c;
+}
+
+/* The pending placement of f, or NULL. A SYN that meets no connection-table
+ * entry is placed by Maglev and remembered only here, in its CPU's slot: an
+ * insert into the connection table (a large, memory-cold LRU hash) costs
+ * several times the rest of a new flow's path, and a flood of SYNs that never
+ * complete would evict live connections. The flow's next packets on this CPU
+ * (SYN retransmissions, the handshake's ACK) take the pending backend, and
+ * its first packet that opens nothing writes the connection-table entry.
+ * Lost with the slot (another flow's placement, another CPU, after
+ * XDPLB_FLOW_PENDING_JIFFIES): Maglev places the flow again, on the same
+ * backend unless the service's table changed in between. */
+static __always_inline struct xdplb_flow_cache_entry *flow_cache_pending(struct xdplb_flow_cache_entry *c,
+									 const struct xdplb_flow_key *f)
+{
+	if (!c || !c->pending || !flow_equal(&c->flow, f) || bpf_jiffies64() - c->filled_jiffies >= XDPLB_FLOW_PENDING_JIFFIES)
 		return NULL;
 	return c;
 }
@@ -54,7 +73,7 @@ static __always_inline struct xdplb_flow_cache_entry *flow_cache_get(struct xdpl
 /* Remembers (backend, service) for f in its slot, and the flow hash when
  * the packet needed it: a hit then spares the jhash too (10 words for IPv6). */
 static __always_inline void flow_cache_put(struct xdplb_flow_cache_entry *c, const struct xdplb_flow_key *f,
-					   __u32 backend_id, __u32 service_id, __u32 hash, __u32 hashed)
+					   __u32 backend_id, __u32 service_id, __u32 hash, __u32 hashed, __u32 pending)
 {
 	if (!c)
 		return;
@@ -64,6 +83,7 @@ static __always_inline void flow_cache_put(struct xdplb_flow_cache_entry *c, con
 	c->filled_jiffies = bpf_jiffies64();
 	c->hash = hash;
 	c->hashed = hashed;
+	c->pending = pending;
 	cache_stat_inc(XDPLB_CACHE_STAT_FLOW_FILLS);
 }
 

@@ -168,7 +168,8 @@ struct xdplb_flow_cache_entry {
 	__u32 service_id;		/* 44 */
 	__u64 filled_jiffies;		/* 48: bpf_jiffies64() when written */
 	__u32 hash;			/* 56: the flow hash, when hashed */
-	__u32 hashed;			/* 60: 1: hash is set (the flow needed it: Maglev, IPv6, an outer source prefix) */
+	__u16 hashed;			/* 60: 1: hash is set (the flow needed it: Maglev, IPv6, an outer source prefix) */
+	__u16 pending;			/* 62: 1: a SYN's placement, not yet in the connection table (flowcache.h) */
 };				/* 64: one entry per cache line */
 
 /* xdplb_svc_stats, xdplb_be_stats, xdplb_reasons: per-CPU values */

@@ -173,7 +173,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 		choice.hashed = 1;
 	}
 	if (choice.remember && !(cfg->flags & XDPLB_CFG_F_NO_FLOW_CACHE))
-		flow_cache_put(flow_cache_slot(&pkt.flow), &pkt.flow, choice.id, choice.svc.id, pkt.hash, choice.hashed);
+		flow_cache_put(flow_cache_slot(&pkt.flow), &pkt.flow, choice.id, choice.svc.id, pkt.hash, choice.hashed, choice.pending);
 
 	/* 6a. The outer header to be: source, destination, length */
 	r = plan_encap(&pkt, cfg, choice.be, &plan);

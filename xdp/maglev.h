@@ -235,6 +235,7 @@ struct backend_choice {
 	__u32 id;
 	__u32 hashed;		/* pkt->hash set: by Maglev, which needs it, or from a flow-cache entry that has it */
 	__u32 remember;		/* an answer of the connection table (or a new entry): worth a flow-cache entry */
+	__u32 pending;		/* a SYN's placement, in the flow cache only (flowcache.h: flow_cache_pending()) */
 };
 
 /* Whether a connection-table or flow-cache entry of service sid that names
@@ -305,22 +306,75 @@ static __always_inline int choose_cached(struct packet *pkt, struct backend_choi
 	return 1;
 }
 
+/* A flow without a connection-table entry that this CPU placed at its SYN
+ * lately: the pending backend, if it still holds for pkt. Returns 1 with
+ * out set, or 0. */
+static __always_inline int choose_pending(struct packet *pkt, __u32 sid, struct backend_choice *out)
+{
+	struct xdplb_flow_cache_entry *c = flow_cache_pending(flow_cache_slot(&pkt->flow), &pkt->flow);
+	struct xdplb_backend *be;
+	__u32 id;
+
+	if (!c || c->service_id != sid)
+		return 0;
+	id = c->backend_id;
+	be = bpf_map_lookup_elem(&xdplb_backends, &id);
+	if (!entry_holds(be, sid, pkt))
+		return 0;
+	out->be = be;
+	out->id = id;
+	out->hashed = c->hashed;
+	pkt->hash = c->hash;
+	return 1;
+}
+
+/* The Maglev table's backend at flow hash % M, which must be active.
+ * Returns XDPLB_CONTINUE with out set, or a drop reason. */
+static __always_inline int choose_maglev(struct packet *pkt, const struct xdplb_service *svc,
+					 const struct xdplb_config *cfg, struct backend_choice *out)
+{
+	struct xdplb_backend *be;
+	__u32 m, idx, id, *idp;
+	void *table;
+
+	pkt->hash = flow_hash(&pkt->flow, svc->flags & XDPLB_SVC_F_SRC_HASH);
+	out->hashed = 1;
+	table = bpf_map_lookup_elem(&xdplb_maglev, &svc->id);
+	if (!table)
+		return XDPLB_R_DROP_NO_BACKEND;
+	m = cfg->maglev_m ? cfg->maglev_m : XDPLB_MAGLEV_DEFAULT_M;
+	idx = pkt->hash % m;
+	idp = bpf_map_lookup_elem(table, &idx);
+	if (!idp)
+		return XDPLB_R_DROP_NO_BACKEND;
+	id = *idp;
+	be = bpf_map_lookup_elem(&xdplb_backends, &id);
+	if (!be || be->state != XDPLB_BACKEND_ACTIVE)
+		return XDPLB_R_DROP_NO_BACKEND;
+	out->be = be;
+	out->id = id;
+	return XDPLB_CONTINUE;
+}
+
 /* Step 4 for the rest. The connection table first (unless bypassed): an
  * entry of this service that has not expired (ct_alive()) and still holds
- * (entry_holds()) keeps the flow there. Otherwise the Maglev table at flow hash % M, which must name an
- * active backend; the choice is then remembered (not for ICMP errors: they
- * follow flows, never start them). Either way a flow of the connection table
- * is marked for the flow cache (xdplb_process() writes it once the flow hash
- * is known or known not to be needed). Returns XDPLB_CONTINUE or a drop
- * reason. */
+ * (entry_holds()) keeps the flow there. Without an entry, a placement
+ * pending from the flow's SYN on this CPU (choose_pending()); otherwise
+ * Maglev. A new placement is then remembered (not for ICMP errors: they
+ * follow flows, never start them): a SYN's with the flow cache on only in
+ * the flow cache, as pending, anything else in the connection table. Either
+ * way a flow of the connection table is marked for the flow cache
+ * (xdplb_process() writes it once the flow hash is known or known not to be
+ * needed). Returns XDPLB_CONTINUE or a drop reason. */
 static __always_inline int choose_backend(struct packet *pkt, const struct xdplb_service *svc,
 					  const struct xdplb_config *cfg, struct backend_choice *out)
 {
 	int use_ct = !(svc->flags & XDPLB_SVC_F_CT_BYPASS);
-	struct xdplb_ct_entry *ct;
+	int cache = !(cfg->flags & XDPLB_CFG_F_NO_FLOW_CACHE);
+	struct xdplb_ct_entry *ct = NULL;
 	struct xdplb_backend *be;
-	__u32 m, idx, id, *idp;
-	void *table;
+	__u32 id;
+	int r;
 
 	out->svc = *svc;
 	if (use_ct) {
@@ -337,30 +391,23 @@ static __always_inline int choose_backend(struct packet *pkt, const struct xdplb
 		}
 	}
 
-	pkt->hash = flow_hash(&pkt->flow, svc->flags & XDPLB_SVC_F_SRC_HASH);
-	out->hashed = 1;
-	table = bpf_map_lookup_elem(&xdplb_maglev, &svc->id);
-	if (!table)
-		return XDPLB_R_DROP_NO_BACKEND;
-	m = cfg->maglev_m ? cfg->maglev_m : XDPLB_MAGLEV_DEFAULT_M;
-	idx = pkt->hash % m;
-	idp = bpf_map_lookup_elem(table, &idx);
-	if (!idp)
-		return XDPLB_R_DROP_NO_BACKEND;
-	id = *idp;
-	be = bpf_map_lookup_elem(&xdplb_backends, &id);
-	if (!be || be->state != XDPLB_BACKEND_ACTIVE)
-		return XDPLB_R_DROP_NO_BACKEND;
+	if (!(use_ct && !ct && cache && choose_pending(pkt, svc->id, out))) {
+		r = choose_maglev(pkt, svc, cfg, out);
+		if (r != XDPLB_CONTINUE)
+			return r;
+	}
 
 	if (use_ct && pkt->kind == PKT_FLOW) {
-		struct xdplb_ct_entry e = { .backend_id = id, .service_id = svc->id };
+		struct xdplb_ct_entry e = { .backend_id = out->id, .service_id = svc->id };
 
-		ct_stamp(&e, pkt, cfg, !!(pkt->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)), bpf_jiffies64());
-		ct_update(&pkt->flow, &e);
+		if (!ct && cache && opens_connection(pkt)) {
+			out->pending = 1;
+		} else {
+			ct_stamp(&e, pkt, cfg, !!(pkt->tcp_flags & (TCP_FLAG_FIN | TCP_FLAG_RST)), bpf_jiffies64());
+			ct_update(&pkt->flow, &e);
+		}
 		out->remember = 1;
 	}
-	out->be = be;
-	out->id = id;
 	return XDPLB_CONTINUE;
 }
 

@@ -179,7 +179,7 @@ static __always_inline int bench_upto(struct xdp_md *ctx, const int upto)
 		choice.hashed = 1;
 	}
 	if (choice.remember && !(cfg->flags & XDPLB_CFG_F_NO_FLOW_CACHE))
-		flow_cache_put(flow_cache_slot(&pkt.flow), &pkt.flow, choice.id, choice.svc.id, pkt.hash, choice.hashed);
+		flow_cache_put(flow_cache_slot(&pkt.flow), &pkt.flow, choice.id, choice.svc.id, pkt.hash, choice.hashed, choice.pending);
 	if (upto == BENCH_UPTO_BACKEND)
 		return XDP_TX;
 	if (plan_encap(&pkt, cfg, choice.be, &plan) != XDPLB_CONTINUE)

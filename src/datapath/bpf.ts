@@ -76,7 +76,7 @@ interface NativePerfReader {
   stats(): { received: number; lost: number; pollErrors: number };
 }
 interface Native {
-  Object: new (path: string, pinRoot: string | null, maxEntries: Record<string, number>) => NativeObject;
+  Object: new (path: string, pinRoot: string | null, maxEntries: Record<string, number>, mapFlags: Record<string, number>) => NativeObject;
   PerfReader: new (
     mapFd: number,
     pageCount: number,
@@ -131,6 +131,8 @@ export const BPF_NOEXIST = 1;
 export const BPF_EXIST = 2;
 /** map_flags for an inner map template whose replacements may differ in max_entries */
 export const BPF_F_INNER_MAP = 0x1000;
+/** LRU hash: one LRU list per CPU instead of a common one */
+export const BPF_F_NO_COMMON_LRU = 0x2;
 
 /** A live BPF map. Keys and values are raw bytes; src/datapath/layout encodes them. */
 export class BpfMap {
@@ -364,6 +366,8 @@ export interface OpenOptions {
   pinRoot?: string;
   /** max_entries overrides applied before load, by map name */
   maxEntries?: Record<string, number>;
+  /** map_flags overrides applied before load, by map name (benchmarks compare map kinds with them) */
+  mapFlags?: Record<string, number>;
 }
 
 /** A BPF ELF object, opened and loaded. Handles taken from it outlive it. */
@@ -375,7 +379,7 @@ export class BpfObject {
 
   static open(file: string, opts: OpenOptions = {}): BpfObject {
     const N = native();
-    return new BpfObject(file, new N.Object(file, opts.pinRoot ?? null, opts.maxEntries ?? {}));
+    return new BpfObject(file, new N.Object(file, opts.pinRoot ?? null, opts.maxEntries ?? {}, opts.mapFlags ?? {}));
   }
 
   programs(): string[] {

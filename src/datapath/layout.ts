@@ -264,7 +264,8 @@ export const LAYOUT: Readonly<Record<string, StructLayout>> = {
       service_id: { offset: 44, size: 4 },
       filled_jiffies: { offset: 48, size: 8 },
       hash: { offset: 56, size: 4 },
-      hashed: { offset: 60, size: 4 },
+      hashed: { offset: 60, size: 2 },
+      pending: { offset: 62, size: 2 },
     },
   },
   xdplb_counter: {

@@ -24,7 +24,7 @@ class Object : public Napi::ObjectWrap<Object> {
                         InstanceMethod<&Object::Close>("close")});
   }
 
-  // new Object(path, pinRoot | null, maxEntries: {[map]: number})
+  // new Object(path, pinRoot | null, maxEntries: {[map]: number}, mapFlags?: {[map]: number})
   Object(const Napi::CallbackInfo &info) : Napi::ObjectWrap<Object>(info) {
     Napi::Env env = info.Env();
     path_ = StringArg(info, 0, "path");
@@ -51,6 +51,19 @@ class Object : public Napi::ObjectWrap<Object> {
         if (err) {
           Release();
           throw SysError(env, ErrnoOf(err), "set max entries", path_ + ":" + name);
+        }
+      }
+    }
+    if (info.Length() > 3 && info[3].IsObject()) {
+      Napi::Object flags = info[3].As<Napi::Object>();
+      Napi::Array names = flags.GetPropertyNames();
+      for (uint32_t i = 0; i < names.Length(); i++) {
+        std::string name = names.Get(i).As<Napi::String>().Utf8Value();
+        struct bpf_map *m = bpf_object__find_map_by_name(obj_, name.c_str());
+        int err = m ? bpf_map__set_map_flags(m, flags.Get(name).As<Napi::Number>().Uint32Value()) : ENOENT;
+        if (err) {
+          Release();
+          throw SysError(env, ErrnoOf(err), "set map flags", path_ + ":" + name);
         }
       }
     }
