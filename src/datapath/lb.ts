@@ -31,7 +31,7 @@ import { REASON, REASONS } from './reasons';
 import { agePathMtus } from './pmtu';
 import { routeWarnings, type RouteCheck } from './routes';
 import { netconf } from '../net/iproute';
-import { buildTables, diffTables, NO_BACKEND, type MaglevBackend } from '../maglev';
+import { TableStream, diffTables, NO_BACKEND, type MaglevBackend } from '../maglev';
 import type { DatapathChange, DatapathSink } from '../control/controller';
 import { XdplbError } from '../control/errors';
 import type { BackendSpec, NodeSettings, ServiceSpec } from '../control/model';
@@ -104,8 +104,11 @@ interface InstalledService {
   backends: Map<string, number>;
   /** backend id -> encoded xdplb_backend as installed */
   backendValues: Map<number, string>;
-  table: Uint32Array;
-  /** absent until the first table is installed */
+  /**
+   * absent until the first table is installed; the table itself is kept only
+   * there (a change is diffed against what the kernel holds): a copy of every
+   * table would cost 4·M bytes a service, 655 MB for 10,000 at M=16381
+   */
   inner?: bpf.BpfMap;
 }
 
@@ -297,18 +300,30 @@ interface Plan {
 
 /** What a table's members are: the backends that take new flows, by key. */
 function tableMembers(spec: ServiceSpec): { members: string[]; set: MaglevBackend[] } {
-  const live = spec.backends.filter((b) => b.state === 'active' && b.weight > 0);
+  // In key order, so that every service with the same backends (in any order) asks for the same table of indices.
+  const live = spec.backends
+    .filter((b) => b.state === 'active' && b.weight > 0)
+    .map((b) => ({ b, key: `${b.address}:${b.port}` }))
+    .sort((x, y) => (x.key < y.key ? -1 : x.key > y.key ? 1 : 0));
   return {
-    members: live.map((b) => backendKey(b.address, b.port)),
-    set: live.map((b, i) => ({ id: i, key: `${b.address}:${b.port}`, weight: b.weight })),
+    members: live.map(({ b }) => backendKey(b.address, b.port)),
+    set: live.map(({ b, key }, i) => ({ id: i, key, weight: b.weight })),
   };
 }
 
-/** A table of member indices turned into one of backend ids, in place. */
-function toIds(table: Uint32Array, members: string[], s: InstalledService): Uint32Array {
+/** A table of member indices (shared: left as it is) turned into one of backend ids in `out`. */
+function toIds(table: Uint32Array, members: string[], s: InstalledService, out: Uint32Array): Uint32Array {
   const ids = members.map((k) => s.backends.get(k) as number);
-  for (let j = 0; j < table.length; j++) if (table[j] !== NO_BACKEND) table[j] = ids[table[j]];
-  return table;
+  for (let j = 0; j < table.length; j++) out[j] = table[j] === NO_BACKEND ? NO_BACKEND : ids[table[j]];
+  return out;
+}
+
+/** The table a service's inner map holds, read back from the kernel. */
+function readTable(inner: bpf.BpfMap): Uint32Array {
+  const { values, count } = inner.dump();
+  // an array map dumps every index in order; a Buffer from a pool may sit at an unaligned offset
+  const bytes = values.byteOffset % 4 ? Buffer.from(values) : values;
+  return new Uint32Array(bytes.buffer, bytes.byteOffset, count);
 }
 
 export class LbDatapath implements DatapathSink {
@@ -396,10 +411,7 @@ export class LbDatapath implements DatapathSink {
         continue;
       }
       const inner = bpf.mapFromPin(pin);
-      const dump = inner.dump();
-      const table = new Uint32Array(inner.maxEntries).fill(NO_BACKEND);
-      for (let i = 0; i < dump.count; i++) table[dump.keys.readUInt32LE(i * 4)] = dump.values.readUInt32LE(i * 4);
-      const s: InstalledService = { id: v.id, keyHex: key.toString('hex'), vip: k.vip, flags: v.flags, backends: new Map(), backendValues: new Map(), table, inner };
+      const s: InstalledService = { id: v.id, keyHex: key.toString('hex'), vip: k.vip, flags: v.flags, backends: new Map(), backendValues: new Map(), inner };
       byService.set(v.id, s);
       this.installed.set(s.keyHex, s);
       this.serviceIds.take(v.id);
@@ -666,17 +678,17 @@ export class LbDatapath implements DatapathSink {
     // shrinking, M first. Every entry stays a valid backend throughout.
     const tx = new UndoLog();
     try {
-      const tables = await buildTables(
+      const tables = new TableStream(
         plans.map((p) => p.set),
         node.maglevSize,
       );
+      const scratch = new Uint32Array(node.maglevSize);
+      const staged: Array<[InstalledService, bpf.BpfMap]> = [];
+      for (let i = 0; i < services.length; i++) this.stage(services[i], toIds(await tables.get(i), plans[i].members, services[i], scratch), staged, tx);
       const grow = node.maglevSize > L.decodeConfig(this.maps.config.lookup(L.u32(0)) ?? Buffer.alloc(L.LAYOUT.xdplb_config.size)).maglevM;
       if (!grow) this.writeConfig(tx);
       for (const s of services) this.keep(s, tx);
-      this.swapTables(
-        services.map((s, i): [InstalledService, Uint32Array] => [s, toIds(tables[i], plans[i].members, s)]),
-        tx,
-      );
+      this.swapTables(staged, tx);
       if (grow) this.writeConfig(tx);
     } catch (e) {
       this.undo(tx);
@@ -701,24 +713,30 @@ export class LbDatapath implements DatapathSink {
     return inner;
   }
 
+  /** A new inner map holding `table` (copied: the caller may reuse it), for swapTables(). */
+  private stage(s: InstalledService, table: Uint32Array, staged: Array<[InstalledService, bpf.BpfMap]>, tx: UndoLog): void {
+    const inner = this.newInner(s.id, table);
+    tx.note(() => inner.close());
+    staged.push([s, inner]);
+  }
+
   /**
-   * Whole new tables, swapped in with one batched write to the outer map: each
-   * map-in-map write waits for an RCU grace period, once per syscall, so a
-   * thousand tables cost one wait, not a thousand. The tables they replace
-   * are closed at commit, kept open until then to be swapped back.
+   * Whole new tables, staged as inner maps, swapped in with one batched write
+   * to the outer map: each map-in-map write waits for an RCU grace period,
+   * once per syscall, so a thousand tables cost one wait, not a thousand. The
+   * tables they replace are closed at commit, kept open until then to be
+   * swapped back.
    */
-  private swapTables(swaps: ReadonlyArray<[InstalledService, Uint32Array]>, tx: UndoLog): void {
+  private swapTables(swaps: ReadonlyArray<[InstalledService, bpf.BpfMap]>, tx: UndoLog): void {
     if (!swaps.length) return;
-    const inners: bpf.BpfMap[] = [];
-    tx.note(() => inners.forEach((m) => m.close()));
-    for (const [s, table] of swaps) inners.push(this.newInner(s.id, table));
+    const inners = swaps.map(([, inner]) => inner);
     const old = swaps.map(([s]) => s.inner);
     const ids = swaps.map(([s]) => L.u32(s.id));
     tx.write(
       () => this.maps.maglev.batchUpdate(ids, inners.map((m) => L.u32(m.fd))),
       () => ids.forEach((k, i) => (old[i] ? this.maps.maglev.update(k, L.u32((old[i] as bpf.BpfMap).fd)) : this.maps.maglev.delete(k))),
     );
-    swaps.forEach(([s, table], i) => {
+    swaps.forEach(([s], i) => {
       const pin = this.innerPin(s.id);
       tx.write(
         () => {
@@ -731,26 +749,25 @@ export class LbDatapath implements DatapathSink {
         },
       );
       s.inner = inners[i];
-      s.table = table;
       const replaced = old[i];
       if (replaced) tx.onCommit(() => replaced.close());
     });
   }
 
-  /** Only the entries that differ, written in one batch. */
+  /** Only the entries that differ from what the kernel holds, written in one batch. */
   private diffTable(s: InstalledService, table: Uint32Array, tx: UndoLog): void {
-    const { indices, values } = diffTables(s.table, table);
     const inner = s.inner as bpf.BpfMap;
+    const old = readTable(inner);
+    const { indices, values } = diffTables(old, table);
     if (indices.length) {
       const before = new Uint32Array(indices.length);
-      indices.forEach((j, i) => (before[i] = s.table[j]));
+      indices.forEach((j, i) => (before[i] = old[j]));
       const packed = (a: Uint32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
       tx.write(
         () => inner.batchUpdatePacked(packed(indices), packed(values), indices.length),
         () => inner.batchUpdatePacked(packed(indices), packed(before), indices.length),
       );
     }
-    s.table = table;
   }
 
   /** Logs how to put a service's bookkeeping back as it is now. */
@@ -774,12 +791,12 @@ export class LbDatapath implements DatapathSink {
     let tx: UndoLog | undefined;
     try {
       const plan = this.plan(services);
-      const tables = await buildTables(
+      const tables = new TableStream(
         plan.changed.map((c) => c.set),
         this.node.maglevSize,
       );
       tx = new UndoLog();
-      this.write(plan, tables, services, tx);
+      await this.write(plan, tables, services, tx);
     } catch (e) {
       if (tx) this.undo(tx);
       release();
@@ -856,14 +873,16 @@ export class LbDatapath implements DatapathSink {
     return plan;
   }
 
-  private write(plan: Plan, tables: Uint32Array[], services: readonly ServiceSpec[], tx: UndoLog): void {
-    const swaps: Array<[InstalledService, Uint32Array]> = [];
+  private async write(plan: Plan, tables: TableStream, services: readonly ServiceSpec[], tx: UndoLog): Promise<void> {
+    const swaps: Array<[InstalledService, bpf.BpfMap]> = [];
+    const scratch = new Uint32Array(this.node.maglevSize);
     const serviceKeys: Buffer[] = [];
     const serviceValues: Buffer[] = [];
     const defIds: Buffer[] = [];
     const defValues: Buffer[] = [];
     const added: InstalledService[] = [];
-    plan.changed.forEach((c, i) => {
+    for (let i = 0; i < plan.changed.length; i++) {
+      const c = plan.changed[i];
       let s = c.s;
       if (s) this.keep(s, tx);
       else {
@@ -871,8 +890,8 @@ export class LbDatapath implements DatapathSink {
         added.push(s);
       }
       this.writeBackends(s, c, tx);
-      const table = toIds(tables[i], c.members, s);
-      if (!s.inner || s.table.length !== table.length) swaps.push([s, table]);
+      const table = toIds(await tables.get(i), c.members, s, scratch);
+      if (!s.inner || s.inner.maxEntries !== table.length) this.stage(s, table, swaps, tx);
       else this.diffTable(s, table, tx);
       const flags = serviceFlags(c.spec);
       if (flags !== s.flags) {
@@ -883,7 +902,7 @@ export class LbDatapath implements DatapathSink {
         defValues.push(serviceDef(s));
       }
       s.spec = c.spec;
-    });
+    }
     for (const [s, spec] of plan.same) {
       const before = s.spec;
       s.spec = spec;
@@ -962,7 +981,7 @@ export class LbDatapath implements DatapathSink {
     const id = this.serviceIds.alloc('service', tx);
     zeroCounters(tx, this.maps.serviceStats, [id]);
     const vip = L.decodeServiceMapKey(Buffer.from(keyHex, 'hex')).vip;
-    const s: InstalledService = { id, keyHex, vip, flags: -1, backends: new Map(), backendValues: new Map(), table: new Uint32Array(0) };
+    const s: InstalledService = { id, keyHex, vip, flags: -1, backends: new Map(), backendValues: new Map() };
     this.installed.set(keyHex, s);
     tx.note(() => this.installed.delete(keyHex));
     return s;
