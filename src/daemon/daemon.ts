@@ -186,6 +186,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
       datapath.close();
       log.info('stopped; the datapath stays attached and keeps forwarding');
     }
+    await store.close();
     lock.release();
   };
 

@@ -43,6 +43,7 @@ interface NativeMap {
   dump(): { keys: Buffer; values: Buffer; count: number };
   count(): Promise<number>;
   lookupMany(keys: Buffer): Promise<Buffer>;
+  lookupPacked(keys: Buffer): { values: Buffer; found: Buffer };
   pin(path: string): void;
   fd(): number;
   close(): void;
@@ -165,6 +166,14 @@ export class BpfMap {
 
   lookup(key: Buffer): Buffer | null {
     return this.handle.lookup(key);
+  }
+
+  /** lookup() of many keys in one call into the addon; null for a key not there. */
+  lookupAll(keys: readonly Buffer[]): Array<Buffer | null> {
+    if (keys.length === 0) return [];
+    const { values, found } = this.handle.lookupPacked(Buffer.concat(keys));
+    const size = values.length / keys.length;
+    return keys.map((_, i) => (found[i] ? values.subarray(i * size, (i + 1) * size) : null));
   }
 
   /** Per-CPU maps: one value per possible CPU. */

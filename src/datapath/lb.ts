@@ -178,22 +178,50 @@ class UndoLog {
 /** Writes entries; their old values (or absence) are logged to be put back. */
 function put(tx: UndoLog, map: bpf.BpfMap, keys: Buffer[], values: Buffer[]): void {
   if (!keys.length) return;
-  const old = keys.map((k) => map.lookup(k));
+  const old = map.lookupAll(keys);
   tx.write(() => map.batchUpdate(keys, values), () => restore(map, keys, old));
 }
 
 function remove(tx: UndoLog, map: bpf.BpfMap, keys: Buffer[]): void {
   if (!keys.length) return;
-  const old = keys.map((k) => map.lookup(k));
+  const old = map.lookupAll(keys);
   tx.write(() => map.batchDelete(keys), () => restore(map, keys, old));
 }
 
 /** Per-CPU counters of new ids start at zero on every CPU. */
 function zeroCounters(tx: UndoLog, map: bpf.BpfMap, ids: number[]): void {
   const keys = ids.map((id) => L.u32(id));
-  const old = keys.map((k) => map.lookup(k));
+  const old = map.lookupAll(keys);
   if (!keys.length) return;
   tx.write(() => map.batchUpdate(keys, old.map((o) => Buffer.alloc(o?.length ?? 0))), () => restore(map, keys, old));
+}
+
+/**
+ * Writes of many services gathered into one put() per map: a batch is one
+ * syscall and its old values one call into the addon, where a put() per
+ * service cost 100,000 lookups and 30,000 syscalls for 10,000 services.
+ */
+class Gathered {
+  private readonly puts = new Map<bpf.BpfMap, { keys: Buffer[]; values: Buffer[] }>();
+  private readonly zeroes = new Map<bpf.BpfMap, number[]>();
+
+  put(map: bpf.BpfMap, keys: Buffer[], values: Buffer[]): void {
+    const p = this.puts.get(map) ?? { keys: [], values: [] };
+    this.puts.set(map, p);
+    p.keys.push(...keys);
+    p.values.push(...values);
+  }
+
+  zeroCounters(map: bpf.BpfMap, ids: number[]): void {
+    const z = this.zeroes.get(map) ?? [];
+    this.zeroes.set(map, z);
+    z.push(...ids);
+  }
+
+  flush(tx: UndoLog): void {
+    for (const [map, ids] of this.zeroes) zeroCounters(tx, map, ids);
+    for (const [map, p] of this.puts) put(tx, map, p.keys, p.values);
+  }
 }
 
 function restore(map: bpf.BpfMap, keys: Buffer[], old: Array<Buffer | null>): void {
@@ -881,15 +909,22 @@ export class LbDatapath implements DatapathSink {
     const defIds: Buffer[] = [];
     const defValues: Buffer[] = [];
     const added: InstalledService[] = [];
-    for (let i = 0; i < plan.changed.length; i++) {
-      const c = plan.changed[i];
+    // Backends first, all of them: a diffed table points at its new ones at once.
+    const gathered = new Gathered();
+    const targets = plan.changed.map((c) => {
       let s = c.s;
       if (s) this.keep(s, tx);
       else {
-        s = this.addService(c.keyHex, tx);
+        s = this.addService(c.keyHex, tx, gathered);
         added.push(s);
       }
-      this.writeBackends(s, c, tx);
+      this.writeBackends(s, c, tx, gathered);
+      return s;
+    });
+    gathered.flush(tx);
+    for (let i = 0; i < plan.changed.length; i++) {
+      const c = plan.changed[i];
+      const s = targets[i];
       const table = toIds(await tables.get(i), c.members, s, scratch);
       if (!s.inner || s.inner.maxEntries !== table.length) this.stage(s, table, swaps, tx);
       else this.diffTable(s, table, tx);
@@ -977,9 +1012,9 @@ export class LbDatapath implements DatapathSink {
     this.writeRevNat(touched, vips, tx);
   }
 
-  private addService(keyHex: string, tx: UndoLog): InstalledService {
+  private addService(keyHex: string, tx: UndoLog, gathered: Gathered): InstalledService {
     const id = this.serviceIds.alloc('service', tx);
-    zeroCounters(tx, this.maps.serviceStats, [id]);
+    gathered.zeroCounters(this.maps.serviceStats, [id]);
     const vip = L.decodeServiceMapKey(Buffer.from(keyHex, 'hex')).vip;
     const s: InstalledService = { id, keyHex, vip, flags: -1, backends: new Map(), backendValues: new Map() };
     this.installed.set(keyHex, s);
@@ -1038,7 +1073,7 @@ export class LbDatapath implements DatapathSink {
    * service's own removed backends); changed ones (port, state) are
    * rewritten in place.
    */
-  private writeBackends(s: InstalledService, c: Planned, tx: UndoLog): void {
+  private writeBackends(s: InstalledService, c: Planned, tx: UndoLog, gathered: Gathered): void {
     const keep = new Set(c.spec.backends.map((b) => backendKey(b.address, b.port)));
     const freed = [...s.backends].filter(([k]) => !keep.has(k)).slice(0, c.reuse);
     const fresh: number[] = [];
@@ -1068,14 +1103,13 @@ export class LbDatapath implements DatapathSink {
         s.backendValues.set(id, value.toString('hex'));
       }
     }
-    zeroCounters(tx, this.maps.backendStats, fresh);
-    put(
-      tx,
+    gathered.zeroCounters(this.maps.backendStats, fresh);
+    gathered.put(
       this.owner,
       taken.map((id) => L.u32(id)),
       taken.map(() => L.u32(s.id + 1)),
     );
-    put(tx, this.maps.backends, keys, values);
+    gathered.put(this.maps.backends, keys, values);
   }
 
   /**
