@@ -168,12 +168,12 @@ export class BpfMap {
     return this.handle.lookup(key);
   }
 
-  /** lookup() of many keys in one call into the addon; null for a key not there. */
-  lookupAll(keys: readonly Buffer[]): Array<Buffer | null> {
-    if (keys.length === 0) return [];
-    const { values, found } = this.handle.lookupPacked(Buffer.concat(keys));
-    const size = values.length / keys.length;
-    return keys.map((_, i) => (found[i] ? values.subarray(i * size, (i + 1) * size) : null));
+  /**
+   * lookup() of packed keys in one call into the addon: the values packed
+   * (whole, for a per-CPU map), and one byte per key, 0 where it is absent.
+   */
+  lookupPacked(keys: Buffer): { values: Buffer; found: Buffer } {
+    return this.handle.lookupPacked(keys);
   }
 
   /** Per-CPU maps: one value per possible CPU. */
