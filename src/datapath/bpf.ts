@@ -39,6 +39,7 @@ interface NativeMap {
   delete(key: Buffer): boolean;
   nextKey(key: Buffer | null): Buffer | null;
   updateBatch(keys: Buffer, values: Buffer, count: number, flags: number): number;
+  updateBatchAsync(keys: Buffer, values: Buffer, count: number): Promise<number>;
   deleteBatch(keys: Buffer, count: number): number;
   dump(): { keys: Buffer; values: Buffer; count: number };
   count(): Promise<number>;
@@ -250,6 +251,12 @@ export class BpfMap {
   batchUpdatePacked(keys: Buffer, values: Buffer, count: number, flags = BPF_ANY): number {
     if (count === 0) return 0;
     return this.handle.updateBatch(keys, values, count, flags);
+  }
+
+  /** batchUpdatePacked() on the thread pool (the buffers are copied at the call). */
+  batchUpdatePackedAsync(keys: Buffer, values: Buffer, count: number): Promise<number> {
+    if (count === 0) return Promise.resolve(0);
+    return this.handle.updateBatchAsync(keys, values, count);
   }
 
   batchDelete(keys: readonly Buffer[]): number {
