@@ -188,8 +188,9 @@ function putPacked(tx: UndoLog, map: bpf.BpfMap, keys: Buffer, values: Buffer, c
 
 function remove(tx: UndoLog, map: bpf.BpfMap, keys: Buffer[]): void {
   if (!keys.length) return;
-  const old = map.lookupPacked(Buffer.concat(keys));
-  tx.write(() => map.batchDelete(keys), () => restore(map, Buffer.concat(keys), old));
+  const packed = Buffer.concat(keys);
+  const old = map.lookupPacked(packed);
+  tx.write(() => map.batchDelete(keys), () => restore(map, packed, old));
 }
 
 /** Per-CPU counters of new ids start at zero on every CPU. */
