@@ -42,7 +42,8 @@ function spawn(): Pooled {
     else q?.reject(new RangeError(r.error));
   });
   w.on('error', (e) => {
-    pool.splice(pool.indexOf(p), 1);
+    const at = pool.indexOf(p);
+    if (at >= 0) pool.splice(at, 1);
     for (const q of p.waiting.values()) q.reject(e);
     p.waiting.clear();
   });
