@@ -7,7 +7,8 @@
 //   3. creating and updating one service with 0, 1,000 and 10,000 API services
 //      already there (M=16381), p50/p99, and how long a read (GetService)
 //      takes while one of those writes runs.
-// Run: node dist/bench/control.js [scale [OPS]] (scale: only 3, OPS changes per size)
+// Run: node dist/bench/control.js [scale [OPS] | change | start [M]] (scale: only 3, OPS
+// changes per size; change: only 1; start: only 2, at M or at both sizes)
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as bpf from '../src/datapath/bpf';
@@ -154,9 +155,9 @@ async function main(): Promise<void> {
     process.stdout.write(`Control plane at scale (node ${process.version}, ${new Date().toISOString().slice(0, 10)})\n\n${rows.join('\n')}\n`);
     return;
   }
-  rows.push(await changeLatency());
-  rows.push(await bulkApply(10000, 10, 1021));
-  rows.push(await bulkApply(10000, 10, 16381));
+  const only = process.argv[2];
+  if (only !== 'start') rows.push(await changeLatency());
+  if (only !== 'change') for (const m of only === 'start' && process.argv[3] ? [Number(process.argv[3])] : [1021, 16381]) rows.push(await bulkApply(10000, 10, m));
   process.stdout.write(`Control plane (node ${process.version}, ${new Date().toISOString().slice(0, 10)})\n\n${rows.join('\n')}\n`);
 }
 

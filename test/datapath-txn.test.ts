@@ -25,7 +25,7 @@ const silent = pino({ level: 'silent' });
 let failAt = 0;
 let writes = 0;
 const proto = bpf.BpfMap.prototype as unknown as Record<string, (...args: unknown[]) => unknown>;
-for (const name of ['update', 'updatePerCpu', 'delete', 'batchUpdate', 'batchUpdatePacked', 'batchDelete', 'pin']) {
+for (const name of ['update', 'updatePerCpu', 'delete', 'batchUpdate', 'batchUpdatePacked', 'batchUpdatePackedAsync', 'batchDelete', 'pin']) {
   const write = proto[name];
   proto[name] = function (this: bpf.BpfMap, ...args: unknown[]) {
     if (failAt && ++writes === failAt) {

@@ -26,6 +26,19 @@ function dir(t: Test): string {
 
 const journals = (d: string) => fs.readdirSync(d).filter((f) => f.endsWith('.journal'));
 
+/** The journal's lines: what precedes the zeros written ahead. */
+const journalText = (file: string) => fs.readFileSync(file, 'utf8').split('\0')[0];
+
+/** Text written where the next line would go, as a write a crash cut short leaves it. */
+function writeAtEnd(file: string, text: string): void {
+  const fd = fs.openSync(file, 'r+');
+  try {
+    fs.writeSync(fd, text, Buffer.byteLength(journalText(file)));
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 t.test('a change appends only the services it changed; a restart reads them back', async (t) => {
   const d = dir(t);
   const store = new ServiceStore(d);
@@ -39,7 +52,7 @@ t.test('a change appends only the services it changed; a restart reads them back
   await store.save([b2, c]);
   t.equal(fs.readFileSync(store.file, 'utf8'), file, 'services.json is not rewritten');
   t.equal(journals(d).length, 1);
-  const lines = fs.readFileSync(path.join(d, journals(d)[0]), 'utf8').trim().split('\n');
+  const lines = journalText(path.join(d, journals(d)[0])).trim().split('\n');
   t.same(
     lines.map((l) => Object.keys(JSON.parse(l) as object)[0]),
     ['put', 'put', 'delete'],
@@ -58,12 +71,12 @@ t.test('a journal line a crash cut short is no change; a bad line before the las
   await store.save([a]);
   await store.save([a, spec('b')]);
   const journal = path.join(d, journals(d)[0]);
-  fs.appendFileSync(journal, '{"put":{"name":"c"');
+  writeAtEnd(journal, '{"put":{"name":"c"');
   t.same(
     (await new ServiceStore(d).load()).map((s) => s.name),
     ['a', 'b'],
   );
-  fs.appendFileSync(journal, '\n{"delete":"a"}\n');
+  writeAtEnd(journal, '\n{"delete":"a"}\n');
   await t.rejects(new ServiceStore(d).load(), { message: /services\.1\.journal:2: / });
 });
 
@@ -83,5 +96,41 @@ t.test('the journal is folded into a new services.json once it is longer than th
   t.same(
     (await new ServiceStore(d).load()).map((s) => `${s.name} ${s.backends[0].address}`),
     ['a 198.51.100.100'],
+  );
+});
+
+t.test('a change is written over zeros already on disk: the sync flushes data, not the file size', async (t) => {
+  const d = dir(t);
+  const store = new ServiceStore(d);
+  await store.save([spec('a')]);
+  await store.save([spec('a'), spec('b')]);
+  const journal = path.join(d, journals(d)[0]);
+  const size = fs.statSync(journal).size;
+  const first = Buffer.byteLength(journalText(journal));
+  t.ok(size >= 64 * 1024, `zeros written ahead (${size} bytes)`);
+  await store.save([spec('a'), spec('b'), spec('c')]);
+  t.equal(fs.statSync(journal).size, size, 'the next change leaves the size as it was');
+  t.ok(Buffer.byteLength(journalText(journal)) > first, 'and its line follows the first');
+  await store.close();
+  t.same(
+    (await new ServiceStore(d).load()).map((s) => s.name),
+    ['a', 'b', 'c'],
+  );
+});
+
+t.test('a change whose write fails leaves no line behind and the next one follows the last good line', async (t) => {
+  const d = dir(t);
+  const store = new ServiceStore(d);
+  await store.save([spec('a')]);
+  await store.save([spec('a'), spec('b')]);
+  const journal = path.join(d, journals(d)[0]);
+  const before = journalText(journal);
+  // the open journal's handle closed under the store: its next write fails
+  await (store as unknown as { open: { fh: { close(): Promise<void> } } }).open.fh.close();
+  await t.rejects(store.save([spec('a'), spec('b'), spec('c')]));
+  t.equal(journalText(journal), before, 'nothing of the refused change on disk');
+  t.same(
+    (await new ServiceStore(d).load()).map((s) => s.name),
+    ['a', 'b'],
   );
 });

@@ -33,8 +33,11 @@ export interface BackendRef {
   port: number;
 }
 
-function sameTuple(a: ServiceSpec, b: ServiceSpec): boolean {
-  return a.vip === b.vip && a.port === b.port && a.protocol === b.protocol;
+const tupleOf = (s: ServiceSpec) => `${s.vip}|${s.port}|${s.protocol}`;
+
+/** Services by tuple, for inserting many: a scan per insert is quadratic (7 s for 10,000 services). */
+function byTuple(services: Map<string, OwnedService>): Map<string, OwnedService> {
+  return new Map([...services.values()].map((s) => [tupleOf(s), s]));
 }
 
 export class Controller {
@@ -66,8 +69,9 @@ export class Controller {
   restore(fileSpecs: readonly ServiceSpec[], apiSpecs: readonly ServiceSpec[]): Promise<void> {
     return this.transaction('restore', (next) => {
       next.clear();
-      fileSpecs.forEach((spec, i) => this.insert(next, { ...spec, owner: 'file' }, `services[${i}]`));
-      apiSpecs.forEach((spec, i) => this.insert(next, { ...this.validate(spec, `state.services[${i}]`), owner: 'api' }, `state.services[${i}]`));
+      const tuples = byTuple(next);
+      fileSpecs.forEach((spec, i) => this.insert(next, { ...spec, owner: 'file' }, `services[${i}]`, tuples));
+      apiSpecs.forEach((spec, i) => this.insert(next, { ...this.validate(spec, `state.services[${i}]`), owner: 'api' }, `state.services[${i}]`, tuples));
     });
   }
 
@@ -78,7 +82,8 @@ export class Controller {
   replaceOwned(owner: Owner, specs: readonly ServiceSpec[]): Promise<void> {
     return this.transaction(`replace ${owner} services`, (next) => {
       for (const [name, s] of next) if (s.owner === owner) next.delete(name);
-      specs.forEach((spec, i) => this.insert(next, { ...spec, owner }, `services[${i}]`));
+      const tuples = byTuple(next);
+      specs.forEach((spec, i) => this.insert(next, { ...spec, owner }, `services[${i}]`, tuples));
     });
   }
 
@@ -162,16 +167,19 @@ export class Controller {
     this.insert(next, { ...spec, owner: 'api' }, 'service');
   }
 
-  private insert(next: Map<string, OwnedService>, s: OwnedService, field: string): void {
+  /** `tuples`: byTuple(next), kept up to date here, when many are inserted. */
+  private insert(next: Map<string, OwnedService>, s: OwnedService, field: string, tuples?: Map<string, OwnedService>): void {
     if (next.has(s.name)) throw XdplbError.alreadyExists('service', s.name, `${field}.name`);
-    for (const other of next.values())
-      if (sameTuple(other, s))
-        throw XdplbError.alreadyExists(
-          'service',
-          `${s.vip} port ${s.port} ${s.protocol} (already served by ${other.name})`,
-          `${field}.vip`,
-        );
+    const tuple = tupleOf(s);
+    const other = tuples ? tuples.get(tuple) : [...next.values()].find((o) => tupleOf(o) === tuple);
+    if (other)
+      throw XdplbError.alreadyExists(
+        'service',
+        `${s.vip} port ${s.port} ${s.protocol} (already served by ${other.name})`,
+        `${field}.vip`,
+      );
     next.set(s.name, s);
+    tuples?.set(tuple, s);
   }
 
   private mutate(name: string, fn: (next: Map<string, OwnedService>, cur: OwnedService) => void): Promise<OwnedService> {

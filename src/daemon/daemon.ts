@@ -3,7 +3,7 @@
 // the program attached and the maps pinned, so forwarding never stops; only
 // --detach-on-exit=true removes them.
 import type { Logger } from 'pino';
-import { loadConfigFile } from '../config';
+import { loadConfigFileApart } from '../config';
 import { Controller } from '../control/controller';
 import type { Config } from '../control/model';
 import { ServiceStore } from '../control/store';
@@ -51,7 +51,7 @@ function fixedSettingsChanged(a: Config['node'], b: Config['node']): string[] {
 }
 
 export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
-  let config = loadConfigFile(opts.configPath);
+  let config = await loadConfigFileApart(opts.configPath);
   const log = createLogger(config.node.logLevel);
   checkCapabilities(log);
   const notifier = new Notifier(log);
@@ -141,7 +141,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   const reload = async () => {
     notifier.notify(`RELOADING=1\nMONOTONIC_USEC=${process.hrtime.bigint() / 1000n}`);
     try {
-      const next = loadConfigFile(opts.configPath);
+      const next = await loadConfigFileApart(opts.configPath);
       const fixed = fixedSettingsChanged(config.node, next.node);
       if (fixed.length) log.warn({ settings: fixed }, 'these settings change only on restart; keeping the running values');
       await datapath.reconfigure({ ...next.node, bpffs: config.node.bpffs, stateDir: config.node.stateDir, api: config.node.api });
@@ -186,6 +186,7 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
       datapath.close();
       log.info('stopped; the datapath stays attached and keeps forwarding');
     }
+    await store.close();
     lock.release();
   };
 

@@ -39,10 +39,12 @@ interface NativeMap {
   delete(key: Buffer): boolean;
   nextKey(key: Buffer | null): Buffer | null;
   updateBatch(keys: Buffer, values: Buffer, count: number, flags: number): number;
+  updateBatchAsync(keys: Buffer, values: Buffer, count: number): Promise<number>;
   deleteBatch(keys: Buffer, count: number): number;
   dump(): { keys: Buffer; values: Buffer; count: number };
   count(): Promise<number>;
   lookupMany(keys: Buffer): Promise<Buffer>;
+  lookupPacked(keys: Buffer): { values: Buffer; found: Buffer };
   pin(path: string): void;
   fd(): number;
   close(): void;
@@ -170,6 +172,14 @@ export class BpfMap {
     return this.handle.lookup(key);
   }
 
+  /**
+   * lookup() of packed keys in one call into the addon: the values packed
+   * (whole, for a per-CPU map), and one byte per key, 0 where it is absent.
+   */
+  lookupPacked(keys: Buffer): { values: Buffer; found: Buffer } {
+    return this.handle.lookupPacked(keys);
+  }
+
   /** Per-CPU maps: one value per possible CPU. */
   lookupPerCpu(key: Buffer): Buffer[] | null {
     const all = this.handle.lookup(key);
@@ -244,6 +254,12 @@ export class BpfMap {
   batchUpdatePacked(keys: Buffer, values: Buffer, count: number, flags = BPF_ANY): number {
     if (count === 0) return 0;
     return this.handle.updateBatch(keys, values, count, flags);
+  }
+
+  /** batchUpdatePacked() on the thread pool (the buffers are copied at the call). */
+  batchUpdatePackedAsync(keys: Buffer, values: Buffer, count: number): Promise<number> {
+    if (count === 0) return Promise.resolve(0);
+    return this.handle.updateBatchAsync(keys, values, count);
   }
 
   batchDelete(keys: readonly Buffer[]): number {

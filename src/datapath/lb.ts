@@ -31,7 +31,7 @@ import { REASON, REASONS } from './reasons';
 import { agePathMtus } from './pmtu';
 import { routeWarnings, type RouteCheck } from './routes';
 import { netconf } from '../net/iproute';
-import { buildTables, diffTables, NO_BACKEND, type MaglevBackend } from '../maglev';
+import { TableStream, diffTables, NO_BACKEND, type MaglevBackend } from '../maglev';
 import type { DatapathChange, DatapathSink } from '../control/controller';
 import { XdplbError } from '../control/errors';
 import type { BackendSpec, NodeSettings, ServiceSpec } from '../control/model';
@@ -104,8 +104,11 @@ interface InstalledService {
   backends: Map<string, number>;
   /** backend id -> encoded xdplb_backend as installed */
   backendValues: Map<number, string>;
-  table: Uint32Array;
-  /** absent until the first table is installed */
+  /**
+   * absent until the first table is installed; the table itself is kept only
+   * there (a change is diffed against what the kernel holds): a copy of every
+   * table would cost 4·M bytes a service, 655 MB for 10,000 at M=16381
+   */
   inner?: bpf.BpfMap;
 }
 
@@ -174,31 +177,109 @@ class UndoLog {
 
 /** Writes entries; their old values (or absence) are logged to be put back. */
 function put(tx: UndoLog, map: bpf.BpfMap, keys: Buffer[], values: Buffer[]): void {
-  if (!keys.length) return;
-  const old = keys.map((k) => map.lookup(k));
-  tx.write(() => map.batchUpdate(keys, values), () => restore(map, keys, old));
+  if (keys.length) putPacked(tx, map, Buffer.concat(keys), Buffer.concat(values), keys.length);
+}
+
+/** put() of packed keys and values: thousands of entries as two Buffers, not thousands. */
+function putPacked(tx: UndoLog, map: bpf.BpfMap, keys: Buffer, values: Buffer, count: number): void {
+  const old = map.lookupPacked(keys);
+  tx.write(() => map.batchUpdatePacked(keys, values, count), () => restore(map, keys, old));
 }
 
 function remove(tx: UndoLog, map: bpf.BpfMap, keys: Buffer[]): void {
   if (!keys.length) return;
-  const old = keys.map((k) => map.lookup(k));
-  tx.write(() => map.batchDelete(keys), () => restore(map, keys, old));
+  const packed = Buffer.concat(keys);
+  const old = map.lookupPacked(packed);
+  tx.write(() => map.batchDelete(keys), () => restore(map, packed, old));
 }
 
 /** Per-CPU counters of new ids start at zero on every CPU. */
 function zeroCounters(tx: UndoLog, map: bpf.BpfMap, ids: number[]): void {
-  const keys = ids.map((id) => L.u32(id));
-  const old = keys.map((k) => map.lookup(k));
-  if (!keys.length) return;
-  tx.write(() => map.batchUpdate(keys, old.map((o) => Buffer.alloc(o?.length ?? 0))), () => restore(map, keys, old));
+  if (!ids.length) return;
+  const keys = Buffer.from(Uint32Array.from(ids).buffer);
+  const old = map.lookupPacked(keys);
+  tx.write(() => map.batchUpdatePacked(keys, Buffer.alloc(old.values.length), ids.length), () => restore(map, keys, old));
 }
 
-function restore(map: bpf.BpfMap, keys: Buffer[], old: Array<Buffer | null>): void {
-  keys.forEach((k, i) => {
-    const v = old[i];
-    if (v) map.update(k, v);
+/**
+ * Writes of many services gathered into one put() per map: a batch is one
+ * syscall and its old values one call into the addon, where a put() per
+ * service cost 100,000 lookups and 30,000 syscalls for 10,000 services.
+ */
+class Gathered {
+  /** per map, one Buffer of keys and one of values per put(): a Buffer per entry would be 300,000 objects on the heap */
+  private readonly puts = new Map<bpf.BpfMap, { keys: Buffer[]; values: Buffer[]; count: number }>();
+  private readonly zeroes = new Map<bpf.BpfMap, number[]>();
+
+  put(map: bpf.BpfMap, keys: Buffer[], values: Buffer[]): void {
+    if (!keys.length) return;
+    const p = this.puts.get(map) ?? { keys: [], values: [], count: 0 };
+    this.puts.set(map, p);
+    p.keys.push(Buffer.concat(keys));
+    p.values.push(Buffer.concat(values));
+    p.count += keys.length;
+  }
+
+  zeroCounters(map: bpf.BpfMap, ids: number[]): void {
+    const z = this.zeroes.get(map) ?? [];
+    this.zeroes.set(map, z);
+    z.push(...ids);
+  }
+
+  flush(tx: UndoLog): void {
+    for (const [map, ids] of this.zeroes) zeroCounters(tx, map, ids);
+    for (const [map, p] of this.puts) putPacked(tx, map, Buffer.concat(p.keys), Buffer.concat(p.values), p.count);
+  }
+}
+
+/** Keys 0..m-1 as an array map takes them (u32, host order), built once per M. */
+let indexKeys: Buffer | undefined;
+function keysUpTo(m: number): Buffer {
+  if (indexKeys?.length !== 4 * m) indexKeys = Buffer.from(Uint32Array.from({ length: m }, (_, i) => i).buffer);
+  return indexKeys;
+}
+
+/** Fills of new tables in flight at most: each holds a copy of its table. */
+const FILLS_AHEAD = 8;
+
+/**
+ * New tables as inner maps for swapTables(), each filled on the thread pool
+ * (about 1.5 ms of kernel work at M=16381) while the next one is prepared.
+ */
+class Staged {
+  private readonly swaps: Array<[InstalledService, bpf.BpfMap]> = [];
+  private readonly fills: Array<Promise<number>> = [];
+
+  constructor(private readonly tx: UndoLog) {}
+
+  /** `table` is copied: the caller may reuse it. */
+  async add(s: InstalledService, table: Uint32Array): Promise<void> {
+    const inner = bpf.createMap({ type: 'array', keySize: 4, valueSize: 4, maxEntries: table.length, flags: L.MAGLEV_INNER_FLAGS, name: `xdplb_mg${s.id}` });
+    this.tx.note(() => inner.close());
+    this.swaps.push([s, inner]);
+    if (this.fills.length >= FILLS_AHEAD) await this.fills.shift();
+    const fill = inner.batchUpdatePackedAsync(keysUpTo(table.length), Buffer.from(table.buffer, table.byteOffset, table.byteLength), table.length);
+    // awaited in turn: a failure is reported there, not as an unhandled rejection meanwhile
+    fill.catch(() => undefined);
+    this.fills.push(fill);
+  }
+
+  /** Every table filled: ready to be swapped in. */
+  async filled(): Promise<Array<[InstalledService, bpf.BpfMap]>> {
+    await Promise.all(this.fills);
+    return this.swaps;
+  }
+}
+
+/** Entries put back as lookupPacked() found them: each value, or no entry. */
+function restore(map: bpf.BpfMap, keys: Buffer, old: { values: Buffer; found: Buffer }): void {
+  const n = old.found.length;
+  const size = old.values.length / Math.max(1, n);
+  for (let i = 0; i < n; i++) {
+    const k = keys.subarray((i * keys.length) / n, ((i + 1) * keys.length) / n);
+    if (old.found[i]) map.update(k, old.values.subarray(i * size, (i + 1) * size));
     else map.delete(k);
-  });
+  }
 }
 
 /**
@@ -297,18 +378,30 @@ interface Plan {
 
 /** What a table's members are: the backends that take new flows, by key. */
 function tableMembers(spec: ServiceSpec): { members: string[]; set: MaglevBackend[] } {
-  const live = spec.backends.filter((b) => b.state === 'active' && b.weight > 0);
+  // In key order, so that every service with the same backends (in any order) asks for the same table of indices.
+  const live = spec.backends
+    .filter((b) => b.state === 'active' && b.weight > 0)
+    .map((b) => ({ b, key: `${b.address}:${b.port}` }))
+    .sort((x, y) => (x.key < y.key ? -1 : x.key > y.key ? 1 : 0));
   return {
-    members: live.map((b) => backendKey(b.address, b.port)),
-    set: live.map((b, i) => ({ id: i, key: `${b.address}:${b.port}`, weight: b.weight })),
+    members: live.map(({ b }) => backendKey(b.address, b.port)),
+    set: live.map(({ b, key }, i) => ({ id: i, key, weight: b.weight })),
   };
 }
 
-/** A table of member indices turned into one of backend ids, in place. */
-function toIds(table: Uint32Array, members: string[], s: InstalledService): Uint32Array {
+/** A table of member indices (shared: left as it is) turned into one of backend ids in `out`. */
+function toIds(table: Uint32Array, members: string[], s: InstalledService, out: Uint32Array): Uint32Array {
   const ids = members.map((k) => s.backends.get(k) as number);
-  for (let j = 0; j < table.length; j++) if (table[j] !== NO_BACKEND) table[j] = ids[table[j]];
-  return table;
+  for (let j = 0; j < table.length; j++) out[j] = table[j] === NO_BACKEND ? NO_BACKEND : ids[table[j]];
+  return out;
+}
+
+/** The table a service's inner map holds, read back from the kernel. */
+function readTable(inner: bpf.BpfMap): Uint32Array {
+  const { values, count } = inner.dump();
+  // an array map dumps every index in order; a Buffer from a pool may sit at an unaligned offset
+  const bytes = values.byteOffset % 4 ? Buffer.from(values) : values;
+  return new Uint32Array(bytes.buffer, bytes.byteOffset, count);
 }
 
 export class LbDatapath implements DatapathSink {
@@ -396,10 +489,7 @@ export class LbDatapath implements DatapathSink {
         continue;
       }
       const inner = bpf.mapFromPin(pin);
-      const dump = inner.dump();
-      const table = new Uint32Array(inner.maxEntries).fill(NO_BACKEND);
-      for (let i = 0; i < dump.count; i++) table[dump.keys.readUInt32LE(i * 4)] = dump.values.readUInt32LE(i * 4);
-      const s: InstalledService = { id: v.id, keyHex: key.toString('hex'), vip: k.vip, flags: v.flags, backends: new Map(), backendValues: new Map(), table, inner };
+      const s: InstalledService = { id: v.id, keyHex: key.toString('hex'), vip: k.vip, flags: v.flags, backends: new Map(), backendValues: new Map(), inner };
       byService.set(v.id, s);
       this.installed.set(s.keyHex, s);
       this.serviceIds.take(v.id);
@@ -666,17 +756,18 @@ export class LbDatapath implements DatapathSink {
     // shrinking, M first. Every entry stays a valid backend throughout.
     const tx = new UndoLog();
     try {
-      const tables = await buildTables(
+      const tables = new TableStream(
         plans.map((p) => p.set),
         node.maglevSize,
       );
+      const scratch = new Uint32Array(node.maglevSize);
+      const staged = new Staged(tx);
+      for (let i = 0; i < services.length; i++) await staged.add(services[i], toIds(await tables.get(i), plans[i].members, services[i], scratch));
+      const swaps = await staged.filled();
       const grow = node.maglevSize > L.decodeConfig(this.maps.config.lookup(L.u32(0)) ?? Buffer.alloc(L.LAYOUT.xdplb_config.size)).maglevM;
       if (!grow) this.writeConfig(tx);
       for (const s of services) this.keep(s, tx);
-      this.swapTables(
-        services.map((s, i): [InstalledService, Uint32Array] => [s, toIds(tables[i], plans[i].members, s)]),
-        tx,
-      );
+      this.swapTables(swaps, tx);
       if (grow) this.writeConfig(tx);
     } catch (e) {
       this.undo(tx);
@@ -687,38 +778,23 @@ export class LbDatapath implements DatapathSink {
     tx.commit();
   }
 
-  private newInner(id: number, table: Uint32Array): bpf.BpfMap {
-    const inner = bpf.createMap({ type: 'array', keySize: 4, valueSize: 4, maxEntries: table.length, flags: L.MAGLEV_INNER_FLAGS, name: `xdplb_mg${id}` });
-    try {
-      const keys = new Uint32Array(table.length);
-      for (let i = 0; i < keys.length; i++) keys[i] = i;
-      // u32 keys and values in host order, as the kernel reads them
-      inner.batchUpdatePacked(Buffer.from(keys.buffer), Buffer.from(table.buffer, table.byteOffset, table.byteLength), table.length);
-    } catch (e) {
-      inner.close();
-      throw e;
-    }
-    return inner;
-  }
-
   /**
-   * Whole new tables, swapped in with one batched write to the outer map: each
-   * map-in-map write waits for an RCU grace period, once per syscall, so a
-   * thousand tables cost one wait, not a thousand. The tables they replace
-   * are closed at commit, kept open until then to be swapped back.
+   * Whole new tables, staged as inner maps, swapped in with one batched write
+   * to the outer map: each map-in-map write waits for an RCU grace period,
+   * once per syscall, so a thousand tables cost one wait, not a thousand. The
+   * tables they replace are closed at commit, kept open until then to be
+   * swapped back.
    */
-  private swapTables(swaps: ReadonlyArray<[InstalledService, Uint32Array]>, tx: UndoLog): void {
+  private swapTables(swaps: ReadonlyArray<[InstalledService, bpf.BpfMap]>, tx: UndoLog): void {
     if (!swaps.length) return;
-    const inners: bpf.BpfMap[] = [];
-    tx.note(() => inners.forEach((m) => m.close()));
-    for (const [s, table] of swaps) inners.push(this.newInner(s.id, table));
+    const inners = swaps.map(([, inner]) => inner);
     const old = swaps.map(([s]) => s.inner);
     const ids = swaps.map(([s]) => L.u32(s.id));
     tx.write(
       () => this.maps.maglev.batchUpdate(ids, inners.map((m) => L.u32(m.fd))),
       () => ids.forEach((k, i) => (old[i] ? this.maps.maglev.update(k, L.u32((old[i] as bpf.BpfMap).fd)) : this.maps.maglev.delete(k))),
     );
-    swaps.forEach(([s, table], i) => {
+    swaps.forEach(([s], i) => {
       const pin = this.innerPin(s.id);
       tx.write(
         () => {
@@ -731,26 +807,25 @@ export class LbDatapath implements DatapathSink {
         },
       );
       s.inner = inners[i];
-      s.table = table;
       const replaced = old[i];
       if (replaced) tx.onCommit(() => replaced.close());
     });
   }
 
-  /** Only the entries that differ, written in one batch. */
+  /** Only the entries that differ from what the kernel holds, written in one batch. */
   private diffTable(s: InstalledService, table: Uint32Array, tx: UndoLog): void {
-    const { indices, values } = diffTables(s.table, table);
     const inner = s.inner as bpf.BpfMap;
+    const old = readTable(inner);
+    const { indices, values } = diffTables(old, table);
     if (indices.length) {
       const before = new Uint32Array(indices.length);
-      indices.forEach((j, i) => (before[i] = s.table[j]));
+      indices.forEach((j, i) => (before[i] = old[j]));
       const packed = (a: Uint32Array) => Buffer.from(a.buffer, a.byteOffset, a.byteLength);
       tx.write(
         () => inner.batchUpdatePacked(packed(indices), packed(values), indices.length),
         () => inner.batchUpdatePacked(packed(indices), packed(before), indices.length),
       );
     }
-    s.table = table;
   }
 
   /** Logs how to put a service's bookkeeping back as it is now. */
@@ -774,12 +849,12 @@ export class LbDatapath implements DatapathSink {
     let tx: UndoLog | undefined;
     try {
       const plan = this.plan(services);
-      const tables = await buildTables(
+      const tables = new TableStream(
         plan.changed.map((c) => c.set),
         this.node.maglevSize,
       );
       tx = new UndoLog();
-      this.write(plan, tables, services, tx);
+      await this.write(plan, tables, services, tx);
     } catch (e) {
       if (tx) this.undo(tx);
       release();
@@ -856,23 +931,32 @@ export class LbDatapath implements DatapathSink {
     return plan;
   }
 
-  private write(plan: Plan, tables: Uint32Array[], services: readonly ServiceSpec[], tx: UndoLog): void {
-    const swaps: Array<[InstalledService, Uint32Array]> = [];
+  private async write(plan: Plan, tables: TableStream, services: readonly ServiceSpec[], tx: UndoLog): Promise<void> {
+    const staged = new Staged(tx);
+    const scratch = new Uint32Array(this.node.maglevSize);
     const serviceKeys: Buffer[] = [];
     const serviceValues: Buffer[] = [];
     const defIds: Buffer[] = [];
     const defValues: Buffer[] = [];
     const added: InstalledService[] = [];
-    plan.changed.forEach((c, i) => {
+    // Backends first, all of them: a diffed table points at its new ones at once.
+    const gathered = new Gathered();
+    const targets = plan.changed.map((c) => {
       let s = c.s;
       if (s) this.keep(s, tx);
       else {
-        s = this.addService(c.keyHex, tx);
+        s = this.addService(c.keyHex, tx, gathered);
         added.push(s);
       }
-      this.writeBackends(s, c, tx);
-      const table = toIds(tables[i], c.members, s);
-      if (!s.inner || s.table.length !== table.length) swaps.push([s, table]);
+      this.writeBackends(s, c, tx, gathered);
+      return s;
+    });
+    gathered.flush(tx);
+    for (let i = 0; i < plan.changed.length; i++) {
+      const c = plan.changed[i];
+      const s = targets[i];
+      const table = toIds(await tables.get(i), c.members, s, scratch);
+      if (!s.inner || s.inner.maxEntries !== table.length) await staged.add(s, table);
       else this.diffTable(s, table, tx);
       const flags = serviceFlags(c.spec);
       if (flags !== s.flags) {
@@ -883,13 +967,13 @@ export class LbDatapath implements DatapathSink {
         defValues.push(serviceDef(s));
       }
       s.spec = c.spec;
-    });
+    }
     for (const [s, spec] of plan.same) {
       const before = s.spec;
       s.spec = spec;
       tx.note(() => (s.spec = before));
     }
-    this.swapTables(swaps, tx);
+    this.swapTables(await staged.filled(), tx);
     // By id and the VIP filter before the service maps: a flow-cache entry
     // names a new service only after the service map has led a packet to it,
     // and no packet reaches the service map past a clear filter bit.
@@ -958,11 +1042,11 @@ export class LbDatapath implements DatapathSink {
     this.writeRevNat(touched, vips, tx);
   }
 
-  private addService(keyHex: string, tx: UndoLog): InstalledService {
+  private addService(keyHex: string, tx: UndoLog, gathered: Gathered): InstalledService {
     const id = this.serviceIds.alloc('service', tx);
-    zeroCounters(tx, this.maps.serviceStats, [id]);
+    gathered.zeroCounters(this.maps.serviceStats, [id]);
     const vip = L.decodeServiceMapKey(Buffer.from(keyHex, 'hex')).vip;
-    const s: InstalledService = { id, keyHex, vip, flags: -1, backends: new Map(), backendValues: new Map(), table: new Uint32Array(0) };
+    const s: InstalledService = { id, keyHex, vip, flags: -1, backends: new Map(), backendValues: new Map() };
     this.installed.set(keyHex, s);
     tx.note(() => this.installed.delete(keyHex));
     return s;
@@ -1019,7 +1103,7 @@ export class LbDatapath implements DatapathSink {
    * service's own removed backends); changed ones (port, state) are
    * rewritten in place.
    */
-  private writeBackends(s: InstalledService, c: Planned, tx: UndoLog): void {
+  private writeBackends(s: InstalledService, c: Planned, tx: UndoLog, gathered: Gathered): void {
     const keep = new Set(c.spec.backends.map((b) => backendKey(b.address, b.port)));
     const freed = [...s.backends].filter(([k]) => !keep.has(k)).slice(0, c.reuse);
     const fresh: number[] = [];
@@ -1049,14 +1133,13 @@ export class LbDatapath implements DatapathSink {
         s.backendValues.set(id, value.toString('hex'));
       }
     }
-    zeroCounters(tx, this.maps.backendStats, fresh);
-    put(
-      tx,
+    gathered.zeroCounters(this.maps.backendStats, fresh);
+    gathered.put(
       this.owner,
       taken.map((id) => L.u32(id)),
       taken.map(() => L.u32(s.id + 1)),
     );
-    put(tx, this.maps.backends, keys, values);
+    gathered.put(this.maps.backends, keys, values);
   }
 
   /**

@@ -11,4 +11,4 @@ export {
   buildTable,
   diffTables,
 } from './table';
-export { buildTables } from './build';
+export { TableStream } from './build';
