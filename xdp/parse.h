@@ -337,7 +337,7 @@ static __always_inline int parse_icmp(struct hdr_cursor *c, void *data, void *en
 /* The common case in one bounds check and few branches: untagged Ethernet,
  * IPv4 without options, not a fragment, TCP, the TCP header inside the IP
  * packet and the IP packet inside the frame. Returns 1 with *pkt filled in
- * exactly as the general path below would fill it, or 0 (nothing written
+ * exactly as parse_general() would fill it, or 0 (nothing written
  * but frame_len): the general path then decides. The headers are read
  * through their own types, not a packed struct of all three: clang reads a
  * packed struct byte by byte. */
@@ -377,12 +377,10 @@ static __always_inline int parse_fast_v4_tcp(void *data, void *end, struct packe
 	return 1;
 }
 
-/* Step 1 as a whole. Returns XDPLB_CONTINUE with *pkt filled in, or the
- * reason to pass the packet to the kernel unchanged. */
-static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
+/* Step 1 for any frame (pkt->frame_len set). Returns XDPLB_CONTINUE with
+ * *pkt filled in, or the reason to pass the packet to the kernel unchanged. */
+static __always_inline int parse_general(void *data, void *end, struct packet *pkt)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
 	struct hdr_cursor c = { .pos = data };
 	struct l4_ports ports = {};
 	__u16 eth_proto = 0;
@@ -391,9 +389,6 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 	__u8 l4 = 0;
 	int r;
 
-	pkt->frame_len = end - data;
-	if (parse_fast_v4_tcp(data, end, pkt))
-		return XDPLB_CONTINUE;
 	r = parse_ethhdr(&c, end, &eth_proto, &l2_len);
 	if (r != HDR_OK)
 		return hdr_reason(r);
@@ -453,6 +448,19 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 		return parse_icmp(&c, data, end, pkt);
 	pkt->kind = PKT_FLOW;
 	return XDPLB_CONTINUE;
+}
+
+/* Step 1 as a whole: the fast path when it applies, else the general one.
+ * test/datapath-parse.test.ts checks that both fill struct packet alike. */
+static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+
+	pkt->frame_len = end - data;
+	if (parse_fast_v4_tcp(data, end, pkt))
+		return XDPLB_CONTINUE;
+	return parse_general(data, end, pkt);
 }
 
 #endif /* XDPLB_PARSE_H */
