@@ -149,7 +149,8 @@ static __always_inline int finish(int reason, __u32 bytes)
 }
 
 /* The decapsulator's reason for what a shared header parse found
- * (parse_hdr.h): only outer headers are parsed with it. */
+ * (parse_hdr.h): Ethernet and the outer IP header are parsed with it, so a
+ * bad IP header is a bad outer one. */
 static __always_inline int decap_hdr_reason(int status)
 {
 	switch (status) {
