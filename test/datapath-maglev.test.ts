@@ -5,7 +5,7 @@ import t from 'tap';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import { flowHash, outerSource, vipFilterBit, type Flow } from '../src/datapath/flowhash';
-import { buildTable, type MaglevBackend } from '../src/maglev';
+import { buildTable, DEFAULT_M, MAX_M, type MaglevBackend } from '../src/maglev';
 import * as P from './helpers/packets';
 import { world, decap, VIP4, VIP6, type World } from './helpers/datapath';
 import { needsRoot, type Teardown } from './helpers/fixtures';
@@ -74,7 +74,7 @@ for (const v6 of [false, true]) {
     const src6 = '2001:db8:0:5::';
     const w = world(t, { config: { src4, src4PrefixLen: 24, src6, src6PrefixLen: 96 } });
     const vip = v6 ? VIP6 : VIP4;
-    const M = L.MAGLEV_DEFAULT_M;
+    const M = DEFAULT_M;
     w.lb.service({ vip, port: 0, proto: TCP, id: 1 });
     w.lb.service({ vip, port: 0, proto: UDP, id: 2 });
     const p = pool(w, v6, [1, 2, 3, 4, 5, 6, 7], [1, 1, 2, 1, 3, 1, 1]);
@@ -285,8 +285,8 @@ t.test('no table, an empty entry, a table smaller than M: dropped and counted as
   t.end();
 });
 
-t.test('Maglev tables of any size up to 131071 entries (BPF_F_INNER_MAP), M from the node config', needsRoot, (t) => {
-  const M = L.MAGLEV_MAX_M;
+t.test('Maglev tables of any size up to 131071 entries (BPF_F_INNER_MAP), indexed by their own size', needsRoot, (t) => {
+  const M = MAX_M;
   const w = world(t, { maglevM: M });
   w.lb.service({ vip: VIP6, port: 0, proto: UDP, id: 4000 });
   const p = pool(w, true, [11, 12, 13, 14, 15]);
@@ -296,6 +296,37 @@ t.test('Maglev tables of any size up to 131071 entries (BPF_F_INNER_MAP), M from
   const flows = Array.from({ length: 2000 }, () => ({ ...randomFlow(r, true, VIP6), proto: UDP }));
   const got = w.runAll(flows.map((f) => packet(f))).map((x) => outerDst(x.data));
   t.same(got, flows.map((f) => p.address.get(table[flowHash(f) % M])));
+  t.end();
+});
+
+// M is each table's own size: there is no node-wide M a packet could read
+// apart from the table it indexes, so no order of writes between the two.
+t.test('each table is indexed by its own size: one service switches M while another keeps its own, both as predicted', needsRoot, (t) => {
+  const w = world(t);
+  const services = [
+    { port: 80, id: 1, m: 13 },
+    { port: 81, id: 2, m: 251 },
+  ];
+  const p = pool(w, false, [1, 2, 3, 4, 5]);
+  for (const s of services) w.lb.service({ vip: VIP4, port: s.port, proto: TCP, id: s.id, flags: L.SVC_F_CT_BYPASS });
+  const r = rng(11);
+  const flows = services.map((s) => Array.from({ length: 300 }, () => ({ ...randomFlow(r, false, VIP4, s.port), proto: TCP })));
+  const check = (what: string) => {
+    services.forEach((s, i) => {
+      const table = buildTable(p.backends, s.m);
+      const got = w.runAll(flows[i].map((f) => packet(f, P.TCP_ACK))).map((x) => (x.retval === bpf.XDP_TX ? outerDst(x.data) : `verdict ${x.retval}`));
+      t.same(got, flows[i].map((f) => p.address.get(table[flowHash(f) % s.m])), `${what}: service ${s.id} by its table of ${s.m}`);
+    });
+  };
+  for (const s of services) w.lb.maglev(s.id, buildTable(p.backends, s.m));
+  check('two sizes side by side');
+  services[0].m = 1021;
+  w.lb.maglev(1, buildTable(p.backends, 1021));
+  check('service 1 grown to 1021, service 2 still at 251');
+  services[1].m = 7;
+  w.lb.maglev(2, buildTable(p.backends, 7));
+  check('service 2 shrunk to 7, service 1 at 1021');
+  t.equal(w.lb.reason('drop_no_backend'), 0n, 'no packet indexed past its table');
   t.end();
 });
 
