@@ -179,16 +179,14 @@ export function checkStruct(codec: StructCodec<unknown>, btf: BtfStruct | undefi
   const declared = Object.entries(codec.fields as Record<string, FieldLayout>);
   const names = new Set(declared.map(([n]) => n));
   for (const m of btf.members) if (!names.has(m.name)) out.push(`${s}.${m.name}: in ${object} (offset ${m.offset}), not declared in TypeScript`);
-  declared.forEach(([name, f], i) => {
+  for (const [name, f] of declared) {
     const m = btf.members.find((x) => x.name === name);
-    if (!m) {
-      out.push(`${s}.${name}: declared in TypeScript (offset ${f.offset}), absent from ${object}`);
-      return;
+    if (!m) out.push(`${s}.${name}: declared in TypeScript (offset ${f.offset}), absent from ${object}`);
+    else {
+      if (m.offset !== f.offset) out.push(`${s}.${name}: offset ${f.offset} in TypeScript, ${m.offset} in ${object}`);
+      if (m.size !== f.size) out.push(`${s}.${name}: width ${f.size} in TypeScript, ${m.size} in ${object}`);
     }
-    if (m.offset !== f.offset) out.push(`${s}.${name}: offset ${f.offset} in TypeScript, ${m.offset} in ${object}`);
-    if (m.size !== f.size) out.push(`${s}.${name}: width ${f.size} in TypeScript, ${m.size} in ${object}`);
-    if (btf.members[i]?.name !== name) out.push(`${s}.${name}: field ${i} in TypeScript, ${btf.members.indexOf(m)} in ${object}`);
-  });
+  }
   return out;
 }
 
