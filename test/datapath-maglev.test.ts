@@ -2,13 +2,20 @@
 // for bit; the connection table keeps established flows where they are when
 // the table changes; down backends are never chosen.
 import t from 'tap';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import pino from 'pino';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import { flowHash, outerSource, vipFilterBit, type Flow } from '../src/datapath/flowhash';
 import { buildTable, DEFAULT_M, MAX_M, type MaglevBackend } from '../src/maglev';
 import * as P from './helpers/packets';
 import { world, decap, VIP4, VIP6, type World } from './helpers/datapath';
-import { needsRoot, type Teardown } from './helpers/fixtures';
+import { DEFAULT_NODE, type NodeSettings } from '../src/control/model';
+import { validateService } from '../src/control/validate';
+import { LbDatapath } from '../src/datapath/lb';
+import { needsRoot, pinDir, type Teardown } from './helpers/fixtures';
 
 const TCP = L.IPPROTO_TCP;
 const UDP = L.IPPROTO_UDP;
@@ -319,6 +326,34 @@ t.test('each table is indexed by its own size: one service switches M while anot
   check('service 2 shrunk to 7, service 1 at 1021');
   t.equal(w.lb.reason('drop_no_backend'), 0n, 'no packet indexed past its table');
   t.end();
+});
+
+t.test('the daemon changes M by swapping each table for one of the new size, growing or shrinking; the config map holds no M', needsRoot, async (t) => {
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'xdplb-m-'));
+  t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+  const bpffs = path.join(pinDir(t), 'lb');
+  const node: NodeSettings = { ...DEFAULT_NODE, interfaces: [], maglevSize: 251, bpffs, stateDir };
+  const dp = LbDatapath.open(node, pino({ level: 'silent' }));
+  t.teardown(() => dp.uninstall());
+  const specs = [1, 2].map((i) => validateService({ name: `s${i}`, vip: `203.0.113.${i}`, port: 80, protocol: 'tcp', backends: [{ address: `198.51.100.${i}` }, { address: `198.51.100.${10 + i}` }] }));
+  (await dp.apply(specs)).commit();
+  const config = dp['maps'].config.lookup(L.u32(0))!;
+  const tables = () =>
+    specs.map((spec) => {
+      const ids = dp.ids(spec)!;
+      const inner = bpf.mapFromPin(path.join(bpffs, 'maglev', String(ids.service)));
+      const size = inner.maxEntries;
+      const { values, count } = inner.dump();
+      const entries = new Set(Array.from({ length: count }, (_, i) => values.readUInt32LE(i * 4)));
+      inner.close();
+      return { size, valid: [...entries].every((id) => [...ids.backends.values()].includes(id)) };
+    });
+  t.same(tables(), [{ size: 251, valid: true }, { size: 251, valid: true }]);
+  for (const m of [1021, 13]) {
+    await dp.reconfigure({ ...node, maglevSize: m });
+    t.same(tables(), [{ size: m, valid: true }, { size: m, valid: true }], `M ${m}: every table of that size, naming its own backends`);
+    t.same(dp['maps'].config.lookup(L.u32(0)), config, 'the config map unchanged');
+  }
 });
 
 t.test('a connection-table entry of another service (a reused id) is ignored', needsRoot, (t) => {
