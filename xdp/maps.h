@@ -112,8 +112,8 @@ struct xdplb_maglev_inner {
 /* The kernel's struct bpf_array and struct bpf_map as far as maglev.h reads
  * an inner map (the ___xdplb flavour: matched by CO-RE against this kernel's
  * BTF, so the offset of max_entries is this kernel's). The verifier allows
- * reads of a map pointer's fields to CAP_PERFMON/CAP_SYS_ADMIN, as the daemon
- * loads the program. */
+ * reads of a map's fields where it allows pointer leaks: CAP_PERFMON, which
+ * the daemon needs for this program anyway (systemd/xdplb.service). */
 struct bpf_map___xdplb {
 	__u32 max_entries;
 } __attribute__((preserve_access_index));
