@@ -328,8 +328,9 @@ static __always_inline int choose_pending(struct packet *pkt, __u32 sid, struct 
 	return 1;
 }
 
-/* The Maglev table's backend at flow hash % M, which must be active.
- * Returns XDPLB_CONTINUE with out set, or a drop reason. */
+/* The backend at entry flow hash % M of the service's Maglev table (M: the
+ * table's own size, maps.h), which must be active. Returns XDPLB_CONTINUE
+ * with out set, or a drop reason. */
 static __always_inline int choose_maglev(struct packet *pkt, const struct xdplb_service *svc,
 					 struct backend_choice *out)
 {
