@@ -47,6 +47,7 @@ import * as path from 'node:path';
 import pino from 'pino';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
+import { DEFAULT_M } from '../src/maglev';
 import { REASON, REASON_COUNT } from '../src/datapath/reasons';
 import type { ServiceSpec } from '../src/control/model';
 import { ether, ipv4, ipv6, tcp, TCP_ACK, TCP_PSH } from '../test/helpers/packets';
@@ -58,7 +59,7 @@ const ROUNDS = Number(process.argv[2] ?? 5);
 const SECONDS = Number(process.argv[3] ?? 1);
 const MANY = 10_000;
 const BACKENDS = 4;
-const M_ONE = L.MAGLEV_DEFAULT_M;
+const M_ONE = DEFAULT_M;
 const M_MANY = 1021;
 const BATCH = 256;
 

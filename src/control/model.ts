@@ -2,6 +2,8 @@
 // of where the state came from (YAML file, gRPC API, state directory) and of how
 // the datapath stores it.
 
+import { DEFAULT_M } from '../maglev/table';
+
 export type Protocol = 'tcp' | 'udp';
 export type BackendState = 'active' | 'draining' | 'down';
 export type AttachMode = 'native' | 'generic';
@@ -107,7 +109,7 @@ export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
 
 export interface NodeSettings {
   interfaces: InterfaceSpec[];
-  /** prime, at most 131071 */
+  /** prime, at most MAX_M (src/maglev/table.ts) */
   maglevSize: number;
   outerSource: { ipv4?: OuterSource; ipv6?: OuterSource };
   /** TTL / hop limit of the outer header */
@@ -149,7 +151,7 @@ export const DEFAULT_FLAGS: ServiceFlags = { l4Dnat: false, sourceHash: false, c
 
 export const DEFAULT_NODE: NodeSettings = {
   interfaces: [],
-  maglevSize: 16381,
+  maglevSize: DEFAULT_M,
   outerSource: {},
   ttl: 64,
   mtu: 0,

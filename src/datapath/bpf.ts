@@ -2,6 +2,7 @@
 // the addon: every BPF object, map, program, link, perf ring and netns switch
 // goes through here.
 import * as path from 'node:path';
+import { checkLayout, type BtfStruct, type StructCodec } from './codec';
 
 /** Root of the package: dist/src/datapath -> ../../.. */
 export const PACKAGE_ROOT = path.resolve(__dirname, '..', '..', '..');
@@ -69,6 +70,7 @@ interface NativeObject {
   maps(): string[];
   map(name: string): NativeMap;
   program(name: string): NativeProgram;
+  btfStruct(name: string): BtfStruct | null;
   close(): void;
 }
 interface NativePerfReader {
@@ -384,6 +386,12 @@ export interface OpenOptions {
   maxEntries?: Record<string, number>;
   /** map_flags overrides applied before load, by map name (benchmarks compare map kinds with them) */
   mapFlags?: Record<string, number>;
+  /**
+   * The structs the caller encodes and decodes: each is checked against the
+   * object's BTF once loaded, and a LayoutMismatchError (naming the struct, the
+   * field and both values) closes the object before any map is written.
+   */
+  layout?: ReadonlyArray<StructCodec<unknown>>;
 }
 
 /** A BPF ELF object, opened and loaded. Handles taken from it outlive it. */
@@ -395,7 +403,14 @@ export class BpfObject {
 
   static open(file: string, opts: OpenOptions = {}): BpfObject {
     const N = native();
-    return new BpfObject(file, new N.Object(file, opts.pinRoot ?? null, opts.maxEntries ?? {}, opts.mapFlags ?? {}));
+    const obj = new BpfObject(file, new N.Object(file, opts.pinRoot ?? null, opts.maxEntries ?? {}, opts.mapFlags ?? {}));
+    try {
+      if (opts.layout) checkLayout(opts.layout, (name) => obj.btfStruct(name), file);
+    } catch (e) {
+      obj.close();
+      throw e;
+    }
+    return obj;
   }
 
   programs(): string[] {
@@ -409,6 +424,10 @@ export class BpfObject {
   }
   program(name: string): BpfProgram {
     return new BpfProgram(this.handle.program(name));
+  }
+  /** `struct name` as the object's BTF lays it out, or undefined. */
+  btfStruct(name: string): BtfStruct | undefined {
+    return this.handle.btfStruct(name) ?? undefined;
   }
   close(): void {
     this.handle.close();
