@@ -39,11 +39,19 @@ export function peerProtocol(p: BgpPeer): string {
 }
 
 function staticProtocol(family: 4 | 6, routes: Announcement[]): string {
-  const lines = routes.map((r) => {
+  return [`protocol static xdplb_vips${family} {`, `  ipv${family} { table xdplb${family}; };`, ...routes.map((r) => `  route ${r.prefix} blackhole;`), '}'].join('\n');
+}
+
+/**
+ * A session's export filter: the path attributes of each VIP. BIRD sends an
+ * eBGP peer a MED only when the export filter set it, so they are set here.
+ */
+function exportFilter(routes: Announcement[]): string {
+  const lines = routes.flatMap((r) => {
     const attrs = [...(r.med === undefined ? [] : [`bgp_med = ${r.med};`]), ...r.communities.map((c) => `bgp_community.add((${c.replace(':', ',')}));`)];
-    return `  route ${r.prefix} blackhole${attrs.length ? ` { ${attrs.join(' ')} }` : ''};`;
+    return attrs.length ? [`    if net = ${r.prefix} then { ${attrs.join(' ')} }`] : [];
   });
-  return [`protocol static xdplb_vips${family} {`, `  ipv${family} { table xdplb${family}; };`, ...lines, '}'].join('\n');
+  return ['export filter {', ...lines, '    accept;', '  }'].join('\n');
 }
 
 /**
@@ -67,7 +75,7 @@ export function birdConfig(s: BgpSettings, announce: readonly Announcement[]): s
       '  graceful restart on;',
       `  graceful restart time ${s.restartTime};`,
       ...(p.password === undefined ? [] : [`  password "${p.password}";`]),
-      `  ipv${f} { table xdplb${f}; import none; export all; next hop self; };`,
+      `  ipv${f} { table xdplb${f}; import none; next hop self; ${exportFilter(f === 4 ? v4 : v6)}; };`,
       '}',
     ].join('\n');
   });
