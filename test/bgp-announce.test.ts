@@ -145,6 +145,15 @@ function reapSpeaker(t: Teardown, d: DaemonFixture): void {
   });
 }
 
+/** A process that runs (a zombie waiting for whoever adopted it does not). */
+function running(pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 /** Where a timeout looks for its explanation: the router's sessions, the daemon's log. */
@@ -296,11 +305,19 @@ t.test('the router holds exactly the VIPs that are attached and served, through 
   t.ok(after.peers.every((p) => p.established), 'with both sessions established');
   await until('the new speaker announces again', () => has('203.0.113.10/32') && has('2001:db8:300::10/128'));
 
+  // Someone detaches the XDP program: nothing would forward the VIPs' packets, so none is announced.
+  sh('ip', '-n', d.topo.lbNs, 'link', 'set', 'dev', 'lb0', 'xdp', 'off');
+  await until('a detached datapath withdraws every VIP', () => !has('203.0.113.10/32') && !has('2001:db8:300::10/128'));
+  t.ok(bgpStatus(d).vips.every((v) => /not attached/.test(v.reason)), 'bgp status: the XDP program is not attached');
+  await d.signal('SIGKILL');
+  await d.start();
+  await until('the next daemon attaches again, and the VIPs return', () => has('203.0.113.10/32') && has('2001:db8:300::10/128'));
+
   // Clean shutdown: withdrawn first, speaker stopped.
   const newPid = bgpStatus(d).speakerPid;
   t.equal(await d.signal('SIGTERM'), 0, 'SIGTERM: the daemon exits 0');
   t.notOk(has('203.0.113.10/32') || has('2001:db8:300::10/128'), 'every VIP withdrawn at the router by the time the daemon is gone');
-  t.notOk(fs.existsSync(`/proc/${newPid}`), 'the speaker stopped with it');
+  t.notOk(running(newPid), 'the speaker stopped with it');
   t.ok(d.logs.some((l) => l.includes('every VIP withdrawn for shutdown')), 'the withdrawal is logged');
 });
 
