@@ -62,6 +62,7 @@ bgp:
       communities: ["64512:200", "64512:201"]
       med: 20
   drain_quiet: 1s
+metrics: 127.0.0.1:9464
 `;
 
 const ROUTER_CONF = `
@@ -224,6 +225,10 @@ t.test('the router holds exactly the VIPs that are attached and served, through 
   t.ok(web6.attributes.includes('BGP.community: (64512,100)'), `IPv6: the section's communities (${web6.attributes.join('; ')})`);
   t.notOk(web6.attributes.some((a) => a.startsWith('BGP.med')), 'IPv6: no MED configured, none sent');
   t.ok(bgpStatus(d).peers.every((p) => p.established), 'both sessions established (IPv4 with a TCP MD5 password)');
+  const metrics = () => sh('ip', 'netns', 'exec', d.topo.lbNs, 'curl', '-sf', 'http://127.0.0.1:9464/metrics');
+  t.match(metrics(), /^xdplb_bgp_peer_up\{peer="192\.0\.2\.1"\} 1$/m, 'metrics: the peer is up');
+  t.match(metrics(), /^xdplb_bgp_vip_announced\{vip="203\.0\.113\.10"\} 1$/m, 'metrics: the VIP is announced');
+  t.match(metrics(), /^xdplb_bgp_vip_announced\{vip="203\.0\.113\.30"\} 0$/m, 'metrics: the resting VIP is not');
 
   await until('the health-checked VIP is withdrawn once its only backend fails its probes', () => !has('203.0.113.20/32'));
   t.notOk(has('203.0.113.30/32'), 'a VIP whose only backend is draining is never announced');
@@ -273,6 +278,8 @@ t.test('the router holds exactly the VIPs that are attached and served, through 
   t.match(drainErr, /traffic stopped/);
   t.notOk(has('203.0.113.10/32') || has('2001:db8:300::10/128'), 'every VIP withdrawn at the router');
   t.ok(bgpStatus(d).vips.every((v) => !v.announced && /drained/.test(v.reason)), 'bgp status: every VIP held back by the drain');
+  t.match(metrics(), /^xdplb_bgp_drained 1$/m, 'metrics: drained');
+  t.match(metrics(), /^xdplb_bgp_updates_total\{change="withdraw"\} [1-9]/m, 'metrics: the withdrawals are counted');
   t.equal(d.cli('node', 'undrain').code, 0);
   await until('undrain announces again', () => has('203.0.113.10/32') && has('2001:db8:300::10/128'));
   t.notOk(has('203.0.113.20/32'), 'undrain announces only what is served');
