@@ -97,8 +97,8 @@ interface Route {
 
 interface Router {
   routes(): Map<string, Route>;
-  /** the router's view of its sessions, for failure messages */
-  protocols(): string;
+  /** the router's view of its sessions (`name`: one session, in detail) */
+  protocols(name?: string): string;
 }
 
 /** BIRD as the router in the peer namespace; killed at teardown. */
@@ -120,7 +120,7 @@ async function router(t: Teardown, d: DaemonFixture): Promise<Router> {
   });
   for (let i = 0; i < 50 && !fs.existsSync(sock); i++) await sleep(100);
   return {
-    protocols: () => sh('birdc', '-s', sock, 'show', 'protocols'),
+    protocols: (name?: string) => sh('birdc', '-s', sock, 'show', 'protocols', ...(name ? ['all', name] : [])),
     routes() {
       const out = sh('birdc', '-s', sock, 'show', 'route', 'all');
       const routes = new Map<string, Route>();
@@ -306,6 +306,7 @@ t.test('the router holds exactly the VIPs that are attached and served, through 
   });
   t.ok(crashed.sessionDown > 0, `the router saw the session go down (${crashed.sessionDown} of ${crashed.samples} samples)`);
   t.equal(crashed.missing, 0, "graceful restart: the router kept the route through the speaker's restart");
+  t.match(rt.protocols('node6'), /Neighbor capabilities[^]*AF preserved:\s+ipv6/, 'the new speaker told the router it kept forwarding (restart recovery), so it did not flush on reconnect');
   const after = bgpStatus(d);
   t.equal(after.speakerRestarts, 1, 'the daemon started the speaker again');
   t.not(after.speakerPid, pid, 'a new speaker runs');

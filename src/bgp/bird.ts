@@ -154,8 +154,15 @@ export class Bird {
     fs.renameSync(tmp, this.confPath);
   }
 
-  /** Starts BIRD with this configuration; resolves once its socket answers. */
+  /**
+   * Starts BIRD with this configuration; resolves once its socket answers. A
+   * pid file left behind means the last BIRD died without `birdc down`: the new
+   * one starts in graceful restart recovery (-R), so its OPEN tells routers the
+   * forwarding state was preserved and they keep the stale routes until its
+   * End-of-RIB, instead of flushing them when the session comes back.
+   */
   async start(text: string): Promise<number> {
+    const recover = fs.existsSync(this.pidPath);
     this.write(text);
     const check = await new Promise<string>((resolve) =>
       execFile('bird', ['-p', '-c', this.confPath], (err, stdout, stderr) => resolve(err ? (stderr || stdout || err.message).trim() : '')),
@@ -163,7 +170,8 @@ export class Bird {
     if (check) throw XdplbError.failedPrecondition(`BIRD refused its configuration: ${check}`);
     const log = fs.openSync(this.logPath, 'a');
     try {
-      const child = spawn('bird', ['-f', '-c', this.confPath, '-s', this.socketPath, '-P', this.pidPath], { detached: true, stdio: ['ignore', log, log] });
+      const args = ['-f', '-c', this.confPath, '-s', this.socketPath, '-P', this.pidPath, ...(recover ? ['-R'] : [])];
+      const child = spawn('bird', args, { detached: true, stdio: ['ignore', log, log] });
       child.unref();
     } finally {
       fs.closeSync(log);
