@@ -65,6 +65,15 @@ t.test('the bgp section is normalised: addresses canonical, defaults filled, per
   t.equal(config('').bgp, undefined, 'no section: no BGP');
 });
 
+t.test("the README's bgp example is a valid section", async (t) => {
+  const readme = fs.readFileSync(path.resolve(__dirname, '..', '..', 'README.md'), 'utf8');
+  const example = /<!-- docs-test: bgp-config -->\n```yaml\n([^]*?)```/.exec(readme)?.[1];
+  if (!example) throw new Error('README.md has no bgp-config block');
+  const b = config(example).bgp;
+  t.same(b?.vips.get('203.0.113.10'), { communities: ['64512:200'], med: 20 });
+  t.equal(b?.peers[0].password, 'secret');
+});
+
 t.test('a bad bgp section is refused naming the field (file, line, column)', async (t) => {
   const cases: Array<[string, string, RegExp]> = [
     ['router_id: 192.0.2.2', 'router_id: 2001:db8::2', /test\.yaml:\d+:\d+: bgp\.router_id: .* is not an IPv4 address/],
