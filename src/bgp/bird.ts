@@ -165,9 +165,12 @@ export class Bird {
     const recover = fs.existsSync(this.pidPath);
     this.write(text);
     const check = await new Promise<string>((resolve) =>
-      execFile('bird', ['-p', '-c', this.confPath], (err, stdout, stderr) => resolve(err ? (stderr || stdout || err.message).trim() : '')),
+      execFile('bird', ['-p', '-c', this.confPath], (err, stdout, stderr) => {
+        if ((err as NodeJS.ErrnoException | null)?.code === 'ENOENT') resolve('bird is not installed (Debian package bird2; scripts/bootstrap.sh installs it)');
+        else resolve(err ? `BIRD refused its configuration: ${(stderr || stdout || err.message).trim()}` : '');
+      }),
     );
-    if (check) throw XdplbError.failedPrecondition(`BIRD refused its configuration: ${check}`);
+    if (check) throw XdplbError.failedPrecondition(check);
     const log = fs.openSync(this.logPath, 'a');
     try {
       const args = ['-f', '-c', this.confPath, '-s', this.socketPath, '-P', this.pidPath, ...(recover ? ['-R'] : [])];

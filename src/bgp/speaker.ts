@@ -254,9 +254,14 @@ export class Speaker implements BgpControl {
     clearInterval(this.timer);
     await this.enqueue(async () => {
       if (this.bird.pid() === undefined) return;
-      await this.bird.configure(birdConfig(this.settings, []));
-      this.log.info({ withdrawn: this.plans.filter((p) => p.announced).map((p) => p.prefix) }, 'bgp: every VIP withdrawn for shutdown');
-      await new Promise((r) => setTimeout(r, WITHDRAW_GRACE_MS));
+      try {
+        await this.bird.configure(birdConfig(this.settings, []));
+        this.log.info({ withdrawn: this.plans.filter((p) => p.announced).map((p) => p.prefix) }, 'bgp: every VIP withdrawn for shutdown');
+        await new Promise((r) => setTimeout(r, WITHDRAW_GRACE_MS));
+      } catch (e) {
+        // Closing the sessions withdraws the routes all the same, only less gently.
+        this.log.error({ error: (e as Error).message }, 'bgp: withdrawal before shutdown failed; closing the sessions');
+      }
       await this.bird.stop();
       this.log.info('bgp speaker stopped');
     });
