@@ -230,11 +230,21 @@ t.test('the router holds exactly the VIPs that are attached and served, through 
   t.match(metrics(), /^xdplb_bgp_vip_announced\{vip="203\.0\.113\.10"\} 1$/m, 'metrics: the VIP is announced');
   t.match(metrics(), /^xdplb_bgp_vip_announced\{vip="203\.0\.113\.30"\} 0$/m, 'metrics: the resting VIP is not');
 
+  // A reload applies new attributes without touching the sessions.
+  d.writeConfig({ servicesYaml: SERVICES, extraYaml: BGP.replace('med: 20', 'med: 30') });
+  d.proc?.kill('SIGHUP');
+  await until('the reloaded MED reaches the router', () => rt.routes().get('203.0.113.10/32')?.attributes.includes('BGP.med: 30') ?? false);
+  t.match(rt.protocols(), /^node4\s.*Established/m, 'the session stayed up through the reload');
+
   await until('the health-checked VIP is withdrawn once its only backend fails its probes', () => !has('203.0.113.20/32'));
   t.notOk(has('203.0.113.30/32'), 'a VIP whose only backend is draining is never announced');
   const reasons = new Map(bgpStatus(d).vips.map((v) => [v.vip, v.reason]));
   t.match(reasons.get('203.0.113.20'), /no serving backend: 1 down/, 'bgp status says why the checked VIP is withdrawn');
   t.match(reasons.get('203.0.113.30'), /no serving backend: 0 down, 1 draining/, 'and why the resting one is not announced');
+  const table = d.cli('bgp', 'status').stdout;
+  t.match(table, /^192\.0\.2\.1\s+64513\s+up\s+Established/m, 'bgp status as a table: the peer');
+  t.match(table, /^203\.0\.113\.10\s+203\.0\.113\.10\/32\s+yes\s+64512:200,64512:201\s+30\s+web\s*$/m, 'an announced VIP');
+  t.match(table, /^203\.0\.113\.30\s+203\.0\.113\.30\/32\s+no\s+64512:100\s+-\s+resting\s+no serving backend/m, 'a VIP not announced, and why');
 
   // An API-owned service: announced with its backend, withdrawn when that backend is drained.
   const created = d.cli('service', 'create', 'api', '--vip', '203.0.113.40', '--port', '80', '--backend', '198.51.100.41:80');
