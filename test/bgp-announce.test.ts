@@ -331,6 +331,18 @@ t.test('the router holds exactly the VIPs that are attached and served, through 
   await d.start();
   await until('the next daemon attaches again, and the VIPs return', () => has('203.0.113.10/32') && has('2001:db8:300::10/128'));
 
+  // The bgp: section removed while the daemon was down: the speaker it left is stopped, its routes go.
+  const leftPid = bgpStatus(d).speakerPid;
+  await d.signal('SIGKILL');
+  d.writeConfig({ servicesYaml: SERVICES, extraYaml: 'metrics: 127.0.0.1:9464' });
+  await d.start();
+  await until('a daemon without bgp: retires the speaker left running', () => !running(leftPid));
+  await until('and the router loses the VIPs', () => !has('203.0.113.10/32') && !has('2001:db8:300::10/128'));
+  await d.signal('SIGKILL');
+  d.writeConfig({ servicesYaml: SERVICES, extraYaml: BGP });
+  await d.start();
+  await until('with the section back, the VIPs return', () => has('203.0.113.10/32') && has('2001:db8:300::10/128'));
+
   // Clean shutdown: withdrawn first, speaker stopped.
   const newPid = bgpStatus(d).speakerPid;
   t.equal(await d.signal('SIGTERM'), 0, 'SIGTERM: the daemon exits 0');

@@ -11,6 +11,7 @@ import { execFile, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { XdplbError } from '../control/errors';
+import { MAX_SOCKET_PATH_BYTES } from '../control/validate';
 import { peerFamily, type BgpPeer, type BgpSettings } from './config';
 
 /** One prefix to announce, with its path attributes. */
@@ -126,6 +127,8 @@ export class Bird {
     this.socketPath = path.join(dir, 'bird.ctl');
     this.pidPath = path.join(dir, 'bird.pid');
     this.logPath = path.join(dir, 'bird.log');
+    if (Buffer.byteLength(this.socketPath) > MAX_SOCKET_PATH_BYTES)
+      throw XdplbError.invalid('state_dir', `BIRD's control socket ${this.socketPath} would be longer than ${MAX_SOCKET_PATH_BYTES} bytes; use a shorter state_dir`);
   }
 
   /** The pid of the BIRD running on this directory's socket, if one is. */

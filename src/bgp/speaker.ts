@@ -387,6 +387,18 @@ export class Speaker implements BgpControl {
   }
 }
 
+/**
+ * The daemon runs without a bgp: section, but a speaker an earlier daemon
+ * started still runs: it would announce the VIPs for ever, so it is stopped.
+ */
+export async function retireSpeaker(dir: string, log: Logger): Promise<void> {
+  const bird = new Bird(dir);
+  const pid = bird.pid();
+  if (pid === undefined) return;
+  log.warn({ pid }, 'the configuration has no bgp: section: stopping the BGP speaker an earlier daemon left running');
+  await bird.stop();
+}
+
 export async function startSpeaker(deps: SpeakerDeps): Promise<Speaker> {
   const s = new Speaker(deps);
   await s.start();

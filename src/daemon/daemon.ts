@@ -2,6 +2,7 @@
 // the API-owned services, serves the API, and reloads on SIGHUP. Stopping leaves
 // the program attached and the maps pinned, so forwarding never stops; only
 // --detach-on-exit=true removes them.
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import { loadConfigFileApart } from '../config';
@@ -107,10 +108,12 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     backendName: backendNames(controller, datapath),
     onChange: () => statusReporter.changed(),
   });
+  const bgpDir = path.join(config.node.stateDir, 'bgp');
+  if (!config.bgp && fs.existsSync(bgpDir)) await (await import('../bgp/speaker')).retireSpeaker(bgpDir, log);
   bgp = config.bgp
     ? await (await import('../bgp/speaker')).startSpeaker({
         settings: config.bgp,
-        dir: path.join(config.node.stateDir, 'bgp'),
+        dir: bgpDir,
         log,
         services: () => controller.list(),
         attached: () => datapath.attachedInterfaces(),
