@@ -326,7 +326,7 @@ export class Speaker implements BgpControl {
     this.drainClock = { since: now, packets, startPackets: packets, movedAt: now };
   }
 
-  /** Once a second: attachment, BIRD alive (started again when not), peer states, drain counters. */
+  /** Once a second: BIRD alive (started again when not), attachment and announcements, drain counters, peer states. */
   private async tick(): Promise<void> {
     try {
       await this.enqueue(async () => {
@@ -347,8 +347,9 @@ export class Speaker implements BgpControl {
         if (attached.join() !== this.attached.join()) {
           this.log.info({ interfaces: attached }, 'XDP attachment changed');
           this.attached = attached;
-          await this.apply();
         }
+        // Also retries an announcement BIRD refused or missed before.
+        await this.apply();
         if (this.drained) {
           if (!this.drainClock.since) await this.startDrainClock();
           const packets = await this.deps.vipPackets();
