@@ -3,7 +3,7 @@
 // IPv6 sessions over the lb0/peer0 veth), and the test reads the router's own
 // routing table (birdc show route all) after every step.
 import t from 'tap';
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { daemonFixture, MAIN, PEER_MAC, peerSender, type DaemonFixture } from './helpers/daemon';
@@ -229,6 +229,8 @@ t.test('the router holds exactly the VIPs that are attached and served, through 
   t.match(metrics(), /^xdplb_bgp_peer_up\{peer="192\.0\.2\.1"\} 1$/m, 'metrics: the peer is up');
   t.match(metrics(), /^xdplb_bgp_vip_announced\{vip="203\.0\.113\.10"\} 1$/m, 'metrics: the VIP is announced');
   t.match(metrics(), /^xdplb_bgp_vip_announced\{vip="203\.0\.113\.30"\} 0$/m, 'metrics: the resting VIP is not');
+  const lint = spawnSync('promtool', ['check', 'metrics'], { input: metrics().split('\n').filter((l) => /^(# (HELP|TYPE) )?xdplb_bgp_/.test(l)).join('\n') + '\n', encoding: 'utf8' });
+  t.equal(lint.status, 0, `promtool check metrics on the bgp metrics: ${lint.stdout}${lint.stderr}`.trim());
 
   // A reload applies new attributes without touching the sessions.
   d.writeConfig({ servicesYaml: SERVICES, extraYaml: BGP.replace('med: 20', 'med: 30') });
