@@ -15,6 +15,7 @@ import type { ApiSettings } from '../control/model';
 import { validateServiceName } from '../control/validate';
 import type { Recorder } from '../recorder/recordings';
 import type { NextHopStatus } from '../daemon/neighbours';
+import type { BgpControl } from '../bgp/speaker';
 import { RECORDER_SERVICE_NAME, recorderHandlers } from './recorder';
 import { backendFromPb, serviceFromPb, serviceToPb, type PbBackend, type PbService } from './convert';
 
@@ -102,6 +103,8 @@ export interface ApiDeps {
   log: Logger;
   /** the packet recorder: xdplb.v1.Recorder is served when given */
   recorder?: Recorder;
+  /** VIP announcement over BGP, when the configuration has a bgp: section */
+  bgp?: BgpControl;
 }
 
 const STATUS: Record<ErrorCode, grpc.status> = {
@@ -179,6 +182,11 @@ function requireField<T>(v: T | null | undefined, field: string): T {
   return v;
 }
 
+function bgpOf(deps: ApiDeps): BgpControl {
+  if (!deps.bgp) throw XdplbError.failedPrecondition('BGP is not configured (the configuration has no bgp: section)');
+  return deps.bgp;
+}
+
 export function loadBalancerHandlers(deps: ApiDeps): grpc.UntypedServiceImplementation {
   const { controller: c, log } = deps;
   const svc = (s: Promise<Parameters<typeof serviceToPb>[0]>) => s.then(serviceToPb);
@@ -208,6 +216,9 @@ export function loadBalancerHandlers(deps: ApiDeps): grpc.UntypedServiceImplemen
       svc(c.drainBackend(validateServiceName(r.service, 'service'), requireField(r.backend, 'backend'))),
     ),
     GetNodeStatus: unary(log, 'GetNodeStatus', () => deps.status()),
+    GetBgpStatus: unary(log, 'GetBgpStatus', () => bgpOf(deps).status()),
+    DrainNode: unary(log, 'DrainNode', () => bgpOf(deps).drain()),
+    UndrainNode: unary(log, 'UndrainNode', () => bgpOf(deps).undrain()),
     GetCounters: unary(log, 'GetCounters', (r: { service: string }) => {
       if (r.service) c.get(validateServiceName(r.service, 'service'));
       return deps.counters(r.service || undefined);

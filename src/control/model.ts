@@ -1,6 +1,7 @@
 // The desired-state model of xdplb: what a service and a node are, independent
 // of where the state came from (YAML file, gRPC API, state directory) and of how
 // the datapath stores it.
+import type { BgpSettings } from '../bgp/config';
 
 import { DEFAULT_M } from '../maglev/table';
 
@@ -145,6 +146,8 @@ export interface ConntrackSettings {
 export interface Config {
   node: NodeSettings;
   services: ServiceSpec[];
+  /** VIP announcement over BGP (src/bgp); absent: none */
+  bgp?: BgpSettings;
 }
 
 export const DEFAULT_FLAGS: ServiceFlags = { l4Dnat: false, sourceHash: false, conntrackBypass: false, icmpEcho: true };

@@ -1289,6 +1289,12 @@ export class LbDatapath implements DatapathSink {
     return checks;
   }
 
+  /** Interfaces this program is attached to, as the kernel says now (BGP announces only while there is one). */
+  attachedInterfaces(): string[] {
+    const id = this.program.info().id;
+    return [...this.attached].filter(([, a]) => bpf.queryXdp(a.ifindex).progId === id).map(([name]) => name);
+  }
+
   /** Daemon exit: handles closed; the program stays attached, the pins stay. */
   close(): void {
     for (const s of this.installed.values()) s.inner?.close();
