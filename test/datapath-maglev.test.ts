@@ -5,6 +5,7 @@ import t from 'tap';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import { flowHash, outerSource, vipFilterBit, type Flow } from '../src/datapath/flowhash';
+import { Address } from '../src/net/address';
 import { buildTable, type MaglevBackend } from '../src/maglev';
 import * as P from './helpers/packets';
 import { world, decap, VIP4, VIP6, type World } from './helpers/datapath';
@@ -247,7 +248,7 @@ t.test('the VIP filter: a destination whose bit is clear is no VIP, the bit Type
     const before = w.lb.reason('pass_not_vip');
     const frame = packet(f(2));
     const r = w.run(frame);
-    t.equal(r.retval, bpf.XDP_PASS, `${vip}: bit ${vipFilterBit(vip)} clear: passed`);
+    t.equal(r.retval, bpf.XDP_PASS, `${vip}: bit ${vipFilterBit(Address.of(vip))} clear: passed`);
     t.same(r.data, frame, 'unchanged');
     t.equal(w.lb.reason('pass_not_vip'), before + 1n, 'as not for a VIP');
     w.lb.vipFilterBit(vip, true);

@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import * as bpf from '../../src/datapath/bpf';
 import * as L from '../../src/datapath/layout';
 import { vipFilterBit } from '../../src/datapath/flowhash';
+import { Address } from '../../src/net/address';
 import { REASONS, REASON } from '../../src/datapath/reasons';
 import { netns, pinDir, sh, veth, ifindexIn, type Teardown } from './fixtures';
 import { CHECK_FIELDS, macText, readIpv4, readIpv6, tsharkFields, tsharkVerbose } from './packets';
@@ -67,7 +68,7 @@ export class Lb {
 
   /** Sets or clears the VIP filter bit of an address. */
   vipFilterBit(vip: string, on: boolean): void {
-    const bit = vipFilterBit(vip);
+    const bit = vipFilterBit(Address.of(vip));
     const key = L.u32(bit >>> 6);
     const word = this.maps.vipFilter.lookup(key)!.readBigUInt64LE(0);
     const mask = 1n << BigInt(bit & 63);
