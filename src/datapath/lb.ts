@@ -939,8 +939,11 @@ export class LbDatapath implements DatapathSink {
     const defIds: Buffer[] = [];
     const defValues: Buffer[] = [];
     const added: InstalledService[] = [];
-    // Backends first, all of them: a diffed table points at its new ones at once.
+    // Backends first: a diffed table points at its new ones at once. But a
+    // backend leaving service (draining, down) only once no table sends new
+    // flows to it: the datapath drops a new flow its table sends to one.
     const gathered = new Gathered();
+    const leaving = new Gathered();
     const targets = plan.changed.map((c) => {
       let s = c.s;
       if (s) this.keep(s, tx);
@@ -948,7 +951,7 @@ export class LbDatapath implements DatapathSink {
         s = this.addService(c.key, c.spec, tx, gathered);
         added.push(s);
       }
-      this.writeBackends(s, c, tx, gathered);
+      this.writeBackends(s, c, tx, gathered, leaving);
       return s;
     });
     gathered.flush(tx);
@@ -974,6 +977,7 @@ export class LbDatapath implements DatapathSink {
       tx.note(() => (s.spec = before));
     }
     this.swapTables(await staged.filled(), tx);
+    leaving.flush(tx);
     // By id and the VIP filter before the service maps: a flow-cache entry
     // names a new service only after the service map has led a packet to it,
     // and no packet reaches the service map past a clear filter bit.
@@ -1101,18 +1105,21 @@ export class LbDatapath implements DatapathSink {
   /**
    * New backends get ids (at capacity, `c.reuse` of them the ids of the
    * service's own removed backends); changed ones (port, state) are
-   * rewritten in place.
+   * rewritten in place, in `leaving` those that leave service.
    */
-  private writeBackends(s: InstalledService, c: Planned, tx: UndoLog, gathered: Gathered): void {
+  private writeBackends(s: InstalledService, c: Planned, tx: UndoLog, gathered: Gathered, leaving: Gathered): void {
     const keep = new Set(c.spec.backends.map((b) => backendKey(b.address, b.port)));
     const freed = [...s.backends].filter(([k]) => !keep.has(k)).slice(0, c.reuse);
     const fresh: number[] = [];
     const taken: number[] = [];
     const keys: Buffer[] = [];
     const values: Buffer[] = [];
+    const leavingKeys: Buffer[] = [];
+    const leavingValues: Buffer[] = [];
     for (const b of c.spec.backends) {
       const k = backendKey(b.address, b.port);
       let id = s.backends.get(k);
+      const installed = id !== undefined;
       if (id === undefined) {
         const reused = freed.shift();
         if (reused) {
@@ -1128,8 +1135,9 @@ export class LbDatapath implements DatapathSink {
       }
       const value = L.encodeBackend({ address: b.address, port: b.port, state: STATE[b.state], serviceId: s.id });
       if (s.backendValues.get(id) !== value.toString('hex')) {
-        keys.push(L.u32(id));
-        values.push(value);
+        const out = installed && b.state !== 'active';
+        (out ? leavingKeys : keys).push(L.u32(id));
+        (out ? leavingValues : values).push(value);
         s.backendValues.set(id, value.toString('hex'));
       }
     }
@@ -1140,6 +1148,7 @@ export class LbDatapath implements DatapathSink {
       taken.map(() => L.u32(s.id + 1)),
     );
     gathered.put(this.maps.backends, keys, values);
+    leaving.put(this.maps.backends, leavingKeys, leavingValues);
   }
 
   /**

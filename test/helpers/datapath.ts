@@ -5,8 +5,11 @@
 import * as path from 'node:path';
 import * as os from 'node:os';
 import * as fs from 'node:fs';
+import pino from 'pino';
 import * as bpf from '../../src/datapath/bpf';
 import * as L from '../../src/datapath/layout';
+import { LbDatapath } from '../../src/datapath/lb';
+import { DEFAULT_NODE, type NodeSettings, type ServiceSpec as Spec } from '../../src/control/model';
 import { vipFilterBit } from '../../src/datapath/flowhash';
 import { Address } from '../../src/net/address';
 import { REASONS, REASON } from '../../src/datapath/reasons';
@@ -268,6 +271,44 @@ export function world(t: Teardown, o: { maglevM?: number; config?: Partial<L.Nod
     lb,
     run: (frame) => bpf.withNetns(fib.ns, () => lb.run(frame, fib.lb0)),
     runAll: (frames) => bpf.withNetns(fib.ns, () => frames.map((f) => lb.run(f, fib.lb0))),
+  };
+}
+
+/**
+ * The FIB namespace with lb.bpf.o programmed as the daemon programs it:
+ * LbDatapath (src/datapath/lb.ts) on a fresh pin directory, from node
+ * settings (outer sources LB_SRC4/LB_SRC6, TTL OUTER_TTL unless `node` says
+ * otherwise) and service specs.
+ */
+export interface DaemonWorld {
+  fib: FibNs;
+  dp: LbDatapath;
+  /** LbDatapath.apply(), committed */
+  apply(services: readonly Spec[]): Promise<void>;
+  /** test run with lb0 as the ingress interface, inside the FIB namespace */
+  run(frame: Buffer): bpf.TestRunResult;
+}
+
+export function daemonWorld(t: Teardown, node: Partial<NodeSettings> = {}): DaemonWorld {
+  const fib = fibNamespace(t);
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'xdplbt-state-'));
+  t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+  const settings: NodeSettings = {
+    ...DEFAULT_NODE,
+    interfaces: [],
+    bpffs: path.join(pinDir(t), 'lb'),
+    stateDir,
+    ttl: OUTER_TTL,
+    outerSource: { ipv4: { address: LB_SRC4, prefixLength: 32 }, ipv6: { address: LB_SRC6, prefixLength: 128 } },
+    ...node,
+  };
+  const dp = LbDatapath.open(settings, pino({ level: 'silent' }));
+  t.teardown(() => dp.uninstall());
+  return {
+    fib,
+    dp,
+    apply: async (services) => (await dp.apply(services)).commit(),
+    run: (frame) => bpf.withNetns(fib.ns, () => dp.program.testRun({ data: frame, ctx: bpf.xdpContext(fib.lb0), dataSizeOut: frame.length + 2048 })),
   };
 }
 
