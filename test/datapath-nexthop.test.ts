@@ -8,7 +8,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import * as P from './helpers/packets';
-import { world, oneBackend, decap, VIP4, VIP6, CLIENT4, CLIENT6, ROUTER_MAC, BACKEND_MAC, type World } from './helpers/datapath';
+import { world, rawOneBackend, decap, VIP4, VIP6, CLIENT4, CLIENT6, ROUTER_MAC, BACKEND_MAC, type World } from './helpers/datapath';
 import { needsRoot, sh } from './helpers/fixtures';
 
 const TCP = L.IPPROTO_TCP;
@@ -33,8 +33,8 @@ const ipNs = (w: World, ...args: string[]) => sh('ip', '-n', w.fib.ns, ...args);
 
 t.test('the next hop is looked up once per CPU and bound, not per packet', needsRoot, (t) => {
   const w = world(t, { config: { nexthopTtlMs: 60_000 } });
-  oneBackend(w, { vip: VIP4, port: 80, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.10' });
-  oneBackend(w, { vip: VIP6, port: 80, proto: TCP, id: 2 }, { id: 2, address: '2001:db8:100::10' });
+  rawOneBackend(w, { vip: VIP4, port: 80, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.10' });
+  rawOneBackend(w, { vip: VIP6, port: 80, proto: TCP, id: 2 }, { id: 2, address: '2001:db8:100::10' });
   const rs = w.runAll(Array.from({ length: 100 }, (_, i) => (i % 2 ? frame6(1000 + i) : frame4(1000 + i))));
   t.ok(rs.every((r) => r.retval === bpf.XDP_TX && decap(r.data).dstMac === ROUTER_MAC), '100 packets forwarded to the router');
   const cpus = w.lb.maps.nexthops.lookupPerCpu(L.u32(1))?.length ?? 0;
@@ -56,8 +56,8 @@ t.test('the next hop is looked up once per CPU and bound, not per packet', needs
 
 t.test('a neighbour, route or MTU change takes effect within the bound', needsRoot, async (t) => {
   const w = world(t, { config: { nexthopTtlMs: SHORT_TTL_MS } });
-  oneBackend(w, { vip: VIP4, port: 80, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.10' });
-  oneBackend(w, { vip: VIP6, port: 80, proto: TCP, id: 2 }, { id: 2, address: '2001:db8:100::10' });
+  rawOneBackend(w, { vip: VIP4, port: 80, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.10' });
+  rawOneBackend(w, { vip: VIP6, port: 80, proto: TCP, id: 2 }, { id: 2, address: '2001:db8:100::10' });
   t.equal(decap(w.run(frame4(1)).data).dstMac, ROUTER_MAC, 'IPv4: the router');
   t.equal(decap(w.run(frame6(1)).data).dstMac, ROUTER_MAC, 'IPv6: the router');
 
@@ -108,7 +108,7 @@ t.test('a neighbour, route or MTU change takes effect within the bound', needsRo
 
 t.test('with the default bound (1 s) a packet uses its CPU\'s cached next hop or looks it up, and sees the change after the bound', needsRoot, async (t) => {
   const w = world(t);
-  oneBackend(w, { vip: VIP4, port: 80, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.10' });
+  rawOneBackend(w, { vip: VIP4, port: 80, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.10' });
   t.equal(decap(w.run(frame4(1)).data).dstMac, ROUTER_MAC);
   ipNs(w, 'neigh', 'replace', '192.0.2.1', 'lladdr', NEW_ROUTER_MAC, 'dev', 'lb0', 'nud', 'permanent');
   // right after the change every entry is one resolved before it
@@ -124,7 +124,7 @@ t.test('with the default bound (1 s) a packet uses its CPU\'s cached next hop or
 
 t.test('a backend slot rewritten with another address, or a packet from another interface, is looked up afresh', needsRoot, (t) => {
   const w = world(t, { config: { nexthopTtlMs: 60_000 } });
-  oneBackend(w, { vip: VIP4, port: 80, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.10' });
+  rawOneBackend(w, { vip: VIP4, port: 80, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.10' });
   t.equal(w.run(frame4(1)).retval, bpf.XDP_TX, 'behind the router on lb0');
   w.lb.backend({ id: 1, address: '198.51.100.130' });
   const r = w.run(frame4(2));
@@ -149,8 +149,8 @@ t.test('a backend slot rewritten with another address, or a packet from another 
 t.test('two backends in one cache slot (ids NEXTHOP_SLOTS apart) each get their own next hop', needsRoot, (t) => {
   const w = world(t, { config: { nexthopTtlMs: 60_000 } });
   const far = 1 + L.NEXTHOP_SLOTS;
-  oneBackend(w, { vip: VIP4, port: 80, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.10' });
-  oneBackend(w, { vip: VIP4, port: 81, proto: TCP, id: 2 }, { id: far, address: '198.51.100.130' });
+  rawOneBackend(w, { vip: VIP4, port: 80, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.10' });
+  rawOneBackend(w, { vip: VIP4, port: 81, proto: TCP, id: 2 }, { id: far, address: '198.51.100.130' });
   const to81 = (sport: number) => P.ether(P.ipv4({ src: CLIENT4, dst: VIP4 }, P.tcp({ sport, dport: 81 })));
   for (let i = 0; i < 4; i++) {
     const a = w.run(frame4(10 + i));

@@ -10,7 +10,7 @@ import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import * as P from './helpers/packets';
 import {
-  world, oneBackend, decap, tsharkCheck, scratch, type World,
+  world, rawOneBackend, decap, tsharkCheck, scratch, type World,
   VIP4, VIP6, CLIENT4, CLIENT6, LB_SRC4, LB_SRC6, OUTER_TTL, ROUTER_MAC, BACKEND_MAC,
 } from './helpers/datapath';
 import { needsRoot, sh } from './helpers/fixtures';
@@ -84,7 +84,7 @@ t.test('a router\'s frag needed / packet too big about a tunnel packet is record
     clientOnLb0(w);
     const vip = c.v6 ? VIP6 : VIP4;
     const hdr = c.v6 ? 40 : 20;
-    oneBackend(w, { vip, port: 443, proto: TCP, id: 1 }, { id: 1, address: c.backend });
+    rawOneBackend(w, { vip, port: 443, proto: TCP, id: 1 }, { id: 1, address: c.backend });
     const inner = clientPacket(c.v6, c.client, 1450);
     const fwd = w.run(P.ether(inner));
     t.equal(fwd.retval, bpf.XDP_TX, `${c.what}: the client's packet goes to the backend`);
@@ -155,7 +155,7 @@ t.test('after a report, client packets over the path MTU get the load balancer\'
     clientOnLb0(w);
     const backend = v6 ? '2001:db8:100::1' : '198.51.100.10';
     const hdr = v6 ? 40 : 20;
-    oneBackend(w, { vip: v6 ? VIP6 : VIP4, port: 443, proto: TCP, id: 1 }, { id: 1, address: backend });
+    rawOneBackend(w, { vip: v6 ? VIP6 : VIP4, port: 443, proto: TCP, id: 1 }, { id: 1, address: backend });
     const client = v6 ? CLIENT6 : CLIENT4;
     const fwd = w.run(P.ether(clientPacket(v6, client, 1450)));
     t.equal(fwd.retval, bpf.XDP_TX, 'fits the route MTU 1500 before any report');
@@ -180,7 +180,7 @@ t.test('after a report, client packets over the path MTU get the load balancer\'
 
 t.test('an expired path MTU no longer counts', needsRoot, async (t) => {
   const w = world(t, { config: { nexthopTtlMs: 1 } });
-  oneBackend(w, { vip: VIP4, port: 443, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.10' });
+  rawOneBackend(w, { vip: VIP4, port: 443, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.10' });
   w.lb.maps.pmtu.update(L.encodePmtuKey('198.51.100.10'), L.encodePmtu({ mtu: 1000, expiresNs: process.hrtime.bigint() + 10_000_000_000n }));
   t.equal(w.run(P.ether(clientPacket(false, CLIENT4, 1000))).retval, bpf.XDP_TX);
   t.equal(w.lb.reason('pmtu_reply'), 1n, 'a live entry lowers the MTU');
@@ -193,8 +193,8 @@ t.test('an expired path MTU no longer counts', needsRoot, async (t) => {
 
 t.test('other ICMP errors about tunnel packets are dropped and counted; the path MTU is recorded even when the client cannot be reached', needsRoot, (t) => {
   const w = world(t);
-  oneBackend(w, { vip: VIP4, port: 443, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.10' });
-  oneBackend(w, { vip: VIP6, port: 443, proto: TCP, id: 2 }, { id: 2, address: '2001:db8:100::1' });
+  rawOneBackend(w, { vip: VIP4, port: 443, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.10' });
+  rawOneBackend(w, { vip: VIP6, port: 443, proto: TCP, id: 2 }, { id: 2, address: '2001:db8:100::1' });
   const t4 = tunnelPacket(w.run(P.ether(clientPacket(false, CLIENT4, 1450))).data);
   const t6 = tunnelPacket(w.run(P.ether(clientPacket(true, CLIENT6, 1450))).data);
   const cases: Array<[string, Buffer, string]> = [
@@ -219,7 +219,7 @@ t.test('other ICMP errors about tunnel packets are dropped and counted; the path
 
 t.test('exact outer source: only ICMP errors about tunnel packets are taken, the node\'s own traffic reaches its kernel', needsRoot, (t) => {
   const w = world(t);
-  oneBackend(w, { vip: VIP4, port: 443, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.10' });
+  rawOneBackend(w, { vip: VIP4, port: 443, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.10' });
   const other = P.ipv4({ src: '192.0.2.77', dst: LB_SRC4 }, P.rawL4(4, Buffer.alloc(0)));
   const cases: Array<[string, Buffer, string]> = [
     ['SSH to the node', P.ether(P.ipv4({ src: ROUTER4, dst: LB_SRC4 }, P.tcp({ sport: 50000, dport: 22, flags: P.TCP_SYN }))), 'pass_not_vip'],
@@ -242,8 +242,8 @@ t.test('exact outer source: only ICMP errors about tunnel packets are taken, the
 t.test('outer source prefix: everything but ICMP errors about tunnel packets is dropped and counted, never handed to the kernel', needsRoot, (t) => {
   const w = world(t, { config: { src4: '198.51.100.192', src4PrefixLen: 26, src6: '2001:db8:5::', src6PrefixLen: 64 } });
   clientOnLb0(w);
-  oneBackend(w, { vip: VIP4, port: 443, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.10' });
-  oneBackend(w, { vip: VIP6, port: 443, proto: TCP, id: 2 }, { id: 2, address: '2001:db8:100::1' });
+  rawOneBackend(w, { vip: VIP4, port: 443, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.10' });
+  rawOneBackend(w, { vip: VIP6, port: 443, proto: TCP, id: 2 }, { id: 2, address: '2001:db8:100::1' });
   const t4 = tunnelPacket(w.run(P.ether(clientPacket(false, CLIENT4, 1450))).data);
   const t6 = tunnelPacket(w.run(P.ether(clientPacket(true, CLIENT6, 1450))).data);
   t.equal(w.run(routerError(t4, { mtu: 1400 })).retval, bpf.XDP_TX, 'IPv4 error to a prefix address: relayed');
@@ -269,7 +269,7 @@ t.test('outer source prefix: everything but ICMP errors about tunnel packets is 
 
 t.test('VIP traffic and ICMP errors about VIP flows are untouched by the outer source handling', needsRoot, (t) => {
   const w = world(t, { config: { src4: '198.51.100.192', src4PrefixLen: 26 } });
-  oneBackend(w, { vip: VIP4, port: 53, proto: UDP, id: 1 }, { id: 1, address: '198.51.100.10' });
+  rawOneBackend(w, { vip: VIP4, port: 53, proto: UDP, id: 1 }, { id: 1, address: '198.51.100.10' });
   const r = w.run(P.ether(clientPacket(false, CLIENT4, 200, UDP, 53)));
   t.equal(r.retval, bpf.XDP_TX);
   t.equal(decap(r.data).outer4!.src.startsWith('198.51.100.'), true);
@@ -285,7 +285,7 @@ t.test('L4 DNAT: the relayed error quotes the client\'s packet as sent, service 
     const vip = v6 ? VIP6 : VIP4;
     const client = v6 ? CLIENT6 : CLIENT4;
     const hdr = v6 ? 40 : 20;
-    oneBackend(w, { vip, port: 8000, proto, id: 1, flags: L.SVC_F_L4_DNAT }, { id: 1, address: v6 ? '2001:db8:100::1' : '198.51.100.10', port: 8080 });
+    rawOneBackend(w, { vip, port: 8000, proto, id: 1, flags: L.SVC_F_L4_DNAT }, { id: 1, address: v6 ? '2001:db8:100::1' : '198.51.100.10', port: 8080 });
     // as the daemon writes it for a DNAT service (lb.ts writeRevNat)
     w.lb.maps.revnat.update(L.encodeRevNatKey({ vip, proto, backendPort: 8080 }), L.encodeRevNat(8000));
     const inner = clientPacket(v6, client, 1450, proto, 8000);

@@ -12,7 +12,7 @@ import { validateService } from '../src/control/validate';
 import { Address } from '../src/net/address';
 import type { ServiceSpec } from '../src/control/model';
 import * as P from './helpers/packets';
-import { daemonWorld, decap, CLIENT4, CLIENT6, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, VIP6, type DaemonWorld } from './helpers/datapath';
+import { world, decap, CLIENT4, CLIENT6, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, VIP6, type World } from './helpers/datapath';
 import { needsRoot } from './helpers/fixtures';
 
 const backend4 = (h: number) => `198.51.100.${h}`;
@@ -55,7 +55,7 @@ const FLOWS = 16;
 let sport = 20000;
 
 /** What is wrong with new flows to each VIP now, or [] when all are as expected. */
-function check(w: DaemonWorld, e: Expect): string[] {
+function check(w: World, e: Expect): string[] {
   const wrong: string[] = [];
   for (const v6 of Array.from({ length: 2 * FLOWS }, (_, i) => i % 2 === 1)) {
     const inner = v6
@@ -85,7 +85,7 @@ function check(w: DaemonWorld, e: Expect): string[] {
 }
 
 /** Applies `next`, checking new flows after every write; returns how many writes were checked. */
-async function applyChecked(t: Test, w: DaemonWorld, next: ServiceSpec[], e: Expect, what: string): Promise<number> {
+async function applyChecked(t: Test, w: World, next: ServiceSpec[], e: Expect, what: string): Promise<number> {
   const wrong: string[] = [];
   let writes = 0;
   probe = (write) => {
@@ -102,7 +102,7 @@ async function applyChecked(t: Test, w: DaemonWorld, next: ServiceSpec[], e: Exp
 }
 
 t.test('every write of a change leaves the datapath forwarding new flows: add, replace, drain, remove', needsRoot, async (t) => {
-  const w = daemonWorld(t, { maglevSize: 13 });
+  const w = world(t, { maglevM: 13 });
 
   t.ok((await applyChecked(t, w, services([1, 2, 3]), { reach: [1, 2, 3], pass: true }, 'adding two services')) > 3, 'a change of several writes');
   t.same(check(w, { reach: [1, 2, 3], pass: false }), [], 'then: forwarded to the new backends');
