@@ -14,7 +14,7 @@ import pino from 'pino';
 import * as bpf from '../../src/datapath/bpf';
 import * as L from '../../src/datapath/layout';
 import { LbDatapath } from '../../src/datapath/lb';
-import { backendKey, DEFAULT_NODE, type NodeSettings, type ServiceFlags, type ServiceSpec as Spec } from '../../src/control/model';
+import { backendKey, DEFAULT_NODE, type NodeSettings, type ServiceFlags, type ServiceSpec } from '../../src/control/model';
 import { validateService } from '../../src/control/validate';
 import { vipFilterBit } from '../../src/datapath/flowhash';
 import { Address } from '../../src/net/address';
@@ -23,7 +23,7 @@ import { netns, pinDir, sh, veth, ifindexIn, type Teardown } from './fixtures';
 import { CHECK_FIELDS, macText, readIpv4, readIpv6, tsharkFields, tsharkVerbose } from './packets';
 
 /** A service as raw map contents: the tuple and the id it is written at. */
-export interface ServiceSpec {
+export interface RawService {
   vip: string;
   port: number;
   proto: number;
@@ -31,7 +31,7 @@ export interface ServiceSpec {
   flags?: number;
 }
 
-export interface BackendSpec {
+export interface RawBackend {
   id: number;
   address: string;
   port?: number;
@@ -46,7 +46,7 @@ export class Lb {
   private readonly inner: bpf.BpfMap[] = [];
   /** backend id -> owning service, from the first Maglev table that named it */
   private readonly owners = new Map<number, number>();
-  private readonly backendSpecs = new Map<number, BackendSpec>();
+  private readonly backendSpecs = new Map<number, RawBackend>();
 
   constructor(
     readonly obj: bpf.BpfObject,
@@ -65,11 +65,11 @@ export class Lb {
   }
 
   /**
-   * A service as the daemon writes it: by id and its VIP's filter bit first,
-   * then its service map. (The bit stays set when the service goes: a bit
-   * too many only costs lookups.)
+   * Raw: a service at the id given, by id and its VIP's filter bit first,
+   * then its service map, in the daemon's order. (The bit stays set when the
+   * service goes: a bit too many only costs lookups.)
    */
-  service(s: ServiceSpec): void {
+  service(s: RawService): void {
     const k = L.serviceMapKey(s);
     const flags = s.flags ?? 0;
     this.maps.servicesById.update(L.u32(s.id), L.encodeServiceDef({ ...s, flags }));
@@ -113,7 +113,7 @@ export class Lb {
     this.maps.flowCache.batchUpdatePacked(keys, Buffer.alloc(size * n), n);
   }
 
-  backend(b: BackendSpec): void {
+  backend(b: RawBackend): void {
     const serviceId = b.service ?? this.backendSpecs.get(b.id)?.service ?? this.owners.get(b.id) ?? 0;
     this.backendSpecs.set(b.id, { ...b, service: b.service ?? this.backendSpecs.get(b.id)?.service });
     this.maps.backends.update(L.u32(b.id), L.encodeBackend({ address: b.address, port: b.port ?? 0, state: b.state ?? L.BACKEND_ACTIVE, serviceId }));
@@ -269,7 +269,7 @@ export interface World {
   /** the daemon's programmer */
   dp: LbDatapath;
   /** LbDatapath.apply(), committed: the datapath holds exactly these services */
-  apply(services: readonly Spec[]): Promise<void>;
+  apply(services: readonly ServiceSpec[]): Promise<void>;
   /** reads, counters, and raw writes of the same maps */
   lb: Lb;
   /** test run with lb0 as the ingress interface, inside the FIB namespace */
@@ -327,7 +327,7 @@ export function world(t: Teardown, o: { maglevM?: number; config?: Partial<L.Nod
 }
 
 /** Raw: one service with one Maglev table filled with a single backend, at the ids given (what apply() decides for the daemon). */
-export function rawOneBackend(w: World, s: ServiceSpec, b: BackendSpec): void {
+export function rawOneBackend(w: World, s: RawService, b: RawBackend): void {
   w.lb.service(s);
   w.lb.backend(b);
   const m = w.lb.maps.config.lookup(L.u32(0));
@@ -422,13 +422,13 @@ export function serviceSpec(o: {
   protocol?: 'tcp' | 'udp';
   backends: ReadonlyArray<string | { address: string; port?: number; weight?: number }>;
   flags?: Partial<ServiceFlags>;
-}): Spec {
+}): ServiceSpec {
   const backends = o.backends.map((b) => (typeof b === 'string' ? { address: b, port: o.port || 80 } : b));
   return validateService({ name: `s${++specs}`, vip: o.vip, port: o.port, protocol: o.protocol ?? 'tcp', flags: o.flags, backends });
 }
 
 /** The ids the daemon gave a service and its backends (in the spec's order). */
-export function idsOf(w: World, spec: Spec): { service: number; backends: number[] } {
+export function idsOf(w: World, spec: ServiceSpec): { service: number; backends: number[] } {
   const ids = w.dp.ids(spec);
   if (!ids) throw new Error(`${spec.name} is not installed`);
   return { service: ids.service, backends: spec.backends.map((b) => ids.backends.get(backendKey(b.address, b.port)) as number) };
