@@ -9,6 +9,7 @@ import * as protoLoader from '@grpc/proto-loader';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import { vipFilterBit } from '../src/datapath/flowhash';
+import { Address } from '../src/net/address';
 import { daemonFixture, reflectedServices, rpc } from './helpers/daemon';
 import { needsRoot } from './helpers/fixtures';
 
@@ -81,7 +82,7 @@ function vipFilter(bpffs: string): { set: number[]; needed: number[] } {
       const word = dump.values.readBigUInt64LE(i * 8);
       for (let b = 0; b < 64; b++) if ((word >> BigInt(b)) & 1n) set.push(dump.keys.readUInt32LE(i * 4) * 64 + b);
     }
-    const needed = new Set(serviceMapEntries(bpffs).filter((e) => !isVipEntry(e)).map((e) => vipFilterBit(e.vip)));
+    const needed = new Set(serviceMapEntries(bpffs).filter((e) => !isVipEntry(e)).map((e) => vipFilterBit(Address.of(e.vip))));
     return { set: set.sort((a, b) => a - b), needed: [...needed].sort((a, b) => a - b) };
   } finally {
     filter.close();
