@@ -10,7 +10,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { daemonFixture, MAIN, rpc } from './helpers/daemon';
 import { needsRoot } from './helpers/fixtures';
-import { logLine, notifyListener, spawnDaemon, unitCapabilities } from './helpers/systemd';
+import { logLine, notifyListener, spawnDaemon } from './helpers/systemd';
+import { unitCapabilities } from './helpers/systemd-unit';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const UNIT = path.join(ROOT, 'systemd', 'xdplb.service');

@@ -12,6 +12,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { XdplbError } from '../control/errors';
 import { MAX_SOCKET_PATH_BYTES } from '../control/validate';
+import { effectiveCapabilities } from '../daemon/capabilities';
 import { peerFamily, type BgpPeer, type BgpSettings } from './config';
 
 /** One prefix to announce, with its path attributes. */
@@ -32,6 +33,7 @@ export interface ProtocolState {
 }
 
 const BIRDC_TIMEOUT_MS = 5000;
+const CAP_NET_BIND_SERVICE = 10;
 const START_TIMEOUT_MS = 5000;
 
 /** BIRD's protocol name for a peer: a symbol made of its address. */
@@ -199,7 +201,27 @@ export class Bird {
   }
 
   async protocols(): Promise<ProtocolState[]> {
-    return parseProtocols(await this.birdc('show', 'protocols'));
+    return parseProtocols(await this.birdc('show', 'protocols')).map((p) => ({ ...p, info: this.explain(p.info) }));
+  }
+
+  /**
+   * BIRD's "No listening socket" names no cause, and BIRD gives up on the
+   * session for good. Its cause is nearly always the capability BIRD did not
+   * inherit: it runs with the daemon's, and the unit alone does not grant it.
+   */
+  private explain(info: string): string {
+    if (!/No listening socket/.test(info)) return info;
+    let canBind: boolean | undefined;
+    try {
+      canBind = ((effectiveCapabilities(fs.readFileSync(`/proc/${this.pid()}/status`, 'utf8')) >> BigInt(CAP_NET_BIND_SERVICE)) & 1n) === 1n;
+    } catch {
+      // BIRD gone, or its status unreadable: the cause stays open
+    }
+    const cause =
+      canBind === false
+        ? 'BIRD cannot bind TCP port 179 without CAP_NET_BIND_SERVICE, which it inherits from the daemon; under systemd install systemd/xdplb.service.d/bgp.conf (README, "Announcing the VIPs over BGP") and restart'
+        : 'BIRD could not bind TCP port 179 (does another BGP daemon hold it?)';
+    return `${info}: ${cause}; see ${this.logPath}`;
   }
 
   /** `birdc down`: sessions closed, BIRD exits; killed when it does not within the timeout. */

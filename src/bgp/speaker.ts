@@ -382,7 +382,7 @@ export class Speaker implements BgpControl {
     for (const p of next) {
       const old = was.get(p.address);
       if (!old || old.established !== p.established || old.state !== p.state)
-        this.log.info({ peer: p.address, asn: p.asn, state: p.state, info: p.info }, p.established ? 'bgp peer established' : 'bgp peer not established');
+        this.log[p.info.startsWith('Error') ? 'warn' : 'info']({ peer: p.address, asn: p.asn, state: p.state, info: p.info }, p.established ? 'bgp peer established' : 'bgp peer not established');
     }
     this.peers = next;
   }
