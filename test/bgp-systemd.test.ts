@@ -9,13 +9,15 @@
 // inet6 sockets, all allowed) and the mount sandbox (BIRD's files are all under
 // state_dir, the unit's StateDirectory).
 import t, { type Test } from 'tap';
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 import { bgpStatus, BGP_PEERS, reapSpeaker, router, sleep, type Router } from './helpers/bird-router';
-import { daemonFixture, type DaemonFixture } from './helpers/daemon';
+import { daemonFixture, MAIN, type DaemonFixture } from './helpers/daemon';
 import { needsRoot } from './helpers/fixtures';
 import { logLine, spawnDaemon } from './helpers/systemd';
-import { BGP_DROP_IN, unitCapabilities } from './helpers/systemd-unit';
+import { BGP_DROP_IN, UNIT, unitCapabilities } from './helpers/systemd-unit';
 
 const SERVICES = `
   - name: web
@@ -63,6 +65,29 @@ async function until(what: string, cond: () => boolean, explain: () => string, m
     await sleep(100);
   }
 }
+
+const needsAnalyze = { skip: fs.existsSync('/usr/bin/systemd-analyze') || fs.existsSync('/bin/systemd-analyze') ? false : 'systemd-analyze is not installed' };
+
+t.test('systemd reads the drop-in as this test does: verify prints nothing, and security --offline finds the same capabilities granted', needsAnalyze, async (t) => {
+  // The unit and the drop-in where systemd looks for them, ExecStart on this checkout so verify finds every file.
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'xdplb-unit-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const unit = path.join(dir, 'xdplb.service');
+  fs.writeFileSync(unit, fs.readFileSync(UNIT, 'utf8').replace(/^ExecStart=\S+ \/opt\/xdplb\/dist\/src\/cli\/main\.js/m, `ExecStart=${process.execPath} ${MAIN}`));
+  fs.mkdirSync(path.join(dir, 'xdplb.service.d'));
+  fs.copyFileSync(BGP_DROP_IN, path.join(dir, 'xdplb.service.d', 'bgp.conf'));
+  const verify = spawnSync('systemd-analyze', ['verify', unit], { encoding: 'utf8' });
+  t.equal(verify.status, 0, 'verify exits 0');
+  t.equal(verify.stderr.trim(), '', 'and prints no warning (an unknown key in the drop-in would be one)');
+
+  const security = spawnSync('systemd-analyze', ['security', '--offline=true', '--no-pager', unit], { encoding: 'utf8' }).stdout;
+  // "✗ CapabilityBoundingSet=~CAP_NET_(BIND_SERVICE|BROADCAST|RAW) ...": a capability of the pattern is granted
+  const checks = [...security.matchAll(/^([✓✗]) CapabilityBoundingSet=~(\S+)/gm)].map((m) => ({ granted: m[1] === '✗', pattern: new RegExp(`^${m[2].replace(/\*/g, '.*')}$`) }));
+  t.ok(checks.length > 10, `${checks.length} capability checks in systemd's report`);
+  const caps = unitCapabilities([BGP_DROP_IN]).map((c) => `CAP_${c.toUpperCase()}`);
+  for (const c of checks) t.equal(caps.some((cap) => c.pattern.test(cap)), c.granted, `${c.pattern.source}: ${c.granted ? 'granted' : 'not granted'} by systemd, and as the test reads the files`);
+  t.ok(checks.some((c) => c.granted && c.pattern.test('CAP_NET_BIND_SERVICE')), 'systemd adds CAP_NET_BIND_SERVICE to the unit\'s set');
+});
 
 t.test('with the bgp drop-in: BIRD runs with the unit\'s capabilities, binds port 179, and the router gets the VIPs', needsRoot, async (t) => {
   const caps = unitCapabilities([BGP_DROP_IN]);
