@@ -1,7 +1,7 @@
 // BGP under the hardened unit, without systemd as PID 1: the daemon runs with
 // the capabilities systemd/xdplb.service grants (read from the file, with and
 // without the drop-in systemd/xdplb.service.d/bgp.conf), /proc as ProcSubset=pid
-// mounts it, and BIRD, its child, inherits exactly that. A BIRD router in the
+// mounts it, and BIRD, its child, keeps what the daemon leaves it of those. A BIRD router in the
 // peer namespace says whether the VIPs arrive.
 // Not emulated: KillMode=process (whether systemd kills BIRD with a crashed
 // daemon is up to PID 1; bgp-announce shows BIRD outliving a SIGKILLed daemon),
@@ -11,13 +11,12 @@
 import t, { type Test } from 'tap';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { bgpStatus, BGP_PEERS, reapSpeaker, router, sleep, type Router } from './helpers/bird-router';
-import { daemonFixture, MAIN, type DaemonFixture } from './helpers/daemon';
+import { daemonFixture, type DaemonFixture } from './helpers/daemon';
 import { needsRoot } from './helpers/fixtures';
 import { logged, logLine, spawnDaemon } from './helpers/systemd';
-import { BGP_DROP_IN, UNIT, unitCapabilities } from './helpers/systemd-unit';
+import { BGP_DROP_IN, unitCapabilities, unitCopy } from './helpers/systemd-unit';
 
 const SERVICES = `
   - name: web
@@ -71,13 +70,7 @@ async function until(what: string, cond: () => boolean, explain: () => string, m
 const needsAnalyze = { skip: fs.existsSync('/usr/bin/systemd-analyze') || fs.existsSync('/bin/systemd-analyze') ? false : 'systemd-analyze is not installed' };
 
 t.test('systemd reads the drop-in as this test does: verify prints nothing, and security --offline finds the same capabilities granted', needsAnalyze, async (t) => {
-  // The unit and the drop-in where systemd looks for them, ExecStart on this checkout so verify finds every file.
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'xdplb-unit-'));
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const unit = path.join(dir, 'xdplb.service');
-  fs.writeFileSync(unit, fs.readFileSync(UNIT, 'utf8').replace(/^ExecStart=\S+ \/opt\/xdplb\/dist\/src\/cli\/main\.js/m, `ExecStart=${process.execPath} ${MAIN}`));
-  fs.mkdirSync(path.join(dir, 'xdplb.service.d'));
-  fs.copyFileSync(BGP_DROP_IN, path.join(dir, 'xdplb.service.d', 'bgp.conf'));
+  const unit = unitCopy(t, [BGP_DROP_IN]);
   const verify = spawnSync('systemd-analyze', ['verify', unit], { encoding: 'utf8' });
   t.equal(verify.status, 0, 'verify exits 0');
   t.equal(verify.stderr.trim(), '', 'and prints no warning (an unknown key in the drop-in would be one)');

@@ -3,7 +3,10 @@
 // set, an empty one resets it. The inverted form ("~CAP_...") is refused, not
 // guessed at: neither file uses it.
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
+import { MAIN } from './daemon';
+import type { Teardown } from './fixtures';
 
 const SYSTEMD = path.resolve(__dirname, '..', '..', '..', 'systemd');
 export const UNIT = path.join(SYSTEMD, 'xdplb.service');
@@ -36,4 +39,19 @@ export function unitCapabilities(dropIns: string[] = []): string[] {
     for (const c of v.split(/\s+/).filter(Boolean)) set.add(c.replace(/^CAP_/, '').toLowerCase());
   }
   return [...set];
+}
+
+/**
+ * A copy of the unit, with these drop-ins where systemd looks for them
+ * (xdplb.service.d/ beside it) and ExecStart on this checkout and this Node.js,
+ * so that systemd-analyze verify finds every file. Removed at teardown.
+ */
+export function unitCopy(t: Teardown, dropIns: string[] = []): string {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'xdplb-unit-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const unit = path.join(dir, 'xdplb.service');
+  fs.writeFileSync(unit, fs.readFileSync(UNIT, 'utf8').replace(/^ExecStart=\S+ \/opt\/xdplb\/dist\/src\/cli\/main\.js/m, `ExecStart=${process.execPath} ${MAIN}`));
+  if (dropIns.length) fs.mkdirSync(`${unit}.d`);
+  for (const f of dropIns) fs.copyFileSync(f, path.join(`${unit}.d`, path.basename(f)));
+  return unit;
 }
