@@ -33,7 +33,7 @@ const SERVICES = `
       - address: 2001:db8:200::11
 `;
 
-const WARN_CAPS = "BIRD runs with capabilities it does not need, the daemon's: grant the daemon CAP_SETPCAP to drop them (systemd/xdplb.service.d/bgp.conf)";
+const WARN_CAPS = 'BIRD runs with capabilities it does not need, inherited from the daemon: grant the daemon CAP_SETPCAP so it drops them (systemd/xdplb.service.d/bgp.conf)';
 
 const VIPS = ['203.0.113.10/32', '2001:db8:300::10/128'];
 

@@ -188,11 +188,7 @@ export class Speaker implements BgpControl {
 
   private warnCapabilities(): void {
     const excess = this.bird.excessCapabilities();
-    if (excess.length)
-      this.log.warn(
-        { pid: this.pid, capabilities: excess },
-        'BIRD runs with capabilities it does not need, the daemon\'s: grant the daemon CAP_SETPCAP to drop them (systemd/xdplb.service.d/bgp.conf)',
-      );
+    if (excess.length) this.log.warn({ pid: this.pid, capabilities: excess }, 'BIRD runs with capabilities it does not need, inherited from the daemon: grant the daemon CAP_SETPCAP so it drops them (systemd/xdplb.service.d/bgp.conf)');
   }
 
   /** The services or their health changed. */
