@@ -13,7 +13,8 @@ import { daemonFixture, PEER_MAC, peerSender, rpc, type DaemonFixture } from './
 import { needsRoot, sh } from './helpers/fixtures';
 import { ether, ipv4, tcp, TCP_ACK } from './helpers/packets';
 import { tsharkRows, until, VIP4 } from './helpers/recorder';
-import { fields, logged, logLine, notifyListener, PROC_SUBSET_PID, spawnDaemon, unitCapabilities, type Notification } from './helpers/systemd';
+import { fields, logged, logLine, notifyListener, PROC_SUBSET_PID, spawnDaemon, type Notification } from './helpers/systemd';
+import { unitCapabilities } from './helpers/systemd-unit';
 
 const SERVICES = `
   - name: web
