@@ -31,6 +31,7 @@
 // on SIGINT/SIGTERM (noticed between cases).
 import * as os from 'node:os';
 import * as bpf from '../src/datapath/bpf';
+import * as sys from '../src/sys/system';
 import * as L from '../src/datapath/layout';
 import { flowCacheSlot, flowHash, maglevIndex, vipFilterWords } from '../src/datapath/flowhash';
 import { buildTable } from '../src/maglev';
@@ -413,7 +414,7 @@ function measure(w: World, fib: FibNs, c: Case, name: string, repeat = c.repeat 
   const ctx = bpf.xdpContext(fib.lb0);
   const before = counted ? verdictCounts(w) : [];
   const reasonBefore = name === 'bench_lb' ? w.lb.reason(c.reason) : 0n;
-  const r = bpf.withNetns(fib.ns, () => prog.testRun({ data: c.frame, ctx, repeat }));
+  const r = sys.withNetns(fib.ns, () => prog.testRun({ data: c.frame, ctx, repeat }));
   const where = `${c.label}, ${w.services} service(s), ${name}`;
   if (r.retval !== expect) throw new Error(`${where}: last verdict ${VERDICT(r.retval)}, expected ${VERDICT(expect)}`);
   if (!r.data.equals(c.frame)) throw new Error(`${where}: the frame left in the buffer is not the original one`);
@@ -434,7 +435,7 @@ function measure(w: World, fib: FibNs, c: Case, name: string, repeat = c.repeat 
 
 /** xdplb_main itself with `repeat`: valid only where it leaves the frame as it is (XDP_PASS). */
 function measureDirect(w: World, fib: FibNs, c: Case): number {
-  const r = bpf.withNetns(fib.ns, () => w.lb.prog.testRun({ data: c.frame, ctx: bpf.xdpContext(fib.lb0), repeat: c.repeat ?? REPEAT }));
+  const r = sys.withNetns(fib.ns, () => w.lb.prog.testRun({ data: c.frame, ctx: bpf.xdpContext(fib.lb0), repeat: c.repeat ?? REPEAT }));
   if (r.retval !== c.verdict || !r.data.equals(c.frame)) throw new Error(`${c.label}: xdplb_main measured directly did not pass the frame unchanged`);
   return r.duration;
 }
@@ -449,7 +450,7 @@ function expectedBackend(w: World, c: Case, flow: L.FlowKey): number {
 
 /** One run of xdplb_main itself (lb.bpf.o): the case does what it says. */
 function validate(w: World, fib: FibNs, c: Case): void {
-  const r = bpf.withNetns(fib.ns, () => w.lb.run(c.frame, fib.lb0));
+  const r = sys.withNetns(fib.ns, () => w.lb.run(c.frame, fib.lb0));
   const where = `${c.label}, ${w.services} service(s), xdplb_main`;
   if (r.retval !== c.verdict) throw new Error(`${where}: ${VERDICT(r.retval)}, expected ${VERDICT(c.verdict)}`);
   if (c.kind === 'pass') {
@@ -726,7 +727,7 @@ function fibBench(w: World, fib: FibNs): string {
   const params = w.benchConfigFib;
   const frame = CASES[0].frame;
   const run = (name: string) => {
-    const r = bpf.withNetns(fib.ns, () => w.progs[name].testRun({ data: frame, ctx: bpf.xdpContext(fib.lb0), repeat: REPEAT }));
+    const r = sys.withNetns(fib.ns, () => w.progs[name].testRun({ data: frame, ctx: bpf.xdpContext(fib.lb0), repeat: REPEAT }));
     if (r.retval !== bpf.XDP_TX) throw new Error(`${name}: ${VERDICT(r.retval)} (lookup failed)`);
     return r.duration;
   };

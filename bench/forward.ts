@@ -46,6 +46,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import pino from 'pino';
 import * as bpf from '../src/datapath/bpf';
+import * as sys from '../src/sys/system';
 import * as L from '../src/datapath/layout';
 import { REASON, REASON_COUNT } from '../src/datapath/reasons';
 import type { ServiceSpec } from '../src/control/model';
@@ -129,7 +130,7 @@ async function main(): Promise<void> {
     const run = (frame: Buffer, repeat: number) => {
       const before = counts();
       const start = process.hrtime.bigint();
-      bpf.withNetns(genNs, () => gen.testRun({ data: frame, ctx: bpf.xdpContext(g0), repeat, flags: bpf.BPF_F_TEST_XDP_LIVE_FRAMES, batchSize: BATCH }));
+      sys.withNetns(genNs, () => gen.testRun({ data: frame, ctx: bpf.xdpContext(g0), repeat, flags: bpf.BPF_F_TEST_XDP_LIVE_FRAMES, batchSize: BATCH }));
       const secs = Number(process.hrtime.bigint() - start) / 1e9;
       const after = counts();
       return { secs, repeat, lbRx: after.lbRx - before.lbRx, lbTx: after.lbTx - before.lbTx, lbErr: after.lbErr - before.lbErr, sink: after.sink - before.sink };
@@ -156,7 +157,7 @@ async function main(): Promise<void> {
       let current: bpf.BpfProgram = dp.program;
       const use = (prog: bpf.BpfProgram) => {
         if (prog === current) return;
-        bpf.withNetns(lbNs, () => bpf.attachXdp(lb0, prog, { mode: 'native', replace: current }));
+        sys.withNetns(lbNs, () => bpf.attachXdp(lb0, prog, { mode: 'native', replace: current }));
         current = prog;
       };
 

@@ -9,6 +9,7 @@
 // end in the sink, which strips them (putting the generator's page back).
 import pino, { type Logger } from 'pino';
 import * as bpf from '../src/datapath/bpf';
+import * as sys from '../src/sys/system';
 import { LbDatapath } from '../src/datapath/lb';
 import { DEFAULT_NODE, type NodeSettings } from '../src/control/model';
 import { netns, pinDir, sh, veth } from '../test/helpers/fixtures';
@@ -71,8 +72,8 @@ export function liveLab(cleanup: Cleanup): LiveLab {
   return {
     genNs,
     lbNs,
-    g0: bpf.withNetns(genNs, () => bpf.ifIndex('g0')),
-    lb0: bpf.withNetns(lbNs, () => bpf.ifIndex('lb0')),
+    g0: sys.withNetns(genNs, () => sys.ifIndex('g0')),
+    lb0: sys.withNetns(lbNs, () => sys.ifIndex('lb0')),
     g0Mac,
     lb0Mac,
     test,
@@ -101,13 +102,13 @@ export function liveNode(o: { bpffs: string; dir: string; maglevSize: number }):
 
 /** The load balancer's datapath on lb0; close() (also at cleanup, once) detaches it and closes the handles. */
 export function openLiveDatapath(cleanup: Cleanup, lab: LiveLab, node: NodeSettings, log: Logger = pino({ level: 'warn' })): { dp: LbDatapath; close(): void } {
-  const dp = bpf.withNetns(lab.lbNs, () => LbDatapath.open(node, log));
+  const dp = sys.withNetns(lab.lbNs, () => LbDatapath.open(node, log));
   let closed = false;
   const close = () => {
     if (closed) return;
     closed = true;
     try {
-      bpf.withNetns(lab.lbNs, () => {
+      sys.withNetns(lab.lbNs, () => {
         if (bpf.queryXdp(lab.lb0).progId) bpf.detachXdp(lab.lb0, 'native');
       });
     } catch {

@@ -5,6 +5,8 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as bpf from '../src/datapath/bpf';
+import * as sys from '../src/sys/system';
+import { PACKAGE_ROOT } from '../src/sys/paths';
 import * as L from '../src/datapath/layout';
 import { REASONS, REASON_COUNT } from '../src/datapath/reasons';
 import { flowHash, outerSource } from '../src/datapath/flowhash';
@@ -13,7 +15,7 @@ import { openLb } from './helpers/datapath';
 import { needsRoot } from './helpers/fixtures';
 
 const OBJ = bpf.objectPath('lb');
-const CONSTS = fs.readFileSync(path.join(bpf.PACKAGE_ROOT, 'xdp', 'consts.h'), 'utf8');
+const CONSTS = fs.readFileSync(path.join(PACKAGE_ROOT, 'xdp', 'consts.h'), 'utf8');
 
 interface BtfMember {
   name: string;
@@ -202,7 +204,7 @@ t.test('the loaded maps have the names, types, key/value sizes and capacities la
     xdplb_rec_config: ['array', 1],
     xdplb_rec_filter: ['array', L.REC_FILTER_WORDS],
     xdplb_rec_memo: ['percpu_array', L.REC_MEMO_SLOTS],
-    xdplb_rec_ring: ['perf_event_array', bpf.possibleCpus()],
+    xdplb_rec_ring: ['perf_event_array', sys.possibleCpus()],
     xdplb_rec_stats: ['percpu_array', L.REC_STAT_MAX],
   };
   for (const [name, [type, max]] of Object.entries(expect)) {

@@ -8,12 +8,13 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as bpf from '../src/datapath/bpf';
+import { PACKAGE_ROOT } from '../src/sys/paths';
 import { Decap, DECAP_REASONS, encodeLocalKey, encodeRevNatKey, encodeRevNatVal, type DecapReason } from '../src/lab/decap';
 import * as P from './helpers/packets';
 import { scratch, tsharkCheck } from './helpers/datapath';
 import { needsRoot, pinDir, type Teardown } from './helpers/fixtures';
 
-const SOURCE = fs.readFileSync(path.join(bpf.PACKAGE_ROOT, 'xdp', 'decap.bpf.c'), 'utf8');
+const SOURCE = fs.readFileSync(path.join(PACKAGE_ROOT, 'xdp', 'decap.bpf.c'), 'utf8');
 const OBJ = bpf.objectPath('decap');
 
 const BE4 = '198.51.100.11';

@@ -5,7 +5,8 @@
 // table moves, and none at all of the flows the connection table knows.
 import t from 'tap';
 import { labFixture, type LabFixture } from '../src/lab/fixture';
-import { predictor, type ApiService } from '../src/lab/check';
+import { predictor } from '../src/lab/check';
+import type { ApiService } from '../src/client/client';
 import type { RequestResult } from '../src/lab/client';
 import { needsRoot } from './helpers/fixtures';
 

@@ -15,7 +15,7 @@ import { parse, stringify } from 'yaml';
 import { labFixture } from '../src/lab/fixture';
 import { Decap } from '../src/lab/decap';
 import { inNs, ipIn } from '../src/lab/topology';
-import type { NextHopStatus } from '../src/daemon/neighbours';
+import type { NextHopStatus } from '../src/net/neighbours';
 import { needsRoot } from './helpers/fixtures';
 
 const VIP4 = '203.0.113.10';

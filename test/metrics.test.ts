@@ -6,7 +6,7 @@ import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { REASONS } from '../src/datapath/reasons';
-import type { CountersSnapshot, NodeStatusSnapshot } from '../src/api/server';
+import type { CountersSnapshot, NodeStatusSnapshot } from '../src/datapath/snapshot';
 import type { OwnedService } from '../src/control/model';
 import { Metrics } from '../src/metrics/metrics';
 import { daemonFixture, PEER_MAC, peerSender, rpc } from './helpers/daemon';

@@ -3,9 +3,9 @@
 // everything else, and the backend's decapsulator (local, no daemon).
 import { Command, Option } from 'commander';
 import { checkDatapath, formatCheck } from './check';
-import { call, connect, type Client, type ConnectOptions } from './client';
+import { call, connect, type Client, type ConnectOptions } from '../client/client';
 import { parseBackendArg, parseBackendRef, parsePort, parseProtocol } from './args';
-import { OUTPUT_FORMATS, render, table, type OutputFormat } from './output';
+import { OUTPUT_FORMATS, render, table, type OutputFormat } from '../client/output';
 import { DEFAULT_NODE } from '../control/model';
 import { labCommand } from '../lab/command';
 import { recordCommand } from './record';

@@ -25,6 +25,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import * as bpf from './bpf';
+import * as sys from '../sys/system';
 import * as L from './layout';
 import { vipFilterBit } from './flowhash';
 import { REASON, REASONS } from './reasons';
@@ -35,7 +36,7 @@ import { TableStream, diffTables, NO_BACKEND, type MaglevBackend } from '../magl
 import type { DatapathChange, DatapathSink } from '../control/controller';
 import { XdplbError } from '../control/errors';
 import type { BackendSpec, NodeSettings, ServiceSpec } from '../control/model';
-import type { CountersSnapshot, NodeStatusSnapshot } from '../api/server';
+import type { CountersSnapshot, NodeStatusSnapshot } from './snapshot';
 
 const PROG_PIN = 'prog_xdplb_main';
 const OWNER_MAP = 'xdplb_be_owner';
@@ -689,7 +690,7 @@ export class LbDatapath implements DatapathSink {
 
   private ifindex(name: string): number {
     try {
-      return bpf.ifIndex(name);
+      return sys.ifIndex(name);
     } catch {
       throw XdplbError.failedPrecondition(`interface ${name} does not exist`);
     }

@@ -6,21 +6,12 @@
 import { buildTable, NO_BACKEND } from '../maglev';
 import { flowHash, maglevIndex } from '../datapath/flowhash';
 import { IPPROTO_TCP, IPPROTO_UDP } from '../datapath/layout';
-import { table } from '../cli/output';
-import type { CountersSnapshot } from '../api/server';
+import { table } from '../client/output';
+import type { CountersSnapshot } from '../datapath/snapshot';
+import type { ApiService } from '../client/client';
 import type { Lab } from './lab';
 import type { RequestResult, RequestTarget } from './client';
 import { recordVips, type LabRecording } from './record';
-
-/** A service as the API returns it. */
-export interface ApiService {
-  name: string;
-  vip: string;
-  port: number;
-  protocol: string;
-  flags: { l4Dnat?: boolean; sourceHash?: boolean; conntrackBypass?: boolean; icmpEcho?: boolean };
-  backends: Array<{ address: string; port: number; weight: number; state: string }>;
-}
 
 export const protoOf = (s: ApiService): 'tcp' | 'udp' => (s.protocol.toLowerCase().endsWith('udp') ? 'udp' : 'tcp');
 const isActive = (state: string) => state === 'BACKEND_STATE_ACTIVE' || state === 'active';

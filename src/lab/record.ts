@@ -4,7 +4,7 @@
 // A daemon without the recorder (its datapath has no recorder maps, or an
 // older daemon without the service) is no failure: the test runs unrecorded.
 import * as grpc from '@grpc/grpc-js';
-import { call, connect, type Client } from '../cli/client';
+import { call, connect, type Client } from '../client/client';
 import type { Lab } from './lab';
 
 export interface LabRecording {

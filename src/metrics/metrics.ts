@@ -9,7 +9,7 @@
 // Names follow Prometheus conventions: xdplb_ prefix, _total for counters,
 // base units (seconds, bytes). A backend is labelled "address:port" ("[v6]:port").
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { CountersSnapshot, NodeStatusSnapshot } from '../api/server';
+import type { CountersSnapshot, NodeStatusSnapshot } from '../datapath/snapshot';
 import type { BackendState, OwnedService } from '../control/model';
 import { REASONS } from '../datapath/reasons';
 import { backendLabel, type BackendHealthView } from '../health/checker';

@@ -6,6 +6,7 @@ import * as path from 'node:path';
 import * as os from 'node:os';
 import * as fs from 'node:fs';
 import * as bpf from '../../src/datapath/bpf';
+import * as sys from '../../src/sys/system';
 import * as L from '../../src/datapath/layout';
 import { vipFilterBit } from '../../src/datapath/flowhash';
 import { REASONS, REASON } from '../../src/datapath/reasons';
@@ -97,7 +98,7 @@ export class Lb {
     const n = this.maps.flowCache.maxEntries;
     const keys = Buffer.alloc(4 * n);
     for (let i = 0; i < n; i++) keys.writeUInt32LE(i, 4 * i);
-    const size = L.LAYOUT.xdplb_flow_cache_entry.size * bpf.possibleCpus();
+    const size = L.LAYOUT.xdplb_flow_cache_entry.size * sys.possibleCpus();
     this.maps.flowCache.batchUpdatePacked(keys, Buffer.alloc(size * n), n);
   }
 
@@ -261,12 +262,12 @@ export function world(t: Teardown, o: { maglevM?: number; config?: Partial<L.Nod
   const lb = openLb(t);
   lb.config({ src4: LB_SRC4, src6: LB_SRC6, ttl: OUTER_TTL, maglevM: o.maglevM ?? 0, ...o.config });
   // devmap entries resolve the ifindex in the caller's namespace
-  bpf.withNetns(fib.ns, () => lb.maps.devmap.update(L.u32(fib.lb1), L.encodeDevmapVal({ ifindex: fib.lb1, progFd: 0 })));
+  sys.withNetns(fib.ns, () => lb.maps.devmap.update(L.u32(fib.lb1), L.encodeDevmapVal({ ifindex: fib.lb1, progFd: 0 })));
   return {
     fib,
     lb,
-    run: (frame) => bpf.withNetns(fib.ns, () => lb.run(frame, fib.lb0)),
-    runAll: (frames) => bpf.withNetns(fib.ns, () => frames.map((f) => lb.run(f, fib.lb0))),
+    run: (frame) => sys.withNetns(fib.ns, () => lb.run(frame, fib.lb0)),
+    runAll: (frames) => sys.withNetns(fib.ns, () => frames.map((f) => lb.run(f, fib.lb0))),
   };
 }
 
