@@ -95,8 +95,7 @@ function cycles(edges) {
   return out;
 }
 
-function report() {
-  const edges = graph();
+function report(edges = graph()) {
   const folders = new Map();
   const upward = [];
   for (const [from, tos] of edges) {
@@ -133,4 +132,4 @@ if (require.main === module) {
   process.exitCode = r.cycles.length || r.upward.length ? 1 : 0;
 }
 
-module.exports = { report, LAYERS };
+module.exports = { report, graph, LAYERS };
