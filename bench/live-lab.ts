@@ -7,6 +7,8 @@
 // lb0 routes the backends (198.51.100.0/24, 2001:db8:200::/64) back through g0
 // with permanent neighbours, so encapsulated frames leave lb0 with XDP_TX and
 // end in the sink, which strips them (putting the generator's page back).
+import * as fs from 'node:fs';
+import * as os from 'node:os';
 import pino, { type Logger } from 'pino';
 import * as bpf from '../src/datapath/bpf';
 import * as sys from '../src/sys/system';
@@ -118,4 +120,48 @@ export function openLiveDatapath(cleanup: Cleanup, lab: LiveLab, node: NodeSetti
   };
   cleanup.teardown(close);
   return { dp, close };
+}
+
+const napiThreads = (): Set<number> => {
+  const out = new Set<number>();
+  for (const p of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      if (fs.readFileSync(`/proc/${p}/comm`, 'utf8').startsWith('napi/')) out.add(Number(p));
+    } catch {
+      // gone
+    }
+  }
+  return out;
+};
+
+/** CPU seconds (user + system) a thread of this machine has used. */
+export function threadCpuSeconds(tid: number): number {
+  const stat = fs.readFileSync(`/proc/${tid}/stat`, 'utf8');
+  // fields after the command (which may hold spaces), from the last ')': state is field 3, utime 14, stime 15
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / CLOCK_TICKS;
+}
+const CLOCK_TICKS = Number(sh('getconf', 'CLK_TCK').trim());
+
+/**
+ * Threaded NAPI on a veth end (/sys/class/net/DEV/threaded): its receive
+ * polling, XDP program included, moves from the softirq of whichever CPU sent
+ * the frames into kernel threads of its own, pinned here to `cpu`; or back
+ * (cpu undefined). The veth's NAPI exists only while an XDP program is
+ * attached to it. Returns the threads.
+ */
+export function napiOn(ns: string, dev: string, cpu: number | undefined): number[] {
+  const before = napiThreads();
+  sh('ip', 'netns', 'exec', ns, 'sh', '-c', `echo ${cpu === undefined ? 0 : 1} > /sys/class/net/${dev}/threaded`);
+  if (cpu === undefined) return [];
+  const tids = [...napiThreads()].filter((t) => !before.has(t));
+  if (!tids.length) throw new Error(`${dev}: no NAPI thread appeared (is an XDP program attached?)`);
+  for (const t of tids) sh('taskset', '-pc', String(cpu), String(t));
+  return tids;
+}
+
+/** Pins the process's main thread (where the generator's test runs execute) to `cpu`, or to every CPU again. */
+export function pinMainThread(cpu: number | undefined): void {
+  sh('taskset', '-pc', cpu === undefined ? `0-${os.cpus().length - 1}` : String(cpu), String(process.pid));
 }
