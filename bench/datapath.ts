@@ -35,10 +35,10 @@ import * as sys from '../src/sys/system';
 import * as L from '../src/datapath/layout';
 import { flowCacheSlot, flowHash, maglevIndex, vipFilterWords } from '../src/datapath/flowhash';
 import { buildTable } from '../src/maglev';
-import { CLIENT4, CLIENT6, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, VIP6, decap, fibNamespace, openLb, Lb as LbFixture, type FibNs, type Lb } from '../test/helpers/datapath';
-import { pinDir } from '../test/helpers/fixtures';
+import { CLIENT4, CLIENT6, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, VIP6, decap, fibNamespace, openLb, Lb as LbFixture, type FibNs, type Lb } from '../harness/datapath';
+import { pinDir } from '../harness/fixtures';
 import { Cleanup } from './cleanup';
-import { TCP_ACK, TCP_PSH, TCP_SYN, ether, ipv4, ipv6, tcp } from '../test/helpers/packets';
+import { TCP_ACK, TCP_PSH, TCP_SYN, ether, ipv4, ipv6, tcp } from '../harness/packets';
 
 const RUNS = Number(process.argv[2] ?? 7);
 const REPEAT = Number(process.argv[3] ?? 200_000);

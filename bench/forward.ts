@@ -64,8 +64,8 @@ import * as sys from '../src/sys/system';
 import * as L from '../src/datapath/layout';
 import { REASON, REASON_COUNT } from '../src/datapath/reasons';
 import type { ServiceSpec } from '../src/control/model';
-import { ether, ipv4, ipv6, tcp, TCP_ACK, TCP_PSH } from '../test/helpers/packets';
-import { pinDir } from '../test/helpers/fixtures';
+import { ether, ipv4, ipv6, tcp, TCP_ACK, TCP_PSH } from '../harness/packets';
+import { pinDir } from '../harness/fixtures';
 import { Cleanup, stopOnSignal } from './cleanup';
 import { ethtool, liveLab, liveNode, napiOn, openLiveDatapath, pinMainThread, sumMatching, threadCpuSeconds } from './live-lab';
 

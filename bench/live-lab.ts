@@ -14,7 +14,7 @@ import * as bpf from '../src/datapath/bpf';
 import * as sys from '../src/sys/system';
 import { LbDatapath } from '../src/datapath/lb';
 import { DEFAULT_NODE, type NodeSettings } from '../src/control/model';
-import { netns, pinDir, sh, veth } from '../test/helpers/fixtures';
+import { netns, pinDir, sh, veth } from '../harness/fixtures';
 import { Decap, detachIn } from '../src/lab/decap';
 import type { Cleanup } from './cleanup';
 

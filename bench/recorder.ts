@@ -36,9 +36,9 @@ import * as bpf from '../src/datapath/bpf';
 import * as sys from '../src/sys/system';
 import * as L from '../src/datapath/layout';
 import { compileFilters, matchCompiled, type Filter, type RuleFilters } from '../src/recorder/filter';
-import { CLIENT4, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, fibNamespace, openLb, type FibNs, type Lb } from '../test/helpers/datapath';
-import { RecorderMaps } from '../test/helpers/datapath-recorder';
-import { TCP_ACK, TCP_PSH, ether, ipv4, tcp } from '../test/helpers/packets';
+import { CLIENT4, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, fibNamespace, openLb, type FibNs, type Lb } from '../harness/datapath';
+import { RecorderMaps } from '../harness/datapath-recorder';
+import { TCP_ACK, TCP_PSH, ether, ipv4, tcp } from '../harness/packets';
 import { Cleanup } from './cleanup';
 
 const RUNS = Number(process.argv[2] ?? 7);

@@ -14,7 +14,7 @@ const ROOT = path.resolve(__dirname, '..');
 
 // Lowest first. A module may import its own folder and any folder of a lower
 // rank; never one of the same rank or above. bench/ and test/ sit on top and
-// share test/helpers/ (test/helpers imports only src/).
+// share harness/ (which imports only src/).
 const LAYERS = [
   ['src/sys', 'src/net', 'src/maglev'],
   ['src/control'],
@@ -25,7 +25,7 @@ const LAYERS = [
   ['src/daemon'],
   ['src/lab'],
   ['src/cli'],
-  ['test/helpers'],
+  ['harness'],
   ['bench', 'test'],
 ];
 
@@ -57,7 +57,7 @@ function rankOf(folder) {
 
 function graph() {
   const edges = new Map();
-  for (const top of ['src', 'bench', 'test']) {
+  for (const top of ['src', 'harness', 'bench', 'test']) {
     for (const abs of walk(path.join(ROOT, top))) {
       const file = path.relative(ROOT, abs);
       const info = ts.preProcessFile(fs.readFileSync(abs, 'utf8'), true, true);

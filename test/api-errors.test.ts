@@ -5,8 +5,8 @@
 import t from 'tap';
 import * as grpc from '@grpc/grpc-js';
 import type { Client } from '../src/client/client';
-import { daemonFixture, rpc } from './helpers/daemon';
-import { needsRoot } from './helpers/fixtures';
+import { daemonFixture, rpc } from '../harness/daemon';
+import { needsRoot } from '../harness/fixtures';
 
 const FILE_SERVICES = `
   - name: web

@@ -10,8 +10,8 @@ import * as bpf from '../src/datapath/bpf';
 import * as sys from '../src/sys/system';
 import * as L from '../src/datapath/layout';
 import { vipFilterBit } from '../src/datapath/flowhash';
-import { daemonFixture, reflectedServices, rpc } from './helpers/daemon';
-import { needsRoot } from './helpers/fixtures';
+import { daemonFixture, reflectedServices, rpc } from '../harness/daemon';
+import { needsRoot } from '../harness/fixtures';
 
 const FILE_SERVICES = `
   - name: web

@@ -11,7 +11,7 @@ import pino from 'pino';
 import * as L from '../src/datapath/layout';
 import { LbDatapath } from '../src/datapath/lb';
 import { DEFAULT_FLAGS, DEFAULT_NODE, type NodeSettings, type ServiceSpec } from '../src/control/model';
-import { needsRoot, pinDir } from './helpers/fixtures';
+import { needsRoot, pinDir } from '../harness/fixtures';
 
 const silent = pino({ level: 'silent' });
 

@@ -11,8 +11,8 @@ import * as L from '../src/datapath/layout';
 import { REASONS, REASON_COUNT } from '../src/datapath/reasons';
 import { flowHash, outerSource } from '../src/datapath/flowhash';
 import { MAX_ENTRIES, MAX_MASKS, MAX_RULES, TUPLE_LEN, encodeTuple, encodeRules, tupleOf } from '../src/recorder/filter';
-import { openLb } from './helpers/datapath';
-import { needsRoot } from './helpers/fixtures';
+import { openLb } from '../harness/datapath';
+import { needsRoot } from '../harness/fixtures';
 
 const OBJ = bpf.objectPath('lb');
 const CONSTS = fs.readFileSync(path.join(PACKAGE_ROOT, 'xdp', 'consts.h'), 'utf8');

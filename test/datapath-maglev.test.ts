@@ -6,9 +6,9 @@ import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import { flowHash, outerSource, vipFilterBit, type Flow } from '../src/datapath/flowhash';
 import { buildTable, type MaglevBackend } from '../src/maglev';
-import * as P from './helpers/packets';
-import { world, decap, VIP4, VIP6, type World } from './helpers/datapath';
-import { needsRoot, type Teardown } from './helpers/fixtures';
+import * as P from '../harness/packets';
+import { world, decap, VIP4, VIP6, type World } from '../harness/datapath';
+import { needsRoot, type Teardown } from '../harness/fixtures';
 
 const TCP = L.IPPROTO_TCP;
 const UDP = L.IPPROTO_UDP;

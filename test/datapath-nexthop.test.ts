@@ -8,9 +8,9 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import * as bpf from '../src/datapath/bpf';
 import * as sys from '../src/sys/system';
 import * as L from '../src/datapath/layout';
-import * as P from './helpers/packets';
-import { world, oneBackend, decap, VIP4, VIP6, CLIENT4, CLIENT6, ROUTER_MAC, BACKEND_MAC, type World } from './helpers/datapath';
-import { needsRoot, sh } from './helpers/fixtures';
+import * as P from '../harness/packets';
+import { world, oneBackend, decap, VIP4, VIP6, CLIENT4, CLIENT6, ROUTER_MAC, BACKEND_MAC, type World } from '../harness/datapath';
+import { needsRoot, sh } from '../harness/fixtures';
 
 const TCP = L.IPPROTO_TCP;
 const NEW_ROUTER_MAC = '02:00:00:00:01:99';

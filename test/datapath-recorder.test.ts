@@ -7,12 +7,12 @@ import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import { compileFilters, entryKey, matchCompiled, matches, parseFilter, recFilterBits, recFilterWords, ruleIdsOf, type Filter, type Prefix, type RuleFilters, type Tuple } from '../src/recorder/filter';
 import { RecorderMaps as DaemonRecorderMaps } from '../src/recorder/datapath';
-import * as P from './helpers/packets';
-import { world, oneBackend, decap, ipPacket, tsharkCheck, scratch, VIP4, VIP6, CLIENT4, CLIENT6 } from './helpers/datapath';
-import { recorderMaps, collector, entryCaplen, type Sample } from './helpers/datapath-recorder';
-import { needsRoot } from './helpers/fixtures';
+import * as P from '../harness/packets';
+import { world, oneBackend, decap, ipPacket, tsharkCheck, scratch, VIP4, VIP6, CLIENT4, CLIENT6 } from '../harness/datapath';
+import { recorderMaps, collector, entryCaplen, type Sample } from '../harness/datapath-recorder';
+import { needsRoot } from '../harness/fixtures';
 import { decodeSampleBatch, type Sample as RecordedSample, type SampleBatch } from '../src/recorder/datapath';
-import { seededRandom } from './helpers/random';
+import { seededRandom } from '../harness/random';
 
 const TCP = L.IPPROTO_TCP;
 const BACKEND4 = '198.51.100.10';

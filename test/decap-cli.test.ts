@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import * as bpf from '../src/datapath/bpf';
 import { PACKAGE_ROOT } from '../src/sys/paths';
 import { DECAP_LOCAL_MAP, REVNAT_MAP } from '../src/lab/decap';
-import { needsRoot, netns, pinDir, sh, veth } from './helpers/fixtures';
+import { needsRoot, netns, pinDir, sh, veth } from '../harness/fixtures';
 
 const CLI = path.join(PACKAGE_ROOT, 'dist', 'src', 'cli', 'main.js');
 

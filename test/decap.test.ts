@@ -10,9 +10,9 @@ import * as path from 'node:path';
 import * as bpf from '../src/datapath/bpf';
 import { PACKAGE_ROOT } from '../src/sys/paths';
 import { Decap, DECAP_REASONS, encodeLocalKey, encodeRevNatKey, encodeRevNatVal, type DecapReason } from '../src/lab/decap';
-import * as P from './helpers/packets';
-import { scratch, tsharkCheck } from './helpers/datapath';
-import { needsRoot, pinDir, type Teardown } from './helpers/fixtures';
+import * as P from '../harness/packets';
+import { scratch, tsharkCheck } from '../harness/datapath';
+import { needsRoot, pinDir, type Teardown } from '../harness/fixtures';
 
 const SOURCE = fs.readFileSync(path.join(PACKAGE_ROOT, 'xdp', 'decap.bpf.c'), 'utf8');
 const OBJ = bpf.objectPath('decap');

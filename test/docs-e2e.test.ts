@@ -12,8 +12,8 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { PACKAGE_ROOT } from '../src/sys/paths';
 import { DECAP_PIN_ROOT } from '../src/cli/decap';
-import { needsRoot, netns, pinDir, sh, veth, type Teardown } from './helpers/fixtures';
-import { recorderRig, rpc, tsharkRows, VIP4 } from './helpers/recorder';
+import { needsRoot, netns, pinDir, sh, veth, type Teardown } from '../harness/fixtures';
+import { recorderRig, rpc, tsharkRows, VIP4 } from '../harness/recorder';
 
 const ROOT = PACKAGE_ROOT;
 const MAIN = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');

@@ -8,7 +8,7 @@ import { labFixture, type LabFixture } from '../src/lab/fixture';
 import { predictor } from '../src/lab/check';
 import type { ApiService } from '../src/client/client';
 import type { RequestResult } from '../src/lab/client';
-import { needsRoot } from './helpers/fixtures';
+import { needsRoot } from '../harness/fixtures';
 
 const VIP4 = '203.0.113.10';
 const VIP6 = '2001:db8:100::10';

@@ -7,7 +7,7 @@
 import t from 'tap';
 import { labFixture, type LabFixture } from '../src/lab/fixture';
 import type { ApiService } from '../src/client/client';
-import { needsRoot } from './helpers/fixtures';
+import { needsRoot } from '../harness/fixtures';
 
 const VIP = '203.0.113.10';
 const HEALTH_PORT = 8080;

@@ -4,7 +4,7 @@ import * as fs from 'node:fs';
 import * as bpf from '../src/datapath/bpf';
 import * as sys from '../src/sys/system';
 import * as L from '../src/datapath/layout';
-import { needsRoot, pinDir } from './helpers/fixtures';
+import { needsRoot, pinDir } from '../harness/fixtures';
 
 const OBJ = bpf.testObjectPath('native_test');
 

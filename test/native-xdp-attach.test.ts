@@ -3,7 +3,7 @@
 import t from 'tap';
 import * as bpf from '../src/datapath/bpf';
 import * as sys from '../src/sys/system';
-import { needsRoot, netns, pinDir, sh, veth } from './helpers/fixtures';
+import { needsRoot, netns, pinDir, sh, veth } from '../harness/fixtures';
 
 const OBJ = bpf.testObjectPath('native_test');
 

@@ -8,9 +8,9 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { daemonFixture, MAIN, rpc } from './helpers/daemon';
-import { needsRoot } from './helpers/fixtures';
-import { logLine, notifyListener, spawnDaemon, unitCapabilities } from './helpers/systemd';
+import { daemonFixture, MAIN, rpc } from '../harness/daemon';
+import { needsRoot } from '../harness/fixtures';
+import { logLine, notifyListener, spawnDaemon, unitCapabilities } from '../harness/systemd';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const UNIT = path.join(ROOT, 'systemd', 'xdplb.service');

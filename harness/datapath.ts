@@ -5,11 +5,11 @@
 import * as path from 'node:path';
 import * as os from 'node:os';
 import * as fs from 'node:fs';
-import * as bpf from '../../src/datapath/bpf';
-import * as sys from '../../src/sys/system';
-import * as L from '../../src/datapath/layout';
-import { vipFilterBit } from '../../src/datapath/flowhash';
-import { REASONS, REASON } from '../../src/datapath/reasons';
+import * as bpf from '../src/datapath/bpf';
+import * as sys from '../src/sys/system';
+import * as L from '../src/datapath/layout';
+import { vipFilterBit } from '../src/datapath/flowhash';
+import { REASONS, REASON } from '../src/datapath/reasons';
 import { netns, pinDir, sh, veth, ifindexIn, type Teardown } from './fixtures';
 import { CHECK_FIELDS, macText, readIpv4, readIpv6, tsharkFields, tsharkVerbose } from './packets';
 

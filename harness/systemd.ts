@@ -27,7 +27,7 @@ while True:
     print(json.dumps({"msg": data.decode(), "apiListening": up, "t": time.monotonic()}), flush=True)
 `;
 
-const UNIT = path.resolve(__dirname, '..', '..', '..', 'systemd', 'xdplb.service');
+const UNIT = path.resolve(__dirname, '..', '..', 'systemd', 'xdplb.service');
 
 /** The unit's CapabilityBoundingSet as setpriv names them: bpf, net_admin, ... */
 export function unitCapabilities(): string[] {

@@ -8,12 +8,12 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import { connect, type Client } from '../../src/client/client';
-import * as bpf from '../../src/datapath/bpf';
-import * as sys from '../../src/sys/system';
+import { connect, type Client } from '../src/client/client';
+import * as bpf from '../src/datapath/bpf';
+import * as sys from '../src/sys/system';
 import { netns, pinDir, sh, veth, type Teardown } from './fixtures';
 
-export const MAIN = path.resolve(__dirname, '..', '..', 'src', 'cli', 'main.js');
+export const MAIN = path.resolve(__dirname, '..', 'src', 'cli', 'main.js');
 export const PEER_MAC = '02:00:00:00:0a:01';
 
 export interface Topology {
