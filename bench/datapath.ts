@@ -654,7 +654,7 @@ function table(rows: Row[]): string {
 
 const STEP_LABELS: Record<string, string> = {
   bench_upto_parse: '1 parse (Ethernet, IP, TCP)',
-  bench_upto_conntrack: 'config + VIP filter + flow-cache lookup (hit)',
+  bench_upto_conntrack: '2 recorder (in, no recording) + config + VIP filter + flow-cache lookup (hit)',
   bench_upto_backend: '3/4 service by id (array) + its check + backend (+ flow hash where needed and not cached)',
   bench_upto_route: '6a/8a/7 outer-header plan + next hop (cache hit) + PMTU check',
   bench_upto_encap: '5/6 DNAT (if on) + adjust_head + outer header',

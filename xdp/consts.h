@@ -1,7 +1,8 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* xdplb datapath constants: capacities, flags, states and the one enum of
  * reasons. Mirrored in TypeScript by src/datapath/layout.ts (capacities,
- * flags, states) and src/datapath/reasons.ts (reasons, same names). */
+ * flags, states); the reasons come from reasons.def, which
+ * src/datapath/reasons.ts reads. */
 #ifndef XDPLB_CONSTS_H
 #define XDPLB_CONSTS_H
 
@@ -127,46 +128,11 @@
 #define XDPLB_BACKEND_DOWN	3	/* never chosen: its flows move to the table's backends */
 
 /* ---- reasons: why a packet got its verdict; one per-CPU counter each ----
- * Every reason implies exactly one verdict (the prefix says which; the first
- * four and the two pmtu_relay ones are XDP_TX/XDP_REDIRECT). New reasons go at the end,
- * whatever their verdict: the counters are indexed by them. Keep in sync with src/datapath/reasons.ts:
- * same order, same names in snake_case without the XDPLB_R_ prefix. */
+ * The names, their order and their verdicts are one table, reasons.def. */
 enum xdplb_reason {
-	XDPLB_R_FORWARD_TX = 0,		/* XDP_TX: encapsulated to a backend, out the ingress interface */
-	XDPLB_R_FORWARD_REDIRECT,	/* XDP_REDIRECT: encapsulated to a backend, out another interface */
-	XDPLB_R_ICMP_ECHO_REPLY,	/* XDP_TX: echo request to a VIP answered by the LB */
-	XDPLB_R_PMTU_REPLY,		/* XDP_TX: too big once encapsulated; ICMP frag needed / packet too big sent */
-	XDPLB_R_PASS_NOT_IP,		/* XDP_PASS: ARP or another non-IP ethertype */
-	XDPLB_R_PASS_VLAN_STACKED,	/* XDP_PASS: more than one VLAN tag (QinQ) */
-	XDPLB_R_PASS_TRUNCATED,		/* XDP_PASS: frame ends before its headers or IP length say */
-	XDPLB_R_PASS_BAD_IP_HEADER,	/* XDP_PASS: wrong version, IHL < 5, length below header, IPv6 jumbo */
-	XDPLB_R_PASS_IPV4_FRAGMENT,	/* XDP_PASS: IPv4 fragment (first or later) */
-	XDPLB_R_PASS_IPV6_FRAGMENT,	/* XDP_PASS: IPv6 fragment header */
-	XDPLB_R_PASS_IPV6_EXT_LIMIT,	/* XDP_PASS: more than XDPLB_IPV6_EXT_MAX extension headers */
-	XDPLB_R_PASS_L4_UNSUPPORTED,	/* XDP_PASS: transport other than TCP, UDP, ICMP, ICMPv6 */
-	XDPLB_R_PASS_NOT_VIP,		/* XDP_PASS: no service for (VIP, port, protocol) */
-	XDPLB_R_PASS_ICMP_OTHER,	/* XDP_PASS: ICMP type the LB does not handle (NDP, replies, ...) */
-	XDPLB_R_PASS_ICMP_ECHO_OFF,	/* XDP_PASS: echo request to a VIP whose echo flag is off */
-	XDPLB_R_PASS_ICMP_QUOTE,	/* XDP_PASS: ICMP error not quoting a TCP/UDP packet sent from the address it is sent to */
-	XDPLB_R_PASS_FIB_MISS,		/* XDP_PASS: no route to the backend (blackhole, unreachable, ...) */
-	XDPLB_R_DROP_FIB_NO_NEIGH,	/* XDP_DROP: route but no neighbour entry for the next hop (a drop, though among
-				 * the pass reasons: passed, the packet meets the VIP's unreachable route and
-				 * the client's connect fails; dropped, it is retransmitted once the daemon
-				 * has resolved the neighbour) */
-	XDPLB_R_PASS_FIB_FWD_DISABLED,	/* XDP_PASS: forwarding disabled on the ingress interface */
-	XDPLB_R_PASS_NO_EGRESS_DEV,	/* XDP_PASS: egress interface is not in the devmap */
-	XDPLB_R_DROP_NO_BACKEND,	/* XDP_DROP: no table, empty entry, or backend not active */
-	XDPLB_R_DROP_FAMILY_MISMATCH,	/* XDP_DROP: backend family differs from the VIP's */
-	XDPLB_R_DROP_NO_OUTER_SOURCE,	/* XDP_DROP: node config has no outer source for the family */
-	XDPLB_R_DROP_FRAG_NEEDED_NO_DF,	/* XDP_DROP: IPv4 without DF too big once encapsulated */
-	XDPLB_R_DROP_TOO_BIG_ICMP,	/* XDP_DROP: ICMP error too big once encapsulated (no error about an error) */
-	XDPLB_R_DROP_ADJUST_FAILED,	/* XDP_DROP: bpf_xdp_adjust_head/tail refused */
-	XDPLB_R_PMTU_RELAY_TX,		/* XDP_TX: frag needed / packet too big about a tunnel packet, recorded and relayed to the client */
-	XDPLB_R_PMTU_RELAY_REDIRECT,	/* XDP_REDIRECT: the same, the client behind another interface */
-	XDPLB_R_DROP_OUTER_SOURCE,	/* XDP_DROP: addressed to an outer source prefix and not an ICMP error about a tunnel packet */
-	XDPLB_R_DROP_TUNNEL_ICMP,	/* XDP_DROP: ICMP error about a tunnel packet other than frag needed / packet too big, or quoting too little */
-	XDPLB_R_DROP_RELAY_NO_ROUTE,	/* XDP_DROP: path MTU recorded, but no route, neighbour or egress device towards the client */
-	XDPLB_R_PASS_BAD_L4_HEADER,	/* XDP_PASS: TCP data offset < 5 or past the IP payload, UDP length < 8 or past it */
+#define XDPLB_REASON(name, verdict, description) XDPLB_R_##name,
+#include "reasons.def"
+#undef XDPLB_REASON
 	XDPLB_R_MAX
 };
 

@@ -55,6 +55,8 @@
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
 #include "csum.h"
+#include "parse_hdr.h"
+#include "decap_layout.h"
 
 /* Why a packet got its verdict; one per-CPU counter each. Mirrored by
  * src/lab/decap.ts (same order, same names without DECAP_R_, snake_case). */
@@ -75,57 +77,12 @@ enum xdplb_decap_reason {
 	DECAP_R_MAX
 };
 
-/* xdplb_decap_config[0].flags */
-#define DECAP_CFG_F_SINK	(1U << 0)	/* drop every frame after its verdict (benchmark sink) */
-
-#define DECAP_FAMILY_ANY	0	/* xdplb_decap_local wildcard: every tunnel packet */
-#define DECAP_FAMILY_V4		4
-#define DECAP_FAMILY_V6		6
-
 /* Extension headers of the outer IPv6 header walked before giving up */
 #define DECAP_IPV6_EXT_MAX	4
 
-#define IP_MF_BIT	0x2000
-#define IP_OFFSET_MASK	0x1fff
 #define ECN_MASK	3
 #define ECN_NOT_ECT	0
 #define ECN_CE		3
-
-/* xdplb_decap_local key: one of this backend's addresses (IPv4 in addr[0..3]) */
-struct xdplb_decap_addr {
-	__u8 family;		/* 0: DECAP_FAMILY_V4/V6, or DECAP_FAMILY_ANY with addr all zero */
-	__u8 pad[3];		/* 1: 0 */
-	__u8 addr[16];		/* 4: network order */
-};				/* 20 */
-
-/* per-CPU counter, as struct xdplb_counter of xdp/layout.h */
-struct xdplb_decap_counter {
-	__u64 packets;
-	__u64 bytes;		/* frame bytes as received */
-};
-
-/* xdplb_decap_revnat key: a reply's source as the backend sends it */
-struct xdplb_revnat_key {
-	__u8 family;		/* 0: DECAP_FAMILY_V4/V6 */
-	__u8 proto;		/* 1: IPPROTO_TCP or IPPROTO_UDP */
-	__be16 port;		/* 2: the backend port (network order) */
-	__u8 addr[16];		/* 4: the VIP (IPv4 in addr[0..3]) */
-};				/* 20 */
-
-/* xdplb_decap_revnat value */
-struct xdplb_revnat_val {
-	__be16 port;		/* 0: the service port (network order) */
-	__u16 pad;		/* 2: 0 */
-};				/* 4 */
-
-/* xdplb_decap_config[0] */
-struct xdplb_decap_config {
-	__u32 flags;		/* 0: DECAP_CFG_F_* */
-};				/* 4 */
-
-_Static_assert(sizeof(struct xdplb_decap_addr) == 20, "decap address key");
-_Static_assert(sizeof(struct xdplb_revnat_key) == 20, "revnat key");
-_Static_assert(sizeof(struct xdplb_revnat_val) == 4, "revnat value");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -159,15 +116,6 @@ struct {
 	__type(value, struct xdplb_revnat_val);
 } xdplb_decap_revnat SEC(".maps");
 
-struct hdr_cursor {
-	void *pos;
-};
-
-struct vlan_hdr {
-	__be16 tci;
-	__be16 encap_proto;
-};
-
 /* What the steps after parsing need to know. */
 struct tunnel {
 	__u32 frame_len;	/* bytes received */
@@ -200,30 +148,22 @@ static __always_inline int finish(int reason, __u32 bytes)
 	return XDP_PASS;
 }
 
-/* 1. Ethernet and at most one VLAN tag */
-static __always_inline int parse_eth(struct hdr_cursor *c, void *end, __u16 *proto, __u8 *l2_len)
+/* The decapsulator's reason for what a shared header parse found
+ * (parse_hdr.h): Ethernet and the outer IP header are parsed with it, so a
+ * bad IP header is a bad outer one. */
+static __always_inline int decap_hdr_reason(int status)
 {
-	struct ethhdr *eth = c->pos;
-	struct vlan_hdr *vh;
-	__u16 p;
-
-	if ((void *)(eth + 1) > end)
+	switch (status) {
+	case HDR_OK:
+		return -1;
+	case HDR_TRUNCATED:
 		return DECAP_R_PASS_TRUNCATED;
-	c->pos = eth + 1;
-	*l2_len = sizeof(*eth);
-	p = bpf_ntohs(eth->h_proto);
-	if (p == ETH_P_8021Q || p == ETH_P_8021AD) {
-		vh = c->pos;
-		if ((void *)(vh + 1) > end)
-			return DECAP_R_PASS_TRUNCATED;
-		c->pos = vh + 1;
-		*l2_len += sizeof(*vh);
-		p = bpf_ntohs(vh->encap_proto);
-		if (p == ETH_P_8021Q || p == ETH_P_8021AD)
-			return DECAP_R_PASS_VLAN_STACKED;
+	case HDR_BAD:
+		return DECAP_R_PASS_BAD_OUTER;
+	case HDR_VLAN_STACKED:
+		return DECAP_R_PASS_VLAN_STACKED;
 	}
-	*proto = p;
-	return -1;
+	return DECAP_R_PASS_FRAGMENT;
 }
 
 /* Header checksum of an IPv4 header of hl bytes (20..60) at iph: 0 when right. */
@@ -240,55 +180,45 @@ static __always_inline __u16 ipv4_hdr_csum(void *iph, void *end, __u32 hl)
 	return csum_fold(sum);
 }
 
-/* 2. Outer IPv4: protocol 4, a whole header, not a fragment, checksum right */
+/* 2. Outer IPv4: protocol 4, a whole header, not a fragment, checksum right.
+ * The cursor ends past the outer header. */
 static __always_inline int parse_outer4(struct hdr_cursor *c, void *end, struct tunnel *tn, struct xdplb_decap_addr *dst)
 {
-	struct iphdr *iph = c->pos;
-	__u32 hl, tot;
+	struct iphdr *iph = NULL;
+	int r = ipv4_hdr_start(c, end, &iph);
+	__u32 hl;
 
-	if ((void *)(iph + 1) > end)
-		return DECAP_R_PASS_TRUNCATED;
-	if (iph->version != 4)
-		return DECAP_R_PASS_BAD_OUTER;
+	if (r != HDR_OK)
+		return decap_hdr_reason(r);
 	if (iph->protocol != IPPROTO_IPIP)
 		return DECAP_R_PASS_NOT_TUNNEL;
+	r = ipv4_hdr_rest(c, end, iph);
+	if (r != HDR_OK)
+		return decap_hdr_reason(r);
 	hl = iph->ihl * 4;
-	if (hl < sizeof(*iph))
-		return DECAP_R_PASS_BAD_OUTER;
-	if (c->pos + hl > end)
-		return DECAP_R_PASS_TRUNCATED;
-	tot = bpf_ntohs(iph->tot_len);
-	if (tot < hl)
-		return DECAP_R_PASS_BAD_OUTER;
-	if (c->pos + tot > end)
-		return DECAP_R_PASS_TRUNCATED;
-	if (iph->frag_off & bpf_htons(IP_MF_BIT | IP_OFFSET_MASK))
-		return DECAP_R_PASS_FRAGMENT;
 	if (ipv4_hdr_csum(iph, end, hl) != 0)
 		return DECAP_R_PASS_BAD_OUTER;
 	/* the inner header must lie inside the outer packet */
-	if (tot < hl + sizeof(struct iphdr))
+	if (bpf_ntohs(iph->tot_len) < hl + sizeof(struct iphdr))
 		return DECAP_R_PASS_BAD_INNER;
 	dst->family = DECAP_FAMILY_V4;
 	*(__be32 *)dst->addr = iph->daddr;
 	tn->family = DECAP_FAMILY_V4;
 	tn->outer_ecn = iph->tos & ECN_MASK;
 	tn->strip = hl;
-	c->pos += hl;
 	return -1;
 }
 
 /* 2. Outer IPv6: next header 41, after hop-by-hop / destination options */
 static __always_inline int parse_outer6(struct hdr_cursor *c, void *end, struct tunnel *tn, struct xdplb_decap_addr *dst)
 {
-	struct ipv6hdr *ip6 = c->pos;
+	struct ipv6hdr *ip6 = NULL;
+	int r = ipv6_hdr_start(c, end, &ip6);
 	__u32 plen, off = sizeof(*ip6);
 	__u8 nh;
 
-	if ((void *)(ip6 + 1) > end)
-		return DECAP_R_PASS_TRUNCATED;
-	if (ip6->version != 6)
-		return DECAP_R_PASS_BAD_OUTER;
+	if (r != HDR_OK)
+		return decap_hdr_reason(r);
 	plen = bpf_ntohs(ip6->payload_len);
 	nh = ip6->nexthdr;
 
@@ -315,7 +245,7 @@ static __always_inline int parse_outer6(struct hdr_cursor *c, void *end, struct 
 	dst->family = DECAP_FAMILY_V6;
 	__builtin_memcpy(dst->addr, &ip6->daddr, 16);
 	tn->family = DECAP_FAMILY_V6;
-	tn->outer_ecn = (ip6->flow_lbl[0] >> 4) & ECN_MASK;
+	tn->outer_ecn = ipv6_tclass(ip6) & ECN_MASK;
 	tn->strip = off;
 	c->pos += off;
 	return -1;
@@ -366,7 +296,7 @@ static __always_inline __u8 inner_ecn(struct hdr_cursor *c, void *end, const str
 
 	if ((void *)(in6 + 1) > end)
 		return ECN_NOT_ECT;
-	return (in6->flow_lbl[0] >> 4) & ECN_MASK;
+	return ipv6_tclass(in6) & ECN_MASK;
 }
 
 /* 5. Strip: the L2 header moves forward over the outer header, its (inner)
@@ -448,9 +378,9 @@ int xdplb_decap(struct xdp_md *ctx)
 	tn.frame_len = end - data;
 
 	/* 1. Ethernet */
-	r = parse_eth(&c, end, &proto, &l2_len);
-	if (r >= 0)
-		return finish(r, tn.frame_len);
+	r = parse_ethhdr(&c, end, &proto, &l2_len);
+	if (r != HDR_OK)
+		return finish(decap_hdr_reason(r), tn.frame_len);
 	tn.l2_len = l2_len;
 
 	/* 2. Outer header */

@@ -111,7 +111,24 @@ static __always_inline int tunnel_error(struct xdp_md *ctx, const struct packet 
 	return bpf_redirect_map(&xdplb_devmap, ifindex, 0);
 }
 
-static __always_inline int xdplb_process(struct xdp_md *ctx)
+/* Where the benchmark's step profile (bench/bpf/bench_lb.bpf.c) may end the
+ * packet path: xdplb_process() stops after the step `stop` names, if the
+ * build defines XDPLB_BENCH_STOP. The daemon's build does not: the stop
+ * points compile to nothing and xdplb_main never reads `stop`. */
+enum xdplb_stop {
+	XDPLB_STOP_NONE = 0,	/* the whole path */
+	XDPLB_STOP_PARSE,	/* step 1 */
+	XDPLB_STOP_FLOW_CACHE,	/* + recorder (in), config, VIP filter: the flow-cache lookup is next */
+	XDPLB_STOP_BACKEND,	/* + service and backend (steps 3, 4) */
+	XDPLB_STOP_ROUTE,	/* + outer header plan, next hop, PMTU check (steps 6a, 8a, 7) */
+	XDPLB_STOP_ENCAP,	/* + L4 DNAT and encapsulation (steps 5, 6) */
+};
+
+#ifndef XDPLB_BENCH_STOP
+#define XDPLB_BENCH_STOP(step)
+#endif
+
+static __always_inline int xdplb_process(struct xdp_md *ctx, const int stop)
 {
 	struct packet pkt = {};
 	struct backend_choice choice = {};
@@ -127,6 +144,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 	r = parse_packet(ctx, &pkt);
 	if (r != XDPLB_CONTINUE)
 		return finish(&pkt, parse_failed(&pkt, r));
+	XDPLB_BENCH_STOP(XDPLB_STOP_PARSE);
 
 	/* 2. Recorder, inbound point */
 	xdplb_record(ctx, &pkt, &rec, XDPLB_CAPTURE_IN, XDPLB_NO_BACKEND);
@@ -153,6 +171,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 			return finish(&pkt, XDPLB_R_PASS_ICMP_ECHO_OFF);
 		return finish(&pkt, icmp_echo_reply(ctx, &pkt, cfg));
 	}
+	XDPLB_BENCH_STOP(XDPLB_STOP_FLOW_CACHE);
 	/* 3 + 4. An established flow this CPU has seen lately: the flow cache
 	 * names service and backend. Otherwise the service lookup, then the
 	 * connection table or Maglev */
@@ -174,6 +193,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 	}
 	if (choice.remember && !(cfg->flags & XDPLB_CFG_F_NO_FLOW_CACHE))
 		flow_cache_put(flow_cache_slot(&pkt.flow), &pkt.flow, choice.id, choice.svc.id, pkt.hash, choice.hashed, choice.pending);
+	XDPLB_BENCH_STOP(XDPLB_STOP_BACKEND);
 
 	/* 6a. The outer header to be: source, destination, length */
 	r = plan_encap(&pkt, cfg, choice.be, &plan);
@@ -186,6 +206,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 		return finish(&pkt, too_big(ctx, &pkt, cfg, mtu));
 	if (r != XDPLB_CONTINUE)
 		return finish(&pkt, r);
+	XDPLB_BENCH_STOP(XDPLB_STOP_ROUTE);
 
 	/* 5. L4 DNAT (flows only: ICMP errors travel as they came) */
 	if ((choice.svc.flags & XDPLB_SVC_F_L4_DNAT) && pkt.kind == PKT_FLOW)
@@ -195,6 +216,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 	r = encap(ctx, &pkt, &plan, cfg);
 	if (r != XDPLB_CONTINUE)
 		return finish(&pkt, r);
+	XDPLB_BENCH_STOP(XDPLB_STOP_ENCAP);
 
 	/* 8. L2: next-hop MACs, XDP_TX or XDP_REDIRECT */
 	verdict = l2_forward(ctx, nh, &r);
@@ -213,7 +235,7 @@ static __always_inline int xdplb_process(struct xdp_md *ctx)
 SEC("xdp")
 int xdplb_main(struct xdp_md *ctx)
 {
-	return xdplb_process(ctx);
+	return xdplb_process(ctx, XDPLB_STOP_NONE);
 }
 #endif
 

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: Apache-2.0 */
-/* Step 1: parse. Cursor-based (xdp-tools style): each parse_*() checks the
- * bounds of one header once, advances the cursor and says what comes next.
- * The result is a struct packet of offsets and the flow tuple; later steps
+/* Step 1: parse. Cursor-based (xdp-tools style, parse_hdr.h): each
+ * parse_*() checks the bounds of one header once, advances the cursor and
+ * says what comes next. The result is a struct packet of offsets and the flow tuple; later steps
  * re-derive pointers from ctx with their own bounds checks. */
 #ifndef XDPLB_PARSE_H
 #define XDPLB_PARSE_H
@@ -17,13 +17,7 @@
 #include <bpf/bpf_endian.h>
 #include "consts.h"
 #include "layout.h"
-
-#ifndef ETH_P_8021AD
-#define ETH_P_8021AD 0x88A8
-#endif
-#define IP_DF_BIT	0x4000
-#define IP_MF_BIT	0x2000
-#define IP_OFFSET_MASK	0x1fff
+#include "parse_hdr.h"
 
 /* ICMP types and codes (linux/icmp.h pulls in libc socket headers) */
 #define ICMP_ECHOREPLY		0
@@ -41,15 +35,6 @@
  * at most a page); saying so again where they are used lets the verifier
  * bound the pointers made from them. */
 #define XDPLB_MAX_OFF 4096
-
-struct hdr_cursor {
-	void *pos;
-};
-
-struct vlan_hdr {
-	__be16 tci;
-	__be16 encap_proto;
-};
 
 /* What the packet is, for the steps after parsing. */
 enum pkt_kind {
@@ -85,69 +70,42 @@ struct packet {
 #define TCP_FLAG_ACK	0x10
 #define TCP_FLAGS_OFF	13
 
-static __always_inline int parse_ethhdr(struct hdr_cursor *c, void *end, __u16 *proto, __u8 *l2_len)
+/* The load balancer's reason for what a shared header parse found. */
+static __always_inline int hdr_reason(int status)
 {
-	struct ethhdr *eth = c->pos;
-	struct vlan_hdr *vh;
-	__u16 p;
-
-	if ((void *)(eth + 1) > end)
+	switch (status) {
+	case HDR_OK:
+		return XDPLB_CONTINUE;
+	case HDR_TRUNCATED:
 		return XDPLB_R_PASS_TRUNCATED;
-	c->pos = eth + 1;
-	p = bpf_ntohs(eth->h_proto);
-	*l2_len = sizeof(*eth);
-	if (p == ETH_P_8021Q || p == ETH_P_8021AD) {
-		vh = c->pos;
-		if ((void *)(vh + 1) > end)
-			return XDPLB_R_PASS_TRUNCATED;
-		c->pos = vh + 1;
-		p = bpf_ntohs(vh->encap_proto);
-		*l2_len += sizeof(*vh);
-		if (p == ETH_P_8021Q || p == ETH_P_8021AD)
-			return XDPLB_R_PASS_VLAN_STACKED;
+	case HDR_BAD:
+		return XDPLB_R_PASS_BAD_IP_HEADER;
+	case HDR_VLAN_STACKED:
+		return XDPLB_R_PASS_VLAN_STACKED;
 	}
-	*proto = p;
-	return XDPLB_CONTINUE;
+	return XDPLB_R_PASS_IPV4_FRAGMENT;
 }
 
-/* IPv4 header: checks version, IHL, total length against the frame, fragments. */
+/* IPv4 header: version, IHL, total length against the frame, fragments. */
 static __always_inline int parse_iphdr(struct hdr_cursor *c, void *end, struct iphdr **iphp)
 {
-	struct iphdr *iph = c->pos;
-	__u32 hl, tot;
+	int r = ipv4_hdr_start(c, end, iphp);
 
-	if ((void *)(iph + 1) > end)
-		return XDPLB_R_PASS_TRUNCATED;
-	if (iph->version != 4)
-		return XDPLB_R_PASS_BAD_IP_HEADER;
-	hl = iph->ihl * 4;
-	if (hl < sizeof(*iph))
-		return XDPLB_R_PASS_BAD_IP_HEADER;
-	if (c->pos + hl > end)
-		return XDPLB_R_PASS_TRUNCATED;
-	tot = bpf_ntohs(iph->tot_len);
-	if (tot < hl)
-		return XDPLB_R_PASS_BAD_IP_HEADER;
-	if (c->pos + tot > end)
-		return XDPLB_R_PASS_TRUNCATED;
-	if (iph->frag_off & bpf_htons(IP_MF_BIT | IP_OFFSET_MASK))
-		return XDPLB_R_PASS_IPV4_FRAGMENT;
-	c->pos += hl;
-	*iphp = iph;
-	return XDPLB_CONTINUE;
+	if (r == HDR_OK)
+		r = ipv4_hdr_rest(c, end, *iphp);
+	return hdr_reason(r);
 }
 
 /* IPv6 header and extension headers, up to XDPLB_IPV6_EXT_MAX of them.
  * On success *nexthdr is the transport protocol and the cursor points at it. */
 static __always_inline int parse_ipv6hdr(struct hdr_cursor *c, void *end, struct ipv6hdr **ip6p, __u8 *nexthdr)
 {
-	struct ipv6hdr *ip6 = c->pos;
+	struct ipv6hdr *ip6 = NULL;
+	int r = ipv6_hdr_start(c, end, &ip6);
 	__u8 nh;
 
-	if ((void *)(ip6 + 1) > end)
-		return XDPLB_R_PASS_TRUNCATED;
-	if (ip6->version != 6)
-		return XDPLB_R_PASS_BAD_IP_HEADER;
+	if (r != HDR_OK)
+		return hdr_reason(r);
 	if (ip6->payload_len == 0)
 		return XDPLB_R_PASS_BAD_IP_HEADER; /* jumbogram or nonsense */
 	if ((void *)(ip6 + 1) + bpf_ntohs(ip6->payload_len) > end)
@@ -379,7 +337,7 @@ static __always_inline int parse_icmp(struct hdr_cursor *c, void *data, void *en
 /* The common case in one bounds check and few branches: untagged Ethernet,
  * IPv4 without options, not a fragment, TCP, the TCP header inside the IP
  * packet and the IP packet inside the frame. Returns 1 with *pkt filled in
- * exactly as the general path below would fill it, or 0 (nothing written
+ * exactly as parse_general() would fill it, or 0 (nothing written
  * but frame_len): the general path then decides. The headers are read
  * through their own types, not a packed struct of all three: clang reads a
  * packed struct byte by byte. */
@@ -419,12 +377,10 @@ static __always_inline int parse_fast_v4_tcp(void *data, void *end, struct packe
 	return 1;
 }
 
-/* Step 1 as a whole. Returns XDPLB_CONTINUE with *pkt filled in, or the
- * reason to pass the packet to the kernel unchanged. */
-static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
+/* Step 1 for any frame (pkt->frame_len set). Returns XDPLB_CONTINUE with
+ * *pkt filled in, or the reason to pass the packet to the kernel unchanged. */
+static __always_inline int parse_general(void *data, void *end, struct packet *pkt)
 {
-	void *data = (void *)(long)ctx->data;
-	void *end = (void *)(long)ctx->data_end;
 	struct hdr_cursor c = { .pos = data };
 	struct l4_ports ports = {};
 	__u16 eth_proto = 0;
@@ -433,12 +389,9 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 	__u8 l4 = 0;
 	int r;
 
-	pkt->frame_len = end - data;
-	if (parse_fast_v4_tcp(data, end, pkt))
-		return XDPLB_CONTINUE;
 	r = parse_ethhdr(&c, end, &eth_proto, &l2_len);
-	if (r != XDPLB_CONTINUE)
-		return r;
+	if (r != HDR_OK)
+		return hdr_reason(r);
 	pkt->l2_len = l2_len;
 	pkt->l3_off = l2_len;
 
@@ -466,7 +419,7 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 		set_v6(pkt->flow.src, &ip6->saddr);
 		set_v6(pkt->flow.dst, &ip6->daddr);
 		pkt->ip_len = sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
-		pkt->tos = (ip6->priority << 4) | (ip6->flow_lbl[0] >> 4);
+		pkt->tos = ipv6_tclass(ip6);
 		pkt->df = 1;
 	} else {
 		return XDPLB_R_PASS_NOT_IP;
@@ -495,6 +448,19 @@ static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
 		return parse_icmp(&c, data, end, pkt);
 	pkt->kind = PKT_FLOW;
 	return XDPLB_CONTINUE;
+}
+
+/* Step 1 as a whole: the fast path when it applies, else the general one.
+ * test/datapath-parse.test.ts checks that both fill struct packet alike. */
+static __always_inline int parse_packet(struct xdp_md *ctx, struct packet *pkt)
+{
+	void *data = (void *)(long)ctx->data;
+	void *end = (void *)(long)ctx->data_end;
+
+	pkt->frame_len = end - data;
+	if (parse_fast_v4_tcp(data, end, pkt))
+		return XDPLB_CONTINUE;
+	return parse_general(data, end, pkt);
 }
 
 #endif /* XDPLB_PARSE_H */

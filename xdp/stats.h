@@ -8,6 +8,7 @@
 #include "consts.h"
 #include "layout.h"
 #include "maps.h"
+#include "reasons.h"
 
 static __always_inline void counter_add(void *map, __u32 key, __u32 bytes)
 {
@@ -17,20 +18,6 @@ static __always_inline void counter_add(void *map, __u32 key, __u32 bytes)
 		c->packets++;
 		c->bytes += bytes;
 	}
-}
-
-/* The verdict every reason implies (see enum xdplb_reason). */
-static __always_inline int reason_verdict(int reason)
-{
-	if (reason == XDPLB_R_FORWARD_REDIRECT || reason == XDPLB_R_PMTU_RELAY_REDIRECT)
-		return XDP_REDIRECT;
-	if (reason <= XDPLB_R_PMTU_REPLY || reason == XDPLB_R_PMTU_RELAY_TX)
-		return XDP_TX;
-	if (reason == XDPLB_R_DROP_FIB_NO_NEIGH)
-		return XDP_DROP;
-	if (reason < XDPLB_R_DROP_NO_BACKEND || reason == XDPLB_R_PASS_BAD_L4_HEADER)
-		return XDP_PASS;
-	return XDP_DROP;
 }
 
 static __always_inline void count_reason(int reason, __u32 bytes)

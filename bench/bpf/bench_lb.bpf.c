@@ -29,9 +29,34 @@
  *
  * bench_upto_* are a cheap profile: the same wrapper around the packet path
  * cut short after one of its steps (verdict XDP_TX there), so the difference
- * between consecutive cuts is what that step costs. */
+ * between consecutive cuts is what that step costs. The cuts are
+ * xdplb_process()'s own stop points (enum xdplb_stop): defined here, they end
+ * the path when the program's `stop` names them; the one before the flow
+ * cache looks the flow's slot up first (a hit after the first iteration on
+ * this CPU: the cut has no connection-table lookup that would fill it). */
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+struct packet;
+static __always_inline int bench_stopped(int step, const struct packet *pkt);
+
+#define XDPLB_BENCH_STOP(step)					\
+	do {							\
+		if (stop == (step))				\
+			return bench_stopped((step), &pkt);	\
+	} while (0)
 #define XDPLB_NO_MAIN
 #include "lb.bpf.c"
+
+static __always_inline int bench_stopped(int step, const struct packet *pkt)
+{
+	if (step == XDPLB_STOP_FLOW_CACHE) {
+		struct xdplb_flow_cache_entry *c = flow_cache_get(flow_cache_slot(&pkt->flow), &pkt->flow);
+
+		asm volatile("" : : "r"(c));
+	}
+	return XDP_TX;
+}
 
 #define BENCH_MAX_FRAME 512
 
@@ -123,81 +148,9 @@ static __always_inline int bench_new_flow(struct xdp_md *ctx, const struct bench
 	return 0;
 }
 
-/* What runs in the middle of the wrapper. */
-enum bench_mode {
-	BENCH_NOOP = 0,
-	BENCH_LB,		/* xdplb_process(): the whole packet path */
-	BENCH_UPTO_PARSE,	/* step 1 */
-	BENCH_UPTO_CONNTRACK,	/* + config, VIP filter and flow-cache lookup (the established flow's: a hit) */
-	BENCH_UPTO_BACKEND,	/* + the service (by id, or its lookup) and the backend (steps 3, 4) */
-	BENCH_UPTO_ROUTE,	/* + outer header plan and next hop (steps 6a, 8a, 7) */
-	BENCH_UPTO_ENCAP,	/* + L4 DNAT and encapsulation (steps 5, 6) */
-};
-
-/* The profile: xdplb_process() step by step (keep in step with lb.bpf.c),
- * stopping with XDP_TX after the step `upto` names. Any other outcome is
- * XDP_ABORTED, which the benchmark reports as an error. */
-static __always_inline int bench_upto(struct xdp_md *ctx, const int upto)
-{
-	struct packet pkt = {};
-	struct backend_choice choice = {};
-	struct encap_plan plan = {};
-	struct xdplb_nexthop *nh = NULL;
-	struct xdplb_service *svc;
-	struct xdplb_config *cfg;
-	__u32 zero = 0, mtu = 0;
-	int r;
-
-	if (parse_packet(ctx, &pkt) != XDPLB_CONTINUE)
-		return XDP_ABORTED;
-	if (upto == BENCH_UPTO_PARSE)
-		return XDP_TX;
-	cfg = bpf_map_lookup_elem(&xdplb_config, &zero);
-	if (!cfg)
-		return XDP_ABORTED;
-	if (!vip_maybe(&pkt.flow))
-		return XDP_ABORTED;
-	if (upto == BENCH_UPTO_CONNTRACK) {
-		/* a hit after the first iteration on this CPU: the cut has no
-		 * connection-table lookup that would fill the slot */
-		struct xdplb_flow_cache_entry *c = flow_cache_get(flow_cache_slot(&pkt.flow), &pkt.flow);
-
-		asm volatile("" : : "r"(c));
-		return XDP_TX;
-	}
-	if ((cfg->flags & XDPLB_CFG_F_NO_FLOW_CACHE) || !choose_cached(&pkt, &choice)) {
-		svc = lookup_service(&pkt.flow);
-		if (!svc)
-			return XDP_ABORTED;
-		if (choose_backend(&pkt, svc, cfg, &choice) != XDPLB_CONTINUE)
-			return XDP_ABORTED;
-	}
-	if (choice.be->family != pkt.flow.family)
-		return XDP_ABORTED;
-	if (!choice.hashed && encap_uses_hash(&pkt, cfg)) {
-		pkt.hash = flow_hash(&pkt.flow, choice.svc.flags & XDPLB_SVC_F_SRC_HASH);
-		choice.hashed = 1;
-	}
-	if (choice.remember && !(cfg->flags & XDPLB_CFG_F_NO_FLOW_CACHE))
-		flow_cache_put(flow_cache_slot(&pkt.flow), &pkt.flow, choice.id, choice.svc.id, pkt.hash, choice.hashed, choice.pending);
-	if (upto == BENCH_UPTO_BACKEND)
-		return XDP_TX;
-	if (plan_encap(&pkt, cfg, choice.be, &plan) != XDPLB_CONTINUE)
-		return XDP_ABORTED;
-	if (nexthop_lookup(ctx, &plan, cfg, choice.be, choice.id, &nh, &mtu) != XDPLB_CONTINUE)
-		return XDP_ABORTED;
-	if (upto == BENCH_UPTO_ROUTE)
-		return XDP_TX;
-	if ((choice.svc.flags & XDPLB_SVC_F_L4_DNAT) && pkt.kind == PKT_FLOW)
-		l4_dnat(ctx, &pkt, choice.be->port);
-	r = encap(ctx, &pkt, &plan, cfg);
-	if (r != XDPLB_CONTINUE)
-		return XDP_ABORTED;
-	return XDP_TX;
-}
-
-/* Steps 1-5; mode is a constant, so each program keeps only its own branch. */
-static __always_inline int bench_run(struct xdp_md *ctx, const int mode)
+/* Steps 1-5; noop and stop are constants, so each program keeps only its own
+ * branch and its own stop point. */
+static __always_inline int bench_run(struct xdp_md *ctx, const int noop, const int stop)
 {
 	void *data = (void *)(long)ctx->data;
 	void *end = (void *)(long)ctx->data_end;
@@ -224,13 +177,11 @@ static __always_inline int bench_run(struct xdp_md *ctx, const int mode)
 			c->flow.family = 0;
 	}
 
-	if (mode == BENCH_LB) {
-		verdict = xdplb_process(ctx);
-	} else if (mode == BENCH_NOOP) {
+	if (noop) {
 		asm volatile("" ::: "memory"); /* ctx may have changed, as after the LB */
 		verdict = XDP_TX;
 	} else {
-		verdict = bench_upto(ctx, mode);
+		verdict = xdplb_process(ctx, stop);
 	}
 
 	data = (void *)(long)ctx->data;
@@ -252,20 +203,20 @@ abort:
 	return XDP_ABORTED;
 }
 
-#define BENCH_PROGRAM(name, mode)		\
-	SEC("xdp")				\
-	int name(struct xdp_md *ctx)		\
-	{					\
-		return bench_run(ctx, mode);	\
+#define BENCH_PROGRAM(name, noop, stop)			\
+	SEC("xdp")					\
+	int name(struct xdp_md *ctx)			\
+	{						\
+		return bench_run(ctx, noop, stop);	\
 	}
 
-BENCH_PROGRAM(bench_lb, BENCH_LB)
-BENCH_PROGRAM(bench_noop, BENCH_NOOP)
-BENCH_PROGRAM(bench_upto_parse, BENCH_UPTO_PARSE)
-BENCH_PROGRAM(bench_upto_conntrack, BENCH_UPTO_CONNTRACK)
-BENCH_PROGRAM(bench_upto_backend, BENCH_UPTO_BACKEND)
-BENCH_PROGRAM(bench_upto_route, BENCH_UPTO_ROUTE)
-BENCH_PROGRAM(bench_upto_encap, BENCH_UPTO_ENCAP)
+BENCH_PROGRAM(bench_lb, 0, XDPLB_STOP_NONE)
+BENCH_PROGRAM(bench_noop, 1, XDPLB_STOP_NONE)
+BENCH_PROGRAM(bench_upto_parse, 0, XDPLB_STOP_PARSE)
+BENCH_PROGRAM(bench_upto_conntrack, 0, XDPLB_STOP_FLOW_CACHE)
+BENCH_PROGRAM(bench_upto_backend, 0, XDPLB_STOP_BACKEND)
+BENCH_PROGRAM(bench_upto_route, 0, XDPLB_STOP_ROUTE)
+BENCH_PROGRAM(bench_upto_encap, 0, XDPLB_STOP_ENCAP)
 
 /* bench_fib: bpf_fib_lookup() alone, with the request and the flags the
  * benchmark puts in bench_fib_params (ifindex: the ingress interface). It
