@@ -34,7 +34,7 @@ import * as bpf from '../src/datapath/bpf';
 import * as sys from '../src/sys/system';
 import * as L from '../src/datapath/layout';
 import { flowCacheSlot, flowHash, maglevIndex, vipFilterWords } from '../src/datapath/flowhash';
-import { buildTable } from '../src/maglev';
+import { buildTable, DEFAULT_M } from '../src/maglev';
 import { CLIENT4, CLIENT6, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, VIP6, decap, fibNamespace, openLb, Lb as LbFixture, type FibNs, type Lb } from '../harness/datapath';
 import { pinDir } from '../harness/fixtures';
 import { Cleanup } from './cleanup';
@@ -46,7 +46,7 @@ const WARMUP_ROUNDS = 1;
 const MANY_SERVICES = 10_000;
 const BACKENDS_PER_SERVICE = 4;
 /** Maglev size: the default with one service; 1021 with 10,000 (41 MB of tables instead of 655 MB). */
-const M_ONE = L.MAGLEV_DEFAULT_M;
+const M_ONE = DEFAULT_M;
 const M_MANY = 1021;
 const DOWN_BACKEND = 60_000;
 const BENCH_F_NEW_FLOW = 1;
@@ -288,8 +288,8 @@ interface World {
   flowCache: bpf.BpfMap;
 }
 
-function nodeConfig(m: number, flags: number): Partial<L.NodeConfig> {
-  return { src4: LB_SRC4, src6: LB_SRC6, ttl: OUTER_TTL, maglevM: m, flags };
+function nodeConfig(flags: number): Partial<L.NodeConfig> {
+  return { src4: LB_SRC4, src6: LB_SRC6, ttl: OUTER_TTL, flags };
 }
 
 /** A world: how many services, and the connection tables' size and map flags where not maps.h's. */
@@ -311,7 +311,7 @@ function openWorld(c: Cleanup, { services, ctSize, ctFlags }: WorldKind): World 
   } else {
     lb = openLb(c);
   }
-  lb.config(nodeConfig(m, 0));
+  lb.config(nodeConfig(0));
   // The bench object declares the same pinned maps: it adopts lb's, so both
   // programs see one set of services, tables and connections.
   const obj = bpf.openObject(bpf.testObjectPath('bench_lb'), { pinRoot: lb.pinRoot, ...opts });
@@ -485,8 +485,8 @@ function prepare(w: World, fib: FibNs, c: Case): () => void {
     undo.push(() => w.lb.deleteService({ vip: installed.vip, port: installed.port, proto: L.IPPROTO_TCP }));
   }
   if (c.flowCacheOff) {
-    w.lb.config(nodeConfig(w.m, L.CFG_F_NO_FLOW_CACHE));
-    undo.push(() => w.lb.config(nodeConfig(w.m, 0)));
+    w.lb.config(nodeConfig(L.CFG_F_NO_FLOW_CACHE));
+    undo.push(() => w.lb.config(nodeConfig(0)));
   }
   validate(w, fib, c);
   const off = flowOffsets(c.family);

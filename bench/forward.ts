@@ -62,6 +62,7 @@ import pino from 'pino';
 import * as bpf from '../src/datapath/bpf';
 import * as sys from '../src/sys/system';
 import * as L from '../src/datapath/layout';
+import { DEFAULT_M } from '../src/maglev';
 import { REASON, REASON_COUNT } from '../src/datapath/reasons';
 import type { ServiceSpec } from '../src/control/model';
 import { ether, ipv4, ipv6, tcp, TCP_ACK, TCP_PSH } from '../harness/packets';
@@ -75,7 +76,7 @@ const PLACEMENTS = (process.argv[4] ?? 'shared') === 'both' ? (['shared', 'threa
 if (PLACEMENTS.some((p) => p !== 'shared' && p !== 'threaded')) throw new Error(`placement: shared, threaded or both, got ${process.argv[4]}`);
 const MANY = 10_000;
 const BACKENDS = 4;
-const M_ONE = L.MAGLEV_DEFAULT_M;
+const M_ONE = DEFAULT_M;
 const M_MANY = 1021;
 const BATCH = 256;
 

@@ -35,6 +35,7 @@ import * as os from 'node:os';
 import * as bpf from '../src/datapath/bpf';
 import * as sys from '../src/sys/system';
 import * as L from '../src/datapath/layout';
+import { DEFAULT_M } from '../src/maglev';
 import { compileFilters, matchCompiled, type Filter, type RuleFilters } from '../src/recorder/filter';
 import { CLIENT4, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, fibNamespace, openLb, type FibNs, type Lb } from '../harness/datapath';
 import { RecorderMaps } from '../harness/datapath-recorder';
@@ -97,7 +98,7 @@ function openWorld(c: Cleanup): World {
   lb.config({ src4: LB_SRC4, src6: LB_SRC6, ttl: OUTER_TTL });
   lb.service({ vip: VIP4, port: 80, proto: L.IPPROTO_TCP, id: SERVICE_ID });
   lb.backend({ id: BACKEND_ID, address: '198.51.100.10', port: 80 });
-  lb.maglev(SERVICE_ID, new Uint32Array(L.MAGLEV_DEFAULT_M).fill(BACKEND_ID));
+  lb.maglev(SERVICE_ID, new Uint32Array(DEFAULT_M).fill(BACKEND_ID));
   const rec = new RecorderMaps(lb.obj);
   c.teardown(() => rec.close());
   // the bench object adopts lb's pinned maps: one set of services, connections and recorder maps

@@ -1,7 +1,10 @@
-// The BTF of a compiled object as bpftool reads it: struct fields flattened
-// to byte ranges, enum members. For tests that read values the way the C
-// compiler laid them out instead of restating offsets.
+// The BTF of a compiled object as bpftool reads it: structs as the codecs
+// declare them, struct fields flattened to byte ranges, enum members. The
+// suite's reader, independent of the addon's (BpfObject.btfStruct) that the
+// daemon checks with; for tests that read values the way the C compiler laid
+// them out instead of restating offsets.
 import { execFileSync } from 'node:child_process';
+import type { BtfStruct } from '../src/sys/addon';
 
 interface BtfType {
   id: number;
@@ -43,7 +46,18 @@ export class Btf {
 
   private sizeOf(id: number): number {
     const ty = this.resolve(id);
-    return ty.kind === 'ARRAY' ? (ty.nr_elems ?? 0) * this.sizeOf(ty.type_id ?? 0) : (ty.size ?? 0);
+    if (ty.kind === 'ARRAY') return (ty.nr_elems ?? 0) * this.sizeOf(ty.type_id ?? 0);
+    return ty.kind === 'PTR' ? 8 : (ty.size ?? 0);
+  }
+
+  /** Every named struct, its direct members as byte ranges (what checkStruct compares). */
+  structs(): Map<string, BtfStruct> {
+    const out = new Map<string, BtfStruct>();
+    for (const s of this.types.values()) {
+      if (s.kind !== 'STRUCT' || !s.name) continue;
+      out.set(s.name, { size: s.size ?? 0, members: (s.members ?? []).map((m) => ({ name: m.name, offset: m.bits_offset / 8, size: this.sizeOf(m.type_id) })) });
+    }
+    return out;
   }
 
   /** Byte size of struct `name`. */
@@ -67,4 +81,9 @@ export class Btf {
   enumMembers(name: string): Array<{ name: string; value: number }> {
     return (this.named('ENUM', name).values ?? []).map((v) => ({ name: v.name, value: v.val }));
   }
+}
+
+/** Every named struct of the object's BTF, by name. */
+export function btfStructs(objectPath: string): Map<string, BtfStruct> {
+  return new Btf(objectPath).structs();
 }

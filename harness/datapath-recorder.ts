@@ -50,7 +50,7 @@ export class RecorderMaps {
   program(c: CompiledFilters, caplenOf: (rule: number) => number = () => 0): void {
     this.off();
     this.clearEntries();
-    const zero = Buffer.alloc(L.REC_KEY_LEN);
+    const zero = Buffer.alloc(L.REC_KEY.size);
     for (let i = 0; i < c.maskSlots; i++) {
       const m = c.masks.find((x) => x.index === i);
       this.masks.update(L.u32(i), m ? encodeTuple(m.bits) : zero);
@@ -103,7 +103,7 @@ export class RecorderMaps {
   clearEntries(): void {
     const d = this.entries.dump();
     const keys: Buffer[] = [];
-    for (let i = 0; i < d.count; i++) keys.push(d.keys.subarray(i * L.REC_KEY_LEN, (i + 1) * L.REC_KEY_LEN));
+    for (let i = 0; i < d.count; i++) keys.push(d.keys.subarray(i * L.REC_KEY.size, (i + 1) * L.REC_KEY.size));
     for (let i = 0; i < keys.length; i += 10_000) this.entries.batchDelete(keys.slice(i, i + 10_000));
   }
 
@@ -139,7 +139,7 @@ export class SampleCollector {
         this.lost += b.lost;
         for (const r of b.records) {
           const meta = L.decodeRecMeta(r.data);
-          this.samples.push({ meta, data: Buffer.from(r.data.subarray(L.REC_META_LEN, L.REC_META_LEN + meta.capLen)), cpu: r.cpu });
+          this.samples.push({ meta, data: Buffer.from(r.data.subarray(L.REC_META.size, L.REC_META.size + meta.capLen)), cpu: r.cpu });
         }
       },
       pageCount,

@@ -9,6 +9,7 @@ import * as bpf from '../src/datapath/bpf';
 import * as sys from '../src/sys/system';
 import * as L from '../src/datapath/layout';
 import { vipFilterBit } from '../src/datapath/flowhash';
+import { DEFAULT_M } from '../src/maglev/table';
 import { REASONS, REASON } from '../src/datapath/reasons';
 import { netns, pinDir, sh, veth, ifindexIn, type Teardown } from './fixtures';
 import { CHECK_FIELDS, macText, readIpv4, readIpv6, tsharkFields, tsharkVerbose } from './packets';
@@ -49,7 +50,7 @@ export class Lb {
   }
 
   config(c: Partial<L.NodeConfig>): void {
-    const full: L.NodeConfig = { src4: '', src4PrefixLen: 0, src6: '', src6PrefixLen: 0, ttl: 0, flags: 0, mtu: 0, nexthopTtlMs: 0, maglevM: 0, ctTcpS: 0, ctUdpS: 0, ctClosingS: 0, ...c };
+    const full: L.NodeConfig = { src4: '', src4PrefixLen: 0, src6: '', src6PrefixLen: 0, ttl: 0, flags: 0, mtu: 0, nexthopTtlMs: 0, ctTcpS: 0, ctUdpS: 0, ctClosingS: 0, ...c };
     this.maps.config.update(L.u32(0), L.encodeConfig(full));
   }
 
@@ -255,12 +256,14 @@ export interface World {
   run(frame: Buffer): bpf.TestRunResult;
   /** same, in a batch: one enter/leave of the namespace */
   runAll(frames: readonly Buffer[]): bpf.TestRunResult[];
+  /** the size of the Maglev tables oneBackend() installs */
+  maglevM: number;
 }
 
 export function world(t: Teardown, o: { maglevM?: number; config?: Partial<L.NodeConfig> } = {}): World {
   const fib = fibNamespace(t);
   const lb = openLb(t);
-  lb.config({ src4: LB_SRC4, src6: LB_SRC6, ttl: OUTER_TTL, maglevM: o.maglevM ?? 0, ...o.config });
+  lb.config({ src4: LB_SRC4, src6: LB_SRC6, ttl: OUTER_TTL, ...o.config });
   // devmap entries resolve the ifindex in the caller's namespace
   sys.withNetns(fib.ns, () => lb.maps.devmap.update(L.u32(fib.lb1), L.encodeDevmapVal({ ifindex: fib.lb1, progFd: 0 })));
   return {
@@ -268,6 +271,7 @@ export function world(t: Teardown, o: { maglevM?: number; config?: Partial<L.Nod
     lb,
     run: (frame) => sys.withNetns(fib.ns, () => lb.run(frame, fib.lb0)),
     runAll: (frames) => sys.withNetns(fib.ns, () => frames.map((f) => lb.run(f, fib.lb0))),
+    maglevM: o.maglevM ?? DEFAULT_M,
   };
 }
 
@@ -275,9 +279,7 @@ export function world(t: Teardown, o: { maglevM?: number; config?: Partial<L.Nod
 export function oneBackend(w: World, s: ServiceSpec, b: BackendSpec): void {
   w.lb.service(s);
   w.lb.backend(b);
-  const m = w.lb.maps.config.lookup(L.u32(0));
-  const size = (m && L.decodeConfig(m).maglevM) || L.MAGLEV_DEFAULT_M;
-  w.lb.maglev(s.id, new Uint32Array(size).fill(b.id));
+  w.lb.maglev(s.id, new Uint32Array(w.maglevM).fill(b.id));
 }
 
 /** An encapsulated frame taken apart: Ethernet, outer header, inner IP packet. */

@@ -10,7 +10,8 @@ say() { printf 'xdplb bootstrap: %s\n' "$*" >&2; }
 # Everything the build, the lab and the tests use from Debian.
 PACKAGES=(clang llvm libbpf-dev bpftool pkg-config cmake make g++ iproute2 ethtool
   tshark tcpdump python3-scapy xdp-tools python3-grpcio protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
-  prometheus) # promtool: the metrics tests check the exposition format
+  prometheus # promtool: the metrics tests check the exposition format
+  bird2) # the BGP speaker of the optional bgp: section (src/bgp), and the tests' router
 
 missing=()
 for p in "${PACKAGES[@]}"; do

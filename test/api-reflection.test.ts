@@ -77,8 +77,8 @@ t.test('a client holding no .proto file loads every descriptor from reflection a
     t.same(out.fetched_by_filename, [], `${version}: imports come with the file that needs them`);
     t.same(out.well_known, ['google.protobuf.Duration', 'google.protobuf.Timestamp', 'google.protobuf.Timestamp'], `${version}: well-known types resolve`);
     t.same(out.methods['xdplb.v1.LoadBalancer'], [
-      'AddBackend', 'CreateService', 'DeleteService', 'DrainBackend', 'GetCounters', 'GetNodeStatus',
-      'GetService', 'ListServices', 'RemoveBackend', 'SetBackends', 'UpdateService', 'WatchCounters',
+      'AddBackend', 'CreateService', 'DeleteService', 'DrainBackend', 'DrainNode', 'GetBgpStatus', 'GetCounters', 'GetNodeStatus',
+      'GetService', 'ListServices', 'RemoveBackend', 'SetBackends', 'UndrainNode', 'UpdateService', 'WatchCounters',
     ]);
     t.same(out.fields['xdplb.v1.ServiceFlags'], [
       ['l4_dnat', 'l4Dnat'],

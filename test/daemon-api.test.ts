@@ -152,6 +152,8 @@ t.test('services through the API: every error names the field and changes nothin
     ['AddBackend', { service: 'api1', backend: { address: '2001:db8:200::13', port: 8443, weight: 70000 } }, grpc.status.INVALID_ARGUMENT, /weight/],
     ['RemoveBackend', { service: 'api1', backend: { address: '2001:db8:200::99', port: 8443 } }, grpc.status.NOT_FOUND, /2001:db8:200::99/],
     ['DrainBackend', { service: 'nope', backend: { address: '2001:db8:200::11', port: 8443 } }, grpc.status.NOT_FOUND, /nope/],
+    ['DrainNode', {}, grpc.status.FAILED_PRECONDITION, /^BGP is not configured/],
+    ['GetBgpStatus', {}, grpc.status.FAILED_PRECONDITION, /^BGP is not configured/],
     ['WatchCounters', null, grpc.status.OK, /./],
   ];
   for (const [method, req, code, msg] of cases) {

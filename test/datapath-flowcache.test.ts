@@ -134,7 +134,7 @@ t.test('flow cache off (node config): never read, never written; flows still kee
   const filled = entries(w, slotOf(f)).find((e) => e.flow.equals(L.encodeFlowKey(f)));
   t.ok(filled, 'cache on: the flow was cached');
   // off, at run time; the same entry, fresh, with backend 3, on every CPU
-  w.lb.config({ src4: LB_SRC4, src6: LB_SRC6, ttl: OUTER_TTL, maglevM: 7, flags: L.CFG_F_NO_FLOW_CACHE });
+  w.lb.config({ src4: LB_SRC4, src6: LB_SRC6, ttl: OUTER_TTL, flags: L.CFG_F_NO_FLOW_CACHE });
   const forged = Buffer.alloc(ENTRY.size);
   L.encodeFlowKey(f).copy(forged, ENTRY.fields.flow.offset);
   forged.writeUInt32LE(3, ENTRY.fields.backend_id.offset);

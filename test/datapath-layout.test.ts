@@ -1,7 +1,8 @@
-// The map ABI cannot drift: src/datapath/layout.ts and reasons.ts against the
-// BTF of build/bpf/lb.bpf.o and the text of xdp/consts.h.
+// The map ABI cannot drift: the struct declarations of src/datapath/layout.ts
+// against the BTF of build/bpf/lb.bpf.o (read by bpftool here, and by the
+// addon when the daemon loads the object), reasons.ts and the constants
+// against the text of xdp/consts.h.
 import t from 'tap';
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as bpf from '../src/datapath/bpf';
@@ -10,52 +11,15 @@ import { PACKAGE_ROOT } from '../src/sys/paths';
 import * as L from '../src/datapath/layout';
 import { REASON_COUNT } from '../src/datapath/reasons';
 import { flowHash, outerSource } from '../src/datapath/flowhash';
-import { MAX_ENTRIES, MAX_MASKS, MAX_RULES, TUPLE_LEN, encodeTuple, encodeRules, tupleOf } from '../src/recorder/filter';
+import { checkStruct, LayoutMismatchError, struct } from '../src/datapath/codec';
+import { DEFAULT_M, MAX_M } from '../src/maglev';
+import { decodeTuple, encodeTuple, tupleOf } from '../src/recorder/filter';
+import { btfStructs } from '../harness/btf';
 import { openLb } from '../harness/datapath';
-import { needsRoot } from '../harness/fixtures';
+import { needsRoot, pinDir } from '../harness/fixtures';
 
 const OBJ = bpf.objectPath('lb');
 const CONSTS = fs.readFileSync(path.join(PACKAGE_ROOT, 'xdp', 'consts.h'), 'utf8');
-
-interface BtfMember {
-  name: string;
-  type_id: number;
-  bits_offset: number;
-}
-interface BtfType {
-  id: number;
-  kind: string;
-  name: string;
-  size?: number;
-  type_id?: number;
-  nr_elems?: number;
-  members?: BtfMember[];
-}
-
-function btfTypes(): Map<number, BtfType> {
-  const j = JSON.parse(execFileSync('bpftool', ['btf', 'dump', 'file', OBJ, 'format', 'raw', '-j'], { encoding: 'utf8' })) as { types: BtfType[] };
-  return new Map(j.types.map((x) => [x.id, x]));
-}
-
-function sizeOf(types: Map<number, BtfType>, id: number): number {
-  const ty = types.get(id);
-  if (!ty) throw new Error(`BTF type ${id} missing`);
-  switch (ty.kind) {
-    case 'INT':
-    case 'STRUCT':
-    case 'UNION':
-    case 'ENUM':
-      return ty.size ?? 0;
-    case 'TYPEDEF':
-    case 'CONST':
-    case 'VOLATILE':
-      return sizeOf(types, ty.type_id ?? 0);
-    case 'ARRAY':
-      return (ty.nr_elems ?? 0) * sizeOf(types, ty.type_id ?? 0);
-    default:
-      throw new Error(`no size for BTF kind ${ty.kind}`);
-  }
-}
 
 /** #define NAME value (numbers and simple expressions of numbers) from consts.h. */
 function define(name: string): number {
@@ -66,26 +30,53 @@ function define(name: string): number {
   return Number(Function(`"use strict"; return (${expr});`)()) >>> 0;
 }
 
-t.test('every struct in layout.ts matches the BTF of lb.bpf.o: size, fields, offsets, sizes', (t) => {
-  const types = btfTypes();
-  const structs = [...types.values()].filter((x) => x.kind === 'STRUCT' && x.name.startsWith('xdplb_') && x.name !== 'xdplb_maglev_inner');
-  t.same(structs.map((s) => s.name).sort(), Object.keys(L.LAYOUT).sort(), 'the same set of structs');
-  for (const s of structs) {
-    const want = L.LAYOUT[s.name];
-    if (!want) continue;
-    t.equal(s.size, want.size, `${s.name}: size`);
-    const members = s.members ?? [];
-    t.same(members.map((m) => m.name), Object.keys(want.fields), `${s.name}: fields in order`);
-    for (const m of members) {
-      const f = want.fields[m.name];
-      if (!f) continue;
-      t.equal(m.bits_offset / 8, f.offset, `${s.name}.${m.name}: offset`);
-      t.equal(sizeOf(types, m.type_id), f.size, `${s.name}.${m.name}: size`);
+t.test('every struct of lb.bpf.o is declared in layout.ts, and each declaration matches its BTF: size, fields, offsets, widths', (t) => {
+  const btf = btfStructs(OBJ);
+  const ours = [...btf.keys()].filter((n) => n.startsWith('xdplb_') && n !== 'xdplb_maglev_inner');
+  t.same(ours.sort(), Object.keys(L.LAYOUT).sort(), 'the same set of structs');
+  for (const c of L.STRUCTS) t.same(checkStruct(c, btf.get(c.name), OBJ), [], `struct ${c.name}`);
+  t.end();
+});
+
+t.test('the daemon\'s reader of BTF (the addon) sees every struct as bpftool does', needsRoot, (t) => {
+  const lb = openLb(t);
+  const btf = btfStructs(OBJ);
+  for (const c of L.STRUCTS) t.same(lb.obj.btfStruct(c.name), btf.get(c.name), `struct ${c.name}`);
+  t.equal(lb.obj.btfStruct('xdplb_no_such_struct'), undefined);
+  t.end();
+});
+
+t.test('an object whose layout differs from a declaration is refused at load, naming the struct, the field and both values', needsRoot, (t) => {
+  // the revnat value with its fields swapped; the service value's flags 2 bytes wide
+  const wrong = [struct('xdplb_revnat', { pad: 'u16', port: 'be16' }), struct('xdplb_service', { id: 'u32', flags: 'u16', pad: 'u16' })];
+  const structs = L.STRUCTS.map((c) => wrong.find((w) => w.name === c.name) ?? c);
+  const err = (() => {
+    try {
+      bpf.openObject(OBJ, { pinRoot: pinDir(t), layout: structs }).close();
+    } catch (e) {
+      return e;
     }
-    // no hole left unnamed: the fields tile the struct exactly
-    const covered = Object.values(want.fields).reduce((a, f) => a + f.size, 0);
-    t.equal(covered, want.size, `${s.name}: no implicit padding`);
-  }
+    return undefined;
+  })();
+  t.type(err, LayoutMismatchError);
+  const message = (err as Error | undefined)?.message ?? '';
+  t.match(message, `struct xdplb_revnat.pad: offset 0 in TypeScript, 2 in ${OBJ}`);
+  t.match(message, `struct xdplb_revnat.port: offset 2 in TypeScript, 0 in ${OBJ}`);
+  t.match(message, `struct xdplb_service.flags: width 2 in TypeScript, 4 in ${OBJ}`);
+  t.match(message, `struct xdplb_service.pad: declared in TypeScript (offset 6), absent from ${OBJ}`);
+  t.equal((err as LayoutMismatchError).mismatches.length, 4, 'nothing else differs');
+  const lb = bpf.openObject(OBJ, { pinRoot: pinDir(t), layout: L.STRUCTS });
+  t.ok(lb, 'the declarations as they are load');
+  lb.close();
+  t.end();
+});
+
+t.test('a declaration cannot describe implicit padding: a misaligned field or size is refused', (t) => {
+  t.throws(() => struct('x', { a: 'u8', b: 'u32' }), new RangeError('struct x.b: offset 1 is not a multiple of its alignment 4'));
+  t.throws(() => struct('x', { a: 'u64', b: 'u32' }), new RangeError('struct x: size 12 is not a multiple of its alignment 8'));
+  const nested = struct('outer', { inner: L.COUNTER, n: 'u32', pad: 'u32' });
+  t.same(nested.fields, { inner: { offset: 0, size: 16 }, n: { offset: 16, size: 4 }, pad: { offset: 20, size: 4 } });
+  t.same(nested.decode(nested.encode({ inner: { packets: 1n, bytes: 2n }, n: 3 })), { inner: { packets: 1n, bytes: 2n }, n: 3, pad: 0 });
   t.end();
 });
 
@@ -95,8 +86,8 @@ t.test('constants in layout.ts equal the #defines of consts.h', (t) => {
     ['XDPLB_MAX_BACKENDS', L.MAX_BACKENDS],
     ['XDPLB_CT_SIZE', L.CT_SIZE],
     ['XDPLB_MAX_DEVICES', L.MAX_DEVICES],
-    ['XDPLB_MAGLEV_DEFAULT_M', L.MAGLEV_DEFAULT_M],
-    ['XDPLB_MAGLEV_MAX_M', L.MAGLEV_MAX_M],
+    ['XDPLB_MAGLEV_DEFAULT_M', DEFAULT_M],
+    ['XDPLB_MAGLEV_MAX_M', MAX_M],
     ['XDPLB_NO_BACKEND', L.NO_BACKEND],
     ['XDPLB_FLOW_HASH_SEED', L.FLOW_HASH_SEED],
     ['XDPLB_NEXTHOP_TTL_MS', L.NEXTHOP_TTL_MS],
@@ -146,11 +137,6 @@ t.test('constants in layout.ts equal the #defines of consts.h', (t) => {
     ['XDPLB_REC_STAT_MAX', L.REC_STAT_MAX],
   ];
   for (const [name, value] of pairs) t.equal(define(name), value >>> 0, name);
-  // the filter compiler sizes its output for these maps
-  t.equal(MAX_MASKS, L.REC_MAX_MASKS, 'filter.ts MAX_MASKS');
-  t.equal(MAX_ENTRIES, L.REC_MAX_ENTRIES, 'filter.ts MAX_ENTRIES');
-  t.equal(MAX_RULES, L.REC_MAX_RULES, 'filter.ts MAX_RULES');
-  t.equal(TUPLE_LEN, L.REC_KEY_LEN, 'filter.ts TUPLE_LEN');
   t.end();
 });
 
@@ -159,7 +145,7 @@ t.test('the loaded maps have the names, types, key/value sizes and capacities la
   const all = [...Object.values(L.MAP_NAMES), ...Object.values(L.REC_MAP_NAMES)];
   t.same(lb.obj.maps().filter((n) => n.startsWith('xdplb_')).sort(), [...all].sort());
   t.same(Object.keys(L.MAP_LAYOUT).sort(), all.filter((n) => n !== L.MAP_NAMES.maglev).sort(), 'MAP_LAYOUT names every map but the Maglev outer map (its values are map fds)');
-  const size = (s: string) => (s === 'u32' ? 4 : s === 'u64' ? 8 : L.LAYOUT[s].size);
+  const size = (s: keyof typeof L.LAYOUT | 'u32' | 'u64') => (s === 'u32' ? 4 : s === 'u64' ? 8 : L.LAYOUT[s].size);
   for (const [name, kv] of Object.entries(L.MAP_LAYOUT)) {
     const m = lb.obj.map(name);
     t.equal(m.keySize, size(kv.key), `${name}: key size`);
@@ -245,14 +231,14 @@ t.test('encoders write the documented bytes and decoders read them back', (t) =>
   t.same(L.decodeBackend(be), { address: '198.51.100.7', port: 8080, state: L.BACKEND_DRAINING, serviceId: 0x10203 });
   t.same(L.decodeBackend(L.encodeBackend({ address: '', port: 0, state: L.BACKEND_NONE, serviceId: 0 })), { address: '', port: 0, state: 0, serviceId: 0 });
 
-  const cfg: L.NodeConfig = { src4: '192.0.2.2', src4PrefixLen: 24, src6: '2001:db8::2', src6PrefixLen: 64, ttl: 60, flags: 0, mtu: 1450, nexthopTtlMs: 250, maglevM: 65537, ctTcpS: 7200, ctUdpS: 60, ctClosingS: 15 };
+  const cfg: L.NodeConfig = { src4: '192.0.2.2', src4PrefixLen: 24, src6: '2001:db8::2', src6PrefixLen: 64, ttl: 60, flags: 0, mtu: 1450, nexthopTtlMs: 250, ctTcpS: 7200, ctUdpS: 60, ctClosingS: 15 };
   const c = L.encodeConfig(cfg);
   t.equal(c.length, 48);
   t.equal(c.subarray(0, 4).toString('hex'), 'c0000202');
   t.equal(c[20], 24);
   t.equal(c.readUInt16LE(24), 1450);
   t.equal(c.readUInt16LE(26), 250);
-  t.equal(c.readUInt32LE(28), 65537);
+  t.equal(c.readUInt32LE(28), 0, 'padding: M is each Maglev table\'s own size');
   t.same([c.readUInt32LE(32), c.readUInt32LE(36), c.readUInt32LE(40), c.readUInt32LE(44)], [7200, 60, 15, 0], 'connection-table lifetimes, then padding');
   t.same(L.decodeConfig(c), cfg);
 
@@ -279,23 +265,19 @@ t.test('encoders write the documented bytes and decoders read them back', (t) =>
   t.end();
 });
 
-t.test('recorder encoders: keys as filter.ts writes them, entries, config, sample headers', (t) => {
+t.test('recorder encoders: keys (filter.ts encodeTuple), entries, config, sample headers', (t) => {
   for (const tuple of [
     { ...tupleOf({ src: '192.0.2.100', dst: '203.0.113.10', sport: 40000, dport: 80, proto: 6 }), mask: 3 },
     { ...tupleOf({ src: '2001:db8::100', dst: '2001:db8:f00::10', sport: 1, dport: 65535, proto: 17 }), mask: 31 },
-  ]) {
-    const k = L.encodeRecKey(tuple);
-    t.same(k, encodeTuple(tuple), `encodeRecKey = filter.ts encodeTuple (IPv${tuple.family})`);
-    t.same(L.decodeRecKey(k), tuple);
-  }
+  ])
+    t.same(decodeTuple(encodeTuple(tuple)), tuple, `IPv${tuple.family} key round trip`);
   t.equal(
-    L.encodeRecKey({ ...tupleOf({ src: '192.0.2.1', dst: '203.0.113.10', sport: 0x1234, dport: 80, proto: 17 }), mask: 5 }).toString('hex'),
+    encodeTuple({ ...tupleOf({ src: '192.0.2.1', dst: '203.0.113.10', sport: 0x1234, dport: 80, proto: 17 }), mask: 5 }).toString('hex'),
     '04' + '11' + '1234' + '0050' + '05' + '00' + 'c0000201' + '00'.repeat(12) + 'cb00710a' + '00'.repeat(12),
   );
 
   const e = L.encodeRecEntry({ rules: (1n << 63n) | 5n, caplen: 128 });
   t.equal(e.toString('hex'), '0500000000000080' + '80000000' + '00000000');
-  t.same(e.subarray(0, 8), encodeRules((1n << 63n) | 5n), 'rules as filter.ts encodeRules writes them');
   t.same(L.decodeRecEntry(e), { rules: (1n << 63n) | 5n, caplen: 128 });
 
   t.equal(L.encodeRecConfig({ nMasks: 32 }).toString('hex'), '20000000' + '00000000' + '00000000' + '00000000');

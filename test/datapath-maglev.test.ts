@@ -2,13 +2,20 @@
 // for bit; the connection table keeps established flows where they are when
 // the table changes; down backends are never chosen.
 import t from 'tap';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import pino from 'pino';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import { flowHash, outerSource, vipFilterBit, type Flow } from '../src/datapath/flowhash';
-import { buildTable, type MaglevBackend } from '../src/maglev';
+import { buildTable, DEFAULT_M, MAX_M, type MaglevBackend } from '../src/maglev';
 import * as P from '../harness/packets';
 import { world, decap, VIP4, VIP6, type World } from '../harness/datapath';
-import { needsRoot, type Teardown } from '../harness/fixtures';
+import { DEFAULT_NODE, type NodeSettings } from '../src/control/model';
+import { validateService } from '../src/control/validate';
+import { LbDatapath } from '../src/datapath/lb';
+import { needsRoot, pinDir, type Teardown } from '../harness/fixtures';
 
 const TCP = L.IPPROTO_TCP;
 const UDP = L.IPPROTO_UDP;
@@ -74,7 +81,7 @@ for (const v6 of [false, true]) {
     const src6 = '2001:db8:0:5::';
     const w = world(t, { config: { src4, src4PrefixLen: 24, src6, src6PrefixLen: 96 } });
     const vip = v6 ? VIP6 : VIP4;
-    const M = L.MAGLEV_DEFAULT_M;
+    const M = DEFAULT_M;
     w.lb.service({ vip, port: 0, proto: TCP, id: 1 });
     w.lb.service({ vip, port: 0, proto: UDP, id: 2 });
     const p = pool(w, v6, [1, 2, 3, 4, 5, 6, 7], [1, 1, 2, 1, 3, 1, 1]);
@@ -256,37 +263,28 @@ t.test('the VIP filter: a destination whose bit is clear is no VIP, the bit Type
   t.end();
 });
 
-t.test('no table, an empty entry, a table smaller than M: dropped and counted as no backend', needsRoot, (t) => {
+t.test('no table, an empty entry: dropped and counted as no backend; a small table is indexed by its own size', needsRoot, (t) => {
   const w = world(t, { maglevM: 13 });
   w.lb.service({ vip: VIP4, port: 1, proto: TCP, id: 1 });
   w.lb.service({ vip: VIP4, port: 2, proto: TCP, id: 2 });
   w.lb.service({ vip: VIP4, port: 3, proto: TCP, id: 3 });
   w.lb.backend({ id: 1, address: '198.51.100.1' });
+  w.lb.backend({ id: 2, address: '198.51.100.2' });
   w.lb.maglev(2, new Uint32Array(13).fill(L.NO_BACKEND));
-  w.lb.maglev(3, new Uint32Array(2).fill(1));
+  w.lb.maglev(3, Uint32Array.of(1, 2));
   const f = (dport: number, sport: number): Flow => ({ src: '192.0.2.5', dst: VIP4, sport, dport, proto: TCP });
   t.equal(w.run(packet(f(1, 1))).retval, bpf.XDP_DROP, 'no table');
   t.equal(w.run(packet(f(2, 1))).retval, bpf.XDP_DROP, 'NO_BACKEND entry');
-  let dropped = 0;
-  let sent = 0;
-  for (let s = 1; s <= 40; s++) {
-    const fl = f(3, s);
-    const r = w.run(packet(fl));
-    if (flowHash(fl) % 13 < 2) {
-      t.equal(r.retval, bpf.XDP_TX);
-      sent++;
-    } else {
-      t.equal(r.retval, bpf.XDP_DROP, 'index beyond a 2-entry table');
-      dropped++;
-    }
-  }
-  t.equal(w.lb.reason('drop_no_backend'), BigInt(2 + dropped));
-  t.ok(sent > 0 && dropped > 0);
+  const flows = Array.from({ length: 40 }, (_, s) => f(3, s + 1));
+  const got = w.runAll(flows.map((fl) => packet(fl))).map((r) => (r.retval === bpf.XDP_TX ? outerDst(r.data) : `verdict ${r.retval}`));
+  t.same(got, flows.map((fl) => `198.51.100.${1 + (flowHash(fl) % 2)}`), 'a 2-entry table: entry hash % 2');
+  t.equal(new Set(got).size, 2, 'both entries used');
+  t.equal(w.lb.reason('drop_no_backend'), 2n);
   t.end();
 });
 
-t.test('Maglev tables of any size up to 131071 entries (BPF_F_INNER_MAP), M from the node config', needsRoot, (t) => {
-  const M = L.MAGLEV_MAX_M;
+t.test('Maglev tables of any size up to 131071 entries (BPF_F_INNER_MAP), indexed by their own size', needsRoot, (t) => {
+  const M = MAX_M;
   const w = world(t, { maglevM: M });
   w.lb.service({ vip: VIP6, port: 0, proto: UDP, id: 4000 });
   const p = pool(w, true, [11, 12, 13, 14, 15]);
@@ -297,6 +295,65 @@ t.test('Maglev tables of any size up to 131071 entries (BPF_F_INNER_MAP), M from
   const got = w.runAll(flows.map((f) => packet(f))).map((x) => outerDst(x.data));
   t.same(got, flows.map((f) => p.address.get(table[flowHash(f) % M])));
   t.end();
+});
+
+// M is each table's own size: there is no node-wide M a packet could read
+// apart from the table it indexes, so no order of writes between the two.
+t.test('each table is indexed by its own size: one service switches M while another keeps its own, both as predicted', needsRoot, (t) => {
+  const w = world(t);
+  const services = [
+    { port: 80, id: 1, m: 13 },
+    { port: 81, id: 2, m: 251 },
+  ];
+  const p = pool(w, false, [1, 2, 3, 4, 5]);
+  for (const s of services) w.lb.service({ vip: VIP4, port: s.port, proto: TCP, id: s.id, flags: L.SVC_F_CT_BYPASS });
+  const r = rng(11);
+  const flows = services.map((s) => Array.from({ length: 300 }, () => ({ ...randomFlow(r, false, VIP4, s.port), proto: TCP })));
+  const check = (what: string) => {
+    services.forEach((s, i) => {
+      const table = buildTable(p.backends, s.m);
+      const got = w.runAll(flows[i].map((f) => packet(f, P.TCP_ACK))).map((x) => (x.retval === bpf.XDP_TX ? outerDst(x.data) : `verdict ${x.retval}`));
+      t.same(got, flows[i].map((f) => p.address.get(table[flowHash(f) % s.m])), `${what}: service ${s.id} by its table of ${s.m}`);
+    });
+  };
+  for (const s of services) w.lb.maglev(s.id, buildTable(p.backends, s.m));
+  check('two sizes side by side');
+  services[0].m = 1021;
+  w.lb.maglev(1, buildTable(p.backends, 1021));
+  check('service 1 grown to 1021, service 2 still at 251');
+  services[1].m = 7;
+  w.lb.maglev(2, buildTable(p.backends, 7));
+  check('service 2 shrunk to 7, service 1 at 1021');
+  t.equal(w.lb.reason('drop_no_backend'), 0n, 'no packet indexed past its table');
+  t.end();
+});
+
+t.test('the daemon changes M by swapping each table for one of the new size, growing or shrinking; the config map holds no M', needsRoot, async (t) => {
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'xdplb-m-'));
+  t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+  const bpffs = path.join(pinDir(t), 'lb');
+  const node: NodeSettings = { ...DEFAULT_NODE, interfaces: [], maglevSize: 251, bpffs, stateDir };
+  const dp = LbDatapath.open(node, pino({ level: 'silent' }));
+  t.teardown(() => dp.uninstall());
+  const specs = [1, 2].map((i) => validateService({ name: `s${i}`, vip: `203.0.113.${i}`, port: 80, protocol: 'tcp', backends: [{ address: `198.51.100.${i}` }, { address: `198.51.100.${10 + i}` }] }));
+  (await dp.apply(specs)).commit();
+  const config = dp['maps'].config.lookup(L.u32(0))!;
+  const tables = () =>
+    specs.map((spec) => {
+      const ids = dp.ids(spec)!;
+      const inner = bpf.mapFromPin(path.join(bpffs, 'maglev', String(ids.service)));
+      const size = inner.maxEntries;
+      const { values, count } = inner.dump();
+      const entries = new Set(Array.from({ length: count }, (_, i) => values.readUInt32LE(i * 4)));
+      inner.close();
+      return { size, valid: [...entries].every((id) => [...ids.backends.values()].includes(id)) };
+    });
+  t.same(tables(), [{ size: 251, valid: true }, { size: 251, valid: true }]);
+  for (const m of [1021, 13]) {
+    await dp.reconfigure({ ...node, maglevSize: m });
+    t.same(tables(), [{ size: m, valid: true }, { size: m, valid: true }], `M ${m}: every table of that size, naming its own backends`);
+    t.same(dp['maps'].config.lookup(L.u32(0)), config, 'the config map unchanged');
+  }
 });
 
 t.test('a connection-table entry of another service (a reused id) is ignored', needsRoot, (t) => {

@@ -4,12 +4,14 @@
 // everything else passes untouched; every verdict is counted under its reason;
 // tshark decodes what comes out.
 import t from 'tap';
-import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as bpf from '../src/datapath/bpf';
 import { PACKAGE_ROOT } from '../src/sys/paths';
-import { Decap, DECAP_REASONS, encodeLocalKey, encodeRevNatKey, encodeRevNatVal, type DecapReason } from '../src/lab/decap';
+import { checkStruct } from '../src/datapath/codec';
+import { DECAP_STRUCTS, decodeLocalKey, decodeRevNatKey, encodeLocalKey, encodeRevNatKey, encodeRevNatVal } from '../src/datapath/decap-layout';
+import { Decap, DECAP_REASONS, type DecapReason } from '../src/lab/decap';
+import { btfStructs } from '../harness/btf';
 import * as P from '../harness/packets';
 import { scratch, tsharkCheck } from '../harness/datapath';
 import { needsRoot, pinDir, type Teardown } from '../harness/fixtures';
@@ -64,23 +66,18 @@ t.test('decap.ts mirrors enum xdplb_decap_reason: names, order, verdicts', (t) =
   t.end();
 });
 
-t.test('the local-address key in decap.ts matches the BTF of decap.bpf.o', (t) => {
-  const j = JSON.parse(execFileSync('bpftool', ['btf', 'dump', 'file', OBJ, 'format', 'raw', '-j'], { encoding: 'utf8' })) as {
-    types: Array<{ kind: string; name: string; size?: number; members?: Array<{ name: string; bits_offset: number }> }>;
-  };
-  const s = j.types.find((x) => x.kind === 'STRUCT' && x.name === 'xdplb_decap_addr');
-  t.ok(s, 'struct xdplb_decap_addr in BTF');
-  t.equal(s?.size, encodeLocalKey(BE4).length, 'key size');
-  t.same(s?.members?.map((m) => [m.name, m.bits_offset / 8]), [['family', 0], ['pad', 1], ['addr', 4]], 'fields and offsets');
+t.test('every struct of decap.bpf.o is declared in decap-layout.ts, and each declaration matches its BTF', (t) => {
+  const btf = btfStructs(OBJ);
+  t.same([...btf.keys()].filter((n) => n.startsWith('xdplb_')).sort(), DECAP_STRUCTS.map((c) => c.name).sort(), 'the same set of structs');
+  for (const c of DECAP_STRUCTS) t.same(checkStruct(c, btf.get(c.name), OBJ), [], `struct ${c.name}`);
   t.same(encodeLocalKey(BE4), Buffer.concat([Buffer.from([4, 0, 0, 0]), Buffer.from([198, 51, 100, 11]), Buffer.alloc(12)]));
   t.same(encodeLocalKey('any'), Buffer.alloc(20), 'the wildcard: all zero');
-  const k = j.types.find((x) => x.kind === 'STRUCT' && x.name === 'xdplb_revnat_key');
-  const v = j.types.find((x) => x.kind === 'STRUCT' && x.name === 'xdplb_revnat_val');
-  t.same(k?.members?.map((m) => [m.name, m.bits_offset / 8]), [['family', 0], ['proto', 1], ['port', 2], ['addr', 4]], 'revnat key fields and offsets');
-  t.equal(k?.size, encodeRevNatKey({ vip: VIP4, proto: 'tcp', backendPort: 8080 }).length, 'revnat key size');
-  t.same(v?.members?.map((m) => [m.name, m.bits_offset / 8]), [['port', 0], ['pad', 2]], 'revnat value fields');
-  t.equal(v?.size, encodeRevNatVal(80).length, 'revnat value size');
-  t.same(encodeRevNatKey({ vip: VIP4, proto: 'udp', backendPort: 5353 }), Buffer.concat([Buffer.from([4, 17, 0x14, 0xe9]), Buffer.from([203, 0, 113, 10]), Buffer.alloc(12)]));
+  t.equal(decodeLocalKey(encodeLocalKey(BE6)), BE6);
+  t.equal(decodeLocalKey(encodeLocalKey('any')), 'any');
+  const k = encodeRevNatKey({ vip: VIP4, proto: 17, backendPort: 5353 });
+  t.same(k, Buffer.concat([Buffer.from([4, 17, 0x14, 0xe9]), Buffer.from([203, 0, 113, 10]), Buffer.alloc(12)]));
+  t.same(decodeRevNatKey(k), { vip: VIP4, proto: 17, backendPort: 5353 });
+  t.same(encodeRevNatVal(80), Buffer.from([0, 80, 0, 0]));
   t.end();
 });
 
@@ -270,9 +267,9 @@ t.test('many flows: every packet decapsulated, counters per CPU add up', needsRo
 
 t.test('reverse DNAT (tc egress): replies from VIP:backend port leave from the service port, checksum right', needsRoot, (t) => {
   const d = openDecap(t, BE4, BE6);
-  d.revnat.update(encodeRevNatKey({ vip: VIP4, proto: 'tcp', backendPort: 8080 }), encodeRevNatVal(80));
-  d.revnat.update(encodeRevNatKey({ vip: VIP6, proto: 'udp', backendPort: 5353 }), encodeRevNatVal(53));
-  d.revnat.update(encodeRevNatKey({ vip: VIP4, proto: 'udp', backendPort: 5353 }), encodeRevNatVal(53));
+  d.revnat.update(encodeRevNatKey({ vip: VIP4, proto: 6, backendPort: 8080 }), encodeRevNatVal(80));
+  d.revnat.update(encodeRevNatKey({ vip: VIP6, proto: 17, backendPort: 5353 }), encodeRevNatVal(53));
+  d.revnat.update(encodeRevNatKey({ vip: VIP4, proto: 17, backendPort: 5353 }), encodeRevNatVal(53));
   const runTc = (frame: Buffer) => d.revnatProg.testRun({ data: frame, dataSizeOut: frame.length + 64 });
   const cases: Array<[string, Buffer, number, number]> = [
     ['IPv4 TCP SYN-ACK', P.ipv4({ src: VIP4, dst: CLIENT4 }, P.tcp({ sport: 8080, dport: 40000, flags: P.TCP_SYN | P.TCP_ACK, payload: Buffer.from('x') })), 80, 20],

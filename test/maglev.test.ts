@@ -329,10 +329,7 @@ t.test('an invalid table size or backend is a RangeError that names it', (t) => 
   t.throws(() => buildTable(ok, 1), { name: 'RangeError', message: /table size 1: must be a prime integer in 2\.\.131071/ });
   t.throws(() => buildTable(ok, 13.5), { name: 'RangeError', message: /table size 13\.5/ });
   t.throws(() => buildTable(ok, 262139), { name: 'RangeError', message: /table size 262139: must be .* 2\.\.131071/ });
-  t.throws(() => buildTable(backends(14), 13), {
-    name: 'RangeError',
-    message: 'maglev table size 13: smaller than the number of backends (14)',
-  });
+  t.equal(new Set(buildTable(backends(14), 13)).size, 13, 'more backends than entries: one entry each for 13 of them (capacity is the callers\' check)');
   t.doesNotThrow(() => buildTable(backends(13), 13), 'M equal to N is allowed');
   const bad = (patch: Partial<MaglevBackend>): MaglevBackend[] => [ok[0], { ...ok[1], ...patch }, ok[2]];
   t.throws(() => buildTable(bad({ weight: 65536 }), 13), { name: 'RangeError', message: /^backends\[1\]\.weight 65536: must be an integer in 0\.\.65535/ });

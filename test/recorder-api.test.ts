@@ -33,7 +33,7 @@ function mapState(d: DaemonFixture): { nMasks: number; masks: string[]; entries:
     const dump = entries.dump();
     const rows: string[] = [];
     for (let i = 0; i < dump.count; i++)
-      rows.push(`${dump.keys.subarray(i * L.REC_KEY_LEN, (i + 1) * L.REC_KEY_LEN).toString('hex')}=${dump.values.subarray(i * dump.valueBytes, (i + 1) * dump.valueBytes).toString('hex')}`);
+      rows.push(`${dump.keys.subarray(i * L.REC_KEY.size, (i + 1) * L.REC_KEY.size).toString('hex')}=${dump.values.subarray(i * dump.valueBytes, (i + 1) * dump.valueBytes).toString('hex')}`);
     return {
       nMasks: L.decodeRecConfig(config.lookup(L.u32(0))!).nMasks,
       masks: Array.from({ length: L.REC_MAX_MASKS }, (_, i) => masks.lookup(L.u32(i))!.toString('hex')),

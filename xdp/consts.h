@@ -13,7 +13,9 @@
 #define XDPLB_MAX_DEVICES	256	/* devmap for XDP_REDIRECT, keyed by ifindex */
 
 /* Maglev: the inner map template has the default size; BPF_F_INNER_MAP lets
- * the daemon install inner maps of any prime size up to XDPLB_MAGLEV_MAX_M. */
+ * the daemon install inner maps of any prime size up to XDPLB_MAGLEV_MAX_M,
+ * each indexed by its own size (maps.h). The daemon's default and bound are
+ * src/maglev/table.ts DEFAULT_M and MAX_M (a test holds them equal). */
 #define XDPLB_MAGLEV_DEFAULT_M	16381
 #define XDPLB_MAGLEV_MAX_M	131071
 #define XDPLB_NO_BACKEND	0xffffffffU	/* Maglev entry of an empty table */

@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: Apache-2.0 */
 /* Every map key and value of xdplb: the single source of truth for the map
- * ABI. src/datapath/layout.ts encodes and decodes these with explicit offsets,
- * and a test compares both with the BTF of build/bpf/lb.bpf.o.
+ * ABI. src/datapath/layout.ts declares each struct once, field by field, and
+ * derives its encoder and decoder from that; the daemon compares the
+ * declarations with the BTF of build/bpf/lb.bpf.o when it loads the object
+ * (and refuses to start on a difference), as does a test.
  *
  * Byte order: addresses and ports are in network order (as on the wire), so
  * the datapath compares them without swapping; everything else is host order.
@@ -116,11 +118,11 @@ struct xdplb_config {
 	__u8 flags;		/* 23: XDPLB_CFG_F_* */
 	__u16 mtu;		/* 24: egress MTU override (lowers the FIB's); 0 = the FIB's only */
 	__u16 nexthop_ttl_ms;	/* 26: next-hop cache bound (fib.h), for entries looked up from now on; 0 = XDPLB_NEXTHOP_TTL_MS */
-	__u32 maglev_m;		/* 28: size M of every Maglev table (prime); 0 = XDPLB_MAGLEV_DEFAULT_M */
+	__u32 pad;		/* 28: 0 (M is each Maglev table's own max_entries: maps.h) */
 	__u32 ct_tcp_s;		/* 32: idle lifetime of a TCP connection-table entry, seconds; 0 = XDPLB_CT_TCP_S */
 	__u32 ct_udp_s;		/* 36: the same for UDP; 0 = XDPLB_CT_UDP_S */
 	__u32 ct_closing_s;	/* 40: after a FIN or RST; 0 = XDPLB_CT_CLOSING_S */
-	__u32 pad;		/* 44: 0 */
+	__u32 pad2;		/* 44: 0 */
 };				/* 48 */
 
 /* xdplb_conntrack key: an IPv6 flow as the client sent it (and the tuple

@@ -328,22 +328,22 @@ static __always_inline int choose_pending(struct packet *pkt, __u32 sid, struct 
 	return 1;
 }
 
-/* The Maglev table's backend at flow hash % M, which must be active.
- * Returns XDPLB_CONTINUE with out set, or a drop reason. */
+/* The backend at entry flow hash % M of the service's Maglev table (M: the
+ * table's own size, maps.h), which must be active. Returns XDPLB_CONTINUE
+ * with out set, or a drop reason. */
 static __always_inline int choose_maglev(struct packet *pkt, const struct xdplb_service *svc,
-					 const struct xdplb_config *cfg, struct backend_choice *out)
+					 struct backend_choice *out)
 {
 	struct xdplb_backend *be;
-	__u32 m, idx, id, *idp;
-	void *table;
+	struct bpf_array___xdplb *table;
+	__u32 idx, id, *idp;
 
 	pkt->hash = flow_hash(&pkt->flow, svc->flags & XDPLB_SVC_F_SRC_HASH);
 	out->hashed = 1;
 	table = bpf_map_lookup_elem(&xdplb_maglev, &svc->id);
 	if (!table)
 		return XDPLB_R_DROP_NO_BACKEND;
-	m = cfg->maglev_m ? cfg->maglev_m : XDPLB_MAGLEV_DEFAULT_M;
-	idx = pkt->hash % m;
+	idx = pkt->hash % table->map.max_entries;
 	idp = bpf_map_lookup_elem(table, &idx);
 	if (!idp)
 		return XDPLB_R_DROP_NO_BACKEND;
@@ -392,7 +392,7 @@ static __always_inline int choose_backend(struct packet *pkt, const struct xdplb
 	}
 
 	if (!(use_ct && !ct && cache && choose_pending(pkt, svc->id, out))) {
-		r = choose_maglev(pkt, svc, cfg, out);
+		r = choose_maglev(pkt, svc, out);
 		if (r != XDPLB_CONTINUE)
 			return r;
 	}

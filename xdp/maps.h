@@ -96,7 +96,11 @@ struct {
 
 /* Maglev table template: entry i = backend id for flow_hash % M == i.
  * BPF_F_INNER_MAP: replacement tables may have another max_entries (M);
- * they must be created with BPF_F_INNER_MAP as well. */
+ * they must be created with BPF_F_INNER_MAP as well. M is each table's own
+ * max_entries, read from the table a packet looked up (maglev.h), so tables
+ * of different sizes serve side by side and a swap of one table is the whole
+ * change of its service's M. XDPLB_MAGLEV_DEFAULT_M only sizes the template
+ * the verifier checks against. */
 struct xdplb_maglev_inner {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
 	__uint(max_entries, XDPLB_MAGLEV_DEFAULT_M);
@@ -104,6 +108,19 @@ struct xdplb_maglev_inner {
 	__type(key, __u32);
 	__type(value, __u32);
 };
+
+/* The kernel's struct bpf_array and struct bpf_map as far as maglev.h reads
+ * an inner map (the ___xdplb flavour: matched by CO-RE against this kernel's
+ * BTF, so the offset of max_entries is this kernel's). The verifier allows
+ * reads of a map's fields where it allows pointer leaks: CAP_PERFMON, which
+ * the daemon needs for this program anyway (systemd/xdplb.service). */
+struct bpf_map___xdplb {
+	__u32 max_entries;
+} __attribute__((preserve_access_index));
+
+struct bpf_array___xdplb {
+	struct bpf_map___xdplb map;
+} __attribute__((preserve_access_index));
 
 /* service id -> Maglev table; the daemon swaps a whole table atomically */
 struct {

@@ -15,6 +15,7 @@ import type { ApiSettings } from '../control/model';
 import { validateServiceName } from '../control/validate';
 import type { Recorder } from '../recorder/recordings';
 import type { CountersSnapshot, NodeStatusSnapshot } from '../datapath/snapshot';
+import type { BgpControl } from '../bgp/speaker';
 import { RECORDER_SERVICE_NAME, recorderHandlers } from './recorder';
 import { toServiceError, unary } from './grpc';
 import { DESCRIPTOR_SET, loadProto, SERVICE_NAME } from './proto';
@@ -51,6 +52,8 @@ export interface ApiDeps {
   log: Logger;
   /** the packet recorder: xdplb.v1.Recorder is served when given */
   recorder?: Recorder;
+  /** VIP announcement over BGP, when the configuration has a bgp: section */
+  bgp?: BgpControl;
 }
 
 interface NameReq {
@@ -68,6 +71,11 @@ interface BackendRefReq {
 function requireField<T>(v: T | null | undefined, field: string): T {
   if (v === null || v === undefined) throw XdplbError.invalid(field, 'is required');
   return v;
+}
+
+function bgpOf(deps: ApiDeps): BgpControl {
+  if (!deps.bgp) throw XdplbError.failedPrecondition('BGP is not configured (the configuration has no bgp: section)');
+  return deps.bgp;
 }
 
 export function loadBalancerHandlers(deps: ApiDeps): grpc.UntypedServiceImplementation {
@@ -99,6 +107,9 @@ export function loadBalancerHandlers(deps: ApiDeps): grpc.UntypedServiceImplemen
       svc(c.drainBackend(validateServiceName(r.service, 'service'), requireField(r.backend, 'backend'))),
     ),
     GetNodeStatus: unary(log, 'GetNodeStatus', () => deps.status()),
+    GetBgpStatus: unary(log, 'GetBgpStatus', () => bgpOf(deps).status()),
+    DrainNode: unary(log, 'DrainNode', () => bgpOf(deps).drain()),
+    UndrainNode: unary(log, 'UndrainNode', () => bgpOf(deps).undrain()),
     GetCounters: unary(log, 'GetCounters', (r: { service: string }) => {
       if (r.service) c.get(validateServiceName(r.service, 'service'));
       return deps.counters(r.service || undefined);

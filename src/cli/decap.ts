@@ -9,13 +9,13 @@ import * as path from 'node:path';
 import { Command, Option } from 'commander';
 import * as bpf from '../datapath/bpf';
 import * as sys from '../sys/system';
-import { addressText, type Family } from '../datapath/layout';
+import { decodeLocalKey, decodeRevNatKey, decodeRevNatVal, encodeLocalKey } from '../datapath/decap-layout';
+import { IPPROTO_TCP } from '../datapath/layout';
 import {
   attachRevNatIn,
   Decap,
   DECAP_LOCAL_MAP,
   DECAP_PROG_PIN,
-  encodeLocalKey,
   pinnedDecapCounters,
   REVNAT_MAP,
   syncPinnedRevNat,
@@ -159,11 +159,6 @@ export interface DecapInstance {
   passed: number;
 }
 
-/** A key of xdplb_decap_local or xdplb_decap_revnat: family in byte 0, address in bytes 4..19. */
-function decodeAddress(k: Buffer): string {
-  return k[0] === 0 ? 'any' : addressText(k.subarray(4, 20), k[0] as Family);
-}
-
 function pinnedKeys(pin: string): Buffer[] {
   const m = bpf.mapFromPin(pin);
   try {
@@ -195,8 +190,8 @@ export function decapStatus(pinRoot: string): DecapInstance[] {
       try {
         for (const k of revnatMap ? [...revnatMap.keys()] : []) {
           const v = revnatMap!.lookup(k);
-          const vip = decodeAddress(k);
-          dnat.push(`${k[1] === 6 ? 'tcp' : 'udp'}/${k[0] === 6 ? `[${vip}]` : vip}:${v ? v.readUInt16BE(0) : '?'}=${k.readUInt16BE(2)}`);
+          const r = decodeRevNatKey(k);
+          dnat.push(`${r.proto === IPPROTO_TCP ? 'tcp' : 'udp'}/${isIP(r.vip) === 6 ? `[${r.vip}]` : r.vip}:${v ? decodeRevNatVal(v) : '?'}=${r.backendPort}`);
         }
       } finally {
         revnatMap?.close();
@@ -209,7 +204,7 @@ export function decapStatus(pinRoot: string): DecapInstance[] {
         dir,
         attached,
         progId,
-        addresses: pinnedKeys(path.join(dir, DECAP_LOCAL_MAP)).map(decodeAddress).sort(),
+        addresses: pinnedKeys(path.join(dir, DECAP_LOCAL_MAP)).map(decodeLocalKey).sort(),
         dnat: dnat.sort(),
         decapsulated,
         passed,

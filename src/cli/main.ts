@@ -10,6 +10,7 @@ import { DEFAULT_NODE } from '../control/model';
 import { labCommand } from '../lab/command';
 import { recordCommand } from './record';
 import { decapCommand } from './decap';
+import { bgpCommands } from './bgp';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { version } = require('../../../package.json') as { version: string };
@@ -282,6 +283,7 @@ export function buildCli(): Command {
   // packet captures (src/cli/record.ts)
   program.addCommand(recordCommand());
   program.addCommand(decapCommand());
+  for (const c of bgpCommands(withClient)) program.addCommand(c);
 
   // the namespace lab (src/lab)
   program.addCommand(labCommand());

@@ -238,7 +238,12 @@ export function parseConfig(text: string, fileName: string): Config {
     });
 
   try {
-    return validateConfig(toModelInput(data as Record<string, unknown>));
+    const { bgp, ...rest } = data as Record<string, unknown>;
+    const config = validateConfig(toModelInput(rest));
+    // The BGP module loads only for a file that configures it.
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    if (bgp !== undefined) config.bgp = (require('../bgp/config') as typeof import('../bgp/config')).validateBgp(camelKeys(bgp));
+    return config;
   } catch (e) {
     if (!(e instanceof XdplbError) || !e.field) throw e;
     const path = parseField(e.field).map((s) => (typeof s === 'string' ? snakeCase(s) : s));

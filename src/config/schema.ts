@@ -142,6 +142,44 @@ const service = object(
   ['name', 'vip', 'port', 'protocol'],
 );
 
+const asn = (description: string): JsonSchema => integer(1, 4294967295, `${description}: an AS number (4 bytes)`);
+const communities: JsonSchema = { type: 'array', description: 'standard communities "asn:value"', items: { type: 'string' } };
+const med = integer(0, 4294967295, 'MULTI_EXIT_DISC');
+
+// BGP announcement of the VIPs (src/bgp): checked by meaning in src/bgp/config.ts.
+const bgp = object(
+  {
+    asn: asn('local AS'),
+    router_id: ipAddress('BGP identifier: an IPv4 address'),
+    peers: {
+      type: 'array',
+      minItems: 1,
+      description: 'BGP neighbours; IPv4 VIPs go to IPv4 peers, IPv6 VIPs to IPv6 peers',
+      items: object(
+        {
+          address: ipAddress('neighbour address'),
+          asn: asn('neighbour AS'),
+          hold_time: integer(3, 65535, 'hold time in seconds (keepalive: a third)', 9),
+          password: { type: 'string', description: 'TCP MD5 signature password (RFC 2385)' },
+        },
+        'a BGP neighbour',
+        ['address', 'asn'],
+      ),
+    },
+    communities,
+    med,
+    vips: {
+      type: 'array',
+      description: 'attributes of single VIPs, in place of the section-wide communities and med',
+      items: object({ vip: ipAddress('the VIP'), communities, med }, "one VIP's path attributes", ['vip']),
+    },
+    drain_quiet: duration('`xdplb node drain` reports traffic stopped once the VIPs\' counters stood still this long', '5s'),
+    restart_time: integer(1, 4095, 'graceful restart: seconds routers keep the routes while the speaker restarts', 120),
+  },
+  'announce each VIP over BGP while the datapath is attached and the VIP has a serving backend; absent: no BGP',
+  ['asn', 'router_id', 'peers'],
+);
+
 export const CONFIG_SCHEMA: JsonSchema = {
   $schema: 'http://json-schema.org/draft-07/schema#',
   title: 'xdplb configuration',
@@ -193,6 +231,7 @@ export const CONFIG_SCHEMA: JsonSchema = {
       log_level: { enum: [...LOG_LEVELS], description: 'log level', default: DEFAULT_NODE.logLevel },
       metrics: pattern(HOST_PORT_PATTERN, `Prometheus listen address, ${HOST_PORT_DESCRIPTION}; absent: metrics off`),
       services: { type: 'array', description: 'services', items: service },
+      bgp,
     },
     'Node settings and services of the xdplb XDP load balancer (keys in snake_case).',
   ),

@@ -2,6 +2,8 @@
 // of where the state came from (YAML file, gRPC API, state directory) and of how
 // the datapath stores it.
 
+import { DEFAULT_M } from '../maglev/table';
+
 export type Protocol = 'tcp' | 'udp';
 export type BackendState = 'active' | 'draining' | 'down';
 export type AttachMode = 'native' | 'generic';
@@ -107,7 +109,7 @@ export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace';
 
 export interface NodeSettings {
   interfaces: InterfaceSpec[];
-  /** prime, at most 131071 */
+  /** prime, at most MAX_M (src/maglev/table.ts) */
   maglevSize: number;
   outerSource: { ipv4?: OuterSource; ipv6?: OuterSource };
   /** TTL / hop limit of the outer header */
@@ -140,16 +142,51 @@ export interface ConntrackSettings {
   closingTimeout: number;
 }
 
+export interface BgpPeer {
+  /** canonical text; its family is the family of the VIPs announced to it */
+  address: string;
+  asn: number;
+  /** seconds; the keepalive is a third of it */
+  holdTime: number;
+  /** TCP MD5 signature (RFC 2385) */
+  password?: string;
+}
+
+/** Path attributes of one VIP's announcement. */
+export interface BgpVipAttributes {
+  /** "asn:value" standard communities (RFC 1997) */
+  communities: string[];
+  med?: number;
+}
+
+/** The `bgp:` section, checked and normalised by src/bgp/config.ts. */
+export interface BgpSettings {
+  asn: number;
+  /** an IPv4 address, as BGP identifiers are */
+  routerId: string;
+  peers: BgpPeer[];
+  /** attributes of every VIP without an entry in `vips` */
+  defaults: BgpVipAttributes;
+  /** canonical VIP address -> its attributes */
+  vips: Map<string, BgpVipAttributes>;
+  /** milliseconds the VIPs' counters must stand still before a drain reports traffic stopped */
+  drainQuiet: number;
+  /** seconds routers keep the routes of a restarting speaker (BGP graceful restart) */
+  restartTime: number;
+}
+
 export interface Config {
   node: NodeSettings;
   services: ServiceSpec[];
+  /** VIP announcement over BGP (src/bgp); absent: none */
+  bgp?: BgpSettings;
 }
 
 export const DEFAULT_FLAGS: ServiceFlags = { l4Dnat: false, sourceHash: false, conntrackBypass: false, icmpEcho: true };
 
 export const DEFAULT_NODE: NodeSettings = {
   interfaces: [],
-  maglevSize: 16381,
+  maglevSize: DEFAULT_M,
   outerSource: {},
   ttl: 64,
   mtu: 0,

@@ -2,6 +2,8 @@
 // the API-owned services, serves the API, and reloads on SIGHUP. Stopping leaves
 // the program attached and the maps pinned, so forwarding never stops; only
 // --detach-on-exit=true removes them.
+import * as fs from 'node:fs';
+import * as path from 'node:path';
 import type { Logger } from 'pino';
 import { loadConfigFileApart } from '../config';
 import { Controller } from '../control/controller';
@@ -26,6 +28,8 @@ import { startMetricsServer, type MetricsServer } from '../metrics/server';
 // The packet recorder (issue 6).
 import { RecorderMaps } from '../recorder/datapath';
 import { Recorder } from '../recorder/recordings';
+// VIP announcement over BGP (issue 16): src/bgp loads only with a bgp: section.
+import type { Speaker } from '../bgp/speaker';
 
 export interface DaemonOptions {
   configPath: string;
@@ -75,10 +79,12 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
   });
   // Every change of the services reaches the datapath here, a health check's
   // hold on a backend included: the one place STATUS= needs to hear of it.
+  let bgp: Speaker | undefined;
   const controller = new Controller(
     followedBy(timedSink(datapath, metrics), () => {
       void neighbours.servicesChanged();
       statusReporter.changed();
+      bgp?.changed();
     }),
     store,
     validateService,
@@ -103,7 +109,21 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     backendName: backendNames(controller, datapath),
     onChange: () => statusReporter.changed(),
   });
+  const bgpDir = path.join(config.node.stateDir, 'bgp');
+  if (!config.bgp && fs.existsSync(bgpDir)) await (await import('../bgp/speaker')).retireSpeaker(bgpDir, log);
+  bgp = config.bgp
+    ? await (await import('../bgp/speaker')).startSpeaker({
+        settings: config.bgp,
+        dir: bgpDir,
+        log,
+        services: () => controller.list(),
+        attached: () => datapath.attachedInterfaces(),
+        vipPackets: async () => (await datapath.counters(controller.list())).services.reduce((n, s) => n + s.traffic.packets, 0),
+        registry: metrics.registry,
+      })
+    : undefined;
   const api = await startApi(config.node.api, {
+    bgp,
     recorder,
     controller,
     counters: (service) => datapath.counters(controller.list(), service),
@@ -147,6 +167,8 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
       if (fixed.length) log.warn({ settings: fixed }, 'these settings change only on restart; keeping the running values');
       await datapath.reconfigure({ ...next.node, bpffs: config.node.bpffs, stateDir: config.node.stateDir, api: config.node.api });
       recorder.setDir(next.node.recorderDir);
+      if (!next.bgp !== !bgp) log.warn('a bgp: section added or removed takes effect on restart');
+      if (bgp && next.bgp) await bgp.reconfigure(next.bgp);
       await controller.replaceOwned('file', next.services);
       health.sync();
       if (next.node.metrics !== config.node.metrics) {
@@ -172,6 +194,8 @@ export async function startDaemon(opts: DaemonOptions): Promise<Daemon> {
     statusReporter.stop();
     notifier.notify('STOPPING=1\nSTATUS=stopping: closing recordings and the API');
     api.health.setStatus('', 'NOT_SERVING');
+    // Routers stop sending here first; the datapath forwards what is still on its way.
+    await bgp?.stop();
     health.stop();
     // Recordings end first: their files are completed and their streams get
     // the final chunk before the API waits for open calls.

@@ -4,7 +4,8 @@
 import * as path from 'node:path';
 import { PACKAGE_ROOT } from '../sys/paths';
 import { native } from '../sys/addon';
-import type { MapInfo, NativeLink, NativeMap, NativeObject, NativePerfReader, NativeProgram, ProgramInfo, TestRunOptions, TestRunResult } from '../sys/addon';
+import type { BtfStruct, MapInfo, NativeLink, NativeMap, NativeObject, NativePerfReader, NativeProgram, ProgramInfo, TestRunOptions, TestRunResult } from '../sys/addon';
+import { checkLayout, type StructCodec } from './codec';
 
 export type { MapInfo, ProgramInfo, TestRunOptions, TestRunResult };
 export const BPF_OBJECT_DIR = path.join(PACKAGE_ROOT, 'build', 'bpf');
@@ -259,6 +260,12 @@ export interface OpenOptions {
   maxEntries?: Record<string, number>;
   /** map_flags overrides applied before load, by map name (benchmarks compare map kinds with them) */
   mapFlags?: Record<string, number>;
+  /**
+   * The structs the caller encodes and decodes: each is checked against the
+   * object's BTF once loaded, and a LayoutMismatchError (naming the struct, the
+   * field and both values) closes the object before any map is written.
+   */
+  layout?: ReadonlyArray<StructCodec<unknown>>;
 }
 
 /** A BPF ELF object, opened and loaded. Handles taken from it outlive it. */
@@ -270,7 +277,14 @@ export class BpfObject {
 
   static open(file: string, opts: OpenOptions = {}): BpfObject {
     const N = native();
-    return new BpfObject(file, new N.Object(file, opts.pinRoot ?? null, opts.maxEntries ?? {}, opts.mapFlags ?? {}));
+    const obj = new BpfObject(file, new N.Object(file, opts.pinRoot ?? null, opts.maxEntries ?? {}, opts.mapFlags ?? {}));
+    try {
+      if (opts.layout) checkLayout(opts.layout, (name) => obj.btfStruct(name), file);
+    } catch (e) {
+      obj.close();
+      throw e;
+    }
+    return obj;
   }
 
   programs(): string[] {
@@ -284,6 +298,10 @@ export class BpfObject {
   }
   program(name: string): BpfProgram {
     return new BpfProgram(this.handle.program(name));
+  }
+  /** `struct name` as the object's BTF lays it out, or undefined. */
+  btfStruct(name: string): BtfStruct | undefined {
+    return this.handle.btfStruct(name) ?? undefined;
   }
   close(): void {
     this.handle.close();

@@ -5,7 +5,8 @@
 // node-independent by design: every load balancer of a fleet, and every tool
 // that predicts where a flow goes, computes the same numbers.
 
-import { address16, addressBytes, addressText, encodeFlowKey, familyOf, FLOW_CACHE_SLOTS, FLOW_HASH_SEED, MAGLEV_DEFAULT_M, VIP_FILTER_WORDS, type Family } from './layout';
+import { address16, addressBytes, addressText, encodeFlowKey, familyOf, FLOW_CACHE_SLOTS, FLOW_HASH_SEED, VIP_FILTER_WORDS, type Family } from './layout';
+import { DEFAULT_M } from '../maglev/table';
 
 const JHASH_INITVAL = 0xdeadbeef;
 
@@ -81,7 +82,7 @@ export function flowHash(f: Flow, sourceOnly = false): number {
 }
 
 /** Index of the flow's entry in a Maglev table of size m. */
-export function maglevIndex(hash: number, m = MAGLEV_DEFAULT_M): number {
+export function maglevIndex(hash: number, m = DEFAULT_M): number {
   return hash % m;
 }
 

@@ -1,21 +1,22 @@
-// The map ABI of xdp/lb.bpf.c in TypeScript: encoders and decoders for every
-// key and value struct of xdp/layout.h, with explicit byte offsets, and the
-// constants of xdp/consts.h that the daemon needs. LAYOUT (below) lists each
-// struct's size and field offsets; test/datapath-layout.test.ts compares it with
-// the BTF of the compiled object so the two cannot drift apart.
+// The map ABI of xdp/lb.bpf.c in TypeScript: every key and value struct of
+// xdp/layout.h declared once as a struct codec (codec.ts), from which sizes,
+// offsets, encoders and decoders derive; the encoders and decoders below shape
+// them for the daemon. The declarations are checked against the BTF of the
+// compiled object when the daemon loads it (STRUCTS) and in
+// test/datapath-layout.test.ts; the constants of xdp/consts.h that the daemon
+// needs are checked against the header there too.
 //
 // Byte order follows the header: addresses and ports in network order,
 // everything else little-endian (host order of the machines xdplb runs on).
 
 import { isIP } from 'node:net';
+import { array, bytes, struct, type StructCodec } from './codec';
 
 // ---- consts.h ----
 export const MAX_SERVICES = 65536;
 export const MAX_BACKENDS = 262144;
 export const CT_SIZE = 262144;
 export const MAX_DEVICES = 256;
-export const MAGLEV_DEFAULT_M = 16381;
-export const MAGLEV_MAX_M = 131071;
 export const NO_BACKEND = 0xffffffff;
 export const FLOW_HASH_SEED = 0x7864706c;
 export const NEXTHOP_TTL_MS = 1000;
@@ -140,186 +141,102 @@ export const PROGRAM_NAME = 'xdplb_main';
 /** Flags the daemon's Maglev inner maps must carry (BPF_F_INNER_MAP). */
 export const MAGLEV_INNER_FLAGS = 0x1000;
 
-// ---- layout table: checked against BTF ----
-export interface FieldLayout {
-  offset: number;
-  size: number;
-}
-export interface StructLayout {
-  size: number;
-  fields: Record<string, FieldLayout>;
-}
+// ---- the structs of xdp/layout.h, each declared once (codec.ts) ----
 
-export const LAYOUT: Readonly<Record<string, StructLayout>> = {
-  xdplb_service_key: {
-    size: 20,
-    fields: { family: { offset: 0, size: 1 }, proto: { offset: 1, size: 1 }, port: { offset: 2, size: 2 }, vip: { offset: 4, size: 16 } },
-  },
-  xdplb_service4_key: {
-    size: 8,
-    fields: { vip: { offset: 0, size: 4 }, port: { offset: 4, size: 2 }, proto: { offset: 6, size: 1 }, pad: { offset: 7, size: 1 } },
-  },
-  xdplb_service: {
-    size: 8,
-    fields: { id: { offset: 0, size: 4 }, flags: { offset: 4, size: 4 } },
-  },
-  xdplb_service_def: {
-    size: 28,
-    fields: {
-      vip: { offset: 0, size: 16 },
-      port: { offset: 16, size: 2 },
-      proto: { offset: 18, size: 1 },
-      family: { offset: 19, size: 1 },
-      svc: { offset: 20, size: 8 },
-    },
-  },
-  xdplb_backend: {
-    size: 24,
-    fields: { addr: { offset: 0, size: 16 }, port: { offset: 16, size: 2 }, family: { offset: 18, size: 1 }, state: { offset: 19, size: 1 }, service_id: { offset: 20, size: 4 } },
-  },
-  xdplb_nexthop: {
-    size: 56,
-    fields: {
-      addr: { offset: 0, size: 16 },
-      dmac: { offset: 16, size: 6 },
-      smac: { offset: 22, size: 6 },
-      mtu: { offset: 28, size: 2 },
-      family: { offset: 30, size: 1 },
-      pad: { offset: 31, size: 1 },
-      ifindex: { offset: 32, size: 4 },
-      iif: { offset: 36, size: 4 },
-      expires_ns: { offset: 40, size: 8 },
-      checked_jiffies: { offset: 48, size: 8 },
-    },
-  },
-  xdplb_revnat: {
-    size: 4,
-    fields: { port: { offset: 0, size: 2 }, pad: { offset: 2, size: 2 } },
-  },
-  xdplb_pmtu_key: {
-    size: 20,
-    fields: { addr: { offset: 0, size: 16 }, family: { offset: 16, size: 1 }, pad: { offset: 17, size: 3 } },
-  },
-  xdplb_pmtu: {
-    size: 16,
-    fields: { expires_ns: { offset: 0, size: 8 }, mtu: { offset: 8, size: 4 }, pad: { offset: 12, size: 4 } },
-  },
-  xdplb_config: {
-    size: 48,
-    fields: {
-      src4: { offset: 0, size: 4 },
-      src6: { offset: 4, size: 16 },
-      src4_prefix_len: { offset: 20, size: 1 },
-      src6_prefix_len: { offset: 21, size: 1 },
-      ttl: { offset: 22, size: 1 },
-      flags: { offset: 23, size: 1 },
-      mtu: { offset: 24, size: 2 },
-      nexthop_ttl_ms: { offset: 26, size: 2 },
-      maglev_m: { offset: 28, size: 4 },
-      ct_tcp_s: { offset: 32, size: 4 },
-      ct_udp_s: { offset: 36, size: 4 },
-      ct_closing_s: { offset: 40, size: 4 },
-      pad: { offset: 44, size: 4 },
-    },
-  },
-  xdplb_flow_key: {
-    size: 40,
-    fields: {
-      src: { offset: 0, size: 16 },
-      dst: { offset: 16, size: 16 },
-      sport: { offset: 32, size: 2 },
-      dport: { offset: 34, size: 2 },
-      proto: { offset: 36, size: 1 },
-      family: { offset: 37, size: 1 },
-      pad: { offset: 38, size: 2 },
-    },
-  },
-  xdplb_flow4_key: {
-    size: 16,
-    fields: {
-      src: { offset: 0, size: 4 },
-      dst: { offset: 4, size: 4 },
-      sport: { offset: 8, size: 2 },
-      dport: { offset: 10, size: 2 },
-      proto: { offset: 12, size: 1 },
-      pad: { offset: 13, size: 3 },
-    },
-  },
-  xdplb_ct_entry: {
-    size: 20,
-    fields: {
-      backend_id: { offset: 0, size: 4 },
-      service_id: { offset: 4, size: 4 },
-      expires_s: { offset: 8, size: 4 },
-      checked_jiffies: { offset: 12, size: 4 },
-      closing: { offset: 16, size: 1 },
-      pad: { offset: 17, size: 3 },
-    },
-  },
-  xdplb_flow_cache_entry: {
-    size: 64,
-    fields: {
-      flow: { offset: 0, size: 40 },
-      backend_id: { offset: 40, size: 4 },
-      service_id: { offset: 44, size: 4 },
-      filled_jiffies: { offset: 48, size: 8 },
-      hash: { offset: 56, size: 4 },
-      hashed: { offset: 60, size: 2 },
-      pending: { offset: 62, size: 2 },
-    },
-  },
-  xdplb_counter: {
-    size: 16,
-    fields: { packets: { offset: 0, size: 8 }, bytes: { offset: 8, size: 8 } },
-  },
-  xdplb_devmap_val: {
-    size: 8,
-    fields: { ifindex: { offset: 0, size: 4 }, prog_fd: { offset: 4, size: 4 } },
-  },
-  xdplb_rec_key: {
-    size: 40,
-    fields: {
-      family: { offset: 0, size: 1 },
-      proto: { offset: 1, size: 1 },
-      sport: { offset: 2, size: 2 },
-      dport: { offset: 4, size: 2 },
-      mask: { offset: 6, size: 1 },
-      pad: { offset: 7, size: 1 },
-      src: { offset: 8, size: 16 },
-      dst: { offset: 24, size: 16 },
-    },
-  },
-  xdplb_rec_entry: {
-    size: 16,
-    fields: { rules: { offset: 0, size: 8 }, caplen: { offset: 8, size: 4 }, pad: { offset: 12, size: 4 } },
-  },
-  xdplb_rec_config: {
-    size: 16,
-    fields: { n_masks: { offset: 0, size: 4 }, gen: { offset: 4, size: 4 }, flags: { offset: 8, size: 4 }, pad: { offset: 12, size: 4 } },
-  },
-  xdplb_rec_memo: {
-    size: 56,
-    fields: { tuple: { offset: 0, size: 40 }, rules: { offset: 40, size: 8 }, caplen: { offset: 48, size: 4 }, gen: { offset: 52, size: 4 } },
-  },
-  xdplb_rec_meta: {
-    size: 40,
-    fields: {
-      ts_ns: { offset: 0, size: 8 },
-      rules: { offset: 8, size: 8 },
-      orig_len: { offset: 16, size: 4 },
-      cap_len: { offset: 20, size: 4 },
-      ifindex: { offset: 24, size: 4 },
-      backend_id: { offset: 28, size: 4 },
-      point: { offset: 32, size: 1 },
-      family: { offset: 33, size: 1 },
-      pad: { offset: 34, size: 2 },
-      pad2: { offset: 36, size: 4 },
-    },
-  },
-};
+export const SERVICE_KEY = struct('xdplb_service_key', { family: 'u8', proto: 'u8', port: 'be16', vip: bytes(16) });
+export const SERVICE4_KEY = struct('xdplb_service4_key', { vip: bytes(4), port: 'be16', proto: 'u8', pad: 'u8' });
+export const SERVICE = struct('xdplb_service', { id: 'u32', flags: 'u32' });
+export const SERVICE_DEF = struct('xdplb_service_def', { vip: bytes(16), port: 'be16', proto: 'u8', family: 'u8', svc: SERVICE });
+export const BACKEND = struct('xdplb_backend', { addr: bytes(16), port: 'be16', family: 'u8', state: 'u8', service_id: 'u32' });
+export const NEXTHOP = struct('xdplb_nexthop', {
+  addr: bytes(16),
+  dmac: bytes(6),
+  smac: bytes(6),
+  mtu: 'u16',
+  family: 'u8',
+  pad: 'u8',
+  ifindex: 'u32',
+  iif: 'u32',
+  expires_ns: 'u64',
+  checked_jiffies: 'u64',
+});
+export const REVNAT = struct('xdplb_revnat', { port: 'be16', pad: 'u16' });
+export const PMTU_KEY = struct('xdplb_pmtu_key', { addr: bytes(16), family: 'u8', pad: bytes(3) });
+export const PMTU = struct('xdplb_pmtu', { expires_ns: 'u64', mtu: 'u32', pad: 'u32' });
+export const CONFIG = struct('xdplb_config', {
+  src4: bytes(4),
+  src6: bytes(16),
+  src4_prefix_len: 'u8',
+  src6_prefix_len: 'u8',
+  ttl: 'u8',
+  flags: 'u8',
+  mtu: 'u16',
+  nexthop_ttl_ms: 'u16',
+  pad: 'u32',
+  ct_tcp_s: 'u32',
+  ct_udp_s: 'u32',
+  ct_closing_s: 'u32',
+  pad2: 'u32',
+});
+export const FLOW_KEY = struct('xdplb_flow_key', { src: bytes(16), dst: bytes(16), sport: 'be16', dport: 'be16', proto: 'u8', family: 'u8', pad: 'u16' });
+export const FLOW4_KEY = struct('xdplb_flow4_key', { src: bytes(4), dst: bytes(4), sport: 'be16', dport: 'be16', proto: 'u8', pad: bytes(3) });
+export const CT_ENTRY = struct('xdplb_ct_entry', { backend_id: 'u32', service_id: 'u32', expires_s: 'u32', checked_jiffies: 'u32', closing: 'u8', pad: bytes(3) });
+export const FLOW_CACHE_ENTRY = struct('xdplb_flow_cache_entry', {
+  flow: FLOW_KEY,
+  backend_id: 'u32',
+  service_id: 'u32',
+  filled_jiffies: 'u64',
+  hash: 'u32',
+  hashed: 'u16',
+  pending: 'u16',
+});
+export const COUNTER = struct('xdplb_counter', { packets: 'u64', bytes: 'u64' });
+export const DEVMAP_VAL = struct('xdplb_devmap_val', { ifindex: 'u32', prog_fd: 's32' });
+export const REC_KEY = struct('xdplb_rec_key', { family: 'u8', proto: 'u8', sport: 'be16', dport: 'be16', mask: 'u8', pad: 'u8', src: bytes(16), dst: bytes(16) });
+export const REC_ENTRY = struct('xdplb_rec_entry', { rules: 'u64', caplen: 'u32', pad: 'u32' });
+export const REC_CONFIG = struct('xdplb_rec_config', { n_masks: 'u32', gen: 'u32', flags: 'u32', pad: 'u32' });
+export const REC_MEMO = struct('xdplb_rec_memo', { tuple: array('u64', 5), rules: 'u64', caplen: 'u32', gen: 'u32' });
+export const REC_META = struct('xdplb_rec_meta', {
+  ts_ns: 'u64',
+  rules: 'u64',
+  orig_len: 'u32',
+  cap_len: 'u32',
+  ifindex: 'u32',
+  backend_id: 'u32',
+  point: 'u8',
+  family: 'u8',
+  pad: 'u16',
+  pad2: 'u32',
+});
+
+/** Every struct of xdp/layout.h by its C name: what the daemon checks lb.bpf.o against at load. */
+export const LAYOUT = {
+  xdplb_service_key: SERVICE_KEY,
+  xdplb_service4_key: SERVICE4_KEY,
+  xdplb_service: SERVICE,
+  xdplb_service_def: SERVICE_DEF,
+  xdplb_backend: BACKEND,
+  xdplb_nexthop: NEXTHOP,
+  xdplb_revnat: REVNAT,
+  xdplb_pmtu_key: PMTU_KEY,
+  xdplb_pmtu: PMTU,
+  xdplb_config: CONFIG,
+  xdplb_flow_key: FLOW_KEY,
+  xdplb_flow4_key: FLOW4_KEY,
+  xdplb_ct_entry: CT_ENTRY,
+  xdplb_flow_cache_entry: FLOW_CACHE_ENTRY,
+  xdplb_counter: COUNTER,
+  xdplb_devmap_val: DEVMAP_VAL,
+  xdplb_rec_key: REC_KEY,
+  xdplb_rec_entry: REC_ENTRY,
+  xdplb_rec_config: REC_CONFIG,
+  xdplb_rec_memo: REC_MEMO,
+  xdplb_rec_meta: REC_META,
+} as const;
+export const STRUCTS: ReadonlyArray<StructCodec<unknown>> = Object.values(LAYOUT);
 
 /** Key and value struct of each map (u32/u64: plain integers, u32 keys are indexes). */
-export const MAP_LAYOUT: Readonly<Record<string, { key: string; value: string }>> = {
+export const MAP_LAYOUT: Readonly<Record<string, { key: keyof typeof LAYOUT | 'u32' | 'u64'; value: keyof typeof LAYOUT | 'u32' | 'u64' }>> = {
   xdplb_services: { key: 'xdplb_service_key', value: 'xdplb_service' },
   xdplb_services4: { key: 'xdplb_service4_key', value: 'xdplb_service' },
   xdplb_svc_by_id: { key: 'u32', value: 'xdplb_service_def' },
@@ -345,8 +262,6 @@ export const MAP_LAYOUT: Readonly<Record<string, { key: string; value: string }>
   xdplb_rec_ring: { key: 'u32', value: 'u32' },
   xdplb_rec_stats: { key: 'u32', value: 'u64' },
 };
-
-const F = (s: string, f: string): number => LAYOUT[s].fields[f].offset;
 
 // ---- addresses ----
 
@@ -424,6 +339,11 @@ function familyByte(f: number): Family {
   return f;
 }
 
+/** An address field's family byte, or '' for a zero family (an empty slot). */
+function addressOrEmpty(addr: Buffer, family: number): string {
+  return family ? addressText(addr, familyByte(family)) : '';
+}
+
 // ---- u32 keys ----
 export function u32(n: number): Buffer {
   const b = Buffer.alloc(4);
@@ -446,39 +366,23 @@ export interface ServiceKey {
 }
 
 export function encodeServiceKey(k: ServiceKey): Buffer {
-  const b = Buffer.alloc(LAYOUT.xdplb_service_key.size);
-  b.writeUInt8(familyOf(k.vip), F('xdplb_service_key', 'family'));
-  b.writeUInt8(k.proto, F('xdplb_service_key', 'proto'));
-  b.writeUInt16BE(k.port, F('xdplb_service_key', 'port'));
-  address16(k.vip).copy(b, F('xdplb_service_key', 'vip'));
-  return b;
+  return SERVICE_KEY.encode({ family: familyOf(k.vip), proto: k.proto, port: k.port, vip: addressBytes(k.vip) });
 }
 
 export function decodeServiceKey(b: Buffer): ServiceKey {
-  const family = familyByte(b.readUInt8(F('xdplb_service_key', 'family')));
-  return {
-    vip: addressText(b.subarray(F('xdplb_service_key', 'vip')), family),
-    port: b.readUInt16BE(F('xdplb_service_key', 'port')),
-    proto: b.readUInt8(F('xdplb_service_key', 'proto')),
-  };
+  const k = SERVICE_KEY.decode(b);
+  return { vip: addressText(k.vip as Buffer, familyByte(k.family)), port: k.port, proto: k.proto };
 }
 
 // ---- struct xdplb_service4_key ----
 export function encodeService4Key(k: ServiceKey): Buffer {
   if (familyOf(k.vip) !== 4) throw new RangeError(`not an IPv4 VIP: ${k.vip}`);
-  const b = Buffer.alloc(LAYOUT.xdplb_service4_key.size);
-  addressBytes(k.vip).copy(b, F('xdplb_service4_key', 'vip'));
-  b.writeUInt16BE(k.port, F('xdplb_service4_key', 'port'));
-  b.writeUInt8(k.proto, F('xdplb_service4_key', 'proto'));
-  return b;
+  return SERVICE4_KEY.encode({ vip: addressBytes(k.vip), port: k.port, proto: k.proto });
 }
 
 export function decodeService4Key(b: Buffer): ServiceKey {
-  return {
-    vip: addressText(b.subarray(F('xdplb_service4_key', 'vip')), 4),
-    port: b.readUInt16BE(F('xdplb_service4_key', 'port')),
-    proto: b.readUInt8(F('xdplb_service4_key', 'proto')),
-  };
+  const k = SERVICE4_KEY.decode(b);
+  return { vip: addressText(k.vip as Buffer, 4), port: k.port, proto: k.proto };
 }
 
 /**
@@ -492,7 +396,7 @@ export function serviceMapKey(k: ServiceKey): Buffer {
 
 /** The service map a serviceMapKey() key belongs to. */
 export function serviceMapOf(key: Buffer): 'services' | 'services4' {
-  return key.length === LAYOUT.xdplb_service4_key.size ? 'services4' : 'services';
+  return key.length === SERVICE4_KEY.size ? 'services4' : 'services';
 }
 
 /** Decodes a key of either service map. */
@@ -512,14 +416,11 @@ export interface Service {
 }
 
 export function encodeService(s: Service): Buffer {
-  const b = Buffer.alloc(LAYOUT.xdplb_service.size);
-  b.writeUInt32LE(s.id, F('xdplb_service', 'id'));
-  b.writeUInt32LE(s.flags >>> 0, F('xdplb_service', 'flags'));
-  return b;
+  return SERVICE.encode(s);
 }
 
 export function decodeService(b: Buffer): Service {
-  return { id: b.readUInt32LE(F('xdplb_service', 'id')), flags: b.readUInt32LE(F('xdplb_service', 'flags')) };
+  return SERVICE.decode(b);
 }
 
 // ---- struct xdplb_service_def ----
@@ -528,25 +429,14 @@ export function decodeService(b: Buffer): Service {
  * empty slot (family 0), which a connection-table entry never matches.
  */
 export function encodeServiceDef(d: (ServiceKey & Service) | undefined): Buffer {
-  const b = Buffer.alloc(LAYOUT.xdplb_service_def.size);
-  if (!d) return b;
-  address16(d.vip).copy(b, F('xdplb_service_def', 'vip'));
-  b.writeUInt16BE(d.port, F('xdplb_service_def', 'port'));
-  b.writeUInt8(d.proto, F('xdplb_service_def', 'proto'));
-  b.writeUInt8(familyOf(d.vip), F('xdplb_service_def', 'family'));
-  encodeService(d).copy(b, F('xdplb_service_def', 'svc'));
-  return b;
+  if (!d) return SERVICE_DEF.encode({});
+  return SERVICE_DEF.encode({ vip: addressBytes(d.vip), port: d.port, proto: d.proto, family: familyOf(d.vip), svc: { id: d.id, flags: d.flags } });
 }
 
 export function decodeServiceDef(b: Buffer): (ServiceKey & Service) | undefined {
-  const family = b.readUInt8(F('xdplb_service_def', 'family'));
-  if (!family) return undefined;
-  return {
-    vip: addressText(b.subarray(F('xdplb_service_def', 'vip')), familyByte(family)),
-    port: b.readUInt16BE(F('xdplb_service_def', 'port')),
-    proto: b.readUInt8(F('xdplb_service_def', 'proto')),
-    ...decodeService(b.subarray(F('xdplb_service_def', 'svc'))),
-  };
+  const d = SERVICE_DEF.decode(b);
+  if (!d.family) return undefined;
+  return { vip: addressText(d.vip as Buffer, familyByte(d.family)), port: d.port, proto: d.proto, ...d.svc };
 }
 
 // ---- struct xdplb_backend ----
@@ -561,25 +451,13 @@ export interface Backend {
 }
 
 export function encodeBackend(be: Backend): Buffer {
-  const b = Buffer.alloc(LAYOUT.xdplb_backend.size);
-  if (be.address) {
-    address16(be.address).copy(b, F('xdplb_backend', 'addr'));
-    b.writeUInt8(familyOf(be.address), F('xdplb_backend', 'family'));
-  }
-  b.writeUInt16BE(be.port, F('xdplb_backend', 'port'));
-  b.writeUInt8(be.state, F('xdplb_backend', 'state'));
-  b.writeUInt32LE(be.serviceId, F('xdplb_backend', 'service_id'));
-  return b;
+  const addr = be.address ? { addr: addressBytes(be.address), family: familyOf(be.address) } : {};
+  return BACKEND.encode({ ...addr, port: be.port, state: be.state, service_id: be.serviceId });
 }
 
 export function decodeBackend(b: Buffer): Backend {
-  const f = b.readUInt8(F('xdplb_backend', 'family'));
-  return {
-    address: f ? addressText(b.subarray(F('xdplb_backend', 'addr')), familyByte(f)) : '',
-    port: b.readUInt16BE(F('xdplb_backend', 'port')),
-    state: b.readUInt8(F('xdplb_backend', 'state')),
-    serviceId: b.readUInt32LE(F('xdplb_backend', 'service_id')),
-  };
+  const be = BACKEND.decode(b);
+  return { address: addressOrEmpty(be.addr as Buffer, be.family), port: be.port, state: be.state, serviceId: be.service_id };
 }
 
 // ---- struct xdplb_nexthop (written by the datapath only; read by tests and tools) ----
@@ -596,20 +474,19 @@ export interface Nexthop {
   checkedJiffies: bigint;
 }
 
-const macText = (b: Buffer): string => [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
+const macText = (b: Uint8Array): string => [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
 
 export function decodeNexthop(b: Buffer): Nexthop {
-  const f = b.readUInt8(F('xdplb_nexthop', 'family'));
-  const mac = (field: string) => macText(b.subarray(F('xdplb_nexthop', field), F('xdplb_nexthop', field) + 6));
+  const n = NEXTHOP.decode(b);
   return {
-    address: f ? addressText(b.subarray(F('xdplb_nexthop', 'addr')), familyByte(f)) : '',
-    dmac: mac('dmac'),
-    smac: mac('smac'),
-    mtu: b.readUInt16LE(F('xdplb_nexthop', 'mtu')),
-    ifindex: b.readUInt32LE(F('xdplb_nexthop', 'ifindex')),
-    iif: b.readUInt32LE(F('xdplb_nexthop', 'iif')),
-    expiresNs: b.readBigUInt64LE(F('xdplb_nexthop', 'expires_ns')),
-    checkedJiffies: b.readBigUInt64LE(F('xdplb_nexthop', 'checked_jiffies')),
+    address: addressOrEmpty(n.addr as Buffer, n.family),
+    dmac: macText(n.dmac),
+    smac: macText(n.smac),
+    mtu: n.mtu,
+    ifindex: n.ifindex,
+    iif: n.iif,
+    expiresNs: n.expires_ns,
+    checkedJiffies: n.checked_jiffies,
   };
 }
 
@@ -619,9 +496,7 @@ export function encodeRevNatKey(k: { vip: string; proto: number; backendPort: nu
 }
 
 export function encodeRevNat(servicePort: number): Buffer {
-  const b = Buffer.alloc(LAYOUT.xdplb_revnat.size);
-  b.writeUInt16BE(servicePort, F('xdplb_revnat', 'port'));
-  return b;
+  return REVNAT.encode({ port: servicePort });
 }
 
 // ---- struct xdplb_pmtu_key / struct xdplb_pmtu (written by the datapath; the daemon reads and expires them) ----
@@ -635,26 +510,17 @@ export interface PathMtu {
 }
 
 export function encodePmtuKey(address: string): Buffer {
-  const b = Buffer.alloc(LAYOUT.xdplb_pmtu_key.size);
-  const f = familyOf(address);
-  addressBytes(address).copy(b, F('xdplb_pmtu_key', 'addr'));
-  b.writeUInt8(f, F('xdplb_pmtu_key', 'family'));
-  return b;
+  return PMTU_KEY.encode({ addr: addressBytes(address), family: familyOf(address) });
 }
 
 export function encodePmtu(v: { mtu: number; expiresNs: bigint }): Buffer {
-  const b = Buffer.alloc(LAYOUT.xdplb_pmtu.size);
-  b.writeBigUInt64LE(v.expiresNs, F('xdplb_pmtu', 'expires_ns'));
-  b.writeUInt32LE(v.mtu, F('xdplb_pmtu', 'mtu'));
-  return b;
+  return PMTU.encode({ expires_ns: v.expiresNs, mtu: v.mtu });
 }
 
 export function decodePmtu(key: Buffer, value: Buffer): PathMtu {
-  return {
-    address: addressText(key.subarray(F('xdplb_pmtu_key', 'addr')), familyByte(key.readUInt8(F('xdplb_pmtu_key', 'family')))),
-    mtu: value.readUInt32LE(F('xdplb_pmtu', 'mtu')),
-    expiresNs: value.readBigUInt64LE(F('xdplb_pmtu', 'expires_ns')),
-  };
+  const k = PMTU_KEY.decode(key);
+  const v = PMTU.decode(value);
+  return { address: addressText(k.addr as Buffer, familyByte(k.family)), mtu: v.mtu, expiresNs: v.expires_ns };
 }
 
 // ---- struct xdplb_config ----
@@ -673,8 +539,6 @@ export interface NodeConfig {
   mtu: number;
   /** next-hop cache bound in ms; 0 = NEXTHOP_TTL_MS */
   nexthopTtlMs: number;
-  /** 0 = MAGLEV_DEFAULT_M */
-  maglevM: number;
   /** connection-table lifetimes in seconds: idle TCP, idle UDP, after FIN/RST; 0 = CT_TCP_S, CT_UDP_S, CT_CLOSING_S */
   ctTcpS: number;
   ctUdpS: number;
@@ -682,44 +546,38 @@ export interface NodeConfig {
 }
 
 export function encodeConfig(c: NodeConfig): Buffer {
-  const b = Buffer.alloc(LAYOUT.xdplb_config.size);
-  if (c.src4) {
-    if (familyOf(c.src4) !== 4) throw new RangeError(`src4 is not IPv4: ${c.src4}`);
-    addressBytes(c.src4).copy(b, F('xdplb_config', 'src4'));
-  }
-  if (c.src6) {
-    if (familyOf(c.src6) !== 6) throw new RangeError(`src6 is not IPv6: ${c.src6}`);
-    addressBytes(c.src6).copy(b, F('xdplb_config', 'src6'));
-  }
-  b.writeUInt8(c.src4PrefixLen, F('xdplb_config', 'src4_prefix_len'));
-  b.writeUInt8(c.src6PrefixLen, F('xdplb_config', 'src6_prefix_len'));
-  b.writeUInt8(c.ttl, F('xdplb_config', 'ttl'));
-  b.writeUInt8(c.flags, F('xdplb_config', 'flags'));
-  b.writeUInt16LE(c.mtu, F('xdplb_config', 'mtu'));
-  b.writeUInt16LE(c.nexthopTtlMs, F('xdplb_config', 'nexthop_ttl_ms'));
-  b.writeUInt32LE(c.maglevM, F('xdplb_config', 'maglev_m'));
-  b.writeUInt32LE(c.ctTcpS, F('xdplb_config', 'ct_tcp_s'));
-  b.writeUInt32LE(c.ctUdpS, F('xdplb_config', 'ct_udp_s'));
-  b.writeUInt32LE(c.ctClosingS, F('xdplb_config', 'ct_closing_s'));
-  return b;
+  if (c.src4 && familyOf(c.src4) !== 4) throw new RangeError(`src4 is not IPv4: ${c.src4}`);
+  if (c.src6 && familyOf(c.src6) !== 6) throw new RangeError(`src6 is not IPv6: ${c.src6}`);
+  return CONFIG.encode({
+    ...(c.src4 ? { src4: addressBytes(c.src4) } : {}),
+    ...(c.src6 ? { src6: addressBytes(c.src6) } : {}),
+    src4_prefix_len: c.src4PrefixLen,
+    src6_prefix_len: c.src6PrefixLen,
+    ttl: c.ttl,
+    flags: c.flags,
+    mtu: c.mtu,
+    nexthop_ttl_ms: c.nexthopTtlMs,
+    ct_tcp_s: c.ctTcpS,
+    ct_udp_s: c.ctUdpS,
+    ct_closing_s: c.ctClosingS,
+  });
 }
 
 export function decodeConfig(b: Buffer): NodeConfig {
-  const s4 = b.subarray(F('xdplb_config', 'src4'), F('xdplb_config', 'src4') + 4);
-  const s6 = b.subarray(F('xdplb_config', 'src6'), F('xdplb_config', 'src6') + 16);
+  const c = CONFIG.decode(b);
+  const zero = (a: Uint8Array) => a.every((x) => x === 0);
   return {
-    src4: s4.every((x) => x === 0) ? '' : addressText(s4, 4),
-    src4PrefixLen: b.readUInt8(F('xdplb_config', 'src4_prefix_len')),
-    src6: s6.every((x) => x === 0) ? '' : addressText(s6, 6),
-    src6PrefixLen: b.readUInt8(F('xdplb_config', 'src6_prefix_len')),
-    ttl: b.readUInt8(F('xdplb_config', 'ttl')),
-    flags: b.readUInt8(F('xdplb_config', 'flags')),
-    mtu: b.readUInt16LE(F('xdplb_config', 'mtu')),
-    nexthopTtlMs: b.readUInt16LE(F('xdplb_config', 'nexthop_ttl_ms')),
-    maglevM: b.readUInt32LE(F('xdplb_config', 'maglev_m')),
-    ctTcpS: b.readUInt32LE(F('xdplb_config', 'ct_tcp_s')),
-    ctUdpS: b.readUInt32LE(F('xdplb_config', 'ct_udp_s')),
-    ctClosingS: b.readUInt32LE(F('xdplb_config', 'ct_closing_s')),
+    src4: zero(c.src4) ? '' : addressText(c.src4 as Buffer, 4),
+    src4PrefixLen: c.src4_prefix_len,
+    src6: zero(c.src6) ? '' : addressText(c.src6 as Buffer, 6),
+    src6PrefixLen: c.src6_prefix_len,
+    ttl: c.ttl,
+    flags: c.flags,
+    mtu: c.mtu,
+    nexthopTtlMs: c.nexthop_ttl_ms,
+    ctTcpS: c.ct_tcp_s,
+    ctUdpS: c.ct_udp_s,
+    ctClosingS: c.ct_closing_s,
   };
 }
 
@@ -737,47 +595,24 @@ export interface FlowKey {
 export function encodeFlowKey(k: FlowKey): Buffer {
   const family = familyOf(k.src);
   if (familyOf(k.dst) !== family) throw new RangeError(`flow mixes families: ${k.src} -> ${k.dst}`);
-  const b = Buffer.alloc(LAYOUT.xdplb_flow_key.size);
-  address16(k.src).copy(b, F('xdplb_flow_key', 'src'));
-  address16(k.dst).copy(b, F('xdplb_flow_key', 'dst'));
-  b.writeUInt16BE(k.sport, F('xdplb_flow_key', 'sport'));
-  b.writeUInt16BE(k.dport, F('xdplb_flow_key', 'dport'));
-  b.writeUInt8(k.proto, F('xdplb_flow_key', 'proto'));
-  b.writeUInt8(family, F('xdplb_flow_key', 'family'));
-  return b;
+  return FLOW_KEY.encode({ src: addressBytes(k.src), dst: addressBytes(k.dst), sport: k.sport, dport: k.dport, proto: k.proto, family });
 }
 
 export function decodeFlowKey(b: Buffer): FlowKey {
-  const family = familyByte(b.readUInt8(F('xdplb_flow_key', 'family')));
-  return {
-    src: addressText(b.subarray(F('xdplb_flow_key', 'src')), family),
-    dst: addressText(b.subarray(F('xdplb_flow_key', 'dst')), family),
-    sport: b.readUInt16BE(F('xdplb_flow_key', 'sport')),
-    dport: b.readUInt16BE(F('xdplb_flow_key', 'dport')),
-    proto: b.readUInt8(F('xdplb_flow_key', 'proto')),
-  };
+  const k = FLOW_KEY.decode(b);
+  const family = familyByte(k.family);
+  return { src: addressText(k.src as Buffer, family), dst: addressText(k.dst as Buffer, family), sport: k.sport, dport: k.dport, proto: k.proto };
 }
 
 // ---- struct xdplb_flow4_key ----
 export function encodeFlow4Key(k: FlowKey): Buffer {
   if (familyOf(k.src) !== 4 || familyOf(k.dst) !== 4) throw new RangeError(`not an IPv4 flow: ${k.src} -> ${k.dst}`);
-  const b = Buffer.alloc(LAYOUT.xdplb_flow4_key.size);
-  addressBytes(k.src).copy(b, F('xdplb_flow4_key', 'src'));
-  addressBytes(k.dst).copy(b, F('xdplb_flow4_key', 'dst'));
-  b.writeUInt16BE(k.sport, F('xdplb_flow4_key', 'sport'));
-  b.writeUInt16BE(k.dport, F('xdplb_flow4_key', 'dport'));
-  b.writeUInt8(k.proto, F('xdplb_flow4_key', 'proto'));
-  return b;
+  return FLOW4_KEY.encode({ src: addressBytes(k.src), dst: addressBytes(k.dst), sport: k.sport, dport: k.dport, proto: k.proto });
 }
 
 export function decodeFlow4Key(b: Buffer): FlowKey {
-  return {
-    src: addressText(b.subarray(F('xdplb_flow4_key', 'src')), 4),
-    dst: addressText(b.subarray(F('xdplb_flow4_key', 'dst')), 4),
-    sport: b.readUInt16BE(F('xdplb_flow4_key', 'sport')),
-    dport: b.readUInt16BE(F('xdplb_flow4_key', 'dport')),
-    proto: b.readUInt8(F('xdplb_flow4_key', 'proto')),
-  };
+  const k = FLOW4_KEY.decode(b);
+  return { src: addressText(k.src as Buffer, 4), dst: addressText(k.dst as Buffer, 4), sport: k.sport, dport: k.dport, proto: k.proto };
 }
 
 /** The connection table of a flow's family and its key there. */
@@ -799,23 +634,18 @@ export interface CtEntry {
 
 /** An entry as the datapath writes it; unset age fields are 0 (an entry that has expired). */
 export function encodeCtEntry(e: Pick<CtEntry, 'backendId' | 'serviceId'> & Partial<CtEntry>): Buffer {
-  const b = Buffer.alloc(LAYOUT.xdplb_ct_entry.size);
-  b.writeUInt32LE(e.backendId >>> 0, F('xdplb_ct_entry', 'backend_id'));
-  b.writeUInt32LE(e.serviceId >>> 0, F('xdplb_ct_entry', 'service_id'));
-  b.writeUInt32LE((e.expiresS ?? 0) >>> 0, F('xdplb_ct_entry', 'expires_s'));
-  b.writeUInt32LE((e.checkedJiffies ?? 0) >>> 0, F('xdplb_ct_entry', 'checked_jiffies'));
-  b.writeUInt8(e.closing ? 1 : 0, F('xdplb_ct_entry', 'closing'));
-  return b;
+  return CT_ENTRY.encode({
+    backend_id: e.backendId,
+    service_id: e.serviceId,
+    expires_s: e.expiresS ?? 0,
+    checked_jiffies: e.checkedJiffies ?? 0,
+    closing: e.closing ? 1 : 0,
+  });
 }
 
 export function decodeCtEntry(b: Buffer): CtEntry {
-  return {
-    backendId: b.readUInt32LE(F('xdplb_ct_entry', 'backend_id')),
-    serviceId: b.readUInt32LE(F('xdplb_ct_entry', 'service_id')),
-    expiresS: b.readUInt32LE(F('xdplb_ct_entry', 'expires_s')),
-    checkedJiffies: b.readUInt32LE(F('xdplb_ct_entry', 'checked_jiffies')),
-    closing: b.readUInt8(F('xdplb_ct_entry', 'closing')) !== 0,
-  };
+  const e = CT_ENTRY.decode(b);
+  return { backendId: e.backend_id, serviceId: e.service_id, expiresS: e.expires_s, checkedJiffies: e.checked_jiffies, closing: e.closing !== 0 };
 }
 
 // ---- struct xdplb_counter ----
@@ -825,14 +655,11 @@ export interface Counter {
 }
 
 export function encodeCounter(c: Counter): Buffer {
-  const b = Buffer.alloc(LAYOUT.xdplb_counter.size);
-  b.writeBigUInt64LE(c.packets, F('xdplb_counter', 'packets'));
-  b.writeBigUInt64LE(c.bytes, F('xdplb_counter', 'bytes'));
-  return b;
+  return COUNTER.encode(c);
 }
 
 export function decodeCounter(b: Buffer): Counter {
-  return { packets: b.readBigUInt64LE(F('xdplb_counter', 'packets')), bytes: b.readBigUInt64LE(F('xdplb_counter', 'bytes')) };
+  return COUNTER.decode(b);
 }
 
 /** Sum of a per-CPU counter (BpfMap.lookupPerCpu). */
@@ -854,14 +681,12 @@ export interface DevmapVal {
 }
 
 export function encodeDevmapVal(v: DevmapVal): Buffer {
-  const b = Buffer.alloc(LAYOUT.xdplb_devmap_val.size);
-  b.writeUInt32LE(v.ifindex, F('xdplb_devmap_val', 'ifindex'));
-  b.writeInt32LE(v.progFd, F('xdplb_devmap_val', 'prog_fd'));
-  return b;
+  return DEVMAP_VAL.encode({ ifindex: v.ifindex, prog_fd: v.progFd });
 }
 
 export function decodeDevmapVal(b: Buffer): DevmapVal {
-  return { ifindex: b.readUInt32LE(F('xdplb_devmap_val', 'ifindex')), progFd: b.readInt32LE(F('xdplb_devmap_val', 'prog_fd')) };
+  const v = DEVMAP_VAL.decode(b);
+  return { ifindex: v.ifindex, progFd: v.prog_fd };
 }
 
 // ---- Maglev tables ----
@@ -871,52 +696,7 @@ export function encodeMaglevTable(table: Uint32Array): Buffer[] {
   return Array.from(table, (id) => u32(id));
 }
 
-// ---- the recorder: struct xdplb_rec_key, _entry, _config, _meta ----
-
-export const REC_KEY_LEN = LAYOUT.xdplb_rec_key.size;
-export const REC_ENTRY_LEN = LAYOUT.xdplb_rec_entry.size;
-export const REC_META_LEN = LAYOUT.xdplb_rec_meta.size;
-
-/** A recorder key (an entry's masked tuple) or a mask, field by field. */
-export interface RecKey {
-  /** FAMILY_V4/V6; in a mask 0xff or 0 */
-  family: number;
-  proto: number;
-  sport: number;
-  dport: number;
-  /** the mask slot that made this key; 0 in a mask */
-  mask: number;
-  /** 16 bytes each, IPv4 in the first 4 */
-  src: Uint8Array;
-  dst: Uint8Array;
-}
-
-/** The same bytes as src/recorder/filter.ts encodeTuple() (the test holds them equal). */
-export function encodeRecKey(k: RecKey): Buffer {
-  const b = Buffer.alloc(REC_KEY_LEN);
-  b.writeUInt8(k.family, F('xdplb_rec_key', 'family'));
-  b.writeUInt8(k.proto, F('xdplb_rec_key', 'proto'));
-  b.writeUInt16BE(k.sport, F('xdplb_rec_key', 'sport'));
-  b.writeUInt16BE(k.dport, F('xdplb_rec_key', 'dport'));
-  b.writeUInt8(k.mask, F('xdplb_rec_key', 'mask'));
-  b.set(k.src.subarray(0, 16), F('xdplb_rec_key', 'src'));
-  b.set(k.dst.subarray(0, 16), F('xdplb_rec_key', 'dst'));
-  return b;
-}
-
-export function decodeRecKey(b: Buffer): RecKey {
-  const src = F('xdplb_rec_key', 'src');
-  const dst = F('xdplb_rec_key', 'dst');
-  return {
-    family: b.readUInt8(F('xdplb_rec_key', 'family')),
-    proto: b.readUInt8(F('xdplb_rec_key', 'proto')),
-    sport: b.readUInt16BE(F('xdplb_rec_key', 'sport')),
-    dport: b.readUInt16BE(F('xdplb_rec_key', 'dport')),
-    mask: b.readUInt8(F('xdplb_rec_key', 'mask')),
-    src: new Uint8Array(b.subarray(src, src + 16)),
-    dst: new Uint8Array(b.subarray(dst, dst + 16)),
-  };
-}
+// ---- the recorder: struct xdplb_rec_entry, _config, _meta (keys: filter.ts encodeTuple) ----
 
 export interface RecEntry {
   /** bit r = rule r */
@@ -926,14 +706,12 @@ export interface RecEntry {
 }
 
 export function encodeRecEntry(e: RecEntry): Buffer {
-  const b = Buffer.alloc(REC_ENTRY_LEN);
-  b.writeBigUInt64LE(BigInt.asUintN(64, e.rules), F('xdplb_rec_entry', 'rules'));
-  b.writeUInt32LE(e.caplen >>> 0, F('xdplb_rec_entry', 'caplen'));
-  return b;
+  return REC_ENTRY.encode({ rules: e.rules, caplen: e.caplen });
 }
 
 export function decodeRecEntry(b: Buffer): RecEntry {
-  return { rules: b.readBigUInt64LE(F('xdplb_rec_entry', 'rules')), caplen: b.readUInt32LE(F('xdplb_rec_entry', 'caplen')) };
+  const e = REC_ENTRY.decode(b);
+  return { rules: e.rules, caplen: e.caplen };
 }
 
 export interface RecConfig {
@@ -947,19 +725,12 @@ export interface RecConfig {
 
 export function encodeRecConfig(c: RecConfig): Buffer {
   if (!Number.isInteger(c.nMasks) || c.nMasks < 0 || c.nMasks > REC_MAX_MASKS) throw new RangeError(`n_masks ${c.nMasks} not in 0..${REC_MAX_MASKS}`);
-  const b = Buffer.alloc(LAYOUT.xdplb_rec_config.size);
-  b.writeUInt32LE(c.nMasks, F('xdplb_rec_config', 'n_masks'));
-  b.writeUInt32LE((c.gen ?? 0) >>> 0, F('xdplb_rec_config', 'gen'));
-  b.writeUInt32LE((c.flags ?? 0) >>> 0, F('xdplb_rec_config', 'flags'));
-  return b;
+  return REC_CONFIG.encode({ n_masks: c.nMasks, gen: c.gen ?? 0, flags: c.flags ?? 0 });
 }
 
 export function decodeRecConfig(b: Buffer): Required<RecConfig> {
-  return {
-    nMasks: b.readUInt32LE(F('xdplb_rec_config', 'n_masks')),
-    gen: b.readUInt32LE(F('xdplb_rec_config', 'gen')),
-    flags: b.readUInt32LE(F('xdplb_rec_config', 'flags')),
-  };
+  const c = REC_CONFIG.decode(b);
+  return { nMasks: c.n_masks, gen: c.gen, flags: c.flags };
 }
 
 /** The header of a recorder sample; capLen frame bytes follow it. */
@@ -980,31 +751,23 @@ export interface RecMeta {
 }
 
 export function decodeRecMeta(b: Buffer): RecMeta {
-  if (b.length < REC_META_LEN) throw new RangeError(`a recorder sample starts with ${REC_META_LEN} header bytes, got ${b.length}`);
-  return {
-    tsNs: b.readBigUInt64LE(F('xdplb_rec_meta', 'ts_ns')),
-    rules: b.readBigUInt64LE(F('xdplb_rec_meta', 'rules')),
-    origLen: b.readUInt32LE(F('xdplb_rec_meta', 'orig_len')),
-    capLen: b.readUInt32LE(F('xdplb_rec_meta', 'cap_len')),
-    ifindex: b.readUInt32LE(F('xdplb_rec_meta', 'ifindex')),
-    backendId: b.readUInt32LE(F('xdplb_rec_meta', 'backend_id')),
-    point: b.readUInt8(F('xdplb_rec_meta', 'point')),
-    family: b.readUInt8(F('xdplb_rec_meta', 'family')),
-  };
+  if (b.length < REC_META.size) throw new RangeError(`a recorder sample starts with ${REC_META.size} header bytes, got ${b.length}`);
+  const m = REC_META.decode(b);
+  return { tsNs: m.ts_ns, rules: m.rules, origLen: m.orig_len, capLen: m.cap_len, ifindex: m.ifindex, backendId: m.backend_id, point: m.point, family: m.family };
 }
 
 /** The datapath writes these; tests and tools make them to feed readers. */
 export function encodeRecMeta(m: RecMeta): Buffer {
-  const b = Buffer.alloc(REC_META_LEN);
-  b.writeBigUInt64LE(m.tsNs, F('xdplb_rec_meta', 'ts_ns'));
-  b.writeBigUInt64LE(BigInt.asUintN(64, m.rules), F('xdplb_rec_meta', 'rules'));
-  b.writeUInt32LE(m.origLen, F('xdplb_rec_meta', 'orig_len'));
-  b.writeUInt32LE(m.capLen, F('xdplb_rec_meta', 'cap_len'));
-  b.writeUInt32LE(m.ifindex, F('xdplb_rec_meta', 'ifindex'));
-  b.writeUInt32LE(m.backendId >>> 0, F('xdplb_rec_meta', 'backend_id'));
-  b.writeUInt8(m.point, F('xdplb_rec_meta', 'point'));
-  b.writeUInt8(m.family, F('xdplb_rec_meta', 'family'));
-  return b;
+  return REC_META.encode({
+    ts_ns: m.tsNs,
+    rules: m.rules,
+    orig_len: m.origLen,
+    cap_len: m.capLen,
+    ifindex: m.ifindex,
+    backend_id: m.backendId,
+    point: m.point,
+    family: m.family,
+  });
 }
 
 /** Sum of a per-CPU __u64 counter (xdplb_rec_stats). */

@@ -123,7 +123,6 @@ function nodeConfig(node: NodeSettings): L.NodeConfig {
     flags: node.flowCache ? 0 : L.CFG_F_NO_FLOW_CACHE,
     mtu: node.mtu,
     nexthopTtlMs: 0,
-    maglevM: node.maglevSize,
     ctTcpS: node.conntrack.tcpTimeout,
     ctUdpS: node.conntrack.udpTimeout,
     ctClosingS: node.conntrack.closingTimeout,
@@ -449,7 +448,7 @@ export class LbDatapath implements DatapathSink {
   static open(node: NodeSettings, log: Logger, opts: { objectFile?: string; backends?: number } = {}): LbDatapath {
     fs.mkdirSync(node.bpffs, { recursive: true, mode: 0o700 });
     const maxEntries = opts.backends ? { [L.MAP_NAMES.backends]: opts.backends, [L.MAP_NAMES.backendStats]: opts.backends } : undefined;
-    const obj = bpf.openObject(opts.objectFile ?? bpf.objectPath('lb'), { pinRoot: node.bpffs, maxEntries });
+    const obj = bpf.openObject(opts.objectFile ?? bpf.objectPath('lb'), { pinRoot: node.bpffs, maxEntries, layout: L.STRUCTS });
     const dp = new LbDatapath(node, obj, obj.program(L.PROGRAM_NAME), log);
     dp.adopt();
     dp.writeConfig();
@@ -753,8 +752,8 @@ export class LbDatapath implements DatapathSink {
     // until the first apply, which swaps in one of the new size.
     const services = [...this.installed.values()].filter((s): s is InstalledService & { spec: ServiceSpec } => s.spec !== undefined);
     const plans = services.map((s) => tableMembers(s.spec));
-    // A new M: growing, tables first (a new M must never index past a table);
-    // shrinking, M first. Every entry stays a valid backend throughout.
+    // Each table is indexed by its own size (xdp/maglev.h), so a service
+    // switches to the new M with its own table swap, whichever way M moves.
     const tx = new UndoLog();
     try {
       const tables = new TableStream(
@@ -765,11 +764,9 @@ export class LbDatapath implements DatapathSink {
       const staged = new Staged(tx);
       for (let i = 0; i < services.length; i++) await staged.add(services[i], toIds(await tables.get(i), plans[i].members, services[i], scratch));
       const swaps = await staged.filled();
-      const grow = node.maglevSize > L.decodeConfig(this.maps.config.lookup(L.u32(0)) ?? Buffer.alloc(L.LAYOUT.xdplb_config.size)).maglevM;
-      if (!grow) this.writeConfig(tx);
+      this.writeConfig(tx);
       for (const s of services) this.keep(s, tx);
       this.swapTables(swaps, tx);
-      if (grow) this.writeConfig(tx);
     } catch (e) {
       this.undo(tx);
       // the config map is as it was: so are the settings it was written from
@@ -1291,6 +1288,12 @@ export class LbDatapath implements DatapathSink {
     }
     for (const vip of new Set(services.map((s) => s.vip))) checks.push({ what: 'VIP', prefix: vip, address: vip });
     return checks;
+  }
+
+  /** Interfaces this program is attached to, as the kernel says now (BGP announces only while there is one). */
+  attachedInterfaces(): string[] {
+    const id = this.program.info().id;
+    return [...this.attached].filter(([, a]) => bpf.queryXdp(a.ifindex).progId === id).map(([name]) => name);
   }
 
   /** Daemon exit: handles closed; the program stays attached, the pins stay. */

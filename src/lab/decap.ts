@@ -7,7 +7,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as bpf from '../datapath/bpf';
 import * as sys from '../sys/system';
-import { addressBytes, familyOf, sumCounters, u32, type Counter } from '../datapath/layout';
+import { DECAP_STRUCTS, encodeDecapConfig, encodeLocalKey, encodeRevNatKey, encodeRevNatVal } from '../datapath/decap-layout';
+import { IPPROTO_TCP, IPPROTO_UDP, sumCounters, u32, type Counter } from '../datapath/layout';
 
 export const DECAP_OBJECT = 'decap';
 export const DECAP_PROGRAM = 'xdplb_decap';
@@ -45,41 +46,12 @@ export const DECAP_REASONS = [
 export type DecapReason = (typeof DECAP_REASONS)[number]['name'];
 export const DECAP_REASON: Readonly<Record<DecapReason, number>> = Object.fromEntries(DECAP_REASONS.map((r, i) => [r.name, i])) as Record<DecapReason, number>;
 
-/**
- * xdplb_decap_local key: family (4, 6, or 0 for the wildcard), 3 zero bytes,
- * the address in 16 bytes (IPv4 in the first 4). `'any'` is the wildcard.
- */
-export function encodeLocalKey(address: string | 'any'): Buffer {
-  const k = Buffer.alloc(20);
-  if (address === 'any') return k;
-  k[0] = familyOf(address);
-  addressBytes(address).copy(k, 4);
-  return k;
-}
-
 /** One reverse-DNAT rule: replies from vip:backendPort leave as vip:servicePort. */
 export interface RevNat {
   vip: string;
   proto: 'tcp' | 'udp';
   backendPort: number;
   servicePort: number;
-}
-
-/** xdplb_decap_revnat key: family, protocol, backend port (network order), VIP in 16 bytes. */
-export function encodeRevNatKey(r: Pick<RevNat, 'vip' | 'proto' | 'backendPort'>): Buffer {
-  const k = Buffer.alloc(20);
-  k[0] = familyOf(r.vip);
-  k[1] = r.proto === 'tcp' ? 6 : 17;
-  k.writeUInt16BE(r.backendPort, 2);
-  addressBytes(r.vip).copy(k, 4);
-  return k;
-}
-
-/** xdplb_decap_revnat value: the service port (network order), 2 zero bytes. */
-export function encodeRevNatVal(servicePort: number): Buffer {
-  const v = Buffer.alloc(4);
-  v.writeUInt16BE(servicePort, 0);
-  return v;
 }
 
 /** decap.bpf.o loaded (maps pinned under pinRoot when given). */
@@ -105,12 +77,12 @@ export class Decap {
    * a decapsulated one after its outer header is stripped.
    */
   setSink(on: boolean): void {
-    this.config.update(u32(0), u32(on ? DECAP_CFG_F_SINK : 0));
+    this.config.update(u32(0), encodeDecapConfig(on ? DECAP_CFG_F_SINK : 0));
   }
 
   static open(pinRoot?: string, objectFile = bpf.objectPath(DECAP_OBJECT)): Decap {
     if (pinRoot) fs.mkdirSync(pinRoot, { recursive: true, mode: 0o700 });
-    return new Decap(bpf.openObject(objectFile, { pinRoot }));
+    return new Decap(bpf.openObject(objectFile, { pinRoot, layout: DECAP_STRUCTS }));
   }
 
   /** Tunnel packets to these addresses are decapsulated ('any': all of them). */
@@ -185,7 +157,7 @@ export function pinnedDecapCounters(pinRoot: string): Record<DecapReason, Counte
 export function syncPinnedRevNat(pinRoot: string, rules: readonly RevNat[]): { written: number; removed: number } {
   const m = bpf.mapFromPin(path.join(pinRoot, REVNAT_MAP));
   try {
-    const want = new Map(rules.map((r) => [encodeRevNatKey(r).toString('hex'), encodeRevNatVal(r.servicePort)]));
+    const want = new Map(rules.map((r) => [encodeRevNatKey({ ...r, proto: r.proto === 'tcp' ? IPPROTO_TCP : IPPROTO_UDP }).toString('hex'), encodeRevNatVal(r.servicePort)]));
     let removed = 0;
     for (const k of [...m.keys()]) if (!want.has(k.toString('hex')) && m.delete(k)) removed++;
     let written = 0;

@@ -63,9 +63,6 @@ export function validate(backends: readonly MaglevBackend[], m: number): void {
     throw new RangeError(`maglev table size ${m}: must be a prime integer in 2..${MAX_M}`);
   }
   if (!isPrime(m)) throw new RangeError(`maglev table size ${m}: not a prime`);
-  if (backends.length > m) {
-    throw new RangeError(`maglev table size ${m}: smaller than the number of backends (${backends.length})`);
-  }
   const keys = new Set<string>();
   backends.forEach((b, i) => {
     if (!Number.isInteger(b.id) || b.id < 0 || b.id >= NO_BACKEND) {
@@ -120,8 +117,10 @@ function shares(weights: Uint32Array, m: number): Uint32Array {
 /**
  * The Maglev table of size `m` for `backends`: entry j holds the id of the
  * backend that flows hashing to j go to. The order of `backends` does not
- * matter. When no backend has a weight above 0, every entry is NO_BACKEND.
- * Throws a RangeError for an invalid size or backend (see validate).
+ * matter. When no backend has a weight above 0, every entry is NO_BACKEND;
+ * with more backends than entries, some take none (whether that is acceptable
+ * is the callers' check: validation and the datapath's capacity). Throws a
+ * RangeError for an invalid size or backend (see validate).
  */
 export function buildTable(backends: readonly MaglevBackend[], m: number): Uint32Array {
   validate(backends, m);

@@ -4,6 +4,7 @@
 // across restarts. Map and Program handles taken from an Object own a dup of the
 // fd, so they outlive the Object.
 #include <bpf/bpf.h>
+#include <bpf/btf.h>
 #include <bpf/libbpf.h>
 #include <fcntl.h>
 #include <unistd.h>
@@ -21,6 +22,7 @@ class Object : public Napi::ObjectWrap<Object> {
                        {InstanceMethod<&Object::Programs>("programs"), InstanceMethod<&Object::Maps>("maps"),
                         InstanceMethod<&Object::MapHandle>("map"),
                         InstanceMethod<&Object::ProgramHandle>("program"),
+                        InstanceMethod<&Object::BtfStruct>("btfStruct"),
                         InstanceMethod<&Object::Close>("close")});
   }
 
@@ -126,6 +128,32 @@ class Object : public Napi::ObjectWrap<Object> {
     int fd = fcntl(bpf_program__fd(p), F_DUPFD_CLOEXEC, 3);
     if (fd < 0) throw SysError(env, errno, "dup program fd", name);
     return NewProgram(env, fd, name);
+  }
+
+  // btfStruct(name): { size, members: [{ name, offset, size }] } of `struct name`
+  // in the object's BTF (offsets and sizes in bytes, typedefs resolved), or
+  // null. What the daemon checks its map layout against (src/datapath/codec.ts).
+  Napi::Value BtfStruct(const Napi::CallbackInfo &info) {
+    Napi::Env env = info.Env();
+    std::string name = StringArg(info, 0, "name");
+    const struct btf *btf = bpf_object__btf(Live(env));
+    if (!btf) throw SysError(env, ENOENT, "object BTF", path_);
+    int id = btf__find_by_name_kind(btf, name.c_str(), BTF_KIND_STRUCT);
+    if (id < 0) return env.Null();
+    const struct btf_type *t = btf__type_by_id(btf, id);
+    const struct btf_member *m = btf_members(t);
+    Napi::Array members = Napi::Array::New(env, btf_vlen(t));
+    for (uint32_t i = 0; i < btf_vlen(t); i++, m++) {
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("name", btf__name_by_offset(btf, m->name_off));
+      o.Set("offset", btf_member_bit_offset(t, i) / 8);
+      o.Set("size", static_cast<double>(btf__resolve_size(btf, m->type)));
+      members.Set(i, o);
+    }
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("size", t->size);
+    out.Set("members", members);
+    return out;
   }
 
   Napi::Value Close(const Napi::CallbackInfo &info) {

@@ -173,7 +173,7 @@ export class RecorderMaps implements RecorderDatapath {
     this.maps.config.update(u32(0), L.encodeRecConfig({ nMasks: 0, gen: this.gen }));
     const keys = [...this.maps.entries.keys()];
     if (keys.length) this.maps.entries.batchDelete(keys);
-    const zero = Buffer.alloc(L.REC_KEY_LEN);
+    const zero = Buffer.alloc(L.REC_KEY.size);
     for (let i = 0; i < this.maps.masks.maxEntries; i++) this.maps.masks.update(u32(i), zero);
     const words = this.maps.filter.dump();
     for (let i = 0; i < words.count; i++) this.filterWords[words.keys.readUInt32LE(i * 4)] = words.values.readBigUInt64LE(i * 8);

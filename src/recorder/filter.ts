@@ -16,25 +16,13 @@
 // quotes a flow, that tuple is the quoted flow's (its protocol and ports); for
 // other ICMP packets the ports are 0.
 //
-// ---- the proposed BPF layout (for xdp/layout.h) ------------------------------
-//
-//   struct xdplb_rec_key {      // the key of xdplb_rec_entries, and a mask
-//       __u8   family;          //  0: XDPLB_FAMILY_V4 (4) / _V6 (6); mask 0xff, or 0 for "either"
-//       __u8   proto;           //  1: IP protocol; mask 0xff or 0
-//       __be16 sport;           //  2: mask 0xffff or 0
-//       __be16 dport;           //  4: mask 0xffff or 0
-//       __u8   mask;            //  6: index of the mask that made this key (0 in a mask)
-//       __u8   pad;             //  7: 0
-//       __u8   src[16];         //  8: IPv4 in src[0..3], the rest 0; mask = prefix bits
-//       __u8   dst[16];         // 24: likewise
-//   };                          // 40
-//
-//   xdplb_rec_masks    BPF_MAP_TYPE_ARRAY, 32 x struct xdplb_rec_key: mask slot i
+// The maps (xdp/layout.h, struct xdplb_rec_key and its neighbours):
+//   xdplb_rec_masks    array of REC_MAX_MASKS struct xdplb_rec_key: mask slot i
 //                      (an unused slot below the count holds a zero mask)
-//   xdplb_rec_entries  BPF_MAP_TYPE_HASH, key struct xdplb_rec_key, value __u64
-//                      rules (bit r = rule r), max_entries 131072
-//   plus the mask count n_masks (CompiledFilters.maskSlots; a config field or a
-//   one-entry array) and, per rule, its cap length (an array of 64).
+//   xdplb_rec_entries  hash, key struct xdplb_rec_key (a masked tuple, `mask` =
+//                      its mask's slot), value struct xdplb_rec_entry: the
+//                      rules (bit r = rule r) and the largest cap length of them
+//   xdplb_rec_config   the mask count n_masks (CompiledFilters.maskSlots) and gen
 //
 // The program, at each capture point: for i in 0..n_masks-1 (constant bound 32):
 //   key = flow AND mask[i] (byte by byte, or as 5 x u64 words), key.mask = i,
@@ -52,25 +40,30 @@
 // in an order that never matches a packet to a rule it matches under neither
 // the old nor the new set (deletes, masks, count, upserts).
 //
-// A rule is one running recording: up to 64 at once (MAX_RULES), each with its
+// A rule is one running recording: up to 64 at once (REC_MAX_RULES), each with its
 // own filters; identical masked keys of several filters or recordings share one
 // entry whose `rules` is the OR of their bits.
 
 import { XdplbError } from '../control/errors';
 import { parseAddress } from '../control/validate';
-import { REC_FILTER_WORDS, REC_FILTER_WORDS_LOG } from '../datapath/layout';
+import {
+  IPPROTO_ICMP,
+  IPPROTO_ICMPV6,
+  IPPROTO_TCP,
+  IPPROTO_UDP,
+  REC_FILTER_WORDS,
+  REC_FILTER_WORDS_LOG,
+  REC_KEY,
+  REC_MAX_ENTRIES,
+  REC_MAX_MASKS,
+  REC_MAX_RULES,
+} from '../datapath/layout';
 
 export type Family = 4 | 6;
 
-export const MAX_MASKS = 32;
-export const MAX_RULES = 64;
-export const MAX_ENTRIES = 131072;
-export const TUPLE_LEN = 40;
-
-export const IPPROTO_ICMP = 1;
-export const IPPROTO_TCP = 6;
-export const IPPROTO_UDP = 17;
-export const IPPROTO_ICMPV6 = 58;
+/** Bytes of a tuple, key or mask: struct xdplb_rec_key. */
+const TUPLE_LEN = REC_KEY.size;
+const MASK_BYTE = REC_KEY.fields.mask.offset;
 
 const PROTO_NAMES: Readonly<Record<string, number>> = {
   icmp: IPPROTO_ICMP,
@@ -157,7 +150,7 @@ export interface RuleFilters {
 }
 
 export interface CompileOptions {
-  /** default MAX_MASKS (32) */
+  /** default REC_MAX_MASKS (32) */
   maxMasks?: number;
   /**
    * The compilation in force in the datapath: shapes it has keep their mask
@@ -165,7 +158,7 @@ export interface CompileOptions {
    * diffCompiled() touches only what changed.
    */
   previous?: CompiledFilters;
-  /** default MAX_ENTRIES (131072), the size of the datapath's hash */
+  /** default REC_MAX_ENTRIES (131072), the size of the datapath's hash */
   maxEntries?: number;
 }
 
@@ -402,35 +395,17 @@ export function tupleOf(t: { src: string; dst: string; sport?: number; dport?: n
   return { family: s.family, proto: t.proto, sport: t.sport ?? 0, dport: t.dport ?? 0, src, dst };
 }
 
-/**
- * The 40-byte struct xdplb_rec_key of a tuple (see the layout at the top of this
- * file): ports in network order, addresses as in the packet, padding zero.
- */
+/** The struct xdplb_rec_key of a tuple (into `into` when given). */
 export function encodeTuple(t: Tuple, into?: Buffer): Buffer {
-  const b = into ?? Buffer.alloc(TUPLE_LEN);
-  b[0] = t.family;
-  b[1] = t.proto;
-  b.writeUInt16BE(t.sport, 2);
-  b.writeUInt16BE(t.dport, 4);
-  b[6] = t.mask ?? 0;
-  b[7] = 0;
-  b.set(t.src.subarray(0, 16), 8);
-  b.set(t.dst.subarray(0, 16), 24);
-  return b;
+  return REC_KEY.encode({ family: t.family, proto: t.proto, sport: t.sport, dport: t.dport, mask: t.mask ?? 0, src: t.src.subarray(0, 16), dst: t.dst.subarray(0, 16) }, into);
 }
 
 /** The inverse of encodeTuple. */
 export function decodeTuple(b: Buffer): Tuple {
   if (b.length !== TUPLE_LEN) throw new RangeError(`a tuple is ${TUPLE_LEN} bytes, got ${b.length}`);
-  const t: Tuple = {
-    family: b[0],
-    proto: b[1],
-    sport: b.readUInt16BE(2),
-    dport: b.readUInt16BE(4),
-    src: new Uint8Array(b.subarray(8, 24)),
-    dst: new Uint8Array(b.subarray(24, 40)),
-  };
-  if (b[6]) t.mask = b[6];
+  const k = REC_KEY.decode(b);
+  const t: Tuple = { family: k.family, proto: k.proto, sport: k.sport, dport: k.dport, src: new Uint8Array(k.src), dst: new Uint8Array(k.dst) };
+  if (k.mask) t.mask = k.mask;
   return t;
 }
 
@@ -504,8 +479,7 @@ function maskOf(s: MaskShape, index: number): Mask {
 export function applyMask(tuple: Buffer, mask: Buffer, maskIndex: number): Buffer {
   const key = Buffer.allocUnsafe(TUPLE_LEN);
   for (let i = 0; i < TUPLE_LEN; i++) key[i] = tuple[i] & mask[i];
-  key[6] = maskIndex;
-  key[7] = 0;
+  key[MASK_BYTE] = maskIndex;
   return key;
 }
 
@@ -527,15 +501,15 @@ function normalize(input: readonly Filter[] | readonly RuleFilters[]): RuleFilte
  * returns all of it or throws.
  */
 export function compileFilters(input: readonly Filter[] | readonly RuleFilters[], opts: CompileOptions = {}): CompiledFilters {
-  const maxMasks = opts.maxMasks ?? MAX_MASKS;
-  const maxEntries = opts.maxEntries ?? MAX_ENTRIES;
+  const maxMasks = opts.maxMasks ?? REC_MAX_MASKS;
+  const maxEntries = opts.maxEntries ?? REC_MAX_ENTRIES;
   const rules = normalize(input);
 
   // 1. the distinct shapes, in the order they first appear
   const shapes = new Map<string, MaskShape>();
   for (const rule of rules) {
-    if (!Number.isInteger(rule.ruleId) || rule.ruleId < 0 || rule.ruleId >= MAX_RULES)
-      throw XdplbError.invalid('rule', `rule id must be in 0..${MAX_RULES - 1}, got ${rule.ruleId}`);
+    if (!Number.isInteger(rule.ruleId) || rule.ruleId < 0 || rule.ruleId >= REC_MAX_RULES)
+      throw XdplbError.invalid('rule', `rule id must be in 0..${REC_MAX_RULES - 1}, got ${rule.ruleId}`);
     for (const f of rule.filters) {
       const shape = shapeOf(f);
       const sk = shapeKey(shape);
@@ -734,16 +708,9 @@ export function recFilterWords(c: CompiledFilters): BigUint64Array {
   return words;
 }
 
-/** The value of an xdplb_rec_entries entry: the rule mask as a little-endian __u64. */
-export function encodeRules(ruleMask: bigint): Buffer {
-  const b = Buffer.alloc(8);
-  b.writeBigUInt64LE(ruleMask, 0);
-  return b;
-}
-
 /** The rule ids of a rule mask, ascending. */
 export function ruleIdsOf(ruleMask: bigint): number[] {
   const ids: number[] = [];
-  for (let r = 0; r < MAX_RULES; r++) if (ruleMask & (1n << BigInt(r))) ids.push(r);
+  for (let r = 0; r < REC_MAX_RULES; r++) if (ruleMask & (1n << BigInt(r))) ids.push(r);
   return ids;
 }

@@ -33,7 +33,7 @@ import { randomBytes } from 'node:crypto';
 import * as L from '../datapath/layout';
 import type { Logger } from 'pino';
 import { XdplbError, isXdplbError } from '../control/errors';
-import { compileFilters, MAX_RULES, type CompiledFilters, type Filter, type RuleFilters } from './filter';
+import { compileFilters, type CompiledFilters, type Filter, type RuleFilters } from './filter';
 import { KernelClock, PcapEncoder, packetComment, snaplenFor, type CaptureFormat } from './pcap';
 import { recorderUnavailable, sampleSpan, SAMPLE, SAMPLE_HEADER_LEN, type RecorderDatapath, type SampleBatch } from './datapath';
 import { FileSink, fileSet, recordingDir, sharedFile, type FileNaming, type FileSet } from './sink-file';
@@ -197,14 +197,14 @@ export class Recorder {
   }
 
   private allocRule(): number {
-    if (this.byRule.size >= MAX_RULES)
-      throw XdplbError.exhausted(`${MAX_RULES} recordings hold every datapath rule (the rule mask is ${MAX_RULES} bits); stop one first`, 'recordings');
+    if (this.byRule.size >= L.REC_MAX_RULES)
+      throw XdplbError.exhausted(`${L.REC_MAX_RULES} recordings hold every datapath rule (the rule mask is ${L.REC_MAX_RULES} bits); stop one first`, 'recordings');
     // Round robin: a rule just given up is the last to be handed out again, so
     // late samples of its old holder are unlikely even before the time check.
-    for (let n = 0; n < MAX_RULES; n++) {
-      const r = (this.nextRule + n) % MAX_RULES;
+    for (let n = 0; n < L.REC_MAX_RULES; n++) {
+      const r = (this.nextRule + n) % L.REC_MAX_RULES;
       if (!this.byRule.has(r)) {
-        this.nextRule = (r + 1) % MAX_RULES;
+        this.nextRule = (r + 1) % L.REC_MAX_RULES;
         return r;
       }
     }

@@ -82,11 +82,18 @@ export interface NativeLink {
   info(): { id: number; progId: number; ifindex: number };
   close(): void;
 }
+/** A struct as a BPF object's BTF describes it (BpfObject.btfStruct). */
+export interface BtfStruct {
+  size: number;
+  members: ReadonlyArray<{ name: string; offset: number; size: number }>;
+}
+
 export interface NativeObject {
   programs(): string[];
   maps(): string[];
   map(name: string): NativeMap;
   program(name: string): NativeProgram;
+  btfStruct(name: string): BtfStruct | null;
   close(): void;
 }
 export interface NativePerfReader {
