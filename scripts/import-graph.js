@@ -59,6 +59,7 @@ function rankOf(folder) {
 function graph() {
   const edges = new Map();
   for (const top of ['src', 'harness', 'bench', 'test']) {
+    if (!fs.existsSync(path.join(ROOT, top))) continue;
     for (const abs of walk(path.join(ROOT, top))) {
       const file = path.relative(ROOT, abs);
       const info = ts.preProcessFile(fs.readFileSync(abs, 'utf8'), true, true);
