@@ -35,6 +35,7 @@ import * as sys from '../src/sys/system';
 import * as L from '../src/datapath/layout';
 import { flowCacheSlot, flowHash, maglevIndex, vipFilterWords } from '../src/datapath/flowhash';
 import { buildTable, DEFAULT_M } from '../src/maglev';
+import { Address } from '../src/net/address';
 import { CLIENT4, CLIENT6, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, VIP6, decap, fibNamespace, openLb, Lb as LbFixture, type FibNs, type Lb } from '../harness/datapath';
 import { pinDir } from '../harness/fixtures';
 import { Cleanup } from './cleanup';
@@ -371,7 +372,7 @@ function openWorld(c: Cleanup, { services, ctSize, ctFlags }: WorldKind): World 
     lb.maps.backends.batchUpdate(bkeys, bvalues);
     w.tables.installMany(lb, tables);
     lb.maps.servicesById.batchUpdate(ids, defs);
-    const filter = vipFilterWords(vips);
+    const filter = vipFilterWords(vips.map((v) => Address.of(v)));
     lb.maps.vipFilter.batchUpdate([...filter.keys()].map((i) => L.u32(i)), [...filter].map((w) => L.u64(w)));
     for (const map of ['services4', 'services'] as const) {
       const i = keys.flatMap((k, j) => (L.serviceMapOf(k) === map ? [j] : []));

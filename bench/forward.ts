@@ -65,6 +65,7 @@ import * as L from '../src/datapath/layout';
 import { DEFAULT_M } from '../src/maglev';
 import { REASON, REASON_COUNT } from '../src/datapath/reasons';
 import type { ServiceSpec } from '../src/control/model';
+import { validateService } from '../src/control/validate';
 import { ether, ipv4, ipv6, tcp, TCP_ACK, TCP_PSH } from '../harness/packets';
 import { pinDir } from '../harness/fixtures';
 import { Cleanup, stopOnSignal } from './cleanup';
@@ -96,14 +97,15 @@ interface Counts {
 function services(family: 4 | 6 | 'both', count: number): ServiceSpec[] {
   const out: ServiceSpec[] = [];
   const be = (fam: 4 | 6, i: number, b: number) => (fam === 4 ? `198.51.100.${10 + ((i * BACKENDS + b) % 200)}` : `2001:db8:200::${(i * BACKENDS + b).toString(16)}`);
-  const mk = (fam: 4 | 6, i: number, vip: string, port: number): ServiceSpec => ({
-    name: `s${fam}-${i}`,
-    vip,
-    port,
-    protocol: 'tcp',
-    flags: { l4Dnat: false, sourceHash: false, conntrackBypass: false, icmpEcho: true },
-    backends: Array.from({ length: BACKENDS }, (_, b) => ({ address: be(fam, i, b), port, weight: 1, state: 'active' as const })),
-  });
+  const mk = (fam: 4 | 6, i: number, vip: string, port: number): ServiceSpec =>
+    validateService({
+      name: `s${fam}-${i}`,
+      vip,
+      port,
+      protocol: 'tcp',
+      flags: { l4Dnat: false, sourceHash: false, conntrackBypass: false, icmpEcho: true },
+      backends: Array.from({ length: BACKENDS }, (_, b) => ({ address: be(fam, i, b), port, weight: 1, state: 'active' as const })),
+    });
   const fams: Array<4 | 6> = family === 'both' ? [4, 6] : [family];
   const per = Math.floor(count / fams.length);
   for (const fam of fams)

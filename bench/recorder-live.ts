@@ -32,6 +32,7 @@ import pino from 'pino';
 import * as bpf from '../src/datapath/bpf';
 import * as sys from '../src/sys/system';
 import type { ServiceSpec } from '../src/control/model';
+import { validateService } from '../src/control/validate';
 import { RecorderMaps } from '../src/recorder/datapath';
 import { Recorder } from '../src/recorder/recordings';
 import { NO_ROTATION } from '../src/recorder/sink-file';
@@ -100,14 +101,14 @@ async function main(): Promise<void> {
     const bpffs = pinDir(cleanup);
     const node = liveNode({ bpffs, dir, maglevSize: 1021 });
     const { dp } = openLiveDatapath(cleanup, lab, node, log);
-    const svc: ServiceSpec = {
+    const svc: ServiceSpec = validateService({
       name: 'web',
       vip: VIP4,
       port: 80,
       protocol: 'tcp',
       flags: { l4Dnat: false, sourceHash: false, conntrackBypass: false, icmpEcho: true },
       backends: [11, 12, 13, 14].map((i) => ({ address: `198.51.100.${i}`, port: 80, weight: 1, state: 'active' as const })),
-    };
+    });
     (await dp.apply([svc])).commit();
     const maps = RecorderMaps.open(bpffs);
     if (!maps) throw new Error('lb.bpf.o has no recorder maps');

@@ -1,20 +1,31 @@
-// Fixtures for datapath tests: lb.bpf.o loaded into a private pin directory,
-// typed helpers to program its maps, and a namespace whose FIB has routes and
+// Fixtures for datapath tests: lb.bpf.o loaded into a private pin directory and
+// programmed as the daemon programs it (LbDatapath, src/datapath/lb.ts, from
+// node settings and service specs), and a namespace whose FIB has routes and
 // permanent neighbours towards backend prefixes, so bpf_fib_lookup inside
 // BPF_PROG_TEST_RUN answers. Everything is removed in t.teardown.
+//
+// Lb's own writes (service, backend, maglev, ...) are raw: map contents by
+// hand, for what the daemon never writes (hand-made tables, ids, malformed or
+// half-written states). A test of what the daemon writes goes through apply().
 import * as path from 'node:path';
 import * as os from 'node:os';
 import * as fs from 'node:fs';
+import pino from 'pino';
 import * as bpf from '../src/datapath/bpf';
 import * as sys from '../src/sys/system';
 import * as L from '../src/datapath/layout';
+import { LbDatapath } from '../src/datapath/lb';
+import { backendKey, DEFAULT_NODE, type NodeSettings, type ServiceFlags, type ServiceSpec } from '../src/control/model';
+import { validateService } from '../src/control/validate';
 import { vipFilterBit } from '../src/datapath/flowhash';
 import { DEFAULT_M } from '../src/maglev/table';
+import { Address } from '../src/net/address';
 import { REASONS, REASON } from '../src/datapath/reasons';
 import { netns, pinDir, sh, veth, ifindexIn, type Teardown } from './fixtures';
 import { CHECK_FIELDS, macText, readIpv4, readIpv6, tsharkFields, tsharkVerbose } from './packets';
 
-export interface ServiceSpec {
+/** A service as raw map contents: the tuple and the id it is written at. */
+export interface RawService {
   vip: string;
   port: number;
   proto: number;
@@ -22,7 +33,7 @@ export interface ServiceSpec {
   flags?: number;
 }
 
-export interface BackendSpec {
+export interface RawBackend {
   id: number;
   address: string;
   port?: number;
@@ -37,7 +48,7 @@ export class Lb {
   private readonly inner: bpf.BpfMap[] = [];
   /** backend id -> owning service, from the first Maglev table that named it */
   private readonly owners = new Map<number, number>();
-  private readonly backendSpecs = new Map<number, BackendSpec>();
+  private readonly backendSpecs = new Map<number, RawBackend>();
 
   constructor(
     readonly obj: bpf.BpfObject,
@@ -49,17 +60,18 @@ export class Lb {
     this.maps = m;
   }
 
+  /** Raw: the node config as it is, with `c` written over it. */
   config(c: Partial<L.NodeConfig>): void {
-    const full: L.NodeConfig = { src4: '', src4PrefixLen: 0, src6: '', src6PrefixLen: 0, ttl: 0, flags: 0, mtu: 0, nexthopTtlMs: 0, ctTcpS: 0, ctUdpS: 0, ctClosingS: 0, ...c };
-    this.maps.config.update(L.u32(0), L.encodeConfig(full));
+    const now = L.decodeConfig(this.maps.config.lookup(L.u32(0))!);
+    this.maps.config.update(L.u32(0), L.encodeConfig({ ...now, ...c }));
   }
 
   /**
-   * A service as the daemon writes it: by id and its VIP's filter bit first,
-   * then its service map. (The bit stays set when the service goes: a bit
-   * too many only costs lookups.)
+   * Raw: a service at the id given, by id and its VIP's filter bit first,
+   * then its service map, in the daemon's order. (The bit stays set when the
+   * service goes: a bit too many only costs lookups.)
    */
-  service(s: ServiceSpec): void {
+  service(s: RawService): void {
     const k = L.serviceMapKey(s);
     const flags = s.flags ?? 0;
     this.maps.servicesById.update(L.u32(s.id), L.encodeServiceDef({ ...s, flags }));
@@ -69,7 +81,7 @@ export class Lb {
 
   /** Sets or clears the VIP filter bit of an address. */
   vipFilterBit(vip: string, on: boolean): void {
-    const bit = vipFilterBit(vip);
+    const bit = vipFilterBit(Address.of(vip));
     const key = L.u32(bit >>> 6);
     const word = this.maps.vipFilter.lookup(key)!.readBigUInt64LE(0);
     const mask = 1n << BigInt(bit & 63);
@@ -103,7 +115,7 @@ export class Lb {
     this.maps.flowCache.batchUpdatePacked(keys, Buffer.alloc(size * n), n);
   }
 
-  backend(b: BackendSpec): void {
+  backend(b: RawBackend): void {
     const serviceId = b.service ?? this.backendSpecs.get(b.id)?.service ?? this.owners.get(b.id) ?? 0;
     this.backendSpecs.set(b.id, { ...b, service: b.service ?? this.backendSpecs.get(b.id)?.service });
     this.maps.backends.update(L.u32(b.id), L.encodeBackend({ address: b.address, port: b.port ?? 0, state: b.state ?? L.BACKEND_ACTIVE, serviceId }));
@@ -167,8 +179,13 @@ export class Lb {
     return this.prog.testRun({ data, ctx: ingressIfindex ? bpf.xdpContext(ingressIfindex) : undefined, dataSizeOut: data.length + 2048 });
   }
 
-  close(): void {
+  /** The raw tables' maps closed: the rest belongs to whoever opened the object. */
+  closeTables(): void {
     for (const m of this.inner) m.close();
+  }
+
+  close(): void {
+    this.closeTables();
     for (const m of Object.values(this.maps)) m.close();
     this.prog.close();
     this.obj.close();
@@ -251,6 +268,11 @@ export const OUTER_TTL = 33;
 
 export interface World {
   fib: FibNs;
+  /** the daemon's programmer */
+  dp: LbDatapath;
+  /** LbDatapath.apply(), committed: the datapath holds exactly these services */
+  apply(services: readonly ServiceSpec[]): Promise<void>;
+  /** reads, counters, and raw writes of the same maps */
   lb: Lb;
   /** test run with lb0 as the ingress interface, inside the FIB namespace */
   run(frame: Buffer): bpf.TestRunResult;
@@ -260,14 +282,48 @@ export interface World {
   maglevM: number;
 }
 
+/**
+ * The FIB namespace and lb.bpf.o opened by LbDatapath as the daemon opens it,
+ * from node settings: outer sources LB_SRC4 and LB_SRC6, TTL OUTER_TTL, each as
+ * `config` says otherwise (an empty source: none for the family; MTU, flow
+ * cache and connection-table lifetimes likewise); `maglevM` the Maglev size. The next-hop lifetime, which no node setting holds, is
+ * written raw.
+ */
 export function world(t: Teardown, o: { maglevM?: number; config?: Partial<L.NodeConfig> } = {}): World {
   const fib = fibNamespace(t);
-  const lb = openLb(t);
-  lb.config({ src4: LB_SRC4, src6: LB_SRC6, ttl: OUTER_TTL, ...o.config });
+  const c = o.config ?? {};
+  const source = (address: string, prefixLength: number | undefined, bits: number) => (address ? { address, prefixLength: prefixLength || bits } : undefined);
+  const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'xdplbt-state-'));
+  t.teardown(() => fs.rmSync(stateDir, { recursive: true, force: true }));
+  const node: NodeSettings = {
+    ...DEFAULT_NODE,
+    interfaces: [],
+    bpffs: pinDir(t),
+    stateDir,
+    maglevSize: o.maglevM || DEFAULT_NODE.maglevSize,
+    outerSource: { ipv4: source(c.src4 ?? LB_SRC4, c.src4PrefixLen, 32), ipv6: source(c.src6 ?? LB_SRC6, c.src6PrefixLen, 128) },
+    ttl: c.ttl ?? OUTER_TTL,
+    mtu: c.mtu ?? 0,
+    flowCache: !((c.flags ?? 0) & L.CFG_F_NO_FLOW_CACHE),
+    conntrack: {
+      tcpTimeout: c.ctTcpS ?? DEFAULT_NODE.conntrack.tcpTimeout,
+      udpTimeout: c.ctUdpS ?? DEFAULT_NODE.conntrack.udpTimeout,
+      closingTimeout: c.ctClosingS ?? DEFAULT_NODE.conntrack.closingTimeout,
+    },
+  };
+  const dp = LbDatapath.open(node, pino({ level: 'silent' }));
+  const lb = new Lb(dp['obj'], node.bpffs);
+  t.teardown(() => {
+    lb.closeTables();
+    dp.uninstall();
+  });
+  if (c.nexthopTtlMs !== undefined) lb.config({ nexthopTtlMs: c.nexthopTtlMs });
   // devmap entries resolve the ifindex in the caller's namespace
   sys.withNetns(fib.ns, () => lb.maps.devmap.update(L.u32(fib.lb1), L.encodeDevmapVal({ ifindex: fib.lb1, progFd: 0 })));
   return {
     fib,
+    dp,
+    apply: async (services) => (await dp.apply(services)).commit(),
     lb,
     run: (frame) => sys.withNetns(fib.ns, () => lb.run(frame, fib.lb0)),
     runAll: (frames) => sys.withNetns(fib.ns, () => frames.map((f) => lb.run(f, fib.lb0))),
@@ -275,8 +331,8 @@ export function world(t: Teardown, o: { maglevM?: number; config?: Partial<L.Nod
   };
 }
 
-/** One service with one Maglev table filled with a single backend. */
-export function oneBackend(w: World, s: ServiceSpec, b: BackendSpec): void {
+/** Raw: one service with one Maglev table filled with a single backend, at the ids given (what apply() decides for the daemon). */
+export function rawOneBackend(w: World, s: RawService, b: RawBackend): void {
   w.lb.service(s);
   w.lb.backend(b);
   w.lb.maglev(s.id, new Uint32Array(w.maglevM).fill(b.id));
@@ -358,4 +414,25 @@ export function tsharkCheck(
   const bad = out.filter((r) => r.malformed || r.errors || [...r.ip, ...r.tcp, ...r.udp, ...r.icmp, ...r.icmpv6].includes('0'));
   t.ok(bad.length === 0, bad.length ? `tshark found problems in frames ${bad.map((b) => b.frame).join(' ')}:\n${tsharkVerbose(file, bad.slice(0, 3).map((b) => frames[b.frame - 1]), checkL4)}` : 'tshark: no malformed frame, no bad checksum, no error');
   return out;
+}
+
+let specs = 0;
+
+/** A service as a client hands it to the daemon, validated: backends as "address" or { address, port }. */
+export function serviceSpec(o: {
+  vip: string;
+  port: number;
+  protocol?: 'tcp' | 'udp';
+  backends: ReadonlyArray<string | { address: string; port?: number; weight?: number }>;
+  flags?: Partial<ServiceFlags>;
+}): ServiceSpec {
+  const backends = o.backends.map((b) => (typeof b === 'string' ? { address: b, port: o.port || 80 } : b));
+  return validateService({ name: `s${++specs}`, vip: o.vip, port: o.port, protocol: o.protocol ?? 'tcp', flags: o.flags, backends });
+}
+
+/** The ids the daemon gave a service and its backends (in the spec's order). */
+export function idsOf(w: World, spec: ServiceSpec): { service: number; backends: number[] } {
+  const ids = w.dp.ids(spec);
+  if (!ids) throw new Error(`${spec.name} is not installed`);
+  return { service: ids.service, backends: spec.backends.map((b) => ids.backends.get(backendKey(b.address, b.port)) as number) };
 }

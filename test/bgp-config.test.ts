@@ -13,6 +13,7 @@ import { birdConfig, parseProtocols } from '../src/bgp/bird';
 import { planVips } from '../src/bgp/speaker';
 import type { ServiceSpec } from '../src/control/model';
 import { DEFAULT_FLAGS } from '../src/control/model';
+import { Address } from '../src/net/address';
 
 const SERVICES = `services:
   - name: web
@@ -95,14 +96,19 @@ t.test('a bad bgp section is refused naming the field (file, line, column)', asy
   t.match(refusal('bgp:\n  asn: 64512\n  peers:\n    - address: 192.0.2.1\n      asn: 1\n'), /bgp\.router_id: is required/);
 });
 
-const svc = (name: string, vip: string, states: Array<'active' | 'draining' | 'down'>, weight = 1): ServiceSpec => ({
-  name,
-  vip,
-  port: 80,
-  protocol: 'tcp',
-  flags: DEFAULT_FLAGS,
-  backends: states.map((state, i) => ({ address: vip.includes(':') ? `2001:db8:200::${i + 1}` : `198.51.100.${i + 1}`, port: 80, weight, state })),
-});
+const svc = (name: string, vip: string, states: Array<'active' | 'draining' | 'down'>, weight = 1): ServiceSpec => {
+  const vipAddress = Address.of(vip);
+  const backend = (i: number) => Address.of(vipAddress.family === 6 ? `2001:db8:200::${i + 1}` : `198.51.100.${i + 1}`);
+  return {
+    name,
+    vip,
+    vipAddress,
+    port: 80,
+    protocol: 'tcp',
+    flags: DEFAULT_FLAGS,
+    backends: states.map((state, i) => ({ address: backend(i).text, ip: backend(i), port: 80, weight, state })),
+  };
+};
 
 t.test('a VIP is announced only while attached, served by a backend of one of its services, and not drained', async (t) => {
   const b = config(BGP).bgp;

@@ -7,9 +7,10 @@ import * as path from 'node:path';
 import t from 'tap';
 import Ajv from 'ajv';
 import { parse as parseYaml } from 'yaml';
-import { CONFIG_SCHEMA, loadConfigFile, parseConfig, schemaText } from '../src/config';
+import { CONFIG_SCHEMA, loadConfigFile, loadConfigFileApart, parseConfig, schemaText } from '../src/config';
 import { XdplbError, type ErrorCode } from '../src/control/errors';
 import { DEFAULT_FLAGS, DEFAULT_NODE } from '../src/control/model';
+import { Address } from '../src/net/address';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const CONFIG_DIR = path.join(ROOT, 'config');
@@ -190,10 +191,11 @@ services:
       {
         name: 's',
         vip: '2001:db8:100::10',
+        vipAddress: Address.of('2001:db8:100::10'),
         port: 443,
         protocol: 'udp',
         flags: { l4Dnat: true, sourceHash: true, conntrackBypass: true, icmpEcho: false },
-        backends: [{ address: '2001:db8:200::11', port: 8443, weight: 3, state: 'down' }],
+        backends: [{ address: '2001:db8:200::11', ip: Address.of('2001:db8:200::11'), port: 8443, weight: 3, state: 'down' }],
       },
     ],
   });
@@ -201,7 +203,7 @@ services:
   t.same(minimal, { node: DEFAULT_NODE, services: [] });
   const s = parseConfig(BASE, 'x.yaml').services[0];
   t.same(s.flags, DEFAULT_FLAGS);
-  t.same(s.backends[0], { address: '198.51.100.11', port: 80, weight: 1, state: 'active' });
+  t.same(s.backends[0], { address: '198.51.100.11', ip: Address.of('198.51.100.11'), port: 80, weight: 1, state: 'active' });
 });
 
 t.test('YAML anchors and aliases are followed', async (t) => {
@@ -218,7 +220,7 @@ t.test('YAML anchors and aliases are followed', async (t) => {
     protocol: tcp
     backends: *pool
 `;
-  t.same(parseConfig(text, 'x.yaml').services[1].backends, [{ address: '198.51.100.11', port: 443, weight: 1, state: 'active' }]);
+  t.same(parseConfig(text, 'x.yaml').services[1].backends, [{ address: '198.51.100.11', ip: Address.of('198.51.100.11'), port: 443, weight: 1, state: 'active' }]);
 });
 
 // ---- errors: file:line:column, field, reason -------------------------------------------
@@ -410,4 +412,18 @@ t.test('loadConfigFile names the file as given', async (t) => {
   fs.writeFileSync(file, edit(17, '        weight: 70000'));
   const e = thrown(() => loadConfigFile(file));
   t.equal(e.message, `${file}:17:17: services[0].backends[1].weight: must be <= 65535, got 70000`);
+});
+
+t.test('a large file, parsed on a worker thread, comes back with its addresses parsed', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'xdplb-apart-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const file = path.join(dir, 'big.yaml');
+  const services = Array.from({ length: 3000 }, (_, i) => `  - {name: s${i}, vip: 2001:DB8:100::${i.toString(16)}, port: 80, protocol: tcp, backends: [{address: 2001:db8:200::1}]}\n`);
+  fs.writeFileSync(file, `services:\n${services.join('')}`);
+  t.ok(fs.statSync(file).size > 256 * 1024, 'large enough for the worker');
+  const c = await loadConfigFileApart(file);
+  t.equal(c.services.length, 3000);
+  t.ok(c.services[10].vipAddress instanceof Address, 'an Address, not a structured clone of one');
+  t.ok(c.services[10].vipAddress.equals(Address.of('2001:db8:100::a')));
+  t.ok(c.services[10].backends[0].ip instanceof Address);
 });

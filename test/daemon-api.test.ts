@@ -10,6 +10,7 @@ import * as bpf from '../src/datapath/bpf';
 import * as sys from '../src/sys/system';
 import * as L from '../src/datapath/layout';
 import { vipFilterBit } from '../src/datapath/flowhash';
+import { Address } from '../src/net/address';
 import { daemonFixture, reflectedServices, rpc } from '../harness/daemon';
 import { needsRoot } from '../harness/fixtures';
 
@@ -82,7 +83,7 @@ function vipFilter(bpffs: string): { set: number[]; needed: number[] } {
       const word = dump.values.readBigUInt64LE(i * 8);
       for (let b = 0; b < 64; b++) if ((word >> BigInt(b)) & 1n) set.push(dump.keys.readUInt32LE(i * 4) * 64 + b);
     }
-    const needed = new Set(serviceMapEntries(bpffs).filter((e) => !isVipEntry(e)).map((e) => vipFilterBit(e.vip)));
+    const needed = new Set(serviceMapEntries(bpffs).filter((e) => !isVipEntry(e)).map((e) => vipFilterBit(Address.of(e.vip))));
     return { set: set.sort((a, b) => a - b), needed: [...needed].sort((a, b) => a - b) };
   } finally {
     filter.close();

@@ -9,7 +9,7 @@ import { flowHash, type Flow } from '../src/datapath/flowhash';
 import { buildTable } from '../src/maglev';
 import * as P from '../harness/packets';
 import {
-  world, oneBackend, decap, tsharkCheck, scratch, type World,
+  world, rawOneBackend, decap, tsharkCheck, scratch, type World,
   VIP4, VIP6, CLIENT4, CLIENT6, OUTER_TTL, ROUTER_MAC, PMTU_ROUTE_MTU,
 } from '../harness/datapath';
 import { needsRoot } from '../harness/fixtures';
@@ -116,7 +116,7 @@ t.test('an ICMP error follows the flow with connection-table bypass too (same ha
 
 t.test('ICMP errors that do not quote a VIP flow go to the kernel', needsRoot, (t) => {
   const w = world(t);
-  oneBackend(w, { vip: VIP4, port: 80, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.1' });
+  rawOneBackend(w, { vip: VIP4, port: 80, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.1' });
   const f: Flow = { src: CLIENT4, dst: VIP4, sport: 1111, dport: 80, proto: TCP };
   const cases: Array<[Buffer, string]> = [
     [P.ipv4({ src: '192.0.2.1', dst: VIP4 }, P.icmpError({ type: 3, code: 1, quoted: reply({ ...f, dport: 81 }) })), 'pass_not_vip'],
@@ -144,7 +144,7 @@ t.test('ICMP errors that do not quote a VIP flow go to the kernel', needsRoot, (
 
 t.test('an ICMP error too big for the tunnel is dropped, never answered with another error', needsRoot, (t) => {
   const w = world(t);
-  oneBackend(w, { vip: VIP4, port: 80, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.70' });
+  rawOneBackend(w, { vip: VIP4, port: 80, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.70' });
   const big = P.ipv4({ src: VIP4, dst: CLIENT4 }, P.tcp({ sport: 80, dport: 1111, payload: Buffer.alloc(1400) }));
   const e = P.ipv4({ src: '192.0.2.1', dst: VIP4 }, P.icmpError({ type: 11, code: 0, quoted: big }));
   t.ok(e.length + 20 > PMTU_ROUTE_MTU);
@@ -233,7 +233,7 @@ t.test('too big once encapsulated: ICMP fragmentation needed / packet too big wi
     const w = world(t, { config: c.configMtu ? { mtu: c.configMtu } : {} });
     const vip = c.v6 ? VIP6 : VIP4;
     const client = c.v6 ? CLIENT6 : CLIENT4;
-    oneBackend(w, { vip, port: 443, proto: TCP, id: 1 }, { id: 1, address: c.backend });
+    rawOneBackend(w, { vip, port: 443, proto: TCP, id: 1 }, { id: 1, address: c.backend });
     const hdr = c.v6 ? 40 : 20;
     const payload = Buffer.alloc(c.size - hdr - 20);
     for (let i = 0; i < payload.length; i++) payload[i] = i & 0xff;
@@ -304,8 +304,8 @@ t.test('too big once encapsulated: ICMP fragmentation needed / packet too big wi
 
 t.test('what fits is forwarded; IPv4 without DF that does not fit is dropped and counted', needsRoot, (t) => {
   const w = world(t);
-  oneBackend(w, { vip: VIP4, port: 443, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.70' });
-  oneBackend(w, { vip: VIP6, port: 443, proto: TCP, id: 2 }, { id: 2, address: '2001:db8:164::1' });
+  rawOneBackend(w, { vip: VIP4, port: 443, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.70' });
+  rawOneBackend(w, { vip: VIP6, port: 443, proto: TCP, id: 2 }, { id: 2, address: '2001:db8:164::1' });
   const mk = (v6: boolean, size: number, df = true) => {
     const l4 = P.tcp({ sport: 50000, dport: 443, flags: P.TCP_ACK, payload: Buffer.alloc(size - (v6 ? 60 : 40)) });
     return P.ether(v6 ? P.ipv6({ src: CLIENT6, dst: VIP6 }, l4) : P.ipv4({ src: CLIENT4, dst: VIP4, df }, l4));

@@ -10,19 +10,21 @@ import * as path from 'node:path';
 import pino from 'pino';
 import * as L from '../src/datapath/layout';
 import { LbDatapath } from '../src/datapath/lb';
-import { DEFAULT_FLAGS, DEFAULT_NODE, type NodeSettings, type ServiceSpec } from '../src/control/model';
+import { backendKey, DEFAULT_FLAGS, DEFAULT_NODE, type NodeSettings, type ServiceSpec } from '../src/control/model';
+import { validateService } from '../src/control/validate';
 import { needsRoot, pinDir } from '../harness/fixtures';
 
 const silent = pino({ level: 'silent' });
 
-const service = (name: string, vip: string, backends: string[]): ServiceSpec => ({
-  name,
-  vip,
-  port: 80,
-  protocol: 'tcp',
-  flags: { ...DEFAULT_FLAGS },
-  backends: backends.map((address) => ({ address, port: 80, weight: 1, state: 'active' })),
-});
+const service = (name: string, vip: string, backends: string[]): ServiceSpec =>
+  validateService({
+    name,
+    vip,
+    port: 80,
+    protocol: 'tcp',
+    flags: { ...DEFAULT_FLAGS },
+    backends: backends.map((address) => ({ address, port: 80, weight: 1, state: 'active' })),
+  });
 
 t.test("a removed backend's id rests across a restart: another service's new backend gets another id", needsRoot, async (t) => {
   const stateDir = fs.mkdtempSync(path.join(os.tmpdir(), 'xdplb-ids-'));
@@ -33,7 +35,7 @@ t.test("a removed backend's id rests across a restart: another service's new bac
 
   const a = service('a', '203.0.113.10', ['198.51.100.1', '198.51.100.2']);
   (await dp.apply([a])).commit();
-  const removed = dp.ids(a)!.backends.get('198.51.100.2|80')!;
+  const removed = dp.ids(a)!.backends.get(backendKey('198.51.100.2', 80))!;
   const aId = dp.ids(a)!.service;
   const a1 = service('a', '203.0.113.10', ['198.51.100.1']);
   (await dp.apply([a1])).commit();
@@ -45,11 +47,11 @@ t.test("a removed backend's id rests across a restart: another service's new bac
   (await dp.apply([a1, b])).commit();
   const bIds = [...dp.ids(b)!.backends.values()];
   t.notOk(bIds.includes(removed), `the freed id ${removed} is not handed out again (got ${bIds.join(', ')})`);
-  t.same([...dp.ids(a1)!.backends.values()], [dp.ids(a)?.backends.get('198.51.100.1|80')], 'the kept backend keeps its id');
+  t.same([...dp.ids(a1)!.backends.values()], [dp.ids(a)?.backends.get(backendKey('198.51.100.1', 80))], 'the kept backend keeps its id');
 
   const backends = dp['maps'].backends;
   t.match(L.decodeBackend(backends.lookup(L.u32(bIds[0]))!), { address: '198.51.100.3', serviceId: dp.ids(b)!.service }, "a backend names its service's id");
-  t.match(L.decodeBackend(backends.lookup(L.u32(dp.ids(a1)!.backends.get('198.51.100.1|80')!))!), { serviceId: aId });
+  t.match(L.decodeBackend(backends.lookup(L.u32(dp.ids(a1)!.backends.get(backendKey('198.51.100.1', 80))!))!), { serviceId: aId });
   t.match(L.decodeBackend(backends.lookup(L.u32(removed))!), { address: '', state: L.BACKEND_NONE }, 'the freed slot stays empty');
 });
 

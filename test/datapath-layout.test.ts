@@ -299,7 +299,6 @@ t.test('addresses round-trip through the 16-byte map form in canonical text', (t
     const fam = L.familyOf(a);
     t.equal(L.addressText(L.address16(a), fam), a, a);
   }
-  t.equal(L.addressBytes('::ffff:192.0.2.1').toString('hex'), '00000000000000000000ffffc0000201');
   t.throws(() => L.familyOf('not-an-ip'), RangeError);
   t.end();
 });

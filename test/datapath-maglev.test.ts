@@ -10,6 +10,7 @@ import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import { flowHash, outerSource, vipFilterBit, type Flow } from '../src/datapath/flowhash';
 import { buildTable, DEFAULT_M, MAX_M, type MaglevBackend } from '../src/maglev';
+import { Address } from '../src/net/address';
 import * as P from '../harness/packets';
 import { world, decap, VIP4, VIP6, type World } from '../harness/datapath';
 import { DEFAULT_NODE, type NodeSettings } from '../src/control/model';
@@ -254,7 +255,7 @@ t.test('the VIP filter: a destination whose bit is clear is no VIP, the bit Type
     const before = w.lb.reason('pass_not_vip');
     const frame = packet(f(2));
     const r = w.run(frame);
-    t.equal(r.retval, bpf.XDP_PASS, `${vip}: bit ${vipFilterBit(vip)} clear: passed`);
+    t.equal(r.retval, bpf.XDP_PASS, `${vip}: bit ${vipFilterBit(Address.of(vip))} clear: passed`);
     t.same(r.data, frame, 'unchanged');
     t.equal(w.lb.reason('pass_not_vip'), before + 1n, 'as not for a VIP');
     w.lb.vipFilterBit(vip, true);

@@ -10,7 +10,7 @@ import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import * as P from '../harness/packets';
 import {
-  world, oneBackend, decap, tsharkCheck, scratch, type World,
+  world, serviceSpec, decap, tsharkCheck, scratch, type World,
   VIP4, VIP6, CLIENT4, CLIENT6, LB_SRC4, LB_SRC6, OUTER_TTL, ROUTER_MAC, BACKEND_MAC,
 } from '../harness/datapath';
 import { needsRoot, sh } from '../harness/fixtures';
@@ -69,7 +69,7 @@ interface Relay {
   srcMac: (w: World) => string;
 }
 
-t.test('a router\'s frag needed / packet too big about a tunnel packet is recorded and relayed to the client, byte by byte', needsRoot, (t) => {
+t.test('a router\'s frag needed / packet too big about a tunnel packet is recorded and relayed to the client, byte by byte', needsRoot, async (t) => {
   const cases: Relay[] = [
     { what: 'IPv4, client behind the ingress interface', v6: false, client: CLIENT4, backend: '198.51.100.10', mtu: 1400, verdict: bpf.XDP_TX, reason: 'pmtu_relay_tx', dstMac: P.CLIENT_MAC, srcMac: (w) => w.fib.lb0Mac },
     { what: 'IPv6, client behind the ingress interface', v6: true, client: CLIENT6, backend: '2001:db8:100::1', mtu: 1400, verdict: bpf.XDP_TX, reason: 'pmtu_relay_tx', dstMac: P.CLIENT_MAC, srcMac: (w) => w.fib.lb0Mac },
@@ -84,7 +84,7 @@ t.test('a router\'s frag needed / packet too big about a tunnel packet is record
     clientOnLb0(w);
     const vip = c.v6 ? VIP6 : VIP4;
     const hdr = c.v6 ? 40 : 20;
-    oneBackend(w, { vip, port: 443, proto: TCP, id: 1 }, { id: 1, address: c.backend });
+    await w.apply([serviceSpec({ vip, port: 443, backends: [c.backend] })]);
     const inner = clientPacket(c.v6, c.client, 1450);
     const fwd = w.run(P.ether(inner));
     t.equal(fwd.retval, bpf.XDP_TX, `${c.what}: the client's packet goes to the backend`);
@@ -155,7 +155,7 @@ t.test('after a report, client packets over the path MTU get the load balancer\'
     clientOnLb0(w);
     const backend = v6 ? '2001:db8:100::1' : '198.51.100.10';
     const hdr = v6 ? 40 : 20;
-    oneBackend(w, { vip: v6 ? VIP6 : VIP4, port: 443, proto: TCP, id: 1 }, { id: 1, address: backend });
+    await w.apply([serviceSpec({ vip: v6 ? VIP6 : VIP4, port: 443, backends: [backend] })]);
     const client = v6 ? CLIENT6 : CLIENT4;
     const fwd = w.run(P.ether(clientPacket(v6, client, 1450)));
     t.equal(fwd.retval, bpf.XDP_TX, 'fits the route MTU 1500 before any report');
@@ -180,7 +180,7 @@ t.test('after a report, client packets over the path MTU get the load balancer\'
 
 t.test('an expired path MTU no longer counts', needsRoot, async (t) => {
   const w = world(t, { config: { nexthopTtlMs: 1 } });
-  oneBackend(w, { vip: VIP4, port: 443, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.10' });
+  await w.apply([serviceSpec({ vip: VIP4, port: 443, backends: ['198.51.100.10'] })]);
   w.lb.maps.pmtu.update(L.encodePmtuKey('198.51.100.10'), L.encodePmtu({ mtu: 1000, expiresNs: process.hrtime.bigint() + 10_000_000_000n }));
   t.equal(w.run(P.ether(clientPacket(false, CLIENT4, 1000))).retval, bpf.XDP_TX);
   t.equal(w.lb.reason('pmtu_reply'), 1n, 'a live entry lowers the MTU');
@@ -188,13 +188,14 @@ t.test('an expired path MTU no longer counts', needsRoot, async (t) => {
   await new Promise((res) => setTimeout(res, 30));
   t.equal(w.run(P.ether(clientPacket(false, CLIENT4, 1000))).retval, bpf.XDP_TX);
   t.equal(w.lb.reason('forward_tx'), 1n, 'an expired one does not');
-  t.end();
 });
 
-t.test('other ICMP errors about tunnel packets are dropped and counted; the path MTU is recorded even when the client cannot be reached', needsRoot, (t) => {
+t.test('other ICMP errors about tunnel packets are dropped and counted; the path MTU is recorded even when the client cannot be reached', needsRoot, async (t) => {
   const w = world(t);
-  oneBackend(w, { vip: VIP4, port: 443, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.10' });
-  oneBackend(w, { vip: VIP6, port: 443, proto: TCP, id: 2 }, { id: 2, address: '2001:db8:100::1' });
+  await w.apply([
+    serviceSpec({ vip: VIP4, port: 443, backends: ['198.51.100.10'] }),
+    serviceSpec({ vip: VIP6, port: 443, backends: ['2001:db8:100::1'] }),
+  ]);
   const t4 = tunnelPacket(w.run(P.ether(clientPacket(false, CLIENT4, 1450))).data);
   const t6 = tunnelPacket(w.run(P.ether(clientPacket(true, CLIENT6, 1450))).data);
   const cases: Array<[string, Buffer, string]> = [
@@ -214,12 +215,11 @@ t.test('other ICMP errors about tunnel packets are dropped and counted; the path
     t.equal(w.lb.reason(reason) - before, 1n, `${what}: ${reason}`);
   }
   t.same(pmtuEntries(w).map((e) => `${e.address} ${e.mtu}`).sort(), ['198.51.100.10 1400', '2001:db8:100::1 1400'], 'recorded once the error names the inner flow');
-  t.end();
 });
 
-t.test('exact outer source: only ICMP errors about tunnel packets are taken, the node\'s own traffic reaches its kernel', needsRoot, (t) => {
+t.test('exact outer source: only ICMP errors about tunnel packets are taken, the node\'s own traffic reaches its kernel', needsRoot, async (t) => {
   const w = world(t);
-  oneBackend(w, { vip: VIP4, port: 443, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.10' });
+  await w.apply([serviceSpec({ vip: VIP4, port: 443, backends: ['198.51.100.10'] })]);
   const other = P.ipv4({ src: '192.0.2.77', dst: LB_SRC4 }, P.rawL4(4, Buffer.alloc(0)));
   const cases: Array<[string, Buffer, string]> = [
     ['SSH to the node', P.ether(P.ipv4({ src: ROUTER4, dst: LB_SRC4 }, P.tcp({ sport: 50000, dport: 22, flags: P.TCP_SYN }))), 'pass_not_vip'],
@@ -236,14 +236,15 @@ t.test('exact outer source: only ICMP errors about tunnel packets are taken, the
     t.equal(w.lb.reason(reason) - before, 1n, `${what}: ${reason}`);
   }
   t.equal(w.lb.reason('drop_outer_source'), 0n);
-  t.end();
 });
 
-t.test('outer source prefix: everything but ICMP errors about tunnel packets is dropped and counted, never handed to the kernel', needsRoot, (t) => {
+t.test('outer source prefix: everything but ICMP errors about tunnel packets is dropped and counted, never handed to the kernel', needsRoot, async (t) => {
   const w = world(t, { config: { src4: '198.51.100.192', src4PrefixLen: 26, src6: '2001:db8:5::', src6PrefixLen: 64 } });
   clientOnLb0(w);
-  oneBackend(w, { vip: VIP4, port: 443, proto: TCP, id: 1 }, { id: 1, address: '198.51.100.10' });
-  oneBackend(w, { vip: VIP6, port: 443, proto: TCP, id: 2 }, { id: 2, address: '2001:db8:100::1' });
+  await w.apply([
+    serviceSpec({ vip: VIP4, port: 443, backends: ['198.51.100.10'] }),
+    serviceSpec({ vip: VIP6, port: 443, backends: ['2001:db8:100::1'] }),
+  ]);
   const t4 = tunnelPacket(w.run(P.ether(clientPacket(false, CLIENT4, 1450))).data);
   const t6 = tunnelPacket(w.run(P.ether(clientPacket(true, CLIENT6, 1450))).data);
   t.equal(w.run(routerError(t4, { mtu: 1400 })).retval, bpf.XDP_TX, 'IPv4 error to a prefix address: relayed');
@@ -264,20 +265,18 @@ t.test('outer source prefix: everything but ICMP errors about tunnel packets is 
   }
   const outside = P.ether(P.ipv4({ src: ROUTER4, dst: '198.51.100.191' }, P.tcp({ sport: 1, dport: 22, flags: P.TCP_SYN })));
   t.equal(w.run(outside).retval, bpf.XDP_PASS, 'the address just below the prefix: to the kernel');
-  t.end();
 });
 
-t.test('VIP traffic and ICMP errors about VIP flows are untouched by the outer source handling', needsRoot, (t) => {
+t.test('VIP traffic and ICMP errors about VIP flows are untouched by the outer source handling', needsRoot, async (t) => {
   const w = world(t, { config: { src4: '198.51.100.192', src4PrefixLen: 26 } });
-  oneBackend(w, { vip: VIP4, port: 53, proto: UDP, id: 1 }, { id: 1, address: '198.51.100.10' });
+  await w.apply([serviceSpec({ vip: VIP4, port: 53, protocol: 'udp', backends: ['198.51.100.10'] })]);
   const r = w.run(P.ether(clientPacket(false, CLIENT4, 200, UDP, 53)));
   t.equal(r.retval, bpf.XDP_TX);
   t.equal(decap(r.data).outer4!.src.startsWith('198.51.100.'), true);
   t.equal(w.lb.reason('drop_outer_source') + w.lb.reason('drop_tunnel_icmp'), 0n);
-  t.end();
 });
 
-t.test('L4 DNAT: the relayed error quotes the client\'s packet as sent, service port and L4 checksum restored', needsRoot, (t) => {
+t.test('L4 DNAT: the relayed error quotes the client\'s packet as sent, service port and L4 checksum restored', needsRoot, async (t) => {
   const frames: Buffer[] = [];
   for (const [v6, proto, cut] of [[false, TCP, undefined], [true, TCP, undefined], [false, UDP, undefined], [true, UDP, undefined], [false, TCP, 20 + 20 + 8]] as const) {
     const w = world(t);
@@ -285,9 +284,8 @@ t.test('L4 DNAT: the relayed error quotes the client\'s packet as sent, service 
     const vip = v6 ? VIP6 : VIP4;
     const client = v6 ? CLIENT6 : CLIENT4;
     const hdr = v6 ? 40 : 20;
-    oneBackend(w, { vip, port: 8000, proto, id: 1, flags: L.SVC_F_L4_DNAT }, { id: 1, address: v6 ? '2001:db8:100::1' : '198.51.100.10', port: 8080 });
-    // as the daemon writes it for a DNAT service (lb.ts writeRevNat)
-    w.lb.maps.revnat.update(L.encodeRevNatKey({ vip, proto, backendPort: 8080 }), L.encodeRevNat(8000));
+    const protocol = proto === TCP ? 'tcp' : 'udp';
+    await w.apply([serviceSpec({ vip, port: 8000, protocol, backends: [{ address: v6 ? '2001:db8:100::1' : '198.51.100.10', port: 8080 }], flags: { l4Dnat: true } })]);
     const inner = clientPacket(v6, client, 1450, proto, 8000);
     const fwd = w.run(P.ether(inner));
     t.equal(fwd.retval, bpf.XDP_TX);

@@ -8,7 +8,7 @@ import * as L from '../src/datapath/layout';
 import { compileFilters, entryKey, matchCompiled, matches, parseFilter, recFilterBits, recFilterWords, ruleIdsOf, type Filter, type Prefix, type RuleFilters, type Tuple } from '../src/recorder/filter';
 import { RecorderMaps as DaemonRecorderMaps } from '../src/recorder/datapath';
 import * as P from '../harness/packets';
-import { world, oneBackend, decap, ipPacket, tsharkCheck, scratch, VIP4, VIP6, CLIENT4, CLIENT6 } from '../harness/datapath';
+import { world, serviceSpec, idsOf, decap, ipPacket, tsharkCheck, scratch, VIP4, VIP6, CLIENT4, CLIENT6, type World } from '../harness/datapath';
 import { recorderMaps, collector, entryCaplen, type Sample } from '../harness/datapath-recorder';
 import { needsRoot } from '../harness/fixtures';
 import { decodeSampleBatch, type Sample as RecordedSample, type SampleBatch } from '../src/recorder/datapath';
@@ -19,14 +19,26 @@ const BACKEND4 = '198.51.100.10';
 const BACKEND6 = '2001:db8:100::10';
 const SPORT = 40000;
 
-/** A world with one TCP service on port 80 per family, one backend each (ids 4 and 6). */
-function recWorld(t: Parameters<typeof world>[0]) {
+/**
+ * One TCP service on port 80 to BACKEND4 (and one to BACKEND6), as the daemon
+ * writes them: the backends' ids by family. The VIPs do not answer echo: an
+ * XDP_TX here is a forwarded packet, recorded at both points.
+ */
+async function serve(w: World, families: ReadonlyArray<4 | 6> = [4, 6]): Promise<Record<4 | 6, number>> {
+  const specs = families.map((f) => serviceSpec({ vip: f === 4 ? VIP4 : VIP6, port: 80, backends: [f === 4 ? BACKEND4 : BACKEND6], flags: { icmpEcho: false } }));
+  await w.apply(specs);
+  const ids = { 4: -1, 6: -1 };
+  families.forEach((f, i) => (ids[f] = idsOf(w, specs[i]).backends[0]));
+  return ids;
+}
+
+/** A world with one TCP service on port 80 per family, one backend each. */
+async function recWorld(t: Parameters<typeof world>[0]) {
   const w = world(t);
-  oneBackend(w, { vip: VIP4, port: 80, proto: TCP, id: 1 }, { id: 4, address: BACKEND4 });
-  oneBackend(w, { vip: VIP6, port: 80, proto: TCP, id: 2 }, { id: 6, address: BACKEND6 });
+  const backendIds = await serve(w);
   const rec = recorderMaps(t, w.lb.obj);
   const ring = collector(t, rec.ring);
-  return { w, rec, ring };
+  return { w, rec, ring, backendIds };
 }
 
 function flowFrame(family: 4 | 6, o: { src?: string; dst?: string; sport?: number; dport?: number; payload?: number } = {}): Buffer {
@@ -39,7 +51,7 @@ function flowFrame(family: 4 | 6, o: { src?: string; dst?: string; sport?: numbe
 const byTime = (a: Sample, b: Sample) => (a.meta.tsNs < b.meta.tsNs ? -1 : a.meta.tsNs > b.meta.tsNs ? 1 : 0);
 
 t.test('recorder off (n_masks 0, entries still there): no sample, frames and verdicts as without a recorder', needsRoot, async (t) => {
-  const { w, rec, ring } = recWorld(t);
+  const { w, rec, ring } = await recWorld(t);
   const frames = [flowFrame(4), flowFrame(6), flowFrame(4, { dst: '192.0.2.2', dport: 22 })];
   const before = w.runAll(frames);
   rec.program(compileFilters([parseFilter('')]));
@@ -61,7 +73,7 @@ t.test('recorder off (n_masks 0, entries still there): no sample, frames and ver
 
 t.test('the reader thread decodes the samples: in time order, every field and byte as the datapath wrote it', needsRoot, async (t) => {
   const w = world(t);
-  oneBackend(w, { vip: VIP4, port: 80, proto: TCP, id: 1 }, { id: 4, address: BACKEND4 });
+  const backendIds = await serve(w, [4]);
   const rec = recorderMaps(t, w.lb.obj);
   const batches: SampleBatch[] = [];
   const reader = new bpf.RecorderSampleReader(rec.ring, (b) => batches.push(b));
@@ -85,18 +97,18 @@ t.test('the reader thread decodes the samples: in time order, every field and by
   frames.forEach((frame, i) => {
     const [sin, sout] = [samples[2 * i], samples[2 * i + 1]];
     t.same({ ...sin, tsNs: 0n, cpu: 0 }, { tsNs: 0n, rules: 1n << 37n, origLen: frame.length, point: 'in', ifindex: w.fib.lb0, backendId: undefined, family: 4, cpu: 0, data: frame }, `packet ${i} in: fields and the frame as received`);
-    t.same({ ...sout, tsNs: 0n, cpu: 0 }, { tsNs: 0n, rules: 1n << 37n, origLen: out[i].data.length, point: 'out', ifindex: w.fib.lb0, backendId: 4, family: 4, cpu: 0, data: out[i].data }, `packet ${i} out: fields and the frame as sent`);
+    t.same({ ...sout, tsNs: 0n, cpu: 0 }, { tsNs: 0n, rules: 1n << 37n, origLen: out[i].data.length, point: 'out', ifindex: w.fib.lb0, backendId: backendIds[4], family: 4, cpu: 0, data: out[i].data }, `packet ${i} out: fields and the frame as sent`);
   });
 });
 
 for (const family of [4, 6] as const) {
   const client = family === 4 ? CLIENT4 : CLIENT6;
   const vip = family === 4 ? VIP4 : VIP6;
-  const backendId = family === 4 ? 4 : 6;
   const host = family === 4 ? 32 : 128;
 
   t.test(`IPv${family}: an exact filter on a VIP flow records each packet as received and as sent`, needsRoot, async (t) => {
-    const { w, rec, ring } = recWorld(t);
+    const { w, rec, ring, backendIds } = await recWorld(t);
+    const backendId = backendIds[family];
     rec.program(compileFilters([parseFilter(`src=${client}/${host} dst=${vip}/${host} sport=${SPORT} dport=80 proto=tcp`)]));
     const frames = [0, 1, 2].map((i) => flowFrame(family, { payload: 100 + i * 300 }));
     const t0 = process.hrtime.bigint();
@@ -135,7 +147,7 @@ for (const family of [4, 6] as const) {
   });
 
   t.test(`IPv${family}: the cap length cuts the copy, not the original length`, needsRoot, async (t) => {
-    const { w, rec, ring } = recWorld(t);
+    const { w, rec, ring } = await recWorld(t);
     rec.program(compileFilters([parseFilter(`dst=${vip}/${host} dport=80`)]), () => 64);
     const frame = flowFrame(family, { payload: 700 });
     const r = w.run(frame);
@@ -153,7 +165,7 @@ for (const family of [4, 6] as const) {
 }
 
 t.test('rules of several matching entries, through different masks, are ORed; the copy is the longest cap length', needsRoot, async (t) => {
-  const { w, rec, ring } = recWorld(t);
+  const { w, rec, ring } = await recWorld(t);
   const caplens: Record<number, number> = { 0: 100, 5: 200, 9: 0, 63: 150 };
   const rules: RuleFilters[] = [
     { ruleId: 0, filters: [parseFilter(`dst=${VIP4}/32 dport=80 proto=tcp`)] },
@@ -185,7 +197,7 @@ t.test('rules of several matching entries, through different masks, are ORed; th
 
 for (const family of [4, 6] as const) {
   t.test(`IPv${family}: the filter in front of the hash: an entry is looked up only through its two bits, the ones TypeScript computes`, needsRoot, async (t) => {
-    const { w, rec, ring } = recWorld(t);
+    const { w, rec, ring } = await recWorld(t);
     const client = family === 4 ? CLIENT4 : CLIENT6;
     const vip = family === 4 ? VIP4 : VIP6;
     const host = family === 4 ? 32 : 128;
@@ -232,7 +244,7 @@ for (const family of [4, 6] as const) {
 }
 
 t.test('one mask: its filter bits decide, read before the match (inline), as with more masks', needsRoot, async (t) => {
-  const { w, rec, ring } = recWorld(t);
+  const { w, rec, ring } = await recWorld(t);
   const c = compileFilters([parseFilter(`src=${CLIENT4}/32 dport=80 proto=tcp`)]);
   t.equal(c.maskSlots, 1);
   rec.program(c);
@@ -251,7 +263,7 @@ t.test('one mask: its filter bits decide, read before the match (inline), as wit
 });
 
 t.test("the memo: a tuple's match is reused until gen moves on, and not at all with REC_F_NO_MEMO", needsRoot, async (t) => {
-  const { w, rec, ring } = recWorld(t);
+  const { w, rec, ring } = await recWorld(t);
   // three shapes; the packet hits the last one
   const shapes = [parseFilter('dst=198.51.100.0/32 dport=1000'), parseFilter('dst=198.51.100.0/24')];
   const c = compileFilters([...shapes, parseFilter(`src=${CLIENT4}/32 dport=80 proto=tcp`)]);
@@ -299,7 +311,7 @@ t.test("the memo: a tuple's match is reused until gen moves on, and not at all w
 });
 
 t.test("the daemon's writes: filter bits set before their entries are inserted, cleared only after their entries are deleted", needsRoot, async (t) => {
-  const { w, rec, ring } = recWorld(t);
+  const { w, rec, ring } = await recWorld(t);
   const maps = DaemonRecorderMaps.open(w.lb.pinRoot);
   if (!maps) throw new Error('no recorder maps pinned');
   t.teardown(() => maps.close());
@@ -348,7 +360,7 @@ t.test("the daemon's writes: filter bits set before their entries are inserted, 
 });
 
 t.test('packets that match nothing, or are not parsed, emit nothing', needsRoot, async (t) => {
-  const { w, rec, ring } = recWorld(t);
+  const { w, rec, ring } = await recWorld(t);
   rec.program(compileFilters([parseFilter(`src=${CLIENT4}/32 dport=80 proto=tcp`), parseFilter('dst=2001:db8:f00::/48 sport=1')]));
   const frames = [
     flowFrame(4, { src: '192.0.2.101' }), // another client
@@ -365,7 +377,7 @@ t.test('packets that match nothing, or are not parsed, emit nothing', needsRoot,
 });
 
 t.test('the inbound point records packets for no VIP too (the hook sits after parse, before the service lookup)', needsRoot, async (t) => {
-  const { w, rec, ring } = recWorld(t);
+  const { w, rec, ring } = await recWorld(t);
   rec.program(compileFilters([parseFilter('src=192.0.2.0/24')]));
   const frame = flowFrame(4, { dst: '192.0.2.2', dport: 22 });
   const r = w.run(frame);
@@ -378,7 +390,7 @@ t.test('the inbound point records packets for no VIP too (the hook sits after pa
 });
 
 t.test('an ICMP error about a recorded flow is recorded with it, at both points: its tuple is the quoted flow', needsRoot, async (t) => {
-  const { w, rec, ring } = recWorld(t);
+  const { w, rec, ring, backendIds } = await recWorld(t);
   rec.program(compileFilters([parseFilter(`src=${CLIENT4}/32 sport=${SPORT} dport=80 proto=tcp`)]));
   t.equal(w.run(flowFrame(4)).retval, bpf.XDP_TX, 'the flow');
   t.equal((await ring.next(2)).length, 2, 'the flow: in and out');
@@ -387,14 +399,14 @@ t.test('an ICMP error about a recorded flow is recorded with it, at both points:
   const r = w.run(err);
   t.equal(r.retval, bpf.XDP_TX, 'the error goes to the backend of the quoted flow');
   const s = (await ring.next(2)).sort(byTime);
-  t.same(s.map((x) => [x.meta.point, x.meta.rules, x.meta.backendId]), [[L.CAPTURE_IN, 1n, L.NO_BACKEND], [L.CAPTURE_OUT, 1n, 4]]);
+  t.same(s.map((x) => [x.meta.point, x.meta.rules, x.meta.backendId]), [[L.CAPTURE_IN, 1n, L.NO_BACKEND], [L.CAPTURE_OUT, 1n, backendIds[4]]]);
   t.same(s[0].data, err, 'in: the ICMP error as received');
   t.same(s[1].data, r.data, 'out: encapsulated');
 });
 
 t.test('without a reader the samples are counted as output failures, and forwarding goes on', needsRoot, async (t) => {
   const w = world(t);
-  oneBackend(w, { vip: VIP4, port: 80, proto: TCP, id: 1 }, { id: 4, address: BACKEND4 });
+  await serve(w, [4]);
   const rec = recorderMaps(t, w.lb.obj);
   rec.program(compileFilters([parseFilter('')]));
   const r = w.runAll([flowFrame(4), flowFrame(4)]);
@@ -483,7 +495,7 @@ t.test('the BPF match equals filter.ts on 10,000 random packets × 20 random fil
   const seed = Number(process.env.XDPLB_REC_SEED ?? Date.now() % 1_000_000);
   t.comment(`seed ${seed} (XDPLB_REC_SEED=${seed} replays it)`);
   const R = randomWorld(seed);
-  const { w, rec, ring } = recWorld(t);
+  const { w, rec, ring } = await recWorld(t);
   const SETS = 20;
   const PER_SET = 500;
   let mismatches = 0;
@@ -553,7 +565,7 @@ t.test('the BPF match equals filter.ts on 10,000 random packets × 20 random fil
 });
 
 t.test('32 masks and 100,000 entries load, and packets find entries in the first and the last mask', needsRoot, async (t) => {
-  const { w, rec, ring } = recWorld(t);
+  const { w, rec, ring } = await recWorld(t);
   // 32 shapes: IPv4 source prefixes /1../32, each with exact dst, dport, proto
   const filters: RuleFilters[] = [];
   const byRule = new Map<number, Filter[]>();

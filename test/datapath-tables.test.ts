@@ -12,7 +12,7 @@ import { LbDatapath } from '../src/datapath/lb';
 import { Controller } from '../src/control/controller';
 import { ServiceStore } from '../src/control/store';
 import { validateService } from '../src/control/validate';
-import { DEFAULT_NODE, type NodeSettings, type ServiceSpec } from '../src/control/model';
+import { backendKey, DEFAULT_NODE, type NodeSettings, type ServiceSpec } from '../src/control/model';
 import { TableStream, buildTable } from '../src/maglev';
 import { needsRoot, pinDir, type Teardown } from '../harness/fixtures';
 
@@ -44,7 +44,7 @@ function kernelTable(bpffs: string, id: number): number[] {
 function expected(dp: LbDatapath, spec: ServiceSpec): number[] {
   const ids = dp.ids(spec);
   if (!ids) throw new Error(`${spec.name} not installed`);
-  const set = spec.backends.map((b) => ({ id: ids.backends.get(`${b.address}|${b.port}`) as number, key: `${b.address}:${b.port}`, weight: b.weight }));
+  const set = spec.backends.map((b) => ({ id: ids.backends.get(backendKey(b.address, b.port)) as number, key: `${b.address}:${b.port}`, weight: b.weight }));
   return [...buildTable(set, M)];
 }
 

@@ -13,7 +13,7 @@ import pino from 'pino';
 import { parseConfig } from '../src/config';
 import { Controller, type DatapathChange, type DatapathSink } from '../src/control/controller';
 import { XdplbError } from '../src/control/errors';
-import type { HealthCheckSpec, ServiceSpec } from '../src/control/model';
+import type { HealthCheckSpec, ServiceSpec, StoredService } from '../src/control/model';
 import { ServiceStore } from '../src/control/store';
 import { validateService } from '../src/control/validate';
 import { HealthChecker } from '../src/health/checker';
@@ -151,7 +151,7 @@ async function controller(t: Teardown) {
   return { c, sink, store };
 }
 
-const states = (s: ServiceSpec) => s.backends.map((b) => b.state);
+const states = (s: Pick<StoredService, 'backends'>) => s.backends.map((b) => b.state);
 
 t.test('controller: a held-down backend is down in the API and the datapath, active in the spec on disk', async (t) => {
   const { c, sink, store } = await controller(t);

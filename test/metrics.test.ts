@@ -8,6 +8,7 @@ import * as fs from 'node:fs';
 import { REASONS } from '../src/datapath/reasons';
 import type { CountersSnapshot, NodeStatusSnapshot } from '../src/datapath/snapshot';
 import type { OwnedService } from '../src/control/model';
+import { validateService } from '../src/control/validate';
 import { Metrics } from '../src/metrics/metrics';
 import { daemonFixture, PEER_MAC, peerSender, rpc } from '../harness/daemon';
 import { needsRoot, sh } from '../harness/fixtures';
@@ -39,25 +40,27 @@ const value = (s: Map<string, number>, series: string) => s.get(series);
 
 const SERVICES: OwnedService[] = [
   {
-    name: 'web',
-    vip: '203.0.113.10',
-    port: 80,
-    protocol: 'tcp',
+    ...validateService({
+      name: 'web',
+      vip: '203.0.113.10',
+      port: 80,
+      protocol: 'tcp',
+      backends: [
+        { address: '198.51.100.11', port: 80, weight: 1, state: 'active' },
+        { address: '198.51.100.12', port: 80, weight: 2, state: 'down' },
+      ],
+    }),
     owner: 'file',
-    flags: { l4Dnat: false, sourceHash: false, conntrackBypass: false, icmpEcho: true },
-    backends: [
-      { address: '198.51.100.11', port: 80, weight: 1, state: 'active' },
-      { address: '198.51.100.12', port: 80, weight: 2, state: 'down' },
-    ],
   },
   {
-    name: 'dns6',
-    vip: '2001:db8::53',
-    port: 53,
-    protocol: 'udp',
+    ...validateService({
+      name: 'dns6',
+      vip: '2001:db8::53',
+      port: 53,
+      protocol: 'udp',
+      backends: [{ address: '2001:db8:200::1', port: 53, weight: 1, state: 'draining' }],
+    }),
     owner: 'api',
-    flags: { l4Dnat: false, sourceHash: false, conntrackBypass: false, icmpEcho: true },
-    backends: [{ address: '2001:db8:200::1', port: 53, weight: 1, state: 'draining' }],
   },
 ];
 

@@ -17,13 +17,16 @@ function frame(): Buffer {
 t.test('a rewriting program returns its verdict and the rewritten bytes', needsRoot, (t) => {
   const obj = bpf.openObject(OBJ, { pinRoot: pinDir(t) });
   t.teardown(() => obj.close());
-  const r = obj.program('xdp_swap_tx').testRun({ data: frame() });
+  const input = frame();
+  const r = obj.program('xdp_swap_tx').testRun({ data: input });
   t.equal(r.retval, bpf.XDP_TX);
   t.equal(r.data.length, 64);
   t.equal(r.data.subarray(0, 6).toString('hex'), '020000000002', 'destination is the old source');
   t.equal(r.data.subarray(6, 12).toString('hex'), '020000000001', 'source is the old destination');
   t.same(r.data.subarray(12), frame().subarray(12), 'the rest is untouched');
-  t.ok(r.duration >= 0);
+  t.same(input, frame(), "the caller's frame is not written: the output is a buffer of its own");
+  t.ok(Number.isSafeInteger(r.duration), `duration: whole nanoseconds as the kernel counts them (${r.duration})`);
+  t.throws(() => obj.program('xdp_swap_tx').testRun({ data: frame(), dataSizeOut: 32 }), { code: 'ENOSPC', op: 'test run' }, 'an output buffer smaller than the frame is refused');
   t.end();
 });
 

@@ -7,9 +7,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { ServiceStore } from '../src/control/store';
-import { DEFAULT_FLAGS, type ServiceSpec } from '../src/control/model';
+import { DEFAULT_FLAGS, type StoredService } from '../src/control/model';
 
-const spec = (name: string, backend = '198.51.100.1'): ServiceSpec => ({
+const spec = (name: string, backend = '198.51.100.1'): StoredService => ({
   name,
   vip: '203.0.113.10',
   port: 80,
@@ -86,7 +86,7 @@ t.test('the journal is folded into a new services.json once it is longer than th
   await store.save([spec('a')]);
   for (let i = 0; i < 300; i++) await store.save([spec('a', `198.51.100.${(i % 200) + 1}`)]);
   t.same(journals(d), ['services.2.journal'], 'folded once, the old journal removed');
-  const state = JSON.parse(fs.readFileSync(store.file, 'utf8')) as { journal: number; services: ServiceSpec[] };
+  const state = JSON.parse(fs.readFileSync(store.file, 'utf8')) as { journal: number; services: StoredService[] };
   t.equal(state.journal, 2);
   t.same(
     state.services.map((s) => s.backends[0].address),

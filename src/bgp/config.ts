@@ -4,7 +4,8 @@
 // duplicates) and normalises. Pure; loaded only when the file has a `bgp:` key.
 import { quote, XdplbError } from '../control/errors';
 import type { BgpPeer, BgpSettings, BgpVipAttributes, Family } from '../control/model';
-import { parseAddress, parseDuration, type ParsedAddress } from '../control/validate';
+import { parseDuration } from '../control/validate';
+import { Address } from '../net/address';
 
 export const DEFAULT_HOLD_TIME_S = 9;
 export const DEFAULT_DRAIN_QUIET_MS = 5000;
@@ -26,9 +27,9 @@ function attributes(o: { communities?: string[]; med?: number }, field: string, 
   return med === undefined ? { communities } : { communities, med };
 }
 
-function address(v: string, field: string): ParsedAddress {
-  const a = parseAddress(v);
-  if (typeof a === 'string') throw XdplbError.invalid(field, a);
+function address(v: string, field: string): Address {
+  const a = Address.parse(v);
+  if (typeof a === 'string') throw XdplbError.invalid(field, `${quote(v)} ${a}`);
   if (a.bytes.every((x) => x === 0)) throw XdplbError.invalid(field, `${quote(v)} is the unspecified address`);
   return a;
 }

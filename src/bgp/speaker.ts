@@ -11,7 +11,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import { Counter, Gauge, type Registry } from 'prom-client';
-import { familyOf, type ServiceSpec } from '../control/model';
+import type { ServiceSpec } from '../control/model';
 import { Bird, birdConfig, peerProtocol, type Announcement, type ProtocolState } from './bird';
 import type { BgpSettings } from '../control/model';
 import { peerFamily } from './config';
@@ -64,7 +64,7 @@ export function planVips(services: readonly ServiceSpec[], attached: readonly st
   for (const svc of services) byVip.set(svc.vip, [...(byVip.get(svc.vip) ?? []), svc]);
   const families = new Set(s.peers.map(peerFamily));
   return [...byVip].map(([vip, svcs]) => {
-    const family = familyOf(vip);
+    const family = svcs[0].vipAddress.family;
     const attrs = s.vips.get(vip) ?? s.defaults;
     const plan: VipPlan = {
       vip,

@@ -7,6 +7,7 @@ import * as path from 'node:path';
 import { Worker } from 'node:worker_threads';
 import { XdplbError, type ErrorCode } from '../control/errors';
 import type { Config } from '../control/model';
+import { validateService } from '../control/validate';
 import { loadConfigFile } from './load';
 
 /** Files up to this size are parsed in place. */
@@ -29,7 +30,8 @@ export async function loadConfigFileApart(file: string): Promise<Config> {
     w.once('error', reject);
     w.once('exit', (code) => reject(new Error(`configuration parser exited with ${code}`)));
   });
-  if ('config' in reply) return reply.config;
+  // A thread boundary clones data, not classes: the specs' parsed addresses come back from their text.
+  if ('config' in reply) return { node: reply.config.node, services: reply.config.services.map((s, i) => validateService(s, `services[${i}]`)) };
   const e = reply.error;
   if (!e.xdplb) throw new Error(e.message);
   const location = e.file !== undefined && e.line !== undefined && e.column !== undefined ? { file: e.file, line: e.line, column: e.column } : undefined;

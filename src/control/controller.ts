@@ -2,9 +2,8 @@
 // order in which changes happen. A change is one transaction: validated, written
 // to the datapath, persisted (API-owned services), then made current — or, when
 // any step fails, none of it is visible and the datapath is put back.
-import { isIP } from 'node:net';
 import type { Logger } from 'pino';
-import type { BackendSpec, OwnedService, Owner, ServiceSpec } from './model';
+import { backendKey, serviceKey, type BackendKey, type BackendSpec, type OwnedService, type Owner, type ServiceKey, type ServiceSpec, type StoredService } from './model';
 import { ServiceStore } from './store';
 import { XdplbError } from './errors';
 import { validateBackend, validateBackendRef } from './validate';
@@ -33,16 +32,14 @@ export interface BackendRef {
   port: number;
 }
 
-const tupleOf = (s: ServiceSpec) => `${s.vip}|${s.port}|${s.protocol}`;
-
 /** Services by tuple, for inserting many: a scan per insert is quadratic (7 s for 10,000 services). */
-function byTuple(services: Map<string, OwnedService>): Map<string, OwnedService> {
-  return new Map([...services.values()].map((s) => [tupleOf(s), s]));
+function byTuple(services: Map<string, OwnedService>): Map<ServiceKey, OwnedService> {
+  return new Map([...services.values()].map((s) => [serviceKey(s), s]));
 }
 
 export class Controller {
   private services = new Map<string, OwnedService>();
-  private readonly storedSpecs = new WeakMap<OwnedService, ServiceSpec>();
+  private readonly storedSpecs = new WeakMap<OwnedService, StoredService>();
   /** list()'s order, kept until the services change */
   private sorted?: OwnedService[];
   private queue: Promise<unknown> = Promise.resolve();
@@ -66,7 +63,7 @@ export class Controller {
   }
 
   /** Startup: the file's services and the state directory's, in one transaction. */
-  restore(fileSpecs: readonly ServiceSpec[], apiSpecs: readonly ServiceSpec[]): Promise<void> {
+  restore(fileSpecs: readonly ServiceSpec[], apiSpecs: readonly StoredService[]): Promise<void> {
     return this.transaction('restore', (next) => {
       next.clear();
       const tuples = byTuple(next);
@@ -118,7 +115,7 @@ export class Controller {
   addBackend(name: string, input: unknown): Promise<OwnedService> {
     return this.mutate(name, (next, cur) => {
       // Checked alone first, so errors name the request's field ("backend.address"), not the service's list.
-      const backend = validateBackend(input, isIP(cur.vip) === 6 ? 6 : 4, cur.port, 'backend');
+      const backend = validateBackend(input, cur.vipAddress.family, cur.port, 'backend');
       if (cur.backends.some((b) => b.address === backend.address && b.port === backend.port))
         throw XdplbError.duplicate('backend', `backend ${backend.address} port ${backend.port} is already in service ${cur.name}`);
       try {
@@ -168,10 +165,10 @@ export class Controller {
   }
 
   /** `tuples`: byTuple(next), kept up to date here, when many are inserted. */
-  private insert(next: Map<string, OwnedService>, s: OwnedService, field: string, tuples?: Map<string, OwnedService>): void {
+  private insert(next: Map<string, OwnedService>, s: OwnedService, field: string, tuples?: Map<ServiceKey, OwnedService>): void {
     if (next.has(s.name)) throw XdplbError.alreadyExists('service', s.name, `${field}.name`);
-    const tuple = tupleOf(s);
-    const other = tuples ? tuples.get(tuple) : [...next.values()].find((o) => tupleOf(o) === tuple);
+    const tuple = serviceKey(s);
+    const other = tuples ? tuples.get(tuple) : [...next.values()].find((o) => serviceKey(o) === tuple);
     if (other)
       throw XdplbError.alreadyExists(
         'service',
@@ -219,11 +216,11 @@ export class Controller {
   }
 
   /** The spec as the state directory keeps it, one object per service object: the store writes only those that changed. */
-  private stored(s: OwnedService): ServiceSpec {
+  private stored(s: OwnedService): StoredService {
     let spec = this.storedSpecs.get(s);
     if (!spec) {
-      const { owner: _owner, ...rest } = s;
-      spec = rest;
+      const { owner: _owner, vipAddress: _vipAddress, ...rest } = s;
+      spec = { ...rest, backends: rest.backends.map(({ ip: _ip, ...b }) => b) };
       this.storedSpecs.set(s, spec);
     }
     return spec;
@@ -249,10 +246,10 @@ export class Controller {
   // (failing open, as a blackhole helps nobody), while list() reports all of them
   // down. A held-down backend that is also draining in its spec shows 'down'.
 
-  /** service name -> "address|port" of its backends held down by health checks */
-  private healthDown = new Map<string, Set<string>>();
+  /** service name -> its backends held down by health checks */
+  private healthDown = new Map<string, Set<BackendKey>>();
   /** service name -> backends its last applied table forwarded to */
-  private lastServing = new Map<string, Set<string>>();
+  private lastServing = new Map<string, Set<BackendKey>>();
 
   /** Every service as declared (file or API), without health overrides. */
   declared(): OwnedService[] {
@@ -262,7 +259,7 @@ export class Controller {
 
   /** Whether a backend is held down by its health check. */
   healthHeld(name: string, ref: BackendRef): boolean {
-    return this.healthDown.get(name)?.has(`${ref.address}|${ref.port}`) ?? false;
+    return this.healthDown.get(name)?.has(backendKey(ref.address, ref.port)) ?? false;
   }
 
   /**
@@ -275,7 +272,7 @@ export class Controller {
       const s = this.services.get(name);
       if (!s) throw XdplbError.notFound('service', name);
       this.findBackend(s, ref);
-      const key = `${ref.address}|${ref.port}`;
+      const key = backendKey(ref.address, ref.port);
       if (this.healthHeld(name, ref) === down) return;
       const before = this.healthDown;
       const held = new Set(before.get(name));
@@ -299,7 +296,7 @@ export class Controller {
   private withHealth<S extends ServiceSpec>(s: S): S {
     const held = this.healthDown.get(s.name);
     if (!held?.size) return s;
-    return { ...s, backends: s.backends.map((b) => (held.has(`${b.address}|${b.port}`) && b.state !== 'down' ? { ...b, state: 'down' as const } : b)) };
+    return { ...s, backends: s.backends.map((b) => (held.has(backendKey(b.address, b.port)) && b.state !== 'down' ? { ...b, state: 'down' as const } : b)) };
   }
 
   /**
@@ -308,9 +305,9 @@ export class Controller {
    * will serve, to become lastServing once the change is made (a service
    * without health overrides has no entry: its table serves what it declares).
    */
-  private forDatapath(specs: readonly OwnedService[]): { specs: OwnedService[]; lastServing: Map<string, Set<string>> } {
-    const lastServing = new Map<string, Set<string>>();
-    const serving = (x: ServiceSpec) => new Set(x.backends.filter((b) => b.state === 'active' && b.weight > 0).map((b) => `${b.address}|${b.port}`));
+  private forDatapath(specs: readonly OwnedService[]): { specs: OwnedService[]; lastServing: Map<string, Set<BackendKey>> } {
+    const lastServing = new Map<string, Set<BackendKey>>();
+    const serving = (x: ServiceSpec) => new Set(x.backends.filter((b) => b.state === 'active' && b.weight > 0).map((b) => backendKey(b.address, b.port)));
     const out = specs.map((spec) => {
       const s = this.withHealth(spec);
       if (s === spec) return s;
@@ -323,7 +320,7 @@ export class Controller {
       const last = [...(this.lastServing.get(s.name) ?? declared)].filter((k) => declared.has(k));
       const keep = last.length ? new Set(last) : declared;
       lastServing.set(s.name, keep);
-      return { ...s, backends: s.backends.map((b, i) => (keep.has(`${b.address}|${b.port}`) ? spec.backends[i] : b)) };
+      return { ...s, backends: s.backends.map((b, i) => (keep.has(backendKey(b.address, b.port)) ? spec.backends[i] : b)) };
     });
     return { specs: out, lastServing };
   }
@@ -333,7 +330,7 @@ export class Controller {
     for (const name of [...this.lastServing.keys()]) if (!this.services.has(name)) this.lastServing.delete(name);
     for (const [name, held] of this.healthDown) {
       const s = this.services.get(name);
-      const present = new Set(s?.backends.map((b) => `${b.address}|${b.port}`));
+      const present = new Set(s?.backends.map((b) => backendKey(b.address, b.port)));
       const kept = new Set([...held].filter((k) => present.has(k)));
       if (kept.size === held.size) continue;
       if (kept.size) this.healthDown.set(name, kept);

@@ -3,15 +3,18 @@
 // the datapath stores it.
 
 import { DEFAULT_M } from '../maglev/table';
+import type { Address } from '../net/address';
 
+export type { Family } from '../net/address';
 export type Protocol = 'tcp' | 'udp';
 export type BackendState = 'active' | 'draining' | 'down';
 export type AttachMode = 'native' | 'generic';
-export type Family = 4 | 6;
 
 export interface BackendSpec {
   /** IPv4 or IPv6 address, same family as the service's VIP, in canonical text form */
   address: string;
+  /** `address` parsed */
+  ip: Address;
   /** destination port at the backend; used when the service has L4 DNAT on, otherwise informative */
   port: number;
   /** 0..65535; 0 receives no new flows (like draining) */
@@ -33,7 +36,10 @@ export interface ServiceFlags {
 export interface ServiceSpec {
   /** unique name, an RFC 1123 label: lowercase letters, digits and '-', at most 63 */
   name: string;
+  /** canonical text */
   vip: string;
+  /** `vip` parsed */
+  vipAddress: Address;
   /** 1..65535, or 0 for every port of the VIP */
   port: number;
   protocol: Protocol;
@@ -42,6 +48,9 @@ export interface ServiceSpec {
   /** active health check of every backend; absent: none (backends are as their state says) */
   healthCheck?: HealthCheckSpec;
 }
+
+/** A service as the state directory stores it: text only, without the parsed addresses. */
+export type StoredService = Omit<ServiceSpec, 'vipAddress' | 'backends'> & { backends: Array<Omit<BackendSpec, 'ip'>> };
 
 // ---------------------------------------------------------------------------
 // Health checks (src/health)
@@ -199,6 +208,12 @@ export const DEFAULT_NODE: NodeSettings = {
   logLevel: 'info',
 };
 
-export function familyOf(address: string): Family {
-  return address.includes(':') ? 6 : 4;
-}
+/** What tells services apart wherever they are keyed: (VIP, port, protocol). */
+export type ServiceKey = string & { readonly __brand: 'ServiceKey' };
+/** What tells a service's backends apart wherever they are keyed: (address, port). */
+export type BackendKey = string & { readonly __brand: 'BackendKey' };
+
+export const serviceKey = (s: Pick<ServiceSpec, 'vip' | 'port' | 'protocol'>): ServiceKey => `${s.vip}|${s.port}|${s.protocol}` as ServiceKey;
+
+/** `address` in canonical text. */
+export const backendKey = (address: string, port: number): BackendKey => `${address}|${port}` as BackendKey;

@@ -16,7 +16,7 @@
 // stops at the first zero byte: JSON lines never hold one.
 import * as fs from 'node:fs/promises';
 import * as path from 'node:path';
-import type { ServiceSpec } from './model';
+import type { StoredService } from './model';
 
 const FILE = 'services.json';
 /** 1: services.json alone; 2: services.json and services.<journal>.journal */
@@ -28,16 +28,16 @@ const AHEAD = 256 * 1024;
 
 interface StateFile {
   format: number;
-  services: ServiceSpec[];
+  services: StoredService[];
   /** generation of the journal that follows this file */
   journal?: number;
 }
 
-type JournalLine = { put: ServiceSpec } | { delete: string };
+type JournalLine = { put: StoredService } | { delete: string };
 
 export class ServiceStore {
   /** the services on disk, by name, as the objects last saved (a change is what differs from them) */
-  private saved?: Map<string, ServiceSpec>;
+  private saved?: Map<string, StoredService>;
   private generation = 0;
   private lines = 0;
   /** the open journal, where its lines end and how far zeros are written ahead */
@@ -54,7 +54,7 @@ export class ServiceStore {
   }
 
   /** The API-owned services last saved, or none when nothing was ever saved. */
-  async load(): Promise<ServiceSpec[]> {
+  async load(): Promise<StoredService[]> {
     let text: string;
     try {
       text = await fs.readFile(this.file, 'utf8');
@@ -95,7 +95,7 @@ export class ServiceStore {
     return [...services.values()];
   }
 
-  async save(services: readonly ServiceSpec[]): Promise<void> {
+  async save(services: readonly StoredService[]): Promise<void> {
     const next = new Map(services.map((s) => [s.name, s]));
     const saved = this.saved;
     if (!saved) return this.rewrite(next);
@@ -160,7 +160,7 @@ export class ServiceStore {
   }
 
   /** Every service in a new services.json, followed by a new, empty journal. */
-  private async rewrite(next: Map<string, ServiceSpec>): Promise<void> {
+  private async rewrite(next: Map<string, StoredService>): Promise<void> {
     await fs.mkdir(this.dir, { recursive: true, mode: 0o700 });
     const old = this.generation;
     const generation = old + 1;

@@ -7,8 +7,8 @@
 // itself), and returns fresh objects that share nothing with the input.
 //
 // Normalisation and defaults:
-//   * addresses are returned in canonical text: IPv4 dotted quad, IPv6 compressed
-//     lowercase (RFC 5952), so "2001:DB8:0::1" and "2001:db8::1" are one backend;
+//   * addresses are returned parsed (src/net/address.ts) beside their canonical
+//     text, so "2001:DB8:0::1" and "2001:db8::1" are one backend;
 //   * flags default to DEFAULT_FLAGS (model.ts), each one separately;
 //   * a backend's weight defaults to 1 (all backends equal), its state to 'active',
 //     its port to the service's port (required when the service port is 0);
@@ -30,11 +30,15 @@
 //     (address, port), interfaces by name) are ALREADY_EXISTS naming both entries;
 //     more than MAX_BACKENDS_PER_SERVICE backends is RESOURCE_EXHAUSTED.
 import { isIP } from 'node:net';
+import { Address, familyBits, familyName } from '../net/address';
 import { isPrime, MAX_M, MAX_WEIGHT } from '../maglev';
 import { quote, XdplbError } from './errors';
 import {
+  backendKey,
   DEFAULT_FLAGS,
   DEFAULT_NODE,
+  serviceKey,
+  type BackendKey,
   type ApiSettings,
   type AttachMode,
   type BackendSpec,
@@ -50,6 +54,7 @@ import {
   type OuterSource,
   type Protocol,
   type ServiceFlags,
+  type ServiceKey,
   type ServiceSpec,
   type TlsFiles,
 } from './model';
@@ -200,103 +205,20 @@ function hostPort(v: unknown, field: string): string {
 // ---------------------------------------------------------------------------
 // Addresses
 
-export interface ParsedAddress {
-  family: Family;
-  /** 4 bytes for IPv4, 16 for IPv6, network order */
-  bytes: Uint8Array;
-  /** canonical text: dotted quad, or RFC 5952 compressed lowercase IPv6 */
-  text: string;
-}
-
-function v4Bytes(text: string): Uint8Array {
-  return Uint8Array.from(text.split('.').map(Number));
-}
-
-function v6Bytes(text: string): Uint8Array {
-  const out = new Uint8Array(16);
-  let s = text.toLowerCase();
-  let v4: Uint8Array | undefined;
-  if (s.includes('.')) {
-    const colon = s.lastIndexOf(':');
-    v4 = v4Bytes(s.slice(colon + 1));
-    s = `${s.slice(0, colon + 1)}0:0`;
-  }
-  const [head, tail] = s.split('::');
-  const h = head ? head.split(':') : [];
-  const t = tail === undefined ? [] : tail ? tail.split(':') : [];
-  const groups = [...h, ...Array<string>(8 - h.length - t.length).fill('0'), ...t].map((g) => parseInt(g, 16));
-  groups.forEach((g, i) => {
-    out[2 * i] = g >> 8;
-    out[2 * i + 1] = g & 0xff;
-  });
-  if (v4) out.set(v4, 12);
-  return out;
-}
-
-/** RFC 5952: lowercase, no leading zeros, the longest run (first on a tie) of two or more zero groups as "::". */
-function v6Text(b: Uint8Array): string {
-  const g = Array.from({ length: 8 }, (_, i) => (b[2 * i] << 8) | b[2 * i + 1]);
-  let best = -1;
-  let bestLen = 0;
-  for (let i = 0; i < 8; ) {
-    if (g[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && g[j] === 0) j++;
-    if (j - i > bestLen) (best = i), (bestLen = j - i);
-    i = j;
-  }
-  const hex = g.map((x) => x.toString(16));
-  if (bestLen < 2) return hex.join(':');
-  return `${hex.slice(0, best).join(':')}::${hex.slice(best + bestLen).join(':')}`;
-}
-
-/** Parses an IP address, or returns the reason it is not one we accept. */
-export function parseAddress(text: string): ParsedAddress | string {
-  if (text.includes('%')) return `${quote(text)} has a zone index; write the address without it`;
-  const family = isIP(text);
-  if (family === 4) return { family: 4, bytes: v4Bytes(text), text };
-  if (family !== 6) return `${quote(text)} is not an IPv4 or IPv6 address`;
-  const bytes = v6Bytes(text);
-  if (bytes.subarray(0, 10).every((x) => x === 0) && bytes[10] === 0xff && bytes[11] === 0xff)
-    return `${quote(text)} is an IPv4-mapped IPv6 address; write the IPv4 address ${bytes.subarray(12).join('.')}`;
-  return { family: 6, bytes, text: v6Text(bytes) };
-}
-
-/** The canonical text of an IP address, or undefined when `text` is not one (see parseAddress). */
-export function canonicalAddress(text: string): string | undefined {
-  const a = parseAddress(text);
-  return typeof a === 'string' ? undefined : a.text;
-}
-
-/** Why `a` is not a unicast address, or undefined when it is. */
-function notUnicast(a: ParsedAddress, shown: string): string | undefined {
-  const q = quote(shown);
-  if (a.bytes.every((x) => x === 0)) return `${q} is the unspecified address`;
-  if (a.family === 4) {
-    if ((a.bytes[0] & 0xf0) === 0xe0) return `${q} is a multicast address`;
-    if (a.bytes.every((x) => x === 0xff)) return `${q} is the broadcast address`;
-  } else if (a.bytes[0] === 0xff) return `${q} is a multicast address`;
-  return undefined;
-}
-
-function address(v: unknown, field: string): ParsedAddress {
+/** A string parsed as an address, refused with the value as the input spelled it. */
+function address(v: unknown, field: string): Address {
   const s = string(v, field);
-  const a = parseAddress(s);
-  if (typeof a === 'string') throw XdplbError.invalid(field, a);
+  const a = Address.parse(s);
+  if (typeof a === 'string') throw XdplbError.invalid(field, `${quote(s)} ${a}`);
   return a;
 }
 
-function unicastAddress(v: unknown, field: string): ParsedAddress {
+function unicastAddress(v: unknown, field: string): Address {
   const a = address(v, field);
-  const why = notUnicast(a, v as string);
-  if (why) throw XdplbError.invalid(field, why);
+  const why = a.notUnicast();
+  if (why) throw XdplbError.invalid(field, `${quote(v as string)} ${why}`);
   return a;
 }
-
-const familyName = (f: Family) => (f === 4 ? 'IPv4' : 'IPv6');
 
 // ---------------------------------------------------------------------------
 // Services
@@ -323,6 +245,7 @@ export function validateBackend(input: unknown, family: Family, servicePort: num
       : integer(o.port === undefined ? required(o, 'port', field) : o.port, sub(field, 'port'), 1, MAX_PORT);
   return {
     address: a.text,
+    ip: a,
     port,
     weight: optional(o, 'weight', DEFAULT_BACKEND_WEIGHT, (x) => integer(x, sub(field, 'weight'), 0, MAX_BACKEND_WEIGHT)),
     state: optional(o, 'state', DEFAULT_BACKEND_STATE, (x) => oneOf(x, sub(field, 'state'), BACKEND_STATES)),
@@ -359,16 +282,16 @@ export function validateService(input: unknown, field = 'service'): ServiceSpec 
   const raw = optional(o, 'backends', [], (x) => list(x, bField));
   if (raw.length > MAX_BACKENDS_PER_SERVICE)
     throw XdplbError.exhausted(`${raw.length} backends; a service has at most ${MAX_BACKENDS_PER_SERVICE}`, bField);
-  const seen = new Map<string, number>();
+  const seen = new Map<BackendKey, number>();
   const backends = raw.map((b, i) => {
     const spec = validateBackend(b, vip.family, port, sub(bField, i));
-    const key = `${spec.address} port ${spec.port}`;
+    const key = backendKey(spec.address, spec.port);
     const first = seen.get(key);
-    if (first !== undefined) throw XdplbError.duplicate(sub(bField, i), `backend ${key} is also backends[${first}]`);
+    if (first !== undefined) throw XdplbError.duplicate(sub(bField, i), `backend ${spec.address} port ${spec.port} is also backends[${first}]`);
     seen.set(key, i);
     return spec;
   });
-  const spec: ServiceSpec = { name, vip: vip.text, port, protocol, flags, backends };
+  const spec: ServiceSpec = { name, vip: vip.text, vipAddress: vip, port, protocol, flags, backends };
   if (o.healthCheck !== undefined) spec.healthCheck = validateHealthCheck(o.healthCheck, sub(field, 'healthCheck'));
   return spec;
 }
@@ -463,18 +386,13 @@ function validateInterface(v: unknown, field: string): InterfaceSpec {
   return { name, mode: optional(o, 'mode', DEFAULT_ATTACH_MODE, (x) => oneOf(x, sub(field, 'mode'), ATTACH_MODES)) };
 }
 
-function hostBitsClear(bytes: Uint8Array, prefixLength: number): boolean {
-  for (let bit = prefixLength; bit < bytes.length * 8; bit++) if (bytes[bit >> 3] & (0x80 >> (bit & 7))) return false;
-  return true;
-}
-
 /**
  * An outer source of `family`: "address", "address/prefix-length", or
  * { address, prefixLength? }. A prefix length n takes the top n bits from the
  * address and the rest from the flow hash; the full length is one fixed address.
  */
 export function validateOuterSource(v: unknown, family: Family, field: string): OuterSource {
-  const bits = family === 4 ? 32 : 128;
+  const bits = familyBits(family);
   let addrText: unknown;
   let addrField: string;
   let prefixLength: number;
@@ -495,15 +413,12 @@ export function validateOuterSource(v: unknown, family: Family, field: string): 
   if (a.family !== family) throw XdplbError.invalid(addrField, `${quote(addrText as string)} is not an ${familyName(family)} address`);
   if (prefixLength > bits) throw XdplbError.invalid(field, `prefix length must be <= ${bits}, got ${prefixLength}`);
   if (prefixLength === bits) {
-    const why = notUnicast(a, addrText as string);
-    if (why) throw XdplbError.invalid(addrField, why);
-  } else if (!hostBitsClear(a.bytes, prefixLength)) {
-    const net = new Uint8Array(a.bytes);
-    for (let bit = prefixLength; bit < bits; bit++) net[bit >> 3] &= ~(0x80 >> (bit & 7));
-    const netText = family === 4 ? net.join('.') : v6Text(net);
+    const why = a.notUnicast();
+    if (why) throw XdplbError.invalid(addrField, `${quote(addrText as string)} ${why}`);
+  } else if (!a.hostBitsClear(prefixLength)) {
     throw XdplbError.invalid(
       field,
-      `${a.text}/${prefixLength} has host bits set; write ${netText}/${prefixLength}, or ${a.text}/${bits} for one fixed address`,
+      `${a.text}/${prefixLength} has host bits set; write ${a.network(prefixLength).text}/${prefixLength}, or ${a.text}/${bits} for one fixed address`,
     );
   }
   return { address: a.text, prefixLength };
@@ -622,7 +537,7 @@ export function validateConfig(input: unknown): Config {
   const node = validateNode(o.node, '');
   const raw = optional(o, 'services', [], (x) => list(x, 'services'));
   const byName = new Map<string, number>();
-  const byTuple = new Map<string, number>();
+  const byTuple = new Map<ServiceKey, number>();
   const names: string[] = [];
   const services = raw.map((v, i) => {
     const field = sub('services', i);
@@ -630,12 +545,12 @@ export function validateConfig(input: unknown): Config {
     const sameName = byName.get(s.name);
     if (sameName !== undefined)
       throw XdplbError.duplicate(sub(field, 'name'), `service name ${s.name} is also the name of services[${sameName}]`);
-    const tuple = `${s.vip} port ${s.port} ${s.protocol}`;
+    const tuple = serviceKey(s);
     const sameTuple = byTuple.get(tuple);
     if (sameTuple !== undefined)
       throw XdplbError.duplicate(
         sub(field, 'vip'),
-        `services[${i}] (${s.name}) and services[${sameTuple}] (${names[sameTuple]}) both serve ${tuple}`,
+        `services[${i}] (${s.name}) and services[${sameTuple}] (${names[sameTuple]}) both serve ${s.vip} port ${s.port} ${s.protocol}`,
       );
     if (s.backends.length > node.maglevSize)
       throw XdplbError.exhausted(

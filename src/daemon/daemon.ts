@@ -7,7 +7,7 @@ import * as path from 'node:path';
 import type { Logger } from 'pino';
 import { loadConfigFileApart } from '../config';
 import { Controller } from '../control/controller';
-import type { Config } from '../control/model';
+import { backendKey, type Config } from '../control/model';
 import { ServiceStore } from '../control/store';
 import { validateService } from '../control/validate';
 import { startApi, type ApiServer } from '../api/server';
@@ -228,7 +228,7 @@ function backendNames(controller: Controller, datapath: LbDatapath): (id: number
       for (const spec of controller.list()) {
         const ids = datapath.ids(spec)?.backends;
         for (const b of spec.backends) {
-          const bid = ids?.get(`${b.address}|${b.port}`);
+          const bid = ids?.get(backendKey(b.address, b.port));
           if (bid !== undefined) names.set(bid, b.port ? `${b.address}:${b.port}` : b.address);
         }
       }

@@ -5,8 +5,9 @@
 // node-independent by design: every load balancer of a fleet, and every tool
 // that predicts where a flow goes, computes the same numbers.
 
-import { address16, addressBytes, addressText, encodeFlowKey, familyOf, FLOW_CACHE_SLOTS, FLOW_HASH_SEED, VIP_FILTER_WORDS, type Family } from './layout';
 import { DEFAULT_M } from '../maglev/table';
+import { Address } from '../net/address';
+import { encodeFlowKey, FLOW_CACHE_SLOTS, FLOW_HASH_SEED, VIP_FILTER_WORDS } from './layout';
 
 const JHASH_INITVAL = 0xdeadbeef;
 
@@ -60,8 +61,8 @@ export interface Flow {
   proto: number;
 }
 
-function words(addr: string): number[] {
-  const b = addressBytes(addr);
+function words(addr: Address): number[] {
+  const b = addr.bytes;
   const out: number[] = [];
   for (let i = 0; i < b.length; i += 4) out.push(b.readUInt32BE(i));
   return out;
@@ -75,10 +76,11 @@ function words(addr: string): number[] {
  * or 0 when the service hashes on the source only.
  */
 export function flowHash(f: Flow, sourceOnly = false): number {
-  const family = familyOf(f.src);
-  if (familyOf(f.dst) !== family) throw new RangeError(`flow mixes families: ${f.src} -> ${f.dst}`);
+  const src = Address.of(f.src);
+  const dst = Address.of(f.dst);
+  if (src.family !== dst.family) throw new RangeError(`flow mixes families: ${f.src} -> ${f.dst}`);
   const ports = sourceOnly ? 0 : ((f.sport << 16) | f.dport) >>> 0;
-  return jhash2([...words(f.src), ...words(f.dst), ports, f.proto], FLOW_HASH_SEED);
+  return jhash2([...words(src), ...words(dst), ports, f.proto], FLOW_HASH_SEED);
 }
 
 /** Index of the flow's entry in a Maglev table of size m. */
@@ -92,16 +94,15 @@ export function maglevIndex(hash: number, m = DEFAULT_M): number {
  * taken from the flow hash.
  */
 export function outerSource(address: string, prefixLen: number, hash: number): string {
-  const family: Family = familyOf(address);
-  const bits = family === 4 ? 32 : 128;
-  const b = addressBytes(address);
-  if (prefixLen === 0 || prefixLen >= bits) return address;
-  const hostBits = Math.min(32, bits - prefixLen);
+  const a = Address.of(address);
+  if (prefixLen === 0 || prefixLen >= a.bits) return address;
+  const b = Buffer.from(a.bytes);
+  const hostBits = Math.min(32, a.bits - prefixLen);
   const mask = hostBits >= 32 ? 0xffffffff : (1 << hostBits) - 1;
   const off = b.length - 4;
   const w = b.readUInt32BE(off);
   b.writeUInt32BE(((w & ~mask) | (hash & mask)) >>> 0, off);
-  return addressText(b, family);
+  return Address.fromBytes(b).text;
 }
 
 /** IPv6 outer flow label: the low 20 bits of the flow hash. */
@@ -114,14 +115,14 @@ export function flowLabel(hash: number): number {
  * little-endian words (IPv4: one, then zeros) folded, times the golden
  * ratio, the top 16 bits of the product.
  */
-export function vipFilterBit(address: string): number {
-  const a = address16(address);
-  const x = a.readUInt32LE(0) ^ a.readUInt32LE(4) ^ a.readUInt32LE(8) ^ a.readUInt32LE(12);
+export function vipFilterBit(address: Address): number {
+  const a = address.bytes;
+  const x = address.family === 4 ? a.readUInt32LE(0) : a.readUInt32LE(0) ^ a.readUInt32LE(4) ^ a.readUInt32LE(8) ^ a.readUInt32LE(12);
   return Math.imul(x, 0x9e3779b1) >>> 16;
 }
 
 /** The filter words (xdplb_vip_filter) with the bits of the given VIPs set. */
-export function vipFilterWords(vips: Iterable<string>): BigUint64Array {
+export function vipFilterWords(vips: Iterable<Address>): BigUint64Array {
   const words = new BigUint64Array(VIP_FILTER_WORDS);
   for (const vip of vips) {
     const bit = vipFilterBit(vip);

@@ -9,7 +9,7 @@
 // Byte order follows the header: addresses and ports in network order,
 // everything else little-endian (host order of the machines xdplb runs on).
 
-import { isIP } from 'node:net';
+import { Address, type Family } from '../net/address';
 import { array, bytes, struct, type StructCodec } from './codec';
 
 // ---- consts.h ----
@@ -41,7 +41,7 @@ export const PMTU_SLOTS = 16384;
 
 export const FAMILY_V4 = 4;
 export const FAMILY_V6 = 6;
-export type Family = 4 | 6;
+export type { Family };
 
 export const SVC_F_L4_DNAT = 1 << 0;
 export const SVC_F_SRC_HASH = 1 << 1;
@@ -264,74 +264,29 @@ export const MAP_LAYOUT: Readonly<Record<string, { key: keyof typeof LAYOUT | 'u
 };
 
 // ---- addresses ----
+// Parsing, bytes and canonical text are src/net/address.ts's; these give the
+// encoders and decoders an address field's forms from a spec's text.
 
 /** Address family of an IP address in text form; throws on anything else. */
 export function familyOf(address: string): Family {
-  const v = isIP(address);
-  if (v === 4 || v === 6) return v;
-  throw new RangeError(`not an IP address: ${JSON.stringify(address)}`);
+  return Address.of(address).family;
 }
 
-function v4Bytes(text: string): Buffer {
-  const parts = text.split('.');
-  if (parts.length !== 4) throw new RangeError(`not an IPv4 address: ${text}`);
-  return Buffer.from(parts.map((p) => Number(p)));
-}
-
-/** 4 bytes (IPv4) or 16 bytes (IPv6), network order. */
+/** 4 bytes (IPv4) or 16 bytes (IPv6), network order (a copy). */
 export function addressBytes(address: string): Buffer {
-  if (familyOf(address) === 4) return v4Bytes(address);
-  let text = address;
-  const v4Tail: number[] = [];
-  const lastColon = text.lastIndexOf(':');
-  if (text.includes('.', lastColon)) {
-    // embedded IPv4, e.g. ::ffff:192.0.2.1
-    const b = v4Bytes(text.slice(lastColon + 1));
-    v4Tail.push((b[0] << 8) | b[1], (b[2] << 8) | b[3]);
-    text = text.slice(0, lastColon + 1);
-    if (!text.endsWith('::')) text = text.slice(0, -1);
-  }
-  const words = (part: string): number[] => (part ? part.split(':').map((h) => parseInt(h, 16)) : []);
-  const [head, tail] = text.includes('::') ? text.split('::') : [text, undefined];
-  const hw = words(head);
-  const tw = [...(tail === undefined ? [] : words(tail)), ...v4Tail];
-  const all = tail === undefined ? [...hw, ...v4Tail] : [...hw, ...new Array<number>(8 - hw.length - tw.length).fill(0), ...tw];
-  const out = Buffer.alloc(16);
-  all.forEach((w, i) => out.writeUInt16BE(w, i * 2));
-  return out;
+  return Buffer.from(Address.of(address).bytes);
 }
 
 /** The 16-byte map field of an address (IPv4 in the first 4 bytes). */
 export function address16(address: string): Buffer {
   const b = Buffer.alloc(16);
-  addressBytes(address).copy(b);
+  Address.of(address).bytes.copy(b);
   return b;
 }
 
 /** Text form of an address field: 4 or 16 bytes used according to family. */
 export function addressText(bytes: Buffer, family: Family): string {
-  if (family === 4) return `${bytes[0]}.${bytes[1]}.${bytes[2]}.${bytes[3]}`;
-  const words: number[] = [];
-  for (let i = 0; i < 8; i++) words.push(bytes.readUInt16BE(i * 2));
-  // RFC 5952: the longest run (>= 2) of zero words becomes '::'
-  let best = -1;
-  let bestLen = 1;
-  for (let i = 0; i < 8; ) {
-    if (words[i] !== 0) {
-      i++;
-      continue;
-    }
-    let j = i;
-    while (j < 8 && words[j] === 0) j++;
-    if (j - i > bestLen) {
-      best = i;
-      bestLen = j - i;
-    }
-    i = j;
-  }
-  const hex = words.map((w) => w.toString(16));
-  if (best < 0) return hex.join(':');
-  return `${hex.slice(0, best).join(':')}::${hex.slice(best + bestLen).join(':')}`;
+  return Address.fromBytes(bytes.subarray(0, family === 4 ? 4 : 16)).text;
 }
 
 function familyByte(f: number): Family {

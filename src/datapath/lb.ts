@@ -35,7 +35,8 @@ import { netconf } from '../net/iproute';
 import { TableStream, diffTables, NO_BACKEND, type MaglevBackend } from '../maglev';
 import type { DatapathChange, DatapathSink } from '../control/controller';
 import { XdplbError } from '../control/errors';
-import type { BackendSpec, NodeSettings, ServiceSpec } from '../control/model';
+import { backendKey, serviceKey, type BackendKey, type BackendSpec, type NodeSettings, type Protocol, type ServiceKey, type ServiceSpec } from '../control/model';
+import { Address } from '../net/address';
 import type { CountersSnapshot, NodeStatusSnapshot } from './snapshot';
 
 const PROG_PIN = 'prog_xdplb_main';
@@ -52,7 +53,8 @@ const RESTING = 0x80000000;
 /** CLOCK_MONOTONIC seconds: the clock of the datapath's connection-table expiries (bpffs pins do not outlive a boot, nor does it). */
 const monotonicS = (): number => Number(process.hrtime.bigint() / 1_000_000_000n);
 
-const PROTO: Record<string, number> = { tcp: L.IPPROTO_TCP, udp: L.IPPROTO_UDP };
+const PROTO: Record<Protocol, number> = { tcp: L.IPPROTO_TCP, udp: L.IPPROTO_UDP };
+const PROTOCOL = Object.fromEntries(Object.entries(PROTO).map(([name, n]) => [n, name])) as Record<number, Protocol>;
 const STATE: Record<BackendSpec['state'], number> = {
   active: L.BACKEND_ACTIVE,
   draining: L.BACKEND_DRAINING,
@@ -61,17 +63,6 @@ const STATE: Record<BackendSpec['state'], number> = {
 
 function serviceFlags(s: ServiceSpec): number {
   return (s.flags.l4Dnat ? L.SVC_F_L4_DNAT : 0) | (s.flags.sourceHash ? L.SVC_F_SRC_HASH : 0) | (s.flags.conntrackBypass ? L.SVC_F_CT_BYPASS : 0);
-}
-
-/** Encoded once per spec object: the controller hands the same objects to every apply. */
-const tupleKeys = new WeakMap<ServiceSpec, string>();
-function tupleKey(s: ServiceSpec): string {
-  let k = tupleKeys.get(s);
-  if (k === undefined) {
-    k = L.serviceMapKey({ vip: s.vip, port: s.port, proto: PROTO[s.protocol] }).toString('hex');
-    tupleKeys.set(s, k);
-  }
-  return k;
 }
 
 /** Whether two specs of one tuple program the datapath alike (the name and health check do not reach it). */
@@ -87,22 +78,21 @@ function sameDatapathSpec(a: ServiceSpec, b: ServiceSpec): boolean {
   });
 }
 
-const backendKey = (address: string, port: number) => `${address}|${port}`;
-
 /** The xdplb_svc_by_id entry of an installed service. */
 function serviceDef(s: InstalledService): Buffer {
-  return L.encodeServiceDef({ ...L.decodeServiceMapKey(Buffer.from(s.keyHex, 'hex')), id: s.id, flags: s.flags });
+  return L.encodeServiceDef({ ...L.decodeServiceMapKey(s.mapKey), id: s.id, flags: s.flags });
 }
 
 interface InstalledService {
   id: number;
-  keyHex: string;
-  vip: string;
+  key: ServiceKey;
+  /** its key in xdplb_services or xdplb_services4 */
+  mapKey: Buffer;
+  vip: Address;
   flags: number;
   /** the spec its maps hold; absent for a service adopted from the pins until the first apply */
   spec?: ServiceSpec;
-  /** backend key -> id */
-  backends: Map<string, number>;
+  backends: Map<BackendKey, number>;
   /** backend id -> encoded xdplb_backend as installed */
   backendValues: Map<number, string>;
   /**
@@ -358,12 +348,12 @@ class IdPool {
 
 /** A service whose maps must change, as planned before the first write. */
 interface Planned {
-  keyHex: string;
+  key: ServiceKey;
   spec: ServiceSpec;
   /** absent: a new service */
   s?: InstalledService;
-  /** backend keys of the table's members: the table built from `set` holds indices into this */
-  members: string[];
+  /** the table's members: the table built from `set` holds indices into this */
+  members: BackendKey[];
   set: MaglevBackend[];
   /** how many of the ids this service frees its new backends take at once (at capacity) */
   reuse: number;
@@ -377,7 +367,7 @@ interface Plan {
 }
 
 /** What a table's members are: the backends that take new flows, by key. */
-function tableMembers(spec: ServiceSpec): { members: string[]; set: MaglevBackend[] } {
+function tableMembers(spec: ServiceSpec): { members: BackendKey[]; set: MaglevBackend[] } {
   // In key order, so that every service with the same backends (in any order) asks for the same table of indices.
   const live = spec.backends
     .filter((b) => b.state === 'active' && b.weight > 0)
@@ -390,7 +380,7 @@ function tableMembers(spec: ServiceSpec): { members: string[]; set: MaglevBacken
 }
 
 /** A table of member indices (shared: left as it is) turned into one of backend ids in `out`. */
-function toIds(table: Uint32Array, members: string[], s: InstalledService, out: Uint32Array): Uint32Array {
+function toIds(table: Uint32Array, members: BackendKey[], s: InstalledService, out: Uint32Array): Uint32Array {
   const ids = members.map((k) => s.backends.get(k) as number);
   for (let j = 0; j < table.length; j++) out[j] = table[j] === NO_BACKEND ? NO_BACKEND : ids[table[j]];
   return out;
@@ -407,7 +397,7 @@ function readTable(inner: bpf.BpfMap): Uint32Array {
 export class LbDatapath implements DatapathSink {
   private readonly maps: Record<keyof typeof L.MAP_NAMES, bpf.BpfMap>;
   private readonly owner: bpf.BpfMap;
-  private readonly installed = new Map<string, InstalledService>();
+  private readonly installed = new Map<ServiceKey, InstalledService>();
   private readonly serviceIds: IdPool;
   private readonly backendIds: IdPool;
   /** xdplb_vip_filter as written */
@@ -489,9 +479,19 @@ export class LbDatapath implements DatapathSink {
         continue;
       }
       const inner = bpf.mapFromPin(pin);
-      const s: InstalledService = { id: v.id, keyHex: key.toString('hex'), vip: k.vip, flags: v.flags, backends: new Map(), backendValues: new Map(), inner };
+      const vip = Address.of(k.vip);
+      const s: InstalledService = {
+        id: v.id,
+        key: serviceKey({ vip: vip.text, port: k.port, protocol: PROTOCOL[k.proto] }),
+        mapKey: key,
+        vip,
+        flags: v.flags,
+        backends: new Map(),
+        backendValues: new Map(),
+        inner,
+      };
       byService.set(v.id, s);
-      this.installed.set(s.keyHex, s);
+      this.installed.set(s.key, s);
       this.serviceIds.take(v.id);
     }
     this.writeServicesById();
@@ -883,28 +883,28 @@ export class LbDatapath implements DatapathSink {
    * still points at it until the end of this one.
    */
   private plan(services: readonly ServiceSpec[]): Plan {
-    const wanted = new Map<string, ServiceSpec>();
-    for (const spec of services) wanted.set(tupleKey(spec), spec);
+    const wanted = new Map<ServiceKey, ServiceSpec>();
+    for (const spec of services) wanted.set(serviceKey(spec), spec);
     if (wanted.size > this.serviceIds.size) throw XdplbError.exhausted(`${wanted.size} services exceed the datapath capacity ${this.serviceIds.size}`);
     const plan: Plan = { changed: [], same: [], removed: [] };
-    for (const [keyHex, spec] of wanted) {
-      const s = this.installed.get(keyHex);
+    for (const [key, spec] of wanted) {
+      const s = this.installed.get(key);
       if (s?.spec && sameDatapathSpec(s.spec, spec)) {
         if (s.spec !== spec) plan.same.push([s, spec]);
         continue;
       }
       if (spec.backends.length > this.node.maglevSize)
         throw XdplbError.exhausted(`service ${spec.name} has ${spec.backends.length} backends, more than the Maglev table size ${this.node.maglevSize}`);
-      plan.changed.push({ keyHex, spec, s, ...tableMembers(spec), reuse: 0 });
+      plan.changed.push({ key, spec, s, ...tableMembers(spec), reuse: 0 });
     }
-    for (const s of this.installed.values()) if (!wanted.has(s.keyHex)) plan.removed.push(s);
+    for (const s of this.installed.values()) if (!wanted.has(s.key)) plan.removed.push(s);
 
     const added = plan.changed.filter((c) => !c.s).length;
     if (added > this.serviceIds.available)
       throw XdplbError.exhausted(`no free service id: this change adds ${added} services and ${this.serviceIds.available} of ${this.serviceIds.size} ids are free`);
     const counts = plan.changed.map((c) => {
       const keys = new Set(c.spec.backends.map((b) => backendKey(b.address, b.port)));
-      const have = c.s?.backends ?? new Map<string, number>();
+      const have = c.s?.backends ?? new Map<BackendKey, number>();
       let need = 0;
       for (const k of keys) if (!have.has(k)) need++;
       let freed = 0;
@@ -937,16 +937,19 @@ export class LbDatapath implements DatapathSink {
     const defIds: Buffer[] = [];
     const defValues: Buffer[] = [];
     const added: InstalledService[] = [];
-    // Backends first, all of them: a diffed table points at its new ones at once.
+    // Backends first: a diffed table points at its new ones at once. But a
+    // backend leaving service (draining, down) only once no table sends new
+    // flows to it: the datapath drops a new flow its table sends to one.
     const gathered = new Gathered();
+    const leaving = new Gathered();
     const targets = plan.changed.map((c) => {
       let s = c.s;
       if (s) this.keep(s, tx);
       else {
-        s = this.addService(c.keyHex, tx, gathered);
+        s = this.addService(c.key, c.spec, tx, gathered);
         added.push(s);
       }
-      this.writeBackends(s, c, tx, gathered);
+      this.writeBackends(s, c, tx, gathered, leaving);
       return s;
     });
     gathered.flush(tx);
@@ -959,7 +962,7 @@ export class LbDatapath implements DatapathSink {
       const flags = serviceFlags(c.spec);
       if (flags !== s.flags) {
         s.flags = flags;
-        serviceKeys.push(Buffer.from(c.keyHex, 'hex'));
+        serviceKeys.push(s.mapKey);
         serviceValues.push(L.encodeService({ id: s.id, flags }));
         defIds.push(L.u32(s.id));
         defValues.push(serviceDef(s));
@@ -972,6 +975,7 @@ export class LbDatapath implements DatapathSink {
       tx.note(() => (s.spec = before));
     }
     this.swapTables(await staged.filled(), tx);
+    leaving.flush(tx);
     // By id and the VIP filter before the service maps: a flow-cache entry
     // names a new service only after the service map has led a packet to it,
     // and no packet reaches the service map past a clear filter bit.
@@ -987,12 +991,12 @@ export class LbDatapath implements DatapathSink {
         i.map((j) => serviceValues[j]),
       );
     }
-    for (const c of plan.changed) this.releaseBackends(this.installed.get(c.keyHex) as InstalledService, c.spec, tx);
+    for (const c of plan.changed) this.releaseBackends(this.installed.get(c.key) as InstalledService, c.spec, tx);
 
     const removed = plan.removed;
     if (removed.length) {
       // Unreachable first (service map), then the table, then its backends.
-      const keys = removed.map((s) => Buffer.from(s.keyHex, 'hex'));
+      const keys = removed.map((s) => s.mapKey);
       for (const map of ['services4', 'services'] as const)
         remove(
           tx,
@@ -1028,25 +1032,25 @@ export class LbDatapath implements DatapathSink {
         this.keep(s, tx);
         this.releaseBackends(s, undefined, tx);
         this.serviceIds.free(s.id, undefined, tx);
-        this.installed.delete(s.keyHex);
-        tx.note(() => this.installed.set(s.keyHex, s));
+        this.installed.delete(s.key);
+        tx.note(() => this.installed.set(s.key, s));
       }
       this.countVips(removed, -1, tx);
     }
     // VIPs as the specs spell them: `services` is filtered by that text
-    const vips = this.sweep ? undefined : new Set([...plan.changed.map((c) => c.spec.vip), ...removed.map((s) => s.spec?.vip ?? s.vip)]);
+    const vips = this.sweep ? undefined : new Set([...plan.changed.map((c) => c.spec.vip), ...removed.map((s) => s.vip.text)]);
     const touched = vips ? services.filter((s) => vips.has(s.vip)) : services;
     this.writeVipEntries(touched, vips, tx);
     this.writeRevNat(touched, vips, tx);
   }
 
-  private addService(keyHex: string, tx: UndoLog, gathered: Gathered): InstalledService {
+  private addService(key: ServiceKey, spec: ServiceSpec, tx: UndoLog, gathered: Gathered): InstalledService {
     const id = this.serviceIds.alloc('service', tx);
     gathered.zeroCounters(this.maps.serviceStats, [id]);
-    const vip = L.decodeServiceMapKey(Buffer.from(keyHex, 'hex')).vip;
-    const s: InstalledService = { id, keyHex, vip, flags: -1, backends: new Map(), backendValues: new Map() };
-    this.installed.set(keyHex, s);
-    tx.note(() => this.installed.delete(keyHex));
+    const mapKey = L.serviceMapKey({ vip: spec.vip, port: spec.port, proto: PROTO[spec.protocol] });
+    const s: InstalledService = { id, key, mapKey, vip: spec.vipAddress, flags: -1, backends: new Map(), backendValues: new Map() };
+    this.installed.set(key, s);
+    tx.note(() => this.installed.delete(key));
     return s;
   }
 
@@ -1099,18 +1103,21 @@ export class LbDatapath implements DatapathSink {
   /**
    * New backends get ids (at capacity, `c.reuse` of them the ids of the
    * service's own removed backends); changed ones (port, state) are
-   * rewritten in place.
+   * rewritten in place, in `leaving` those that leave service.
    */
-  private writeBackends(s: InstalledService, c: Planned, tx: UndoLog, gathered: Gathered): void {
+  private writeBackends(s: InstalledService, c: Planned, tx: UndoLog, gathered: Gathered, leaving: Gathered): void {
     const keep = new Set(c.spec.backends.map((b) => backendKey(b.address, b.port)));
     const freed = [...s.backends].filter(([k]) => !keep.has(k)).slice(0, c.reuse);
     const fresh: number[] = [];
     const taken: number[] = [];
     const keys: Buffer[] = [];
     const values: Buffer[] = [];
+    const leavingKeys: Buffer[] = [];
+    const leavingValues: Buffer[] = [];
     for (const b of c.spec.backends) {
       const k = backendKey(b.address, b.port);
       let id = s.backends.get(k);
+      const installed = id !== undefined;
       if (id === undefined) {
         const reused = freed.shift();
         if (reused) {
@@ -1126,8 +1133,9 @@ export class LbDatapath implements DatapathSink {
       }
       const value = L.encodeBackend({ address: b.address, port: b.port, state: STATE[b.state], serviceId: s.id });
       if (s.backendValues.get(id) !== value.toString('hex')) {
-        keys.push(L.u32(id));
-        values.push(value);
+        const out = installed && b.state !== 'active';
+        (out ? leavingKeys : keys).push(L.u32(id));
+        (out ? leavingValues : values).push(value);
         s.backendValues.set(id, value.toString('hex'));
       }
     }
@@ -1138,6 +1146,7 @@ export class LbDatapath implements DatapathSink {
       taken.map(() => L.u32(s.id + 1)),
     );
     gathered.put(this.maps.backends, keys, values);
+    leaving.put(this.maps.backends, leavingKeys, leavingValues);
   }
 
   /**
@@ -1198,8 +1207,8 @@ export class LbDatapath implements DatapathSink {
   }
 
   /** The datapath ids of a service and its backends (tests and counters). */
-  ids(spec: ServiceSpec): { service: number; backends: Map<string, number> } | undefined {
-    const s = this.installed.get(tupleKey(spec));
+  ids(spec: ServiceSpec): { service: number; backends: Map<BackendKey, number> } | undefined {
+    const s = this.installed.get(serviceKey(spec));
     return s && { service: s.id, backends: new Map(s.backends) };
   }
 
@@ -1210,7 +1219,7 @@ export class LbDatapath implements DatapathSink {
    */
   async counters(services: readonly ServiceSpec[], only?: string): Promise<CountersSnapshot> {
     const picked = services.flatMap((spec) => {
-      const s = only && spec.name !== only ? undefined : this.installed.get(tupleKey(spec));
+      const s = only && spec.name !== only ? undefined : this.installed.get(serviceKey(spec));
       return s ? [{ spec, id: s.id, backendIds: spec.backends.map((b) => s.backends.get(backendKey(b.address, b.port))) }] : [];
     });
     const backendIds = picked.flatMap((p) => p.backendIds.filter((id): id is number => id !== undefined));

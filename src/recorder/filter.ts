@@ -45,7 +45,7 @@
 // entry whose `rules` is the OR of their bits.
 
 import { XdplbError } from '../control/errors';
-import { parseAddress } from '../control/validate';
+import { Address, type Family } from '../net/address';
 import {
   IPPROTO_ICMP,
   IPPROTO_ICMPV6,
@@ -58,8 +58,6 @@ import {
   REC_MAX_MASKS,
   REC_MAX_RULES,
 } from '../datapath/layout';
-
-export type Family = 4 | 6;
 
 /** Bytes of a tuple, key or mask: struct xdplb_rec_key. */
 const TUPLE_LEN = REC_KEY.size;
@@ -171,30 +169,25 @@ type Key = (typeof KEYS)[number];
 export function parsePrefix(text: string): Prefix | string {
   const slash = text.indexOf('/');
   const addrText = slash < 0 ? text : text.slice(0, slash);
-  const a = parseAddress(addrText);
+  const a = Address.parse(addrText);
   if (typeof a === 'string') return 'not an IPv4/IPv6 prefix';
-  const max = a.family === 4 ? 32 : 128;
-  let len = max;
+  const max = a.bits;
+  let len: number = max;
   if (slash >= 0) {
     const lenText = text.slice(slash + 1);
     if (!/^\d{1,3}$/.test(lenText)) return 'not an IPv4/IPv6 prefix';
     len = Number(lenText);
     if (len > max) return `prefix length ${len} > ${max}`;
   }
+  if (!a.hostBitsClear(len)) return `${text} has host bits set; write ${a.network(len).text}/${len}`;
   const bytes = new Uint8Array(16);
   bytes.set(a.bytes, 0);
-  const masked = maskBytes(bytes, len);
-  if (!equalBytes(masked, bytes))
-    return `${text} has host bits set; write ${prefixText({ family: a.family, bytes: masked, len })}`;
-  return { family: a.family, bytes: masked, len };
+  return { family: a.family, bytes, len };
 }
 
 /** "10.0.0.0/8", "2001:db8::/32" */
 export function prefixText(p: Prefix): string {
-  if (p.family === 4) return `${Array.from(p.bytes.subarray(0, 4)).join('.')}/${p.len}`;
-  const full = Array.from({ length: 8 }, (_, i) => ((p.bytes[2 * i] << 8) | p.bytes[2 * i + 1]).toString(16)).join(':');
-  const a = parseAddress(full); // RFC 5952 text
-  return `${typeof a === 'string' ? full : a.text}/${p.len}`;
+  return `${Address.fromBytes(p.bytes.subarray(0, p.family === 4 ? 4 : 16)).text}/${p.len}`;
 }
 
 function parsePort(v: string): number | string {
@@ -383,10 +376,10 @@ function fieldOf(why: string, sub: (n: string) => string): string {
 
 /** A packet tuple from text: tupleOf({src: '192.0.2.1', dst: '203.0.113.10', sport: 40000, dport: 80, proto: 6}). */
 export function tupleOf(t: { src: string; dst: string; sport?: number; dport?: number; proto: number }): Tuple {
-  const s = parseAddress(t.src);
-  const d = parseAddress(t.dst);
-  if (typeof s === 'string') throw new RangeError(`src: ${s}`);
-  if (typeof d === 'string') throw new RangeError(`dst: ${d}`);
+  const s = Address.parse(t.src);
+  const d = Address.parse(t.dst);
+  if (typeof s === 'string') throw new RangeError(`src: ${JSON.stringify(t.src)} ${s}`);
+  if (typeof d === 'string') throw new RangeError(`dst: ${JSON.stringify(t.dst)} ${d}`);
   if (s.family !== d.family) throw new RangeError(`src ${t.src} and dst ${t.dst} are of different families`);
   const src = new Uint8Array(16);
   const dst = new Uint8Array(16);
