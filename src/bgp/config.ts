@@ -87,5 +87,5 @@ export function validateBgp(input: unknown, field = 'bgp'): BgpSettings {
 }
 
 export function peerFamily(p: BgpPeer): Family {
-  return p.address.includes(':') ? 6 : 4;
+  return Address.of(p.address).family;
 }

@@ -11,6 +11,7 @@ import { labCommand } from '../lab/command';
 import { recordCommand } from './record';
 import { decapCommand } from './decap';
 import { bgpCommands } from './bgp';
+import { hostPort } from '../net/address';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { version } = require('../../../package.json') as { version: string };
@@ -41,7 +42,6 @@ interface PbService {
 }
 
 const short = (enumName: string) => enumName.replace(/^(PROTOCOL|BACKEND_STATE|OWNER)_/, '').toLowerCase();
-const hostPort = (a: string, p: number) => (a.includes(':') ? `[${a}]:${p}` : `${a}:${p}`);
 const portText = (p: number) => (p === 0 ? 'all' : String(p));
 
 // proto-loader's `oneofs` option adds a virtual field per proto3 `optional`

@@ -35,7 +35,7 @@ import { IdPool, monotonicS } from './ids';
 import { Attachments, PROG_PIN } from './attach';
 import { readCounters, readStatus, reasonPackets, type DatapathMaps } from './report';
 import { vipFilterBit } from './flowhash';
-import { TableStream, diffTables, NO_BACKEND, type MaglevBackend } from '../maglev';
+import { TableStream, diffTables, maglevKey, NO_BACKEND, type MaglevBackend } from '../maglev';
 import type { DatapathChange, DatapathSink } from '../control/controller';
 import { XdplbError } from '../control/errors';
 import { backendKey, serviceKey, type BackendKey, type BackendSpec, type NodeSettings, type Protocol, type ServiceKey, type ServiceSpec } from '../control/model';
@@ -182,7 +182,7 @@ function tableMembers(spec: ServiceSpec): { members: BackendKey[]; set: MaglevBa
   // In key order, so that every service with the same backends (in any order) asks for the same table of indices.
   const live = spec.backends
     .filter((b) => b.state === 'active' && b.weight > 0)
-    .map((b) => ({ b, key: `${b.address}:${b.port}` }))
+    .map((b) => ({ b, key: maglevKey(b.address, b.port) }))
     .sort((x, y) => (x.key < y.key ? -1 : x.key > y.key ? 1 : 0));
   return {
     members: live.map(({ b }) => backendKey(b.address, b.port)),
