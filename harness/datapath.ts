@@ -23,6 +23,7 @@ import { Address } from '../src/net/address';
 import { REASONS, REASON } from '../src/datapath/reasons';
 import { netns, pinDir, sh, veth, ifindexIn, type Teardown } from './fixtures';
 import { CHECK_FIELDS, macText, readIpv4, readIpv6, tsharkFields, tsharkVerbose } from './packets';
+import { NO_BACKEND } from '../src/maglev';
 
 /** A service as raw map contents: the tuple and the id it is written at. */
 export interface RawService {
@@ -133,7 +134,7 @@ export class Lb {
    */
   maglev(serviceId: number, table: Uint32Array): void {
     for (const id of new Set(table)) {
-      if (id === L.NO_BACKEND || this.owners.has(id)) continue;
+      if (id === NO_BACKEND || this.owners.has(id)) continue;
       this.owners.set(id, serviceId);
       const b = this.backendSpecs.get(id);
       if (b && b.service === undefined) this.backend(b);

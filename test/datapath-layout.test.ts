@@ -12,7 +12,7 @@ import * as L from '../src/datapath/layout';
 import { REASON_COUNT } from '../src/datapath/reasons';
 import { flowHash, outerSource } from '../src/datapath/flowhash';
 import { checkStruct, LayoutMismatchError, struct } from '../src/datapath/codec';
-import { DEFAULT_M, MAX_M } from '../src/maglev';
+import { DEFAULT_M, MAX_M, NO_BACKEND } from '../src/maglev';
 import { decodeTuple, encodeTuple, tupleOf } from '../src/recorder/filter';
 import { btfStructs } from '../harness/btf';
 import { openLb } from '../harness/datapath';
@@ -88,7 +88,7 @@ t.test('constants in layout.ts equal the #defines of consts.h', (t) => {
     ['XDPLB_MAX_DEVICES', L.MAX_DEVICES],
     ['XDPLB_MAGLEV_DEFAULT_M', DEFAULT_M],
     ['XDPLB_MAGLEV_MAX_M', MAX_M],
-    ['XDPLB_NO_BACKEND', L.NO_BACKEND],
+    ['XDPLB_NO_BACKEND', NO_BACKEND],
     ['XDPLB_FLOW_HASH_SEED', L.FLOW_HASH_SEED],
     ['XDPLB_NEXTHOP_TTL_MS', L.NEXTHOP_TTL_MS],
     ['XDPLB_NEXTHOP_SLOTS', L.NEXTHOP_SLOTS],
@@ -285,7 +285,7 @@ t.test('recorder encoders: keys (filter.ts encodeTuple), entries, config, sample
   t.same(L.decodeRecConfig(L.encodeRecConfig({ nMasks: 7, gen: 9 })), { nMasks: 7, gen: 9, flags: 0 });
   t.throws(() => L.encodeRecConfig({ nMasks: 33 }), RangeError, 'no more masks than slots');
 
-  const meta: L.RecMeta = { tsNs: 123456789012n, rules: 6n, origLen: 1514, capLen: 64, ifindex: 9, backendId: L.NO_BACKEND, point: L.CAPTURE_IN, family: 6 };
+  const meta: L.RecMeta = { tsNs: 123456789012n, rules: 6n, origLen: 1514, capLen: 64, ifindex: 9, backendId: NO_BACKEND, point: L.CAPTURE_IN, family: 6 };
   const mb = L.encodeRecMeta(meta);
   t.equal(mb.length, 40);
   t.equal(mb.subarray(16, 40).toString('hex'), 'ea050000' + '40000000' + '09000000' + 'ffffffff' + '01' + '06' + '0000' + '00000000');
