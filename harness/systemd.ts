@@ -3,7 +3,6 @@
 // the daemon spawned with the unit's capability set or less, and /proc mounted
 // as the unit's ProcSubset=pid / ProtectProc=invisible mount it.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { DaemonFixture } from './daemon';
 import type { Teardown } from './fixtures';
@@ -26,15 +25,6 @@ while True:
         pass
     print(json.dumps({"msg": data.decode(), "apiListening": up, "t": time.monotonic()}), flush=True)
 `;
-
-const UNIT = path.resolve(__dirname, '..', '..', 'systemd', 'xdplb.service');
-
-/** The unit's CapabilityBoundingSet as setpriv names them: bpf, net_admin, ... */
-export function unitCapabilities(): string[] {
-  const line = /^CapabilityBoundingSet=(.*)$/m.exec(fs.readFileSync(UNIT, 'utf8'));
-  if (!line) throw new Error(`no CapabilityBoundingSet in ${UNIT}`);
-  return line[1].trim().split(/\s+/).map((c) => c.replace(/^CAP_/, '').toLowerCase());
-}
 
 export interface Notification {
   msg: string;

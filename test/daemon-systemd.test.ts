@@ -13,7 +13,8 @@ import { daemonFixture, PEER_MAC, peerSender, rpc, type DaemonFixture } from '..
 import { needsRoot, sh } from '../harness/fixtures';
 import { ether, ipv4, tcp, TCP_ACK } from '../harness/packets';
 import { tsharkRows, until, VIP4 } from '../harness/recorder';
-import { fields, logged, logLine, notifyListener, PROC_SUBSET_PID, spawnDaemon, unitCapabilities, type Notification } from '../harness/systemd';
+import { fields, logged, logLine, notifyListener, PROC_SUBSET_PID, spawnDaemon, type Notification } from '../harness/systemd';
+import { unitCapabilities } from '../harness/systemd-unit';
 
 const SERVICES = `
   - name: web

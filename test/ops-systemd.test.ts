@@ -6,14 +6,11 @@
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
 import { daemonFixture, MAIN, rpc } from '../harness/daemon';
 import { needsRoot } from '../harness/fixtures';
-import { logLine, notifyListener, spawnDaemon, unitCapabilities } from '../harness/systemd';
+import { logLine, notifyListener, spawnDaemon } from '../harness/systemd';
+import { UNIT, unitCapabilities, unitCopy } from '../harness/systemd-unit';
 
-const ROOT = path.resolve(__dirname, '..', '..');
-const UNIT = path.join(ROOT, 'systemd', 'xdplb.service');
 const unitText = () => fs.readFileSync(UNIT, 'utf8');
 const hasSystemdAnalyze = fs.existsSync('/usr/bin/systemd-analyze') || fs.existsSync('/bin/systemd-analyze');
 const needsAnalyze = { skip: hasSystemdAnalyze ? false : 'systemd-analyze is not installed' };
@@ -26,18 +23,8 @@ function unitValues(key: string): string[] {
     .map((l) => l.slice(key.length + 1).trim());
 }
 
-/** A copy of the unit whose ExecStart runs this checkout with this Node.js, so verify finds every file. */
-function unitCopy(): string {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'xdplb-unit-'));
-  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const text = unitText().replace(/^ExecStart=\S+ \/opt\/xdplb\/dist\/src\/cli\/main\.js/m, `ExecStart=${process.execPath} ${MAIN}`);
-  const file = path.join(dir, 'xdplb.service');
-  fs.writeFileSync(file, text);
-  return file;
-}
-
 t.test('systemd-analyze verify accepts the unit', needsAnalyze, async (t) => {
-  const copy = unitCopy();
+  const copy = unitCopy(t);
   t.match(fs.readFileSync(copy, 'utf8'), `ExecStart=${process.execPath} ${MAIN} daemon`, 'ExecStart points at this checkout');
   for (const file of [copy, UNIT]) {
     const r = spawnSync('systemd-analyze', ['verify', file], { encoding: 'utf8' });

@@ -12,6 +12,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { XdplbError } from '../control/errors';
 import { MAX_SOCKET_PATH_BYTES } from '../control/validate';
+import { effectiveCapabilities } from '../sys/capabilities';
 import type { BgpPeer, BgpSettings } from '../control/model';
 import { peerFamily } from './config';
 
@@ -34,6 +35,28 @@ export interface ProtocolState {
 
 const BIRDC_TIMEOUT_MS = 5000;
 const START_TIMEOUT_MS = 5000;
+const CAP_SETPCAP = 8;
+const CAP_NET_BIND_SERVICE = 10;
+const CAP_NAMES: Record<number, string> = { 8: 'CAP_SETPCAP', 12: 'CAP_NET_ADMIN', 21: 'CAP_SYS_ADMIN', 38: 'CAP_PERFMON', 39: 'CAP_BPF' };
+/**
+ * BIRD parses what routers send, so it runs with the one capability it needs,
+ * to listen on port 179 (TCP MD5 needs none: test/bgp-systemd.test.ts runs it
+ * with this alone), not with the daemon's BPF and network administration. Only
+ * a daemon with CAP_SETPCAP can narrow the bounding set BIRD inherits; setpriv
+ * without it leaves the set as it is and says nothing.
+ */
+const NARROW = ['setpriv', '--bounding-set', '-all,+net_bind_service', '--inh-caps', '-all', '--'];
+
+/** The effective set of a process, or undefined when its status is unreadable. */
+function capabilities(pid: number | 'self'): bigint | undefined {
+  try {
+    return effectiveCapabilities(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  } catch {
+    return undefined;
+  }
+}
+
+const has = (caps: bigint, bit: number) => ((caps >> BigInt(bit)) & 1n) === 1n;
 
 /** BIRD's protocol name for a peer: a symbol made of its address. */
 export function peerProtocol(p: BgpPeer): string {
@@ -177,8 +200,9 @@ export class Bird {
     if (check) throw XdplbError.failedPrecondition(check);
     const log = fs.openSync(this.logPath, 'a');
     try {
-      const args = ['-f', '-c', this.confPath, '-s', this.socketPath, '-P', this.pidPath, ...(recover ? ['-R'] : [])];
-      const child = spawn('bird', args, { detached: true, stdio: ['ignore', log, log] });
+      const self = capabilities('self');
+      const argv = [...(self !== undefined && has(self, CAP_SETPCAP) ? NARROW : []), 'bird', '-f', '-c', this.confPath, '-s', this.socketPath, '-P', this.pidPath, ...(recover ? ['-R'] : [])];
+      const child = spawn(argv[0], argv.slice(1), { detached: true, stdio: ['ignore', log, log] });
       child.unref();
     } finally {
       fs.closeSync(log);
@@ -200,7 +224,31 @@ export class Bird {
   }
 
   async protocols(): Promise<ProtocolState[]> {
-    return parseProtocols(await this.birdc('show', 'protocols'));
+    return parseProtocols(await this.birdc('show', 'protocols')).map((p) => ({ ...p, info: this.explain(p.info) }));
+  }
+
+  /**
+   * BIRD's "No listening socket" names no cause, and BIRD gives up on the
+   * session for good. Its cause is nearly always the capability BIRD did not
+   * inherit: it runs with the daemon's, and the unit alone does not grant it.
+   */
+  private explain(info: string): string {
+    if (!/No listening socket/.test(info)) return info;
+    const pid = this.pid();
+    const caps = pid === undefined ? undefined : capabilities(pid);
+    const cause =
+      caps !== undefined && !has(caps, CAP_NET_BIND_SERVICE)
+        ? 'BIRD cannot bind TCP port 179 without CAP_NET_BIND_SERVICE, which it inherits from the daemon; under systemd install systemd/xdplb.service.d/bgp.conf (README, "Announcing the VIPs over BGP") and restart'
+        : 'BIRD could not bind TCP port 179 (does another BGP daemon hold it?)';
+    return `${info}: ${cause}; see ${this.logPath}`;
+  }
+
+  /** The capabilities the running BIRD holds beyond CAP_NET_BIND_SERVICE: those of a daemon that could not narrow them. */
+  excessCapabilities(): string[] {
+    const pid = this.pid();
+    const caps = pid === undefined ? undefined : capabilities(pid);
+    if (caps === undefined) return [];
+    return [...Array(64).keys()].filter((bit) => bit !== CAP_NET_BIND_SERVICE && has(caps, bit)).map((bit) => CAP_NAMES[bit] ?? `capability ${bit}`);
   }
 
   /** `birdc down`: sessions closed, BIRD exits; killed when it does not within the timeout. */

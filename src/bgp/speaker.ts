@@ -178,12 +178,18 @@ export class Speaker implements BgpControl {
       this.pid = await this.bird.start(text);
       this.log.info({ pid: this.pid, socket: this.bird.socketPath }, 'bgp speaker started');
     }
+    this.warnCapabilities();
     this.applied = text;
     this.logPlanChanges([]);
     if (this.drained) this.log.warn('the node is drained (from before the restart): no VIP is announced');
     await this.refreshPeers();
     this.timer = setInterval(() => void this.tick(), TICK_MS);
     this.timer.unref();
+  }
+
+  private warnCapabilities(): void {
+    const excess = this.bird.excessCapabilities();
+    if (excess.length) this.log.warn({ pid: this.pid, capabilities: excess }, 'BIRD runs with capabilities it does not need, inherited from the daemon: grant the daemon CAP_SETPCAP so it drops them (systemd/xdplb.service.d/bgp.conf)');
   }
 
   /** The services or their health changed. */
@@ -343,6 +349,7 @@ export class Speaker implements BgpControl {
           this.applied = text;
           this.logPlanChanges(before);
           this.log.info({ pid: this.pid }, 'bgp speaker started');
+          this.warnCapabilities();
         }
         const attached = this.deps.attached();
         if (attached.join() !== this.attached.join()) {
@@ -383,7 +390,7 @@ export class Speaker implements BgpControl {
     for (const p of next) {
       const old = was.get(p.address);
       if (!old || old.established !== p.established || old.state !== p.state)
-        this.log.info({ peer: p.address, asn: p.asn, state: p.state, info: p.info }, p.established ? 'bgp peer established' : 'bgp peer not established');
+        this.log[p.info.startsWith('Error') ? 'warn' : 'info']({ peer: p.address, asn: p.asn, state: p.state, info: p.info }, p.established ? 'bgp peer established' : 'bgp peer not established');
     }
     this.peers = next;
   }
