@@ -21,7 +21,7 @@ import { vipFilterBit } from '../src/datapath/flowhash';
 import { DEFAULT_M } from '../src/maglev/table';
 import { Address } from '../src/net/address';
 import { REASONS, REASON } from '../src/datapath/reasons';
-import { netns, pinDir, sh, veth, ifindexIn, type Teardown } from './fixtures';
+import { netns, onOneCpu, pinDir, sh, veth, ifindexIn, type Teardown } from './fixtures';
 import { CHECK_FIELDS, macText, readIpv4, readIpv6, tsharkFields, tsharkVerbose } from './packets';
 import { NO_BACKEND } from '../src/maglev';
 
@@ -291,6 +291,8 @@ export interface World {
  * written raw.
  */
 export function world(t: Teardown, o: { maglevM?: number; config?: Partial<L.NodeConfig> } = {}): World {
+  // per-CPU state (flow-cache slots, pending placements) must meet the next run
+  onOneCpu(t);
   const fib = fibNamespace(t);
   const c = o.config ?? {};
   const source = (address: string, prefixLength: number | undefined, bits: number) => (address ? { address, prefixLength: prefixLength || bits } : undefined);
