@@ -1,6 +1,6 @@
 // Teardown for benchmarks: the test fixtures' cleanup contract outside tap, run
 // in reverse order of registration, every step attempted even when one fails.
-import type { Teardown } from '../test/helpers/fixtures';
+import type { Teardown } from '../harness/fixtures';
 
 /**
  * Ctrl-C or SIGTERM during a benchmark: `stopping` turns true, and the

@@ -13,7 +13,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
-import { daemonFixture, rpc } from '../test/helpers/daemon';
+import { daemonFixture, rpc } from '../harness/daemon';
 import { Cleanup } from './cleanup';
 
 

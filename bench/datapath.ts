@@ -31,14 +31,15 @@
 // on SIGINT/SIGTERM (noticed between cases).
 import * as os from 'node:os';
 import * as bpf from '../src/datapath/bpf';
+import * as sys from '../src/sys/system';
 import * as L from '../src/datapath/layout';
 import { flowCacheSlot, flowHash, maglevIndex, vipFilterWords } from '../src/datapath/flowhash';
 import { buildTable, DEFAULT_M } from '../src/maglev';
 import { Address } from '../src/net/address';
-import { CLIENT4, CLIENT6, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, VIP6, decap, fibNamespace, openLb, Lb as LbFixture, type FibNs, type Lb } from '../test/helpers/datapath';
-import { pinDir } from '../test/helpers/fixtures';
+import { CLIENT4, CLIENT6, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, VIP6, decap, fibNamespace, openLb, Lb as LbFixture, type FibNs, type Lb } from '../harness/datapath';
+import { pinDir } from '../harness/fixtures';
 import { Cleanup } from './cleanup';
-import { TCP_ACK, TCP_PSH, TCP_SYN, ether, ipv4, ipv6, tcp } from '../test/helpers/packets';
+import { TCP_ACK, TCP_PSH, TCP_SYN, ether, ipv4, ipv6, tcp } from '../harness/packets';
 
 const RUNS = Number(process.argv[2] ?? 7);
 const REPEAT = Number(process.argv[3] ?? 200_000);
@@ -414,7 +415,7 @@ function measure(w: World, fib: FibNs, c: Case, name: string, repeat = c.repeat 
   const ctx = bpf.xdpContext(fib.lb0);
   const before = counted ? verdictCounts(w) : [];
   const reasonBefore = name === 'bench_lb' ? w.lb.reason(c.reason) : 0n;
-  const r = bpf.withNetns(fib.ns, () => prog.testRun({ data: c.frame, ctx, repeat }));
+  const r = sys.withNetns(fib.ns, () => prog.testRun({ data: c.frame, ctx, repeat }));
   const where = `${c.label}, ${w.services} service(s), ${name}`;
   if (r.retval !== expect) throw new Error(`${where}: last verdict ${VERDICT(r.retval)}, expected ${VERDICT(expect)}`);
   if (!r.data.equals(c.frame)) throw new Error(`${where}: the frame left in the buffer is not the original one`);
@@ -435,7 +436,7 @@ function measure(w: World, fib: FibNs, c: Case, name: string, repeat = c.repeat 
 
 /** xdplb_main itself with `repeat`: valid only where it leaves the frame as it is (XDP_PASS). */
 function measureDirect(w: World, fib: FibNs, c: Case): number {
-  const r = bpf.withNetns(fib.ns, () => w.lb.prog.testRun({ data: c.frame, ctx: bpf.xdpContext(fib.lb0), repeat: c.repeat ?? REPEAT }));
+  const r = sys.withNetns(fib.ns, () => w.lb.prog.testRun({ data: c.frame, ctx: bpf.xdpContext(fib.lb0), repeat: c.repeat ?? REPEAT }));
   if (r.retval !== c.verdict || !r.data.equals(c.frame)) throw new Error(`${c.label}: xdplb_main measured directly did not pass the frame unchanged`);
   return r.duration;
 }
@@ -450,7 +451,7 @@ function expectedBackend(w: World, c: Case, flow: L.FlowKey): number {
 
 /** One run of xdplb_main itself (lb.bpf.o): the case does what it says. */
 function validate(w: World, fib: FibNs, c: Case): void {
-  const r = bpf.withNetns(fib.ns, () => w.lb.run(c.frame, fib.lb0));
+  const r = sys.withNetns(fib.ns, () => w.lb.run(c.frame, fib.lb0));
   const where = `${c.label}, ${w.services} service(s), xdplb_main`;
   if (r.retval !== c.verdict) throw new Error(`${where}: ${VERDICT(r.retval)}, expected ${VERDICT(c.verdict)}`);
   if (c.kind === 'pass') {
@@ -727,7 +728,7 @@ function fibBench(w: World, fib: FibNs): string {
   const params = w.benchConfigFib;
   const frame = CASES[0].frame;
   const run = (name: string) => {
-    const r = bpf.withNetns(fib.ns, () => w.progs[name].testRun({ data: frame, ctx: bpf.xdpContext(fib.lb0), repeat: REPEAT }));
+    const r = sys.withNetns(fib.ns, () => w.progs[name].testRun({ data: frame, ctx: bpf.xdpContext(fib.lb0), repeat: REPEAT }));
     if (r.retval !== bpf.XDP_TX) throw new Error(`${name}: ${VERDICT(r.retval)} (lookup failed)`);
     return r.duration;
   };

@@ -12,9 +12,9 @@
 // Run: node dist/bench/health.js [seconds=10]
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import { daemonFixture, rpc, type DaemonFixture } from '../test/helpers/daemon';
-import { sh } from '../test/helpers/fixtures';
-import type { Client } from '../src/cli/client';
+import { daemonFixture, rpc, type DaemonFixture } from '../harness/daemon';
+import { sh } from '../harness/fixtures';
+import type { Client } from '../src/client/client';
 import { Cleanup } from './cleanup';
 
 const SECONDS = Number(process.argv[2] ?? 10);

@@ -4,6 +4,7 @@
 // generator namespace once and stays there.
 import { parentPort, workerData } from 'node:worker_threads';
 import * as bpf from '../src/datapath/bpf';
+import * as sys from '../src/sys/system';
 
 export interface GeneratorSetup {
   /** namespace name of the generator's veth end */
@@ -28,12 +29,12 @@ export interface GeneratorResult {
 const setup = workerData as GeneratorSetup;
 const prog = bpf.openObject(bpf.testObjectPath('native_test'), { pinRoot: setup.pinRoot }).program('xdp_tx');
 const frame = Buffer.from(setup.frame);
-const ifindex = bpf.withNetns(setup.ns, () => bpf.ifIndex(setup.ifname));
+const ifindex = sys.withNetns(setup.ns, () => sys.ifIndex(setup.ifname));
 
 parentPort!.on('message', (step: GeneratorStep) => {
   const start = process.hrtime.bigint();
   let sent = 0;
-  bpf.withNetns(setup.ns, () => {
+  sys.withNetns(setup.ns, () => {
     while (Number(process.hrtime.bigint() - start) / 1e9 < step.seconds) {
       prog.testRun({ data: frame, ctx: bpf.xdpContext(ifindex), repeat: step.burst, flags: bpf.BPF_F_TEST_XDP_LIVE_FRAMES, batchSize: 64 });
       sent += step.burst;

@@ -7,11 +7,14 @@
 // lb0 routes the backends (198.51.100.0/24, 2001:db8:200::/64) back through g0
 // with permanent neighbours, so encapsulated frames leave lb0 with XDP_TX and
 // end in the sink, which strips them (putting the generator's page back).
+import * as fs from 'node:fs';
+import * as os from 'node:os';
 import pino, { type Logger } from 'pino';
 import * as bpf from '../src/datapath/bpf';
+import * as sys from '../src/sys/system';
 import { LbDatapath } from '../src/datapath/lb';
 import { DEFAULT_NODE, type NodeSettings } from '../src/control/model';
-import { netns, pinDir, sh, veth } from '../test/helpers/fixtures';
+import { netns, pinDir, sh, veth } from '../harness/fixtures';
 import { Decap, detachIn } from '../src/lab/decap';
 import type { Cleanup } from './cleanup';
 
@@ -71,8 +74,8 @@ export function liveLab(cleanup: Cleanup): LiveLab {
   return {
     genNs,
     lbNs,
-    g0: bpf.withNetns(genNs, () => bpf.ifIndex('g0')),
-    lb0: bpf.withNetns(lbNs, () => bpf.ifIndex('lb0')),
+    g0: sys.withNetns(genNs, () => sys.ifIndex('g0')),
+    lb0: sys.withNetns(lbNs, () => sys.ifIndex('lb0')),
     g0Mac,
     lb0Mac,
     test,
@@ -101,13 +104,13 @@ export function liveNode(o: { bpffs: string; dir: string; maglevSize: number }):
 
 /** The load balancer's datapath on lb0; close() (also at cleanup, once) detaches it and closes the handles. */
 export function openLiveDatapath(cleanup: Cleanup, lab: LiveLab, node: NodeSettings, log: Logger = pino({ level: 'warn' })): { dp: LbDatapath; close(): void } {
-  const dp = bpf.withNetns(lab.lbNs, () => LbDatapath.open(node, log));
+  const dp = sys.withNetns(lab.lbNs, () => LbDatapath.open(node, log));
   let closed = false;
   const close = () => {
     if (closed) return;
     closed = true;
     try {
-      bpf.withNetns(lab.lbNs, () => {
+      sys.withNetns(lab.lbNs, () => {
         if (bpf.queryXdp(lab.lb0).progId) bpf.detachXdp(lab.lb0, 'native');
       });
     } catch {
@@ -117,4 +120,48 @@ export function openLiveDatapath(cleanup: Cleanup, lab: LiveLab, node: NodeSetti
   };
   cleanup.teardown(close);
   return { dp, close };
+}
+
+const napiThreads = (): Set<number> => {
+  const out = new Set<number>();
+  for (const p of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(p)) continue;
+    try {
+      if (fs.readFileSync(`/proc/${p}/comm`, 'utf8').startsWith('napi/')) out.add(Number(p));
+    } catch {
+      // gone
+    }
+  }
+  return out;
+};
+
+/** CPU seconds (user + system) a thread of this machine has used. */
+export function threadCpuSeconds(tid: number): number {
+  const stat = fs.readFileSync(`/proc/${tid}/stat`, 'utf8');
+  // fields after the command (which may hold spaces), from the last ')': state is field 3, utime 14, stime 15
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(f[11]) + Number(f[12])) / CLOCK_TICKS;
+}
+const CLOCK_TICKS = Number(sh('getconf', 'CLK_TCK').trim());
+
+/**
+ * Threaded NAPI on a veth end (/sys/class/net/DEV/threaded): its receive
+ * polling, XDP program included, moves from the softirq of whichever CPU sent
+ * the frames into kernel threads of its own, pinned here to `cpu`; or back
+ * (cpu undefined). The veth's NAPI exists only while an XDP program is
+ * attached to it. Returns the threads.
+ */
+export function napiOn(ns: string, dev: string, cpu: number | undefined): number[] {
+  const before = napiThreads();
+  sh('ip', 'netns', 'exec', ns, 'sh', '-c', `echo ${cpu === undefined ? 0 : 1} > /sys/class/net/${dev}/threaded`);
+  if (cpu === undefined) return [];
+  const tids = [...napiThreads()].filter((t) => !before.has(t));
+  if (!tids.length) throw new Error(`${dev}: no NAPI thread appeared (is an XDP program attached?)`);
+  for (const t of tids) sh('taskset', '-pc', String(cpu), String(t));
+  return tids;
+}
+
+/** Pins the process's main thread (where the generator's test runs execute) to `cpu`, or to every CPU again. */
+export function pinMainThread(cpu: number | undefined): void {
+  sh('taskset', '-pc', cpu === undefined ? `0-${os.cpus().length - 1}` : String(cpu), String(process.pid));
 }

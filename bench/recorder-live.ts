@@ -30,14 +30,15 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import pino from 'pino';
 import * as bpf from '../src/datapath/bpf';
+import * as sys from '../src/sys/system';
 import type { ServiceSpec } from '../src/control/model';
 import { validateService } from '../src/control/validate';
 import { RecorderMaps } from '../src/recorder/datapath';
 import { Recorder } from '../src/recorder/recordings';
 import { NO_ROTATION } from '../src/recorder/sink-file';
 import { parseFilter } from '../src/recorder/filter';
-import { ether, ipv4, tcp, TCP_ACK, TCP_PSH } from '../test/helpers/packets';
-import { pinDir } from '../test/helpers/fixtures';
+import { ether, ipv4, tcp, TCP_ACK, TCP_PSH } from '../harness/packets';
+import { pinDir } from '../harness/fixtures';
 import { Cleanup, stopOnSignal } from './cleanup';
 import { ethtool, liveLab, liveNode, openLiveDatapath, sumMatching } from './live-lab';
 import type { GeneratorResult, GeneratorSetup, GeneratorStep } from './live-frames-worker';
@@ -117,7 +118,7 @@ async function main(): Promise<void> {
     cleanup.teardown(() => recorder.close());
     const frame = ether(ipv4({ src: '192.0.2.100', dst: VIP4 }, tcp({ sport: 40000, dport: 80, flags: TCP_ACK | TCP_PSH, payload: Buffer.alloc(64, 0x61) })), { dst: lb0Mac, src: g0Mac });
     // the flow's first packet makes its connection-table entry
-    bpf.withNetns(genNs, () => gen.testRun({ data: frame, ctx: bpf.xdpContext(g0), repeat: 1, flags: bpf.BPF_F_TEST_XDP_LIVE_FRAMES }));
+    sys.withNetns(genNs, () => gen.testRun({ data: frame, ctx: bpf.xdpContext(g0), repeat: 1, flags: bpf.BPF_F_TEST_XDP_LIVE_FRAMES }));
 
     const worker = new Worker(path.join(__dirname, 'live-frames-worker.js'), { workerData: { ns: genNs, ifname: 'g0', frame, pinRoot: pinDir(cleanup) } satisfies GeneratorSetup });
     cleanup.teardown(() => worker.terminate().then(() => undefined));

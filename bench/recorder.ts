@@ -33,12 +33,13 @@
 // what the case implies (0, or 2 × repeat samples + failures).
 import * as os from 'node:os';
 import * as bpf from '../src/datapath/bpf';
+import * as sys from '../src/sys/system';
 import * as L from '../src/datapath/layout';
 import { DEFAULT_M } from '../src/maglev';
 import { compileFilters, matchCompiled, type Filter, type RuleFilters } from '../src/recorder/filter';
-import { CLIENT4, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, fibNamespace, openLb, type FibNs, type Lb } from '../test/helpers/datapath';
-import { RecorderMaps } from '../test/helpers/datapath-recorder';
-import { TCP_ACK, TCP_PSH, ether, ipv4, tcp } from '../test/helpers/packets';
+import { CLIENT4, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, fibNamespace, openLb, type FibNs, type Lb } from '../harness/datapath';
+import { RecorderMaps } from '../harness/datapath-recorder';
+import { TCP_ACK, TCP_PSH, ether, ipv4, tcp } from '../harness/packets';
 import { Cleanup } from './cleanup';
 
 const RUNS = Number(process.argv[2] ?? 7);
@@ -128,7 +129,7 @@ type Expect = 'none' | 'all' | 'attempted';
 function measure(w: World, fib: FibNs, name: string, frame: Buffer, expectSamples: Expect, where: string, repeat: number): { ns: number; failed: bigint } {
   const before = sumPerCpu(w.verdicts, bpf.XDP_TX);
   const recBefore = w.rec.counts();
-  const r = bpf.withNetns(fib.ns, () => w.progs[name].testRun({ data: frame, ctx: bpf.xdpContext(fib.lb0), repeat }));
+  const r = sys.withNetns(fib.ns, () => w.progs[name].testRun({ data: frame, ctx: bpf.xdpContext(fib.lb0), repeat }));
   if (r.retval !== bpf.XDP_TX) throw new Error(`${where}, ${name}: last verdict ${bpf.XDP_VERDICT_NAMES[r.retval]}`);
   if (!r.data.equals(frame)) throw new Error(`${where}, ${name}: the frame left is not the original one`);
   if (name !== 'bench_empty') {
@@ -227,8 +228,8 @@ async function main(): Promise<void> {
     const w = openWorld(c);
     // the first packet of the flow makes its connection-table entry; every
     // measured iteration is then an established flow
-    const first = bpf.withNetns(fib.ns, () => w.lb.run(FRAME_MATCH, fib.lb0));
-    const second = bpf.withNetns(fib.ns, () => w.lb.run(FRAME_MISS, fib.lb0));
+    const first = sys.withNetns(fib.ns, () => w.lb.run(FRAME_MATCH, fib.lb0));
+    const second = sys.withNetns(fib.ns, () => w.lb.run(FRAME_MISS, fib.lb0));
     if (first.retval !== bpf.XDP_TX || second.retval !== bpf.XDP_TX) throw new Error('the benchmark flows are not forwarded');
     const info = w.lb.prog.info();
     const rows: Row[] = [];

@@ -4,9 +4,9 @@
 // ends when the service it watches is gone.
 import t from 'tap';
 import * as grpc from '@grpc/grpc-js';
-import type { Client } from '../src/cli/client';
-import { daemonFixture, rpc } from './helpers/daemon';
-import { needsRoot } from './helpers/fixtures';
+import type { Client } from '../src/client/client';
+import { daemonFixture, rpc } from '../harness/daemon';
+import { needsRoot } from '../harness/fixtures';
 
 const FILE_SERVICES = `
   - name: web

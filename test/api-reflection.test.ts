@@ -6,8 +6,8 @@ import t from 'tap';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { daemonFixture } from './helpers/daemon';
-import { needsRoot, sh } from './helpers/fixtures';
+import { daemonFixture } from '../harness/daemon';
+import { needsRoot, sh } from '../harness/fixtures';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const REFLECTION_PROTOS = path.join(path.dirname(require.resolve('@grpc/reflection/package.json')), 'build', 'proto', 'grpc', 'reflection');

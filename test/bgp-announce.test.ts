@@ -6,10 +6,10 @@ import t from 'tap';
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { daemonFixture, MAIN, PEER_MAC, peerSender } from './helpers/daemon';
-import { bgpStatus, BGP_PEERS, reapSpeaker, router, sleep, type BgpStatus, type Route, type Router } from './helpers/bird-router';
-import { needsRoot, sh } from './helpers/fixtures';
-import { ether, ipv4, tcp, TCP_ACK } from './helpers/packets';
+import { daemonFixture, MAIN, PEER_MAC, peerSender } from '../harness/daemon';
+import { bgpStatus, BGP_PEERS, reapSpeaker, router, sleep, type BgpStatus, type Route, type Router } from '../harness/bird-router';
+import { needsRoot, sh } from '../harness/fixtures';
+import { ether, ipv4, tcp, TCP_ACK } from '../harness/packets';
 
 const SERVICES = `
   - name: web

@@ -12,11 +12,11 @@ import t, { type Test } from 'tap';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { bgpStatus, BGP_PEERS, reapSpeaker, router, sleep, type Router } from './helpers/bird-router';
-import { daemonFixture, type DaemonFixture } from './helpers/daemon';
-import { needsRoot } from './helpers/fixtures';
-import { logged, logLine, spawnDaemon } from './helpers/systemd';
-import { BGP_DROP_IN, unitCapabilities, unitCopy } from './helpers/systemd-unit';
+import { bgpStatus, BGP_PEERS, reapSpeaker, router, sleep, type Router } from '../harness/bird-router';
+import { daemonFixture, type DaemonFixture } from '../harness/daemon';
+import { needsRoot } from '../harness/fixtures';
+import { logged, logLine, spawnDaemon } from '../harness/systemd';
+import { BGP_DROP_IN, unitCapabilities, unitCopy } from '../harness/systemd-unit';
 
 const SERVICES = `
   - name: web

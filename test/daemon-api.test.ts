@@ -7,11 +7,12 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import * as bpf from '../src/datapath/bpf';
+import * as sys from '../src/sys/system';
 import * as L from '../src/datapath/layout';
 import { vipFilterBit } from '../src/datapath/flowhash';
 import { Address } from '../src/net/address';
-import { daemonFixture, reflectedServices, rpc } from './helpers/daemon';
-import { needsRoot } from './helpers/fixtures';
+import { daemonFixture, reflectedServices, rpc } from '../harness/daemon';
+import { needsRoot } from '../harness/fixtures';
 
 const FILE_SERVICES = `
   - name: web
@@ -92,7 +93,7 @@ function vipFilter(bpffs: string): { set: number[]; needed: number[] } {
 t.test('the daemon attaches, serves the file services and refuses to change them', needsRoot, async (t) => {
   const d = await daemonFixture(t, { servicesYaml: FILE_SERVICES });
   await d.start();
-  const q = bpf.withNetns(d.topo.lbNs, () => bpf.queryXdp(bpf.ifIndex('lb0')));
+  const q = sys.withNetns(d.topo.lbNs, () => bpf.queryXdp(sys.ifIndex('lb0')));
   t.equal(q.mode, 'native', 'attached in native mode');
   t.ok(q.progId > 0);
   t.equal(fs.statSync(d.socket).mode & 0o777, 0o600, 'the API socket is mode 0600');
@@ -212,7 +213,7 @@ t.test('API-owned services and the datapath survive a SIGKILL and restart', need
     service: { name: 'dns', vip: '203.0.113.10', port: 53, protocol: 'PROTOCOL_UDP', backends: [{ address: '198.51.100.21', port: 53 }] },
   });
   t.error(e1);
-  const progBefore = bpf.withNetns(d.topo.lbNs, () => bpf.queryXdp(bpf.ifIndex('lb0')).progId);
+  const progBefore = sys.withNetns(d.topo.lbNs, () => bpf.queryXdp(sys.ifIndex('lb0')).progId);
   const defsBefore = servicesById(d.bpffs);
   t.equal(defsBefore.byId.length, 2);
   t.same(defsBefore.byId, defsBefore.byKey, 'xdplb_svc_by_id agrees with the service maps');
@@ -225,13 +226,13 @@ t.test('API-owned services and the datapath survive a SIGKILL and restart', need
   const filter = bpf.mapFromPin(path.join(d.bpffs, L.MAP_NAMES.vipFilter));
   for (let i = 0; i < L.VIP_FILTER_WORDS; i++) filter.update(L.u32(i), L.u64(i % 2 ? 0n : 0xffn));
   filter.close();
-  t.equal(bpf.withNetns(d.topo.lbNs, () => bpf.queryXdp(bpf.ifIndex('lb0')).progId), progBefore, 'the program stays attached while no daemon runs');
+  t.equal(sys.withNetns(d.topo.lbNs, () => bpf.queryXdp(sys.ifIndex('lb0')).progId), progBefore, 'the program stays attached while no daemon runs');
   await d.start();
   c = d.client();
   const [e2, list] = await rpc<{ services: Svc[] }>(c, 'ListServices', {});
   t.error(e2);
   t.same(list.services.map((s) => [s.name, s.owner]), [['dns', 'OWNER_API'], ['web', 'OWNER_FILE']]);
-  const progAfter = bpf.withNetns(d.topo.lbNs, () => bpf.queryXdp(bpf.ifIndex('lb0')).progId);
+  const progAfter = sys.withNetns(d.topo.lbNs, () => bpf.queryXdp(sys.ifIndex('lb0')).progId);
   t.not(progAfter, progBefore, 'the restarted daemon swapped in its own program');
   t.ok(d.logs.some((l) => l.includes('adopted pinned datapath state') && l.includes('"services":2')), 'it adopted both services');
   t.same(servicesById(d.bpffs).byId, defsBefore.byId, 'xdplb_svc_by_id rewritten from the adopted services, the stray entry gone');
@@ -275,7 +276,7 @@ t.test('a bad config keeps the daemon from starting, with file, line, column and
   const r = await d.runToExit();
   t.equal(r.code, 1);
   t.match(r.output, new RegExp(`${d.configPath.replace(/[.]/g, '\\.')}:\\d+:\\d+: services\\[0\\]\\.protocol`));
-  const q = bpf.withNetns(d.topo.lbNs, () => bpf.queryXdp(bpf.ifIndex('lb0')));
+  const q = sys.withNetns(d.topo.lbNs, () => bpf.queryXdp(sys.ifIndex('lb0')));
   t.equal(q.progId, 0, 'nothing was attached');
 });
 
@@ -368,6 +369,6 @@ t.test('--detach-on-exit=true removes the program and every pin', needsRoot, asy
   proc.kill('SIGTERM');
   t.equal(await exited, 0, 'exits cleanly');
   t.match(out, /datapath detached and pins removed/);
-  t.equal(bpf.withNetns(d.topo.lbNs, () => bpf.queryXdp(bpf.ifIndex('lb0'))).progId, 0, 'nothing attached');
+  t.equal(sys.withNetns(d.topo.lbNs, () => bpf.queryXdp(sys.ifIndex('lb0'))).progId, 0, 'nothing attached');
   t.notOk(fs.existsSync(d.bpffs), 'the bpffs directory is gone');
 });

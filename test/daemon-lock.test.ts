@@ -7,9 +7,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { spawn } from 'node:child_process';
 import * as net from 'node:net';
-import { daemonFixture } from './helpers/daemon';
-import { needsRoot } from './helpers/fixtures';
-import { recorderRig, rpc, until, VIP4 } from './helpers/recorder';
+import { daemonFixture } from '../harness/daemon';
+import { needsRoot } from '../harness/fixtures';
+import { recorderRig, rpc, until, VIP4 } from '../harness/recorder';
 
 interface Recording {
   id: string;

@@ -6,7 +6,8 @@ import pino from 'pino';
 import { Writable } from 'node:stream';
 import { Notifier } from '../src/daemon/notify';
 import { StatusReporter, statusLine, type StatusFacts } from '../src/daemon/status';
-import { checkCapabilities, effectiveCapabilities, missingCapabilities } from '../src/daemon/capabilities';
+import { checkCapabilities, missingCapabilities } from '../src/daemon/capabilities';
+import { effectiveCapabilities } from '../src/sys/capabilities';
 import type { ServiceSpec } from '../src/control/model';
 
 function memoryLog(): { log: pino.Logger; lines: Array<Record<string, unknown>> } {

@@ -7,9 +7,9 @@ import * as path from 'node:path';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import { REASON } from '../src/datapath/reasons';
-import { daemonFixture, PEER_MAC, peerSender, rpc } from './helpers/daemon';
-import { needsRoot } from './helpers/fixtures';
-import { ether, ipv4, tcp, TCP_ACK } from './helpers/packets';
+import { daemonFixture, PEER_MAC, peerSender, rpc } from '../harness/daemon';
+import { needsRoot } from '../harness/fixtures';
+import { ether, ipv4, tcp, TCP_ACK } from '../harness/packets';
 
 const SERVICES = `
   - name: web

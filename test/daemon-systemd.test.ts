@@ -9,12 +9,12 @@ import t, { type Test } from 'tap';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { daemonFixture, PEER_MAC, peerSender, rpc, type DaemonFixture } from './helpers/daemon';
-import { needsRoot, sh } from './helpers/fixtures';
-import { ether, ipv4, tcp, TCP_ACK } from './helpers/packets';
-import { tsharkRows, until, VIP4 } from './helpers/recorder';
-import { fields, logged, logLine, notifyListener, PROC_SUBSET_PID, spawnDaemon, type Notification } from './helpers/systemd';
-import { unitCapabilities } from './helpers/systemd-unit';
+import { daemonFixture, PEER_MAC, peerSender, rpc, type DaemonFixture } from '../harness/daemon';
+import { needsRoot, sh } from '../harness/fixtures';
+import { ether, ipv4, tcp, TCP_ACK } from '../harness/packets';
+import { tsharkRows, until, VIP4 } from '../harness/recorder';
+import { fields, logged, logLine, notifyListener, PROC_SUBSET_PID, spawnDaemon, type Notification } from '../harness/systemd';
+import { unitCapabilities } from '../harness/systemd-unit';
 
 const SERVICES = `
   - name: web

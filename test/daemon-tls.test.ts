@@ -3,8 +3,8 @@
 import t from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { daemonFixture, MAIN } from './helpers/daemon';
-import { needsRoot, sh } from './helpers/fixtures';
+import { daemonFixture, MAIN } from '../harness/daemon';
+import { needsRoot, sh } from '../harness/fixtures';
 
 function makeCa(dir: string, name: string): void {
   sh('openssl', 'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes', '-days', '2', '-subj', `/CN=${name}`, '-keyout', `${dir}/${name}.key`, '-out', `${dir}/${name}.crt`);

@@ -7,9 +7,9 @@ import t, { type Test } from 'tap';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import { flowCacheSlot, type Flow } from '../src/datapath/flowhash';
-import * as P from './helpers/packets';
-import { world, decap, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, VIP6, type World } from './helpers/datapath';
-import { needsRoot, type Teardown } from './helpers/fixtures';
+import * as P from '../harness/packets';
+import { world, decap, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, VIP6, type World } from '../harness/datapath';
+import { needsRoot, type Teardown } from '../harness/fixtures';
 
 const TCP = L.IPPROTO_TCP;
 const M = 7;

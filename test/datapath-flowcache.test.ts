@@ -7,10 +7,10 @@ import t from 'tap';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import { flowCacheSlot as slotOf, type Flow } from '../src/datapath/flowhash';
-import * as P from './helpers/packets';
-import { world, decap, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, VIP6, type World } from './helpers/datapath';
-import { needsRoot, type Teardown } from './helpers/fixtures';
-import { seededRandom } from './helpers/random';
+import * as P from '../harness/packets';
+import { world, decap, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, VIP6, type World } from '../harness/datapath';
+import { needsRoot, type Teardown } from '../harness/fixtures';
+import { seededRandom } from '../harness/random';
 
 const TCP = L.IPPROTO_TCP;
 /** A flow hash no flow of these tests has: seen in the flow label only if read from the cache. */

@@ -4,14 +4,15 @@
 // the FIB, and an independent decoder (tshark) agreeing.
 import t from 'tap';
 import * as bpf from '../src/datapath/bpf';
+import * as sys from '../src/sys/system';
 import * as L from '../src/datapath/layout';
 import { flowHash, outerSource } from '../src/datapath/flowhash';
-import * as P from './helpers/packets';
+import * as P from '../harness/packets';
 import {
   world, rawOneBackend, serviceSpec, idsOf, decap, ipPacket, tsharkCheck, scratch,
   VIP4, VIP6, CLIENT4, CLIENT6, LB_SRC4, LB_SRC6, OUTER_TTL, ROUTER_MAC, BACKEND_MAC,
-} from './helpers/datapath';
-import { needsRoot, sh } from './helpers/fixtures';
+} from '../harness/datapath';
+import { needsRoot, sh } from '../harness/fixtures';
 
 const TCP = L.IPPROTO_TCP;
 const UDP = L.IPPROTO_UDP;
@@ -203,7 +204,7 @@ t.test('a backend behind another interface is reached with XDP_REDIRECT; missing
   t.equal(e.dstMac, BACKEND_MAC);
   t.equal(e.srcMac, w.fib.lb1Mac);
   t.equal(e.outer4!.dst, '198.51.100.130');
-  bpf.withNetns(w.fib.ns, () => w.lb.maps.devmap.delete(L.u32(w.fib.lb1)));
+  sys.withNetns(w.fib.ns, () => w.lb.maps.devmap.delete(L.u32(w.fib.lb1)));
   const r2 = w.run(frame);
   t.equal(r2.retval, bpf.XDP_PASS, 'egress interface not in the devmap: XDP_PASS');
   t.same(r2.data, frame, 'the packet reaches the kernel unchanged');

@@ -7,12 +7,12 @@ import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import { flowHash, type Flow } from '../src/datapath/flowhash';
 import { buildTable } from '../src/maglev';
-import * as P from './helpers/packets';
+import * as P from '../harness/packets';
 import {
   world, rawOneBackend, decap, tsharkCheck, scratch, type World,
   VIP4, VIP6, CLIENT4, CLIENT6, OUTER_TTL, ROUTER_MAC, PMTU_ROUTE_MTU,
-} from './helpers/datapath';
-import { needsRoot } from './helpers/fixtures';
+} from '../harness/datapath';
+import { needsRoot } from '../harness/fixtures';
 
 const TCP = L.IPPROTO_TCP;
 const UDP = L.IPPROTO_UDP;

@@ -12,7 +12,7 @@ import * as L from '../src/datapath/layout';
 import { LbDatapath } from '../src/datapath/lb';
 import { backendKey, DEFAULT_FLAGS, DEFAULT_NODE, type NodeSettings, type ServiceSpec } from '../src/control/model';
 import { validateService } from '../src/control/validate';
-import { needsRoot, pinDir } from './helpers/fixtures';
+import { needsRoot, pinDir } from '../harness/fixtures';
 
 const silent = pino({ level: 'silent' });
 

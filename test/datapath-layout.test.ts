@@ -6,18 +6,20 @@ import t from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as bpf from '../src/datapath/bpf';
+import * as sys from '../src/sys/system';
+import { PACKAGE_ROOT } from '../src/sys/paths';
 import * as L from '../src/datapath/layout';
 import { REASON_COUNT } from '../src/datapath/reasons';
 import { flowHash, outerSource } from '../src/datapath/flowhash';
 import { checkStruct, LayoutMismatchError, struct } from '../src/datapath/codec';
-import { DEFAULT_M, MAX_M } from '../src/maglev';
+import { DEFAULT_M, MAX_M, NO_BACKEND } from '../src/maglev';
 import { decodeTuple, encodeTuple, tupleOf } from '../src/recorder/filter';
-import { btfStructs } from './helpers/btf';
-import { openLb } from './helpers/datapath';
-import { needsRoot, pinDir } from './helpers/fixtures';
+import { btfStructs } from '../harness/btf';
+import { openLb } from '../harness/datapath';
+import { needsRoot, pinDir } from '../harness/fixtures';
 
 const OBJ = bpf.objectPath('lb');
-const CONSTS = fs.readFileSync(path.join(bpf.PACKAGE_ROOT, 'xdp', 'consts.h'), 'utf8');
+const CONSTS = fs.readFileSync(path.join(PACKAGE_ROOT, 'xdp', 'consts.h'), 'utf8');
 
 /** #define NAME value (numbers and simple expressions of numbers) from consts.h. */
 function define(name: string): number {
@@ -86,7 +88,7 @@ t.test('constants in layout.ts equal the #defines of consts.h', (t) => {
     ['XDPLB_MAX_DEVICES', L.MAX_DEVICES],
     ['XDPLB_MAGLEV_DEFAULT_M', DEFAULT_M],
     ['XDPLB_MAGLEV_MAX_M', MAX_M],
-    ['XDPLB_NO_BACKEND', L.NO_BACKEND],
+    ['XDPLB_NO_BACKEND', NO_BACKEND],
     ['XDPLB_FLOW_HASH_SEED', L.FLOW_HASH_SEED],
     ['XDPLB_NEXTHOP_TTL_MS', L.NEXTHOP_TTL_MS],
     ['XDPLB_NEXTHOP_SLOTS', L.NEXTHOP_SLOTS],
@@ -174,7 +176,7 @@ t.test('the loaded maps have the names, types, key/value sizes and capacities la
     xdplb_rec_config: ['array', 1],
     xdplb_rec_filter: ['array', L.REC_FILTER_WORDS],
     xdplb_rec_memo: ['percpu_array', L.REC_MEMO_SLOTS],
-    xdplb_rec_ring: ['perf_event_array', bpf.possibleCpus()],
+    xdplb_rec_ring: ['perf_event_array', sys.possibleCpus()],
     xdplb_rec_stats: ['percpu_array', L.REC_STAT_MAX],
   };
   for (const [name, [type, max]] of Object.entries(expect)) {
@@ -283,7 +285,7 @@ t.test('recorder encoders: keys (filter.ts encodeTuple), entries, config, sample
   t.same(L.decodeRecConfig(L.encodeRecConfig({ nMasks: 7, gen: 9 })), { nMasks: 7, gen: 9, flags: 0 });
   t.throws(() => L.encodeRecConfig({ nMasks: 33 }), RangeError, 'no more masks than slots');
 
-  const meta: L.RecMeta = { tsNs: 123456789012n, rules: 6n, origLen: 1514, capLen: 64, ifindex: 9, backendId: L.NO_BACKEND, point: L.CAPTURE_IN, family: 6 };
+  const meta: L.RecMeta = { tsNs: 123456789012n, rules: 6n, origLen: 1514, capLen: 64, ifindex: 9, backendId: NO_BACKEND, point: L.CAPTURE_IN, family: 6 };
   const mb = L.encodeRecMeta(meta);
   t.equal(mb.length, 40);
   t.equal(mb.subarray(16, 40).toString('hex'), 'ea050000' + '40000000' + '09000000' + 'ffffffff' + '01' + '06' + '0000' + '00000000');

@@ -9,14 +9,14 @@ import pino from 'pino';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import { flowHash, outerSource, vipFilterBit, type Flow } from '../src/datapath/flowhash';
-import { buildTable, DEFAULT_M, MAX_M, type MaglevBackend } from '../src/maglev';
+import { buildTable, DEFAULT_M, MAX_M, NO_BACKEND, type MaglevBackend } from '../src/maglev';
 import { Address } from '../src/net/address';
-import * as P from './helpers/packets';
-import { world, decap, VIP4, VIP6, type World } from './helpers/datapath';
+import * as P from '../harness/packets';
+import { world, decap, VIP4, VIP6, type World } from '../harness/datapath';
 import { DEFAULT_NODE, type NodeSettings } from '../src/control/model';
 import { validateService } from '../src/control/validate';
 import { LbDatapath } from '../src/datapath/lb';
-import { needsRoot, pinDir, type Teardown } from './helpers/fixtures';
+import { needsRoot, pinDir, type Teardown } from '../harness/fixtures';
 
 const TCP = L.IPPROTO_TCP;
 const UDP = L.IPPROTO_UDP;
@@ -271,7 +271,7 @@ t.test('no table, an empty entry: dropped and counted as no backend; a small tab
   w.lb.service({ vip: VIP4, port: 3, proto: TCP, id: 3 });
   w.lb.backend({ id: 1, address: '198.51.100.1' });
   w.lb.backend({ id: 2, address: '198.51.100.2' });
-  w.lb.maglev(2, new Uint32Array(13).fill(L.NO_BACKEND));
+  w.lb.maglev(2, new Uint32Array(13).fill(NO_BACKEND));
   w.lb.maglev(3, Uint32Array.of(1, 2));
   const f = (dport: number, sport: number): Flow => ({ src: '192.0.2.5', dst: VIP4, sport, dport, proto: TCP });
   t.equal(w.run(packet(f(1, 1))).retval, bpf.XDP_DROP, 'no table');

@@ -7,9 +7,9 @@ import t from 'tap';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import { REASONS } from '../src/datapath/reasons';
-import * as P from './helpers/packets';
-import { world, decap, ipPacket, scratch, VIP4, VIP6, CLIENT4, CLIENT6, type World } from './helpers/datapath';
-import { needsRoot } from './helpers/fixtures';
+import * as P from '../harness/packets';
+import { world, decap, ipPacket, scratch, VIP4, VIP6, CLIENT4, CLIENT6, type World } from '../harness/datapath';
+import { needsRoot } from '../harness/fixtures';
 
 const TCP = L.IPPROTO_TCP;
 const UDP = L.IPPROTO_UDP;

@@ -6,10 +6,11 @@
 import t from 'tap';
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as bpf from '../src/datapath/bpf';
+import * as sys from '../src/sys/system';
 import * as L from '../src/datapath/layout';
-import * as P from './helpers/packets';
-import { world, rawOneBackend, serviceSpec, idsOf, decap, VIP4, VIP6, CLIENT4, CLIENT6, ROUTER_MAC, BACKEND_MAC, type World } from './helpers/datapath';
-import { needsRoot, sh } from './helpers/fixtures';
+import * as P from '../harness/packets';
+import { world, rawOneBackend, serviceSpec, idsOf, decap, VIP4, VIP6, CLIENT4, CLIENT6, ROUTER_MAC, BACKEND_MAC, type World } from '../harness/datapath';
+import { needsRoot, sh } from '../harness/fixtures';
 
 const TCP = L.IPPROTO_TCP;
 const NEW_ROUTER_MAC = '02:00:00:00:01:99';
@@ -138,7 +139,7 @@ t.test('a backend slot rewritten with another address, or a packet from another 
   t.equal(w.run(frame4(3)).retval, bpf.XDP_TX);
   sh('ip', 'netns', 'exec', w.fib.ns, 'sysctl', '-qw', 'net.ipv4.conf.lb1.forwarding=0');
   const f = frame4(4);
-  const r2 = bpf.withNetns(w.fib.ns, () => w.lb.run(f, w.fib.lb1));
+  const r2 = sys.withNetns(w.fib.ns, () => w.lb.run(f, w.fib.lb1));
   t.equal(r2.retval, bpf.XDP_PASS, 'from lb1, forwarding off there: to the kernel');
   t.same(r2.data, f);
   t.equal(w.lb.reason('pass_fib_fwd_disabled'), 1n);

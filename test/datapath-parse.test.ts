@@ -6,10 +6,10 @@
 // their own bytes, so both paths cannot be wrong alike.
 import t from 'tap';
 import * as bpf from '../src/datapath/bpf';
-import { Btf, type BtfField } from './helpers/btf';
-import { needsRoot, pinDir } from './helpers/fixtures';
-import * as P from './helpers/packets';
-import { seededRandom } from './helpers/random';
+import { Btf, type BtfField } from '../harness/btf';
+import { needsRoot, pinDir } from '../harness/fixtures';
+import * as P from '../harness/packets';
+import { seededRandom } from '../harness/random';
 
 const OBJ = bpf.testObjectPath('parse_test');
 const XDPLB_CONTINUE = -1;

@@ -8,12 +8,12 @@
 import t from 'tap';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
-import * as P from './helpers/packets';
+import * as P from '../harness/packets';
 import {
   world, serviceSpec, decap, tsharkCheck, scratch, type World,
   VIP4, VIP6, CLIENT4, CLIENT6, LB_SRC4, LB_SRC6, OUTER_TTL, ROUTER_MAC, BACKEND_MAC,
-} from './helpers/datapath';
-import { needsRoot, sh } from './helpers/fixtures';
+} from '../harness/datapath';
+import { needsRoot, sh } from '../harness/fixtures';
 
 const TCP = L.IPPROTO_TCP;
 const UDP = L.IPPROTO_UDP;

@@ -11,9 +11,9 @@ import * as bpf from '../src/datapath/bpf';
 import { validateService } from '../src/control/validate';
 import { Address } from '../src/net/address';
 import type { ServiceSpec } from '../src/control/model';
-import * as P from './helpers/packets';
-import { world, decap, CLIENT4, CLIENT6, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, VIP6, type World } from './helpers/datapath';
-import { needsRoot } from './helpers/fixtures';
+import * as P from '../harness/packets';
+import { world, decap, CLIENT4, CLIENT6, LB_SRC4, LB_SRC6, OUTER_TTL, VIP4, VIP6, type World } from '../harness/datapath';
+import { needsRoot } from '../harness/fixtures';
 
 const backend4 = (h: number) => `198.51.100.${h}`;
 const backend6 = (h: number) => `2001:db8:100::${h}`;

@@ -6,9 +6,9 @@
 import t from 'tap';
 import * as bpf from '../src/datapath/bpf';
 import { REASON, REASONS, REASON_COUNT, parseReasons, type Verdict } from '../src/datapath/reasons';
-import { Btf } from './helpers/btf';
-import { needsRoot, pinDir } from './helpers/fixtures';
-import * as P from './helpers/packets';
+import { Btf } from '../harness/btf';
+import { needsRoot, pinDir } from '../harness/fixtures';
+import * as P from '../harness/packets';
 
 const OBJ = bpf.testObjectPath('reasons_test');
 const VERDICT_OF: Record<number, Verdict> = { [bpf.XDP_DROP]: 'XDP_DROP', [bpf.XDP_PASS]: 'XDP_PASS', [bpf.XDP_TX]: 'XDP_TX', [bpf.XDP_REDIRECT]: 'XDP_REDIRECT' };

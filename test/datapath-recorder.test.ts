@@ -7,12 +7,13 @@ import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import { compileFilters, entryKey, matchCompiled, matches, parseFilter, recFilterBits, recFilterWords, ruleIdsOf, type Filter, type Prefix, type RuleFilters, type Tuple } from '../src/recorder/filter';
 import { RecorderMaps as DaemonRecorderMaps } from '../src/recorder/datapath';
-import * as P from './helpers/packets';
-import { world, serviceSpec, idsOf, decap, ipPacket, tsharkCheck, scratch, VIP4, VIP6, CLIENT4, CLIENT6, type World } from './helpers/datapath';
-import { recorderMaps, collector, entryCaplen, type Sample } from './helpers/datapath-recorder';
-import { needsRoot } from './helpers/fixtures';
+import * as P from '../harness/packets';
+import { world, serviceSpec, idsOf, decap, ipPacket, tsharkCheck, scratch, VIP4, VIP6, CLIENT4, CLIENT6, type World } from '../harness/datapath';
+import { recorderMaps, collector, entryCaplen, type Sample } from '../harness/datapath-recorder';
+import { needsRoot } from '../harness/fixtures';
 import { decodeSampleBatch, type Sample as RecordedSample, type SampleBatch } from '../src/recorder/datapath';
-import { seededRandom } from './helpers/random';
+import { seededRandom } from '../harness/random';
+import { NO_BACKEND } from '../src/maglev';
 
 const TCP = L.IPPROTO_TCP;
 const BACKEND4 = '198.51.100.10';
@@ -132,7 +133,7 @@ for (const family of [4, 6] as const) {
     frames.forEach((frame, i) => {
       const sin = samples[2 * i];
       const sout = samples[2 * i + 1];
-      t.same(sin.meta, { ...sin.meta, rules: 1n, origLen: frame.length, capLen: frame.length, ifindex: w.fib.lb0, backendId: L.NO_BACKEND, point: L.CAPTURE_IN, family }, `packet ${i} in: header`);
+      t.same(sin.meta, { ...sin.meta, rules: 1n, origLen: frame.length, capLen: frame.length, ifindex: w.fib.lb0, backendId: NO_BACKEND, point: L.CAPTURE_IN, family }, `packet ${i} in: header`);
       t.same(sin.data, frame, `packet ${i} in: the frame as received, byte for byte`);
       const sent = out[i].data;
       t.same(sout.meta, { ...sout.meta, rules: 1n, origLen: sent.length, capLen: sent.length, ifindex: w.fib.lb0, backendId, point: L.CAPTURE_OUT, family }, `packet ${i} out: header, backend ${backendId}`);
@@ -385,7 +386,7 @@ t.test('the inbound point records packets for no VIP too (the hook sits after pa
   const s = await ring.next(1);
   t.equal(s.length, 1, 'one sample: inbound only, nothing is sent');
   t.equal(s[0].meta.point, L.CAPTURE_IN);
-  t.equal(s[0].meta.backendId, L.NO_BACKEND);
+  t.equal(s[0].meta.backendId, NO_BACKEND);
   t.same(s[0].data, frame);
 });
 
@@ -399,7 +400,7 @@ t.test('an ICMP error about a recorded flow is recorded with it, at both points:
   const r = w.run(err);
   t.equal(r.retval, bpf.XDP_TX, 'the error goes to the backend of the quoted flow');
   const s = (await ring.next(2)).sort(byTime);
-  t.same(s.map((x) => [x.meta.point, x.meta.rules, x.meta.backendId]), [[L.CAPTURE_IN, 1n, L.NO_BACKEND], [L.CAPTURE_OUT, 1n, backendIds[4]]]);
+  t.same(s.map((x) => [x.meta.point, x.meta.rules, x.meta.backendId]), [[L.CAPTURE_IN, 1n, NO_BACKEND], [L.CAPTURE_OUT, 1n, backendIds[4]]]);
   t.same(s[0].data, err, 'in: the ICMP error as received');
   t.same(s[1].data, r.data, 'out: encapsulated');
 });

@@ -14,7 +14,7 @@ import { ServiceStore } from '../src/control/store';
 import { validateService } from '../src/control/validate';
 import { backendKey, DEFAULT_NODE, type NodeSettings, type ServiceSpec } from '../src/control/model';
 import { TableStream, buildTable } from '../src/maglev';
-import { needsRoot, pinDir, type Teardown } from './helpers/fixtures';
+import { needsRoot, pinDir, type Teardown } from '../harness/fixtures';
 
 const silent = pino({ level: 'silent' });
 const M = 251;

@@ -16,7 +16,7 @@ import { Controller } from '../src/control/controller';
 import { ServiceStore } from '../src/control/store';
 import { validateService } from '../src/control/validate';
 import { DEFAULT_NODE, type NodeSettings, type ServiceSpec } from '../src/control/model';
-import { needsRoot, pinDir, type Teardown } from './helpers/fixtures';
+import { needsRoot, pinDir, type Teardown } from '../harness/fixtures';
 
 const silent = pino({ level: 'silent' });
 

@@ -7,10 +7,11 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as bpf from '../src/datapath/bpf';
+import { PACKAGE_ROOT } from '../src/sys/paths';
 import { DECAP_LOCAL_MAP, REVNAT_MAP } from '../src/lab/decap';
-import { needsRoot, netns, pinDir, sh, veth } from './helpers/fixtures';
+import { needsRoot, netns, pinDir, sh, veth } from '../harness/fixtures';
 
-const CLI = path.join(bpf.PACKAGE_ROOT, 'dist', 'src', 'cli', 'main.js');
+const CLI = path.join(PACKAGE_ROOT, 'dist', 'src', 'cli', 'main.js');
 
 function xdplb(ns: string, ...args: string[]): { status: number; stdout: string; stderr: string } {
   const r = spawnSync('nsenter', [`--net=/var/run/netns/${ns}`, process.execPath, CLI, ...args], { encoding: 'utf8' });

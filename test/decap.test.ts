@@ -7,15 +7,16 @@ import t from 'tap';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as bpf from '../src/datapath/bpf';
+import { PACKAGE_ROOT } from '../src/sys/paths';
 import { checkStruct } from '../src/datapath/codec';
 import { DECAP_STRUCTS, decodeLocalKey, decodeRevNatKey, encodeLocalKey, encodeRevNatKey, encodeRevNatVal } from '../src/datapath/decap-layout';
 import { Decap, DECAP_REASONS, type DecapReason } from '../src/lab/decap';
-import { btfStructs } from './helpers/btf';
-import * as P from './helpers/packets';
-import { scratch, tsharkCheck } from './helpers/datapath';
-import { needsRoot, pinDir, type Teardown } from './helpers/fixtures';
+import { btfStructs } from '../harness/btf';
+import * as P from '../harness/packets';
+import { scratch, tsharkCheck } from '../harness/datapath';
+import { needsRoot, pinDir, type Teardown } from '../harness/fixtures';
 
-const SOURCE = fs.readFileSync(path.join(bpf.PACKAGE_ROOT, 'xdp', 'decap.bpf.c'), 'utf8');
+const SOURCE = fs.readFileSync(path.join(PACKAGE_ROOT, 'xdp', 'decap.bpf.c'), 'utf8');
 const OBJ = bpf.objectPath('decap');
 
 const BE4 = '198.51.100.11';

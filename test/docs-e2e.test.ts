@@ -10,12 +10,12 @@ import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_pr
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import * as bpf from '../src/datapath/bpf';
+import { PACKAGE_ROOT } from '../src/sys/paths';
 import { DECAP_PIN_ROOT } from '../src/cli/decap';
-import { needsRoot, netns, pinDir, sh, veth, type Teardown } from './helpers/fixtures';
-import { recorderRig, rpc, tsharkRows, VIP4 } from './helpers/recorder';
+import { needsRoot, netns, pinDir, sh, veth, type Teardown } from '../harness/fixtures';
+import { recorderRig, rpc, tsharkRows, VIP4 } from '../harness/recorder';
 
-const ROOT = bpf.PACKAGE_ROOT;
+const ROOT = PACKAGE_ROOT;
 const MAIN = path.join(ROOT, 'dist', 'src', 'cli', 'main.js');
 
 type Blocks = Map<string, Array<{ lang: string; text: string }>>;

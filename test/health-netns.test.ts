@@ -7,9 +7,9 @@
 // backend is down, the service keeps its last table and says so.
 import t from 'tap';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { daemonFixture, PEER_MAC, peerSender, rpc, type DaemonFixture } from './helpers/daemon';
-import { needsRoot, sh, type Teardown } from './helpers/fixtures';
-import { ether, ipv4, tcp, TCP_SYN } from './helpers/packets';
+import { daemonFixture, PEER_MAC, peerSender, rpc, type DaemonFixture } from '../harness/daemon';
+import { needsRoot, sh, type Teardown } from '../harness/fixtures';
+import { ether, ipv4, tcp, TCP_SYN } from '../harness/packets';
 
 const INTERVAL = 500;
 const TIMEOUT = 200;

@@ -17,7 +17,7 @@ import type { HealthCheckSpec, ServiceSpec, StoredService } from '../src/control
 import { ServiceStore } from '../src/control/store';
 import { validateService } from '../src/control/validate';
 import { HealthChecker } from '../src/health/checker';
-import type { Teardown } from './helpers/fixtures';
+import type { Teardown } from '../harness/fixtures';
 import { httpProbe, tcpProbe, udpProbe, type ProbeResult } from '../src/health/probe';
 import { holdDownMs, initialHealth, observe, type BackendHealth } from '../src/health/state';
 

@@ -5,9 +5,10 @@
 // table moves, and none at all of the flows the connection table knows.
 import t from 'tap';
 import { labFixture, type LabFixture } from '../src/lab/fixture';
-import { predictor, type ApiService } from '../src/lab/check';
+import { predictor } from '../src/lab/check';
+import type { ApiService } from '../src/client/client';
 import type { RequestResult } from '../src/lab/client';
-import { needsRoot } from './helpers/fixtures';
+import { needsRoot } from '../harness/fixtures';
 
 const VIP4 = '203.0.113.10';
 const VIP6 = '2001:db8:100::10';

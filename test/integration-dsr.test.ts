@@ -6,7 +6,7 @@
 import t from 'tap';
 import { labFixture } from '../src/lab/fixture';
 import { labTest, formatTestReport } from '../src/lab/check';
-import { needsRoot } from './helpers/fixtures';
+import { needsRoot } from '../harness/fixtures';
 
 const VIP4 = '203.0.113.10';
 const VIP6 = '2001:db8:100::10';

@@ -6,8 +6,8 @@
 // once the server is back, so is its share, again agreed by all three.
 import t from 'tap';
 import { labFixture, type LabFixture } from '../src/lab/fixture';
-import type { ApiService } from '../src/lab/check';
-import { needsRoot } from './helpers/fixtures';
+import type { ApiService } from '../src/client/client';
+import { needsRoot } from '../harness/fixtures';
 
 const VIP = '203.0.113.10';
 const HEALTH_PORT = 8080;

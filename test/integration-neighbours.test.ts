@@ -15,8 +15,8 @@ import { parse, stringify } from 'yaml';
 import { labFixture } from '../src/lab/fixture';
 import { Decap } from '../src/lab/decap';
 import { inNs, ipIn } from '../src/lab/topology';
-import type { NextHopStatus } from '../src/daemon/neighbours';
-import { needsRoot } from './helpers/fixtures';
+import type { NextHopStatus } from '../src/net/neighbours';
+import { needsRoot } from '../harness/fixtures';
 
 const VIP4 = '203.0.113.10';
 const VIP6 = '2001:db8:100::10';

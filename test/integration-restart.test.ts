@@ -9,7 +9,7 @@ import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
 import { REASON } from '../src/datapath/reasons';
 import { labFixture } from '../src/lab/fixture';
-import { needsRoot } from './helpers/fixtures';
+import { needsRoot } from '../harness/fixtures';
 
 const VIP4 = '203.0.113.10';
 const VIP6 = '2001:db8:100::10';

@@ -13,7 +13,7 @@ import { Lab, LAB_CONFIG, MAIN, type LabStatus } from '../src/lab/lab';
 import { labConfigYaml, sweep, uniqueLabPaths } from '../src/lab/fixture';
 import { namespacesWithPrefix } from '../src/lab/topology';
 import type { LabTestResult } from '../src/lab/check';
-import { needsRoot } from './helpers/fixtures';
+import { needsRoot } from '../harness/fixtures';
 
 function alive(pid: number): boolean {
   try {

@@ -13,7 +13,7 @@ import {
 } from '../src/maglev';
 import { SEED_OFFSET, SEED_SKIP } from '../src/maglev/table';
 import { murmur3, murmur3String } from '../src/maglev/hash';
-import { seededRandom } from './helpers/random';
+import { seededRandom } from '../harness/random';
 
 // ---- helpers ----------------------------------------------------------------
 

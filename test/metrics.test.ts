@@ -6,13 +6,13 @@ import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import { REASONS } from '../src/datapath/reasons';
-import type { CountersSnapshot, NodeStatusSnapshot } from '../src/api/server';
+import type { CountersSnapshot, NodeStatusSnapshot } from '../src/datapath/snapshot';
 import type { OwnedService } from '../src/control/model';
 import { validateService } from '../src/control/validate';
 import { Metrics } from '../src/metrics/metrics';
-import { daemonFixture, PEER_MAC, peerSender, rpc } from './helpers/daemon';
-import { needsRoot, sh } from './helpers/fixtures';
-import { ether, ipv4, tcp, TCP_ACK } from './helpers/packets';
+import { daemonFixture, PEER_MAC, peerSender, rpc } from '../harness/daemon';
+import { needsRoot, sh } from '../harness/fixtures';
+import { ether, ipv4, tcp, TCP_ACK } from '../harness/packets';
 
 const PROMTOOL = ['/usr/bin/promtool', '/usr/local/bin/promtool'].find((p) => fs.existsSync(p));
 const needsPromtool = { skip: PROMTOOL ? false : 'promtool (Debian package prometheus) is not installed' };

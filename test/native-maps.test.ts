@@ -2,8 +2,9 @@
 import t from 'tap';
 import * as fs from 'node:fs';
 import * as bpf from '../src/datapath/bpf';
+import * as sys from '../src/sys/system';
 import * as L from '../src/datapath/layout';
-import { needsRoot, pinDir } from './helpers/fixtures';
+import { needsRoot, pinDir } from '../harness/fixtures';
 
 const OBJ = bpf.testObjectPath('native_test');
 
@@ -68,7 +69,7 @@ t.test('a per-CPU array gives one value per possible CPU', needsRoot, (t) => {
   const m = obj.map('test_percpu');
   t.equal(m.perCpu, true);
   const vals = m.lookupPerCpu(u32(2));
-  t.equal(vals?.length, bpf.possibleCpus());
+  t.equal(vals?.length, sys.possibleCpus());
   m.updatePerCpu(u32(2), u64(42n));
   for (const v of m.lookupPerCpu(u32(2)) ?? []) t.equal(v.readBigUInt64LE(), 42n);
   t.end();
@@ -162,7 +163,7 @@ t.test('lookupMany() reads many keys on a worker thread: values in key order, ze
   t.same(got.map((b) => b.readBigUInt64LE(0)), [30n, 0n, 10n], 'key order; the missing key reads zero');
   t.same(await m.lookupMany([]), [], 'no keys, no values');
   const pc = obj.map('test_percpu');
-  const cpus = bpf.possibleCpus();
+  const cpus = sys.possibleCpus();
   pc.updatePerCpu(u32(2), u64(7n));
   const [two, zero] = await pc.lookupManyPerCpu([u32(2), u32(0)]);
   t.same(two.map((b) => b.readBigUInt64LE(0)), Array.from({ length: cpus }, () => 7n), 'one value per possible CPU');
@@ -185,6 +186,6 @@ t.test('dump reads every element in batches', needsRoot, (t) => {
   t.equal(seen.get(693), 698n);
   const pc = obj.map('test_percpu').dump();
   t.equal(pc.count, 4, 'an array dumps every index');
-  t.equal(pc.valueBytes, 8 * bpf.possibleCpus(), 'per-CPU values come whole');
+  t.equal(pc.valueBytes, 8 * sys.possibleCpus(), 'per-CPU values come whole');
   t.end();
 });

@@ -2,7 +2,7 @@
 // from the native thread, and what the rings could not hold is counted as lost.
 import t from 'tap';
 import * as bpf from '../src/datapath/bpf';
-import { needsRoot, pinDir } from './helpers/fixtures';
+import { needsRoot, pinDir } from '../harness/fixtures';
 
 const OBJ = bpf.testObjectPath('native_test');
 

@@ -1,7 +1,7 @@
 // BPF_PROG_TEST_RUN through the addon: verdicts, output bytes, repeat, ctx.
 import t from 'tap';
 import * as bpf from '../src/datapath/bpf';
-import { needsRoot, pinDir } from './helpers/fixtures';
+import { needsRoot, pinDir } from '../harness/fixtures';
 
 const OBJ = bpf.testObjectPath('native_test');
 

@@ -2,7 +2,8 @@
 // with `ip link`, replace atomically, detach; the same with a bpf_link.
 import t from 'tap';
 import * as bpf from '../src/datapath/bpf';
-import { needsRoot, netns, pinDir, sh, veth } from './helpers/fixtures';
+import * as sys from '../src/sys/system';
+import { needsRoot, netns, pinDir, sh, veth } from '../harness/fixtures';
 
 const OBJ = bpf.testObjectPath('native_test');
 
@@ -25,8 +26,8 @@ for (const mode of ['native', 'generic'] as const) {
     const drop = obj.program('xdp_drop_all');
     const tx = obj.program('xdp_swap_tx');
 
-    bpf.withNetns(ns, () => {
-      const ifindex = bpf.ifIndex('lb0');
+    sys.withNetns(ns, () => {
+      const ifindex = sys.ifIndex('lb0');
       t.equal(ifindex, ipLink(ns, 'lb0').ifindex, 'ifIndex agrees with ip link');
 
       bpf.attachXdp(ifindex, pass, { mode });
@@ -56,8 +57,8 @@ t.test('a pinned bpf_link keeps the program attached and updates atomically', ne
   t.teardown(() => obj.close());
   const pass = obj.program('xdp_count_pass');
   const drop = obj.program('xdp_drop_all');
-  bpf.withNetns(ns, () => {
-    const ifindex = bpf.ifIndex('lb0');
+  sys.withNetns(ns, () => {
+    const ifindex = sys.ifIndex('lb0');
     const link = bpf.XdpLink.create(pass, ifindex, 'native');
     link.pin(`${dir}/link_lb0`);
     link.close();
@@ -79,6 +80,6 @@ t.test('attaching to a missing interface is a clear error', needsRoot, (t) => {
   const obj = bpf.openObject(OBJ, { pinRoot: pinDir(t) });
   t.teardown(() => obj.close());
   t.throws(() => bpf.attachXdp(0x7ffffff0, obj.program('xdp_count_pass'), { mode: 'generic' }), { code: 'ENODEV', op: 'xdp attach' });
-  t.throws(() => bpf.withNetns('xdplbt-no-such-ns', () => 0), { code: 'ENOENT', op: 'open netns' });
+  t.throws(() => sys.withNetns('xdplbt-no-such-ns', () => 0), { code: 'ENOENT', op: 'open netns' });
   t.end();
 });

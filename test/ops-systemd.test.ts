@@ -6,10 +6,10 @@
 import t from 'tap';
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import { daemonFixture, MAIN, rpc } from './helpers/daemon';
-import { needsRoot } from './helpers/fixtures';
-import { logLine, notifyListener, spawnDaemon } from './helpers/systemd';
-import { UNIT, unitCapabilities, unitCopy } from './helpers/systemd-unit';
+import { daemonFixture, MAIN, rpc } from '../harness/daemon';
+import { needsRoot } from '../harness/fixtures';
+import { logLine, notifyListener, spawnDaemon } from '../harness/systemd';
+import { UNIT, unitCapabilities, unitCopy } from '../harness/systemd-unit';
 
 const unitText = () => fs.readFileSync(UNIT, 'utf8');
 const hasSystemdAnalyze = fs.existsSync('/usr/bin/systemd-analyze') || fs.existsSync('/bin/systemd-analyze');

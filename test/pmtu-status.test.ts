@@ -6,8 +6,8 @@ import t from 'tap';
 import * as L from '../src/datapath/layout';
 import { agePathMtus } from '../src/datapath/pmtu';
 import { routeWarnings } from '../src/datapath/routes';
-import { openLb } from './helpers/datapath';
-import { needsRoot, netns, veth, sh } from './helpers/fixtures';
+import { openLb } from '../harness/datapath';
+import { needsRoot, netns, veth, sh } from '../harness/fixtures';
 
 t.test('path MTUs in force are listed by backend; expired ones are deleted', needsRoot, (t) => {
   const lb = openLb(t);

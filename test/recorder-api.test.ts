@@ -9,9 +9,9 @@ import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as bpf from '../src/datapath/bpf';
 import * as L from '../src/datapath/layout';
-import { daemonFixture, reflectedServices, rpc, type DaemonFixture } from './helpers/daemon';
-import { needsRoot, sh } from './helpers/fixtures';
-import { VIP4 } from './helpers/recorder';
+import { daemonFixture, reflectedServices, rpc, type DaemonFixture } from '../harness/daemon';
+import { needsRoot, sh } from '../harness/fixtures';
+import { VIP4 } from '../harness/recorder';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 const TCP80 = { destinationCidr: `${VIP4}/32`, destinationPort: 80, protocol: 'CAPTURE_PROTOCOL_TCP' };

@@ -28,7 +28,7 @@ import {
   type CompiledFilters,
   type Tuple,
 } from '../src/recorder/filter';
-import { seededRandom } from './helpers/random';
+import { seededRandom } from '../harness/random';
 
 const ROOT = path.resolve(__dirname, '..', '..');
 

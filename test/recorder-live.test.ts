@@ -5,9 +5,9 @@
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import { MAIN } from './helpers/daemon';
-import { needsRoot } from './helpers/fixtures';
-import { recorderRig, rpc, tsharkRows, until, VIP4, VIP6 } from './helpers/recorder';
+import { MAIN } from '../harness/daemon';
+import { needsRoot } from '../harness/fixtures';
+import { recorderRig, rpc, tsharkRows, until, VIP4, VIP6 } from '../harness/recorder';
 
 interface Recording {
   id: string;

@@ -9,9 +9,9 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import { MAIN } from './helpers/daemon';
-import { needsRoot } from './helpers/fixtures';
-import { recorderRig, rpc, tsharkRows, until, VIP4, type RecorderRig } from './helpers/recorder';
+import { MAIN } from '../harness/daemon';
+import { needsRoot } from '../harness/fixtures';
+import { recorderRig, rpc, tsharkRows, until, VIP4, type RecorderRig } from '../harness/recorder';
 import { fileSet, sharedFile, NO_ROTATION, type FileNaming } from '../src/recorder/sink-file';
 
 interface Recording {

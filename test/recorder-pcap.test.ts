@@ -25,7 +25,7 @@ import {
   type CapturedPacket,
   type ClockSources,
 } from '../src/recorder/pcap';
-import { ether, ipv4, ipv6, rawL4, tcp, udp, TCP_ACK, TCP_PSH } from './helpers/packets';
+import { ether, ipv4, ipv6, rawL4, tcp, udp, TCP_ACK, TCP_PSH } from '../harness/packets';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'xdplb-pcap-'));
 t.teardown(() => fs.rmSync(tmp, { recursive: true, force: true }));

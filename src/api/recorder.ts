@@ -8,7 +8,7 @@ import { filterToMessage } from '../recorder/filter';
 import { recordRequest, startRequest, type PbRecord, type PbStartRecording } from '../recorder/request';
 import type { Recorder, RecordingView } from '../recorder/recordings';
 import type { StreamTarget } from '../recorder/sink-stream';
-import { toServiceError, unary } from './server';
+import { toServiceError, unary } from './grpc';
 
 export const RECORDER_SERVICE_NAME = 'xdplb.v1.Recorder';
 

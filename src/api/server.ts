@@ -4,41 +4,25 @@ import * as fs from 'node:fs';
 import * as net from 'node:net';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
-import * as protoLoader from '@grpc/proto-loader';
+import type * as protoLoader from '@grpc/proto-loader';
 import { ReflectionService } from '@grpc/reflection';
 import { HealthImplementation } from 'grpc-health-check';
 import { FileDescriptorProto, FileDescriptorSet } from 'protobufjs/ext/descriptor';
 import type { Logger } from 'pino';
 import type { Controller } from '../control/controller';
-import { XdplbError, type ErrorCode } from '../control/errors';
+import { XdplbError } from '../control/errors';
 import type { ApiSettings } from '../control/model';
 import { validateServiceName } from '../control/validate';
 import type { Recorder } from '../recorder/recordings';
-import type { NextHopStatus } from '../daemon/neighbours';
+import type { CountersSnapshot, NodeStatusSnapshot } from '../datapath/snapshot';
 import type { BgpControl } from '../bgp/speaker';
 import { RECORDER_SERVICE_NAME, recorderHandlers } from './recorder';
+import { toServiceError, unary } from './grpc';
+import { DESCRIPTOR_SET, loadProto, SERVICE_NAME } from './proto';
 import { backendFromPb, serviceFromPb, serviceToPb, type PbBackend, type PbService } from './convert';
 
-export const PROTO_DIR = path.resolve(__dirname, '..', '..', '..', 'proto');
-export const PROTO_FILES = ['xdplb/v1/loadbalancer.proto', 'xdplb/v1/recorder.proto'];
-export const SERVICE_NAME = 'xdplb.v1.LoadBalancer';
-/** protoc's descriptors of proto/, their imports and the health and reflection protos (CMakeLists.txt builds it). */
-export const DESCRIPTOR_SET = path.resolve(__dirname, '..', '..', '..', 'build', 'proto', 'xdplb.binpb');
 const HEALTH_SERVICE_NAME = 'grpc.health.v1.Health';
 const REFLECTION_SERVICE_NAMES = ['grpc.reflection.v1.ServerReflection', 'grpc.reflection.v1alpha.ServerReflection'];
-
-export const LOADER_OPTIONS: protoLoader.Options = {
-  keepCase: false,
-  longs: Number,
-  enums: String,
-  defaults: true,
-  oneofs: true,
-  includeDirs: [PROTO_DIR],
-};
-
-export function loadProto(): protoLoader.PackageDefinition {
-  return protoLoader.loadSync(PROTO_FILES, LOADER_OPTIONS);
-}
 
 /**
  * Server reflection over protoc's descriptors: the original file names, field
@@ -61,41 +45,6 @@ function reflectionService(services: string[]): ReflectionService {
   return new ReflectionService(descriptors, { services });
 }
 
-export interface Traffic {
-  packets: number;
-  bytes: number;
-}
-
-export interface CountersSnapshot {
-  timestamp: number;
-  services: Array<{ name: string; traffic: Traffic; backends: Array<{ address: string; port: number; traffic: Traffic }> }>;
-  verdicts: Record<string, number>;
-  reasons: Record<string, number>;
-  nexthopLookups: number;
-  flowCacheFills: number;
-}
-
-export interface NodeStatusSnapshot {
-  version: string;
-  attachments: Array<{ interface: string; ifindex: number; mode: string; programId: number }>;
-  programId: number;
-  programInstructions: number;
-  maglevSize: number;
-  maps: Array<{ name: string; entries: number; capacity: number }>;
-  services: number;
-  backends: number;
-  bpffs: string;
-  uptimeSeconds: number;
-  /** every backend's next hop and whether the kernel has resolved it (the daemon's neighbour keeper) */
-  nextHops?: NextHopStatus[];
-  nextHopsResolved?: number;
-  nextHopsUnresolved?: number;
-  /** path MTUs routers past the node reported, in force (src/datapath/pmtu.ts) */
-  pathMtus: Array<{ backend: string; mtu: number; expiresInSeconds: number }>;
-  /** routes missing for the outer sources and VIPs (src/datapath/routes.ts) */
-  routeWarnings: string[];
-}
-
 export interface ApiDeps {
   controller: Controller;
   counters(service?: string): CountersSnapshot | Promise<CountersSnapshot>;
@@ -105,64 +54,6 @@ export interface ApiDeps {
   recorder?: Recorder;
   /** VIP announcement over BGP, when the configuration has a bgp: section */
   bgp?: BgpControl;
-}
-
-const STATUS: Record<ErrorCode, grpc.status> = {
-  INVALID_ARGUMENT: grpc.status.INVALID_ARGUMENT,
-  NOT_FOUND: grpc.status.NOT_FOUND,
-  ALREADY_EXISTS: grpc.status.ALREADY_EXISTS,
-  FAILED_PRECONDITION: grpc.status.FAILED_PRECONDITION,
-  RESOURCE_EXHAUSTED: grpc.status.RESOURCE_EXHAUSTED,
-  UNAVAILABLE: grpc.status.UNAVAILABLE,
-  INTERNAL: grpc.status.INTERNAL,
-};
-
-/**
- * grpc-message travels percent-encoded (a non-ASCII byte takes three) in at most
- * 8 KB of metadata; a longer message turns the status into RESOURCE_EXHAUSTED at
- * the client. Values are quoted short (quote()); this bounds whatever else a
- * message repeats.
- */
-const MAX_DETAILS_BYTES = 1536;
-
-function bounded(message: string): string {
-  const total = Buffer.byteLength(message);
-  if (total <= MAX_DETAILS_BYTES) return message;
-  let kept = '';
-  let bytes = 0;
-  for (const ch of message) {
-    bytes += Buffer.byteLength(ch);
-    if (bytes > MAX_DETAILS_BYTES) break;
-    kept += ch;
-  }
-  return `${kept}… (${total} bytes)`;
-}
-
-export function toServiceError(e: unknown): Partial<grpc.ServiceError> {
-  if (e instanceof XdplbError) return { code: STATUS[e.code] ?? grpc.status.INTERNAL, details: bounded(e.message) };
-  return { code: grpc.status.INTERNAL, details: bounded(e instanceof Error ? e.message : String(e)) };
-}
-
-type Unary<Req, Res> = (req: Req) => Res | Promise<Res>;
-
-/** Wraps a handler so every outcome is a response or a gRPC status, and is logged. */
-export function unary<Req, Res>(log: Logger, method: string, fn: Unary<Req, Res>): grpc.handleUnaryCall<Req, Res> {
-  return (call, callback) => {
-    const started = process.hrtime.bigint();
-    Promise.resolve()
-      .then(() => fn(call.request))
-      .then(
-        (res) => {
-          log.debug({ method, ms: Number(process.hrtime.bigint() - started) / 1e6 }, 'api call');
-          callback(null, res);
-        },
-        (e: unknown) => {
-          const err = toServiceError(e);
-          log.info({ method, code: grpc.status[err.code ?? grpc.status.INTERNAL], error: err.details }, 'api call refused');
-          callback(err as grpc.ServiceError);
-        },
-      );
-  };
 }
 
 interface NameReq {

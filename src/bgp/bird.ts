@@ -12,8 +12,9 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { XdplbError } from '../control/errors';
 import { MAX_SOCKET_PATH_BYTES } from '../control/validate';
-import { effectiveCapabilities } from '../daemon/capabilities';
-import { peerFamily, type BgpPeer, type BgpSettings } from './config';
+import { effectiveCapabilities } from '../sys/capabilities';
+import type { BgpPeer, BgpSettings } from '../control/model';
+import { peerFamily } from './config';
 
 /** One prefix to announce, with its path attributes. */
 export interface Announcement {

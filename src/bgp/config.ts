@@ -3,41 +3,9 @@
 // section; this checks what a schema cannot say (addresses, communities,
 // duplicates) and normalises. Pure; loaded only when the file has a `bgp:` key.
 import { quote, XdplbError } from '../control/errors';
-import type { Family } from '../control/model';
+import type { BgpPeer, BgpSettings, BgpVipAttributes, Family } from '../control/model';
 import { parseDuration } from '../control/validate';
 import { Address } from '../net/address';
-
-export interface BgpPeer {
-  /** canonical text; its family is the family of the VIPs announced to it */
-  address: string;
-  asn: number;
-  /** seconds; the keepalive is a third of it */
-  holdTime: number;
-  /** TCP MD5 signature (RFC 2385) */
-  password?: string;
-}
-
-/** Path attributes of one VIP's announcement. */
-export interface BgpVipAttributes {
-  /** "asn:value" standard communities (RFC 1997) */
-  communities: string[];
-  med?: number;
-}
-
-export interface BgpSettings {
-  asn: number;
-  /** an IPv4 address, as BGP identifiers are */
-  routerId: string;
-  peers: BgpPeer[];
-  /** attributes of every VIP without an entry in `vips` */
-  defaults: BgpVipAttributes;
-  /** canonical VIP address -> its attributes */
-  vips: Map<string, BgpVipAttributes>;
-  /** milliseconds the VIPs' counters must stand still before a drain reports traffic stopped */
-  drainQuiet: number;
-  /** seconds routers keep the routes of a restarting speaker (BGP graceful restart) */
-  restartTime: number;
-}
 
 export const DEFAULT_HOLD_TIME_S = 9;
 export const DEFAULT_DRAIN_QUIET_MS = 5000;
@@ -119,5 +87,5 @@ export function validateBgp(input: unknown, field = 'bgp'): BgpSettings {
 }
 
 export function peerFamily(p: BgpPeer): Family {
-  return p.address.includes(':') ? 6 : 4;
+  return Address.of(p.address).family;
 }

@@ -13,7 +13,8 @@ import type { Logger } from 'pino';
 import { Counter, Gauge, type Registry } from 'prom-client';
 import type { ServiceSpec } from '../control/model';
 import { Bird, birdConfig, peerProtocol, type Announcement, type ProtocolState } from './bird';
-import { peerFamily, type BgpSettings } from './config';
+import type { BgpSettings } from '../control/model';
+import { peerFamily } from './config';
 
 export interface VipPlan {
   vip: string;

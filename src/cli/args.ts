@@ -3,7 +3,8 @@
 
 export interface BackendArg {
   address: string;
-  port: number;
+  /** absent: the service's port (the API's default) */
+  port?: number;
   weight: number;
   state: string;
 }
@@ -12,18 +13,18 @@ export interface BackendArg {
 export function parseBackendArg(text: string, flag = '--backend'): BackendArg {
   const [hostPort, ...opts] = text.split(',');
   let address = hostPort;
-  let port = 0;
+  let port: number | undefined;
   const v6 = /^\[([^\]]+)\](?::(\d+))?$/.exec(hostPort);
   if (v6) {
     address = v6[1];
-    port = v6[2] ? Number(v6[2]) : 0;
+    port = v6[2] ? Number(v6[2]) : undefined;
   } else if ((hostPort.match(/:/g) ?? []).length === 1) {
     const [a, p] = hostPort.split(':');
     address = a;
     port = Number(p);
     if (!/^\d+$/.test(p)) throw new Error(`${flag} ${text}: port must be a number`);
   }
-  const out: BackendArg = { address, port, weight: 1, state: 'BACKEND_STATE_ACTIVE' };
+  const out: BackendArg = { address, ...(port === undefined ? {} : { port }), weight: 1, state: 'BACKEND_STATE_ACTIVE' };
   for (const o of opts) {
     const [k, v] = o.split('=');
     if (k === 'weight' && /^\d+$/.test(v ?? '')) out.weight = Number(v);
@@ -48,5 +49,6 @@ export function parseProtocol(text: string): string {
 /** "198.51.100.11:80" or "[2001:db8::11]:80" → reference to a backend of a service. */
 export function parseBackendRef(text: string): { address: string; port: number } {
   const b = parseBackendArg(text, 'backend');
+  if (b.port === undefined) throw new Error(`backend ${text}: expected ADDRESS:PORT or [ADDRESS]:PORT`);
   return { address: b.address, port: b.port };
 }

@@ -1,8 +1,8 @@
 // `xdplb bgp status`, `xdplb node drain` and `xdplb node undrain`: the BGP
 // announcement of the VIPs, through the daemon's API (src/bgp in the daemon).
 import { Command } from 'commander';
-import { call, type Client } from './client';
-import { render, table, type OutputFormat } from './output';
+import { call, type Client } from '../client/client';
+import { render, table, type OutputFormat } from '../client/output';
 
 type WithClient = (cmd: Command, fn: (client: Client, o: { output: OutputFormat }) => Promise<void>) => Promise<void>;
 

@@ -4,6 +4,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as bpf from '../datapath/bpf';
+import * as sys from '../sys/system';
 
 export interface CheckedProgram {
   object: string;
@@ -67,7 +68,7 @@ export function checkDatapath(objectDir = bpf.BPF_OBJECT_DIR): CheckedProgram[] 
 }
 
 export function formatCheck(rows: CheckedProgram[]): string {
-  const lines = [`kernel ${os.release()}, ${bpf.possibleCpus()} possible CPUs`];
+  const lines = [`kernel ${os.release()}, ${sys.possibleCpus()} possible CPUs`];
   for (const r of rows)
     lines.push(
       `${r.object.padEnd(22)} ${r.program.padEnd(22)} ${String(r.instructions).padStart(6)} insns  ` +

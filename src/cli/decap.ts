@@ -8,6 +8,7 @@ import { isIP } from 'node:net';
 import * as path from 'node:path';
 import { Command, Option } from 'commander';
 import * as bpf from '../datapath/bpf';
+import * as sys from '../sys/system';
 import { decodeLocalKey, decodeRevNatKey, decodeRevNatVal, encodeLocalKey } from '../datapath/decap-layout';
 import { IPPROTO_TCP } from '../datapath/layout';
 import {
@@ -20,7 +21,7 @@ import {
   syncPinnedRevNat,
   type RevNat,
 } from '../lab/decap';
-import { render, table, type OutputFormat } from './output';
+import { render, table, type OutputFormat } from '../client/output';
 
 export const DECAP_PIN_ROOT = '/sys/fs/bpf/xdplb-decap';
 
@@ -59,7 +60,7 @@ export function checkIfname(name: string): string {
 
 function ifIndexOf(ifname: string): number {
   try {
-    return bpf.ifIndex(ifname);
+    return sys.ifIndex(ifname);
   } catch {
     throw new Error(`interface "${ifname}": no such interface in this network namespace`);
   }
@@ -127,7 +128,7 @@ export function decapDetach(ifname: string, pinRoot: string): boolean {
   const ours = pinnedProgId(dir);
   let ifindex = 0;
   try {
-    ifindex = bpf.ifIndex(ifname);
+    ifindex = sys.ifIndex(ifname);
   } catch {
     // the interface is gone, and its attachments with it: only the pins are left
   }
@@ -179,7 +180,7 @@ export function decapStatus(pinRoot: string): DecapInstance[] {
       const progId = pinnedProgId(dir);
       let attached = false;
       try {
-        attached = progId !== 0 && bpf.queryXdp(bpf.ifIndex(ifname)).progId === progId;
+        attached = progId !== 0 && bpf.queryXdp(sys.ifIndex(ifname)).progId === progId;
       } catch {
         // no such interface in this namespace
       }

@@ -3,14 +3,15 @@
 // everything else, and the backend's decapsulator (local, no daemon).
 import { Command, Option } from 'commander';
 import { checkDatapath, formatCheck } from './check';
-import { call, connect, type Client, type ConnectOptions } from './client';
+import { call, connect, type Client, type ConnectOptions } from '../client/client';
 import { parseBackendArg, parseBackendRef, parsePort, parseProtocol } from './args';
-import { OUTPUT_FORMATS, render, table, type OutputFormat } from './output';
+import { OUTPUT_FORMATS, render, table, type OutputFormat } from '../client/output';
 import { DEFAULT_NODE } from '../control/model';
 import { labCommand } from '../lab/command';
 import { recordCommand } from './record';
 import { decapCommand } from './decap';
 import { bgpCommands } from './bgp';
+import { hostPort } from '../net/address';
 
 // eslint-disable-next-line @typescript-eslint/no-require-imports
 const { version } = require('../../../package.json') as { version: string };
@@ -41,7 +42,6 @@ interface PbService {
 }
 
 const short = (enumName: string) => enumName.replace(/^(PROTOCOL|BACKEND_STATE|OWNER)_/, '').toLowerCase();
-const hostPort = (a: string, p: number) => (a.includes(':') ? `[${a}]:${p}` : `${a}:${p}`);
 const portText = (p: number) => (p === 0 ? 'all' : String(p));
 
 // proto-loader's `oneofs` option adds a virtual field per proto3 `optional`

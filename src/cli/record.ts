@@ -16,8 +16,8 @@
 // waiting.
 import { Command, Option } from 'commander';
 import * as grpc from '@grpc/grpc-js';
-import { call, connect, describe, type Client, type ConnectOptions } from './client';
-import { render, table, type OutputFormat } from './output';
+import { call, connect, describe, type Client, type ConnectOptions } from '../client/client';
+import { render, table, type OutputFormat } from '../client/output';
 import { filterToMessage, parseFilter } from '../recorder/filter';
 
 interface GlobalOpts extends ConnectOptions {

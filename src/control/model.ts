@@ -1,7 +1,7 @@
 // The desired-state model of xdplb: what a service and a node are, independent
 // of where the state came from (YAML file, gRPC API, state directory) and of how
 // the datapath stores it.
-import type { BgpSettings } from '../bgp/config';
+
 import { DEFAULT_M } from '../maglev/table';
 import type { Address } from '../net/address';
 
@@ -149,6 +149,39 @@ export interface ConntrackSettings {
   udpTimeout: number;
   /** after a FIN or RST: a drained backend's closed connections end, and their 5-tuples are free, this soon */
   closingTimeout: number;
+}
+
+export interface BgpPeer {
+  /** canonical text; its family is the family of the VIPs announced to it */
+  address: string;
+  asn: number;
+  /** seconds; the keepalive is a third of it */
+  holdTime: number;
+  /** TCP MD5 signature (RFC 2385) */
+  password?: string;
+}
+
+/** Path attributes of one VIP's announcement. */
+export interface BgpVipAttributes {
+  /** "asn:value" standard communities (RFC 1997) */
+  communities: string[];
+  med?: number;
+}
+
+/** The `bgp:` section, checked and normalised by src/bgp/config.ts. */
+export interface BgpSettings {
+  asn: number;
+  /** an IPv4 address, as BGP identifiers are */
+  routerId: string;
+  peers: BgpPeer[];
+  /** attributes of every VIP without an entry in `vips` */
+  defaults: BgpVipAttributes;
+  /** canonical VIP address -> its attributes */
+  vips: Map<string, BgpVipAttributes>;
+  /** milliseconds the VIPs' counters must stand still before a drain reports traffic stopped */
+  drainQuiet: number;
+  /** seconds routers keep the routes of a restarting speaker (BGP graceful restart) */
+  restartTime: number;
 }
 
 export interface Config {

@@ -7,6 +7,7 @@
 import * as fs from 'node:fs';
 import type { Logger } from 'pino';
 import { XdplbError } from '../control/errors';
+import { effectiveCapabilities } from '../sys/capabilities';
 
 const CAP_SYS_ADMIN = 21;
 
@@ -28,13 +29,6 @@ export const NEEDED: readonly Needed[] = [
     sysAdminWill: true,
   },
 ];
-
-/** The effective set from /proc/PID/status text ("CapEff:\t000001fffeffffff"). */
-export function effectiveCapabilities(status: string): bigint {
-  const m = /^CapEff:\s*([0-9a-f]+)$/m.exec(status);
-  if (!m) throw new Error('no CapEff line');
-  return BigInt(`0x${m[1]}`);
-}
 
 export function missingCapabilities(effective: bigint): Needed[] {
   const has = (bit: number) => (effective >> BigInt(bit)) & 1n;

@@ -10,12 +10,13 @@ import { Controller } from '../control/controller';
 import { backendKey, type Config } from '../control/model';
 import { ServiceStore } from '../control/store';
 import { validateService } from '../control/validate';
-import { startApi, SERVICE_NAME, type ApiServer } from '../api/server';
+import { startApi, type ApiServer } from '../api/server';
+import { SERVICE_NAME } from '../api/proto';
 import { LbDatapath } from '../datapath/lb';
 import { checkCapabilities } from './capabilities';
 import { createLogger } from './log';
 import { lockDaemon } from './lock';
-import { NeighbourKeeper } from './neighbours';
+import { NeighbourKeeper } from '../net/neighbours';
 import { Notifier } from './notify';
 import { StatusReporter } from './status';
 // Operations (issue 8): metrics, health checks.

@@ -6,7 +6,7 @@
 // a daemon killed with SIGKILL never leaves a stale lock behind.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { flockExclusive } from '../datapath/bpf';
+import { flockExclusive } from '../sys/system';
 import { XdplbError } from '../control/errors';
 
 export const LOCK_FILE = 'daemon.lock';

@@ -5,7 +5,7 @@
 // logged, once per kind (errno) until a message gets through again, and never
 // thrown.
 import type { Logger } from 'pino';
-import { sdNotify } from '../datapath/bpf';
+import { sdNotify } from '../sys/system';
 
 /** Sends one message; false when there is no notify socket, throws when sending failed. */
 export type NotifySend = (state: string) => boolean;

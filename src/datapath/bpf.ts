@@ -1,11 +1,13 @@
-// Typed layer over the native addon (src/native). Nothing else in xdplb imports
-// the addon: every BPF object, map, program, link, perf ring and netns switch
-// goes through here.
+// Typed layer over the native addon's BPF half (src/native): every BPF object,
+// map, program, link and perf ring goes through here. The addon's system calls
+// that are not BPF (netns, sd_notify, flock) are src/sys/system.ts.
 import * as path from 'node:path';
-import { checkLayout, type BtfStruct, type StructCodec } from './codec';
+import { PACKAGE_ROOT } from '../sys/paths';
+import { native } from '../sys/addon';
+import type { BtfStruct, MapInfo, NativeLink, NativeMap, NativeObject, NativePerfReader, NativeProgram, ProgramInfo, TestRunOptions, TestRunResult } from '../sys/addon';
+import { checkLayout, type StructCodec } from './codec';
 
-/** Root of the package: dist/src/datapath -> ../../.. */
-export const PACKAGE_ROOT = path.resolve(__dirname, '..', '..', '..');
+export type { MapInfo, ProgramInfo, TestRunOptions, TestRunResult };
 export const BPF_OBJECT_DIR = path.join(PACKAGE_ROOT, 'build', 'bpf');
 export const BPF_TEST_OBJECT_DIR = path.join(PACKAGE_ROOT, 'build', 'bpf-test');
 
@@ -33,102 +35,6 @@ export function isBpfError(e: unknown, code?: string): e is BpfError {
   return e instanceof Error && typeof (e as BpfError).op === 'string' && (code === undefined || (e as BpfError).code === code);
 }
 
-interface NativeMap {
-  info(): MapInfo;
-  lookup(key: Buffer): Buffer | null;
-  update(key: Buffer, value: Buffer, flags: number): void;
-  delete(key: Buffer): boolean;
-  nextKey(key: Buffer | null): Buffer | null;
-  updateBatch(keys: Buffer, values: Buffer, count: number, flags: number): number;
-  updateBatchAsync(keys: Buffer, values: Buffer, count: number): Promise<number>;
-  deleteBatch(keys: Buffer, count: number): number;
-  dump(): { keys: Buffer; values: Buffer; count: number };
-  count(): Promise<number>;
-  lookupMany(keys: Buffer): Promise<Buffer>;
-  lookupPacked(keys: Buffer): { values: Buffer; found: Buffer };
-  pin(path: string): void;
-  fd(): number;
-  close(): void;
-}
-interface NativeProgram {
-  info(): ProgramInfo;
-  testRun(o: TestRunOptions): TestRunResult;
-  testRunAsync(o: TestRunOptions): Promise<TestRunResult>;
-  pin(path: string): void;
-  fd(): number;
-  close(): void;
-}
-interface NativeLink {
-  update(progFd: number, oldFd: number): void;
-  pin(path: string): void;
-  detach(): void;
-  info(): { id: number; progId: number; ifindex: number };
-  close(): void;
-}
-interface NativeObject {
-  programs(): string[];
-  maps(): string[];
-  map(name: string): NativeMap;
-  program(name: string): NativeProgram;
-  btfStruct(name: string): BtfStruct | null;
-  close(): void;
-}
-interface NativePerfReader {
-  close(): void;
-  /** the batch handed over last is done with: the reader thread may queue the next */
-  ack(): void;
-  stats(): { received: number; lost: number; pollErrors: number };
-}
-interface Native {
-  Object: new (path: string, pinRoot: string | null, maxEntries: Record<string, number>, mapFlags: Record<string, number>) => NativeObject;
-  PerfReader: new (
-    mapFd: number,
-    pageCount: number,
-    onBatch: (buf: Buffer, count: number, lost: number, records: number) => void,
-    format?: number,
-  ) => NativePerfReader;
-  mapFromPin(path: string): NativeMap;
-  createMap(type: string, keySize: number, valueSize: number, maxEntries: number, flags: number, name: string, innerFd?: number): NativeMap;
-  programFromPin(path: string): NativeProgram;
-  programFromId(id: number): NativeProgram;
-  attachXdp(ifindex: number, progFd: number, flags: number, oldFd: number): void;
-  detachXdp(ifindex: number, flags: number, oldFd: number): void;
-  queryXdp(ifindex: number): { progId: number; drvProgId: number; skbProgId: number; hwProgId: number; attachMode: number };
-  linkXdp(progFd: number, ifindex: number, flags: number): NativeLink;
-  linkFromPin(path: string): NativeLink;
-  netnsEnter(path: string): number;
-  netnsRestore(fd: number): void;
-  ifIndex(name: string): number;
-  possibleCpus(): number;
-  sdNotify(state: string): boolean;
-  flockExclusive(fd: number): boolean;
-  XDP_FLAGS: { UPDATE_IF_NOEXIST: number; SKB_MODE: number; DRV_MODE: number; REPLACE: number };
-  XDP_ATTACHED: { NONE: number; DRV: number; SKB: number; HW: number; MULTI: number };
-}
-
-let nativeModule: Native | undefined;
-function native(): Native {
-  if (!nativeModule) {
-    const file = path.join(PACKAGE_ROOT, 'build', 'Release', 'xdplb_native.node');
-    // eslint-disable-next-line @typescript-eslint/no-require-imports
-    nativeModule = require(file) as Native;
-  }
-  return nativeModule;
-}
-
-export interface MapInfo {
-  name: string;
-  id: number;
-  /** libbpf's name for the type: 'hash', 'array', 'percpu_array', 'lru_percpu_hash', ... */
-  type: string;
-  keySize: number;
-  valueSize: number;
-  maxEntries: number;
-  flags: number;
-  /** bytes of a whole value as the syscall sees it (per-CPU: slot × possible CPUs) */
-  valueBytes: number;
-  perCpu: boolean;
-}
 
 export const BPF_ANY = 0;
 export const BPF_NOEXIST = 1;
@@ -284,38 +190,6 @@ export class BpfMap {
     for (let off = 0; off < out.length; off += slot) value.copy(out, off, 0, this.valueSize);
     return out;
   }
-}
-
-export interface ProgramInfo {
-  name: string;
-  id: number;
-  type: string;
-  xlatedBytes: number;
-  jitedBytes: number;
-  /** instructions after verification and rewriting (xlated / 8) */
-  instructions: number;
-  /** instructions the verifier processed (its complexity measure) */
-  verifiedInstructions: number;
-}
-
-export interface TestRunOptions {
-  data: Buffer;
-  /** struct xdp_md: see xdpContext() */
-  ctx?: Buffer;
-  repeat?: number;
-  /** BPF_F_TEST_XDP_LIVE_FRAMES sends the frames for real */
-  flags?: number;
-  /** live frames: frames per batch (kernel default 64) */
-  batchSize?: number;
-  /** room for the output packet; defaults to data.length + 512 */
-  dataSizeOut?: number;
-}
-
-export interface TestRunResult {
-  retval: number;
-  data: Buffer;
-  /** mean nanoseconds per run, as the kernel measured it */
-  duration: number;
 }
 
 export const BPF_F_TEST_XDP_LIVE_FRAMES = 2;
@@ -615,38 +489,4 @@ export class RecorderSampleReader {
   close(): void {
     this.handle.close();
   }
-}
-
-/**
- * Runs fn with the calling thread inside the named network namespace
- * (/var/run/netns/NAME or a path), then returns to the original one. Only
- * synchronous work is inside: anything fn schedules runs back outside.
- */
-export function withNetns<T>(ns: string, fn: () => T): T {
-  const N = native();
-  const saved = N.netnsEnter(ns.includes('/') ? ns : `/var/run/netns/${ns}`);
-  try {
-    return fn();
-  } finally {
-    N.netnsRestore(saved);
-  }
-}
-
-/** Interface index by name, in the calling thread's network namespace. */
-export function ifIndex(name: string): number {
-  return native().ifIndex(name);
-}
-
-export function possibleCpus(): number {
-  return native().possibleCpus();
-}
-
-/** sd_notify(3): false when not started by systemd with a notify socket. */
-export function sdNotify(state: string): boolean {
-  return native().sdNotify(state);
-}
-
-/** flock(fd, LOCK_EX | LOCK_NB): false when another open file holds the lock. */
-export function flockExclusive(fd: number): boolean {
-  return native().flockExclusive(fd);
 }

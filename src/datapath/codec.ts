@@ -10,6 +10,7 @@
 // hole is a named field), so a declaration whose field would sit off its
 // natural alignment, or whose size is not a multiple of its alignment, is
 // refused when declared: it cannot describe such a header.
+import type { BtfStruct } from '../sys/addon';
 
 export type IntType = 'u8' | 'u16' | 'be16' | 'u32' | 's32' | 'u64';
 /** A field: an integer, bytes (an address, a MAC, a pad array), an array of integers, or a nested struct. */
@@ -160,12 +161,6 @@ export function struct<F extends Fields>(name: string, fields: F): StructCodec<V
 }
 
 // ---- the check against BTF ----
-
-/** A struct as a BPF object's BTF describes it (BpfObject.btfStruct). */
-export interface BtfStruct {
-  size: number;
-  members: ReadonlyArray<{ name: string; offset: number; size: number }>;
-}
 
 /**
  * What differs between a declaration and the object's struct, one line each

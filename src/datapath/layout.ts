@@ -17,7 +17,6 @@ export const MAX_SERVICES = 65536;
 export const MAX_BACKENDS = 262144;
 export const CT_SIZE = 262144;
 export const MAX_DEVICES = 256;
-export const NO_BACKEND = 0xffffffff;
 export const FLOW_HASH_SEED = 0x7864706c;
 export const NEXTHOP_TTL_MS = 1000;
 export const NEXTHOP_SLOTS = 16384;

@@ -21,26 +21,28 @@
 // the state directory could not be written). Capacity is counted before the
 // first write, so a change that cannot fit is refused without touching
 // anything.
+//
+// Beside it: attach.ts (where the program is attached, and taking over from a
+// previous daemon's), txn.ts (the undo log and gathered writes), ids.ts (the id
+// pools) and report.ts (counters and status read from the maps).
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { Logger } from 'pino';
 import * as bpf from './bpf';
 import * as L from './layout';
+import { Gathered, put, remove, UndoLog } from './txn';
+import { IdPool, monotonicS } from './ids';
+import { Attachments, PROG_PIN } from './attach';
+import { readCounters, readStatus, reasonPackets, type DatapathMaps } from './report';
 import { vipFilterBit } from './flowhash';
-import { REASON, REASONS } from './reasons';
-import { agePathMtus } from './pmtu';
-import { routeWarnings, type RouteCheck } from './routes';
-import { netconf } from '../net/iproute';
-import { TableStream, diffTables, NO_BACKEND, type MaglevBackend } from '../maglev';
+import { TableStream, diffTables, maglevKey, NO_BACKEND, type MaglevBackend } from '../maglev';
 import type { DatapathChange, DatapathSink } from '../control/controller';
 import { XdplbError } from '../control/errors';
 import { backendKey, serviceKey, type BackendKey, type BackendSpec, type NodeSettings, type Protocol, type ServiceKey, type ServiceSpec } from '../control/model';
 import { Address } from '../net/address';
-import type { CountersSnapshot, NodeStatusSnapshot } from '../api/server';
+import type { CountersSnapshot, NodeStatusSnapshot } from './snapshot';
 
-const PROG_PIN = 'prog_xdplb_main';
 const OWNER_MAP = 'xdplb_be_owner';
-const ATTACHED_FILE = 'attached.json';
 /**
  * xdplb_be_owner values: FREE for a free backend slot, RESTING | s for an id
  * freed that may be handed out from monotonic second s on, otherwise the
@@ -49,8 +51,6 @@ const ATTACHED_FILE = 'attached.json';
 const FREE = 0;
 const RESTING = 0x80000000;
 
-/** CLOCK_MONOTONIC seconds: the clock of the datapath's connection-table expiries (bpffs pins do not outlive a boot, nor does it). */
-const monotonicS = (): number => Number(process.hrtime.bigint() / 1_000_000_000n);
 
 const PROTO: Record<Protocol, number> = { tcp: L.IPPROTO_TCP, udp: L.IPPROTO_UDP };
 const PROTOCOL = Object.fromEntries(Object.entries(PROTO).map(([name, n]) => [n, name])) as Record<number, Protocol>;
@@ -118,109 +118,6 @@ function nodeConfig(node: NodeSettings): L.NodeConfig {
   };
 }
 
-/**
- * One transaction's undo log: how to put back every map entry, pin and piece
- * of bookkeeping it changed, replayed newest first. What the change replaced
- * and must let go (old Maglev tables) is let go only at commit.
- */
-class UndoLog {
-  private readonly undo: Array<() => void> = [];
-  private readonly atCommit: Array<() => void> = [];
-
-  /**
-   * A map or bpffs write. Its undo is logged before it runs: a failed batch
-   * may have written part of itself, and putting back what was not changed
-   * is harmless.
-   */
-  write(write: () => void, undo: () => void): void {
-    this.undo.push(undo);
-    write();
-  }
-
-  /** A change of bookkeeping in memory. */
-  note(undo: () => void): void {
-    this.undo.push(undo);
-  }
-
-  onCommit(fn: () => void): void {
-    this.atCommit.push(fn);
-  }
-
-  commit(): void {
-    for (const fn of this.atCommit) fn();
-  }
-
-  /** Every step undone, even past one that fails; the failures are returned. */
-  rollback(): Error[] {
-    const errors: Error[] = [];
-    for (let u = this.undo.pop(); u; u = this.undo.pop()) {
-      try {
-        u();
-      } catch (e) {
-        errors.push(e as Error);
-      }
-    }
-    return errors;
-  }
-}
-
-/** Writes entries; their old values (or absence) are logged to be put back. */
-function put(tx: UndoLog, map: bpf.BpfMap, keys: Buffer[], values: Buffer[]): void {
-  if (keys.length) putPacked(tx, map, Buffer.concat(keys), Buffer.concat(values), keys.length);
-}
-
-/** put() of packed keys and values: thousands of entries as two Buffers, not thousands. */
-function putPacked(tx: UndoLog, map: bpf.BpfMap, keys: Buffer, values: Buffer, count: number): void {
-  const old = map.lookupPacked(keys);
-  tx.write(() => map.batchUpdatePacked(keys, values, count), () => restore(map, keys, old));
-}
-
-function remove(tx: UndoLog, map: bpf.BpfMap, keys: Buffer[]): void {
-  if (!keys.length) return;
-  const packed = Buffer.concat(keys);
-  const old = map.lookupPacked(packed);
-  tx.write(() => map.batchDelete(keys), () => restore(map, packed, old));
-}
-
-/** Per-CPU counters of new ids start at zero on every CPU. */
-function zeroCounters(tx: UndoLog, map: bpf.BpfMap, ids: number[]): void {
-  if (!ids.length) return;
-  const keys = Buffer.from(Uint32Array.from(ids).buffer);
-  const old = map.lookupPacked(keys);
-  tx.write(() => map.batchUpdatePacked(keys, Buffer.alloc(old.values.length), ids.length), () => restore(map, keys, old));
-}
-
-/**
- * Writes of many services gathered into one put() per map: a batch is one
- * syscall and its old values one call into the addon, where a put() per
- * service cost 100,000 lookups and 30,000 syscalls for 10,000 services.
- */
-class Gathered {
-  /** per map, one Buffer of keys and one of values per put(): a Buffer per entry would be 300,000 objects on the heap */
-  private readonly puts = new Map<bpf.BpfMap, { keys: Buffer[]; values: Buffer[]; count: number }>();
-  private readonly zeroes = new Map<bpf.BpfMap, number[]>();
-
-  put(map: bpf.BpfMap, keys: Buffer[], values: Buffer[]): void {
-    if (!keys.length) return;
-    const p = this.puts.get(map) ?? { keys: [], values: [], count: 0 };
-    this.puts.set(map, p);
-    p.keys.push(Buffer.concat(keys));
-    p.values.push(Buffer.concat(values));
-    p.count += keys.length;
-  }
-
-  zeroCounters(map: bpf.BpfMap, ids: number[]): void {
-    const z = this.zeroes.get(map) ?? [];
-    this.zeroes.set(map, z);
-    z.push(...ids);
-  }
-
-  flush(tx: UndoLog): void {
-    for (const [map, ids] of this.zeroes) zeroCounters(tx, map, ids);
-    for (const [map, p] of this.puts) putPacked(tx, map, Buffer.concat(p.keys), Buffer.concat(p.values), p.count);
-  }
-}
-
 /** Keys 0..m-1 as an array map takes them (u32, host order), built once per M. */
 let indexKeys: Buffer | undefined;
 function keysUpTo(m: number): Buffer {
@@ -260,91 +157,6 @@ class Staged {
   }
 }
 
-/** Entries put back as lookupPacked() found them: each value, or no entry. */
-function restore(map: bpf.BpfMap, keys: Buffer, old: { values: Buffer; found: Buffer }): void {
-  const n = old.found.length;
-  const size = old.values.length / Math.max(1, n);
-  for (let i = 0; i < n; i++) {
-    const k = keys.subarray((i * keys.length) / n, ((i + 1) * keys.length) / n);
-    if (old.found[i]) map.update(k, old.values.subarray(i * size, (i + 1) * size));
-    else map.delete(k);
-  }
-}
-
-/**
- * Ids 0..n-1, handed out in turn from after the last one. A freed id may rest
- * until a given second: it is handed out only when no other is free, the one
- * whose rest ends first (at capacity an id is better reused than refused: an
- * entry naming it counts only for the service that freed it, see
- * xdp/maglev.h entry_holds()).
- */
-class IdPool {
-  private readonly used: Uint8Array;
-  private next = 0;
-  private inUse = 0;
-  /** id -> monotonic second from which it may be handed out */
-  private readonly resting = new Map<number, number>();
-  constructor(readonly size: number) {
-    this.used = new Uint8Array(size);
-  }
-  /** Ids not in use: free or resting. */
-  get available(): number {
-    return this.size - this.inUse;
-  }
-  take(id: number): void {
-    if (!this.used[id]) this.inUse++;
-    this.used[id] = 1;
-  }
-  rest(id: number, untilS: number): void {
-    this.resting.set(id, untilS);
-  }
-  alloc(what: string, tx: UndoLog): number {
-    const now = monotonicS();
-    for (let n = 0; n < this.size; n++) {
-      const id = (this.next + n) % this.size;
-      if (this.used[id]) continue;
-      const until = this.resting.get(id);
-      if (until !== undefined && until > now) continue;
-      return this.hand(id, tx);
-    }
-    let first: number | undefined;
-    let end = 0;
-    for (const [id, until] of this.resting)
-      if (first === undefined || until < end || (until === end && id < first)) {
-        first = id;
-        end = until;
-      }
-    if (first !== undefined) return this.hand(first, tx);
-    throw XdplbError.exhausted(`no free ${what} slot (capacity ${this.size})`);
-  }
-  private hand(id: number, tx: UndoLog): number {
-    this.keep(id, tx);
-    this.take(id);
-    this.resting.delete(id);
-    this.next = (id + 1) % this.size;
-    return id;
-  }
-  free(id: number, restUntilS: number | undefined, tx: UndoLog): void {
-    this.keep(id, tx);
-    if (this.used[id]) this.inUse--;
-    this.used[id] = 0;
-    if (restUntilS !== undefined) this.resting.set(id, restUntilS);
-  }
-  /** Logs how to put the id (and the cursor) back as they are now. */
-  private keep(id: number, tx: UndoLog): void {
-    const used = this.used[id];
-    const until = this.resting.get(id);
-    const next = this.next;
-    tx.note(() => {
-      this.inUse += used - this.used[id];
-      this.used[id] = used;
-      if (until === undefined) this.resting.delete(id);
-      else this.resting.set(id, until);
-      this.next = next;
-    });
-  }
-}
-
 /** A service whose maps must change, as planned before the first write. */
 interface Planned {
   key: ServiceKey;
@@ -370,7 +182,7 @@ function tableMembers(spec: ServiceSpec): { members: BackendKey[]; set: MaglevBa
   // In key order, so that every service with the same backends (in any order) asks for the same table of indices.
   const live = spec.backends
     .filter((b) => b.state === 'active' && b.weight > 0)
-    .map((b) => ({ b, key: `${b.address}:${b.port}` }))
+    .map((b) => ({ b, key: maglevKey(b.address, b.port) }))
     .sort((x, y) => (x.key < y.key ? -1 : x.key > y.key ? 1 : 0));
   return {
     members: live.map(({ b }) => backendKey(b.address, b.port)),
@@ -394,7 +206,7 @@ function readTable(inner: bpf.BpfMap): Uint32Array {
 }
 
 export class LbDatapath implements DatapathSink {
-  private readonly maps: Record<keyof typeof L.MAP_NAMES, bpf.BpfMap>;
+  private readonly maps: DatapathMaps;
   private readonly owner: bpf.BpfMap;
   private readonly installed = new Map<ServiceKey, InstalledService>();
   private readonly serviceIds: IdPool;
@@ -409,7 +221,7 @@ export class LbDatapath implements DatapathSink {
   private revNat?: Map<string, Map<string, number>>;
   /** until the first apply: VIP entries and reverse NAT are swept whole (a previous daemon may have left any) */
   private sweep = true;
-  private attached = new Map<string, { ifindex: number; mode: bpf.XdpMode }>();
+  private readonly attachments: Attachments;
   /** apply() and reconfigure(), one at a time: a change holds it until committed or rolled back */
   private tail: Promise<void> = Promise.resolve();
 
@@ -419,13 +231,14 @@ export class LbDatapath implements DatapathSink {
     readonly program: bpf.BpfProgram,
     private readonly log: Logger,
   ) {
-    const m = {} as Record<keyof typeof L.MAP_NAMES, bpf.BpfMap>;
+    const m = {} as DatapathMaps;
     for (const [k, name] of Object.entries(L.MAP_NAMES)) m[k as keyof typeof L.MAP_NAMES] = obj.map(name);
     this.maps = m;
     this.serviceIds = new IdPool(m.servicesById.maxEntries);
     this.backendIds = new IdPool(m.backends.maxEntries);
     this.owner = LbDatapath.ownerMap(node.bpffs, m.backends.maxEntries);
     fs.mkdirSync(path.join(node.bpffs, 'maglev'), { recursive: true });
+    this.attachments = new Attachments({ program, devmap: m.devmap, bpffs: node.bpffs, stateDir: node.stateDir, log });
   }
 
   /**
@@ -441,7 +254,7 @@ export class LbDatapath implements DatapathSink {
     const dp = new LbDatapath(node, obj, obj.program(L.PROGRAM_NAME), log);
     dp.adopt();
     dp.writeConfig();
-    dp.attachAll();
+    dp.attachments.attachAll(node.interfaces);
     return dp;
   }
 
@@ -594,106 +407,6 @@ export class LbDatapath implements DatapathSink {
     else this.maps.config.update(L.u32(0), L.encodeConfig(nodeConfig(this.node)));
   }
 
-  private readAttached(): Record<string, { mode: bpf.XdpMode }> {
-    try {
-      return JSON.parse(fs.readFileSync(path.join(this.node.stateDir, ATTACHED_FILE), 'utf8')) as Record<string, { mode: bpf.XdpMode }>;
-    } catch {
-      return {};
-    }
-  }
-
-  private writeAttached(): void {
-    fs.mkdirSync(this.node.stateDir, { recursive: true, mode: 0o700 });
-    const tmp = path.join(this.node.stateDir, `${ATTACHED_FILE}.tmp`);
-    fs.writeFileSync(tmp, JSON.stringify(Object.fromEntries([...this.attached].map(([k, v]) => [k, { mode: v.mode }]))));
-    fs.renameSync(tmp, path.join(this.node.stateDir, ATTACHED_FILE));
-  }
-
-  /**
-   * Attaches to every configured interface. Where our previous program is
-   * attached it is replaced atomically (XDP_FLAGS_REPLACE), so no packet finds
-   * the interface without a program; anything else attached is left alone and
-   * reported.
-   */
-  private attachAll(): void {
-    const pin = path.join(this.node.bpffs, PROG_PIN);
-    const previous = fs.existsSync(pin) ? bpf.programFromPin(pin) : undefined;
-    const wanted = new Map(this.node.interfaces.map((i) => [i.name, i.mode]));
-    const before = this.readAttached();
-    try {
-      // The devmap is the new program's own: fill it before the program can run.
-      for (const name of wanted.keys()) {
-        const ifindex = this.ifindex(name);
-        this.maps.devmap.update(L.u32(ifindex), L.encodeDevmapVal({ ifindex, progFd: 0 }));
-      }
-      for (const [name, mode] of wanted) {
-        const ifindex = this.ifindex(name);
-        const q = bpf.queryXdp(ifindex);
-        if (q.progId && previous && q.progId === previous.id) {
-          bpf.attachXdp(ifindex, this.program, { mode: q.mode === 'generic' || q.mode === 'native' ? q.mode : mode, replace: previous });
-          if (q.mode !== mode) {
-            bpf.detachXdp(ifindex, q.mode as bpf.XdpMode, this.program);
-            bpf.attachXdp(ifindex, this.program, { mode, exclusive: true });
-          }
-        } else if (q.progId) {
-          throw XdplbError.failedPrecondition(`interface ${name} already has another XDP program (id ${q.progId}); detach it first`);
-        } else {
-          bpf.attachXdp(ifindex, this.program, { mode, exclusive: true });
-        }
-        this.attached.set(name, { ifindex, mode });
-        this.log.info({ interface: name, ifindex, mode, programId: this.program.id }, 'datapath attached');
-        this.warnForwarding(name);
-      }
-      for (const [name, { mode }] of Object.entries(before)) {
-        if (wanted.has(name)) continue;
-        this.detachOne(name, mode, previous);
-      }
-      if (previous) fs.unlinkSync(pin);
-      this.program.pin(pin);
-      this.writeAttached();
-    } finally {
-      previous?.close();
-    }
-  }
-
-  /**
-   * bpf_fib_lookup answers only where the kernel itself would forward: without
-   * forwarding on the receiving interface (both families check the device's
-   * own setting) every packet to a VIP is passed (pass_fib_fwd_disabled).
-   * Asked over rtnetlink: the unit's ProcSubset=pid hides /proc/sys.
-   */
-  private warnForwarding(name: string): void {
-    netconf(name).then(
-      (confs) => {
-        const off = confs.filter((c) => c.forwarding === false).map((c) => `net.${c.family === 'inet6' ? 'ipv6' : 'ipv4'}.conf.${name}.forwarding`);
-        if (off.length)
-          this.log.warn({ interface: name, sysctls: off }, 'forwarding is off: the datapath passes VIP traffic to the kernel until it is on (sysctl -w ...=1)');
-        else this.log.debug({ interface: name }, 'forwarding is on');
-      },
-      (e: Error) => this.log.warn({ interface: name, error: e.message }, 'forwarding could not be checked: if it is off, the datapath passes VIP traffic to the kernel'),
-    );
-  }
-
-  private detachOne(name: string, mode: bpf.XdpMode, expected?: bpf.BpfProgram): void {
-    try {
-      const ifindex = this.ifindex(name);
-      bpf.detachXdp(ifindex, mode, expected ?? this.program);
-      this.maps.devmap.delete(L.u32(ifindex));
-      this.log.info({ interface: name }, 'datapath detached');
-    } catch (e) {
-      this.log.warn({ interface: name, error: (e as Error).message }, 'detach failed');
-    }
-    this.attached.delete(name);
-  }
-
-  private ifindex(name: string): number {
-    try {
-      return bpf.ifIndex(name);
-    } catch {
-      throw XdplbError.failedPrecondition(`interface ${name} does not exist`);
-    }
-  }
-
   /** One change at a time: resolves with the release of the turn. */
   private async turn(): Promise<() => void> {
     const before = this.tail;
@@ -729,20 +442,8 @@ export class LbDatapath implements DatapathSink {
   private async reconfigureNow(node: NodeSettings): Promise<void> {
     const previous = this.node;
     const mChanged = node.maglevSize !== previous.maglevSize;
-    const removed = [...this.attached.keys()].filter((n) => !node.interfaces.some((i) => i.name === n));
     this.node = node;
-    for (const name of removed) this.detachOne(name, this.attached.get(name)?.mode ?? 'native');
-    for (const i of node.interfaces) {
-      const cur = this.attached.get(i.name);
-      if (cur && cur.mode === i.mode) continue;
-      if (cur) this.detachOne(i.name, cur.mode);
-      const ifindex = this.ifindex(i.name);
-      bpf.attachXdp(ifindex, this.program, { mode: i.mode, exclusive: true });
-      this.maps.devmap.update(L.u32(ifindex), L.encodeDevmapVal({ ifindex, progFd: 0 }));
-      this.attached.set(i.name, { ifindex, mode: i.mode });
-      this.log.info({ interface: i.name, ifindex, mode: i.mode }, 'datapath attached');
-    }
-    this.writeAttached();
+    this.attachments.reconcile(node.interfaces);
     if (!mChanged) {
       this.writeConfig();
       return;
@@ -1217,91 +918,25 @@ export class LbDatapath implements DatapathSink {
    * backends each that is 110,000 lookups, which the event loop must not wait for.
    */
   async counters(services: readonly ServiceSpec[], only?: string): Promise<CountersSnapshot> {
-    const picked = services.flatMap((spec) => {
-      const s = only && spec.name !== only ? undefined : this.installed.get(serviceKey(spec));
-      return s ? [{ spec, id: s.id, backendIds: spec.backends.map((b) => s.backends.get(backendKey(b.address, b.port))) }] : [];
-    });
-    const backendIds = picked.flatMap((p) => p.backendIds.filter((id): id is number => id !== undefined));
-    const [svcValues, beValues, reasonValues, cacheStats] = await Promise.all([
-      this.maps.serviceStats.lookupManyPerCpu(picked.map((p) => L.u32(p.id))),
-      this.maps.backendStats.lookupManyPerCpu(backendIds.map((id) => L.u32(id))),
-      this.maps.reasons.lookupManyPerCpu(REASONS.map((_, i) => L.u32(i))),
-      this.maps.cacheStats.lookupManyPerCpu([L.u32(L.CACHE_STAT_NEXTHOP_LOOKUPS), L.u32(L.CACHE_STAT_FLOW_FILLS)]),
-    ]);
-    const traffic = (perCpu: Buffer[] | undefined) => {
-      const c = L.sumCounters(perCpu ?? null);
-      return { packets: Number(c.packets), bytes: Number(c.bytes) };
-    };
-    const byBackend = new Map(backendIds.map((id, i) => [id, beValues[i]]));
-    const out: CountersSnapshot = { timestamp: Date.now() / 1000, services: [], verdicts: {}, reasons: {}, nexthopLookups: Number(L.sumU64(cacheStats[0])), flowCacheFills: Number(L.sumU64(cacheStats[1])) };
-    picked.forEach((p, i) =>
-      out.services.push({
-        name: p.spec.name,
-        traffic: traffic(svcValues[i]),
-        backends: p.spec.backends.map((b, j) => {
-          const id = p.backendIds[j];
-          return { address: b.address, port: b.port, traffic: traffic(id === undefined ? undefined : byBackend.get(id)) };
-        }),
-      }),
-    );
-    REASONS.forEach((r, i) => {
-      const c = traffic(reasonValues[i]);
-      out.reasons[r.name] = c.packets;
-      out.verdicts[r.verdict] = (out.verdicts[r.verdict] ?? 0) + c.packets;
-    });
-    return out;
+    return readCounters(this.maps, this.installed, services, only);
   }
 
   /** Packets counted under one reason, summed over CPUs: one lookup, cheap enough to poll. */
   reasonPackets(name: string): number {
-    return Number(L.sumCounters(this.maps.reasons.lookupPerCpu(L.u32(REASON[name]))).packets);
+    return reasonPackets(this.maps.reasons, name);
   }
 
   async status(services: readonly ServiceSpec[], uptimeSeconds: number): Promise<NodeStatusSnapshot> {
-    const info = this.program.info();
-    const attachments = [...this.attached].map(([name, a]) => {
-      const q = bpf.queryXdp(a.ifindex);
-      return { interface: name, ifindex: a.ifindex, mode: q.mode, programId: q.progId };
-    });
-    // the connection table: IPv6 flows in xdplb_conntrack, IPv4 in xdplb_conntrack4
-    const [ct6, ct4] = await Promise.all([this.maps.conntrack.count(), this.maps.conntrack4.count()]);
-    const backends = services.reduce((n, s) => n + s.backends.length, 0);
-    return {
-      // eslint-disable-next-line @typescript-eslint/no-require-imports
-      version: (require('../../../package.json') as { version: string }).version,
-      attachments,
-      programId: info.id,
-      programInstructions: info.instructions,
-      maglevSize: this.node.maglevSize,
-      maps: [
-        { name: L.MAP_NAMES.services, entries: this.installed.size + this.vipEntries.size, capacity: this.maps.services.maxEntries },
-        { name: L.MAP_NAMES.backends, entries: backends, capacity: this.maps.backends.maxEntries },
-        { name: L.MAP_NAMES.maglev, entries: this.installed.size, capacity: this.maps.maglev.maxEntries },
-        { name: L.MAP_NAMES.conntrack, entries: ct6 + ct4, capacity: this.maps.conntrack.maxEntries + this.maps.conntrack4.maxEntries },
-      ],
-      services: services.length,
-      backends,
-      bpffs: this.node.bpffs,
+    return readStatus(
+      { maps: this.maps, program: this.program, node: this.node, attachments: this.attachments.list(), installed: this.installed.size, vipEntries: this.vipEntries.size },
+      services,
       uptimeSeconds,
-      pathMtus: agePathMtus(this.maps.pmtu),
-      routeWarnings: await routeWarnings(this.routeChecks(services)),
-    };
-  }
-
-  /** The addresses whose packets the kernel must not forward: outer sources and VIPs. */
-  private routeChecks(services: readonly ServiceSpec[]): RouteCheck[] {
-    const checks: RouteCheck[] = [];
-    for (const o of [this.node.outerSource.ipv4, this.node.outerSource.ipv6]) {
-      if (o) checks.push({ what: 'outer source', prefix: o.prefixLength ? `${o.address}/${o.prefixLength}` : o.address, address: o.address });
-    }
-    for (const vip of new Set(services.map((s) => s.vip))) checks.push({ what: 'VIP', prefix: vip, address: vip });
-    return checks;
+    );
   }
 
   /** Interfaces this program is attached to, as the kernel says now (BGP announces only while there is one). */
   attachedInterfaces(): string[] {
-    const id = this.program.info().id;
-    return [...this.attached].filter(([, a]) => bpf.queryXdp(a.ifindex).progId === id).map(([name]) => name);
+    return this.attachments.attachedNow();
   }
 
   /** Daemon exit: handles closed; the program stays attached, the pins stay. */
@@ -1315,10 +950,8 @@ export class LbDatapath implements DatapathSink {
 
   /** Clean uninstall: detach from every interface and remove every pin. */
   uninstall(): void {
-    for (const [name, a] of [...this.attached]) this.detachOne(name, a.mode);
-    this.writeAttached();
+    this.attachments.detachAll();
     this.close();
     fs.rmSync(this.node.bpffs, { recursive: true, force: true });
-    fs.rmSync(path.join(this.node.stateDir, ATTACHED_FILE), { force: true });
   }
 }

@@ -16,6 +16,7 @@ import type { BackendRef } from '../control/controller';
 import type { HealthCheckSpec, OwnedService } from '../control/model';
 import { probe as realProbe, type ProbeFn } from './probe';
 import { DEFAULT_DAMPING, initialHealth, observe, type BackendHealth, type Damping, type HealthStatus } from './state';
+import { hostPort } from '../net/address';
 
 /** What the checker needs from the controller. */
 export interface HealthControl {
@@ -77,9 +78,6 @@ interface Target {
   held: boolean;
 }
 
-export function backendLabel(address: string, port: number): string {
-  return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`;
-}
 
 export class HealthChecker {
   private readonly targets = new Map<string, Target>();
@@ -140,7 +138,7 @@ export class HealthChecker {
       for (const b of s.backends) {
         if (b.state === 'down') continue;
         const key = `${s.name}|${b.address}|${b.port}|${checkKey}`;
-        wanted.set(key, { key, service: s.name, address: b.address, port: b.port, probePort: check.port ?? b.port, check, label: backendLabel(b.address, b.port) });
+        wanted.set(key, { key, service: s.name, address: b.address, port: b.port, probePort: check.port ?? b.port, check, label: hostPort(b.address, b.port) });
       }
     }
     for (const [key, t] of this.targets) {

@@ -3,24 +3,16 @@
 // pick is computed here (src/maglev buildTable + the datapath's flow hash) and
 // compared with the backend that answered; the load balancer's counters say
 // whether it ever saw reply traffic.
-import { buildTable, NO_BACKEND } from '../maglev';
+import { buildTable, maglevKey, NO_BACKEND } from '../maglev';
 import { flowHash, maglevIndex } from '../datapath/flowhash';
 import { IPPROTO_TCP, IPPROTO_UDP } from '../datapath/layout';
-import { table } from '../cli/output';
-import type { CountersSnapshot } from '../api/server';
+import { table } from '../client/output';
+import type { CountersSnapshot } from '../datapath/snapshot';
+import type { ApiService } from '../client/client';
 import type { Lab } from './lab';
 import type { RequestResult, RequestTarget } from './client';
 import { recordVips, type LabRecording } from './record';
-
-/** A service as the API returns it. */
-export interface ApiService {
-  name: string;
-  vip: string;
-  port: number;
-  protocol: string;
-  flags: { l4Dnat?: boolean; sourceHash?: boolean; conntrackBypass?: boolean; icmpEcho?: boolean };
-  backends: Array<{ address: string; port: number; weight: number; state: string }>;
-}
+import { Address } from '../net/address';
 
 export const protoOf = (s: ApiService): 'tcp' | 'udp' => (s.protocol.toLowerCase().endsWith('udp') ? 'udp' : 'tcp');
 const isActive = (state: string) => state === 'BACKEND_STATE_ACTIVE' || state === 'active';
@@ -29,7 +21,7 @@ const isActive = (state: string) => state === 'BACKEND_STATE_ACTIVE' || state ==
 export function serviceTable(s: ApiService, m: number): { table: Uint32Array; members: string[] } {
   const members = s.backends.filter((b) => isActive(b.state) && b.weight > 0);
   const t = buildTable(
-    members.map((b, i) => ({ id: i, key: `${b.address}:${b.port}`, weight: b.weight })),
+    members.map((b, i) => ({ id: i, key: maglevKey(b.address, b.port), weight: b.weight })),
     m,
   );
   return { table: t, members: members.map((b) => b.address) };
@@ -117,7 +109,7 @@ export async function labTest(lab: Lab, o: LabTestOptions = {}): Promise<LabTest
     vip: s.vip,
     port: s.port,
     count,
-    sources: s.vip.includes(':') ? lab.plan.client.v6 : lab.plan.client.v4,
+    sources: Address.of(s.vip).family === 6 ? lab.plan.client.v6 : lab.plan.client.v4,
   }));
 
   const recording = await recordVips(lab, [...new Set(testable.map((s) => s.vip))]);
@@ -173,7 +165,7 @@ export function judge(
       vip: s.vip,
       port: s.port,
       proto,
-      family: s.vip.includes(':') ? 6 : 4,
+      family: Address.of(s.vip).family,
       requests: mine.length,
       answered: answered.length,
       errors: mine.length - answered.length,

@@ -14,6 +14,7 @@ import * as crypto from 'node:crypto';
 import * as dgram from 'node:dgram';
 import * as net from 'node:net';
 import * as readline from 'node:readline';
+import { Address } from '../net/address';
 
 export interface RequestTarget {
   proto: 'tcp' | 'udp';
@@ -109,7 +110,7 @@ function tcpRequest(src: string, vip: string, port: number, timeoutMs: number, s
 
 function udpRequest(src: string, vip: string, port: number, timeoutMs: number, retries: number, sport?: number): Promise<{ backend: string | null; error: string | null; sport: number }> {
   return new Promise((resolve) => {
-    const s = dgram.createSocket({ type: vip.includes(':') ? 'udp6' : 'udp4' });
+    const s = dgram.createSocket({ type: Address.of(vip).family === 6 ? 'udp6' : 'udp4' });
     let done = false;
     let timer: NodeJS.Timeout | undefined;
     let boundPort = sport ?? 0;

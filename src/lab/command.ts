@@ -1,6 +1,6 @@
 // `xdplb lab up | test | down | status`: the namespace lab from the command line.
 import { Command } from 'commander';
-import { table } from '../cli/output';
+import { table } from '../client/output';
 import { Lab, LAB_CONFIG, LAB_RUN_DIR, type LabStatus } from './lab';
 import { LAB_PREFIX } from './topology';
 import { formatTestReport, labTest } from './check';

@@ -6,6 +6,7 @@ import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as bpf from '../datapath/bpf';
+import * as sys from '../sys/system';
 import { DECAP_STRUCTS, encodeDecapConfig, encodeLocalKey, encodeRevNatKey, encodeRevNatVal } from '../datapath/decap-layout';
 import { IPPROTO_TCP, IPPROTO_UDP, sumCounters, u32, type Counter } from '../datapath/layout';
 
@@ -104,11 +105,11 @@ export class Decap {
    */
   attach(ifname: string, o: { ns?: string; mode?: bpf.XdpMode } = {}): number {
     const go = () => {
-      const ifindex = bpf.ifIndex(ifname);
+      const ifindex = sys.ifIndex(ifname);
       bpf.attachXdp(ifindex, this.prog, { mode: o.mode ?? 'native' });
       return ifindex;
     };
-    return o.ns ? bpf.withNetns(o.ns, go) : go();
+    return o.ns ? sys.withNetns(o.ns, go) : go();
   }
 
   /** Pins both programs beside the maps (status and tc find them by path). */
@@ -195,8 +196,8 @@ export function attachRevNatIn(ns: string | undefined, ifname: string, pinRoot: 
 /** Detaches whatever XDP program is on `ifname` in `ns` (no error when none, or gone). */
 export function detachIn(ns: string, ifname: string): void {
   try {
-    bpf.withNetns(ns, () => {
-      const ifindex = bpf.ifIndex(ifname);
+    sys.withNetns(ns, () => {
+      const ifindex = sys.ifIndex(ifname);
       const q = bpf.queryXdp(ifindex);
       if (q.progId && (q.mode === 'native' || q.mode === 'generic')) bpf.detachXdp(ifindex, q.mode);
     });

@@ -11,21 +11,22 @@ import { execFile, spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as bpf from '../datapath/bpf';
+import * as sys from '../sys/system';
+import { PACKAGE_ROOT } from '../sys/paths';
 import { loadConfigFile } from '../config';
 import type { Config } from '../control/model';
-import { call, connect, type Client } from '../cli/client';
-import type { CountersSnapshot, NodeStatusSnapshot } from '../api/server';
+import { call, connect, type ApiService, type Client } from '../client/client';
+import type { CountersSnapshot, NodeStatusSnapshot } from '../datapath/snapshot';
 import { attachRevNatIn as attachRevNat, Decap, detachIn, pinnedDecapCounters, syncPinnedRevNat, type RevNat } from './decap';
 import { allNamespaces, buildTopology, destroyTopology, labPlan, LAB_PREFIX, linkStats, namespaceExists, namespacesWithPrefix, pidsIn, type LabPlan } from './topology';
 import { isAlive, livePid, signalPid, startDetached, stopPidFile, waitForLog } from './procs';
 import { formatListen, type Listen } from './server';
 import type { RequestResult, RequestSpec, SessionSpec, UploadResult, UploadSpec } from './client';
-import type { ApiService } from './check';
 
 export const MAIN = path.resolve(__dirname, '..', 'cli', 'main.js');
 export const SERVER_JS = path.join(__dirname, 'server.js');
 export const CLIENT_JS = path.join(__dirname, 'client.js');
-export const LAB_CONFIG = path.join(bpf.PACKAGE_ROOT, 'config', 'lab.yaml');
+export const LAB_CONFIG = path.join(PACKAGE_ROOT, 'config', 'lab.yaml');
 export const LAB_RUN_DIR = '/run/xdplb-lab';
 export const LAB_DECAP_PINS = '/sys/fs/bpf/xdplb-lab-decap';
 
@@ -486,7 +487,7 @@ export class Lab {
       .map((b) => {
         let xdp: bpf.XdpAttachment | null = null;
         try {
-          xdp = bpf.withNetns(b.ns, () => bpf.queryXdp(bpf.ifIndex('eth0')));
+          xdp = sys.withNetns(b.ns, () => bpf.queryXdp(sys.ifIndex('eth0')));
         } catch {
           // namespace or interface missing
         }
@@ -515,7 +516,7 @@ export class Lab {
     if (namespaceExists(this.plan.ns.router)) {
       let progId = 0;
       try {
-        progId = bpf.withNetns(this.plan.ns.router, () => bpf.queryXdp(bpf.ifIndex(this.plan.lb.routerIf)).progId);
+        progId = sys.withNetns(this.plan.ns.router, () => bpf.queryXdp(sys.ifIndex(this.plan.lb.routerIf)).progId);
       } catch {
         // interface missing
       }

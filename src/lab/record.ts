@@ -4,8 +4,9 @@
 // A daemon without the recorder (its datapath has no recorder maps, or an
 // older daemon without the service) is no failure: the test runs unrecorded.
 import * as grpc from '@grpc/grpc-js';
-import { call, connect, type Client } from '../cli/client';
+import { call, connect, type Client } from '../client/client';
 import type { Lab } from './lab';
+import { Address } from '../net/address';
 
 export interface LabRecording {
   path: string;
@@ -35,7 +36,7 @@ export async function recordVips(lab: Lab, vips: readonly string[]): Promise<Run
   try {
     started = await call<PbRecording>(client, 'StartRecording', {
       name: 'lab test',
-      include: vips.map((v) => ({ destinationCidr: v.includes(':') ? `${v}/128` : `${v}/32` })),
+      include: vips.map((v) => ({ destinationCidr: `${v}/${Address.of(v).bits}` })),
       fileSink: { fileName: 'lab-test', format: 'CAPTURE_FORMAT_PCAPNG', overwrite: true },
     });
   } catch (e) {

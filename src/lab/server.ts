@@ -14,6 +14,7 @@
 import * as crypto from 'node:crypto';
 import * as dgram from 'node:dgram';
 import * as net from 'node:net';
+import { Address, hostPort } from '../net/address';
 
 export interface Listen {
   proto: 'tcp' | 'udp';
@@ -30,17 +31,15 @@ export function parseListen(text: string): Listen {
 }
 
 export function formatListen(l: Listen): string {
-  return `${l.proto}:${l.address.includes(':') ? `[${l.address}]` : l.address}:${l.port}`;
+  return `${l.proto}:${hostPort(l.address, l.port)}`;
 }
-
-const hostPortOf = (a: string | undefined, p: number | undefined) => (a?.includes(':') ? `[${a}]:${p}` : `${a}:${p}`);
 
 function logRequest(proto: 'tcp' | 'udp', local: string, remote: string): void {
   process.stdout.write(`${JSON.stringify({ msg: 'request', proto, local, remote })}\n`);
 }
 
 function serveTcp(name: string, sock: net.Socket): void {
-  logRequest('tcp', hostPortOf(sock.localAddress, sock.localPort), hostPortOf(sock.remoteAddress, sock.remotePort));
+  logRequest('tcp', hostPort(sock.localAddress ?? '', sock.localPort ?? 0), hostPort(sock.remoteAddress ?? '', sock.remotePort ?? 0));
   let buf: Buffer = Buffer.alloc(0);
   let upload: { left: number; total: number; hash: crypto.Hash } | null = null;
   sock.setNoDelay(true);
@@ -96,12 +95,12 @@ async function main(argv: string[]): Promise<void> {
       const srv = net.createServer((s) => serveTcp(name, s));
       await new Promise<void>((resolve, reject) => {
         srv.once('error', reject);
-        srv.listen({ host: l.address, port: l.port, ipv6Only: l.address.includes(':'), backlog: 1024 }, resolve);
+        srv.listen({ host: l.address, port: l.port, ipv6Only: Address.of(l.address).family === 6, backlog: 1024 }, resolve);
       });
     } else {
-      const s = dgram.createSocket({ type: l.address.includes(':') ? 'udp6' : 'udp4' });
+      const s = dgram.createSocket({ type: Address.of(l.address).family === 6 ? 'udp6' : 'udp4' });
       s.on('message', (_msg, rinfo) => {
-        logRequest('udp', hostPortOf(l.address, l.port), hostPortOf(rinfo.address, rinfo.port));
+        logRequest('udp', hostPort(l.address, l.port), hostPort(rinfo.address, rinfo.port));
         s.send(`${name}\n`, rinfo.port, rinfo.address);
       });
       s.on('error', (e) => process.stderr.write(`udp ${formatListen(l)}: ${e.message}\n`));

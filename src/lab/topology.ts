@@ -15,6 +15,7 @@
 // backend → client: backend → router → client. Replies never reach the lb.
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import { Address } from '../net/address';
 
 export interface BackendNode {
   /** be1, be2, ... (the name its server answers with) */
@@ -152,7 +153,7 @@ export function buildTopology(p: LabPlan, o: BuildOptions): void {
     `addr add ${p.lb.router6}/64 dev ${p.lb.routerIf} nodad`,
     `route add ${p.vipPrefixes.v4} via ${p.lb.v4} dev ${p.lb.routerIf}`,
     `route add ${p.vipPrefixes.v6} via ${p.lb.v6} dev ${p.lb.routerIf}`,
-    ...o.outerSources.map((s) => `route add ${s} via ${s.includes(':') ? p.lb.v6 : p.lb.v4} dev ${p.lb.routerIf}`),
+    ...o.outerSources.map((s) => `route add ${s} via ${Address.of(s.split('/')[0]).family === 6 ? p.lb.v6 : p.lb.v4} dev ${p.lb.routerIf}`),
   ];
   for (const b of p.backends)
     router.push(
@@ -182,7 +183,7 @@ export function buildTopology(p: LabPlan, o: BuildOptions): void {
       `route add ${p.backendGw.v4}/32 dev eth0`,
       `route add default via ${p.backendGw.v4} dev eth0`,
       `route add ::/0 via ${p.backendGw.v6} dev eth0`,
-      ...o.vips.map((v) => `addr add ${v}/${v.includes(':') ? 128 : 32} dev lo`),
+      ...o.vips.map((v) => `addr add ${v}/${Address.of(v).bits} dev lo`),
     ]);
 
   // Permanent neighbours on every link: bpf_fib_lookup needs a resolved next

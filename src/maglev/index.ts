@@ -10,5 +10,6 @@ export {
   validate,
   buildTable,
   diffTables,
+  maglevKey,
 } from './table';
 export { TableStream } from './build';

@@ -27,6 +27,9 @@ import { murmur3String } from './hash';
 /** Entry value of a table in which no backend can take traffic. */
 export const NO_BACKEND = 0xffffffff;
 /** Default table size: a prime, ≥ 100 entries per backend for up to 163 backends. */
+/** A backend's key in the Maglev permutation hash: the daemon and anything that predicts its tables must build it alike. */
+export const maglevKey = (address: string, port: number): string => `${address}:${port}`;
+
 export const DEFAULT_M = 16381;
 /** Largest table size accepted (a prime, 2^17 − 1). */
 export const MAX_M = 131071;

@@ -9,10 +9,11 @@
 // Names follow Prometheus conventions: xdplb_ prefix, _total for counters,
 // base units (seconds, bytes). A backend is labelled "address:port" ("[v6]:port").
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
-import type { CountersSnapshot, NodeStatusSnapshot } from '../api/server';
+import type { CountersSnapshot, NodeStatusSnapshot } from '../datapath/snapshot';
 import type { BackendState, OwnedService } from '../control/model';
 import { REASONS } from '../datapath/reasons';
-import { backendLabel, type BackendHealthView } from '../health/checker';
+import type { BackendHealthView } from '../health/checker';
+import { hostPort } from '../net/address';
 import type { HealthStatus } from '../health/state';
 
 /** Where scrape-time values come from (the daemon wires the datapath and controller in). */
@@ -107,7 +108,7 @@ export class Metrics {
       collect() {
         this.reset();
         for (const s of snap()?.counters.services ?? [])
-          for (const b of s.backends) this.inc({ service: s.name, backend: backendLabel(b.address, b.port) }, b.traffic.packets);
+          for (const b of s.backends) this.inc({ service: s.name, backend: hostPort(b.address, b.port) }, b.traffic.packets);
       },
     });
     new Counter({
@@ -118,7 +119,7 @@ export class Metrics {
       collect() {
         this.reset();
         for (const s of snap()?.counters.services ?? [])
-          for (const b of s.backends) this.inc({ service: s.name, backend: backendLabel(b.address, b.port) }, b.traffic.bytes);
+          for (const b of s.backends) this.inc({ service: s.name, backend: hostPort(b.address, b.port) }, b.traffic.bytes);
       },
     });
     new Counter({
@@ -212,7 +213,7 @@ export class Metrics {
         this.reset();
         for (const s of snap()?.services ?? [])
           for (const b of s.backends)
-            for (const state of BACKEND_STATES) this.set({ service: s.name, backend: backendLabel(b.address, b.port), state }, b.state === state ? 1 : 0);
+            for (const state of BACKEND_STATES) this.set({ service: s.name, backend: hostPort(b.address, b.port), state }, b.state === state ? 1 : 0);
       },
     });
     new Gauge({
@@ -222,7 +223,7 @@ export class Metrics {
       registers,
       collect() {
         this.reset();
-        for (const s of snap()?.services ?? []) for (const b of s.backends) this.set({ service: s.name, backend: backendLabel(b.address, b.port) }, b.weight);
+        for (const s of snap()?.services ?? []) for (const b of s.backends) this.set({ service: s.name, backend: hostPort(b.address, b.port) }, b.weight);
       },
     });
 

@@ -140,3 +140,8 @@ export class Address {
     return this.text;
   }
 }
+
+/** "address:port", the address in brackets when it is IPv6 (as URLs and logs write it). */
+export function hostPort(address: string, port: number): string {
+  return isIP(address) === 6 ? `[${address}]:${port}` : `${address}:${port}`;
+}

@@ -25,6 +25,7 @@ import * as L from '../datapath/layout';
 import { XdplbError } from '../control/errors';
 import { diffCompiled, entryKey, recFilterWords, type CompiledFilters } from './filter';
 import type { CapturePoint } from './pcap';
+import { NO_BACKEND } from '../maglev';
 
 const POINTS: Record<number, CapturePoint> = { [L.CAPTURE_IN]: 'in', [L.CAPTURE_OUT]: 'out' };
 
@@ -86,7 +87,7 @@ export function encodeSampleBatch(samples: readonly Sample[], lost = 0, records 
     bytes.writeUInt32LE(s.origLen, off + SAMPLE.origLen);
     bytes.writeUInt32LE(s.data.length, off + SAMPLE.capLen);
     bytes.writeUInt32LE(s.ifindex, off + SAMPLE.ifindex);
-    bytes.writeUInt32LE(s.backendId ?? L.NO_BACKEND, off + SAMPLE.backendId);
+    bytes.writeUInt32LE(s.backendId ?? NO_BACKEND, off + SAMPLE.backendId);
     bytes.writeUInt8(s.point === 'in' ? L.CAPTURE_IN : L.CAPTURE_OUT, off + SAMPLE.point);
     bytes.writeUInt8(s.family, off + SAMPLE.family);
     bytes.writeUInt32LE(s.cpu ?? 0, off + SAMPLE.cpu);
@@ -109,7 +110,7 @@ export function decodeSampleBatch(b: SampleBatch): Sample[] {
       origLen: b.bytes.readUInt32LE(off + SAMPLE.origLen),
       point: POINTS[b.bytes.readUInt8(off + SAMPLE.point)],
       ifindex: b.bytes.readUInt32LE(off + SAMPLE.ifindex),
-      backendId: backendId === L.NO_BACKEND ? undefined : backendId,
+      backendId: backendId === NO_BACKEND ? undefined : backendId,
       family: b.bytes.readUInt8(off + SAMPLE.family),
       cpu: b.bytes.readUInt32LE(off + SAMPLE.cpu),
       data: Buffer.from(b.bytes.subarray(off + SAMPLE_HEADER_LEN, off + SAMPLE_HEADER_LEN + capLen)),

@@ -40,6 +40,7 @@ import { FileSink, fileSet, recordingDir, sharedFile, type FileNaming, type File
 import { StreamSink, type StreamTarget } from './sink-stream';
 import type { RecordingFile, Sink } from './sink';
 import type { FileSpec, RecordingSpec, StopConditions, StreamSpec } from './request';
+import { NO_BACKEND } from '../maglev';
 
 export type RecordingState = 'running' | 'stopped' | 'failed';
 export type StopReason = 'requested' | 'packets' | 'bytes' | 'duration' | 'client_gone' | 'shutdown' | 'error';
@@ -392,7 +393,7 @@ export class Recorder {
     let comment: string | undefined;
     if (rec.spec.format === 'pcapng') {
       const backendId = b.readUInt32LE(off + SAMPLE.backendId);
-      comment = packetComment({ id: rec.ruleId, name: rec.spec.name || undefined }, backendId === L.NO_BACKEND ? undefined : this.o.backendName?.(backendId));
+      comment = packetComment({ id: rec.ruleId, name: rec.spec.name || undefined }, backendId === NO_BACKEND ? undefined : this.o.backendName?.(backendId));
     }
     let wallNsec = nsec + rec.wallNsec;
     let wallSec = sec + rec.wallSec;

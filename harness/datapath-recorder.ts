@@ -2,9 +2,9 @@
 // compileFilters() output (as the daemon does, without the daemon), and a
 // perf-ring reader that collects the samples; for datapath tests and the
 // recorder benchmark.
-import * as bpf from '../../src/datapath/bpf';
-import * as L from '../../src/datapath/layout';
-import { encodeTuple, entryKey, recFilterWords, type CompiledFilters } from '../../src/recorder/filter';
+import * as bpf from '../src/datapath/bpf';
+import * as L from '../src/datapath/layout';
+import { encodeTuple, entryKey, recFilterWords, type CompiledFilters } from '../src/recorder/filter';
 import type { Teardown } from './fixtures';
 
 export interface Sample {

@@ -20,7 +20,7 @@
 // daemon's own network namespace, which is the datapath's.
 import { spawn } from 'node:child_process';
 import type { Logger } from 'pino';
-import { ip, routeGet } from '../net/iproute';
+import { ip, routeGet } from './iproute';
 
 export interface NextHopStatus {
   /** the neighbour: a gateway, or the backend itself when on-link */

@@ -4,7 +4,7 @@
 // as the independent decoder.
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import { addressBytes } from '../../src/datapath/layout';
+import { addressBytes } from '../src/datapath/layout';
 
 export const ETH_P_IP = 0x0800;
 export const ETH_P_IPV6 = 0x86dd;

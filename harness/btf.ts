@@ -4,7 +4,7 @@
 // daemon checks with; for tests that read values the way the C compiler laid
 // them out instead of restating offsets.
 import { execFileSync } from 'node:child_process';
-import type { BtfStruct } from '../../src/datapath/codec';
+import type { BtfStruct } from '../src/sys/addon';
 
 interface BtfType {
   id: number;

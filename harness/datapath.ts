@@ -11,17 +11,19 @@ import * as path from 'node:path';
 import * as os from 'node:os';
 import * as fs from 'node:fs';
 import pino from 'pino';
-import * as bpf from '../../src/datapath/bpf';
-import * as L from '../../src/datapath/layout';
-import { LbDatapath } from '../../src/datapath/lb';
-import { backendKey, DEFAULT_NODE, type NodeSettings, type ServiceFlags, type ServiceSpec } from '../../src/control/model';
-import { validateService } from '../../src/control/validate';
-import { vipFilterBit } from '../../src/datapath/flowhash';
-import { DEFAULT_M } from '../../src/maglev/table';
-import { Address } from '../../src/net/address';
-import { REASONS, REASON } from '../../src/datapath/reasons';
-import { netns, pinDir, sh, veth, ifindexIn, type Teardown } from './fixtures';
+import * as bpf from '../src/datapath/bpf';
+import * as sys from '../src/sys/system';
+import * as L from '../src/datapath/layout';
+import { LbDatapath } from '../src/datapath/lb';
+import { backendKey, DEFAULT_NODE, type NodeSettings, type ServiceFlags, type ServiceSpec } from '../src/control/model';
+import { validateService } from '../src/control/validate';
+import { vipFilterBit } from '../src/datapath/flowhash';
+import { DEFAULT_M } from '../src/maglev/table';
+import { Address } from '../src/net/address';
+import { REASONS, REASON } from '../src/datapath/reasons';
+import { netns, onOneCpu, pinDir, sh, veth, ifindexIn, type Teardown } from './fixtures';
 import { CHECK_FIELDS, macText, readIpv4, readIpv6, tsharkFields, tsharkVerbose } from './packets';
+import { NO_BACKEND } from '../src/maglev';
 
 /** A service as raw map contents: the tuple and the id it is written at. */
 export interface RawService {
@@ -110,7 +112,7 @@ export class Lb {
     const n = this.maps.flowCache.maxEntries;
     const keys = Buffer.alloc(4 * n);
     for (let i = 0; i < n; i++) keys.writeUInt32LE(i, 4 * i);
-    const size = L.LAYOUT.xdplb_flow_cache_entry.size * bpf.possibleCpus();
+    const size = L.LAYOUT.xdplb_flow_cache_entry.size * sys.possibleCpus();
     this.maps.flowCache.batchUpdatePacked(keys, Buffer.alloc(size * n), n);
   }
 
@@ -132,7 +134,7 @@ export class Lb {
    */
   maglev(serviceId: number, table: Uint32Array): void {
     for (const id of new Set(table)) {
-      if (id === L.NO_BACKEND || this.owners.has(id)) continue;
+      if (id === NO_BACKEND || this.owners.has(id)) continue;
       this.owners.set(id, serviceId);
       const b = this.backendSpecs.get(id);
       if (b && b.service === undefined) this.backend(b);
@@ -289,6 +291,8 @@ export interface World {
  * written raw.
  */
 export function world(t: Teardown, o: { maglevM?: number; config?: Partial<L.NodeConfig> } = {}): World {
+  // per-CPU state (flow-cache slots, pending placements) must meet the next run
+  onOneCpu(t);
   const fib = fibNamespace(t);
   const c = o.config ?? {};
   const source = (address: string, prefixLength: number | undefined, bits: number) => (address ? { address, prefixLength: prefixLength || bits } : undefined);
@@ -318,14 +322,14 @@ export function world(t: Teardown, o: { maglevM?: number; config?: Partial<L.Nod
   });
   if (c.nexthopTtlMs !== undefined) lb.config({ nexthopTtlMs: c.nexthopTtlMs });
   // devmap entries resolve the ifindex in the caller's namespace
-  bpf.withNetns(fib.ns, () => lb.maps.devmap.update(L.u32(fib.lb1), L.encodeDevmapVal({ ifindex: fib.lb1, progFd: 0 })));
+  sys.withNetns(fib.ns, () => lb.maps.devmap.update(L.u32(fib.lb1), L.encodeDevmapVal({ ifindex: fib.lb1, progFd: 0 })));
   return {
     fib,
     dp,
     apply: async (services) => (await dp.apply(services)).commit(),
     lb,
-    run: (frame) => bpf.withNetns(fib.ns, () => lb.run(frame, fib.lb0)),
-    runAll: (frames) => bpf.withNetns(fib.ns, () => frames.map((f) => lb.run(f, fib.lb0))),
+    run: (frame) => sys.withNetns(fib.ns, () => lb.run(frame, fib.lb0)),
+    runAll: (frames) => sys.withNetns(fib.ns, () => frames.map((f) => lb.run(f, fib.lb0))),
     maglevM: o.maglevM ?? DEFAULT_M,
   };
 }

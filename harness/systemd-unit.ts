@@ -7,8 +7,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { MAIN } from './daemon';
 import type { Teardown } from './fixtures';
+import { PACKAGE_ROOT } from '../src/sys/paths';
 
-const SYSTEMD = path.resolve(__dirname, '..', '..', '..', 'systemd');
+const SYSTEMD = path.join(PACKAGE_ROOT, 'systemd');
 export const UNIT = path.join(SYSTEMD, 'xdplb.service');
 /** The drop-in that BGP needs (README, "Announcing the VIPs over BGP"). */
 export const BGP_DROP_IN = path.join(SYSTEMD, 'xdplb.service.d', 'bgp.conf');

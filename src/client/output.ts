@@ -1,4 +1,4 @@
-// How the CLI prints results: a table for people, JSON or YAML for programs.
+// How results are printed: a table for people, JSON or YAML for programs (the CLI and the lab).
 import { stringify } from 'yaml';
 
 export type OutputFormat = 'table' | 'json' | 'yaml';

@@ -3,6 +3,7 @@
 // Every name starts with "xdplbt" so leftovers of a killed run are recognisable.
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 
 // tap's Test type without importing tap's internals.
 export interface Teardown {
@@ -53,6 +54,20 @@ function uniqueName(kind: string): string {
 /** Runs a command, returns stdout; throws with stderr on failure. */
 export function sh(cmd: string, ...args: string[]): string {
   return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+/**
+ * Keeps the test's main thread, where its BPF_PROG_TEST_RUNs execute, on one
+ * CPU until teardown: per-CPU state one run leaves (a flow-cache slot, a
+ * pending placement) is seen by the next run only on the same CPU, as a flow's
+ * packets stay on one CPU under RSS. Unpinned, a busy machine moves the thread
+ * between runs.
+ */
+export function onOneCpu(t: Teardown, cpu = 0): void {
+  sh('taskset', '-pc', String(cpu), String(process.pid));
+  t.teardown(() => {
+    sh('taskset', '-pc', `0-${os.cpus().length - 1}`, String(process.pid));
+  });
 }
 
 /** Runs a command inside a namespace (with /sys remounted by ip netns exec). */

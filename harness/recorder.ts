@@ -5,7 +5,7 @@ import { spawnSync } from 'node:child_process';
 import { daemonFixture, PEER_MAC, peerSender, rpc, type DaemonFixture } from './daemon';
 import type { Teardown } from './fixtures';
 import { ether, ipv4, ipv6, tcp, TCP_ACK } from './packets';
-import type { Client } from '../../src/cli/client';
+import type { Client } from '../src/client/client';
 
 export const VIP4 = '203.0.113.10';
 export const VIP6 = '2001:db8:100::10';

@@ -8,11 +8,12 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
-import { connect, type Client } from '../../src/cli/client';
-import * as bpf from '../../src/datapath/bpf';
+import { connect, type Client } from '../src/client/client';
+import * as bpf from '../src/datapath/bpf';
+import * as sys from '../src/sys/system';
 import { netns, pinDir, sh, veth, type Teardown } from './fixtures';
 
-export const MAIN = path.resolve(__dirname, '..', '..', 'src', 'cli', 'main.js');
+export const MAIN = path.resolve(__dirname, '..', 'src', 'cli', 'main.js');
 export const PEER_MAC = '02:00:00:00:0a:01';
 
 export interface Topology {
@@ -187,11 +188,11 @@ export function peerSender(t: Teardown, d: DaemonFixture): PeerSender {
   const gen = bpf.openObject(bpf.testObjectPath('native_test'), { pinRoot: pinDir(t) });
   t.teardown(() => gen.close());
   const tx = gen.program('xdp_tx');
-  const peerIf = bpf.withNetns(peerNs, () => bpf.ifIndex('peer0'));
+  const peerIf = sys.withNetns(peerNs, () => sys.ifIndex('peer0'));
   return {
     lbMac,
     send: (frames, repeat = 1) =>
-      bpf.withNetns(peerNs, () => {
+      sys.withNetns(peerNs, () => {
         for (const data of frames) {
           const r = tx.testRun({ data, ctx: bpf.xdpContext(peerIf), repeat, flags: bpf.BPF_F_TEST_XDP_LIVE_FRAMES });
           if (r.retval !== 0) throw new Error(`live frames run returned ${r.retval}`);

@@ -1,8 +1,8 @@
-// The CLI's connection to the daemon: a gRPC client over the unix socket, or
-// over TCP with mutual TLS. The CLI never touches the datapath itself.
+// A connection to the daemon's API: a gRPC client over the unix socket, or over
+// TCP with mutual TLS, as the CLI and the lab use it.
 import * as fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
-import { loadProto } from '../api/server';
+import { loadProto } from '../api/proto';
 import { DEFAULT_NODE } from '../control/model';
 
 export interface ConnectOptions {
@@ -49,4 +49,14 @@ export function describe(err: grpc.ServiceError): string {
   if (err.code === grpc.status.UNAVAILABLE) return `cannot reach the daemon (${err.details}); is it running, and is --socket right?`;
   if (err.code === grpc.status.DEADLINE_EXCEEDED) return 'the daemon did not answer in time';
   return `${grpc.status[err.code]}: ${err.details}`;
+}
+
+/** A service as the API returns it. */
+export interface ApiService {
+  name: string;
+  vip: string;
+  port: number;
+  protocol: string;
+  flags: { l4Dnat?: boolean; sourceHash?: boolean; conntrackBypass?: boolean; icmpEcho?: boolean };
+  backends: Array<{ address: string; port: number; weight: number; state: string }>;
 }
