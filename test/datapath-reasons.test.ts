@@ -5,7 +5,7 @@
 // packet the load balancer counts under a reason gets that reason's verdict.
 import t from 'tap';
 import * as bpf from '../src/datapath/bpf';
-import { REASON, REASONS, REASON_COUNT, parseReasons, type Verdict } from '../src/datapath/reasons';
+import { LB_REASONS, REASON, REASONS, REASON_COUNT, parseReasons, type Verdict } from '../src/datapath/reasons';
 import { Btf } from '../harness/btf';
 import { needsRoot, pinDir } from '../harness/fixtures';
 import * as P from '../harness/packets';
@@ -50,12 +50,12 @@ t.test("a reason's name says its verdict", (t) => {
 });
 
 t.test('the table reader takes entries and comments and refuses anything else', (t) => {
-  t.same(parseReasons('/* a comment\n * over lines */\nXDPLB_REASON(PASS_X, XDP_PASS, "a, b: c")\n\nXDPLB_REASON(DROP_Y, XDP_DROP, "d")\n'), [
+  t.same(parseReasons('/* a comment\n * over lines */\nXDPLB_REASON(PASS_X, XDP_PASS, "a, b: c")\n\nXDPLB_REASON(DROP_Y, XDP_DROP, "d")\n', LB_REASONS), [
     { name: 'pass_x', verdict: 'XDP_PASS', description: 'a, b: c' },
     { name: 'drop_y', verdict: 'XDP_DROP', description: 'd' },
   ]);
-  t.throws(() => parseReasons('XDPLB_REASON(PASS_X, XDP_PASS, "a")\nXDPLB_REASON(PASS_Z, XDP_PASS)\n'), /not an entry: XDPLB_REASON\(PASS_Z/);
-  t.throws(() => parseReasons('XDPLB_REASON(PASS_X, XDP_ABORTED, "a")\n'), /PASS_X: unknown verdict XDP_ABORTED/);
+  t.throws(() => parseReasons('XDPLB_REASON(PASS_X, XDP_PASS, "a")\nXDPLB_REASON(PASS_Z, XDP_PASS)\n', LB_REASONS), /not an entry: XDPLB_REASON\(PASS_Z/);
+  t.throws(() => parseReasons('XDPLB_REASON(PASS_X, XDP_ABORTED, "a")\n', LB_REASONS), /PASS_X: unknown verdict XDP_ABORTED/);
   t.end();
 });
 

@@ -58,22 +58,11 @@
 #include "parse_hdr.h"
 #include "decap_layout.h"
 
-/* Why a packet got its verdict; one per-CPU counter each. Mirrored by
- * src/lab/decap.ts (same order, same names without DECAP_R_, snake_case). */
+/* Why a packet got its verdict; one per-CPU counter each (decap_reasons.def). */
 enum xdplb_decap_reason {
-	DECAP_R_DECAP_IPIP = 0,		/* XDP_PASS: outer IPv4 removed, inner IPv4 to the stack */
-	DECAP_R_DECAP_IP6IP6,		/* XDP_PASS: outer IPv6 removed, inner IPv6 to the stack */
-	DECAP_R_PASS_NOT_IP,		/* XDP_PASS: ARP or another non-IP ethertype */
-	DECAP_R_PASS_VLAN_STACKED,	/* XDP_PASS: more than one VLAN tag */
-	DECAP_R_PASS_NOT_TUNNEL,	/* XDP_PASS: IP, but neither IPIP nor IP6IP6 */
-	DECAP_R_PASS_NOT_LOCAL,		/* XDP_PASS: tunnel packet to an address not in xdplb_decap_local */
-	DECAP_R_PASS_TRUNCATED,		/* XDP_PASS: frame ends before its headers or the outer length say */
-	DECAP_R_PASS_BAD_OUTER,		/* XDP_PASS: outer version, IHL, length or IPv4 checksum wrong; IPv6 jumbogram */
-	DECAP_R_PASS_FRAGMENT,		/* XDP_PASS: outer IPv4 fragment or IPv6 fragment header */
-	DECAP_R_PASS_BAD_INNER,		/* XDP_PASS: inner header missing or not of the tunnel's family */
-	DECAP_R_PASS_ADJUST_FAILED,	/* XDP_PASS: bpf_xdp_adjust_head refused (nothing changed) */
-	DECAP_R_DROP_ECN_CE_NOT_ECT,	/* XDP_DROP: outer CE over a Not-ECT inner packet (RFC 6040) */
-	DECAP_R_REVNAT_PORT,		/* TC_ACT_OK (xdplb_revnat, egress): reply source port set back to the service port */
+#define DECAP_REASON(name, verdict, description) DECAP_R_##name,
+#include "decap_reasons.def"
+#undef DECAP_REASON
 	DECAP_R_MAX
 };
 

@@ -3,24 +3,13 @@
 import { Command } from 'commander';
 import { call, type Client } from '../client/client';
 import { render, table, type OutputFormat } from '../client/output';
+import type { BgpStatusSnapshot } from '../bgp/speaker';
 
 type WithClient = (cmd: Command, fn: (client: Client, o: { output: OutputFormat }) => Promise<void>) => Promise<void>;
 
-interface PbBgpStatus {
-  asn: number;
-  routerId: string;
-  speakerRunning: boolean;
-  speakerPid: number;
-  speakerRestarts: number;
-  attachedInterfaces: string[];
-  peers: Array<{ address: string; asn: number; state: string; info: string; since: string; established: boolean }>;
-  vips: Array<{ vip: string; prefix: string; announced: boolean; reason: string; services: string[]; communities: string[]; med?: number }>;
-  drain: { drained: boolean; sinceSeconds: number; trafficStopped: boolean; quietSeconds: number; packetsSinceDrain: number };
-}
-
 const POLL_MS = 500;
 
-function statusText(s: PbBgpStatus): string {
+function statusText(s: BgpStatusSnapshot): string {
   const drain = s.drain.drained
     ? `drained ${Math.round(s.drain.sinceSeconds)} s ago; ${s.drain.packetsSinceDrain} packets to the VIPs since, ${s.drain.trafficStopped ? 'traffic stopped' : `last ${s.drain.quietSeconds.toFixed(1)} s ago`}`
     : 'not drained';
@@ -45,7 +34,7 @@ export function bgpCommands(withClient: WithClient): Command[] {
     .addHelpText('after', '\nExample:\n  xdplb bgp status -o json')
     .action((_f, cmd: Command) =>
       withClient(cmd, async (c, o) => {
-        const s = await call<PbBgpStatus>(c, 'GetBgpStatus', {});
+        const s = await call<BgpStatusSnapshot>(c, 'GetBgpStatus', {});
         process.stdout.write(render(o.output, s, () => statusText(s)) + '\n');
       }),
     );
@@ -59,7 +48,7 @@ export function bgpCommands(withClient: WithClient): Command[] {
     .addHelpText('after', '\nThe node stays drained, across daemon restarts too, until `xdplb node undrain`.\n\nExample:\n  xdplb node drain --timeout 120')
     .action((f: { wait: boolean; timeout: string }, cmd: Command) =>
       withClient(cmd, async (c, o) => {
-        let s = await call<PbBgpStatus>(c, 'DrainNode', {});
+        let s = await call<BgpStatusSnapshot>(c, 'DrainNode', {});
         const withdrawn = s.vips.map((v) => v.prefix);
         process.stderr.write(`drained: ${withdrawn.length} VIP prefixes withdrawn (${withdrawn.join(', ') || 'none'}); forwarding goes on\n`);
         const deadline = Date.now() + Number(f.timeout) * 1000;
@@ -67,7 +56,7 @@ export function bgpCommands(withClient: WithClient): Command[] {
           if (Date.now() > deadline)
             throw new Error(`traffic has not stopped after ${f.timeout} s: ${s.drain.packetsSinceDrain} packets to the VIPs since the drain, the last ${s.drain.quietSeconds.toFixed(1)} s ago`);
           await new Promise((r) => setTimeout(r, POLL_MS));
-          s = await call<PbBgpStatus>(c, 'GetBgpStatus', {});
+          s = await call<BgpStatusSnapshot>(c, 'GetBgpStatus', {});
         }
         if (f.wait) process.stderr.write(`traffic stopped: no packets to the VIPs for ${s.drain.quietSeconds.toFixed(1)} s (${s.drain.packetsSinceDrain} packets since the drain)\n`);
         process.stdout.write(render(o.output, s, () => statusText(s)) + '\n');
@@ -78,7 +67,7 @@ export function bgpCommands(withClient: WithClient): Command[] {
     .description('announce the VIPs again (each one that has a serving backend)')
     .action((_f, cmd: Command) =>
       withClient(cmd, async (c, o) => {
-        const s = await call<PbBgpStatus>(c, 'UndrainNode', {});
+        const s = await call<BgpStatusSnapshot>(c, 'UndrainNode', {});
         process.stdout.write(render(o.output, s, () => statusText(s)) + '\n');
       }),
     );

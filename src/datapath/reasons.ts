@@ -6,6 +6,7 @@
 // and verdicts.
 import * as fs from 'node:fs';
 import * as path from 'node:path';
+import { PACKAGE_ROOT } from '../sys/paths';
 
 export type Verdict = 'XDP_TX' | 'XDP_REDIRECT' | 'XDP_PASS' | 'XDP_DROP';
 
@@ -15,30 +16,40 @@ export interface ReasonInfo {
   description: string;
 }
 
-const VERDICTS: readonly string[] = ['XDP_TX', 'XDP_REDIRECT', 'XDP_PASS', 'XDP_DROP'] satisfies Verdict[];
+const VERDICTS: readonly Verdict[] = ['XDP_TX', 'XDP_REDIRECT', 'XDP_PASS', 'XDP_DROP'];
 
-/** dist/src/datapath -> xdp/ at the package root, beside build/bpf where the objects load from */
-export const REASONS_DEF = path.resolve(__dirname, '..', '..', '..', 'xdp', 'reasons.def');
+/** xdp/ at the package root, beside build/bpf where the objects load from */
+export const REASONS_DEF = path.join(PACKAGE_ROOT, 'xdp', 'reasons.def');
+
+/** An X-macro table of reasons: its macro, the verdicts it may name, its file for errors. */
+export interface ReasonTable<V extends string> {
+  macro: string;
+  verdicts: readonly V[];
+  file: string;
+}
 
 /**
- * The entries of an X-macro list of reasons: `XDPLB_REASON(NAME, VERDICT,
+ * The entries of an X-macro list of reasons: `MACRO(NAME, VERDICT,
  * "description")`, C comments between them. Anything else is an error, so a
  * line this reader does not understand cannot silently drop a reason.
  */
-export function parseReasons(text: string): ReasonInfo[] {
-  const entry = /^XDPLB_REASON\(([A-Z][A-Z0-9_]*), (XDP_[A-Z]+), "([^"\\]*)"\)$/;
-  const out: ReasonInfo[] = [];
+export function parseReasons<V extends string>(text: string, table: ReasonTable<V>): Array<{ name: string; verdict: V; description: string }> {
+  const entry = new RegExp(`^${table.macro}\\(([A-Z][A-Z0-9_]*), ([A-Z_]+), "([^"\\\\]*)"\\)$`);
+  const out: Array<{ name: string; verdict: V; description: string }> = [];
   for (const line of text.replace(/\/\*[\s\S]*?\*\//g, '').split('\n')) {
     if (!line.trim()) continue;
     const m = entry.exec(line.trim());
-    if (!m) throw new Error(`reasons.def: not an entry: ${line.trim()}`);
-    if (!VERDICTS.includes(m[2])) throw new Error(`reasons.def: ${m[1]}: unknown verdict ${m[2]}`);
-    out.push({ name: m[1].toLowerCase(), verdict: m[2] as Verdict, description: m[3] });
+    if (!m) throw new Error(`${table.file}: not an entry: ${line.trim()}`);
+    if (!(table.verdicts as readonly string[]).includes(m[2])) throw new Error(`${table.file}: ${m[1]}: unknown verdict ${m[2]}`);
+    out.push({ name: m[1].toLowerCase(), verdict: m[2] as V, description: m[3] });
   }
   return out;
 }
 
-export const REASONS: readonly ReasonInfo[] = Object.freeze(parseReasons(fs.readFileSync(REASONS_DEF, 'utf8')));
+/** The load balancer's table, xdp/reasons.def. */
+export const LB_REASONS: ReasonTable<Verdict> = { macro: 'XDPLB_REASON', verdicts: VERDICTS, file: 'reasons.def' };
+
+export const REASONS: readonly ReasonInfo[] = Object.freeze(parseReasons(fs.readFileSync(REASONS_DEF, 'utf8'), LB_REASONS));
 
 /** Number of reasons: max_entries of xdplb_reasons (XDPLB_R_MAX). */
 export const REASON_COUNT = REASONS.length;

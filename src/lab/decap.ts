@@ -9,6 +9,8 @@ import * as bpf from '../datapath/bpf';
 import * as sys from '../sys/system';
 import { DECAP_STRUCTS, encodeDecapConfig, encodeLocalKey, encodeRevNatKey, encodeRevNatVal } from '../datapath/decap-layout';
 import { IPPROTO_TCP, IPPROTO_UDP, sumCounters, u32, type Counter } from '../datapath/layout';
+import { parseReasons } from '../datapath/reasons';
+import { PACKAGE_ROOT } from '../sys/paths';
 
 export const DECAP_OBJECT = 'decap';
 export const DECAP_PROGRAM = 'xdplb_decap';
@@ -24,27 +26,20 @@ export const DECAP_PROG_PIN = 'prog_xdplb_decap';
 export const REVNAT_PROG_PIN = 'prog_xdplb_revnat';
 
 /**
- * The mirror of `enum xdplb_decap_reason` (xdp/decap.bpf.c): same order, names
- * without DECAP_R_ in snake_case. test/decap.test.ts checks it against the BTF.
+ * Why the decapsulator gave a packet its verdict: xdp/decap_reasons.def, the
+ * table enum xdplb_decap_reason is made from (same order, names without
+ * DECAP_R_ in snake_case). test/decap.test.ts checks it against the BTF.
  */
-export const DECAP_REASONS = [
-  { name: 'decap_ipip', verdict: 'XDP_PASS', description: 'outer IPv4 removed, inner IPv4 to the stack' },
-  { name: 'decap_ip6ip6', verdict: 'XDP_PASS', description: 'outer IPv6 removed, inner IPv6 to the stack' },
-  { name: 'pass_not_ip', verdict: 'XDP_PASS', description: 'ARP or another non-IP ethertype' },
-  { name: 'pass_vlan_stacked', verdict: 'XDP_PASS', description: 'more than one VLAN tag' },
-  { name: 'pass_not_tunnel', verdict: 'XDP_PASS', description: 'IP, but neither IPIP nor IP6IP6' },
-  { name: 'pass_not_local', verdict: 'XDP_PASS', description: 'tunnel packet to an address that is not one of the backend\'s' },
-  { name: 'pass_truncated', verdict: 'XDP_PASS', description: 'frame ends before its headers or the outer length say' },
-  { name: 'pass_bad_outer', verdict: 'XDP_PASS', description: 'outer version, IHL, length or IPv4 checksum wrong; IPv6 jumbogram' },
-  { name: 'pass_fragment', verdict: 'XDP_PASS', description: 'outer IPv4 fragment or IPv6 fragment header' },
-  { name: 'pass_bad_inner', verdict: 'XDP_PASS', description: 'inner header missing or not of the tunnel\'s family' },
-  { name: 'pass_adjust_failed', verdict: 'XDP_PASS', description: 'the kernel refused to move the frame head (nothing changed)' },
-  { name: 'drop_ecn_ce_not_ect', verdict: 'XDP_DROP', description: 'outer CE over a Not-ECT inner packet (RFC 6040)' },
-  { name: 'revnat_port', verdict: 'TC_ACT_OK', description: 'tc egress: a reply\'s source port set back to the service port (L4 DNAT)' },
-] as const;
+export const DECAP_REASONS = Object.freeze(
+  parseReasons(fs.readFileSync(path.join(PACKAGE_ROOT, 'xdp', 'decap_reasons.def'), 'utf8'), {
+    macro: 'DECAP_REASON',
+    verdicts: ['XDP_PASS', 'XDP_DROP', 'TC_ACT_OK'] as const,
+    file: 'decap_reasons.def',
+  }),
+);
 
-export type DecapReason = (typeof DECAP_REASONS)[number]['name'];
-export const DECAP_REASON: Readonly<Record<DecapReason, number>> = Object.fromEntries(DECAP_REASONS.map((r, i) => [r.name, i])) as Record<DecapReason, number>;
+export type DecapReason = string;
+export const DECAP_REASON: Readonly<Record<DecapReason, number>> = Object.freeze(Object.fromEntries(DECAP_REASONS.map((r, i) => [r.name, i])));
 
 /** One reverse-DNAT rule: replies from vip:backendPort leave as vip:servicePort. */
 export interface RevNat {
