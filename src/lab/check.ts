@@ -75,8 +75,12 @@ export interface LabTestResult {
   total: number;
   answered: number;
   errors: Record<string, number>;
-  lb: { forwarded: number; servicePackets: number; passNotVip: number; otherReasons: Record<string, number>; rxFrames: number; countedFrames: number };
+  /** ownTcp: TCP segments the load balancers' own kernels received (their BGP sessions) */
+  lb: { forwarded: number; servicePackets: number; passNotVip: number; ownTcp: number; otherReasons: Record<string, number>; rxFrames: number; countedFrames: number };
   replies: { backendTx: Record<string, number>; clientRx: number; clientTx: number };
+  /** several nodes: the client→VIP packets each node forwarded, and the router's next hops per VIP */
+  nodes?: Array<{ name: string; forwarded: number }>;
+  routes?: Record<string, string[]>;
   checks: Array<{ ok: boolean; text: string }>;
   ok: boolean;
   /** the VIP traffic as the recorder captured it; absent when the daemon cannot record */
@@ -97,9 +101,44 @@ export interface LabTestOptions {
   concurrency?: number;
 }
 
+/** Every node's counters, and their sum (reasons added up, services side by side). */
+async function nodeCounters(lab: Lab): Promise<{ sum: CountersSnapshot; each: CountersSnapshot[] }> {
+  const each = await Promise.all(lab.plan.nodes.map((_, i) => lab.counters(i)));
+  const reasons: Record<string, number> = {};
+  for (const c of each) for (const [k, v] of Object.entries(c.reasons)) reasons[k] = (reasons[k] ?? 0) + v;
+  return { sum: { ...each[0], reasons, services: each.flatMap((c) => c.services) }, each };
+}
+
+const forwardedOf = (c: CountersSnapshot) => (c.reasons.forward_tx ?? 0) + (c.reasons.forward_redirect ?? 0);
+
+/**
+ * Several nodes: a flow must reach the same backend whichever node the router
+ * hashes it to. Each node's services, as its own API lists them, give the
+ * same Maglev table, entry for entry, as the first node's.
+ */
+async function sameTables(lab: Lab, services: ApiService[], m: number): Promise<{ ok: boolean; text: string }> {
+  const differ: string[] = [];
+  for (let i = 1; i < lab.plan.nodes.length; i++) {
+    const mine = (await lab.api<{ services: ApiService[] }>('ListServices', {}, i)).services;
+    const mi = (await lab.nodeStatus(i)).maglevSize;
+    for (const s of services) {
+      const o = mine.find((x) => x.vip === s.vip && x.port === s.port && x.protocol === s.protocol);
+      const a = serviceTable(s, m);
+      const b = o && serviceTable(o, mi);
+      const same = b !== undefined && mi === m && a.members.join() === b.members.join() && a.table.every((id, k) => id === b.table[k]);
+      if (!same) differ.push(`${lab.plan.nodes[i].name}/${s.name}`);
+    }
+  }
+  return {
+    ok: differ.length === 0,
+    text: differ.length ? `Maglev tables that differ from ${lab.plan.nodes[0].name}'s: ${differ.join(', ')}` : `every node builds the same Maglev table for all ${services.length} services (${lab.plan.nodes.length} nodes, ${m} entries): a flow gets the same backend on any node`,
+  };
+}
+
 /** Sends the traffic, reads the counters around it, and judges. */
 export async function labTest(lab: Lab, o: LabTestOptions = {}): Promise<LabTestResult> {
   const count = o.count ?? 100;
+  const several = lab.plan.nodes.length > 1;
   await lab.syncRevNat();
   const { services } = await lab.api<{ services: ApiService[] }>('ListServices', {});
   const m = (await lab.nodeStatus()).maglevSize;
@@ -112,15 +151,39 @@ export async function labTest(lab: Lab, o: LabTestOptions = {}): Promise<LabTest
     sources: Address.of(s.vip).family === 6 ? lab.plan.client.v6 : lab.plan.client.v4,
   }));
 
-  const recording = await recordVips(lab, [...new Set(testable.map((s) => s.vip))]);
-  const before = await lab.counters();
+  // one node's recorder sees only its share of the flows: several nodes go unrecorded
+  const recording = several ? undefined : await recordVips(lab, [...new Set(testable.map((s) => s.vip))]);
+  // links first, then the program's counters, and the other way round after:
+  // what arrives meanwhile (a node's BGP keepalives) counts on the kernel's
+  // side, never on the program's alone
   const linksBefore = lab.linkCounters();
+  const before = await nodeCounters(lab);
   const results = await lab.requests({ targets, concurrency: o.concurrency ?? 16 });
   // let the last FINs and acks land before the counters are read again
   await new Promise((r) => setTimeout(r, 300));
-  const after = await lab.counters();
+  const after = await nodeCounters(lab);
   const linksAfter = lab.linkCounters();
-  const result = judge(lab, testable, m, results, before, after, linksBefore, linksAfter);
+  const result = judge(lab, testable, m, results, before.sum, after.sum, linksBefore, linksAfter);
+  if (several) {
+    result.nodes = lab.plan.nodes.map((n, i) => ({ name: n.name, forwarded: forwardedOf(after.each[i]) - forwardedOf(before.each[i]) }));
+    result.routes = Object.fromEntries(lab.vipRoutes([...new Set(testable.map((s) => s.vip))]));
+    const n = lab.plan.nodes.length;
+    const short = Object.entries(result.routes).filter(([, h]) => new Set(h).size !== n);
+    result.checks.push({
+      ok: short.length === 0,
+      text: short.length ? `VIPs the router does not spread over all ${n} nodes: ${short.map(([v, h]) => `${v} (${h.join(' ') || 'no route'})`).join(', ')}` : `the router holds a ${n}-way ECMP route for each of the ${Object.keys(result.routes).length} VIPs`,
+    });
+    // as for idle backends: a node that forwarded nothing fails only where
+    // the router's hash could hardly have missed it by chance
+    const idle = result.nodes.filter((x) => x.forwarded === 0).map((x) => x.name);
+    const chance = (1 - 1 / n) ** result.total;
+    result.checks.push({
+      ok: idle.length === 0 || chance >= 1e-6,
+      text: `client→VIP packets per node: ${result.nodes.map((x) => `${x.name} ${x.forwarded}`).join(', ')}${idle.length ? ` (none through ${idle.join(', ')})` : ''}`,
+    });
+    result.checks.push(await sameTables(lab, testable, m));
+    result.ok = result.checks.every((x) => x.ok);
+  }
   const recorded = await recording?.stop();
   if (recorded) result.recording = recorded;
   return result;
@@ -193,6 +256,7 @@ export function judge(
       forwarded,
       servicePackets: sumServices(after) - sumServices(before),
       passNotVip: reasons.pass_not_vip ?? 0,
+      ownTcp: linksAfter.lbTcpIn - linksBefore.lbTcpIn,
       otherReasons,
       rxFrames: linksAfter.lbRx - linksBefore.lbRx,
       countedFrames: Object.values(reasons).reduce((a, b) => a + b, 0),
@@ -219,9 +283,12 @@ export function judge(
   });
   const agree = rows.reduce((n, r) => n + r.agree, 0);
   c.push({ ok: agree === answered, text: `${agree} of ${answered} answers came from the backend Maglev predicts for the flow's tuple` });
+  // Not for a VIP: replies would be counted there, and so are the segments of
+  // a node's own BGP sessions, which its kernel counts as received.
+  const strays = result.lb.passNotVip - result.lb.ownTcp;
   c.push({
-    ok: result.lb.passNotVip === 0 && forwarded === result.lb.servicePackets && forwarded > 0,
-    text: `load balancer: ${forwarded} client→VIP packets forwarded (= per-service counters ${result.lb.servicePackets}), ${result.lb.passNotVip} packets not for a VIP (replies would be counted there)`,
+    ok: strays <= 0 && forwarded === result.lb.servicePackets && forwarded > 0,
+    text: `load balancer: ${forwarded} client→VIP packets forwarded (= per-service counters ${result.lb.servicePackets}), ${result.lb.passNotVip} packets not for a VIP (replies would be counted there)${result.lb.ownTcp ? `, of which up to ${result.lb.ownTcp} TCP segments to the node itself (BGP)` : ''}`,
   });
   const sent = Object.values(backendTx).reduce((a, b) => a + b, 0);
   c.push({
@@ -260,7 +327,7 @@ export function formatTestReport(r: LabTestResult): string {
     '',
   ];
   const other = Object.entries(r.lb.otherReasons).map(([k, v]) => `${k} ${v}`).join(', ');
-  lines.push(`load balancer: forwarded ${r.lb.forwarded} client→VIP packets; other frames: ${other || 'none'}`);
+  lines.push(`load balancer${r.nodes ? `s (${r.nodes.length})` : ''}: forwarded ${r.lb.forwarded} client→VIP packets; other frames: ${other || 'none'}`);
   lines.push(`replies: backends sent ${Object.entries(r.replies.backendTx).map(([k, v]) => `${k} ${v}`).join(', ')} packets straight to the client (client received ${r.replies.clientRx})`);
   if (Object.keys(r.errors).length) lines.push(`errors: ${Object.entries(r.errors).map(([k, v]) => `${k} ×${v}`).join('; ')}`);
   lines.push('');

@@ -2,7 +2,7 @@
 import { Command } from 'commander';
 import { table } from '../client/output';
 import { Lab, LAB_CONFIG, LAB_RUN_DIR, type LabStatus } from './lab';
-import { LAB_PREFIX } from './topology';
+import { LAB_PREFIX, MAX_NODES } from './topology';
 import { formatTestReport, labTest } from './check';
 
 interface LabFlags {
@@ -11,9 +11,9 @@ interface LabFlags {
   runDir: string;
 }
 
-function lab(cmd: Command): Lab {
+function lab(cmd: Command, nodes?: number): Lab {
   const f = cmd.optsWithGlobals() as LabFlags;
-  return new Lab({ configPath: f.config, prefix: f.prefix, runDir: f.runDir, log: (l) => process.stdout.write(`${l}\n`) });
+  return new Lab({ configPath: f.config, prefix: f.prefix, runDir: f.runDir, nodes, log: (l) => process.stdout.write(`${l}\n`) });
 }
 
 function fail(e: unknown): never {
@@ -35,24 +35,48 @@ export function nextSteps(l: Lab): string {
     `  ${x} lab test      # again: the same table`,
     `  ${x} lab status    # namespaces, daemon, servers, decapsulators`,
     `  ${x} lab down      # remove everything`,
-    `Daemon log: ${st?.runDir ?? LAB_RUN_DIR}/daemon.log`,
+    l.plan.nodes.length > 1 ? `Daemon logs: ${l.plan.nodes.map((_, i) => l.nodeDaemonLog(i)).join(' ')}; the router: birdc -s ${l.routerSocket} show route` : `Daemon log: ${st?.runDir ?? LAB_RUN_DIR}/daemon.log`,
   ].join('\n');
 }
 
 function formatStatus(s: LabStatus): string {
   if (!s.up && s.namespaces.length === 0) return 'no lab (run: xdplb lab up)';
   const d = s.daemon;
+  if (s.nodes.length > 1) return formatNodes(s);
   const lines = [
     `namespaces: ${s.namespaces.join(' ') || 'none'}`,
     s.router ? `router: pass-through XDP ${s.router.xdpProgId ? `id ${s.router.xdpProgId}` : 'missing'} on the load balancer's link; received ${s.router.fromLb} tunnel packets and ${s.router.otherFromLb} other frames from it` : 'router: none',
-    `daemon: ${d.pid === null ? 'not running' : `pid ${d.pid}`}${d.api ? `, API up: ${d.services} services, ${d.backends} backends, program ${d.programId} on ${d.attachments?.join(', ')}` : d.error ? `, API: ${d.error}` : ''}`,
+    `daemon: ${daemonLine(d)}`,
     '',
-    table(
-      ['BACKEND', 'ADDRESSES', 'NAMESPACE', 'SERVER', 'DECAP', 'DECAPSULATED', 'PASSED'],
-      s.backends.map((b) => [b.name, `${b.v4} ${b.v6}`, b.namespace ? 'yes' : 'no', b.serverPid === null ? 'down' : `pid ${b.serverPid}`, b.decap, b.decapped, b.passed]),
-    ),
+    backendTable(s),
   ];
   return lines.join('\n');
+}
+
+function daemonLine(d: LabStatus['daemon']): string {
+  return `${d.pid === null ? 'not running' : `pid ${d.pid}`}${d.api ? `, API up: ${d.services} services, ${d.backends} backends, program ${d.programId} on ${d.attachments?.join(', ')}` : d.error ? `, API: ${d.error}` : ''}`;
+}
+
+const backendTable = (s: LabStatus) =>
+  table(
+    ['BACKEND', 'ADDRESSES', 'NAMESPACE', 'SERVER', 'DECAP', 'DECAPSULATED', 'PASSED'],
+    s.backends.map((b) => [b.name, `${b.v4} ${b.v6}`, b.namespace ? 'yes' : 'no', b.serverPid === null ? 'down' : `pid ${b.serverPid}`, b.decap, b.decapped, b.passed]),
+  );
+
+/** Several nodes: one row per node, and the router's route for each VIP. */
+function formatNodes(s: LabStatus): string {
+  const names = new Map(s.nodes.map((n, i) => [`to-${n.name}`, i]));
+  return [
+    `namespaces: ${s.namespaces.join(' ') || 'none'}`,
+    `router: BIRD ${s.routerBird ? `pid ${s.routerBird}` : 'not running'}; ECMP routes: ${Object.entries(s.routes ?? {}).map(([v, h]) => `${v} over ${h.length} (${h.map((x) => s.nodes[names.get(x) ?? -1]?.name ?? x).join(' ')})`).join(', ') || 'none'}`,
+    '',
+    table(
+      ['NODE', 'ADDRESSES', 'NAMESPACE', 'DAEMON', 'ROUTER XDP', 'TUNNEL PACKETS'],
+      s.nodes.map((n) => [n.name, `${n.v4} ${n.v6}`, n.namespace ? 'yes' : 'no', daemonLine(n.daemon), n.router.xdpProgId ? `id ${n.router.xdpProgId}` : 'missing', n.router.fromLb]),
+    ),
+    '',
+    backendTable(s),
+  ].join('\n');
 }
 
 export function labCommand(): Command {
@@ -66,8 +90,11 @@ export function labCommand(): Command {
   cmd
     .command('up')
     .description('build the namespaces, attach the backends\' decapsulator, start their servers and the daemon (removes leftovers first)')
-    .action(async (_o, c: Command) => {
-      const l = lab(c);
+    .option('--nodes <n>', `load-balancer nodes, each with its own daemon announcing the VIPs over BGP to a BIRD router that spreads flows over them by ECMP (1..${MAX_NODES})`, '1')
+    .action(async (o: { nodes: string }, c: Command) => {
+      const n = Number(o.nodes);
+      if (!Number.isInteger(n) || n < 1 || n > MAX_NODES) fail(new Error(`--nodes: an integer in 1..${MAX_NODES}`));
+      const l = lab(c, n);
       try {
         const st = await l.up();
         process.stdout.write(`lab up: API ${st.socket}, daemon log ${l.daemonLog}\n`);

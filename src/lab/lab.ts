@@ -13,12 +13,14 @@ import * as path from 'node:path';
 import * as bpf from '../datapath/bpf';
 import * as sys from '../sys/system';
 import { PACKAGE_ROOT } from '../sys/paths';
+import { parse, stringify } from 'yaml';
 import { loadConfigFile } from '../config';
 import type { Config } from '../control/model';
 import { call, connect, type ApiService, type Client } from '../client/client';
 import type { CountersSnapshot, NodeStatusSnapshot } from '../datapath/snapshot';
 import { attachRevNatIn as attachRevNat, Decap, detachIn, pinnedDecapCounters, syncPinnedRevNat, type RevNat } from './decap';
-import { allNamespaces, buildTopology, destroyTopology, labPlan, LAB_PREFIX, linkStats, namespaceExists, namespacesWithPrefix, pidsIn, type LabPlan } from './topology';
+import { allNamespaces, buildTopology, destroyTopology, labPlan, LAB_PREFIX, linkStats, tcpInSegs, namespaceExists, namespacesWithPrefix, pidsIn, type LabPlan, type LbNode } from './topology';
+import { nodeBgpSection, routerBirdConf, vipNexthops } from './router';
 import { isAlive, livePid, signalPid, startDetached, stopPidFile, waitForLog } from './procs';
 import { formatListen, type Listen } from './server';
 import type { RequestResult, RequestSpec, SessionSpec, UploadResult, UploadSpec } from './client';
@@ -41,6 +43,8 @@ export interface LabOptions {
   decapPins?: string;
   /** backend namespaces (default 3) */
   backends?: number;
+  /** load-balancer nodes (default: as the lab that is up, or 1); several: behind a BGP router with ECMP */
+  nodes?: number;
   /** VIPs on every backend's loopback (default: every VIP of the config's services) */
   vips?: string[];
   /** what every backend's server listens on (default: from the config's services) */
@@ -60,9 +64,20 @@ export interface LabState {
   bpffs: string;
   socket: string;
   backends: number;
+  /** every node's daemon (one: the config's own paths) */
+  nodes: LabNodeState[];
   vips: string[];
   listens: string[];
   created: string;
+}
+
+/** One load-balancer node's daemon: its namespace, configuration and API. */
+export interface LabNodeState {
+  name: string;
+  ns: string;
+  configPath: string;
+  socket: string;
+  bpffs: string;
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -98,18 +113,37 @@ export class Lab {
     this.runDir = opts.runDir ?? LAB_RUN_DIR;
     this.configPath = path.resolve(opts.configPath ?? LAB_CONFIG);
     this.decapPins = opts.decapPins ?? (this.prefix === LAB_PREFIX ? LAB_DECAP_PINS : `/sys/fs/bpf/${this.prefix}decap`);
-    this.plan = labPlan(this.prefix, opts.backends ?? 3);
+    this.plan = labPlan(this.prefix, opts.backends ?? 3, opts.nodes ?? this.state()?.nodes?.length ?? 1);
     this.log = opts.log ?? (() => {});
   }
 
   get statePath(): string {
     return path.join(this.runDir, 'lab.json');
   }
+  /** Where a node's daemon keeps its pid file and log: the run directory itself with one node. */
+  private nodeDir(node = 0): string {
+    return this.plan.nodes.length === 1 ? this.runDir : path.join(this.runDir, this.plan.nodes[node].name);
+  }
   get daemonLog(): string {
-    return path.join(this.runDir, 'daemon.log');
+    return this.nodeDaemonLog(0);
+  }
+  nodeDaemonLog(node: number): string {
+    return path.join(this.nodeDir(node), 'daemon.log');
   }
   get daemonPidFile(): string {
-    return path.join(this.runDir, 'daemon.pid');
+    return this.nodeDaemonPidFile(0);
+  }
+  private nodeDaemonPidFile(node: number): string {
+    return path.join(this.nodeDir(node), 'daemon.pid');
+  }
+  private get routerDir(): string {
+    return path.join(this.runDir, 'router');
+  }
+  private get routerPidFile(): string {
+    return path.join(this.routerDir, 'bird.pid');
+  }
+  private get routerMarker(): string {
+    return `bird -f -c ${path.join(this.routerDir, 'bird.conf')}`;
   }
   serverPidFile(be: string): string {
     return path.join(this.runDir, 'servers', `${be}.pid`);
@@ -117,8 +151,17 @@ export class Lab {
   serverLog(be: string): string {
     return path.join(this.runDir, 'servers', `${be}.log`);
   }
-  private get daemonMarker(): string {
-    return `daemon --config ${this.configPath}`;
+  private daemonMarker(node: number): string {
+    return `daemon --config ${this.nodeState(node).configPath}`;
+  }
+
+  /** A node's daemon as `up` made it (before that, as it will make it). */
+  nodeState(node = 0): LabNodeState {
+    const n = this.state()?.nodes?.[node];
+    if (n) return n;
+    if (this.plan.nodes.length === 1) return { name: this.plan.lb.name, ns: this.plan.lb.ns, configPath: this.configPath, socket: '', bpffs: '' };
+    const lb = this.plan.nodes[node];
+    return { name: lb.name, ns: lb.ns, configPath: path.join(this.runDir, lb.name, 'xdplb.yaml'), socket: path.join(this.runDir, lb.name, 'xdplb.sock'), bpffs: '' };
   }
   private serverMarker(be: string): string {
     return `${SERVER_JS} --name ${be}`;
@@ -141,14 +184,16 @@ export class Lab {
     if (!node.interfaces.some((i) => i.name === this.plan.lb.if))
       throw new Error(`${this.configPath}: the lab's load balancer interface is ${this.plan.lb.if}; the config attaches to ${node.interfaces.map((i) => i.name).join(', ') || 'nothing'}`);
     const vips = this.opts.vips ?? vipsOf(config);
+    const nodes = this.plan.nodes.length === 1 ? [{ name: this.plan.lb.name, ns: this.plan.lb.ns, configPath: this.configPath, socket: node.api.socket, bpffs: node.bpffs }] : this.nodeConfigs(node.bpffs);
     const state: LabState = {
       prefix: this.prefix,
       runDir: this.runDir,
       configPath: this.configPath,
       decapPins: this.decapPins,
       bpffs: node.bpffs,
-      socket: node.api.socket,
+      socket: nodes[0].socket,
       backends: this.plan.backends.length,
+      nodes,
       vips,
       listens: [],
       created: new Date().toISOString(),
@@ -157,13 +202,18 @@ export class Lab {
     // written first: a failing `up` leaves enough behind for `down`
     fs.writeFileSync(this.statePath, JSON.stringify(state, null, 2) + '\n');
     try {
-      const outer = [node.outerSource.ipv4, node.outerSource.ipv6].filter((o) => o !== undefined).map((o) => `${o.address}/${o.prefixLength}`);
+      const outer = nodes.map((n) => {
+        const o = loadConfigFile(n.configPath).node.outerSource;
+        return [o.ipv4, o.ipv6].filter((x) => x !== undefined).map((x) => `${x.address}/${x.prefixLength}`);
+      });
       buildTopology(this.plan, { outerSources: outer, vips });
       this.log(`namespaces: ${allNamespaces(this.plan).join(' ')}`);
       this.attachDecap();
       state.listens = await this.startServers(config);
       fs.writeFileSync(this.statePath, JSON.stringify(state, null, 2) + '\n');
-      await this.startDaemon();
+      if (this.plan.nodes.length > 1) await this.startRouter();
+      for (let i = 0; i < nodes.length; i++) await this.startDaemon(i);
+      if (this.plan.nodes.length > 1) await this.waitForRoutes(vips);
       const rn = await this.syncRevNat();
       for (const c of rn.conflicts) this.log(`reverse DNAT: ${c}`);
     } catch (e) {
@@ -192,15 +242,85 @@ export class Lab {
     // pass_not_local: the router's own count of what the load balancer sent).
     // A veth end receives its peer's XDP_TX frames only when it has an XDP
     // program; GRO alone leaves them queued on this kernel.
-    const pins = path.join(this.decapPins, 'router');
-    const d = Decap.open(pins);
-    try {
-      d.attach(this.plan.lb.routerIf, { ns: this.plan.ns.router, mode: 'native' });
-      d.pinPrograms(pins);
-    } finally {
-      d.close();
+    for (const n of this.plan.nodes) {
+      const pins = this.routerPins(n);
+      const d = Decap.open(pins);
+      try {
+        d.attach(n.routerIf, { ns: this.plan.ns.router, mode: 'native' });
+        d.pinPrograms(pins);
+      } finally {
+        d.close();
+      }
     }
-    this.log(`decap attached on eth0 of ${this.plan.backends.map((b) => b.name).join(', ')}; pass-through on the router's ${this.plan.lb.routerIf}`);
+    this.log(`decap attached on eth0 of ${this.plan.backends.map((b) => b.name).join(', ')}; pass-through on the router's ${this.plan.nodes.map((n) => n.routerIf).join(', ')}`);
+  }
+
+  /** The pins of the router's pass-through program on a node's link. */
+  private routerPins(n: LbNode): string {
+    return path.join(this.state()?.decapPins ?? this.decapPins, this.plan.nodes.length === 1 ? 'router' : `router-${n.name}`);
+  }
+
+  /**
+   * Each node's configuration: the lab's, with paths of its own (bpffs, state,
+   * API socket), its own outer source prefixes (the router routes them back to
+   * it) and a bgp: section peering with the router.
+   */
+  private nodeConfigs(bpffs: string): LabNodeState[] {
+    const base = parse(fs.readFileSync(this.configPath, 'utf8')) as Record<string, unknown>;
+    return this.plan.nodes.map((n, k) => {
+      const dir = path.join(this.runDir, n.name);
+      fs.mkdirSync(dir, { recursive: true });
+      const st: LabNodeState = { name: n.name, ns: n.ns, configPath: path.join(dir, 'xdplb.yaml'), socket: path.join(dir, 'xdplb.sock'), bpffs: `${bpffs}-${n.name}` };
+      const cfg = {
+        ...base,
+        bpffs: st.bpffs,
+        state_dir: path.join(dir, 'state'),
+        recorder_dir: path.join(dir, 'recordings'),
+        api: { socket: st.socket },
+        outer_source: { ipv4: `198.51.100.${128 + 16 * k}/28`, ipv6: `2001:db8:300:${k + 1}::/120` },
+        bgp: nodeBgpSection(this.plan, k),
+      };
+      fs.writeFileSync(st.configPath, stringify(cfg));
+      return st;
+    });
+  }
+
+  /** BIRD in the router namespace, peering with every node. */
+  private async startRouter(): Promise<void> {
+    fs.mkdirSync(this.routerDir, { recursive: true });
+    const conf = path.join(this.routerDir, 'bird.conf');
+    const sock = path.join(this.routerDir, 'bird.ctl');
+    fs.writeFileSync(conf, routerBirdConf(this.plan));
+    const log = path.join(this.routerDir, 'bird.log');
+    const pid = startDetached({ ns: this.plan.ns.router, via: 'ip-netns-exec', argv: ['bird', '-f', '-c', conf, '-s', sock], log, pidFile: this.routerPidFile, tied: this.opts.tied });
+    for (let i = 0; i < 100 && !fs.existsSync(sock); i++) {
+      if (!isAlive(pid)) throw new Error(`the router's BIRD exited; ${log}:\n${fs.readFileSync(log, 'utf8').slice(-2000)}`);
+      await sleep(50);
+    }
+    this.log(`router: BIRD ${pid} in ${this.plan.ns.router}, socket ${sock}`);
+  }
+
+  /** The router's control socket (birdc -s). */
+  get routerSocket(): string {
+    return path.join(this.routerDir, 'bird.ctl');
+  }
+
+  /** The router interfaces each VIP's route leads to, in the router namespace. */
+  vipRoutes(vips = this.state()?.vips ?? []): Map<string, string[]> {
+    return new Map(vips.map((v) => [v, vipNexthops(this.plan, v)]));
+  }
+
+  /** Until the router has a route over every node for every VIP (the nodes announce them). */
+  private async waitForRoutes(vips: string[]): Promise<void> {
+    const n = this.plan.nodes.length;
+    const deadline = Date.now() + 30000;
+    for (;;) {
+      const short = [...this.vipRoutes(vips)].filter(([, hops]) => hops.length !== n);
+      if (!short.length) break;
+      if (Date.now() > deadline) throw new Error(`the router has no ${n}-way route after 30 s for ${short.map(([v, h]) => `${v} (${h.length ? h.join(' ') : 'none'})`).join(', ')}; see ${path.join(this.routerDir, 'bird.log')} and the nodes' daemon logs`);
+      await sleep(200);
+    }
+    this.log(`router: ${vips.length} VIPs routed over ${this.plan.nodes.map((x) => x.name).join(', ')} (ECMP, L4 hash)`);
   }
 
   private async startServers(config: Config, only?: string): Promise<string[]> {
@@ -242,22 +362,24 @@ export class Lab {
   }
 
   /** The daemon in the load balancer's namespace (nsenter: bpffs stays visible). */
-  async startDaemon(): Promise<number> {
-    const argv = [process.execPath, MAIN, 'daemon', '--config', this.configPath];
-    const start = fs.existsSync(this.daemonLog) ? fs.statSync(this.daemonLog).size : 0;
-    const pid = startDetached({ ns: this.plan.ns.lb, via: 'nsenter', argv, log: this.daemonLog, pidFile: this.daemonPidFile, tied: this.opts.tied });
+  async startDaemon(node = 0): Promise<number> {
+    const n = this.nodeState(node);
+    const log = this.nodeDaemonLog(node);
+    const argv = [process.execPath, MAIN, 'daemon', '--config', n.configPath];
+    const start = fs.existsSync(log) ? fs.statSync(log).size : 0;
+    const pid = startDetached({ ns: n.ns, via: 'nsenter', argv, log, pidFile: this.nodeDaemonPidFile(node), tied: this.opts.tied });
     // ready: a "ready" line written after this start (the log is appended to)
     const deadline = Date.now() + 20000;
     for (;;) {
-      const text = fs.readFileSync(this.daemonLog, 'utf8').slice(start);
+      const text = fs.readFileSync(log, 'utf8').slice(start);
       if (text.includes('"msg":"ready"')) break;
       // by its pid, not livePid(): until nsenter has exec'd, the child's command
       // line is still this process's own
-      if (!isAlive(pid)) throw new Error(`the daemon exited; ${this.daemonLog}:\n${text.split('\n').slice(-15).join('\n')}`);
-      if (Date.now() > deadline) throw new Error(`the daemon is not ready after 20 s; see ${this.daemonLog}`);
+      if (!isAlive(pid)) throw new Error(`the daemon exited; ${log}:\n${text.split('\n').slice(-15).join('\n')}`);
+      if (Date.now() > deadline) throw new Error(`the daemon is not ready after 20 s; see ${log}`);
       await sleep(50);
     }
-    this.log(`daemon ${pid} in ${this.plan.ns.lb}, log ${this.daemonLog}`);
+    this.log(`daemon ${pid} in ${n.ns}, log ${log}`);
     return pid;
   }
 
@@ -298,20 +420,23 @@ export class Lab {
     return { rules: n, conflicts };
   }
 
-  daemonPid(): number | null {
-    return livePid(this.daemonPidFile, this.daemonMarker);
+  daemonPid(node = 0): number | null {
+    return livePid(this.nodeDaemonPidFile(node), this.daemonMarker(node));
   }
 
-  /** Stops the daemon: SIGTERM (a clean stop; the program stays attached) or SIGKILL. */
-  async stopDaemon(signal: NodeJS.Signals = 'SIGTERM'): Promise<boolean> {
-    return stopPidFile(this.daemonPidFile, this.daemonMarker, 5000, signal);
+  /** Stops a node's daemon: SIGTERM (a clean stop; the program stays attached) or SIGKILL. */
+  async stopDaemon(signal: NodeJS.Signals = 'SIGTERM', node = 0): Promise<boolean> {
+    return stopPidFile(this.nodeDaemonPidFile(node), this.daemonMarker(node), 5000, signal);
   }
 
   /** Removes everything the lab made. Safe when nothing is there. */
   async down(o: { quiet?: boolean } = {}): Promise<string[]> {
     const st = this.state();
+    // the lab that is up decides how many nodes there are to stop
+    if (st?.nodes && st.nodes.length !== this.plan.nodes.length) return new Lab({ ...this.opts, prefix: this.prefix, runDir: this.runDir, configPath: this.configPath, decapPins: this.decapPins, nodes: st.nodes.length }).down(o);
     const done: string[] = [];
-    if (await this.stopDaemon()) done.push('daemon stopped');
+    for (let i = 0; i < this.plan.nodes.length; i++) if (await this.stopDaemon('SIGTERM', i)) done.push(this.plan.nodes.length === 1 ? 'daemon stopped' : `daemon ${this.plan.nodes[i].name} stopped`);
+    if (await stopPidFile(this.routerPidFile, this.routerMarker, 2000)) done.push('router BIRD stopped');
     const servers = fs.existsSync(path.join(this.runDir, 'servers')) ? fs.readdirSync(path.join(this.runDir, 'servers')).filter((f) => f.endsWith('.pid')) : [];
     for (const f of servers) {
       const be = f.slice(0, -4);
@@ -329,10 +454,10 @@ export class Lab {
     }
     // Detach before the namespaces go, so no program outlives its interface.
     for (const b of this.plan.backends) if (namespaceExists(b.ns)) detachIn(b.ns, 'eth0');
-    if (namespaceExists(this.plan.ns.router)) detachIn(this.plan.ns.router, this.plan.lb.routerIf);
+    if (namespaceExists(this.plan.ns.router)) for (const n of this.plan.nodes) detachIn(this.plan.ns.router, n.routerIf);
     const removed = destroyTopology(this.prefix, allNamespaces(this.plan));
     if (removed.length) done.push(`namespaces removed: ${removed.join(' ')}`);
-    for (const dir of new Set([st?.bpffs, st?.decapPins ?? this.decapPins, st ? undefined : this.bpffsFromConfig()])) {
+    for (const dir of new Set([st?.bpffs, ...(st?.nodes ?? []).map((n) => n.bpffs), st?.decapPins ?? this.decapPins, st ? undefined : this.bpffsFromConfig()])) {
       if (!dir || !dir.startsWith('/sys/fs/bpf/') || !fs.existsSync(dir)) continue;
       fs.rmSync(dir, { recursive: true, force: true });
       done.push(`pins removed: ${dir}`);
@@ -354,14 +479,14 @@ export class Lab {
   }
 
   /** The daemon's API, as the CLI sees it. */
-  client(): Client {
+  client(node = 0): Client {
     const st = this.state();
     if (!st) throw new Error(`no lab here (${this.statePath} missing); run: xdplb lab up`);
-    return connect({ socket: st.socket });
+    return connect({ socket: st.nodes?.[node]?.socket ?? st.socket });
   }
 
-  async api<T>(method: string, req: unknown = {}): Promise<T> {
-    const c = this.client();
+  async api<T>(method: string, req: unknown = {}, node = 0): Promise<T> {
+    const c = this.client(node);
     try {
       return await call<T>(c, method, req);
     } finally {
@@ -462,20 +587,21 @@ export class Lab {
     return this.plan.backends.find((b) => b.v4 === address || b.v6 === address)?.name;
   }
 
-  counters(): Promise<CountersSnapshot> {
-    return this.api<CountersSnapshot>('GetCounters', { service: '' });
+  counters(node = 0): Promise<CountersSnapshot> {
+    return this.api<CountersSnapshot>('GetCounters', { service: '' }, node);
   }
 
-  nodeStatus(): Promise<NodeStatusSnapshot> {
-    return this.api<NodeStatusSnapshot>('GetNodeStatus');
+  nodeStatus(node = 0): Promise<NodeStatusSnapshot> {
+    return this.api<NodeStatusSnapshot>('GetNodeStatus', {}, node);
   }
 
   /** Packets through the interfaces that tell where replies went. */
-  linkCounters(): { lbRx: number; clientRx: number; clientTx: number; backendTx: Record<string, number> } {
+  linkCounters(): { lbRx: number; lbTcpIn: number; clientRx: number; clientTx: number; backendTx: Record<string, number> } {
     const backendTx: Record<string, number> = {};
     for (const b of this.plan.backends) backendTx[b.name] = linkStats(b.ns, 'eth0').tx;
     const c = linkStats(this.plan.ns.client, this.plan.client.if);
-    return { lbRx: linkStats(this.plan.ns.lb, this.plan.lb.if).rx, clientRx: c.rx, clientTx: c.tx, backendTx };
+    const lbRx = this.plan.nodes.reduce((n, lb) => n + linkStats(lb.ns, lb.if).rx, 0);
+    return { lbRx, lbTcpIn: this.plan.nodes.reduce((n, lb) => n + tcpInSegs(lb.ns), 0), clientRx: c.rx, clientTx: c.tx, backendTx };
   }
 
   /** What is there: namespaces, processes, attachments, decap counters. */
@@ -503,27 +629,38 @@ export class Lab {
           passed: c ? Object.entries(c).filter(([k]) => k.startsWith('pass_')).reduce((n, [, v]) => n + Number(v.packets), 0) : 0,
         };
       });
-    let daemon: LabStatus['daemon'] = { pid: this.daemonPid(), api: false };
-    if (daemon.pid !== null && st) {
-      try {
-        const s = await this.nodeStatus();
-        daemon = { ...daemon, api: true, services: s.services, backends: s.backends, programId: s.programId, attachments: s.attachments.map((a) => `${a.interface} ${a.mode}`) };
-      } catch (e) {
-        daemon.error = (e as Error).message;
+    const nodes: LabStatus['nodes'] = [];
+    for (let i = 0; i < this.plan.nodes.length; i++) {
+      const lb = this.plan.nodes[i];
+      let daemon: LabStatus['daemon'] = { pid: this.daemonPid(i), api: false };
+      if (daemon.pid !== null && st) {
+        try {
+          const s = await this.nodeStatus(i);
+          daemon = { ...daemon, api: true, services: s.services, backends: s.backends, programId: s.programId, attachments: s.attachments.map((a) => `${a.interface} ${a.mode}`) };
+        } catch (e) {
+          daemon.error = (e as Error).message;
+        }
       }
-    }
-    let router: LabStatus['router'] = null;
-    if (namespaceExists(this.plan.ns.router)) {
       let progId = 0;
       try {
-        progId = sys.withNetns(this.plan.ns.router, () => bpf.queryXdp(sys.ifIndex(this.plan.lb.routerIf)).progId);
+        progId = sys.withNetns(this.plan.ns.router, () => bpf.queryXdp(sys.ifIndex(lb.routerIf)).progId);
       } catch {
-        // interface missing
+        // namespace or interface missing
       }
-      const c = pinnedDecapCounters(path.join(st?.decapPins ?? this.decapPins, 'router'));
-      router = { xdpProgId: progId, fromLb: c ? Number(c.pass_not_local.packets) : 0, otherFromLb: c ? Object.entries(c).filter(([k]) => k !== 'pass_not_local').reduce((n, [, v]) => n + Number(v.packets), 0) : 0 };
+      const c = pinnedDecapCounters(this.routerPins(lb));
+      nodes.push({
+        name: lb.name,
+        namespace: namespaceExists(lb.ns),
+        v4: lb.v4,
+        v6: lb.v6,
+        daemon,
+        router: { xdpProgId: progId, fromLb: c ? Number(c.pass_not_local.packets) : 0, otherFromLb: c ? Object.entries(c).filter(([k]) => k !== 'pass_not_local').reduce((n, [, v]) => n + Number(v.packets), 0) : 0 },
+      });
     }
-    return { up: st !== null, state: st, namespaces, daemon, backends, router };
+    const router = namespaceExists(this.plan.ns.router) ? nodes[0].router : null;
+    const routes = this.plan.nodes.length > 1 && namespaceExists(this.plan.ns.router) ? Object.fromEntries(this.vipRoutes()) : undefined;
+    const bird = this.plan.nodes.length > 1 ? livePid(this.routerPidFile, this.routerMarker) : undefined;
+    return { up: st !== null, state: st, namespaces, daemon: nodes[0].daemon, backends, router, nodes, ...(routes ? { routes } : {}), ...(bird !== undefined ? { routerBird: bird } : {}) };
   }
 }
 
@@ -541,6 +678,12 @@ export interface LabStatus {
   namespaces: string[];
   daemon: { pid: number | null; api: boolean; services?: number; backends?: number; programId?: number; attachments?: string[]; error?: string };
   backends: Array<{ name: string; v4: string; v6: string; namespace: boolean; serverPid: number | null; decap: string; decapped: number; passed: number }>;
-  /** the router's pass-through XDP program on the load balancer's link: tunnel packets from the lb, and other frames */
+  /** the router's pass-through XDP program on the (first) load balancer's link: tunnel packets from the lb, and other frames */
   router: { xdpProgId: number; fromLb: number; otherFromLb: number } | null;
+  /** every node, the first one as `daemon` and `router` */
+  nodes: Array<{ name: string; namespace: boolean; v4: string; v6: string; daemon: LabStatus['daemon']; router: { xdpProgId: number; fromLb: number; otherFromLb: number } }>;
+  /** several nodes: the router interfaces of each VIP's route */
+  routes?: Record<string, string[]>;
+  /** several nodes: the router's BIRD */
+  routerBird?: number | null;
 }

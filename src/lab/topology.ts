@@ -10,6 +10,10 @@
 //                        │
 //                       lb (lb0, xdplb's XDP program)
 //
+// With several nodes (--nodes N) the router has one link per node (lb1..lbN,
+// 192.0.2.128/26 cut in /29s) and learns the VIPs from each node's BGP speaker
+// instead of a static route: an N-way ECMP route per VIP, hashed on L4.
+//
 // client → VIP: client → router → lb (XDP: Maglev, IPIP/IP6IP6, XDP_TX back out
 // of lb0) → router → backend (XDP decap) → server on the VIP.
 // backend → client: backend → router → client. Replies never reach the lb.
@@ -27,11 +31,31 @@ export interface BackendNode {
   v6: string;
 }
 
+/** A load-balancer namespace and its link to the router. */
+export interface LbNode {
+  /** lb (one node), or lb1, lb2, ... */
+  name: string;
+  ns: string;
+  if: string;
+  v4: string;
+  v6: string;
+  /** prefix length of the IPv4 link */
+  len4: number;
+  router4: string;
+  router6: string;
+  /** the router's end of its link */
+  routerIf: string;
+}
+
+export const MAX_NODES = 8;
+
 export interface LabPlan {
   prefix: string;
   ns: { client: string; router: string; lb: string };
   client: { if: string; v4: string[]; v6: string[]; gw4: string; gw6: string };
-  lb: { if: string; v4: string; v6: string; router4: string; router6: string; routerIf: string };
+  /** the first node: with one node, the only one */
+  lb: LbNode;
+  nodes: LbNode[];
   backends: BackendNode[];
   /** routed from the router to the load balancer */
   vipPrefixes: { v4: string; v6: string };
@@ -45,15 +69,31 @@ export const LAB_PREFIX = 'xdplb-lab-';
  * The lab's names and addresses. Backend i (1-based) is 198.51.100.(10+i) and
  * 2001:db8:200::(10+i), as in config/lab.yaml.
  */
-export function labPlan(prefix = LAB_PREFIX, backends = 3): LabPlan {
+export function labPlan(prefix = LAB_PREFIX, backends = 3, nodes = 1): LabPlan {
+  if (!Number.isInteger(nodes) || nodes < 1 || nodes > MAX_NODES) throw new Error(`nodes: an integer in 1..${MAX_NODES}, not ${nodes}`);
   const be: BackendNode[] = [];
   for (let i = 1; i <= backends; i++)
     be.push({ name: `be${i}`, ns: `${prefix}be${i}`, routerIf: `to-be${i}`, v4: `198.51.100.${10 + i}`, v6: `2001:db8:200::${10 + i}` });
+  const lbs: LbNode[] =
+    nodes === 1
+      ? [{ name: 'lb', ns: `${prefix}lb`, if: 'lb0', v4: '192.0.2.34', v6: '2001:db8:2::2', len4: 27, router4: '192.0.2.33', router6: '2001:db8:2::1', routerIf: 'to-lb' }]
+      : Array.from({ length: nodes }, (_, k) => ({
+          name: `lb${k + 1}`,
+          ns: `${prefix}lb${k + 1}`,
+          if: 'lb0',
+          v4: `192.0.2.${128 + 8 * k + 2}`,
+          v6: `2001:db8:2:${k + 1}::2`,
+          len4: 29,
+          router4: `192.0.2.${128 + 8 * k + 1}`,
+          router6: `2001:db8:2:${k + 1}::1`,
+          routerIf: `to-lb${k + 1}`,
+        }));
   return {
     prefix,
-    ns: { client: `${prefix}client`, router: `${prefix}router`, lb: `${prefix}lb` },
+    ns: { client: `${prefix}client`, router: `${prefix}router`, lb: lbs[0].ns },
     client: { if: 'eth0', v4: ['192.0.2.10', '192.0.2.11'], v6: ['2001:db8:1::10', '2001:db8:1::11'], gw4: '192.0.2.1', gw6: '2001:db8:1::1' },
-    lb: { if: 'lb0', v4: '192.0.2.34', v6: '2001:db8:2::2', router4: '192.0.2.33', router6: '2001:db8:2::1', routerIf: 'to-lb' },
+    lb: lbs[0],
+    nodes: lbs,
     backends: be,
     vipPrefixes: { v4: '203.0.113.0/24', v6: '2001:db8:100::/64' },
     backendGw: { v4: '198.51.100.1', v6: 'fe80::1' },
@@ -61,7 +101,7 @@ export function labPlan(prefix = LAB_PREFIX, backends = 3): LabPlan {
 }
 
 export function allNamespaces(p: LabPlan): string[] {
-  return [p.ns.client, p.ns.router, p.ns.lb, ...p.backends.map((b) => b.ns)];
+  return [p.ns.client, p.ns.router, ...p.nodes.map((n) => n.ns), ...p.backends.map((b) => b.ns)];
 }
 
 function run(cmd: string, args: string[], input?: string): string {
@@ -106,8 +146,8 @@ function macOf(ns: string, dev: string): string {
 }
 
 export interface BuildOptions {
-  /** outer source prefixes of the load balancer, routed back to it */
-  outerSources: string[];
+  /** outer source prefixes of each load balancer (as plan.nodes), routed back to it */
+  outerSources: string[][];
   /** VIPs held on every backend's loopback */
   vips: string[];
 }
@@ -126,14 +166,17 @@ export function buildTopology(p: LabPlan, o: BuildOptions): void {
   }
   const link = (nsA: string, a: string, nsB: string, b: string) => run('ip', ['link', 'add', a, 'netns', nsA, 'type', 'veth', 'peer', 'name', b, 'netns', nsB]);
   link(p.ns.client, p.client.if, p.ns.router, 'to-client');
-  link(p.ns.lb, p.lb.if, p.ns.router, p.lb.routerIf);
+  for (const n of p.nodes) link(n.ns, n.if, p.ns.router, n.routerIf);
   for (const b of p.backends) link(b.ns, 'eth0', p.ns.router, b.routerIf);
 
   // router: forwards everything; no reverse-path filter (replies from the VIPs
   // come from the backends, while the VIPs are routed to the load balancer)
   sysctl(p.ns.router, ['net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1']);
+  // ECMP over the nodes by the flow's 5-tuple, not only its addresses: the
+  // connections of one client spread over every node
+  if (p.nodes.length > 1) sysctl(p.ns.router, ['net.ipv4.fib_multipath_hash_policy=1', 'net.ipv6.fib_multipath_hash_policy=1']);
   // the load balancer: forwarding on, or bpf_fib_lookup answers "forwarding disabled"
-  sysctl(p.ns.lb, ['net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1']);
+  for (const n of p.nodes) sysctl(n.ns, ['net.ipv4.ip_forward=1', 'net.ipv6.conf.all.forwarding=1']);
   // backends: never answer ARP for the VIPs held on lo (docs/backend-setup.md)
   for (const b of p.backends) sysctl(b.ns, ['net.ipv4.conf.all.arp_ignore=1', 'net.ipv4.conf.all.arp_announce=2']);
 
@@ -144,17 +187,17 @@ export function buildTopology(p: LabPlan, o: BuildOptions): void {
     `route add default via ${p.client.gw4} dev ${p.client.if}`,
     `route add ::/0 via ${p.client.gw6} dev ${p.client.if}`,
   ]);
-  const router = [
-    'link set to-client up',
-    `link set ${p.lb.routerIf} up`,
-    `addr add ${p.client.gw4}/27 dev to-client`,
-    `addr add ${p.client.gw6}/64 dev to-client nodad`,
-    `addr add ${p.lb.router4}/27 dev ${p.lb.routerIf}`,
-    `addr add ${p.lb.router6}/64 dev ${p.lb.routerIf} nodad`,
-    `route add ${p.vipPrefixes.v4} via ${p.lb.v4} dev ${p.lb.routerIf}`,
-    `route add ${p.vipPrefixes.v6} via ${p.lb.v6} dev ${p.lb.routerIf}`,
-    ...o.outerSources.map((s) => `route add ${s} via ${Address.of(s.split('/')[0]).family === 6 ? p.lb.v6 : p.lb.v4} dev ${p.lb.routerIf}`),
-  ];
+  const router = ['link set to-client up', `addr add ${p.client.gw4}/27 dev to-client`, `addr add ${p.client.gw6}/64 dev to-client nodad`];
+  p.nodes.forEach((n, i) =>
+    router.push(
+      `link set ${n.routerIf} up`,
+      `addr add ${n.router4}/${n.len4} dev ${n.routerIf}`,
+      `addr add ${n.router6}/64 dev ${n.routerIf} nodad`,
+      ...(o.outerSources[i] ?? []).map((s) => `route add ${s} via ${Address.of(s.split('/')[0]).family === 6 ? n.v6 : n.v4} dev ${n.routerIf}`),
+    ),
+  );
+  // one node: the VIPs are routed to it; several: each announces them over BGP
+  if (p.nodes.length === 1) router.push(`route add ${p.vipPrefixes.v4} via ${p.lb.v4} dev ${p.lb.routerIf}`, `route add ${p.vipPrefixes.v6} via ${p.lb.v6} dev ${p.lb.routerIf}`);
   for (const b of p.backends)
     router.push(
       `link set ${b.routerIf} up`,
@@ -164,17 +207,18 @@ export function buildTopology(p: LabPlan, o: BuildOptions): void {
       `route add ${b.v6}/128 dev ${b.routerIf}`,
     );
   ipBatch(p.ns.router, router);
-  ipBatch(p.ns.lb, [
-    `link set ${p.lb.if} up`,
-    `addr add ${p.lb.v4}/27 dev ${p.lb.if}`,
-    `addr add ${p.lb.v6}/64 dev ${p.lb.if} nodad`,
-    `route add default via ${p.lb.router4} dev ${p.lb.if}`,
-    `route add ::/0 via ${p.lb.router6} dev ${p.lb.if}`,
-    // What XDP passes for a VIP (no such service) ends here with an ICMP
-    // unreachable, instead of going back to the router and round again.
-    `route add unreachable ${p.vipPrefixes.v4}`,
-    `route add unreachable ${p.vipPrefixes.v6}`,
-  ]);
+  for (const n of p.nodes)
+    ipBatch(n.ns, [
+      `link set ${n.if} up`,
+      `addr add ${n.v4}/${n.len4} dev ${n.if}`,
+      `addr add ${n.v6}/64 dev ${n.if} nodad`,
+      `route add default via ${n.router4} dev ${n.if}`,
+      `route add ::/0 via ${n.router6} dev ${n.if}`,
+      // What XDP passes for a VIP (no such service) ends here with an ICMP
+      // unreachable, instead of going back to the router and round again.
+      `route add unreachable ${p.vipPrefixes.v4}`,
+      `route add unreachable ${p.vipPrefixes.v6}`,
+    ]);
   for (const b of p.backends)
     ipBatch(b.ns, [
       'link set eth0 up',
@@ -188,17 +232,16 @@ export function buildTopology(p: LabPlan, o: BuildOptions): void {
 
   // Permanent neighbours on every link: bpf_fib_lookup needs a resolved next
   // hop, and no packet of a test ever waits for (or loses to) ARP/ND.
-  const routerMac = macOf(p.ns.router, p.lb.routerIf);
-  const lbMac = macOf(p.ns.lb, p.lb.if);
   const clientMac = macOf(p.ns.client, p.client.if);
   const routerClientMac = macOf(p.ns.router, 'to-client');
   const neigh = (addr: string, mac: string, dev: string) => `neigh replace ${addr} lladdr ${mac} dev ${dev} nud permanent`;
-  ipBatch(p.ns.lb, [neigh(p.lb.router4, routerMac, p.lb.if), neigh(p.lb.router6, routerMac, p.lb.if)]);
-  const routerNeigh = [
-    neigh(p.lb.v4, lbMac, p.lb.routerIf),
-    neigh(p.lb.v6, lbMac, p.lb.routerIf),
-    ...[...p.client.v4, ...p.client.v6].map((a) => neigh(a, clientMac, 'to-client')),
-  ];
+  const routerNeigh = [...p.client.v4, ...p.client.v6].map((a) => neigh(a, clientMac, 'to-client'));
+  for (const n of p.nodes) {
+    const routerMac = macOf(p.ns.router, n.routerIf);
+    const lbMac = macOf(n.ns, n.if);
+    ipBatch(n.ns, [neigh(n.router4, routerMac, n.if), neigh(n.router6, routerMac, n.if)]);
+    routerNeigh.push(neigh(n.v4, lbMac, n.routerIf), neigh(n.v6, lbMac, n.routerIf));
+  }
   ipBatch(p.ns.client, [neigh(p.client.gw4, routerClientMac, p.client.if), neigh(p.client.gw6, routerClientMac, p.client.if)]);
   for (const b of p.backends) {
     const beMac = macOf(b.ns, 'eth0');
@@ -251,6 +294,13 @@ export function pidsIn(ns: string): number[] {
 export function linkStats(ns: string, dev: string): { rx: number; tx: number } {
   const j = JSON.parse(run('ip', ['-n', ns, '-s', '-j', 'link', 'show', 'dev', dev])) as Array<{ stats64: { rx: { packets: number }; tx: { packets: number } } }>;
   return { rx: j[0].stats64.rx.packets, tx: j[0].stats64.tx.packets };
+}
+
+/** TCP segments the namespace's kernel received, IPv4 and IPv6 (one MIB for both). */
+export function tcpInSegs(ns: string): number {
+  const lines = inNs(ns, 'cat', '/proc/net/snmp').split('\n').filter((l) => l.startsWith('Tcp:'));
+  const names = lines[0].split(/\s+/);
+  return Number(lines[1].split(/\s+/)[names.indexOf('InSegs')]);
 }
 
 /** Runs a command in a namespace (ip netns exec) and returns its stdout. */
