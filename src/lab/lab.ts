@@ -457,7 +457,7 @@ export class Lab {
     if (namespaceExists(this.plan.ns.router)) for (const n of this.plan.nodes) detachIn(this.plan.ns.router, n.routerIf);
     const removed = destroyTopology(this.prefix, allNamespaces(this.plan));
     if (removed.length) done.push(`namespaces removed: ${removed.join(' ')}`);
-    for (const dir of new Set([st?.bpffs, ...(st?.nodes ?? []).map((n) => n.bpffs), st?.decapPins ?? this.decapPins, st ? undefined : this.bpffsFromConfig()])) {
+    for (const dir of new Set([st?.bpffs, ...(st?.nodes ?? []).map((n) => n.bpffs), st?.decapPins ?? this.decapPins, ...(st ? [] : this.pinsFromConfig())])) {
       if (!dir || !dir.startsWith('/sys/fs/bpf/') || !fs.existsSync(dir)) continue;
       fs.rmSync(dir, { recursive: true, force: true });
       done.push(`pins removed: ${dir}`);
@@ -470,12 +470,18 @@ export class Lab {
     return done;
   }
 
-  private bpffsFromConfig(): string | undefined {
+  /** Without lab.json: the config's bpffs directory, and its nodes' (bpffs-lb1, ...). */
+  private pinsFromConfig(): string[] {
+    let base: string;
     try {
-      return loadConfigFile(this.configPath).node.bpffs;
+      base = loadConfigFile(this.configPath).node.bpffs;
     } catch {
-      return undefined;
+      return [];
     }
+    const parent = path.dirname(base);
+    const name = `${path.basename(base)}-lb`;
+    const nodes = fs.existsSync(parent) ? fs.readdirSync(parent).filter((d) => d.startsWith(name) && /^\d+$/.test(d.slice(name.length))) : [];
+    return [base, ...nodes.map((d) => path.join(parent, d))];
   }
 
   /** The daemon's API, as the CLI sees it. */
