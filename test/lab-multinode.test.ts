@@ -7,11 +7,10 @@
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { parse, stringify } from 'yaml';
-import { Lab, LAB_CONFIG, MAIN, type LabStatus } from '../src/lab/lab';
-import { labConfigYaml, sweep, uniqueLabPaths } from '../src/lab/fixture';
+import { Lab, type LabStatus } from '../src/lab/lab';
+import { labCliFixture } from '../src/lab/fixture';
 import { namespacesWithPrefix } from '../src/lab/topology';
 import type { LabTestResult } from '../src/lab/check';
 import type { ApiService } from '../src/client/client';
@@ -28,18 +27,7 @@ function alive(pid: number): boolean {
 const sh = (cmd: string, ...args: string[]) => execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 
 t.test('xdplb lab up --nodes 3: ECMP over three nodes, same backend on each', needsRoot, async (t) => {
-  await sweep();
-  const p = uniqueLabPaths();
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${p.id}-`));
-  const config = path.join(dir, 'lab.yaml');
-  const services = (parse(fs.readFileSync(LAB_CONFIG, 'utf8')) as { services: unknown[] }).services;
-  fs.writeFileSync(config, labConfigYaml(p, services));
-  const flags = ['--prefix', p.prefix, '--run-dir', p.runDir, '--config', config];
-  t.teardown(async () => {
-    await new Lab({ prefix: p.prefix, runDir: p.runDir, configPath: config }).down({ quiet: true });
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  const xdplb = (...args: string[]) => sh(process.execPath, MAIN, 'lab', ...flags, ...args);
+  const { paths: p, config, xdplb } = await labCliFixture(t);
 
   t.match(xdplb('up', '--nodes', '3'), /router: 2 VIPs routed over lb1, lb2, lb3/, 'lab up --nodes 3 waits for the routes');
   t.same(namespacesWithPrefix(p.prefix).sort(), ['be1', 'be2', 'be3', 'client', 'lb1', 'lb2', 'lb3', 'router'].map((n) => p.prefix + n), 'eight namespaces');

@@ -6,11 +6,8 @@
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
-import * as path from 'node:path';
-import { parse } from 'yaml';
-import { Lab, LAB_CONFIG, MAIN, type LabStatus } from '../src/lab/lab';
-import { labConfigYaml, sweep, uniqueLabPaths } from '../src/lab/fixture';
+import { Lab, type LabStatus } from '../src/lab/lab';
+import { labCliFixture } from '../src/lab/fixture';
 import { namespacesWithPrefix } from '../src/lab/topology';
 import type { LabTestResult } from '../src/lab/check';
 import { needsRoot } from '../harness/fixtures';
@@ -24,20 +21,8 @@ function alive(pid: number): boolean {
 }
 
 t.test('xdplb lab up | test | status | down, with config/lab.yaml', needsRoot, async (t) => {
-  await sweep();
-  const p = uniqueLabPaths();
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${p.id}-`));
-  const config = path.join(dir, 'lab.yaml');
-  const services = (parse(fs.readFileSync(LAB_CONFIG, 'utf8')) as { services: unknown[] }).services;
-  fs.writeFileSync(config, labConfigYaml(p, services));
-  const flags = ['--prefix', p.prefix, '--run-dir', p.runDir, '--config', config];
+  const { paths: p, config, xdplb } = await labCliFixture(t);
   const lab = new Lab({ prefix: p.prefix, runDir: p.runDir, configPath: config });
-  t.teardown(async () => {
-    await lab.down({ quiet: true });
-    fs.rmSync(p.bpffs, { recursive: true, force: true });
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
-  const xdplb = (...args: string[]) => execFileSync(process.execPath, [MAIN, 'lab', ...flags, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] });
 
   let t0 = Date.now();
   const up = xdplb('up');

@@ -125,3 +125,29 @@ export async function labFixture(t: Teardown, o: LabFixtureOptions): Promise<Lab
     },
   };
 }
+
+export interface LabCliFixture {
+  paths: LabPaths;
+  /** config/lab.yaml with its own services, this lab's paths */
+  config: string;
+  /** `xdplb lab ARGS` with this lab's prefix, run directory and config; throws on exit status ≠ 0 */
+  xdplb(...args: string[]): string;
+}
+
+/** A lab driven from the command line, as a user does: config/lab.yaml's services, paths of its own, down at teardown. */
+export async function labCliFixture(t: Teardown): Promise<LabCliFixture> {
+  await sweep();
+  const p = uniqueLabPaths();
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), `${p.id}-`));
+  const config = path.join(dir, 'lab.yaml');
+  const services = (parse(fs.readFileSync(LAB_CONFIG, 'utf8')) as { services: unknown[] }).services;
+  fs.writeFileSync(config, labConfigYaml(p, services));
+  const flags = ['--prefix', p.prefix, '--run-dir', p.runDir, '--config', config];
+  t.teardown(async () => {
+    // as many nodes as lab.json says
+    await new Lab({ prefix: p.prefix, runDir: p.runDir, configPath: config }).down({ quiet: true });
+    fs.rmSync(p.bpffs, { recursive: true, force: true });
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  return { paths: p, config, xdplb: (...args) => execFileSync(process.execPath, [MAIN, 'lab', ...flags, ...args], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'] }) };
+}
