@@ -602,12 +602,17 @@ export class Lab {
   }
 
   /** Packets through the interfaces that tell where replies went. */
-  linkCounters(): { lbRx: number; lbTcpIn: number; clientRx: number; clientTx: number; backendTx: Record<string, number> } {
+  linkCounters(): { lbRx: number; clientRx: number; clientTx: number; backendTx: Record<string, number> } {
     const backendTx: Record<string, number> = {};
     for (const b of this.plan.backends) backendTx[b.name] = linkStats(b.ns, 'eth0').tx;
     const c = linkStats(this.plan.ns.client, this.plan.client.if);
     const lbRx = this.plan.nodes.reduce((n, lb) => n + linkStats(lb.ns, lb.if).rx, 0);
-    return { lbRx, lbTcpIn: this.plan.nodes.reduce((n, lb) => n + tcpInSegs(lb.ns), 0), clientRx: c.rx, clientTx: c.tx, backendTx };
+    return { lbRx, clientRx: c.rx, clientTx: c.tx, backendTx };
+  }
+
+  /** TCP segments the load balancers' own kernels received (with several nodes: their BGP sessions). */
+  nodesTcpIn(): number {
+    return this.plan.nodes.reduce((n, lb) => n + tcpInSegs(lb.ns), 0);
   }
 
   /** What is there: namespaces, processes, attachments, decap counters. */
