@@ -61,6 +61,7 @@ t.test('xdplb lab up --nodes 3: ECMP over three nodes, same backend on each', ne
   t.equal((r.nodes ?? []).reduce((a, n) => a + n.forwarded, 0), r.lb.forwarded, 'the nodes\' counts add up to the total');
   t.ok(r.checks.some((c) => c.ok && /3-way ECMP route for each of the 2 VIPs/.test(c.text)), 'the route check');
   t.ok(r.checks.some((c) => c.ok && /every node builds the same Maglev table/.test(c.text)), 'the same-table check');
+  t.ok(r.nodes?.every((n) => r.services.every((s) => n.services[s.name] > 0)), 'every service through every node: the router hashes on ports too');
   t.notOk(r.recording, 'several nodes: no recording of one node\'s share');
 
   const st = JSON.parse(xdplb('status', '--json')) as LabStatus;
