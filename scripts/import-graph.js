@@ -18,7 +18,7 @@ const ROOT = path.resolve(__dirname, '..');
 const LAYERS = [
   ['src/sys', 'src/net', 'src/maglev'],
   ['src/control'],
-  ['src/bgp'],
+  ['src/bgp', 'src/k8s'],
   ['src/config', 'src/datapath', 'src/health'],
   ['src/recorder', 'src/metrics'],
   ['src/api'],

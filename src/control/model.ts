@@ -184,11 +184,56 @@ export interface BgpSettings {
   restartTime: number;
 }
 
+/** One named address pool of the `kubernetes:` section. */
+export interface KubernetesPool {
+  name: string;
+  /** CIDRs ("198.51.100.0/28") and ranges ("2001:db8::10-2001:db8::1f"), either family, as checked by src/k8s/config.ts */
+  addresses: string[];
+}
+
+/** The `kubernetes:` section, checked and normalised by src/k8s/config.ts. */
+export interface KubernetesSettings {
+  /** a kubeconfig file; absent: the in-cluster service account */
+  kubeconfig?: string;
+  /** Services of type LoadBalancer with this spec.loadBalancerClass are ours (default xdplb.io/l4lb) */
+  loadBalancerClass: string;
+  /** also take LoadBalancer Services that name no class */
+  takeClassless: boolean;
+  pools: KubernetesPool[];
+  /** the Lease that elects the one node that allocates and writes status */
+  lease: { namespace: string; name: string };
+  /** this node's name in the Lease (default: the host name) */
+  identity: string;
+}
+
+/** What `xdplb k8s status` shows: the module's own account of itself. */
+export interface KubernetesStatus {
+  /** "connected", or why not ("connecting", "unreachable: <error>") */
+  connection: string;
+  /** unix milliseconds of the last complete list of every watched resource; 0: none yet */
+  lastSync: number;
+  /** this node holds the Lease: it allocates and writes status */
+  leader: boolean;
+  watchRestarts: number;
+  services: Array<{
+    /** namespace/name */
+    service: string;
+    vips: string[];
+    /** the xdplb services programmed for it */
+    programmed: string[];
+    /** why it is not (fully) served: pool exhausted, unsupported, ... */
+    problem?: string;
+  }>;
+  pools: Array<{ name: string; size: number; used: number }>;
+}
+
 export interface Config {
   node: NodeSettings;
   services: ServiceSpec[];
   /** VIP announcement over BGP (src/bgp); absent: none */
   bgp?: BgpSettings;
+  /** LoadBalancer Services and EndpointSlices of a cluster (src/k8s); absent: none */
+  kubernetes?: KubernetesSettings;
 }
 
 export const DEFAULT_FLAGS: ServiceFlags = { l4Dnat: false, sourceHash: false, conntrackBypass: false, icmpEcho: true };
